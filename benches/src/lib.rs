@@ -1,0 +1,1 @@
+//! weir-benches: shared helpers for the criterion benchmarks in `benches/benches/`.

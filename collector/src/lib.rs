@@ -1,0 +1,2 @@
+//! weir-collector: the daemon around weir-core.
+#![forbid(unsafe_code)]

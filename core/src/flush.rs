@@ -1,0 +1,88 @@
+//! [`FlushBatch`]: one interval's aggregated state, immutable once built, shared by
+//! every pipeline through an `Arc`.
+//!
+//! Owns: the shape of what a flush yields. Built only by
+//! [`Aggregator::flush`](crate::aggregator::Aggregator::flush); must never be mutated
+//! after that (pipelines read it concurrently).
+
+use crate::key::SeriesKey;
+use crate::point::{HistogramValue, SummaryValue};
+
+/// Everything one flush took out of the aggregator.
+#[derive(Debug, Clone, PartialEq)]
+pub struct FlushBatch {
+    /// 1 for the first flush of this aggregator, then counting up by one.
+    pub sequence: u64,
+    /// When the interval began (the previous flush, or the aggregator's creation),
+    /// milliseconds since the Unix epoch.
+    pub start_ms: i64,
+    /// When this flush ran, milliseconds since the Unix epoch.
+    pub end_ms: i64,
+    /// One entry per live series, plus the final share of series evicted earlier.
+    pub series: Vec<FlushedSeries>,
+}
+
+impl FlushBatch {
+    /// Sum of counter deltas in this batch (handy for tests and self-checks).
+    pub fn counter_delta_sum(&self) -> f64 {
+        self.series
+            .iter()
+            .map(|s| match s.value {
+                FlushedValue::Counter { delta, .. } => delta,
+                _ => 0.0,
+            })
+            .sum()
+    }
+
+    /// The entries for `key` (normally one; two when a series was evicted and created
+    /// again within one interval).
+    pub fn find<'a>(&'a self, key: &'a SeriesKey) -> impl Iterator<Item = &'a FlushedSeries> {
+        self.series.iter().filter(move |s| &s.key == key)
+    }
+}
+
+/// One series in a [`FlushBatch`].
+#[derive(Debug, Clone, PartialEq)]
+pub struct FlushedSeries {
+    /// The series identity.
+    pub key: SeriesKey,
+    /// 64-bit FNV-1a of the key.
+    pub fingerprint: u64,
+    /// When the series was created (the start of its cumulative totals), milliseconds
+    /// since the Unix epoch.
+    pub start_ms: i64,
+    /// True when this is the series' last entry: it was evicted after `series_ttl`
+    /// without updates and its cumulative state is gone.
+    pub evicted: bool,
+    /// The aggregated value.
+    pub value: FlushedValue,
+}
+
+/// The aggregated value of one series for one interval.
+#[derive(Debug, Clone, PartialEq)]
+pub enum FlushedValue {
+    /// A counter: the increase during the interval and the running total since
+    /// `start_ms` (baseline of cumulative sources included).
+    Counter {
+        /// Increase during this interval.
+        delta: f64,
+        /// Running total since the series started.
+        total: f64,
+    },
+    /// A gauge's last value and when it was set.
+    Gauge {
+        /// Last value.
+        value: f64,
+        /// When it was set, milliseconds since the Unix epoch.
+        timestamp_ms: i64,
+    },
+    /// A histogram: observations during the interval and running totals.
+    Histogram {
+        /// Observations during this interval.
+        delta: HistogramValue,
+        /// All observations since the series started.
+        total: HistogramValue,
+    },
+    /// A summary's latest state as its source reported it.
+    Summary(SummaryValue),
+}
