@@ -17,6 +17,8 @@ pub mod flush;
 pub mod key;
 pub mod point;
 mod sync;
+#[doc(hidden)]
+pub mod testing;
 
 pub use aggregator::{
     Aggregator, AggregatorConfig, AggregatorStats, Rejected, SeriesHandle, Writer,

@@ -1,0 +1,688 @@
+//! Behaviour of the aggregation engine through its public API: identity, rules,
+//! temporality, limits, TTL eviction and handles.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use weir_core::point::{HistogramValue, Quantile, SummaryValue};
+use weir_core::{
+    Aggregator, AggregatorConfig, FlushBatch, FlushedValue, MetricKind, Sample, SeriesKey,
+    Temporality,
+};
+
+const DELTA: Temporality = Temporality::Delta;
+const CUMULATIVE: Temporality = Temporality::Cumulative;
+
+/// Two label values whose canonical keys share a 64-bit FNV-1a fingerprint. Found with
+/// a rho search on the top 56 bits of the state and a final byte that cancels the low
+/// 8 bits (xor only touches the low byte before the multiply).
+const COLLIDING: [&str; 2] = ["(IBN48a1c5b40f4d9a!", "(IBN4d7f7f24893ab5E"];
+
+fn value_of(batch: &FlushBatch, key: &SeriesKey) -> FlushedValue {
+    let mut it = batch.find(key);
+    let v = it
+        .next()
+        .unwrap_or_else(|| panic!("{key} not in batch"))
+        .value
+        .clone();
+    assert!(it.next().is_none(), "{key} twice in batch");
+    v
+}
+
+fn key(name: &str, labels: &[(&str, &str)]) -> SeriesKey {
+    SeriesKey::new(name, labels).unwrap()
+}
+
+#[test]
+fn fingerprint_collision_keeps_two_series() {
+    let a = key("weir_collision_test", &[("k", COLLIDING[0])]);
+    let b = key("weir_collision_test", &[("k", COLLIDING[1])]);
+    assert_ne!(a, b);
+    assert_eq!(
+        a.fingerprint(),
+        b.fingerprint(),
+        "the constructed collision"
+    );
+    assert_eq!(a.fingerprint(), 0x7775_9f84_f010_a7e4);
+
+    let agg = Aggregator::default();
+    let mut w = agg.writer();
+    for _ in 0..3 {
+        w.record(
+            "weir_collision_test",
+            &[("k", COLLIDING[0])],
+            Sample::Counter(1.0, DELTA),
+            0,
+        )
+        .unwrap();
+    }
+    w.record(
+        "weir_collision_test",
+        &[("k", COLLIDING[1])],
+        Sample::Counter(10.0, DELTA),
+        0,
+    )
+    .unwrap();
+    agg.record(
+        "weir_collision_test",
+        &[("k", COLLIDING[1])],
+        Sample::Counter(10.0, DELTA),
+        0,
+    )
+    .unwrap();
+    let batch = agg.flush();
+    assert_eq!(batch.series.len(), 2);
+    assert_eq!(
+        value_of(&batch, &a),
+        FlushedValue::Counter {
+            delta: 3.0,
+            total: 3.0
+        }
+    );
+    assert_eq!(
+        value_of(&batch, &b),
+        FlushedValue::Counter {
+            delta: 20.0,
+            total: 20.0
+        }
+    );
+    assert_eq!(agg.stats().active_series, 2);
+}
+
+#[test]
+fn label_order_does_not_change_identity() {
+    let agg = Aggregator::default();
+    let mut w = agg.writer();
+    w.record(
+        "m",
+        &[("a", "1"), ("b", "2")],
+        Sample::Counter(1.0, DELTA),
+        0,
+    )
+    .unwrap();
+    w.record(
+        "m",
+        &[("b", "2"), ("a", "1")],
+        Sample::Counter(2.0, DELTA),
+        0,
+    )
+    .unwrap();
+    agg.record(
+        "m",
+        &[("b", "2"), ("a", "1")],
+        Sample::Counter(4.0, DELTA),
+        0,
+    )
+    .unwrap();
+    let batch = agg.flush();
+    assert_eq!(batch.series.len(), 1);
+    assert_eq!(batch.counter_delta_sum(), 7.0);
+    assert_eq!(w.cached(), 2, "one cache entry per raw label order");
+}
+
+#[test]
+fn counters_report_delta_and_running_total() {
+    let agg = Aggregator::default();
+    let mut w = agg.writer();
+    let k = key("c_total", &[]);
+    w.record("c_total", &[], Sample::Counter(2.0, DELTA), 0)
+        .unwrap();
+    w.record("c_total", &[], Sample::Counter(0.5, DELTA), 0)
+        .unwrap();
+    assert_eq!(
+        value_of(&agg.flush(), &k),
+        FlushedValue::Counter {
+            delta: 2.5,
+            total: 2.5
+        }
+    );
+    assert_eq!(
+        value_of(&agg.flush(), &k),
+        FlushedValue::Counter {
+            delta: 0.0,
+            total: 2.5
+        }
+    );
+    w.record("c_total", &[], Sample::Counter(1.0, DELTA), 0)
+        .unwrap();
+    let b = agg.flush();
+    assert_eq!(
+        value_of(&b, &k),
+        FlushedValue::Counter {
+            delta: 1.0,
+            total: 3.5
+        }
+    );
+    let s = b.find(&k).next().unwrap();
+    assert!(s.start_ms > 0 && s.start_ms <= b.end_ms);
+    assert_eq!(s.fingerprint, k.fingerprint());
+}
+
+#[test]
+fn cumulative_counters_become_deltas_with_reset_detection() {
+    let agg = Aggregator::default();
+    let mut w = agg.writer();
+    let k = key("scraped_total", &[("instance", "a")]);
+    let mut cum = |v: f64| {
+        w.record(
+            "scraped_total",
+            &[("instance", "a")],
+            Sample::Counter(v, CUMULATIVE),
+            0,
+        )
+        .unwrap()
+    };
+    cum(100.0); // baseline: the total starts at the source's value
+    assert_eq!(
+        value_of(&agg.flush(), &k),
+        FlushedValue::Counter {
+            delta: 0.0,
+            total: 100.0
+        }
+    );
+    cum(110.0);
+    cum(125.0);
+    assert_eq!(
+        value_of(&agg.flush(), &k),
+        FlushedValue::Counter {
+            delta: 25.0,
+            total: 125.0
+        }
+    );
+    cum(5.0); // the source restarted: as Prometheus increase(), the new value is the delta
+    assert_eq!(
+        value_of(&agg.flush(), &k),
+        FlushedValue::Counter {
+            delta: 5.0,
+            total: 130.0
+        }
+    );
+    cum(5.0);
+    assert_eq!(
+        value_of(&agg.flush(), &k),
+        FlushedValue::Counter {
+            delta: 0.0,
+            total: 130.0
+        }
+    );
+}
+
+#[test]
+fn gauges_keep_the_last_value_and_apply_relative_changes() {
+    let agg = Aggregator::default();
+    let mut w = agg.writer();
+    let k = key("temp", &[]);
+    w.record("temp", &[], Sample::Gauge(10.0), 1_000).unwrap();
+    w.record("temp", &[], Sample::Gauge(12.0), 2_000).unwrap();
+    assert_eq!(
+        value_of(&agg.flush(), &k),
+        FlushedValue::Gauge {
+            value: 12.0,
+            timestamp_ms: 2_000
+        }
+    );
+    // Unchanged gauges are still reported.
+    assert!(matches!(
+        value_of(&agg.flush(), &k),
+        FlushedValue::Gauge { value: 12.0, .. }
+    ));
+    w.record("temp", &[], Sample::GaugeDelta(3.0), 3_000)
+        .unwrap();
+    w.record("temp", &[], Sample::GaugeDelta(-5.5), 4_000)
+        .unwrap();
+    assert_eq!(
+        value_of(&agg.flush(), &k),
+        FlushedValue::Gauge {
+            value: 9.5,
+            timestamp_ms: 4_000
+        }
+    );
+    // A relative change on a new gauge starts from zero.
+    w.record("fresh", &[], Sample::GaugeDelta(-2.0), 0).unwrap();
+    assert!(matches!(
+        value_of(&agg.flush(), &key("fresh", &[])),
+        FlushedValue::Gauge { value: -2.0, .. }
+    ));
+}
+
+fn bounds() -> Arc<[f64]> {
+    Arc::from(vec![0.1, 1.0])
+}
+
+#[test]
+fn histograms_merge_observations_and_whole_histograms() {
+    let agg = Aggregator::new(AggregatorConfig {
+        histogram_bounds: bounds(),
+        ..Default::default()
+    });
+    let mut w = agg.writer();
+    let k = key("latency_seconds", &[]);
+    w.record(
+        "latency_seconds",
+        &[],
+        Sample::Observe {
+            value: 0.05,
+            count: 1,
+        },
+        0,
+    )
+    .unwrap();
+    w.record(
+        "latency_seconds",
+        &[],
+        Sample::Observe {
+            value: 0.5,
+            count: 4,
+        },
+        0,
+    )
+    .unwrap();
+    let h = HistogramValue {
+        bounds: bounds(),
+        counts: vec![1, 0, 2],
+        sum: 7.0,
+        count: 3,
+        min: 0.01,
+        max: 4.0,
+    };
+    w.record("latency_seconds", &[], Sample::Histogram(&h, DELTA), 0)
+        .unwrap();
+    let FlushedValue::Histogram { delta, total } = value_of(&agg.flush(), &k) else {
+        panic!("not a histogram")
+    };
+    assert_eq!(delta.counts, vec![2, 4, 2]);
+    assert_eq!(delta.count, 8);
+    assert!((delta.sum - (0.05 + 2.0 + 7.0)).abs() < 1e-9);
+    assert_eq!((delta.min, delta.max), (0.01, 4.0));
+    assert_eq!(total, delta);
+    w.record(
+        "latency_seconds",
+        &[],
+        Sample::Observe {
+            value: 2.0,
+            count: 1,
+        },
+        0,
+    )
+    .unwrap();
+    let FlushedValue::Histogram { delta, total } = value_of(&agg.flush(), &k) else {
+        panic!("not a histogram")
+    };
+    assert_eq!((delta.counts, delta.count), (vec![0, 0, 1], 1));
+    assert_eq!(
+        (total.counts, total.count, total.max),
+        (vec![2, 4, 3], 9, 4.0)
+    );
+}
+
+#[test]
+fn cumulative_histograms_start_from_a_baseline() {
+    let agg = Aggregator::default();
+    let mut w = agg.writer();
+    let k = key("rpc_seconds", &[]);
+    let mk = |counts: Vec<u64>, sum: f64| HistogramValue {
+        bounds: bounds(),
+        count: counts.iter().sum(),
+        counts,
+        sum,
+        min: f64::INFINITY,
+        max: f64::NEG_INFINITY,
+    };
+    w.record(
+        "rpc_seconds",
+        &[],
+        Sample::Histogram(&mk(vec![1, 2, 3], 10.0), CUMULATIVE),
+        0,
+    )
+    .unwrap();
+    let FlushedValue::Histogram { delta, total } = value_of(&agg.flush(), &k) else {
+        panic!()
+    };
+    assert_eq!(
+        (delta.count, total.count, total.counts),
+        (0, 6, vec![1, 2, 3])
+    );
+    w.record(
+        "rpc_seconds",
+        &[],
+        Sample::Histogram(&mk(vec![2, 2, 4], 13.0), CUMULATIVE),
+        0,
+    )
+    .unwrap();
+    let FlushedValue::Histogram { delta, total } = value_of(&agg.flush(), &k) else {
+        panic!()
+    };
+    assert_eq!((delta.counts, delta.sum), (vec![1, 0, 1], 3.0));
+    assert_eq!((total.counts, total.count), (vec![2, 2, 4], 8));
+}
+
+#[test]
+fn summaries_keep_the_latest_quantiles() {
+    let agg = Aggregator::default();
+    let k = key("rt", &[]);
+    for n in 1..=2u64 {
+        let s = SummaryValue {
+            quantiles: vec![Quantile {
+                quantile: 0.5,
+                value: n as f64,
+            }],
+            sum: 10.0 * n as f64,
+            count: n,
+        };
+        agg.record("rt", &[], Sample::Summary(&s), 0).unwrap();
+    }
+    let FlushedValue::Summary(s) = value_of(&agg.flush(), &k) else {
+        panic!()
+    };
+    assert_eq!((s.count, s.sum, s.quantiles[0].value), (2, 20.0, 2.0));
+}
+
+#[test]
+fn bad_points_are_rejected_and_counted_by_reason() {
+    let agg = Aggregator::default();
+    let mut w = agg.writer();
+    let bad_hist = HistogramValue {
+        bounds: bounds(),
+        counts: vec![1],
+        sum: 1.0,
+        count: 1,
+        min: 0.0,
+        max: 0.0,
+    };
+    type Case<'a> = (&'a str, Vec<(&'a str, &'a str)>, Sample<'a>, &'a str);
+    let cases: Vec<Case> = vec![
+        ("1bad", vec![], Sample::Gauge(1.0), "invalid_metric_name"),
+        (
+            "ok",
+            vec![("a-b", "1")],
+            Sample::Gauge(1.0),
+            "invalid_label_name",
+        ),
+        (
+            "ok",
+            vec![("a", "1"), ("a", "2")],
+            Sample::Gauge(1.0),
+            "duplicate_label",
+        ),
+        ("ok", vec![], Sample::Counter(-1.0, DELTA), "invalid_value"),
+        (
+            "ok",
+            vec![],
+            Sample::Counter(f64::NAN, DELTA),
+            "invalid_value",
+        ),
+        (
+            "ok",
+            vec![],
+            Sample::Counter(f64::INFINITY, CUMULATIVE),
+            "invalid_value",
+        ),
+        (
+            "ok",
+            vec![],
+            Sample::Observe {
+                value: f64::NAN,
+                count: 1,
+            },
+            "invalid_value",
+        ),
+        (
+            "ok",
+            vec![],
+            Sample::Histogram(&bad_hist, DELTA),
+            "invalid_value",
+        ),
+    ];
+    for (name, labels, sample, reason) in &cases {
+        let err = w.record(name, labels, *sample, 0).unwrap_err();
+        assert_eq!(err.as_str(), *reason, "{name} {labels:?} {sample:?}");
+    }
+    // A kind conflict: the first kind wins.
+    w.record("typed", &[], Sample::Counter(1.0, DELTA), 0)
+        .unwrap();
+    assert_eq!(
+        w.record("typed", &[], Sample::Gauge(1.0), 0)
+            .unwrap_err()
+            .as_str(),
+        "type_conflict"
+    );
+    let stats = agg.stats();
+    assert_eq!(stats.rejected("invalid_value"), 5);
+    assert_eq!(stats.rejected("invalid_metric_name"), 1);
+    assert_eq!(stats.rejected("invalid_label_name"), 1);
+    assert_eq!(stats.rejected("duplicate_label"), 1);
+    assert_eq!(stats.rejected("type_conflict"), 1);
+    assert_eq!(stats.active_series, 1);
+    assert_eq!(agg.flush().counter_delta_sum(), 1.0);
+}
+
+#[test]
+fn per_metric_limit_drops_new_series_but_keeps_existing_ones() {
+    let agg = Aggregator::new(AggregatorConfig {
+        max_series_per_metric: 3,
+        max_tracked_metric_names: 1,
+        ..Default::default()
+    });
+    let mut w = agg.writer();
+    let ids: Vec<String> = (0..5).map(|i| i.to_string()).collect();
+    for id in &ids {
+        let r = w.record("req_total", &[("user", id)], Sample::Counter(1.0, DELTA), 0);
+        assert_eq!(r.is_ok(), id.as_str() < "3", "{id}");
+    }
+    // Existing series keep aggregating; other names are unaffected.
+    w.record(
+        "req_total",
+        &[("user", "0")],
+        Sample::Counter(1.0, DELTA),
+        0,
+    )
+    .unwrap();
+    w.record(
+        "other_total",
+        &[("user", "9")],
+        Sample::Counter(1.0, DELTA),
+        0,
+    )
+    .unwrap();
+    for id in ["7", "8"] {
+        assert!(
+            w.record(
+                "other_total",
+                &[("user", id)],
+                Sample::Counter(1.0, DELTA),
+                0
+            )
+            .is_ok()
+        );
+    }
+    assert!(
+        w.record(
+            "other_total",
+            &[("user", "x")],
+            Sample::Counter(1.0, DELTA),
+            0
+        )
+        .is_err()
+    );
+    let stats = agg.stats();
+    assert_eq!(stats.rejected("cardinality_limit_exceeded"), 3);
+    assert_eq!(stats.active_series, 6);
+    assert!(!stats.ceiling_reached);
+    // Tracked names are bounded: the second name's drops are counted as "other".
+    assert_eq!(
+        agg.cardinality_limit_exceeded(),
+        vec![("other".to_string(), 1), ("req_total".to_string(), 2)]
+    );
+    assert_eq!(agg.top_metrics(1), vec![("other_total".to_string(), 3)]);
+    assert_eq!(agg.flush().counter_delta_sum(), 7.0);
+}
+
+#[test]
+fn global_ceiling_drops_new_series_and_says_so() {
+    let agg = Aggregator::new(AggregatorConfig {
+        max_series: 4,
+        ..Default::default()
+    });
+    let mut w = agg.writer();
+    for i in 0..6 {
+        let name = format!("m{i}");
+        let r = w.record(&name, &[], Sample::Gauge(1.0), 0);
+        assert_eq!(r.is_ok(), i < 4, "{name}");
+    }
+    w.record("m0", &[], Sample::Gauge(2.0), 0).unwrap();
+    let stats = agg.stats();
+    assert_eq!(stats.rejected("series_limit_reached"), 2);
+    assert!(stats.ceiling_reached);
+    assert_eq!(stats.active_series, 4);
+    // Handles are refused at the ceiling too.
+    assert!(agg.handle("m9", &[], MetricKind::Gauge).is_err());
+}
+
+const MINUTE: i64 = 60_000;
+
+#[test]
+fn idle_series_are_evicted_after_the_ttl_with_a_final_entry() {
+    let agg = Aggregator::new(AggregatorConfig {
+        series_ttl: Duration::from_secs(300),
+        ..Default::default()
+    });
+    let mut w = agg.writer();
+    let t0 = 1_000_000_000_000;
+    agg.flush_at(t0);
+    w.record("idle_total", &[], Sample::Counter(1.0, DELTA), 0)
+        .unwrap();
+    w.record("busy_total", &[], Sample::Counter(1.0, DELTA), 0)
+        .unwrap();
+    agg.flush_at(t0 + MINUTE); // activity noticed here
+    for m in 2..=5 {
+        w.record("busy_total", &[], Sample::Counter(1.0, DELTA), 0)
+            .unwrap();
+        agg.flush_at(t0 + m * MINUTE);
+        assert_eq!(agg.stats().active_series, 2, "minute {m}");
+    }
+    // The cached writer entry goes through the retire path: a write racing with the
+    // retirement is still counted, in the final entry.
+    w.record("busy_total", &[], Sample::Counter(1.0, DELTA), 0)
+        .unwrap();
+    let b = agg.flush_at(t0 + 6 * MINUTE); // idle for 5 minutes: retired
+    assert_eq!(b.find(&key("idle_total", &[])).count(), 1);
+    let stats = agg.stats();
+    assert_eq!((stats.active_series, stats.evicted_series), (1, 1));
+    let mut finals = Vec::new();
+    for i in 0..100 {
+        let b = agg.flush_at(t0 + (7 + i) * MINUTE);
+        finals.extend(b.series.into_iter().filter(|s| s.evicted));
+        if agg.pending_evictions() == 0 {
+            break;
+        }
+    }
+    assert_eq!(agg.pending_evictions(), 0);
+    assert_eq!(finals.len(), 1);
+    assert_eq!(finals[0].key, key("idle_total", &[]));
+    assert_eq!(
+        finals[0].value,
+        FlushedValue::Counter {
+            delta: 0.0,
+            total: 1.0
+        }
+    );
+    // The same key comes back as a new series with fresh totals.
+    w.record("idle_total", &[], Sample::Counter(2.0, DELTA), 0)
+        .unwrap();
+    let b = agg.flush_at(t0 + 200 * MINUTE);
+    assert_eq!(
+        value_of(&b, &key("idle_total", &[])),
+        FlushedValue::Counter {
+            delta: 2.0,
+            total: 2.0
+        }
+    );
+    assert!(agg.top_metrics(10).iter().all(|(_, n)| *n == 1));
+}
+
+#[test]
+fn zero_ttl_never_evicts() {
+    let agg = Aggregator::new(AggregatorConfig {
+        series_ttl: Duration::ZERO,
+        ..Default::default()
+    });
+    agg.record("g", &[], Sample::Gauge(1.0), 0).unwrap();
+    for m in 0..10 {
+        agg.flush_at(m * 1_000 * MINUTE);
+    }
+    assert_eq!(agg.stats().active_series, 1);
+}
+
+#[test]
+fn handles_update_directly_and_keep_their_series_alive() {
+    let agg = Aggregator::new(AggregatorConfig {
+        series_ttl: Duration::from_secs(60),
+        ..Default::default()
+    });
+    let t0 = 1_000_000_000_000;
+    agg.flush_at(t0);
+    let c = agg
+        .handle("h_total", &[("x", "1")], MetricKind::Counter)
+        .unwrap();
+    let g = agg.handle("h_gauge", &[], MetricKind::Gauge).unwrap();
+    let h = agg.handle("h_seconds", &[], MetricKind::Histogram).unwrap();
+    c.add(1.0).unwrap();
+    c.add(2.5).unwrap();
+    g.set(7.0).unwrap();
+    h.observe(0.2).unwrap();
+    assert_eq!(c.add(-1.0).unwrap_err().as_str(), "invalid_value");
+    assert_eq!(g.observe(1.0).unwrap_err().as_str(), "type_conflict");
+    assert_eq!(
+        agg.handle("h_total", &[("x", "1")], MetricKind::Gauge)
+            .err()
+            .unwrap()
+            .as_str(),
+        "type_conflict"
+    );
+    let b = agg.flush_at(t0 + MINUTE);
+    assert_eq!(b.counter_delta_sum(), 3.5);
+    // Idle far past the TTL: still alive while the handles exist.
+    for m in 2..10 {
+        agg.flush_at(t0 + m * MINUTE);
+    }
+    assert_eq!(agg.stats().active_series, 3);
+    c.add(1.0).unwrap();
+    drop((c, g, h));
+    let mut sum = agg.flush_at(t0 + 10 * MINUTE).counter_delta_sum();
+    sum += agg.flush_at(t0 + 12 * MINUTE).counter_delta_sum();
+    assert_eq!(agg.stats().active_series, 0);
+    for i in 0..100 {
+        sum += agg.flush_at(t0 + (13 + i) * MINUTE).counter_delta_sum();
+        if agg.pending_evictions() == 0 {
+            break;
+        }
+    }
+    assert_eq!(sum, 1.0, "the add made just before the handle was dropped");
+}
+
+#[test]
+fn writer_cache_is_bounded() {
+    let agg = Aggregator::new(AggregatorConfig {
+        writer_cache_capacity: 8,
+        ..Default::default()
+    });
+    let mut w = agg.writer();
+    for i in 0..100 {
+        let v = i.to_string();
+        w.record("m", &[("b", "1"), ("a", &v)], Sample::Gauge(1.0), 0)
+            .unwrap();
+        assert!(w.cached() <= 8);
+    }
+    assert!(agg.stats().writer_cache_resets >= 11);
+    assert_eq!(agg.stats().active_series, 100);
+}
+
+#[test]
+fn flush_batches_are_numbered_and_cover_their_interval() {
+    let agg = Aggregator::default();
+    let a = agg.flush_at(1_000);
+    let b = agg.flush_at(2_000);
+    assert_eq!((a.sequence, b.sequence), (1, 2));
+    assert_eq!((b.start_ms, b.end_ms), (1_000, 2_000));
+    assert_eq!(agg.stats().flushes, 2);
+}

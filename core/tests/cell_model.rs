@@ -1,0 +1,98 @@
+//! Model test of the cell protocols (`weir_core::cell`) under shuttle's scheduler:
+//! writers race with collections, and every interleaving shuttle explores must keep
+//! each update in exactly one collection and every histogram collection consistent.
+//!
+//! Run with `cargo test -p weir-core --features shuttle --test cell_model`; the
+//! feature swaps the cells' atomics for shuttle's, so only this test is meaningful
+//! with it on.
+#![cfg(feature = "shuttle")]
+
+use std::sync::Arc;
+
+use shuttle::sync::Mutex;
+use shuttle::thread;
+use weir_core::cell::{CounterCell, HistogramCell};
+
+const ITERATIONS: usize = 2_000;
+
+fn counter_scenario() {
+    let cell = Arc::new(CounterCell::default());
+    let collected = Arc::new(Mutex::new(0.0));
+    let writers: Vec<_> = (0..2)
+        .map(|t| {
+            let cell = cell.clone();
+            thread::spawn(move || {
+                cell.add(1.0); // integer word
+                cell.add(0.5 + t as f64); // float word
+            })
+        })
+        .collect();
+    let collector = {
+        let (cell, collected) = (cell.clone(), collected.clone());
+        thread::spawn(move || {
+            for _ in 0..2 {
+                *collected.lock().unwrap() += cell.collect().delta;
+            }
+        })
+    };
+    for w in writers {
+        w.join().unwrap();
+    }
+    collector.join().unwrap();
+    let total = *collected.lock().unwrap() + cell.collect().delta;
+    assert_eq!(total, 1.0 + 0.5 + 1.0 + 1.5);
+}
+
+fn histogram_scenario() {
+    let cell = Arc::new(HistogramCell::new(Arc::from(vec![1.0])));
+    let seen = Arc::new(Mutex::new((0u64, 0.0f64)));
+    let writers: Vec<_> = (0..2)
+        .map(|t| {
+            let cell = cell.clone();
+            thread::spawn(move || {
+                cell.observe(0.5, 1);
+                cell.observe(2.0 + t as f64, 2);
+            })
+        })
+        .collect();
+    let collector = {
+        let (cell, seen) = (cell.clone(), seen.clone());
+        thread::spawn(move || {
+            for _ in 0..3 {
+                let (v, _) = cell.collect();
+                assert_eq!(v.counts.iter().sum::<u64>(), v.count, "torn collection");
+                let mut s = seen.lock().unwrap();
+                s.0 += v.count;
+                s.1 += v.sum;
+            }
+        })
+    };
+    for w in writers {
+        w.join().unwrap();
+    }
+    collector.join().unwrap();
+    let (last, _) = cell.collect();
+    let (count, sum) = *seen.lock().unwrap();
+    assert_eq!(count + last.count, 6);
+    assert_eq!(sum + last.sum, 0.5 + 4.0 + 0.5 + 6.0);
+}
+
+#[test]
+fn counter_adds_land_in_exactly_one_collection_random() {
+    shuttle::check_random(counter_scenario, ITERATIONS);
+}
+
+#[test]
+fn counter_adds_land_in_exactly_one_collection_pct() {
+    shuttle::check_pct(counter_scenario, ITERATIONS, 3);
+}
+
+#[test]
+fn histogram_collections_are_whole_and_exactly_once_random() {
+    shuttle::check_random(histogram_scenario, ITERATIONS);
+}
+
+#[test]
+fn histogram_collections_are_whole_and_exactly_once_pct() {
+    shuttle::check_pct(histogram_scenario, ITERATIONS, 3);
+}
