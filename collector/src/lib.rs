@@ -1,2 +1,20 @@
 //! weir-collector: the daemon around weir-core.
+//!
+//! This crate will hold the receivers, the scraper, the pipelines and forwarders, and
+//! the admin API. At this stage it has:
+//! - [`config`]: the TOML configuration, its embedded defaults and validation;
+//! - [`logging`]: the tracing-subscriber setup (text or JSON on standard error);
+//! - [`daemon`]: the run loop that owns the [`weir_core::Aggregator`], flushes it
+//!   every interval, logs a summary per flush and flushes once more on SIGINT/SIGTERM.
+//!
+//! The `weir` binary (`src/main.rs`) only parses the command line and wires these
+//! together; all behaviour lives here so it can be tested without a process.
 #![forbid(unsafe_code)]
+#![deny(missing_docs)]
+
+pub mod config;
+pub mod daemon;
+pub mod logging;
+
+pub use config::{Config, ConfigError, DEFAULT_CONFIG_TOML};
+pub use daemon::{Daemon, FlushSummary};

@@ -11,25 +11,27 @@
 //!   `Arc<Series>`. New series are inserted with a CAS (`try_insert`); a racing
 //!   creator of the same key loses the CAS and uses the winner's series. Keys are
 //!   compared in full, so a 64-bit fingerprint collision never merges two series.
-//! - **Writer cache**: each [`Writer`] (one per receiving thread or task) keeps a plain
-//!   map from the label set *as it arrives* (unsorted) to its series, so validation,
-//!   sorting and hashing into the shared index run once per label set, not per point.
-//!   The cache is private to its writer (no atomics on a hit) and bounded: when full it
-//!   is cleared and refilled from the index.
+//! - **Writer cache**: each [`Writer`] (one per receiving thread or task) keeps a
+//!   direct-mapped cache from the label set *as it arrives* (unsorted) to its series, so
+//!   validation, sorting and lookup in the shared index run once per label set, not per
+//!   point. The cache is private to its writer (no atomics on a hit) and bounded: a
+//!   fixed number of slots, each reusing its key buffer, so a miss that replaces a slot
+//!   allocates nothing once the buffers have grown.
 //! - **Cells**: see [`crate::cell`] for how updates and collections meet.
 //! - **Flusher list**: new series are pushed on a lock-free queue; the flusher drains
 //!   it into its own dense `Vec`, which it walks on every flush without touching the
 //!   index. One flush runs at a time (a mutex only flushes take).
 //!
 //! # Eviction (series TTL) and why no point is lost
-//! A series idle for `series_ttl` is *retired* by the flusher: it sets the series'
-//! `retired` flag, removes it from the index, and defers (crossbeam-epoch) a final
-//! collection until every writer pinned at that moment has unpinned. Writers pin
-//! around each update and check the flag after pinning: a writer that saw the flag
-//! clear may still write, but the final collection waits for it; a writer that sees it
-//! set drops the series from its cache and resolves the key again. A series with live
-//! [`SeriesHandle`]s is never retired (handle creation and retirement use a SeqCst
-//! flag/count pair, so at least one side sees the other).
+//! A series idle for `series_ttl` is *retired* by the flusher: it is removed from the
+//! index, then its cell is sealed ([`crate::cell`]), which takes the final share into
+//! the same flush (marked `evicted`). A writer still holding the series in its cache,
+//! or one that found it in the index just before the removal, gets `Sealed` back from
+//! its update instead of a silent loss, and records the point again through the index,
+//! which by then creates the successor series. Writers thus need no pin, lock or flag
+//! check on the hot path. A series with live [`SeriesHandle`]s is never retired
+//! (handle creation and retirement use a SeqCst flag/count pair, so at least one side
+//! sees the other).
 //!
 //! # Limits
 //! A point that would create a series past `max_series_per_metric` (counted per name in
@@ -38,16 +40,15 @@
 //! [`AggregatorStats::ceiling_reached`] is set) is rejected; existing series keep
 //! aggregating.
 
-use std::collections::HashMap;
+use std::hash::BuildHasher;
 use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU32, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use crossbeam_epoch as epoch;
 use crossbeam_queue::SegQueue;
 use foldhash::fast::RandomState;
 
-use crate::cell::{CounterCell, GaugeCell, HistogramCell, SummaryCell};
+use crate::cell::{CounterCell, GaugeCell, HistogramCell, Sealed, SummaryCell};
 use crate::flush::{FlushBatch, FlushedSeries, FlushedValue};
 use crate::key::{KeyError, SeriesKey, encode_raw};
 use crate::point::{DEFAULT_BUCKETS, HistogramValue, MetricKind, MetricPoint, Sample, Temporality};
@@ -64,7 +65,9 @@ pub struct AggregatorConfig {
     pub max_series_per_metric: usize,
     /// Most series in all. Default 1,000,000.
     pub max_series: usize,
-    /// Most label sets one [`Writer`] remembers before it clears its cache. Default 65,536.
+    /// Slots of each [`Writer`]'s cache (rounded up to a power of two); one label set
+    /// per slot, a newer one replacing an older one that hashes to the same slot.
+    /// Default 65,536.
     pub writer_cache_capacity: usize,
     /// Most metric names with their own `cardinality_limit_exceeded` count; the rest
     /// share the name `other`. Default 1,000.
@@ -72,6 +75,68 @@ pub struct AggregatorConfig {
     /// Bucket bounds for series created by single observations ([`Sample::Observe`]).
     /// Default: the Prometheus client defaults ([`DEFAULT_BUCKETS`]).
     pub histogram_bounds: Arc<[f64]>,
+}
+
+/// Most histogram bucket bounds accepted by [`AggregatorConfig::validate`].
+pub const MAX_HISTOGRAM_BOUNDS: usize = 1024;
+
+/// Why an [`AggregatorConfig`] is unusable: the field and what is wrong with it.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{field}: {reason}")]
+pub struct InvalidConfig {
+    /// The field's name in [`AggregatorConfig`].
+    pub field: &'static str,
+    /// What is wrong, in one line.
+    pub reason: String,
+}
+
+impl AggregatorConfig {
+    /// Checks every field: limits and cache size above zero; histogram bounds
+    /// (1 to [`MAX_HISTOGRAM_BOUNDS`] of them) finite and strictly increasing.
+    /// [`Aggregator::new`] never panics on an invalid config, but zero limits refuse
+    /// every series and unordered bounds put observations in the wrong buckets.
+    ///
+    /// # Errors
+    /// The first invalid field.
+    pub fn validate(&self) -> Result<(), InvalidConfig> {
+        let err = |field, reason: String| Err(InvalidConfig { field, reason });
+        for (field, value) in [
+            ("max_series_per_metric", self.max_series_per_metric),
+            ("max_series", self.max_series),
+            ("writer_cache_capacity", self.writer_cache_capacity),
+            ("max_tracked_metric_names", self.max_tracked_metric_names),
+        ] {
+            if value == 0 {
+                return err(field, "must be greater than 0".to_owned());
+            }
+        }
+        let b = &self.histogram_bounds;
+        if b.is_empty() || b.len() > MAX_HISTOGRAM_BOUNDS {
+            let n = b.len();
+            return err(
+                "histogram_bounds",
+                format!("must list 1 to {MAX_HISTOGRAM_BOUNDS} bounds, got {n}"),
+            );
+        }
+        if let Some(i) = b.iter().position(|v| !v.is_finite()) {
+            let v = b[i];
+            return err(
+                "histogram_bounds",
+                format!("bounds must be finite (+Inf is implied), got {v} at index {i}"),
+            );
+        }
+        if let Some(i) = b.windows(2).position(|w| w[0] >= w[1]) {
+            let (lo, hi) = (b[i], b[i + 1]);
+            return err(
+                "histogram_bounds",
+                format!(
+                    "bounds must be strictly increasing, got {lo} then {hi} at index {}",
+                    i + 1
+                ),
+            );
+        }
+        Ok(())
+    }
 }
 
 impl Default for AggregatorConfig {
@@ -112,10 +177,14 @@ pub enum Rejected {
     /// The aggregator already has `max_series` series.
     #[error("global series limit reached")]
     GlobalLimit,
+    /// The series was evicted under the update again and again (many times in a
+    /// row); only possible with a TTL far below the flush interval.
+    #[error("series evicted during the update, retries exhausted")]
+    EvictedDuringUpdate,
 }
 
 /// Reasons in the order of the rejection counters.
-const REASONS: [&str; 7] = [
+const REASONS: [&str; 8] = [
     "invalid_metric_name",
     "invalid_label_name",
     "duplicate_label",
@@ -123,6 +192,7 @@ const REASONS: [&str; 7] = [
     "type_conflict",
     "cardinality_limit_exceeded",
     "series_limit_reached",
+    "evicted_during_update",
 ];
 
 impl Rejected {
@@ -140,6 +210,7 @@ impl Rejected {
             Rejected::TypeConflict { .. } => 4,
             Rejected::MetricLimit(_) => 5,
             Rejected::GlobalLimit => 6,
+            Rejected::EvictedDuringUpdate => 7,
         }
     }
 }
@@ -159,8 +230,9 @@ pub struct AggregatorStats {
     pub evicted_series: u64,
     /// Series created since start.
     pub created_series: u64,
-    /// Times a writer cache was full and cleared.
-    pub writer_cache_resets: u64,
+    /// Writer cache entries replaced by another label set (reported by each writer in
+    /// batches of 1,024 and when it is dropped).
+    pub writer_cache_evictions: u64,
     /// Flushes since start.
     pub flushes: u64,
 }
@@ -202,7 +274,8 @@ struct Series {
     /// The aggregator clock (last flush time) at the latest update. Relaxed: only
     /// compared for change by the flusher; no data is read through it.
     touched_ms: AtomicI64,
-    /// Set by the flusher when it retires the series (see the module doc).
+    /// Set by the flusher when it retires the series; only handles read it (see the
+    /// module doc).
     retired: AtomicBool,
     /// Live [`SeriesHandle`]s; a series with handles is never retired.
     handles: AtomicU32,
@@ -241,8 +314,8 @@ fn validate(sample: &Sample<'_>) -> Result<(), Rejected> {
 impl Series {
     /// Applies a validated sample. `now_ms` stamps gauges without a timestamp.
     #[inline]
-    fn apply(&self, sample: &Sample<'_>, timestamp_ms: i64, now_ms: i64) -> Result<(), Rejected> {
-        match (&self.cell, sample) {
+    fn apply(&self, sample: &Sample<'_>, timestamp_ms: i64, now_ms: i64) -> Result<(), Refusal> {
+        let applied = match (&self.cell, sample) {
             (Cell::Counter(c), Sample::Counter(v, Temporality::Delta)) => c.add(*v),
             (Cell::Counter(c), Sample::Counter(v, Temporality::Cumulative)) => c.add_cumulative(*v),
             (Cell::Gauge(g), Sample::Gauge(v)) => g.set(*v, pick_ts(timestamp_ms, now_ms)),
@@ -254,12 +327,13 @@ impl Series {
             }
             (Cell::Summary(s), Sample::Summary(v)) => s.set(v),
             (cell, sample) => {
-                return Err(Rejected::TypeConflict {
+                return Err(Refusal::Rejected(Rejected::TypeConflict {
                     existing: kind_of(cell).as_str(),
                     got: sample.kind().as_str(),
-                });
+                }));
             }
-        }
+        };
+        applied.map_err(|Sealed| Refusal::Sealed)?;
         if self.touched_ms.load(Ordering::Relaxed) != now_ms {
             // Relaxed: see the field doc. The load first keeps hot series from
             // rewriting a line that other cores may be reading.
@@ -268,6 +342,17 @@ impl Series {
         Ok(())
     }
 }
+
+/// Why [`Series::apply`] did not record a point.
+enum Refusal {
+    /// The point is invalid for this series.
+    Rejected(Rejected),
+    /// The series was evicted; record the point through the index again.
+    Sealed,
+}
+
+/// How often a point whose series keeps being evicted under it is re-resolved.
+const SEALED_RETRIES: usize = 16;
 
 fn pick_ts(timestamp_ms: i64, now_ms: i64) -> i64 {
     if timestamp_ms == 0 {
@@ -315,11 +400,12 @@ impl FlushEntry {
         }
     }
 
-    /// Takes the interval's share out of the cell; `None` for a summary never set.
+    /// Takes the interval's share out of the cell, sealing it if `evicted` (its last
+    /// share); `None` for a summary never set.
     fn collect(&mut self, evicted: bool) -> Option<FlushedSeries> {
         let value = match (&self.series.cell, &mut self.totals) {
             (Cell::Counter(c), Totals::Counter(total)) => {
-                let take = c.collect();
+                let take = if evicted { c.seal() } else { c.collect() };
                 *total += take.delta + take.baseline;
                 FlushedValue::Counter {
                     delta: take.delta,
@@ -327,14 +413,14 @@ impl FlushEntry {
                 }
             }
             (Cell::Gauge(g), _) => {
-                let (value, timestamp_ms) = g.read();
+                let (value, timestamp_ms) = if evicted { g.seal() } else { g.read() };
                 FlushedValue::Gauge {
                     value,
                     timestamp_ms,
                 }
             }
             (Cell::Histogram(h), Totals::Histogram(total)) => {
-                let (delta, baseline) = h.collect();
+                let (delta, baseline) = if evicted { h.seal() } else { h.collect() };
                 if let Some(b) = &baseline {
                     add_histogram(total, b);
                 }
@@ -344,7 +430,9 @@ impl FlushEntry {
                     total: total.clone(),
                 }
             }
-            (Cell::Summary(s), _) => FlushedValue::Summary(s.read()?),
+            (Cell::Summary(s), _) => {
+                FlushedValue::Summary(if evicted { s.seal() } else { s.read() }?)
+            }
             _ => return None,
         };
         Some(FlushedSeries {
@@ -384,10 +472,6 @@ struct Shared {
     limit_drops: papaya::HashMap<Box<str>, AtomicU64, RandomState>,
     /// Series created but not yet seen by the flusher.
     created: SegQueue<Arc<Series>>,
-    /// Retired series whose grace period is over, awaiting their final collection.
-    retired: Arc<SegQueue<FlushEntry>>,
-    /// Retired series not yet finally collected.
-    retiring: AtomicUsize,
     /// Series held (the global ceiling counts these). AcqRel RMWs; see `admit`.
     active: AtomicUsize,
     /// The aggregator clock: the latest flush time (or creation time), ms. Relaxed: a
@@ -397,7 +481,7 @@ struct Shared {
     rejected: [AtomicU64; REASONS.len()],
     evicted: AtomicU64,
     created_total: AtomicU64,
-    cache_resets: AtomicU64,
+    cache_evictions: AtomicU64,
     flusher: Mutex<FlusherState>,
 }
 
@@ -496,20 +580,54 @@ impl Shared {
             .fetch_add(1, Ordering::Relaxed);
     }
 
-    /// Resolves a key from raw parts through the index (no writer cache).
-    fn resolve_parts(
+    /// The slow path: resolves `name` + `labels` through the index (creating the series
+    /// if admitted) and applies the sample, resolving again if the series turns out
+    /// sealed (evicted under us). Returns the series that took the point, for a
+    /// writer's cache. Rejections are counted here.
+    fn record_slow(
         &self,
         name: &str,
         labels: &[(&str, &str)],
-        kind: MetricKind,
-        bounds: Option<&Arc<[f64]>>,
-        canon: &mut Vec<u8>,
+        sample: &Sample<'_>,
+        timestamp_ms: i64,
+        scratch: &mut Scratch,
     ) -> Result<Arc<Series>, Rejected> {
-        if let Err(e) = SeriesKey::canonicalize(name, labels, canon) {
+        if let Err(e) =
+            SeriesKey::canonicalize(name, labels, &mut scratch.canon, &mut scratch.order)
+        {
             return self.reject(e.into());
         }
-        self.resolve(canon, name, kind, bounds)
+        self.record_canonical(name, sample, timestamp_ms, &scratch.canon)
     }
+
+    /// [`Shared::record_slow`] for a key already in canonical form.
+    fn record_canonical(
+        &self,
+        name: &str,
+        sample: &Sample<'_>,
+        timestamp_ms: i64,
+        canonical: &[u8],
+    ) -> Result<Arc<Series>, Rejected> {
+        for _ in 0..SEALED_RETRIES {
+            let series = self.resolve(canonical, name, sample.kind(), bounds_of(sample))?;
+            let now = self.clock_ms.load(Ordering::Relaxed);
+            match series.apply(sample, timestamp_ms, now) {
+                Ok(()) => return Ok(series),
+                Err(Refusal::Rejected(e)) => return self.reject(e),
+                // The flusher removed it from the index before sealing it, so the next
+                // resolve finds or creates its successor.
+                Err(Refusal::Sealed) => continue,
+            }
+        }
+        self.reject(Rejected::EvictedDuringUpdate)
+    }
+}
+
+/// Reusable buffers for building canonical keys without allocating per point.
+#[derive(Default)]
+struct Scratch {
+    canon: Vec<u8>,
+    order: Vec<usize>,
 }
 
 fn bounds_of<'a>(sample: &Sample<'a>) -> Option<&'a Arc<[f64]>> {
@@ -553,14 +671,12 @@ impl Aggregator {
                 families: papaya::HashMap::with_hasher(RandomState::default()),
                 limit_drops: papaya::HashMap::with_hasher(RandomState::default()),
                 created: SegQueue::new(),
-                retired: Arc::new(SegQueue::new()),
-                retiring: AtomicUsize::new(0),
                 active: AtomicUsize::new(0),
                 clock_ms: AtomicI64::new(now),
                 rejected: Default::default(),
                 evicted: AtomicU64::new(0),
                 created_total: AtomicU64::new(0),
-                cache_resets: AtomicU64::new(0),
+                cache_evictions: AtomicU64::new(0),
                 flusher: Mutex::new(FlusherState {
                     entries: Vec::new(),
                     sequence: 0,
@@ -577,11 +693,15 @@ impl Aggregator {
 
     /// A writer with its own fingerprint cache: one per receiving thread or task.
     pub fn writer(&self) -> Writer {
+        let sets = (self.shared.config.writer_cache_capacity.max(2) / 2).next_power_of_two();
         Writer {
             shared: self.shared.clone(),
-            cache: HashMap::with_hasher(RandomState::default()),
+            slots: (0..sets * 2).map(|_| CacheSlot::default()).collect(),
+            hasher: RandomState::default(),
+            occupied: 0,
+            evictions: 0,
             raw: Vec::with_capacity(256),
-            canon: Vec::with_capacity(256),
+            scratch: Scratch::default(),
         }
     }
 
@@ -600,19 +720,10 @@ impl Aggregator {
         if let Err(e) = validate(&sample) {
             return self.shared.reject(e);
         }
-        let _guard = epoch::pin();
-        let mut canon = Vec::new();
-        let series = self.shared.resolve_parts(
-            name,
-            labels,
-            sample.kind(),
-            bounds_of(&sample),
-            &mut canon,
-        )?;
-        let now = self.shared.clock_ms.load(Ordering::Relaxed);
-        series
-            .apply(&sample, timestamp_ms, now)
-            .or_else(|e| self.shared.reject(e))
+        let mut scratch = Scratch::default();
+        self.shared
+            .record_slow(name, labels, &sample, timestamp_ms, &mut scratch)
+            .map(drop)
     }
 
     /// A handle to one series (created if needed) for updates without any lookup: the
@@ -636,15 +747,14 @@ impl Aggregator {
         labels: &[(&str, &str)],
         kind: MetricKind,
     ) -> Result<SeriesHandle, Rejected> {
-        let mut canon = Vec::new();
-        // Bounded: each retry follows a retirement that removed the key from the index,
-        // after which resolve creates a fresh series that cannot be retired before the
-        // next flush; two retries cover any interleaving.
-        for _ in 0..3 {
-            let _guard = epoch::pin();
-            let series = self
-                .shared
-                .resolve_parts(name, labels, kind, None, &mut canon)?;
+        let mut scratch = Scratch::default();
+        if let Err(e) =
+            SeriesKey::canonicalize(name, labels, &mut scratch.canon, &mut scratch.order)
+        {
+            return self.shared.reject(e.into());
+        }
+        for _ in 0..SEALED_RETRIES {
+            let series = self.shared.resolve(&scratch.canon, name, kind, None)?;
             let existing = kind_of(&series.cell);
             if existing != kind {
                 return self.shared.reject(Rejected::TypeConflict {
@@ -660,11 +770,10 @@ impl Aggregator {
                     shared: self.shared.clone(),
                 });
             }
+            // Being retired: it leaves the index before it is sealed; resolve again.
             series.handles.fetch_sub(1, Ordering::SeqCst);
-            canon.clear();
         }
-        // Unreachable in practice (see above); refuse rather than spin.
-        self.shared.reject(Rejected::GlobalLimit)
+        self.shared.reject(Rejected::EvictedDuringUpdate)
     }
 
     /// Flushes now (wall clock).
@@ -672,10 +781,11 @@ impl Aggregator {
         self.flush_at(now_ms())
     }
 
-    /// Takes every series' share since the previous flush, retires series idle for
-    /// `series_ttl`, and returns the batch. `now_ms` is the flush time (milliseconds
-    /// since the Unix epoch); tests pass their own clock. Ingestion continues
-    /// throughout; concurrent flushes run one after the other.
+    /// Takes every series' share since the previous flush, evicts series idle for
+    /// `series_ttl` (their last share is in this batch, marked `evicted`), and returns
+    /// the batch. `now_ms` is the flush time (milliseconds since the Unix epoch); tests
+    /// pass their own clock. Ingestion continues throughout; concurrent flushes run one
+    /// after the other.
     pub fn flush_at(&self, now_ms: i64) -> FlushBatch {
         let sh = &*self.shared;
         let mut st = sh.flusher.lock().unwrap_or_else(|p| p.into_inner());
@@ -684,45 +794,39 @@ impl Aggregator {
         while let Some(s) = sh.created.pop() {
             st.entries.push(FlushEntry::new(s, now_ms));
         }
-        let mut out = Vec::with_capacity(st.entries.len() + sh.retiring.load(Ordering::Relaxed));
-        while let Some(mut e) = sh.retired.pop() {
-            out.extend(e.collect(true));
-            sh.retiring.fetch_sub(1, Ordering::Relaxed);
-        }
-        let ttl_ms = sh.config.series_ttl.as_millis() as i64;
-        let guard = epoch::pin();
+        let mut out = Vec::with_capacity(st.entries.len());
+        let ttl_ms = i64::try_from(sh.config.series_ttl.as_millis()).unwrap_or(i64::MAX);
         let index = sh.index.pin();
         let mut i = 0;
         while i < st.entries.len() {
             let e = &mut st.entries[i];
-            out.extend(e.collect(false));
             let touched = e.series.touched_ms.load(Ordering::Relaxed);
             if touched != e.seen_touched_ms {
                 e.seen_touched_ms = touched;
                 e.active_at_ms = now_ms;
             }
-            if ttl_ms > 0 && now_ms - e.active_at_ms >= ttl_ms && try_retire(&e.series) {
-                let e = st.entries.swap_remove(i);
+            let expired = ttl_ms > 0 && now_ms - e.active_at_ms >= ttl_ms;
+            if expired && try_retire(&e.series) {
+                // Out of the index first, so writers that find the cell sealed resolve
+                // to a successor rather than to this series again.
                 index.remove(&e.series.key);
+                out.extend(e.collect(true));
+                let e = st.entries.swap_remove(i);
                 e.series.family.active.fetch_sub(1, Ordering::AcqRel);
                 sh.active.fetch_sub(1, Ordering::AcqRel);
                 sh.evicted.fetch_add(1, Ordering::Relaxed);
-                sh.retiring.fetch_add(1, Ordering::Relaxed);
-                let q = sh.retired.clone();
-                guard.defer(move || q.push(e));
                 continue;
             }
+            out.extend(e.collect(false));
             i += 1;
         }
+        drop(index);
         // Families whose series are all gone are dropped so churning names do not
         // grow memory. A creator racing with this keeps its own `Arc<Family>`; the
         // per-name count may then undercount until that series is evicted.
         sh.families
             .pin()
             .retain(|_, f| f.active.load(Ordering::Acquire) > 0);
-        drop(index);
-        guard.flush();
-        drop(guard);
         st.sequence += 1;
         let start_ms = std::mem::replace(&mut st.last_flush_ms, now_ms);
         FlushBatch {
@@ -731,12 +835,6 @@ impl Aggregator {
             end_ms: now_ms,
             series: out,
         }
-    }
-
-    /// Series retired but not yet finally collected (their last share comes in a later
-    /// flush, once no writer can still be writing to them).
-    pub fn pending_evictions(&self) -> usize {
-        self.shared.retiring.load(Ordering::Relaxed)
     }
 
     /// Current counters.
@@ -754,7 +852,7 @@ impl Aggregator {
                 .collect(),
             evicted_series: sh.evicted.load(Ordering::Relaxed),
             created_series: sh.created_total.load(Ordering::Relaxed),
-            writer_cache_resets: sh.cache_resets.load(Ordering::Relaxed),
+            writer_cache_evictions: sh.cache_evictions.load(Ordering::Relaxed),
             flushes: sh.flusher.lock().map_or(0, |s| s.sequence),
         }
     }
@@ -800,15 +898,33 @@ fn try_retire(s: &Series) -> bool {
     true
 }
 
+/// One slot of a [`Writer`]'s cache.
+#[derive(Default)]
+struct CacheSlot {
+    /// Hash of `raw`, checked before the bytes.
+    hash: u64,
+    /// Raw encoding of the label set; its buffer is reused when the slot is replaced.
+    raw: Vec<u8>,
+    series: Option<Arc<Series>>,
+}
+
+/// How many evictions a writer counts locally before adding them to the shared stat.
+const EVICTION_REPORT_BATCH: u64 = 1_024;
+
 /// Records points with a private fingerprint cache. One per receiving thread or task;
 /// `Send` but used through `&mut self`.
 pub struct Writer {
     shared: Arc<Shared>,
-    /// Raw (arrival-order) encoding of a label set to its series. Keys share the
-    /// series key's bytes when the labels arrived sorted.
-    cache: HashMap<Arc<[u8]>, Arc<Series>, RandomState>,
+    /// Two-way set-associative: a label set lives in one of the two slots of set
+    /// `hash & (sets - 1)`, the most recently used first. `len` is a power of two.
+    slots: Box<[CacheSlot]>,
+    hasher: RandomState,
+    occupied: usize,
+    /// Evictions not yet added to `Shared::cache_evictions`.
+    evictions: u64,
+    /// Raw (arrival-order) encoding of the current point's label set.
     raw: Vec<u8>,
-    canon: Vec<u8>,
+    scratch: Scratch,
 }
 
 impl Writer {
@@ -828,43 +944,65 @@ impl Writer {
         if let Err(e) = validate(&sample) {
             return self.shared.reject(e);
         }
-        let guard = epoch::pin();
-        let sorted = encode_raw(&mut self.raw, name, labels);
-        let now = self.shared.clock_ms.load(Ordering::Relaxed);
-        if let Some(series) = self.cache.get(&self.raw[..]) {
-            // Relaxed is enough after `pin` (see the module doc): the flusher pins
-            // after setting the flag, and the pins' SeqCst fences order the two.
-            if !series.retired.load(Ordering::Relaxed) {
-                return series
-                    .apply(&sample, timestamp_ms, now)
-                    .or_else(|e| self.shared.reject(e));
+        encode_raw(&mut self.raw, name, labels);
+        let hash = self.hasher.hash_one(&self.raw[..]);
+        let set = (hash as usize & (self.slots.len() / 2 - 1)) * 2;
+        for way in 0..2 {
+            let slot = &self.slots[set + way];
+            let Some(series) = &slot.series else { continue };
+            if slot.hash != hash || slot.raw != self.raw {
+                continue;
             }
-            self.cache.remove(&self.raw[..]);
-        }
-        let series = self.shared.resolve_parts(
-            name,
-            labels,
-            sample.kind(),
-            bounds_of(&sample),
-            &mut self.canon,
-        )?;
-        let result = series
-            .apply(&sample, timestamp_ms, now)
-            .or_else(|e| self.shared.reject(e));
-        drop(guard);
-        if !series.retired.load(Ordering::Relaxed) {
-            if self.cache.len() >= self.shared.config.writer_cache_capacity {
-                self.cache.clear();
-                self.shared.cache_resets.fetch_add(1, Ordering::Relaxed);
+            let now = self.shared.clock_ms.load(Ordering::Relaxed);
+            match series.apply(&sample, timestamp_ms, now) {
+                Ok(()) => {
+                    if way == 1 {
+                        self.slots.swap(set, set + 1); // most recently used first
+                    }
+                    return Ok(());
+                }
+                Err(Refusal::Rejected(e)) => return self.shared.reject(e),
+                Err(Refusal::Sealed) => {
+                    // Evicted: forget it and go through the index to its successor.
+                    self.slots[set + way].series = None;
+                    self.occupied -= 1;
+                    break;
+                }
             }
-            let key = if sorted && self.raw == series.key.as_bytes() {
-                series.key.shared_bytes().clone()
-            } else {
-                Arc::from(&self.raw[..])
-            };
-            self.cache.insert(key, series);
         }
-        result
+        let series =
+            self.shared
+                .record_slow(name, labels, &sample, timestamp_ms, &mut self.scratch)?;
+        self.remember(set, hash, series);
+        Ok(())
+    }
+
+    /// Puts `series` in the first slot of `set`, moving the first to the second and
+    /// dropping what was in the second.
+    fn remember(&mut self, set: usize, hash: u64, series: Arc<Series>) {
+        if self.slots[set].series.is_some() {
+            if self.slots[set + 1].series.take().is_some() {
+                self.occupied -= 1;
+                self.evictions += 1;
+                if self.evictions >= EVICTION_REPORT_BATCH {
+                    self.report_evictions();
+                }
+            }
+            // The emptied slot (keeping its buffer) becomes the first.
+            self.slots.swap(set, set + 1);
+        }
+        let slot = &mut self.slots[set];
+        slot.hash = hash;
+        slot.raw.clear();
+        slot.raw.extend_from_slice(&self.raw);
+        slot.series = Some(series);
+        self.occupied += 1;
+    }
+
+    fn report_evictions(&mut self) {
+        self.shared
+            .cache_evictions
+            .fetch_add(std::mem::take(&mut self.evictions), Ordering::Relaxed);
     }
 
     /// Applies an owned [`MetricPoint`].
@@ -882,7 +1020,13 @@ impl Writer {
 
     /// Label sets currently cached.
     pub fn cached(&self) -> usize {
-        self.cache.len()
+        self.occupied
+    }
+}
+
+impl Drop for Writer {
+    fn drop(&mut self) {
+        self.report_evictions();
     }
 }
 
@@ -912,10 +1056,7 @@ impl SeriesHandle {
     #[inline]
     pub fn add(&self, v: f64) -> Result<(), Rejected> {
         match &self.series.cell {
-            Cell::Counter(c) if v.is_finite() && v >= 0.0 => {
-                c.add(v);
-                Ok(())
-            }
+            Cell::Counter(c) if v.is_finite() && v >= 0.0 && c.add(v).is_ok() => Ok(()),
             _ => self.record(Sample::Counter(v, Temporality::Delta), 0),
         }
     }
@@ -948,9 +1089,17 @@ impl SeriesHandle {
             return self.shared.reject(e);
         }
         let now = self.shared.clock_ms.load(Ordering::Relaxed);
-        self.series
-            .apply(&sample, timestamp_ms, now)
-            .or_else(|e| self.shared.reject(e))
+        match self.series.apply(&sample, timestamp_ms, now) {
+            Ok(()) => Ok(()),
+            Err(Refusal::Rejected(e)) => self.shared.reject(e),
+            // Not reachable while the handle holds the series; stay correct anyway.
+            Err(Refusal::Sealed) => {
+                let key = &self.series.key;
+                self.shared
+                    .record_canonical(key.name(), &sample, timestamp_ms, key.as_bytes())
+                    .map(drop)
+            }
+        }
     }
 }
 

@@ -1,9 +1,9 @@
 //! Per-series atomic cells: where points are added without a lock, and where the
 //! flusher takes each interval's share out exactly once.
 //!
-//! Owns: the update and collection protocols of counters, gauges, histograms and
-//! summaries. Must never: block a writer, or let one update be collected twice or not
-//! at all.
+//! Owns: the update, collection and sealing protocols of counters, gauges, histograms
+//! and summaries. Must never: block a writer, or let one update be collected twice or
+//! not at all.
 //!
 //! # Protocols
 //! - **Counter**: the delta since the last collection lives in two words, an integer
@@ -14,8 +14,8 @@
 //!   collection. Cumulative inputs `swap` the last seen value in and add the difference
 //!   (or, after a reset, the new value) as a delta; the first one becomes the
 //!   *baseline*, which moves the running total but is not a delta.
-//! - **Gauge**: the value and its timestamp are plain stores; relative adjustments are
-//!   a CAS loop on the value.
+//! - **Gauge**: the value is set with a CAS (so a seal is noticed and kept) and the
+//!   timestamp stored; relative adjustments are a CAS loop on the value.
 //! - **Histogram**: several words change per observation, so a swap per word would let
 //!   one observation's bucket land in one flush and its count in the next. Instead the
 //!   cell has two halves (hot and cold), as in the Prometheus Go client. A state word
@@ -27,10 +27,20 @@
 //!   writers already inside the old half are waited for, and they are a few
 //!   instructions from done. Writers never wait.
 //! - **Summary**: the latest value is an epoch-protected pointer, swapped on update.
+//!
+//! # Sealing
+//! When a series is evicted its cell is *sealed*: the collector swaps a sentinel into
+//! every word writers modify (an integer far below any sum, a NaN with a private
+//! payload, a state bit, a tagged pointer) and takes what it swapped out as the final
+//! share. Every writer operation is a read-modify-write that returns the previous
+//! contents, so a writer that comes after the seal sees the sentinel and gets
+//! [`Sealed`] back instead of losing its point; the caller then records it in the
+//! series' successor. Writers therefore need no epoch pin or lock to race safely with
+//! eviction.
 
 use std::sync::Arc;
 
-use crossbeam_epoch::{self as epoch, Atomic, Owned};
+use crossbeam_epoch::{self as epoch, Atomic, Owned, Shared};
 
 use crate::point::{HistogramValue, SummaryValue};
 use crate::sync::{AtomicI64, AtomicU64, Ordering, f64_add, f64_max, f64_min, yield_now};
@@ -41,6 +51,62 @@ const INT_FAST_PATH_LIMIT: f64 = 4_294_967_296.0;
 
 /// Bit pattern meaning "no cumulative value seen yet" (a NaN; NaN inputs are rejected).
 const NO_VALUE: u64 = u64::MAX;
+
+/// Sentinel of a sealed f64 word: a NaN with a payload no arithmetic produces (gauge
+/// inputs are canonicalised, so a NaN gauge is stored as `f64::NAN`).
+const SEALED_F64: u64 = 0x7ff4_dead_5ea1_0001;
+
+/// Sentinel of a sealed integer delta word. Live values are never negative (only
+/// non-negative increments are added), and a sealed word stays negative for 2^31
+/// further maximal increments, far more than the few stale writers that can reach it.
+const SEALED_INT: i64 = i64::MIN;
+
+/// The cell was sealed (its series evicted): nothing was recorded, and the point
+/// belongs to the series' successor.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Sealed;
+
+/// Adds `v` to an f64 word unless it is sealed. Relaxed: a single-word RMW lands in
+/// exactly one collection by itself (module doc).
+#[inline]
+fn f64_add_unsealed(cell: &AtomicU64, v: f64) -> Result<(), Sealed> {
+    let mut cur = cell.load(Ordering::Relaxed);
+    loop {
+        if cur == SEALED_F64 {
+            return Err(Sealed);
+        }
+        let new = (f64::from_bits(cur) + v).to_bits();
+        match cell.compare_exchange_weak(cur, new, Ordering::Relaxed, Ordering::Relaxed) {
+            Ok(_) => return Ok(()),
+            Err(actual) => cur = actual,
+        }
+    }
+}
+
+/// Stores `new` in `slot` unless the slot holds the sealed marker (a null pointer
+/// tagged 1); returns what it replaced. A CAS, not a swap, so the marker survives.
+fn swap_unless_sealed<'g, T>(
+    slot: &Atomic<T>,
+    new: Owned<T>,
+    guard: &'g epoch::Guard,
+) -> Result<Shared<'g, T>, Sealed> {
+    let mut new = new;
+    // Acquire: pairs with the Release of whoever stored `cur`, before we read or free it.
+    let mut cur = slot.load(Ordering::Acquire, guard);
+    loop {
+        if cur.tag() == 1 {
+            return Err(Sealed);
+        }
+        // AcqRel on success: Release publishes `new`'s contents, Acquire as above.
+        match slot.compare_exchange(cur, new, Ordering::AcqRel, Ordering::Acquire, guard) {
+            Ok(_) => return Ok(cur),
+            Err(e) => {
+                cur = e.current;
+                new = e.new;
+            }
+        }
+    }
+}
 
 /// What [`CounterCell::collect`] takes out of a counter.
 #[derive(Debug, Clone, Copy, PartialEq, Default)]
@@ -53,7 +119,7 @@ pub struct CounterTake {
 
 /// A counter's lock-free state.
 pub struct CounterCell {
-    /// Integral part of the pending delta. Relaxed: see the module doc.
+    /// Integral part of the pending delta, or [`SEALED_INT`]-based. Relaxed: module doc.
     delta_int: AtomicI64,
     /// Non-integral part of the pending delta, f64 bits. Relaxed: see the module doc.
     delta_float: AtomicU64,
@@ -76,13 +142,17 @@ impl Default for CounterCell {
 
 impl CounterCell {
     /// Adds a delta. The caller has checked that `v` is finite and not negative.
+    ///
+    /// # Errors
+    /// [`Sealed`] if the cell was sealed; nothing was recorded.
     #[inline]
-    pub fn add(&self, v: f64) {
+    pub fn add(&self, v: f64) -> Result<(), Sealed> {
         if v < INT_FAST_PATH_LIMIT && v == v.trunc() {
             // Relaxed: a single RMW on the word the collector swaps (module doc).
-            self.delta_int.fetch_add(v as i64, Ordering::Relaxed);
+            let prev = self.delta_int.fetch_add(v as i64, Ordering::Relaxed);
+            if prev < 0 { Err(Sealed) } else { Ok(()) }
         } else {
-            f64_add(&self.delta_float, v);
+            f64_add_unsealed(&self.delta_float, v)
         }
     }
 
@@ -90,27 +160,46 @@ impl CounterCell {
     /// a decrease means the source restarted and the whole new value is the delta; the
     /// first value is the baseline. The caller has checked that `v` is finite and not
     /// negative.
-    pub fn add_cumulative(&self, v: f64) {
+    ///
+    /// # Errors
+    /// [`Sealed`] if the cell was sealed; nothing was recorded.
+    pub fn add_cumulative(&self, v: f64) -> Result<(), Sealed> {
         // Relaxed: each cumulative value is consumed by exactly one swap, whatever the
-        // order, and the resulting delta goes through `add`.
+        // order; the resulting delta goes through a word that detects a seal.
         let prev = self.last_cumulative.swap(v.to_bits(), Ordering::Relaxed);
         if prev == NO_VALUE {
-            f64_add(&self.baseline, v);
-            return;
+            return f64_add_unsealed(&self.baseline, v);
         }
         let prev = f64::from_bits(prev);
-        self.add(if v >= prev { v - prev } else { v });
+        self.add(if v >= prev { v - prev } else { v })
     }
 
     /// Takes the pending delta and baseline, leaving zero.
     pub fn collect(&self) -> CounterTake {
+        self.take(0, 0f64.to_bits())
+    }
+
+    /// Takes the final delta and baseline and seals the cell (see the module doc).
+    pub fn seal(&self) -> CounterTake {
+        self.take(SEALED_INT, SEALED_F64)
+    }
+
+    fn take(&self, int_fill: i64, float_fill: u64) -> CounterTake {
         // Relaxed: single-word swaps; see the module doc.
-        let int = self.delta_int.swap(0, Ordering::Relaxed);
-        let float = f64::from_bits(self.delta_float.swap(0f64.to_bits(), Ordering::Relaxed));
-        let baseline = f64::from_bits(self.baseline.swap(0f64.to_bits(), Ordering::Relaxed));
+        let int = self.delta_int.swap(int_fill, Ordering::Relaxed);
+        let float = self.delta_float.swap(float_fill, Ordering::Relaxed);
+        let baseline = self.baseline.swap(float_fill, Ordering::Relaxed);
+        // Taking from a sealed cell is a caller bug; report zeros, not sentinels.
+        let clean = |bits: u64| {
+            if bits == SEALED_F64 {
+                0.0
+            } else {
+                f64::from_bits(bits)
+            }
+        };
         CounterTake {
-            delta: int as f64 + float,
-            baseline,
+            delta: int.max(0) as f64 + clean(float),
+            baseline: clean(baseline),
         }
     }
 }
@@ -121,7 +210,7 @@ pub struct GaugeCell {
     value: AtomicU64,
     /// Milliseconds since the Unix epoch of the last update. Relaxed, as `value`; value
     /// and timestamp of two racing writers may mix, which only matters for writers that
-    /// raced to the same millisecond-scale instant.
+    /// raced to the same instant.
     timestamp_ms: AtomicI64,
 }
 
@@ -136,17 +225,45 @@ impl Default for GaugeCell {
 
 impl GaugeCell {
     /// Sets the value.
+    ///
+    /// # Errors
+    /// [`Sealed`] if the cell was sealed; the value is not part of any flush.
     #[inline]
-    pub fn set(&self, v: f64, timestamp_ms: i64) {
-        self.value.store(v.to_bits(), Ordering::Relaxed);
+    pub fn set(&self, v: f64, timestamp_ms: i64) -> Result<(), Sealed> {
+        // One NaN bit pattern, so no input can look like the seal sentinel.
+        let bits = if v.is_nan() {
+            f64::NAN.to_bits()
+        } else {
+            v.to_bits()
+        };
+        // A CAS, not a swap: a swap would overwrite the sentinel and hide the seal
+        // from later writers.
+        let mut cur = self.value.load(Ordering::Relaxed);
+        loop {
+            if cur == SEALED_F64 {
+                return Err(Sealed);
+            }
+            match self
+                .value
+                .compare_exchange_weak(cur, bits, Ordering::Relaxed, Ordering::Relaxed)
+            {
+                Ok(_) => break,
+                Err(actual) => cur = actual,
+            }
+        }
         self.timestamp_ms.store(timestamp_ms, Ordering::Relaxed);
+        Ok(())
     }
 
     /// Adds a signed amount to the value (StatsD `+N`/`-N`).
+    ///
+    /// # Errors
+    /// [`Sealed`] if the cell was sealed; nothing was recorded.
     #[inline]
-    pub fn adjust(&self, d: f64, timestamp_ms: i64) {
-        f64_add(&self.value, d);
+    pub fn adjust(&self, d: f64, timestamp_ms: i64) -> Result<(), Sealed> {
+        f64_add_unsealed(&self.value, d)?;
         self.timestamp_ms.store(timestamp_ms, Ordering::Relaxed);
+        Ok(())
     }
 
     /// The current value and its timestamp.
@@ -156,10 +273,25 @@ impl GaugeCell {
             self.timestamp_ms.load(Ordering::Relaxed),
         )
     }
+
+    /// The final value and timestamp; seals the cell.
+    pub fn seal(&self) -> (f64, i64) {
+        let v = self.value.swap(SEALED_F64, Ordering::Relaxed);
+        let v = if v == SEALED_F64 {
+            f64::NAN
+        } else {
+            f64::from_bits(v)
+        };
+        (v, self.timestamp_ms.load(Ordering::Relaxed))
+    }
 }
 
 /// Bit 63 of [`HistogramCell::state`]: the hot half.
 const HOT_BIT: u64 = 1 << 63;
+/// Bit 62 of [`HistogramCell::state`]: sealed; writers back off without writing.
+const SEALED_BIT: u64 = 1 << 62;
+/// Bits 0..62 of [`HistogramCell::state`]: writes started on the hot half.
+const STARTED_MASK: u64 = SEALED_BIT - 1;
 
 /// One half of a [`HistogramCell`]. All fields Relaxed; `done` publishes them.
 struct HistogramHalf {
@@ -191,13 +323,14 @@ impl HistogramHalf {
 /// A histogram's lock-free state (see the module doc for the hot/cold protocol).
 pub struct HistogramCell {
     bounds: Arc<[f64]>,
-    /// Bit 63: index of the hot half. Bits 0..63: writes started on it since the last
-    /// swap.
+    /// Bit 63: index of the hot half. Bit 62: sealed. Bits 0..62: writes started on the
+    /// hot half since the last swap.
     state: AtomicU64,
     halves: [HistogramHalf; 2],
     /// Last cumulative input (for reset detection), epoch-protected.
     last_cumulative: Atomic<HistogramValue>,
-    /// Pending baseline from the first cumulative input, taken by the collector.
+    /// Pending baseline from the first cumulative input, taken by the collector. A null
+    /// pointer tagged 1 means sealed.
     baseline: Atomic<HistogramValue>,
 }
 
@@ -221,20 +354,27 @@ impl HistogramCell {
 
     /// Runs `write` on the hot half, announcing it first and publishing it after.
     #[inline]
-    fn write(&self, write: impl FnOnce(&HistogramHalf)) {
+    fn write(&self, write: impl FnOnce(&HistogramHalf)) -> Result<(), Sealed> {
         // Acquire: pairs with the collector's Release swap, so this writer sees the
         // half it lands on already reset.
         let s = self.state.fetch_add(1, Ordering::Acquire);
+        if s & SEALED_BIT != 0 {
+            return Err(Sealed);
+        }
         let half = &self.halves[(s >> 63) as usize];
         write(half);
         // Release: the collector's Acquire load of `done` then sees every field above.
         half.done.fetch_add(1, Ordering::Release);
+        Ok(())
     }
 
     /// Records `count` observations of `value`. NaN observations are the caller's to
     /// reject.
+    ///
+    /// # Errors
+    /// [`Sealed`] if the cell was sealed; nothing was recorded.
     #[inline]
-    pub fn observe(&self, value: f64, count: u64) {
+    pub fn observe(&self, value: f64, count: u64) -> Result<(), Sealed> {
         let idx = self.bounds.partition_point(|b| *b < value);
         self.write(|h| {
             h.counts[idx].fetch_add(count, Ordering::Relaxed);
@@ -242,26 +382,26 @@ impl HistogramCell {
             f64_add(&h.sum, value * count as f64);
             f64_min(&h.min, value);
             f64_max(&h.max, value);
-        });
+        })
     }
 
     /// Adds a whole delta histogram. Buckets whose bounds differ from this cell's are
     /// moved to the smallest bucket of this cell whose bound is at least theirs (exact
     /// when the bounds match, which is the usual case).
-    pub fn merge(&self, delta: &HistogramValue) {
+    ///
+    /// # Errors
+    /// [`Sealed`] if the cell was sealed; nothing was recorded.
+    pub fn merge(&self, delta: &HistogramValue) -> Result<(), Sealed> {
+        let same = Arc::ptr_eq(&delta.bounds, &self.bounds) || *delta.bounds == *self.bounds;
         self.write(|h| {
             for (i, &c) in delta.counts.iter().enumerate() {
                 if c == 0 {
                     continue;
                 }
-                let j = if Arc::ptr_eq(&delta.bounds, &self.bounds) || *delta.bounds == *self.bounds
-                {
-                    i
-                } else {
-                    match delta.bounds.get(i) {
-                        Some(ub) => self.bounds.partition_point(|b| b < ub),
-                        None => self.bounds.len(),
-                    }
+                let j = match delta.bounds.get(i) {
+                    _ if same => i,
+                    Some(ub) => self.bounds.partition_point(|b| b < ub),
+                    None => self.bounds.len(),
                 };
                 h.counts[j].fetch_add(c, Ordering::Relaxed);
             }
@@ -271,13 +411,19 @@ impl HistogramCell {
                 f64_min(&h.min, delta.min);
                 f64_max(&h.max, delta.max);
             }
-        });
+        })
     }
 
     /// Applies a cumulative histogram: the difference to the previous one is merged as
     /// a delta; a reset (count or any bucket lower than before, or other bounds) merges
     /// the whole value; the first one becomes the baseline.
-    pub fn merge_cumulative(&self, value: &HistogramValue) {
+    ///
+    /// # Errors
+    /// [`Sealed`] if the cell was sealed; nothing was recorded.
+    pub fn merge_cumulative(&self, value: &HistogramValue) -> Result<(), Sealed> {
+        if self.state.load(Ordering::Relaxed) & SEALED_BIT != 0 {
+            return Err(Sealed);
+        }
         let guard = epoch::pin();
         // AcqRel: the Release half publishes the new value's contents; the Acquire half
         // lets us read the previous one, published the same way.
@@ -286,52 +432,70 @@ impl HistogramCell {
             .swap(Owned::new(value.clone()), Ordering::AcqRel, &guard);
         // SAFETY: `prev` was loaded under `guard` and is destroyed only through
         // `defer_destroy` below, after every thread pinned now has unpinned.
-        match unsafe { prev.as_ref() } {
-            None => {
-                let old = self
-                    .baseline
-                    .swap(Owned::new(value.clone()), Ordering::AcqRel, &guard);
-                if !old.is_null() {
-                    // A baseline not yet collected (two first values raced): count it
-                    // as a delta so nothing is lost.
-                    // SAFETY: as above; `old` is unlinked and destroyed after the grace period.
-                    unsafe {
-                        self.merge(old.deref());
-                        guard.defer_destroy(old);
-                    }
-                }
+        let Some(p) = (unsafe { prev.as_ref() }) else {
+            // Sealed after our check: the final share is taken and this value belongs
+            // to the successor.
+            let old = swap_unless_sealed(&self.baseline, Owned::new(value.clone()), &guard)?;
+            if old.is_null() {
+                return Ok(());
             }
-            Some(p) => {
-                let reset = p.bounds != value.bounds
-                    || value.count < p.count
-                    || p.counts.iter().zip(&value.counts).any(|(a, b)| b < a);
-                if reset {
-                    self.merge(value);
-                } else {
-                    let mut d = value.clone();
-                    for (c, pc) in d.counts.iter_mut().zip(&p.counts) {
-                        *c -= pc;
-                    }
-                    d.count -= p.count;
-                    d.sum -= p.sum;
-                    self.merge(&d);
-                }
-                // SAFETY: `prev` is unlinked (swapped out above) and not used after this.
-                unsafe { guard.defer_destroy(prev) };
+            // A baseline not yet collected (two first values raced): merge it as a
+            // delta so nothing is lost.
+            // SAFETY: `old` was swapped out under `guard`; it is freed only below,
+            // after the grace period.
+            let merged = self.merge(unsafe { old.deref() });
+            // SAFETY: `old` is unlinked and not used after this.
+            unsafe { guard.defer_destroy(old) };
+            return merged;
+        };
+        let reset = p.bounds != value.bounds
+            || value.count < p.count
+            || p.counts.iter().zip(&value.counts).any(|(a, b)| b < a);
+        let merged = if reset {
+            self.merge(value)
+        } else {
+            let mut d = value.clone();
+            for (c, pc) in d.counts.iter_mut().zip(&p.counts) {
+                *c -= pc;
             }
-        }
+            d.count -= p.count;
+            d.sum -= p.sum;
+            self.merge(&d)
+        };
+        // SAFETY: `prev` is unlinked (swapped out above) and not used after this.
+        unsafe { guard.defer_destroy(prev) };
+        merged
     }
 
     /// Takes the observations since the previous collection, plus any pending baseline.
     pub fn collect(&self) -> (HistogramValue, Option<HistogramValue>) {
+        self.take(false)
+    }
+
+    /// Takes the final share and seals the cell (see the module doc).
+    pub fn seal(&self) -> (HistogramValue, Option<HistogramValue>) {
+        self.take(true)
+    }
+
+    fn take(&self, seal: bool) -> (HistogramValue, Option<HistogramValue>) {
         // Only the collector flips the hot bit, and only one collection runs at a time
         // (the aggregator's flush lock), so this load sees the current hot index.
         let hot = self.state.load(Ordering::Relaxed) & HOT_BIT;
+        let next = if seal {
+            hot | SEALED_BIT
+        } else {
+            hot ^ HOT_BIT
+        };
         // Release: writers that land on the new hot half after this (Acquire) see the
         // reset done at the end of the previous collection. Acquire: nothing to read
         // through it, but keeps the swap ordered before the `done` loads below.
-        let s = self.state.swap(hot ^ HOT_BIT, Ordering::AcqRel);
-        let started = s & !HOT_BIT;
+        let s = self.state.swap(next, Ordering::AcqRel);
+        // Writers that found the cell sealed wrote nothing, so there is none to wait for.
+        let started = if s & SEALED_BIT != 0 {
+            0
+        } else {
+            s & STARTED_MASK
+        };
         let half = &self.halves[(hot >> 63) as usize];
         // Acquire: pairs with each writer's Release `done` increment.
         while half.done.load(Ordering::Acquire) != started {
@@ -356,11 +520,13 @@ impl HistogramCell {
         // Relaxed: published to later writers of this half by the next Release swap.
         half.done.store(0, Ordering::Relaxed);
         let guard = epoch::pin();
-        let b = self
-            .baseline
-            .swap(epoch::Shared::null(), Ordering::AcqRel, &guard);
-        // SAFETY: `b` was swapped out under `guard`; we clone it and hand it to the
-        // collector only after the grace period.
+        // A null pointer tagged 1 marks the baseline slot sealed (see `merge_cumulative`).
+        let b = self.baseline.swap(
+            Shared::null().with_tag(usize::from(seal)),
+            Ordering::AcqRel,
+            &guard,
+        );
+        // SAFETY: `b` was swapped out under `guard`, so it is not freed while we clone it.
         let baseline = unsafe { b.as_ref() }.cloned();
         if !b.is_null() {
             // SAFETY: `b` is unlinked and not used after this.
@@ -385,7 +551,8 @@ impl Drop for HistogramCell {
     }
 }
 
-/// A summary's lock-free state: the latest value as reported.
+/// A summary's lock-free state: the latest value as reported. A null pointer tagged 1
+/// means sealed.
 #[derive(Default)]
 pub struct SummaryCell {
     latest: Atomic<SummaryValue>,
@@ -393,18 +560,18 @@ pub struct SummaryCell {
 
 impl SummaryCell {
     /// Replaces the latest value.
-    pub fn set(&self, v: &SummaryValue) {
+    ///
+    /// # Errors
+    /// [`Sealed`] if the cell was sealed; the value is not part of any flush.
+    pub fn set(&self, v: &SummaryValue) -> Result<(), Sealed> {
         let guard = epoch::pin();
-        // AcqRel: Release publishes the new value; Acquire pairs with the previous
-        // writer's Release before we free its value.
-        let old = self
-            .latest
-            .swap(Owned::new(v.clone()), Ordering::AcqRel, &guard);
+        let old = swap_unless_sealed(&self.latest, Owned::new(v.clone()), &guard)?;
         if !old.is_null() {
             // SAFETY: `old` is unlinked; readers that loaded it are pinned and the
             // value is destroyed only after they unpin.
             unsafe { guard.defer_destroy(old) };
         }
+        Ok(())
     }
 
     /// A copy of the latest value, if any.
@@ -414,6 +581,21 @@ impl SummaryCell {
         let p = self.latest.load(Ordering::Acquire, &guard);
         // SAFETY: loaded under `guard`; freed only after the grace period.
         unsafe { p.as_ref() }.cloned()
+    }
+
+    /// The final value, if any; seals the cell.
+    pub fn seal(&self) -> Option<SummaryValue> {
+        let guard = epoch::pin();
+        let old = self
+            .latest
+            .swap(Shared::null().with_tag(1), Ordering::AcqRel, &guard);
+        // SAFETY: swapped out under `guard`; freed only after the grace period.
+        let v = unsafe { old.as_ref() }.cloned();
+        if !old.is_null() {
+            // SAFETY: `old` is unlinked and not used after this.
+            unsafe { guard.defer_destroy(old) };
+        }
+        v
     }
 }
 
@@ -436,9 +618,9 @@ mod tests {
     #[test]
     fn counter_integer_and_float_deltas_add_up() {
         let c = CounterCell::default();
-        c.add(1.0);
-        c.add(2.5);
-        c.add(1e12);
+        c.add(1.0).unwrap();
+        c.add(2.5).unwrap();
+        c.add(1e12).unwrap();
         assert_eq!(c.collect().delta, 1.0 + 2.5 + 1e12);
         assert_eq!(c.collect().delta, 0.0);
     }
@@ -446,7 +628,7 @@ mod tests {
     #[test]
     fn cumulative_counter_detects_resets() {
         let c = CounterCell::default();
-        c.add_cumulative(100.0);
+        c.add_cumulative(100.0).unwrap();
         assert_eq!(
             c.collect(),
             CounterTake {
@@ -454,21 +636,21 @@ mod tests {
                 baseline: 100.0
             }
         );
-        c.add_cumulative(130.0);
-        c.add_cumulative(150.0);
+        c.add_cumulative(130.0).unwrap();
+        c.add_cumulative(150.0).unwrap();
         assert_eq!(c.collect().delta, 50.0);
-        c.add_cumulative(7.0); // restarted
-        c.add_cumulative(7.0);
+        c.add_cumulative(7.0).unwrap(); // restarted
+        c.add_cumulative(7.0).unwrap();
         assert_eq!(c.collect().delta, 7.0);
     }
 
     #[test]
     fn gauge_sets_and_adjusts() {
         let g = GaugeCell::default();
-        g.adjust(5.0, 1);
-        g.adjust(-2.0, 2);
+        g.adjust(5.0, 1).unwrap();
+        g.adjust(-2.0, 2).unwrap();
         assert_eq!(g.read(), (3.0, 2));
-        g.set(-1.5, 3);
+        g.set(-1.5, 3).unwrap();
         assert_eq!(g.read(), (-1.5, 3));
     }
 
@@ -479,10 +661,10 @@ mod tests {
     #[test]
     fn histogram_observations_land_in_their_buckets() {
         let h = HistogramCell::new(bounds());
-        h.observe(0.5, 1);
-        h.observe(1.0, 2); // le=1 is inclusive
-        h.observe(3.0, 1);
-        h.observe(9.0, 1);
+        h.observe(0.5, 1).unwrap();
+        h.observe(1.0, 2).unwrap(); // le=1 is inclusive
+        h.observe(3.0, 1).unwrap();
+        h.observe(9.0, 1).unwrap();
         let (v, base) = h.collect();
         assert!(base.is_none());
         assert_eq!(v.counts, vec![3, 1, 1]);
@@ -491,7 +673,7 @@ mod tests {
         assert_eq!((v.min, v.max), (0.5, 9.0));
         let (v, _) = h.collect();
         assert_eq!((v.count, v.counts.clone()), (0, vec![0, 0, 0]));
-        h.observe(2.0, 1); // after two swaps the first half is hot again
+        h.observe(2.0, 1).unwrap(); // after two swaps the first half is hot again
         assert_eq!(h.collect().0.counts, vec![0, 1, 0]);
     }
 
@@ -506,7 +688,7 @@ mod tests {
             min: 0.1,
             max: 200.0,
         };
-        h.merge(&other);
+        h.merge(&other).unwrap();
         let (v, _) = h.collect();
         assert_eq!(v.counts, vec![1, 5, 9]);
         assert_eq!(v.count, 15);
@@ -523,15 +705,15 @@ mod tests {
             min: 0.0,
             max: 9.0,
         };
-        h.merge_cumulative(&mk(vec![1, 1, 1], 10.0));
+        h.merge_cumulative(&mk(vec![1, 1, 1], 10.0)).unwrap();
         let (d, base) = h.collect();
         assert_eq!(d.count, 0);
         assert_eq!(base.unwrap().count, 3);
-        h.merge_cumulative(&mk(vec![2, 1, 4], 20.0));
+        h.merge_cumulative(&mk(vec![2, 1, 4], 20.0)).unwrap();
         let (d, base) = h.collect();
         assert!(base.is_none());
         assert_eq!((d.counts, d.count, d.sum), (vec![1, 0, 3], 4, 10.0));
-        h.merge_cumulative(&mk(vec![0, 1, 0], 2.0)); // reset
+        h.merge_cumulative(&mk(vec![0, 1, 0], 2.0)).unwrap(); // reset
         let (d, _) = h.collect();
         assert_eq!((d.counts, d.count), (vec![0, 1, 0], 1));
     }
@@ -545,8 +727,68 @@ mod tests {
                 quantiles: vec![],
                 sum: n as f64,
                 count: n,
-            });
+            })
+            .unwrap();
         }
         assert_eq!(s.read().unwrap().count, 3);
+    }
+
+    #[test]
+    fn sealed_cells_hand_back_later_writes() {
+        let c = CounterCell::default();
+        c.add(2.0).unwrap();
+        c.add(0.5).unwrap();
+        c.add_cumulative(10.0).unwrap();
+        assert_eq!(
+            c.seal(),
+            CounterTake {
+                delta: 2.5,
+                baseline: 10.0
+            }
+        );
+        assert_eq!(c.add(1.0), Err(Sealed));
+        assert_eq!(c.add(1.5), Err(Sealed));
+        assert_eq!(c.add_cumulative(12.0), Err(Sealed));
+
+        let g = GaugeCell::default();
+        g.set(f64::NAN, 1).unwrap();
+        g.set(3.0, 2).unwrap();
+        assert_eq!(g.seal(), (3.0, 2));
+        assert_eq!(g.set(f64::NAN, 3), Err(Sealed));
+        assert_eq!(
+            g.adjust(1.0, 3),
+            Err(Sealed),
+            "the seal survives refused writes"
+        );
+        assert_eq!(g.set(1.0, 3), Err(Sealed));
+
+        let h = HistogramCell::new(bounds());
+        h.observe(0.5, 1).unwrap();
+        let (v, _) = h.seal();
+        assert_eq!(v.count, 1);
+        assert_eq!(h.observe(0.5, 1), Err(Sealed));
+        let whole = HistogramValue::empty(bounds());
+        assert_eq!(h.merge(&whole), Err(Sealed));
+        assert_eq!(h.merge_cumulative(&whole), Err(Sealed));
+        assert_eq!(h.observe(0.5, 1), Err(Sealed));
+
+        let s = SummaryCell::default();
+        let v = SummaryValue {
+            quantiles: vec![],
+            sum: 1.0,
+            count: 1,
+        };
+        s.set(&v).unwrap();
+        assert_eq!(s.seal(), Some(v.clone()));
+        assert_eq!(s.set(&v), Err(Sealed));
+        assert_eq!(s.set(&v), Err(Sealed), "the seal survives refused writes");
+    }
+
+    #[test]
+    fn a_nan_gauge_is_not_mistaken_for_a_seal() {
+        let g = GaugeCell::default();
+        g.set(f64::from_bits(SEALED_F64), 1).unwrap();
+        g.set(1.0, 2).unwrap();
+        assert_eq!(g.read(), (1.0, 2));
     }
 }

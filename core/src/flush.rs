@@ -31,7 +31,8 @@ impl FlushBatch {
                 FlushedValue::Counter { delta, .. } => delta,
                 _ => 0.0,
             })
-            .sum()
+            // Not `sum()`: an empty f64 sum is -0.0.
+            .fold(0.0, |a, d| a + d)
     }
 
     /// The entries for `key` (normally one; two when a series was evicted and created

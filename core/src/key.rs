@@ -105,12 +105,17 @@ pub(crate) fn encode_raw(out: &mut Vec<u8>, name: &str, labels: &[(&str, &str)])
             sorted &= p < k;
         }
         prev = Some(k);
-        out.push(LABEL_SEP);
-        out.extend_from_slice(k.as_bytes());
-        out.push(VALUE_SEP);
-        out.extend_from_slice(v.as_bytes());
+        push_label(out, k, v);
     }
     sorted
+}
+
+/// Appends one label in the encoding of the module doc.
+fn push_label(out: &mut Vec<u8>, key: &str, value: &str) {
+    out.push(LABEL_SEP);
+    out.extend_from_slice(key.as_bytes());
+    out.push(VALUE_SEP);
+    out.extend_from_slice(value.as_bytes());
 }
 
 /// The identity of a series: a metric name and its labels, sorted by label name.
@@ -138,15 +143,18 @@ impl SeriesKey {
     /// [`KeyError`] for an invalid metric or label name or a duplicate label name.
     pub fn new(name: &str, labels: &[(&str, &str)]) -> Result<SeriesKey, KeyError> {
         let mut buf = Vec::new();
-        Self::canonicalize(name, labels, &mut buf)?;
+        Self::canonicalize(name, labels, &mut buf, &mut Vec::new())?;
         Ok(SeriesKey::from_canonical(&buf))
     }
 
     /// Validates and writes the canonical encoding of `name` and `labels` into `out`.
+    /// `order` is scratch space; with both buffers reused nothing is allocated once
+    /// they have grown.
     pub(crate) fn canonicalize(
         name: &str,
         labels: &[(&str, &str)],
         out: &mut Vec<u8>,
+        order: &mut Vec<usize>,
     ) -> Result<(), KeyError> {
         if !is_valid_metric_name(name) {
             return Err(KeyError::InvalidMetricName(name.to_owned()));
@@ -159,12 +167,17 @@ impl SeriesKey {
         if encode_raw(out, name, labels) {
             return Ok(());
         }
-        let mut sorted: Vec<(&str, &str)> = labels.to_vec();
-        sorted.sort_unstable_by(|a, b| a.0.cmp(b.0));
-        if let Some(w) = sorted.windows(2).find(|w| w[0].0 == w[1].0) {
-            return Err(KeyError::DuplicateLabel(w[0].0.to_owned()));
+        order.clear();
+        order.extend(0..labels.len());
+        order.sort_unstable_by(|&a, &b| labels[a].0.cmp(labels[b].0));
+        if let Some(w) = order.windows(2).find(|w| labels[w[0]].0 == labels[w[1]].0) {
+            return Err(KeyError::DuplicateLabel(labels[w[0]].0.to_owned()));
         }
-        encode_raw(out, name, &sorted);
+        out.clear();
+        out.extend_from_slice(name.as_bytes());
+        for &i in order.iter() {
+            push_label(out, labels[i].0, labels[i].1);
+        }
         Ok(())
     }
 
@@ -177,10 +190,6 @@ impl SeriesKey {
 
     /// The shared canonical bytes (see the module doc).
     pub fn as_bytes(&self) -> &[u8] {
-        &self.bytes
-    }
-
-    pub(crate) fn shared_bytes(&self) -> &Arc<[u8]> {
         &self.bytes
     }
 

@@ -11,7 +11,7 @@ use std::sync::Arc;
 
 use shuttle::sync::Mutex;
 use shuttle::thread;
-use weir_core::cell::{CounterCell, HistogramCell};
+use weir_core::cell::{CounterCell, GaugeCell, HistogramCell, Sealed};
 
 const ITERATIONS: usize = 2_000;
 
@@ -22,8 +22,8 @@ fn counter_scenario() {
         .map(|t| {
             let cell = cell.clone();
             thread::spawn(move || {
-                cell.add(1.0); // integer word
-                cell.add(0.5 + t as f64); // float word
+                cell.add(1.0).unwrap(); // integer word
+                cell.add(0.5 + t as f64).unwrap(); // float word
             })
         })
         .collect();
@@ -50,8 +50,8 @@ fn histogram_scenario() {
         .map(|t| {
             let cell = cell.clone();
             thread::spawn(move || {
-                cell.observe(0.5, 1);
-                cell.observe(2.0 + t as f64, 2);
+                cell.observe(0.5, 1).unwrap();
+                cell.observe(2.0 + t as f64, 2).unwrap();
             })
         })
         .collect();
@@ -75,6 +75,63 @@ fn histogram_scenario() {
     let (count, sum) = *seen.lock().unwrap();
     assert_eq!(count + last.count, 6);
     assert_eq!(sum + last.sum, 0.5 + 4.0 + 0.5 + 6.0);
+}
+
+/// Writers race with a collection and then a seal: every add is either collected or
+/// handed back as `Sealed` (for the successor series), never both, never neither.
+fn seal_scenario() {
+    let counter = Arc::new(CounterCell::default());
+    let hist = Arc::new(HistogramCell::new(Arc::from(vec![1.0])));
+    let gauge = Arc::new(GaugeCell::default());
+    let refused = Arc::new(Mutex::new((0.0f64, 0u64, 0u32)));
+    let writers: Vec<_> = (0..2)
+        .map(|t| {
+            let (counter, hist, gauge, refused) = (
+                counter.clone(),
+                hist.clone(),
+                gauge.clone(),
+                refused.clone(),
+            );
+            thread::spawn(move || {
+                for v in [1.0, 0.5] {
+                    if counter.add(v + t as f64) == Err(Sealed) {
+                        refused.lock().unwrap().0 += v + t as f64;
+                    }
+                }
+                if hist.observe(2.0, 1) == Err(Sealed) {
+                    refused.lock().unwrap().1 += 1;
+                }
+                if gauge.set(t as f64, 1) == Err(Sealed) {
+                    refused.lock().unwrap().2 += 1;
+                }
+            })
+        })
+        .collect();
+    let first = counter.collect().delta;
+    let first_hist = hist.collect().0.count;
+    let last = counter.seal().delta;
+    let last_hist = hist.seal().0.count;
+    gauge.seal();
+    for w in writers {
+        w.join().unwrap();
+    }
+    let (counter_refused, hist_refused, _) = *refused.lock().unwrap();
+    assert_eq!(first + last + counter_refused, 1.0 + 0.5 + 2.0 + 1.5);
+    assert_eq!(first_hist + last_hist + hist_refused, 2);
+    // After the seal every write is refused, the seal stays.
+    assert_eq!(counter.add(1.0), Err(Sealed));
+    assert_eq!(gauge.set(1.0, 2), Err(Sealed));
+    assert_eq!(hist.observe(0.5, 1), Err(Sealed));
+}
+
+#[test]
+fn sealing_hands_back_every_later_write_random() {
+    shuttle::check_random(seal_scenario, ITERATIONS);
+}
+
+#[test]
+fn sealing_hands_back_every_later_write_pct() {
+    shuttle::check_pct(seal_scenario, ITERATIONS, 3);
 }
 
 #[test]

@@ -1,0 +1,671 @@
+//! The daemon's configuration: the TOML schema, its defaults, and validation.
+//!
+//! Owns: turning config text into a checked [`Config`], the embedded default file
+//! ([`DEFAULT_CONFIG_TOML`]), and the mapping onto [`weir_core::AggregatorConfig`].
+//! Every error names the key it is about (`aggregation.flush_interval`) and, when the
+//! key is in the file, its line.
+//!
+//! Must never: accept a key it does not know (every struct is
+//! `deny_unknown_fields`), panic on any input (config files are untrusted), or let a
+//! value through that would make the daemon misbehave later (zero limits, a zero
+//! flush interval, unordered buckets); nor do I/O beyond reading the one file.
+
+use std::fmt;
+use std::ops::Range;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use serde::Deserialize;
+use toml::de::{DeTable, DeValue};
+use weir_core::AggregatorConfig;
+
+/// The embedded default configuration, with a comment on every key. `weir
+/// --print-default-config` prints it; it parses to [`Config::default`].
+pub const DEFAULT_CONFIG_TOML: &str = include_str!("default.toml");
+
+/// Shortest accepted `aggregation.flush_interval`.
+pub const MIN_FLUSH_INTERVAL: Duration = Duration::from_millis(10);
+/// Longest accepted `aggregation.flush_interval`.
+pub const MAX_FLUSH_INTERVAL: Duration = Duration::from_secs(24 * 3600);
+/// Longest accepted `aggregation.series_ttl`.
+pub const MAX_SERIES_TTL: Duration = Duration::from_secs(365 * 24 * 3600);
+
+/// The whole configuration file. Every key is optional; see `default.toml` for what
+/// each one means.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    /// Where weir keeps its state on disk. Reserved for the pipelines' write-ahead
+    /// logs; nothing is written there yet. Default `./weir-data`.
+    pub data_dir: PathBuf,
+    /// The `[aggregation]` section.
+    pub aggregation: AggregationConfig,
+    /// The `[log]` section.
+    pub log: LogConfig,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            data_dir: PathBuf::from("./weir-data"),
+            aggregation: AggregationConfig::default(),
+            log: LogConfig::default(),
+        }
+    }
+}
+
+/// `[aggregation]`: the flush cadence and the aggregator's limits.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AggregationConfig {
+    /// How often the aggregated state is flushed. Default 10 s; between
+    /// [`MIN_FLUSH_INTERVAL`] and [`MAX_FLUSH_INTERVAL`].
+    #[serde(with = "humantime_serde")]
+    pub flush_interval: Duration,
+    /// Idle time after which a series is evicted; zero disables eviction. Default
+    /// 5 min, at most [`MAX_SERIES_TTL`].
+    #[serde(with = "humantime_serde")]
+    pub series_ttl: Duration,
+    /// Most series per metric name. Default 10,000.
+    pub max_series_per_metric: usize,
+    /// Most series in all. Default 1,000,000.
+    pub max_series: usize,
+    /// Most label sets one ingest writer caches. Default 65,536.
+    pub writer_cache_capacity: usize,
+    /// Most metric names with their own count of per-metric limit drops. Default 1,000.
+    pub max_tracked_metric_names: usize,
+    /// Histogram bucket upper bounds for series built from single observations.
+    /// Default: the Prometheus client defaults.
+    pub histogram_buckets: Vec<f64>,
+}
+
+impl Default for AggregationConfig {
+    fn default() -> Self {
+        let core = AggregatorConfig::default();
+        AggregationConfig {
+            flush_interval: Duration::from_secs(10),
+            series_ttl: core.series_ttl,
+            max_series_per_metric: core.max_series_per_metric,
+            max_series: core.max_series,
+            writer_cache_capacity: core.writer_cache_capacity,
+            max_tracked_metric_names: core.max_tracked_metric_names,
+            histogram_buckets: core.histogram_bounds.to_vec(),
+        }
+    }
+}
+
+/// `[log]`: what the daemon logs and how.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LogConfig {
+    /// A tracing filter: a level (`info`) or directives (`info,weir_collector=debug`).
+    /// `RUST_LOG`, when set, overrides it. Default `info`.
+    pub level: String,
+    /// Line format. Default [`LogFormat::Text`].
+    pub format: LogFormat,
+}
+
+impl Default for LogConfig {
+    fn default() -> Self {
+        LogConfig {
+            level: "info".to_owned(),
+            format: LogFormat::Text,
+        }
+    }
+}
+
+/// How log lines are written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    /// One human-readable line per event.
+    Text,
+    /// One JSON object per line.
+    Json,
+}
+
+impl LogFormat {
+    /// The name used in the config file.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            LogFormat::Text => "text",
+            LogFormat::Json => "json",
+        }
+    }
+}
+
+/// Where in the config file an error points.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Location {
+    /// 1-based line number.
+    pub line: usize,
+    /// 1-based column (in characters).
+    pub column: usize,
+    /// The text of that line.
+    pub text: String,
+}
+
+/// Why a configuration was refused.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The file could not be read.
+    #[error("cannot read config file {}: {source}", path.display())]
+    Read {
+        /// The file.
+        path: PathBuf,
+        /// The I/O error.
+        source: std::io::Error,
+    },
+    /// The text is not valid TOML, or a key or value is unknown or invalid.
+    #[error("{}", render_invalid(origin, key.as_deref(), reason, location.as_ref()))]
+    Invalid {
+        /// Where the text came from (a file path, or a name for embedded text).
+        origin: String,
+        /// The dotted key path the error is about (`aggregation.flush_interval`,
+        /// `aggregation.histogram_buckets[2]`); `None` for TOML syntax errors outside
+        /// any key.
+        key: Option<String>,
+        /// What is wrong, in one line.
+        reason: String,
+        /// The place in the text, when known.
+        location: Option<Location>,
+    },
+}
+
+impl ConfigError {
+    /// The dotted key path the error is about, if any.
+    pub fn key(&self) -> Option<&str> {
+        match self {
+            ConfigError::Invalid { key, .. } => key.as_deref(),
+            ConfigError::Read { .. } => None,
+        }
+    }
+
+    /// What is wrong, without the key and location.
+    pub fn reason(&self) -> String {
+        match self {
+            ConfigError::Invalid { reason, .. } => reason.clone(),
+            ConfigError::Read { source, .. } => source.to_string(),
+        }
+    }
+}
+
+fn render_invalid(
+    origin: &str,
+    key: Option<&str>,
+    reason: &str,
+    location: Option<&Location>,
+) -> String {
+    use fmt::Write as _;
+    let mut s = format!("invalid config {origin}: ");
+    if let Some(key) = key {
+        let _ = write!(s, "`{key}`: ");
+    }
+    s.push_str(reason);
+    if let Some(loc) = location {
+        let _ = write!(
+            s,
+            "\n  --> line {}, column {}\n   | {}",
+            loc.line,
+            loc.column,
+            loc.text.trim_end()
+        );
+    }
+    s
+}
+
+impl Config {
+    /// Reads and checks a config file.
+    ///
+    /// # Errors
+    /// [`ConfigError::Read`] if the file cannot be read (or is not UTF-8),
+    /// [`ConfigError::Invalid`] as for [`Config::from_toml`].
+    pub fn from_file(path: &Path) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_owned(),
+            source,
+        })?;
+        Config::from_toml(&text, &path.display().to_string())
+    }
+
+    /// Parses and checks config text. `origin` names the text in errors (usually the
+    /// file path).
+    ///
+    /// # Errors
+    /// [`ConfigError::Invalid`] naming the key for a TOML syntax error, an unknown
+    /// key, a value of the wrong type, or a value out of range.
+    pub fn from_toml(text: &str, origin: &str) -> Result<Config, ConfigError> {
+        let doc = DeTable::parse(text).map_err(|e| toml_error(text, origin, None, &e))?;
+        let config: Config =
+            toml::from_str(text).map_err(|e| toml_error(text, origin, Some(doc.get_ref()), &e))?;
+        config.validate().map_err(|(path, reason)| {
+            let location = value_span(doc.get_ref(), &path).map(|span| locate(text, span.start));
+            ConfigError::Invalid {
+                origin: origin.to_owned(),
+                key: Some(path.join(".")),
+                reason,
+                location,
+            }
+        })?;
+        Ok(config)
+    }
+
+    /// The embedded default configuration (equal to [`Config::default`]).
+    pub fn embedded_default() -> Config {
+        Config::default()
+    }
+
+    /// Checks every value; on error returns the key path and the reason.
+    fn validate(&self) -> Result<(), (Vec<&'static str>, String)> {
+        let a = &self.aggregation;
+        let key = |k: &'static str| vec!["aggregation", k];
+        if a.flush_interval < MIN_FLUSH_INTERVAL || a.flush_interval > MAX_FLUSH_INTERVAL {
+            return Err((
+                key("flush_interval"),
+                format!(
+                    "must be between {} and {}, got {}",
+                    fmt_duration(MIN_FLUSH_INTERVAL),
+                    fmt_duration(MAX_FLUSH_INTERVAL),
+                    fmt_duration(a.flush_interval)
+                ),
+            ));
+        }
+        if a.series_ttl > MAX_SERIES_TTL {
+            return Err((
+                key("series_ttl"),
+                format!(
+                    "must be at most {} (or \"0s\" to disable eviction), got {}",
+                    fmt_duration(MAX_SERIES_TTL),
+                    fmt_duration(a.series_ttl)
+                ),
+            ));
+        }
+        self.aggregator_config().validate().map_err(|e| {
+            // The core's field names are the config keys, except for the buckets.
+            let field = match e.field {
+                "histogram_bounds" => "histogram_buckets",
+                f => f,
+            };
+            (key(field), e.reason)
+        })?;
+        if self.log.level.trim().is_empty() {
+            return Err((vec!["log", "level"], "must not be empty".to_owned()));
+        }
+        if let Err(e) = tracing_subscriber::EnvFilter::try_new(&self.log.level) {
+            return Err((
+                vec!["log", "level"],
+                format!(
+                    "{:?} is not a level (error, warn, info, debug, trace) or filter: {e}",
+                    self.log.level
+                ),
+            ));
+        }
+        Ok(())
+    }
+
+    /// The aggregator settings this config asks for.
+    pub fn aggregator_config(&self) -> AggregatorConfig {
+        let a = &self.aggregation;
+        AggregatorConfig {
+            series_ttl: a.series_ttl,
+            max_series_per_metric: a.max_series_per_metric,
+            max_series: a.max_series,
+            writer_cache_capacity: a.writer_cache_capacity,
+            max_tracked_metric_names: a.max_tracked_metric_names,
+            histogram_bounds: Arc::from(&a.histogram_buckets[..]),
+        }
+    }
+}
+
+/// Formats a duration the way the config file spells it ("10s", "5m", "200ms").
+pub fn fmt_duration(d: Duration) -> String {
+    humantime_serde::re::humantime::format_duration(d).to_string()
+}
+
+/// Turns a toml error into a [`ConfigError`], finding the key path its span points
+/// into when the document parsed.
+fn toml_error(
+    text: &str,
+    origin: &str,
+    doc: Option<&DeTable<'_>>,
+    e: &toml::de::Error,
+) -> ConfigError {
+    let span = e.span();
+    let key = match (doc, &span) {
+        (Some(doc), Some(span)) => {
+            let mut path = Vec::new();
+            key_path_at(doc, span.start, &mut path).then(|| render_path(&path))
+        }
+        _ => None,
+    };
+    ConfigError::Invalid {
+        origin: origin.to_owned(),
+        key,
+        reason: e.message().trim().replace('\n', "; "),
+        location: span.map(|s| locate(text, s.start)),
+    }
+}
+
+/// One step of a key path.
+enum Step {
+    Key(String),
+    Index(usize),
+}
+
+fn render_path(path: &[Step]) -> String {
+    let mut s = String::new();
+    for step in path {
+        match step {
+            Step::Key(k) => {
+                if !s.is_empty() {
+                    s.push('.');
+                }
+                s.push_str(k);
+            }
+            Step::Index(i) => s.push_str(&format!("[{i}]")),
+        }
+    }
+    s
+}
+
+/// Finds the key (or array element) whose key or value span holds byte `pos`, and
+/// leaves its path in `path`. Depth-first over a small document.
+fn key_path_at(table: &DeTable<'_>, pos: usize, path: &mut Vec<Step>) -> bool {
+    for (k, v) in table.iter() {
+        path.push(Step::Key(k.get_ref().to_string()));
+        if k.span().contains(&pos) || value_path_at(v.get_ref(), v.span(), pos, path) {
+            return true;
+        }
+        path.pop();
+    }
+    false
+}
+
+fn value_path_at(v: &DeValue<'_>, span: Range<usize>, pos: usize, path: &mut Vec<Step>) -> bool {
+    match v {
+        DeValue::Table(t) if key_path_at(t, pos, path) => return true,
+        DeValue::Array(a) => {
+            for (i, item) in a.iter().enumerate() {
+                path.push(Step::Index(i));
+                if value_path_at(item.get_ref(), item.span(), pos, path) {
+                    return true;
+                }
+                path.pop();
+            }
+        }
+        _ => {}
+    }
+    span.contains(&pos)
+}
+
+/// The span of the value at `path` (plain keys only), if the document has it.
+fn value_span(doc: &DeTable<'_>, path: &[&str]) -> Option<Range<usize>> {
+    let (first, rest) = path.split_first()?;
+    let (_, v) = doc.iter().find(|(k, _)| k.get_ref() == first)?;
+    if rest.is_empty() {
+        return Some(v.span());
+    }
+    match v.get_ref() {
+        DeValue::Table(t) => value_span(t, rest),
+        _ => None,
+    }
+}
+
+/// Line, column and line text of byte offset `pos` in `text`.
+fn locate(text: &str, pos: usize) -> Location {
+    let mut pos = pos.min(text.len());
+    while !text.is_char_boundary(pos) {
+        pos -= 1;
+    }
+    let line_start = text[..pos].rfind('\n').map_or(0, |i| i + 1);
+    let line_end = text[pos..].find('\n').map_or(text.len(), |i| pos + i);
+    Location {
+        line: text[..line_start].matches('\n').count() + 1,
+        column: text[line_start..pos].chars().count() + 1,
+        text: text[line_start..line_end].to_owned(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(text: &str) -> Result<Config, ConfigError> {
+        Config::from_toml(text, "test.toml")
+    }
+
+    fn err(text: &str) -> ConfigError {
+        parse(text).expect_err("config should be refused")
+    }
+
+    #[test]
+    fn embedded_default_parses_to_default() {
+        let parsed = parse(DEFAULT_CONFIG_TOML).expect("embedded default parses");
+        assert_eq!(parsed, Config::default());
+        assert_eq!(Config::embedded_default(), Config::default());
+    }
+
+    #[test]
+    fn defaults_match_the_contract() {
+        let c = Config::default();
+        assert_eq!(c.data_dir, PathBuf::from("./weir-data"));
+        let a = &c.aggregation;
+        assert_eq!(a.flush_interval, Duration::from_secs(10));
+        assert_eq!(a.series_ttl, Duration::from_secs(300));
+        assert_eq!(a.max_series_per_metric, 10_000);
+        assert_eq!(a.max_series, 1_000_000);
+        assert_eq!(a.writer_cache_capacity, 65_536);
+        assert_eq!(a.max_tracked_metric_names, 1_000);
+        assert_eq!(
+            a.histogram_buckets,
+            [
+                0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0
+            ]
+        );
+        assert_eq!(c.log.level, "info");
+        assert_eq!(c.log.format, LogFormat::Text);
+        assert_eq!(c.aggregator_config(), AggregatorConfig::default());
+    }
+
+    #[test]
+    fn empty_file_is_the_default() {
+        assert_eq!(parse("").unwrap(), Config::default());
+        assert_eq!(parse("[aggregation]\n[log]\n").unwrap(), Config::default());
+    }
+
+    #[test]
+    fn durations_and_values_are_parsed() {
+        let c = parse(
+            r#"
+data_dir = "/var/lib/weir"
+[aggregation]
+flush_interval = "200ms"
+series_ttl = "1h 30m"
+max_series_per_metric = 5
+max_series = 7
+writer_cache_capacity = 9
+max_tracked_metric_names = 3
+histogram_buckets = [1, 2.5, 10]
+[log]
+level = "debug"
+format = "json"
+"#,
+        )
+        .unwrap();
+        assert_eq!(c.data_dir, PathBuf::from("/var/lib/weir"));
+        let a = &c.aggregation;
+        assert_eq!(a.flush_interval, Duration::from_millis(200));
+        assert_eq!(a.series_ttl, Duration::from_secs(5400));
+        assert_eq!(a.histogram_buckets, [1.0, 2.5, 10.0]);
+        assert_eq!(c.log.format, LogFormat::Json);
+        let core = c.aggregator_config();
+        assert_eq!(core.series_ttl, Duration::from_secs(5400));
+        assert_eq!(core.max_series_per_metric, 5);
+        assert_eq!(core.max_series, 7);
+        assert_eq!(core.writer_cache_capacity, 9);
+        assert_eq!(core.max_tracked_metric_names, 3);
+        assert_eq!(&core.histogram_bounds[..], [1.0, 2.5, 10.0]);
+    }
+
+    #[test]
+    fn zero_ttl_disables_eviction() {
+        let c = parse("[aggregation]\nseries_ttl = \"0s\"\n").unwrap();
+        assert_eq!(c.aggregator_config().series_ttl, Duration::ZERO);
+    }
+
+    #[test]
+    fn unknown_keys_are_rejected_with_their_path() {
+        let e = err("[aggregation]\nflush_interval = \"1s\"\nflush_intervall = \"2s\"\n");
+        assert_eq!(e.key(), Some("aggregation.flush_intervall"), "{e}");
+        let msg = e.to_string();
+        assert!(msg.contains("`aggregation.flush_intervall`"), "{msg}");
+        assert!(msg.contains("unknown field"), "{msg}");
+        assert!(msg.contains("line 3"), "{msg}");
+
+        let e = err("colour = \"blue\"\n");
+        assert_eq!(e.key(), Some("colour"), "{e}");
+
+        let e = err("[logging]\nlevel = \"info\"\n");
+        assert_eq!(e.key(), Some("logging"), "{e}");
+
+        let e = err("[log]\nlevel = \"info\"\nfile = \"/tmp/x\"\n");
+        assert_eq!(e.key(), Some("log.file"), "{e}");
+
+        let e = err("aggregation.extra = 1\n");
+        assert_eq!(e.key(), Some("aggregation.extra"), "{e}");
+    }
+
+    #[test]
+    fn wrong_types_name_the_key() {
+        let e = err("[aggregation]\nmax_series = \"many\"\n");
+        assert_eq!(e.key(), Some("aggregation.max_series"), "{e}");
+        let e = err("[aggregation]\nmax_series = -1\n");
+        assert_eq!(e.key(), Some("aggregation.max_series"), "{e}");
+        let e = err("[aggregation]\nflush_interval = \"soon\"\n");
+        assert_eq!(e.key(), Some("aggregation.flush_interval"), "{e}");
+        let e = err("[aggregation]\nflush_interval = 10\n");
+        assert_eq!(e.key(), Some("aggregation.flush_interval"), "{e}");
+        let e = err("[aggregation]\nhistogram_buckets = [1, \"2\", 3]\n");
+        assert_eq!(e.key(), Some("aggregation.histogram_buckets[1]"), "{e}");
+        let e = err("[log]\nformat = \"xml\"\n");
+        assert_eq!(e.key(), Some("log.format"), "{e}");
+        assert!(e.to_string().contains("xml"), "{e}");
+        let e = err("log = 5\n");
+        assert_eq!(e.key(), Some("log"), "{e}");
+    }
+
+    #[test]
+    fn invalid_values_name_the_key() {
+        let cases: &[(&str, &str, &str)] = &[
+            (
+                "[aggregation]\nflush_interval = \"0s\"\n",
+                "aggregation.flush_interval",
+                "between",
+            ),
+            (
+                "[aggregation]\nflush_interval = \"1ms\"\n",
+                "aggregation.flush_interval",
+                "between",
+            ),
+            (
+                "[aggregation]\nflush_interval = \"2days\"\n",
+                "aggregation.flush_interval",
+                "between",
+            ),
+            (
+                "[aggregation]\nseries_ttl = \"400days\"\n",
+                "aggregation.series_ttl",
+                "at most",
+            ),
+            (
+                "[aggregation]\nmax_series = 0\n",
+                "aggregation.max_series",
+                "greater than 0",
+            ),
+            (
+                "[aggregation]\nmax_series_per_metric = 0\n",
+                "aggregation.max_series_per_metric",
+                "greater than 0",
+            ),
+            (
+                "[aggregation]\nwriter_cache_capacity = 0\n",
+                "aggregation.writer_cache_capacity",
+                "greater than 0",
+            ),
+            (
+                "[aggregation]\nmax_tracked_metric_names = 0\n",
+                "aggregation.max_tracked_metric_names",
+                "greater than 0",
+            ),
+            (
+                "[aggregation]\nhistogram_buckets = [1, 1]\n",
+                "aggregation.histogram_buckets",
+                "strictly increasing",
+            ),
+            (
+                "[aggregation]\nhistogram_buckets = [2, 1]\n",
+                "aggregation.histogram_buckets",
+                "strictly increasing",
+            ),
+            (
+                "[aggregation]\nhistogram_buckets = [1, inf]\n",
+                "aggregation.histogram_buckets",
+                "finite",
+            ),
+            (
+                "[aggregation]\nhistogram_buckets = [nan]\n",
+                "aggregation.histogram_buckets",
+                "finite",
+            ),
+            (
+                "[aggregation]\nhistogram_buckets = []\n",
+                "aggregation.histogram_buckets",
+                "1 to 1024 bounds, got 0",
+            ),
+            ("[log]\nlevel = \"\"\n", "log.level", "empty"),
+            ("[log]\nlevel = \"loud=[\"\n", "log.level", "not a level"),
+        ];
+        for (text, key, reason) in cases {
+            let e = err(text);
+            assert_eq!(e.key(), Some(*key), "{text}: {e}");
+            let msg = e.to_string();
+            assert!(msg.contains(&format!("`{key}`")), "{text}: {msg}");
+            assert!(msg.contains(reason), "{text}: {msg}");
+            assert!(msg.contains("line 2"), "{text}: {msg}");
+        }
+    }
+
+    #[test]
+    fn syntax_errors_are_reported_with_a_line() {
+        let e = err("[aggregation]\nflush_interval = \n");
+        let msg = e.to_string();
+        assert!(msg.contains("line 2"), "{msg}");
+        let e = err("[aggregation]\nmax_series = 1\nmax_series = 2\n");
+        assert!(e.to_string().contains("line 3"), "{e}");
+    }
+
+    #[test]
+    fn hostile_input_does_not_panic() {
+        for text in [
+            "\u{0}",
+            "[[[",
+            "a = \"\u{1F600}",
+            "[aggregation]\nflush_interval = \"18446744073709551615s\"\n",
+            "[aggregation]\nseries_ttl = \"99999999999999999999years\"\n",
+            "[aggregation]\nmax_series = 99999999999999999999\n",
+            "[aggregation]\nhistogram_buckets = [[1]]\n",
+            "[[aggregation]]\n",
+            "[aggregation.x.y.z]\n",
+        ] {
+            assert!(parse(text).is_err(), "{text:?} should be refused");
+        }
+    }
+
+    #[test]
+    fn missing_file_is_a_read_error() {
+        let e = Config::from_file(Path::new("/nonexistent/weir.toml")).unwrap_err();
+        assert!(matches!(e, ConfigError::Read { .. }));
+        assert!(e.to_string().contains("/nonexistent/weir.toml"), "{e}");
+    }
+}

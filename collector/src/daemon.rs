@@ -1,0 +1,352 @@
+//! The daemon's run loop: builds the aggregator, flushes it every interval, and
+//! flushes one last time on shutdown.
+//!
+//! Owns: the aggregator of the running process, the flush cadence, the per-flush
+//! summary log line, and the shutdown sequence (stop signal, final flush, return).
+//! Must never: run a flush on an async worker thread (flushes go to
+//! `spawn_blocking`, so request/response tasks added later keep running), let two
+//! flushes overlap, or exit on a stop signal without the final flush.
+//!
+//! Status: no receivers exist yet (StatsD, OTLP, scrape and the admin API come in
+//! later issues), so every flush is empty; the loop, the summaries and the shutdown
+//! path are the real ones the receivers will plug into through
+//! [`Daemon::aggregator`].
+
+use std::future::Future;
+use std::time::{Duration, Instant};
+
+use tokio::time::MissedTickBehavior;
+use tracing::info;
+use weir_core::{Aggregator, AggregatorStats, FlushBatch, FlushedValue};
+
+use crate::config::{Config, fmt_duration};
+
+/// What one flush took out of the aggregator: the fields of its log line.
+#[derive(Debug, Clone, PartialEq)]
+pub struct FlushSummary {
+    /// The batch's sequence number (1 for the first flush).
+    pub sequence: u64,
+    /// Series in the batch (live series plus final entries of evicted ones).
+    pub series: usize,
+    /// Series in the batch that were evicted (their last entry).
+    pub evicted: usize,
+    /// Sum of counter deltas in the batch.
+    pub counter_delta_sum: f64,
+    /// Histogram observations during the interval.
+    pub histogram_observations: u64,
+    /// Series held after the flush.
+    pub active_series: usize,
+    /// Points refused since start, all reasons.
+    pub rejected_total: u64,
+    /// Points refused since the previous flush.
+    pub rejected_since_last: u64,
+    /// Non-zero refusal counts since start, as `reason=count` pairs, or `none`.
+    pub rejected_reasons: String,
+    /// How long the flush took.
+    pub duration: Duration,
+}
+
+impl FlushSummary {
+    /// Summarises `batch`, with `stats` read right after it and the rejected total of
+    /// the previous summary.
+    pub fn new(
+        batch: &FlushBatch,
+        stats: &AggregatorStats,
+        previous_rejected: u64,
+        duration: Duration,
+    ) -> FlushSummary {
+        let histogram_observations = batch
+            .series
+            .iter()
+            .map(|s| match &s.value {
+                FlushedValue::Histogram { delta, .. } => delta.count,
+                _ => 0,
+            })
+            .sum();
+        let rejected_total: u64 = stats.rejected.iter().map(|(_, n)| n).sum();
+        let reasons: Vec<String> = stats
+            .rejected
+            .iter()
+            .filter(|(_, n)| *n > 0)
+            .map(|(r, n)| format!("{r}={n}"))
+            .collect();
+        FlushSummary {
+            sequence: batch.sequence,
+            series: batch.series.len(),
+            evicted: batch.series.iter().filter(|s| s.evicted).count(),
+            counter_delta_sum: batch.counter_delta_sum(),
+            histogram_observations,
+            active_series: stats.active_series,
+            rejected_total,
+            rejected_since_last: rejected_total.saturating_sub(previous_rejected),
+            rejected_reasons: if reasons.is_empty() {
+                "none".to_owned()
+            } else {
+                reasons.join(",")
+            },
+            duration,
+        }
+    }
+
+    /// Logs the summary as one info line with message `message`.
+    fn log(&self, message: &str) {
+        info!(
+            sequence = self.sequence,
+            series = self.series,
+            evicted = self.evicted,
+            counter_delta_sum = self.counter_delta_sum,
+            histogram_observations = self.histogram_observations,
+            active_series = self.active_series,
+            rejected_total = self.rejected_total,
+            rejected_since_last = self.rejected_since_last,
+            rejected_reasons = %self.rejected_reasons,
+            duration_us = self.duration.as_micros() as u64,
+            "{message}"
+        );
+    }
+}
+
+/// Why the daemon stopped with an error.
+#[derive(Debug, thiserror::Error)]
+pub enum DaemonError {
+    /// A flush panicked on its blocking thread (a bug; the batch is lost).
+    #[error("flush task failed: {0}")]
+    FlushFailed(#[from] tokio::task::JoinError),
+}
+
+/// The running collector: an aggregator and its flush loop.
+pub struct Daemon {
+    config: Config,
+    config_source: String,
+    aggregator: Aggregator,
+    rejected_seen: u64,
+}
+
+impl Daemon {
+    /// Builds the aggregator for `config`. `config_source` says where the config came
+    /// from (a path, or "embedded default") for the startup line.
+    pub fn new(config: Config, config_source: impl Into<String>) -> Daemon {
+        let aggregator = Aggregator::new(config.aggregator_config());
+        Daemon {
+            config,
+            config_source: config_source.into(),
+            aggregator,
+            rejected_seen: 0,
+        }
+    }
+
+    /// The aggregator receivers write into (through [`Aggregator::writer`]).
+    pub fn aggregator(&self) -> &Aggregator {
+        &self.aggregator
+    }
+
+    /// Flushes once on a blocking thread and returns the summary (not logged).
+    ///
+    /// # Errors
+    /// [`DaemonError::FlushFailed`] if the flush panicked.
+    pub async fn flush(&mut self) -> Result<FlushSummary, DaemonError> {
+        let aggregator = self.aggregator.clone();
+        let previous = self.rejected_seen;
+        let summary = tokio::task::spawn_blocking(move || {
+            let started = Instant::now();
+            let batch = aggregator.flush();
+            let duration = started.elapsed();
+            // Pipelines will take the batch (as an `Arc`) here; for now it is only
+            // summarised.
+            FlushSummary::new(&batch, &aggregator.stats(), previous, duration)
+        })
+        .await?;
+        self.rejected_seen = summary.rejected_total;
+        Ok(summary)
+    }
+
+    /// Runs until `shutdown` completes: logs the startup line, flushes every
+    /// `flush_interval` (one info line each), then on shutdown flushes a last time,
+    /// logs it and returns its summary. `shutdown` yields the reason (e.g. the
+    /// signal's name) for the log.
+    ///
+    /// # Errors
+    /// [`DaemonError::FlushFailed`] if a flush panicked.
+    pub async fn run<F>(mut self, shutdown: F) -> Result<FlushSummary, DaemonError>
+    where
+        F: Future<Output = &'static str>,
+    {
+        self.log_startup();
+        let period = self.config.aggregation.flush_interval;
+        let mut ticker = tokio::time::interval_at(tokio::time::Instant::now() + period, period);
+        ticker.set_missed_tick_behavior(MissedTickBehavior::Delay);
+        let mut shutdown = std::pin::pin!(shutdown);
+        let reason = loop {
+            tokio::select! {
+                biased;
+                reason = &mut shutdown => break reason,
+                _ = ticker.tick() => self.flush().await?.log("flush"),
+            }
+        };
+        info!(reason, "shutting down: final flush");
+        let last = self.flush().await?;
+        last.log("final flush");
+        info!("weir stopped");
+        Ok(last)
+    }
+
+    fn log_startup(&self) {
+        let a = &self.config.aggregation;
+        let buckets = format!("{:?}", a.histogram_buckets);
+        let (log_filter, log_filter_from) = crate::logging::filter_text(&self.config.log);
+        info!(
+            version = env!("CARGO_PKG_VERSION"),
+            config = %self.config_source,
+            flush_interval = %fmt_duration(a.flush_interval),
+            series_ttl = %if a.series_ttl.is_zero() {
+                "0s (eviction disabled)".to_owned()
+            } else {
+                fmt_duration(a.series_ttl)
+            },
+            max_series_per_metric = a.max_series_per_metric,
+            max_series = a.max_series,
+            writer_cache_capacity = a.writer_cache_capacity,
+            max_tracked_metric_names = a.max_tracked_metric_names,
+            histogram_buckets = %buckets,
+            data_dir = %self.config.data_dir.display(),
+            log_filter = %log_filter,
+            log_filter_from = log_filter_from,
+            log_format = self.config.log.format.as_str(),
+            "weir started; no receivers configured yet (StatsD, OTLP, scrape and the admin \
+             API are not built), so flushes are empty and only logged"
+        );
+    }
+}
+
+/// The process's stop signals (SIGINT and SIGTERM), registered up front so a signal
+/// that arrives early is not lost.
+pub struct StopSignals {
+    #[cfg(unix)]
+    term: tokio::signal::unix::Signal,
+    #[cfg(unix)]
+    int: tokio::signal::unix::Signal,
+}
+
+impl StopSignals {
+    /// Registers the handlers. Must be called inside a tokio runtime.
+    ///
+    /// # Errors
+    /// The OS error if a handler cannot be registered.
+    pub fn install() -> std::io::Result<StopSignals> {
+        #[cfg(unix)]
+        {
+            use tokio::signal::unix::{SignalKind, signal};
+            Ok(StopSignals {
+                term: signal(SignalKind::terminate())?,
+                int: signal(SignalKind::interrupt())?,
+            })
+        }
+        #[cfg(not(unix))]
+        {
+            Ok(StopSignals {})
+        }
+    }
+
+    /// Waits for the first stop signal and returns its name.
+    pub async fn recv(mut self) -> &'static str {
+        #[cfg(unix)]
+        {
+            tokio::select! {
+                _ = self.term.recv() => "SIGTERM",
+                _ = self.int.recv() => "SIGINT",
+            }
+        }
+        #[cfg(not(unix))]
+        {
+            let _ = &mut self;
+            match tokio::signal::ctrl_c().await {
+                Ok(()) => "ctrl-c",
+                Err(_) => std::future::pending().await,
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use weir_core::{Sample, Temporality};
+
+    fn config(flush: Duration) -> Config {
+        let mut c = Config::default();
+        c.aggregation.flush_interval = flush;
+        c
+    }
+
+    #[tokio::test]
+    async fn summary_counts_what_was_recorded() {
+        let mut d = Daemon::new(config(Duration::from_secs(10)), "test");
+        let agg = d.aggregator().clone();
+        agg.record("hits", &[], Sample::Counter(2.0, Temporality::Delta), 0)
+            .unwrap();
+        agg.record(
+            "hits",
+            &[("a", "b")],
+            Sample::Counter(3.0, Temporality::Delta),
+            0,
+        )
+        .unwrap();
+        agg.record(
+            "lat",
+            &[],
+            Sample::Observe {
+                value: 0.2,
+                count: 4,
+            },
+            0,
+        )
+        .unwrap();
+        assert!(
+            agg.record("hits", &[], Sample::Counter(-1.0, Temporality::Delta), 0)
+                .is_err()
+        );
+        let s = d.flush().await.unwrap();
+        assert_eq!(s.sequence, 1);
+        assert_eq!(s.series, 3);
+        assert_eq!(s.counter_delta_sum, 5.0);
+        assert_eq!(s.histogram_observations, 4);
+        assert_eq!(s.rejected_total, 1);
+        assert_eq!(s.rejected_since_last, 1);
+        assert_eq!(s.rejected_reasons, "invalid_value=1");
+        let s = d.flush().await.unwrap();
+        assert_eq!(s.sequence, 2);
+        assert_eq!(s.counter_delta_sum, 0.0);
+        assert_eq!(s.rejected_total, 1);
+        assert_eq!(s.rejected_since_last, 0);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn run_flushes_every_interval_and_once_more_on_shutdown() {
+        let d = Daemon::new(config(Duration::from_millis(100)), "test");
+        let agg = d.aggregator().clone();
+        agg.record("hits", &[], Sample::Counter(1.0, Temporality::Delta), 0)
+            .unwrap();
+        let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+        let task = tokio::spawn(d.run(async move {
+            let _ = rx.await;
+            "test"
+        }));
+        tokio::time::sleep(Duration::from_millis(350)).await;
+        tx.send(()).unwrap();
+        let last = task.await.unwrap().unwrap();
+        // Three interval flushes (100, 200, 300 ms), then the final one.
+        assert_eq!(last.sequence, 4);
+        assert_eq!(agg.stats().flushes, 4);
+    }
+
+    #[tokio::test]
+    async fn shutdown_before_the_first_tick_still_flushes() {
+        let d = Daemon::new(config(Duration::from_secs(3600)), "test");
+        let agg = d.aggregator().clone();
+        agg.record("hits", &[], Sample::Counter(7.0, Temporality::Delta), 0)
+            .unwrap();
+        let last = d.run(async { "test" }).await.unwrap();
+        assert_eq!(last.sequence, 1);
+        assert_eq!(last.counter_delta_sum, 7.0);
+    }
+}

@@ -1,0 +1,84 @@
+//! The daemon as an operator runs it: it starts, logs one summary line per flush, and
+//! on SIGTERM/SIGINT flushes once more, logs it and exits 0.
+
+use weir_e2e::{TIMEOUT, TempDir, Weir, field};
+
+/// An interval flush line in text format (not the final flush).
+fn is_flush(line: &str) -> bool {
+    line.contains(": flush sequence=")
+}
+
+fn seq(line: &str) -> u64 {
+    field(line, "sequence")
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| panic!("no sequence in {line:?}"))
+}
+
+#[test]
+fn logs_flushes_and_flushes_once_more_on_sigterm() {
+    let dir = TempDir::new("sigterm");
+    let file = dir.write("weir.toml", "[aggregation]\nflush_interval = \"200ms\"\n");
+    let mut weir = Weir::start(&["--config", file.to_str().unwrap()], dir.path());
+
+    let started = weir.wait_for_line("startup", TIMEOUT, |l| l.contains("weir started"));
+    assert!(started.contains("no receivers configured yet"), "{started}");
+    assert_eq!(
+        field(&started, "flush_interval"),
+        Some("200ms"),
+        "{started}"
+    );
+    let first = weir.wait_for_line("flush", TIMEOUT, is_flush);
+    let second = weir.wait_for_line("flush", TIMEOUT, is_flush);
+    assert_eq!(seq(&second), seq(&first) + 1, "{first}\n{second}");
+    for key in [
+        "series",
+        "counter_delta_sum",
+        "histogram_observations",
+        "rejected_total",
+        "duration_us",
+    ] {
+        assert!(field(&second, key).is_some(), "no {key} in {second}");
+    }
+
+    weir.signal("TERM");
+    let (status, lines) = weir.wait_exit(TIMEOUT);
+    let all = lines.join("\n");
+    assert!(status.success(), "exit status {status}; output:\n{all}");
+    let last_flush = lines
+        .iter()
+        .rfind(|l| is_flush(l))
+        .map_or(seq(&second), |l| seq(l));
+    let fin = lines
+        .iter()
+        .find(|l| l.contains("final flush sequence="))
+        .unwrap_or_else(|| panic!("no final flush line:\n{all}"));
+    assert_eq!(seq(fin), last_flush + 1, "{all}");
+    assert!(all.contains("SIGTERM"), "{all}");
+    assert!(
+        lines.last().is_some_and(|l| l.contains("weir stopped")),
+        "{all}"
+    );
+}
+
+#[test]
+fn json_logs_and_sigint() {
+    let dir = TempDir::new("sigint");
+    let file = dir.write(
+        "weir.toml",
+        "[aggregation]\nflush_interval = \"200ms\"\n[log]\nformat = \"json\"\n",
+    );
+    let mut weir = Weir::start(&["--config", file.to_str().unwrap()], dir.path());
+    let line = weir.wait_for_line("flush", TIMEOUT, |l| l.contains("\"message\":\"flush\""));
+    assert!(line.starts_with('{') && line.ends_with('}'), "{line}");
+    assert_eq!(field(&line, "series"), Some("0"), "{line}");
+
+    weir.signal("INT");
+    let (status, lines) = weir.wait_exit(TIMEOUT);
+    let all = lines.join("\n");
+    assert!(status.success(), "exit status {status}; output:\n{all}");
+    assert!(all.contains("\"message\":\"final flush\""), "{all}");
+    assert!(
+        lines.iter().all(|l| l.starts_with('{')),
+        "non-JSON line:\n{all}"
+    );
+}
