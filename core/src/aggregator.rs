@@ -29,9 +29,9 @@
 //! or one that found it in the index just before the removal, gets `Sealed` back from
 //! its update instead of a silent loss, and records the point again through the index,
 //! which by then creates the successor series. Writers thus need no pin, lock or flag
-//! check on the hot path. A series with live [`SeriesHandle`]s is never retired
-//! (handle creation and retirement use a SeqCst flag/count pair, so at least one side
-//! sees the other).
+//! check on the hot path. A series with live [`SeriesHandle`]s is never retired: the
+//! handle count and the retired bit share one atomic word, so taking a handle and
+//! retiring are ordered by that word alone.
 //!
 //! # Limits
 //! A point that would create a series past `max_series_per_metric` (counted per name in
@@ -41,7 +41,7 @@
 //! aggregating.
 
 use std::hash::BuildHasher;
-use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU32, AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicI64, AtomicU32, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -274,10 +274,9 @@ struct Series {
     /// The aggregator clock (last flush time) at the latest update. Relaxed: only
     /// compared for change by the flusher; no data is read through it.
     touched_ms: AtomicI64,
-    /// Set by the flusher when it retires the series; only handles read it (see the
-    /// module doc).
-    retired: AtomicBool,
-    /// Live [`SeriesHandle`]s; a series with handles is never retired.
+    /// Live [`SeriesHandle`]s in bits 0..31, and [`RETIRED`]: a series with handles is
+    /// never retired, and a retired one takes no new handle. AcqRel RMWs: the word
+    /// itself is the only thing they order.
     handles: AtomicU32,
     cell: Cell,
 }
@@ -379,9 +378,10 @@ struct FlushEntry {
     active_at_ms: i64,
 }
 
+/// Boxed histogram so that counter and gauge entries stay small.
 enum Totals {
     Counter(f64),
-    Histogram(HistogramValue),
+    Histogram(Box<HistogramValue>),
     None,
 }
 
@@ -389,7 +389,9 @@ impl FlushEntry {
     fn new(series: Arc<Series>, now_ms: i64) -> FlushEntry {
         let totals = match &series.cell {
             Cell::Counter(_) => Totals::Counter(0.0),
-            Cell::Histogram(h) => Totals::Histogram(HistogramValue::empty(h.bounds().clone())),
+            Cell::Histogram(h) => {
+                Totals::Histogram(Box::new(HistogramValue::empty(h.bounds().clone())))
+            }
             _ => Totals::None,
         };
         FlushEntry {
@@ -427,7 +429,7 @@ impl FlushEntry {
                 add_histogram(total, &delta);
                 FlushedValue::Histogram {
                     delta,
-                    total: total.clone(),
+                    total: (**total).clone(),
                 }
             }
             (Cell::Summary(s), _) => {
@@ -520,7 +522,6 @@ impl Shared {
             start_ms: now_ms(),
             family,
             touched_ms: AtomicI64::new(now),
-            retired: AtomicBool::new(false),
             handles: AtomicU32::new(0),
             cell,
         });
@@ -762,16 +763,14 @@ impl Aggregator {
                     got: kind.as_str(),
                 });
             }
-            // SeqCst pair with `try_retire`: either we see `retired`, or it sees us.
-            series.handles.fetch_add(1, Ordering::SeqCst);
-            if !series.retired.load(Ordering::SeqCst) {
+            if series.handles.fetch_add(1, Ordering::AcqRel) & RETIRED == 0 {
                 return Ok(SeriesHandle {
                     series,
                     shared: self.shared.clone(),
                 });
             }
             // Being retired: it leaves the index before it is sealed; resolve again.
-            series.handles.fetch_sub(1, Ordering::SeqCst);
+            series.handles.fetch_sub(1, Ordering::AcqRel);
         }
         self.shared.reject(Rejected::EvictedDuringUpdate)
     }
@@ -887,15 +886,14 @@ impl Aggregator {
     }
 }
 
+/// Bit 31 of `Series::handles`: the series is retired.
+const RETIRED: u32 = 1 << 31;
+
 /// Marks `s` retired unless a handle holds it (see the module doc).
 fn try_retire(s: &Series) -> bool {
-    // SeqCst pair with `Aggregator::handle`.
-    s.retired.store(true, Ordering::SeqCst);
-    if s.handles.load(Ordering::SeqCst) > 0 {
-        s.retired.store(false, Ordering::SeqCst);
-        return false;
-    }
-    true
+    s.handles
+        .compare_exchange(0, RETIRED, Ordering::AcqRel, Ordering::Acquire)
+        .is_ok()
 }
 
 /// One slot of a [`Writer`]'s cache.
@@ -1108,6 +1106,6 @@ impl Drop for SeriesHandle {
         // The TTL counts from the handle's end, not from its last write.
         let now = self.shared.clock_ms.load(Ordering::Relaxed);
         self.series.touched_ms.store(now - 1, Ordering::Relaxed);
-        self.series.handles.fetch_sub(1, Ordering::SeqCst);
+        self.series.handles.fetch_sub(1, Ordering::AcqRel);
     }
 }
