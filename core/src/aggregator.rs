@@ -929,6 +929,10 @@ impl Writer {
     /// Applies one sample to the series `name` + `labels` (labels in any order).
     /// `timestamp_ms` 0 means "now" (the aggregator clock).
     ///
+    /// The label set is encoded as it arrives to look up the cache; receivers that
+    /// already hold the series' identity as contiguous bytes skip that encoding with
+    /// [`Writer::record_cached`] and [`Writer::record_with_raw`].
+    ///
     /// # Errors
     /// [`Rejected`], counted, when the point is refused; the writer stays usable.
     #[inline]
@@ -939,45 +943,115 @@ impl Writer {
         sample: Sample<'_>,
         timestamp_ms: i64,
     ) -> Result<(), Rejected> {
+        let mut raw = std::mem::take(&mut self.raw);
+        encode_raw(&mut raw, name, labels);
+        let result = match self.record_cached(&raw, sample, timestamp_ms) {
+            Ok(true) => Ok(()),
+            Ok(false) => self.record_with_raw(&raw, name, labels, sample, timestamp_ms),
+            Err(e) => Err(e),
+        };
+        self.raw = raw;
+        result
+    }
+
+    /// The cache-hit path on its own: applies `sample` to the series this writer
+    /// cached under `raw`, the series' identity bytes as the receiver holds them (for
+    /// StatsD, say, the name and tags of a line as received). Returns `Ok(false)` on a
+    /// miss; the caller then parses the name and labels and calls
+    /// [`Writer::record_with_raw`] with the same `raw`.
+    ///
+    /// Equal `raw` bytes must always mean the same name and labels for one writer: keep
+    /// one writer per receiver (per encoding of `raw`).
+    ///
+    /// # Errors
+    /// [`Rejected`], counted, for an invalid value or a kind conflict.
+    ///
+    /// ```
+    /// use weir_core::{Aggregator, Sample, Temporality};
+    /// let agg = Aggregator::default();
+    /// let mut w = agg.writer();
+    /// let one = Sample::Counter(1.0, Temporality::Delta);
+    /// let raw = b"hits|#path:/,code:200";
+    /// for _ in 0..3 {
+    ///     if !w.record_cached(raw, one, 0).unwrap() {
+    ///         w.record_with_raw(raw, "hits", &[("path", "/"), ("code", "200")], one, 0).unwrap();
+    ///     }
+    /// }
+    /// assert_eq!(agg.flush().counter_delta_sum(), 3.0);
+    /// ```
+    #[inline]
+    pub fn record_cached(
+        &mut self,
+        raw: &[u8],
+        sample: Sample<'_>,
+        timestamp_ms: i64,
+    ) -> Result<bool, Rejected> {
         if let Err(e) = validate(&sample) {
             return self.shared.reject(e);
         }
-        encode_raw(&mut self.raw, name, labels);
-        let hash = self.hasher.hash_one(&self.raw[..]);
-        let set = (hash as usize & (self.slots.len() / 2 - 1)) * 2;
+        let (set, hash) = self.set_of(raw);
         for way in 0..2 {
             let slot = &self.slots[set + way];
             let Some(series) = &slot.series else { continue };
-            if slot.hash != hash || slot.raw != self.raw {
+            if slot.hash != hash || slot.raw != raw {
                 continue;
             }
             let now = self.shared.clock_ms.load(Ordering::Relaxed);
-            match series.apply(&sample, timestamp_ms, now) {
+            return match series.apply(&sample, timestamp_ms, now) {
                 Ok(()) => {
                     if way == 1 {
                         self.slots.swap(set, set + 1); // most recently used first
                     }
-                    return Ok(());
+                    Ok(true)
                 }
-                Err(Refusal::Rejected(e)) => return self.shared.reject(e),
+                Err(Refusal::Rejected(e)) => self.shared.reject(e),
                 Err(Refusal::Sealed) => {
-                    // Evicted: forget it and go through the index to its successor.
+                    // Evicted: forget it; the caller goes through the index to its
+                    // successor.
                     self.slots[set + way].series = None;
                     self.occupied -= 1;
-                    break;
+                    Ok(false)
                 }
-            }
+            };
+        }
+        Ok(false)
+    }
+
+    /// The cache-miss path: resolves `name` + `labels` through the shared index
+    /// (creating the series if admitted), applies `sample`, and caches the series
+    /// under `raw` (see [`Writer::record_cached`]).
+    ///
+    /// # Errors
+    /// [`Rejected`], counted, when the point is refused.
+    pub fn record_with_raw(
+        &mut self,
+        raw: &[u8],
+        name: &str,
+        labels: &[(&str, &str)],
+        sample: Sample<'_>,
+        timestamp_ms: i64,
+    ) -> Result<(), Rejected> {
+        if let Err(e) = validate(&sample) {
+            return self.shared.reject(e);
         }
         let series =
             self.shared
                 .record_slow(name, labels, &sample, timestamp_ms, &mut self.scratch)?;
-        self.remember(set, hash, series);
+        let (set, hash) = self.set_of(raw);
+        self.remember(set, hash, raw, series);
         Ok(())
+    }
+
+    /// The first slot of `raw`'s set, and `raw`'s hash.
+    #[inline]
+    fn set_of(&self, raw: &[u8]) -> (usize, u64) {
+        let hash = self.hasher.hash_one(raw);
+        ((hash as usize & (self.slots.len() / 2 - 1)) * 2, hash)
     }
 
     /// Puts `series` in the first slot of `set`, moving the first to the second and
     /// dropping what was in the second.
-    fn remember(&mut self, set: usize, hash: u64, series: Arc<Series>) {
+    fn remember(&mut self, set: usize, hash: u64, raw: &[u8], series: Arc<Series>) {
         if self.slots[set].series.is_some() {
             if self.slots[set + 1].series.take().is_some() {
                 self.occupied -= 1;
@@ -992,7 +1066,7 @@ impl Writer {
         let slot = &mut self.slots[set];
         slot.hash = hash;
         slot.raw.clear();
-        slot.raw.extend_from_slice(&self.raw);
+        slot.raw.extend_from_slice(raw);
         slot.series = Some(series);
         self.occupied += 1;
     }

@@ -694,3 +694,44 @@ fn flush_batches_are_numbered_and_cover_their_interval() {
     assert_eq!((b.start_ms, b.end_ms), (1_000, 2_000));
     assert_eq!(agg.stats().flushes, 2);
 }
+
+#[test]
+fn raw_identity_path_hits_misses_and_follows_evictions() {
+    let agg = Aggregator::new(AggregatorConfig {
+        series_ttl: Duration::from_secs(60),
+        ..Default::default()
+    });
+    let mut w = agg.writer();
+    let one = Sample::Counter(1.0, DELTA);
+    let raw = b"jobs.done|#queue:mail";
+    let labels = [("queue", "mail")];
+    assert!(!w.record_cached(raw, one, 0).unwrap(), "cold cache");
+    w.record_with_raw(raw, "jobs_done", &labels, one, 0)
+        .unwrap();
+    assert!(w.record_cached(raw, one, 0).unwrap());
+    // A kind conflict on a hit is refused and counted, not a miss.
+    assert_eq!(
+        w.record_cached(raw, Sample::Gauge(1.0), 0)
+            .unwrap_err()
+            .as_str(),
+        "type_conflict"
+    );
+    let t0 = 1_000_000_000_000;
+    assert_eq!(agg.flush_at(t0).counter_delta_sum(), 2.0);
+    // Idle for the whole TTL since the flush at t0.
+    let b = agg.flush_at(t0 + MINUTE);
+    assert_eq!(b.series.iter().filter(|s| s.evicted).count(), 1);
+    // The cached series is sealed now: a miss, and the point goes to a successor.
+    assert!(!w.record_cached(raw, one, 0).unwrap());
+    w.record_with_raw(raw, "jobs_done", &labels, one, 0)
+        .unwrap();
+    assert!(w.record_cached(raw, one, 0).unwrap());
+    let b = agg.flush_at(t0 + 3 * MINUTE);
+    assert_eq!(
+        value_of(&b, &key("jobs_done", &labels)),
+        FlushedValue::Counter {
+            delta: 2.0,
+            total: 2.0
+        }
+    );
+}
