@@ -77,12 +77,14 @@ pub enum FlushedValue {
         /// When it was set, milliseconds since the Unix epoch.
         timestamp_ms: i64,
     },
-    /// A histogram: observations during the interval and running totals.
+    /// A histogram: observations during the interval and running totals. Boxed so
+    /// that the far more common counters and gauges keep entries small (a flush of 1M
+    /// series allocates the whole batch at once).
     Histogram {
         /// Observations during this interval.
-        delta: HistogramValue,
+        delta: Box<HistogramValue>,
         /// All observations since the series started.
-        total: HistogramValue,
+        total: Box<HistogramValue>,
     },
     /// A summary's latest state as its source reported it.
     Summary(SummaryValue),

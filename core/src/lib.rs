@@ -26,3 +26,8 @@ pub use aggregator::{
 pub use flush::{FlushBatch, FlushedSeries, FlushedValue};
 pub use key::{KeyError, SeriesKey};
 pub use point::{MetricKind, MetricPoint, PointValue, Sample, Temporality};
+
+/// Compiles and runs the README's snippet as a doctest.
+#[cfg(doctest)]
+#[doc = include_str!("../README.md")]
+struct ReadmeDoctests;

@@ -659,30 +659,38 @@ fn handles_update_directly_and_keep_their_series_alive() {
 }
 
 #[test]
-fn writer_cache_is_bounded() {
+fn writer_cache_is_bounded_and_refills_once_per_flush() {
     let agg = Aggregator::new(AggregatorConfig {
         writer_cache_capacity: 8,
         ..Default::default()
     });
     let mut w = agg.writer();
-    for i in 0..100 {
+    let record = |w: &mut weir_core::Writer, i: usize| {
         let v = i.to_string();
         w.record("m", &[("b", "1"), ("a", &v)], Sample::Gauge(1.0), 0)
             .unwrap();
+    };
+    for i in 0..100 {
+        record(&mut w, i);
         assert!(w.cached() <= 8);
     }
-    // Every point but the first eight needed a slot someone else held, or a fresh one.
-    drop(w);
-    let evictions = agg.stats().writer_cache_evictions;
-    assert!((50..=92).contains(&evictions), "{evictions}");
+    // Full: later label sets went through the index uncached, the first eight stayed.
+    assert_eq!(w.cached(), 8);
+    assert_eq!(agg.stats().writer_cache_evictions, 0);
     assert_eq!(agg.stats().active_series, 100);
-    // Hits still hit after replacements.
-    let mut w = agg.writer();
-    for _ in 0..3 {
-        w.record("m", &[("b", "1"), ("a", "0")], Sample::Gauge(2.0), 0)
-            .unwrap();
+    // After a flush a full cache is cleared once and refills with what is in use.
+    agg.flush();
+    for i in 50..60 {
+        record(&mut w, i);
     }
-    assert_eq!(w.cached(), 1);
+    assert_eq!(w.cached(), 8);
+    assert_eq!(agg.stats().writer_cache_evictions, 8);
+    let before = agg.stats().created_series;
+    for i in 50..58 {
+        record(&mut w, i); // hits
+    }
+    assert_eq!(agg.stats().created_series, before);
+    assert_eq!(agg.stats().writer_cache_evictions, 8);
 }
 
 #[test]
@@ -734,4 +742,19 @@ fn raw_identity_path_hits_misses_and_follows_evictions() {
             total: 2.0
         }
     );
+}
+
+#[test]
+fn handle_increments_are_integral_adds() {
+    let agg = Aggregator::default();
+    let c = agg.handle("inc_total", &[], MetricKind::Counter).unwrap();
+    c.increment(2).unwrap();
+    c.increment(1 << 40).unwrap(); // past the integer word: the float word takes it
+    c.add(0.5).unwrap();
+    assert_eq!(
+        agg.flush().counter_delta_sum(),
+        2.0 + (1u64 << 40) as f64 + 0.5
+    );
+    let g = agg.handle("inc_gauge", &[], MetricKind::Gauge).unwrap();
+    assert_eq!(g.increment(1).unwrap_err().as_str(), "type_conflict");
 }
