@@ -7,10 +7,11 @@
 //! lose or double-count a point across flushes.
 //!
 //! # Structure
-//! - **Index**: a lock-free map (papaya) from the canonical key bytes to an
-//!   `Arc<Series>`. New series are inserted with a CAS (`try_insert`); a racing
-//!   creator of the same key loses the CAS and uses the winner's series. Keys are
-//!   compared in full, so a 64-bit fingerprint collision never merges two series.
+//! - **Index**: a lock-free map (papaya) holding each `Arc<Series>`, hashed and
+//!   compared by its canonical key bytes (one pointer per entry). New series are
+//!   inserted with a CAS (`try_insert`); a racing creator of the same key loses the CAS
+//!   and uses the winner's series. Keys are compared in full, so a 64-bit fingerprint
+//!   collision never merges two series.
 //! - **Writer cache**: each [`Writer`] (one per receiving thread or task) keeps a
 //!   plain hash map from the label set *as it arrives* (unsorted) to its series, so
 //!   validation, sorting and lookup in the shared index run once per label set, not per
@@ -497,6 +498,7 @@ struct Shared {
     config: AggregatorConfig,
     /// Keyed by the series itself (its canonical key bytes), so an entry is one pointer.
     index: papaya::HashMap<Indexed, (), RandomState>,
+    /// Per metric name: its series count, for the per-metric limit.
     families: papaya::HashMap<Box<str>, Arc<Family>, RandomState>,
     /// Per metric name: points refused by the per-metric limit (bounded, see config).
     limit_drops: papaya::HashMap<Box<str>, AtomicU64, RandomState>,
@@ -509,9 +511,12 @@ struct Shared {
     clock_ms: AtomicI64,
     /// Refusals by reason, indexed like [`REASONS`]. Relaxed: independent counters.
     rejected: [AtomicU64; REASONS.len()],
+    /// Statistics counters (series evicted, series created, writer cache entries
+    /// cleared). Relaxed: independent counters, read only for reporting.
     evicted: AtomicU64,
     created_total: AtomicU64,
     cache_evictions: AtomicU64,
+    /// What only the flusher touches; also serialises concurrent flushes.
     flusher: Mutex<FlusherState>,
 }
 
@@ -521,7 +526,7 @@ impl Shared {
         Err(r)
     }
 
-    /// Finds or creates the series for a canonical key. The caller is pinned.
+    /// Finds or creates the series for a canonical key.
     fn resolve(
         &self,
         canonical: &[u8],
@@ -924,6 +929,11 @@ fn try_retire(s: &Series) -> bool {
 
 /// Records points with a private fingerprint cache. One per receiving thread or task;
 /// `Send` but used through `&mut self`.
+///
+/// Aligned to 128 bytes (two cache lines, the unit the adjacent-line prefetcher moves)
+/// so that writers of different threads placed side by side, say in one array, never
+/// share a line: each update writes its writer's fields.
+#[repr(align(128))]
 pub struct Writer {
     shared: Arc<Shared>,
     /// Raw (arrival-order) identity bytes to series; at most `writer_cache_capacity`.

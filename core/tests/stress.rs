@@ -135,3 +135,64 @@ fn concurrent_adds_land_in_exactly_one_flush() {
         "evictions ran during the test"
     );
 }
+
+proptest::proptest! {
+    #![proptest_config(proptest::prelude::ProptestConfig { cases: 24, ..Default::default() })]
+
+    /// Random per-thread workloads (series, values, label orders) on two writer threads
+    /// racing a flusher whose clock evicts idle series: the flushed sums always equal
+    /// what the threads sent.
+    #[test]
+    fn random_concurrent_workloads_add_up(
+        work in proptest::collection::vec(
+            proptest::collection::vec((0u8..16, 0u16..1000, proptest::bool::ANY), 1..400),
+            2,
+        ),
+        ttl_ms in 0u64..3,
+    ) {
+        let agg = Aggregator::new(AggregatorConfig {
+            series_ttl: Duration::from_millis(ttl_ms),
+            ..Default::default()
+        });
+        let done = Arc::new(AtomicBool::new(false));
+        let flusher = {
+            let (agg, done) = (agg.clone(), done.clone());
+            thread::spawn(move || {
+                let (mut sum, mut now) = (0.0, 1_000_000_000_000i64);
+                while !done.load(Ordering::Acquire) {
+                    now += 1;
+                    sum += agg.flush_at(now).counter_delta_sum();
+                }
+                (sum, now)
+            })
+        };
+        let writers: Vec<_> = work
+            .into_iter()
+            .map(|ops| {
+                let agg = agg.clone();
+                thread::spawn(move || {
+                    let mut w = agg.writer();
+                    let mut sent = 0.0;
+                    for (series, value, swap) in ops {
+                        let id = series.to_string();
+                        let labels = if swap {
+                            [("b", "x"), ("a", id.as_str())]
+                        } else {
+                            [("a", id.as_str()), ("b", "x")]
+                        };
+                        let v = f64::from(value) / 4.0; // exact in f64
+                        w.record("prop_total", &labels, Sample::Counter(v, Temporality::Delta), 0)
+                            .unwrap();
+                        sent += v;
+                    }
+                    sent
+                })
+            })
+            .collect();
+        let sent: f64 = writers.into_iter().map(|w| w.join().unwrap()).sum();
+        done.store(true, Ordering::Release);
+        let (mut got, now) = flusher.join().unwrap();
+        got += agg.flush_at(now + 1).counter_delta_sum();
+        proptest::prop_assert_eq!(got, sent);
+    }
+}
