@@ -511,6 +511,9 @@ struct Shared {
     clock_ms: AtomicI64,
     /// Refusals by reason, indexed like [`REASONS`]. Relaxed: independent counters.
     rejected: [AtomicU64; REASONS.len()],
+    /// Flushes so far (the latest batch's sequence). Relaxed: writers only compare it
+    /// with an earlier reading of their own.
+    flushes: AtomicU64,
     /// Statistics counters (series evicted, series created, writer cache entries
     /// cleared). Relaxed: independent counters, read only for reporting.
     evicted: AtomicU64,
@@ -708,6 +711,7 @@ impl Aggregator {
                 active: AtomicUsize::new(0),
                 clock_ms: AtomicI64::new(now),
                 rejected: Default::default(),
+                flushes: AtomicU64::new(0),
                 evicted: AtomicU64::new(0),
                 created_total: AtomicU64::new(0),
                 cache_evictions: AtomicU64::new(0),
@@ -730,7 +734,7 @@ impl Aggregator {
         Writer {
             shared: self.shared.clone(),
             cache: HashMap::with_hasher(RandomState::default()),
-            cleared_at_ms: self.shared.clock_ms.load(Ordering::Relaxed),
+            cleared_at_flush: self.shared.flushes.load(Ordering::Relaxed),
             misses: 0,
             raw: Vec::with_capacity(256),
             scratch: Scratch::default(),
@@ -858,6 +862,7 @@ impl Aggregator {
             .pin()
             .retain(|_, f| f.active.load(Ordering::Acquire) > 0);
         st.sequence += 1;
+        sh.flushes.store(st.sequence, Ordering::Relaxed);
         let start_ms = std::mem::replace(&mut st.last_flush_ms, now_ms);
         FlushBatch {
             sequence: st.sequence,
@@ -883,7 +888,7 @@ impl Aggregator {
             evicted_series: sh.evicted.load(Ordering::Relaxed),
             created_series: sh.created_total.load(Ordering::Relaxed),
             writer_cache_evictions: sh.cache_evictions.load(Ordering::Relaxed),
-            flushes: sh.flusher.lock().map_or(0, |s| s.sequence),
+            flushes: sh.flushes.load(Ordering::Relaxed),
         }
     }
 
@@ -938,9 +943,9 @@ pub struct Writer {
     shared: Arc<Shared>,
     /// Raw (arrival-order) identity bytes to series; at most `writer_cache_capacity`.
     cache: HashMap<Box<[u8]>, Arc<Series>, RandomState>,
-    /// The aggregator clock when the cache was last cleared: a full cache is cleared
-    /// at most once per flush.
-    cleared_at_ms: i64,
+    /// The flush count when the cache was last cleared: a full cache is cleared at
+    /// most once per flush.
+    cleared_at_flush: u64,
     /// Points that missed the cache (see [`Writer::cache_misses`]).
     misses: u64,
     /// Raw (arrival-order) encoding of the current point's label set.
@@ -1050,15 +1055,15 @@ impl Writer {
             self.shared
                 .record_slow(name, labels, &sample, timestamp_ms, &mut self.scratch)?;
         if self.cache.len() >= self.shared.config.writer_cache_capacity {
-            let now = self.shared.clock_ms.load(Ordering::Relaxed);
-            if now == self.cleared_at_ms {
+            let flushes = self.shared.flushes.load(Ordering::Relaxed);
+            if flushes == self.cleared_at_flush {
                 return Ok(()); // full until the next flush: uncached
             }
             self.shared
                 .cache_evictions
                 .fetch_add(self.cache.len() as u64, Ordering::Relaxed);
             self.cache.clear();
-            self.cleared_at_ms = now;
+            self.cleared_at_flush = flushes;
         }
         self.cache.insert(raw.into(), series);
         Ok(())
