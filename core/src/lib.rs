@@ -16,6 +16,7 @@ pub mod cell;
 pub mod flush;
 pub mod key;
 pub mod point;
+pub mod statsd;
 mod sync;
 #[doc(hidden)]
 pub mod testing;

@@ -1,0 +1,64 @@
+//! Properties of the StatsD decoder on arbitrary input (the CI stand-in for the
+//! `statsd` fuzz target): never a panic, every line accounted for exactly once, and
+//! well-formed lines round-trip.
+
+use proptest::prelude::*;
+use weir_core::statsd::{Decoder, StatsdType, Value, lines, parse_line};
+use weir_core::{Aggregator, AggregatorConfig};
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 512, ..ProptestConfig::default() })]
+
+    #[test]
+    fn every_line_is_applied_or_counted_once(data in proptest::collection::vec(any::<u8>(), 0..512)) {
+        let agg = Aggregator::new(AggregatorConfig { max_series: 64, ..Default::default() });
+        let mut w = agg.writer();
+        let r = Decoder::default().ingest(&data, &mut w);
+        let errors: u64 = r.parse_errors.iter().sum();
+        prop_assert_eq!(r.lines + errors, lines(&data).count() as u64);
+        prop_assert!(r.samples + r.rejected >= r.lines);
+    }
+
+    #[test]
+    fn statsd_looking_text_never_panics(
+        text in "([a-z.]{0,6}(:[-+0-9.e]{0,4}){0,3}(\\|(c|g|ms|h|d|s|@[0-9.]{0,3}|#[a-z:,]{0,8}|T[0-9]{0,3}|c:[a-z]{0,3}|x)){0,4}\n?){0,6}"
+    ) {
+        let agg = Aggregator::default();
+        let mut w = agg.writer();
+        let r = Decoder::default().ingest(text.as_bytes(), &mut w);
+        let errors: u64 = r.parse_errors.iter().sum();
+        prop_assert_eq!(r.lines + errors, lines(text.as_bytes()).count() as u64);
+    }
+
+    #[test]
+    fn well_formed_lines_round_trip(
+        name in "[a-z][a-z0-9._-]{0,10}",
+        values in proptest::collection::vec(0u32..100_000, 1..4),
+        kind in prop_oneof![Just("c"), Just("g"), Just("ms"), Just("h"), Just("d")],
+        rate in prop_oneof![Just(None), Just(Some(0.5)), Just(Some(0.1))],
+        tags in proptest::collection::vec(("[a-z]{1,5}", "[a-z0-9/]{0,5}"), 0..3),
+    ) {
+        let mut line = format!("{name}:{}|{kind}", values.iter().map(u32::to_string).collect::<Vec<_>>().join(":"));
+        if let Some(r) = rate {
+            line.push_str(&format!("|@{r}"));
+        }
+        if !tags.is_empty() {
+            let t: Vec<String> = tags.iter().map(|(k, v)| format!("{k}:{v}")).collect();
+            line.push_str(&format!("|#{}", t.join(",")));
+        }
+        let l = parse_line(line.as_bytes()).unwrap();
+        prop_assert_eq!(l.name, name.as_str());
+        prop_assert_eq!(l.sample_rate, rate.unwrap_or(1.0));
+        let want_kind = match kind {
+            "c" => StatsdType::Counter,
+            "g" => StatsdType::Gauge,
+            "ms" => StatsdType::Timer,
+            "h" => StatsdType::Histogram,
+            _ => StatsdType::Distribution,
+        };
+        prop_assert_eq!(l.kind, want_kind);
+        let got: Vec<Value> = l.values().collect();
+        let want: Vec<Value> = values.iter().map(|v| Value::Number(f64::from(*v))).collect();
+        prop_assert_eq!(got, want);
+    }
+}
