@@ -41,6 +41,8 @@ pub struct Config {
     pub data_dir: PathBuf,
     /// The `[aggregation]` section.
     pub aggregation: AggregationConfig,
+    /// The `[receivers]` section.
+    pub receivers: ReceiversConfig,
     /// The `[log]` section.
     pub log: LogConfig,
 }
@@ -50,6 +52,7 @@ impl Default for Config {
         Config {
             data_dir: PathBuf::from("./weir-data"),
             aggregation: AggregationConfig::default(),
+            receivers: ReceiversConfig::default(),
             log: LogConfig::default(),
         }
     }
@@ -91,6 +94,43 @@ impl Default for AggregationConfig {
             writer_cache_capacity: core.writer_cache_capacity,
             max_tracked_metric_names: core.max_tracked_metric_names,
             histogram_buckets: core.histogram_bounds.to_vec(),
+        }
+    }
+}
+
+/// `[receivers]`: where points come in.
+#[derive(Debug, Clone, PartialEq, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ReceiversConfig {
+    /// The `[receivers.statsd]` section.
+    pub statsd: StatsdConfig,
+}
+
+/// `[receivers.statsd]`: the StatsD/DogStatsD UDP receiver.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct StatsdConfig {
+    /// Whether to listen at all. Default true.
+    pub enabled: bool,
+    /// UDP address to bind. Default `127.0.0.1:8125`.
+    pub address: std::net::SocketAddr,
+    /// Socket receive buffer to ask the kernel for, in bytes (it caps the request at
+    /// `net.core.rmem_max`). A large buffer absorbs scheduling pauses without loss.
+    /// Default 8 MiB; between [`MIN_RECV_BUFFER`] and [`MAX_RECV_BUFFER`].
+    pub recv_buffer_bytes: usize,
+}
+
+/// Smallest accepted `receivers.statsd.recv_buffer_bytes`.
+pub const MIN_RECV_BUFFER: usize = 4096;
+/// Largest accepted `receivers.statsd.recv_buffer_bytes`.
+pub const MAX_RECV_BUFFER: usize = 1 << 30;
+
+impl Default for StatsdConfig {
+    fn default() -> Self {
+        StatsdConfig {
+            enabled: true,
+            address: std::net::SocketAddr::from(([127, 0, 0, 1], 8125)),
+            recv_buffer_bytes: 8 << 20,
         }
     }
 }
@@ -289,6 +329,13 @@ impl Config {
             };
             (key(field), e.reason)
         })?;
+        let rb = self.receivers.statsd.recv_buffer_bytes;
+        if !(MIN_RECV_BUFFER..=MAX_RECV_BUFFER).contains(&rb) {
+            return Err((
+                vec!["receivers", "statsd", "recv_buffer_bytes"],
+                format!("must be between {MIN_RECV_BUFFER} and {MAX_RECV_BUFFER}, got {rb}"),
+            ));
+        }
         if self.log.level.trim().is_empty() {
             return Err((vec!["log", "level"], "must not be empty".to_owned()));
         }
@@ -556,6 +603,17 @@ format = "json"
     }
 
     #[test]
+    fn statsd_receiver_settings_parse_and_unknown_ones_are_refused() {
+        let c = parse("[receivers.statsd]\nenabled = false\naddress = \"0.0.0.0:9125\"\n").unwrap();
+        assert!(!c.receivers.statsd.enabled);
+        assert_eq!(c.receivers.statsd.address.to_string(), "0.0.0.0:9125");
+        let e = err("[receivers.statsd]\nadress = \"127.0.0.1:1\"\n");
+        assert_eq!(e.key(), Some("receivers.statsd.adress"), "{e}");
+        let e = err("[receivers.statsd]\naddress = \"localhost\"\n");
+        assert_eq!(e.key(), Some("receivers.statsd.address"), "{e}");
+    }
+
+    #[test]
     fn invalid_values_name_the_key() {
         let cases: &[(&str, &str, &str)] = &[
             (
@@ -622,6 +680,11 @@ format = "json"
                 "[aggregation]\nhistogram_buckets = []\n",
                 "aggregation.histogram_buckets",
                 "1 to 1024 bounds, got 0",
+            ),
+            (
+                "[receivers.statsd]\nrecv_buffer_bytes = 10\n",
+                "receivers.statsd.recv_buffer_bytes",
+                "between 4096",
             ),
             ("[log]\nlevel = \"\"\n", "log.level", "empty"),
             ("[log]\nlevel = \"loud=[\"\n", "log.level", "not a level"),

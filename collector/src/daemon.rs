@@ -7,10 +7,9 @@
 //! `spawn_blocking`, so request/response tasks added later keep running), let two
 //! flushes overlap, or exit on a stop signal without the final flush.
 //!
-//! Status: no receivers exist yet (StatsD, OTLP, scrape and the admin API come in
-//! later issues), so every flush is empty; the loop, the summaries and the shutdown
-//! path are the real ones the receivers will plug into through
-//! [`Daemon::aggregator`].
+//! Receivers: StatsD over UDP ([`crate::statsd`]). OTLP, scrapes and the admin API
+//! come in later issues and plug in through [`Daemon::aggregator`]. Batches are only
+//! summarised until the pipelines exist.
 
 use std::future::Future;
 use std::time::{Duration, Instant};
@@ -20,6 +19,27 @@ use tracing::info;
 use weir_core::{Aggregator, AggregatorStats, FlushBatch, FlushedValue};
 
 use crate::config::{Config, fmt_duration};
+use crate::statsd::{StatsdReceiver, StatsdStats};
+
+/// Warns about StatsD lines skipped since the last report (`seen` of them were
+/// reported before); returns the new total. At most one line per flush.
+fn warn_parse_errors(stats: &StatsdStats, seen: u64) -> u64 {
+    let total = stats.parse_errors_total();
+    if total > seen {
+        let reasons: Vec<String> = stats
+            .parse_errors
+            .iter()
+            .filter(|(_, n)| *n > 0)
+            .map(|(r, n)| format!("{r}={n}"))
+            .collect();
+        tracing::warn!(
+            skipped = total - seen,
+            since_start = %reasons.join(","),
+            "statsd: malformed lines skipped"
+        );
+    }
+    total
+}
 
 /// What one flush took out of the aggregator: the fields of its log line.
 #[derive(Debug, Clone, PartialEq)]
@@ -109,6 +129,16 @@ impl FlushSummary {
 /// Why the daemon stopped with an error.
 #[derive(Debug, thiserror::Error)]
 pub enum DaemonError {
+    /// A receiver could not start (its address in use, say).
+    #[error("cannot start the {receiver} receiver on {address}: {source}")]
+    Receiver {
+        /// Which receiver.
+        receiver: &'static str,
+        /// The configured address.
+        address: String,
+        /// The I/O error.
+        source: std::io::Error,
+    },
     /// A flush panicked on its blocking thread (a bug; the batch is lost).
     #[error("flush task failed: {0}")]
     FlushFailed(#[from] tokio::task::JoinError),
@@ -172,6 +202,8 @@ impl Daemon {
         F: Future<Output = &'static str>,
     {
         self.log_startup();
+        let statsd = self.start_statsd()?;
+        let mut statsd_errors_seen = 0;
         let period = self.config.aggregation.flush_interval;
         let mut ticker = tokio::time::interval_at(tokio::time::Instant::now() + period, period);
         ticker.set_missed_tick_behavior(MissedTickBehavior::Delay);
@@ -180,14 +212,49 @@ impl Daemon {
             tokio::select! {
                 biased;
                 reason = &mut shutdown => break reason,
-                _ = ticker.tick() => self.flush().await?.log("flush"),
+                _ = ticker.tick() => {
+                    self.flush().await?.log("flush");
+                    if let Some(r) = &statsd {
+                        statsd_errors_seen = warn_parse_errors(&r.stats(), statsd_errors_seen);
+                    }
+                }
             }
         };
-        info!(reason, "shutting down: final flush");
+        info!(
+            reason,
+            "shutting down: draining receivers, then a final flush"
+        );
+        if let Some(r) = statsd {
+            let stats = r.stop();
+            warn_parse_errors(&stats, statsd_errors_seen);
+            info!(
+                datagrams = stats.datagrams,
+                lines = stats.lines,
+                samples = stats.samples,
+                rejected = stats.rejected,
+                parse_errors = stats.parse_errors_total(),
+                "statsd receiver stopped"
+            );
+        }
         let last = self.flush().await?;
         last.log("final flush");
         info!("weir stopped");
         Ok(last)
+    }
+
+    fn start_statsd(&self) -> Result<Option<StatsdReceiver>, DaemonError> {
+        let c = &self.config.receivers.statsd;
+        if !c.enabled {
+            return Ok(None);
+        }
+        let r =
+            StatsdReceiver::start(c, &self.aggregator).map_err(|source| DaemonError::Receiver {
+                receiver: "statsd",
+                address: c.address.to_string(),
+                source,
+            })?;
+        crate::statsd::log_listening(&r);
+        Ok(Some(r))
     }
 
     fn log_startup(&self) {
@@ -212,8 +279,8 @@ impl Daemon {
             log_filter = %log_filter,
             log_filter_from = log_filter_from,
             log_format = self.config.log.format.as_str(),
-            "weir started; no receivers configured yet (StatsD, OTLP, scrape and the admin \
-             API are not built), so flushes are empty and only logged"
+            "weir started; batches are summarised in the log (pipelines, OTLP, scrapes \
+             and the admin API are not built yet)"
         );
     }
 }
@@ -275,6 +342,7 @@ mod tests {
     fn config(flush: Duration) -> Config {
         let mut c = Config::default();
         c.aggregation.flush_interval = flush;
+        c.receivers.statsd.address = "127.0.0.1:0".parse().unwrap();
         c
     }
 

@@ -4,8 +4,10 @@
 //! the admin API. At this stage it has:
 //! - [`config`]: the TOML configuration, its embedded defaults and validation;
 //! - [`logging`]: the tracing-subscriber setup (text or JSON on standard error);
-//! - [`daemon`]: the run loop that owns the [`weir_core::Aggregator`], flushes it
-//!   every interval, logs a summary per flush and flushes once more on SIGINT/SIGTERM.
+//! - [`statsd`]: the StatsD/DogStatsD UDP receiver;
+//! - [`daemon`]: the run loop that owns the [`weir_core::Aggregator`] and the
+//!   receivers, flushes every interval, logs a summary per flush and, on
+//!   SIGINT/SIGTERM, stops the receivers (draining their sockets) and flushes once more.
 //!
 //! The `weir` binary (`src/main.rs`) only parses the command line and wires these
 //! together; all behaviour lives here so it can be tested without a process.
@@ -15,6 +17,7 @@
 pub mod config;
 pub mod daemon;
 pub mod logging;
+pub mod statsd;
 
 pub use config::{Config, ConfigError, DEFAULT_CONFIG_TOML};
 pub use daemon::{Daemon, FlushSummary};
