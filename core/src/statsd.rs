@@ -10,7 +10,7 @@
 //! # Mapping
 //! | type | weir sample |
 //! |---|---|
-//! | `c` | counter delta, value ÷ sample rate |
+//! | `c` | counter delta, value ÷ sample rate; a negative one (`decr`) is refused as `invalid_value`, as statsd_exporter does, since weir's counters are monotonic |
 //! | `g` | gauge set; `+N` / `-N` adjust the current value |
 //! | `ms` | one observation in seconds (value ÷ 1000) into a histogram, weighted 1 ÷ rate |
 //! | `h`, `d` | one observation as is into a histogram, weighted 1 ÷ rate |

@@ -1,0 +1,145 @@
+"""weir driven by real StatsD client libraries: the Python `statsd` package (Etsy
+protocol) and Datadog's `DogStatsd` (tags, distributions). Each test starts the real
+`weir` binary on a free UDP port (port 0, read back from its log), sends known traffic,
+stops it with SIGTERM and checks the totals in its JSON flush log lines exactly.
+
+Per-series values come through the exposition endpoint once it exists; until then the
+flush lines' totals (series, counter deltas, histogram observations) are what an
+operator can see, so that is what is checked.
+"""
+
+import json
+import os
+import pathlib
+import signal
+import subprocess
+import time
+
+import pytest
+import statsd
+from datadog.dogstatsd import DogStatsd
+
+ROOT = pathlib.Path(__file__).resolve().parents[2]
+WEIR = pathlib.Path(os.environ.get("WEIR_BIN", ROOT / "target" / "debug" / "weir"))
+TIMEOUT_S = 20
+
+
+class Weir:
+    """A running weir with JSON logs, StatsD on an ephemeral port."""
+
+    def __init__(self, tmp_path):
+        config = tmp_path / "weir.toml"
+        config.write_text(
+            '[aggregation]\nflush_interval = "200ms"\n'
+            '[receivers.statsd]\naddress = "127.0.0.1:0"\n'
+            '[log]\nformat = "json"\n'
+        )
+        self.proc = subprocess.Popen(
+            [str(WEIR), "--config", str(config)],
+            cwd=tmp_path,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
+        self.lines = []
+        listening = self.wait_for(lambda e: e.get("message", "").startswith("statsd receiver listening"))
+        host, port = listening["address"].rsplit(":", 1)
+        self.host, self.port = host, int(port)
+
+    def wait_for(self, pred):
+        deadline = time.monotonic() + TIMEOUT_S
+        while time.monotonic() < deadline:
+            line = self.proc.stdout.readline()
+            if not line:
+                break
+            event = json.loads(line)
+            self.lines.append(event)
+            if pred(event):
+                return event
+        self.proc.kill()
+        pytest.fail("weir did not log the expected line; output:\n" + "\n".join(map(str, self.lines)))
+
+    def stop(self):
+        """SIGTERM, wait for exit 0, return every log event."""
+        self.proc.send_signal(signal.SIGTERM)
+        out, _ = self.proc.communicate(timeout=TIMEOUT_S)
+        self.lines += [json.loads(l) for l in out.splitlines() if l.strip()]
+        assert self.proc.returncode == 0, self.lines
+        return self.lines
+
+
+def flushes(events):
+    return [e for e in events if e.get("message") in ("flush", "final flush")]
+
+
+def total(events, field):
+    return sum(e[field] for e in flushes(events))
+
+
+def stopped(events):
+    return next(e for e in events if e.get("message") == "statsd receiver stopped")
+
+
+@pytest.fixture
+def weir(tmp_path):
+    w = Weir(tmp_path)
+    yield w
+    if w.proc.poll() is None:
+        w.proc.kill()
+
+
+def test_statsd_client_counters_gauges_and_timers(weir):
+    c = statsd.StatsClient(weir.host, weir.port, prefix="shop")
+    for i in range(100):
+        c.incr("orders")  # +1
+        c.incr("revenue", 5)  # +5
+        c.gauge("queue", i)  # last value wins
+        c.timing("checkout", 120)  # ms, observed as 0.12 s
+    c.decr("orders", 10)  # a negative counter increment: refused and counted
+    with c.pipeline() as pipe:  # several lines in one datagram
+        pipe.incr("orders", 3)
+        pipe.gauge("queue", 5, delta=True)
+    events = weir.stop()
+    assert total(events, "counter_delta_sum") == 100 * 1 + 100 * 5 + 3
+    assert total(events, "histogram_observations") == 100
+    s = stopped(events)
+    assert s["samples"] == 100 * 4 + 2
+    assert s["rejected"] == 1
+    assert s["parse_errors"] == 0
+    last = flushes(events)[-1]
+    assert last["active_series"] == 4  # shop_orders, shop_revenue, shop_queue, shop_checkout
+    assert "invalid_value=1" in last["rejected_reasons"]
+
+
+def test_dogstatsd_tags_distributions_and_multiple_series(weir):
+    d = DogStatsd(host=weir.host, port=weir.port, disable_telemetry=True)
+    for i in range(50):
+        d.increment("api.requests", tags=[f"route:/r{i % 5}", "env:prod"])
+        d.histogram("api.latency", 0.25, tags=["env:prod"])
+        d.distribution("api.payload", 512, tags=["env:prod"])
+        d.gauge("api.inflight", i, tags=["env:prod", "canary"])
+    d.flush()
+    events = weir.stop()
+    assert total(events, "counter_delta_sum") == 50
+    assert total(events, "histogram_observations") == 100
+    s = stopped(events)
+    assert s["samples"] == 200
+    assert s["rejected"] == 0 and s["parse_errors"] == 0
+    # 5 routes of api_requests, plus api_latency, api_payload, api_inflight.
+    assert flushes(events)[-1]["active_series"] == 8
+
+
+def test_malformed_lines_are_skipped_and_counted_not_fatal(weir):
+    import socket
+
+    sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    sock.sendto(b"good:1|c\nbad line\nworse:x|c\nsets:alice|s\ngood:2|c\n", (weir.host, weir.port))
+    events = weir.stop()
+    assert total(events, "counter_delta_sum") == 3
+    s = stopped(events)
+    assert s["lines"] == 2 and s["parse_errors"] == 3
+    warn = [e for e in events if e.get("message") == "statsd: malformed lines skipped"]
+    assert warn, events
+    assert "missing_value=1" in warn[-1]["since_start"]
+    assert "malformed_value=1" in warn[-1]["since_start"]
+    assert "unsupported_type=1" in warn[-1]["since_start"]
