@@ -1,0 +1,93 @@
+//! Parser throughput (issue "Receivers"): the StatsD decoder on realistic datagrams,
+//! lines/s and bytes/s, with the series already cached (the steady state) and with
+//! the parse alone (no aggregation).
+//!
+//! Run: `cargo bench -p weir-benches --bench parse`; see `benches/README.md`.
+
+use std::hint::black_box;
+use std::time::Duration;
+
+use criterion::{Criterion, Throughput, criterion_group, criterion_main};
+use weir_core::statsd::{Decoder, lines, parse_line};
+use weir_core::{Aggregator, AggregatorConfig};
+
+/// ~88 lines per datagram (the DESIGN's loopback measurement), 1,000 series in all:
+/// counters with tags, gauges, timers with a sample rate.
+fn datagrams() -> Vec<Vec<u8>> {
+    let mut out = Vec::new();
+    let mut line_no = 0u32;
+    for _ in 0..64 {
+        let mut d = String::new();
+        for _ in 0..88 {
+            let s = line_no % 1000;
+            match line_no % 3 {
+                0 => d.push_str(&format!(
+                    "app.http.requests:1|c|#route:/api/v1/items/{s},method:GET,status:200\n"
+                )),
+                1 => d.push_str(&format!("app.queue.depth:{s}|g|#queue:q{s}\n")),
+                _ => d.push_str(&format!("app.db.latency:{}|ms|@0.5|#table:t{s}\n", s % 97)),
+            }
+            line_no += 1;
+        }
+        out.push(d.into_bytes());
+    }
+    out
+}
+
+fn statsd(c: &mut Criterion) {
+    let grams = datagrams();
+    let bytes: usize = grams.iter().map(Vec::len).sum();
+    let nlines: usize = grams.iter().map(|g| lines(g).count()).sum();
+    let mut g = c.benchmark_group("statsd");
+    g.sample_size(30)
+        .warm_up_time(Duration::from_secs(1))
+        .measurement_time(Duration::from_secs(3));
+
+    g.throughput(Throughput::Elements(nlines as u64));
+    g.bench_function("parse_only_lines", |b| {
+        b.iter(|| {
+            let mut ok = 0usize;
+            for d in &grams {
+                for l in lines(d) {
+                    ok += usize::from(parse_line(black_box(l)).is_ok());
+                }
+            }
+            ok
+        })
+    });
+    let agg = Aggregator::new(AggregatorConfig {
+        series_ttl: Duration::ZERO,
+        ..AggregatorConfig::default()
+    });
+    let mut w = agg.writer();
+    let mut decoder = Decoder::default();
+    for d in &grams {
+        decoder.ingest(d, &mut w); // create and cache every series
+    }
+    g.bench_function("ingest_cached_lines", |b| {
+        b.iter(|| {
+            let mut samples = 0;
+            for d in &grams {
+                samples += decoder.ingest(black_box(d), &mut w).samples;
+            }
+            samples
+        })
+    });
+    g.throughput(Throughput::Bytes(bytes as u64));
+    g.bench_function("ingest_cached_bytes", |b| {
+        b.iter(|| {
+            for d in &grams {
+                decoder.ingest(black_box(d), &mut w);
+            }
+        })
+    });
+    g.finish();
+    eprintln!(
+        "statsd: {} datagrams, {nlines} lines, {bytes} bytes, {} series",
+        grams.len(),
+        agg.stats().active_series
+    );
+}
+
+criterion_group!(benches, statsd);
+criterion_main!(benches);
