@@ -13,6 +13,7 @@
 
 pub mod aggregator;
 pub mod cell;
+pub mod exposition;
 pub mod flush;
 pub mod key;
 pub mod point;
