@@ -43,6 +43,8 @@ pub struct Config {
     pub aggregation: AggregationConfig,
     /// The `[receivers]` section.
     pub receivers: ReceiversConfig,
+    /// The `[scrape]` section.
+    pub scrape: ScrapeConfig,
     /// The `[log]` section.
     pub log: LogConfig,
 }
@@ -53,6 +55,7 @@ impl Default for Config {
             data_dir: PathBuf::from("./weir-data"),
             aggregation: AggregationConfig::default(),
             receivers: ReceiversConfig::default(),
+            scrape: ScrapeConfig::default(),
             log: LogConfig::default(),
         }
     }
@@ -133,6 +136,66 @@ impl Default for StatsdConfig {
             recv_buffer_bytes: 8 << 20,
         }
     }
+}
+
+/// `[scrape]`: the Prometheus scraper.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ScrapeConfig {
+    /// Most scrapes running at once. Default 8.
+    pub concurrency: usize,
+    /// Largest scrape body accepted, in bytes; a larger one fails the scrape
+    /// (`body_too_large`, `up 0`). Default 10 MiB.
+    pub body_limit_bytes: usize,
+    /// The `[[scrape.targets]]` entries. Default none.
+    pub targets: Vec<ScrapeTarget>,
+}
+
+impl Default for ScrapeConfig {
+    fn default() -> Self {
+        ScrapeConfig {
+            concurrency: 8,
+            body_limit_bytes: 10 << 20,
+            targets: Vec::new(),
+        }
+    }
+}
+
+/// One `[[scrape.targets]]` entry.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ScrapeTarget {
+    /// `http://host:port/path` (path usually `/metrics`). Required.
+    pub url: String,
+    /// The `job` label. Default `"scrape"`.
+    #[serde(default = "default_job")]
+    pub job: String,
+    /// How often to scrape. Default 15 s.
+    #[serde(default = "default_scrape_interval", with = "humantime_serde")]
+    pub interval: Duration,
+    /// How long one scrape may take. Default 10 s; at most `interval`.
+    #[serde(default = "default_scrape_timeout", with = "humantime_serde")]
+    pub timeout: Duration,
+    /// Extra labels for every series of this target.
+    #[serde(default)]
+    pub labels: std::collections::BTreeMap<String, String>,
+    /// On a clash between a scraped label and a target label: true keeps the scraped
+    /// value, false (the default, as Prometheus) keeps the target's and renames the
+    /// scraped one `exported_<name>`.
+    #[serde(default)]
+    pub honor_labels: bool,
+}
+
+fn default_job() -> String {
+    "scrape".to_owned()
+}
+
+fn default_scrape_interval() -> Duration {
+    Duration::from_secs(15)
+}
+
+fn default_scrape_timeout() -> Duration {
+    Duration::from_secs(10)
 }
 
 /// `[log]`: what the daemon logs and how.
@@ -329,6 +392,53 @@ impl Config {
             };
             (key(field), e.reason)
         })?;
+        if self.scrape.concurrency == 0 {
+            return Err((
+                vec!["scrape", "concurrency"],
+                "must be greater than 0".to_owned(),
+            ));
+        }
+        if self.scrape.body_limit_bytes < 1024 {
+            return Err((
+                vec!["scrape", "body_limit_bytes"],
+                "must be at least 1024".to_owned(),
+            ));
+        }
+        for t in &self.scrape.targets {
+            // Keys inside arrays of tables are reported without an index.
+            let key = |k: &'static str| vec!["scrape", "targets", k];
+            let uri: Result<hyper::Uri, _> = t.url.parse();
+            let ok = uri.as_ref().is_ok_and(|u| {
+                u.scheme_str() == Some("http")
+                    && u.authority().is_some_and(|a| a.port_u16().is_some())
+            });
+            if !ok {
+                return Err((
+                    key("url"),
+                    format!(
+                        "{:?} is not an http://host:port/path URL (https is not supported yet)",
+                        t.url
+                    ),
+                ));
+            }
+            if t.interval < MIN_FLUSH_INTERVAL {
+                return Err((
+                    key("interval"),
+                    format!("must be at least {}", fmt_duration(MIN_FLUSH_INTERVAL)),
+                ));
+            }
+            if t.timeout.is_zero() || t.timeout > t.interval {
+                return Err((
+                    key("timeout"),
+                    "must be above 0 and at most the interval".to_owned(),
+                ));
+            }
+            for name in t.labels.keys() {
+                if !weir_core::key::is_valid_label_name(name) {
+                    return Err((key("labels"), format!("{name:?} is not a valid label name")));
+                }
+            }
+        }
         let rb = self.receivers.statsd.recv_buffer_bytes;
         if !(MIN_RECV_BUFFER..=MAX_RECV_BUFFER).contains(&rb) {
             return Err((
@@ -600,6 +710,51 @@ format = "json"
         assert!(e.to_string().contains("xml"), "{e}");
         let e = err("log = 5\n");
         assert_eq!(e.key(), Some("log"), "{e}");
+    }
+
+    #[test]
+    fn scrape_targets_parse_with_defaults_and_bad_ones_name_the_key() {
+        let c = parse("[[scrape.targets]]\nurl = \"http://127.0.0.1:9100/metrics\"\nlabels = { env = \"prod\" }\n").unwrap();
+        let t = &c.scrape.targets[0];
+        assert_eq!(
+            (t.job.as_str(), t.interval, t.timeout),
+            ("scrape", Duration::from_secs(15), Duration::from_secs(10))
+        );
+        assert_eq!(t.labels.get("env").map(String::as_str), Some("prod"));
+        assert!(!t.honor_labels);
+        for (text, key, reason) in [
+            (
+                "[[scrape.targets]]\nurl = \"https://h:1/m\"\n",
+                "scrape.targets.url",
+                "not an http",
+            ),
+            (
+                "[[scrape.targets]]\nurl = \"http://h/m\"\n",
+                "scrape.targets.url",
+                "not an http",
+            ),
+            (
+                "[[scrape.targets]]\nurl = \"http://h:1/m\"\ninterval = \"1s\"\ntimeout = \"2s\"\n",
+                "scrape.targets.timeout",
+                "at most the interval",
+            ),
+            (
+                "[[scrape.targets]]\nurl = \"http://h:1/m\"\nlabels = { \"a-b\" = \"x\" }\n",
+                "scrape.targets.labels",
+                "not a valid label name",
+            ),
+            (
+                "[scrape]\nconcurrency = 0\n",
+                "scrape.concurrency",
+                "greater than 0",
+            ),
+        ] {
+            let e = err(text);
+            assert_eq!(e.key(), Some(key), "{text}: {e}");
+            assert!(e.to_string().contains(reason), "{text}: {e}");
+        }
+        let e = err("[[scrape.targets]]\njob = \"x\"\n");
+        assert!(e.to_string().contains("url"), "{e}");
     }
 
     #[test]

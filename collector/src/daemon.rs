@@ -7,8 +7,9 @@
 //! `spawn_blocking`, so request/response tasks added later keep running), let two
 //! flushes overlap, or exit on a stop signal without the final flush.
 //!
-//! Receivers: StatsD over UDP ([`crate::statsd`]). OTLP, scrapes and the admin API
-//! come in later issues and plug in through [`Daemon::aggregator`]. Batches are only
+//! Receivers: StatsD over UDP ([`crate::statsd`]) and the scraper
+//! ([`crate::scrape`]). OTLP and the admin API come in later issues and plug in
+//! through [`Daemon::aggregator`]. Batches are only
 //! summarised until the pipelines exist.
 
 use std::future::Future;
@@ -19,6 +20,7 @@ use tracing::info;
 use weir_core::{Aggregator, AggregatorStats, FlushBatch, FlushedValue};
 
 use crate::config::{Config, fmt_duration};
+use crate::scrape::Scraper;
 use crate::statsd::{StatsdReceiver, StatsdStats};
 
 /// Warns about StatsD lines skipped since the last report (`seen` of them were
@@ -203,6 +205,7 @@ impl Daemon {
     {
         self.log_startup();
         let statsd = self.start_statsd()?;
+        let scraper = self.start_scraper();
         let mut statsd_errors_seen = 0;
         let period = self.config.aggregation.flush_interval;
         let mut ticker = tokio::time::interval_at(tokio::time::Instant::now() + period, period);
@@ -224,6 +227,9 @@ impl Daemon {
             reason,
             "shutting down: draining receivers, then a final flush"
         );
+        if let Some(s) = scraper {
+            s.stop();
+        }
         if let Some(r) = statsd {
             let stats = r.stop();
             warn_parse_errors(&stats, statsd_errors_seen);
@@ -255,6 +261,25 @@ impl Daemon {
             })?;
         crate::statsd::log_listening(&r);
         Ok(Some(r))
+    }
+
+    fn start_scraper(&self) -> Option<Scraper> {
+        let c = &self.config.scrape;
+        if c.targets.is_empty() {
+            return None;
+        }
+        let s = Scraper::start(c, &self.aggregator);
+        for t in &c.targets {
+            info!(
+                url = %t.url,
+                job = %t.job,
+                interval = %fmt_duration(t.interval),
+                timeout = %fmt_duration(t.timeout),
+                offset = %fmt_duration(crate::scrape::jitter(&t.url, t.interval)),
+                "scrape target"
+            );
+        }
+        Some(s)
     }
 
     fn log_startup(&self) {

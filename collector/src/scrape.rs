@@ -1,0 +1,364 @@
+//! The Prometheus scraper: static targets scraped over HTTP on their own schedule,
+//! bodies parsed by weir-core's text exposition parser into the aggregator.
+//!
+//! Owns: the schedule (one task per target, a stable jittered offset inside its
+//! interval so targets never scrape in lock-step), the concurrency limit (a
+//! semaphore), the HTTP GET with its timeout and body size limit, target labels
+//! (`job`, `instance`, extra labels, `honor_labels`) and the per-target series
+//! Prometheus itself records: `up`, `scrape_duration_seconds`,
+//! `scrape_samples_scraped`. Must never: let a slow target delay another (each has its
+//! own task; only the semaphore is shared), or crash on a body: garbage gives `up 0`
+//! and counted errors.
+//!
+//! Not yet: the protobuf exposition format and OpenMetrics negotiation, gzip, TLS,
+//! hot reload of targets.
+
+use std::hash::{Hash, Hasher};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use http_body_util::{BodyExt, Empty, Limited};
+use hyper::body::Bytes;
+use hyper_util::client::legacy::Client;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::rt::TokioExecutor;
+use tokio::sync::Semaphore;
+use tokio::task::JoinHandle;
+use tracing::{debug, warn};
+use weir_core::exposition::{ExpositionError, parse_text};
+use weir_core::{Aggregator, Sample, Writer};
+
+use crate::config::{ScrapeConfig, ScrapeTarget};
+
+/// The Accept header: the text format, version 0.0.4.
+const ACCEPT: &str = "text/plain;version=0.0.4;q=1,*/*;q=0.1";
+
+/// Why one scrape failed. Stable names for counters and logs.
+#[derive(Debug, thiserror::Error)]
+pub enum ScrapeError {
+    /// Connecting or sending failed.
+    #[error("request failed: {0}")]
+    Request(String),
+    /// No complete answer within the target's timeout.
+    #[error("timed out")]
+    Timeout,
+    /// The target answered with a non-2xx status.
+    #[error("HTTP status {0}")]
+    Status(u16),
+    /// The body was larger than `body_limit_bytes`.
+    #[error("body larger than {0} bytes")]
+    BodyTooLarge(usize),
+    /// Reading the body failed.
+    #[error("reading the body failed: {0}")]
+    Body(String),
+}
+
+impl ScrapeError {
+    /// Short, stable reason label.
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            ScrapeError::Request(_) => "request_failed",
+            ScrapeError::Timeout => "timeout",
+            ScrapeError::Status(_) => "http_status",
+            ScrapeError::BodyTooLarge(_) => "body_too_large",
+            ScrapeError::Body(_) => "body_read_failed",
+        }
+    }
+}
+
+/// Counters of one target since start. Relaxed: independent counters, read only for
+/// reporting.
+#[derive(Default)]
+pub struct TargetCounters {
+    /// Scrapes attempted.
+    pub scrapes: AtomicU64,
+    /// Scrapes that failed (no body parsed).
+    pub failures: AtomicU64,
+    /// Samples emitted by the parser over all scrapes.
+    pub samples: AtomicU64,
+    /// Lines or groups the parser skipped over all scrapes.
+    pub parse_errors: AtomicU64,
+    /// 1 if the last scrape succeeded.
+    pub up: AtomicU64,
+}
+
+/// The running scraper: one task per target.
+pub struct Scraper {
+    tasks: Vec<JoinHandle<()>>,
+    /// Per target (in config order): its URL and counters.
+    pub targets: Vec<(String, Arc<TargetCounters>)>,
+}
+
+impl Scraper {
+    /// Starts one task per target. Must be called inside a tokio runtime.
+    pub fn start(config: &ScrapeConfig, aggregator: &Aggregator) -> Scraper {
+        let mut connector = HttpConnector::new();
+        connector.set_nodelay(true);
+        let client: Client<HttpConnector, Empty<Bytes>> =
+            Client::builder(TokioExecutor::new()).build(connector);
+        let permits = Arc::new(Semaphore::new(config.concurrency));
+        let mut tasks = Vec::new();
+        let mut targets = Vec::new();
+        for t in &config.targets {
+            // Checked when the config was loaded; a bad one is skipped, not fatal.
+            let Ok(uri) = t.url.parse::<hyper::Uri>() else {
+                warn!(target = %t.url, "scrape: invalid URL, target skipped");
+                continue;
+            };
+            let counters = Arc::new(TargetCounters::default());
+            targets.push((t.url.clone(), counters.clone()));
+            let run = TargetRun {
+                labels: target_labels(t, &uri),
+                uri,
+                target: t.clone(),
+                body_limit: config.body_limit_bytes,
+                client: client.clone(),
+                permits: permits.clone(),
+                writer: aggregator.writer(),
+                counters,
+            };
+            tasks.push(tokio::spawn(run.run()));
+        }
+        Scraper { tasks, targets }
+    }
+
+    /// Stops every target task (a scrape in flight is abandoned; nothing of it was
+    /// recorded yet).
+    pub fn stop(self) {
+        for t in &self.tasks {
+            t.abort();
+        }
+    }
+}
+
+/// `job`, `instance` (host:port of the URL) and the target's extra labels, sorted.
+fn target_labels(t: &ScrapeTarget, uri: &hyper::Uri) -> Vec<(String, String)> {
+    let instance = uri
+        .authority()
+        .map_or_else(String::new, |a| a.as_str().to_owned());
+    let mut labels = vec![
+        ("job".to_owned(), t.job.clone()),
+        ("instance".to_owned(), instance),
+    ];
+    for (k, v) in &t.labels {
+        labels.retain(|(lk, _)| lk != k);
+        labels.push((k.clone(), v.clone()));
+    }
+    labels.sort();
+    labels
+}
+
+/// A stable offset inside `interval` for `url`, so targets spread over the interval
+/// and keep their slot across restarts.
+pub fn jitter(url: &str, interval: Duration) -> Duration {
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    url.hash(&mut h);
+    let nanos = interval.as_nanos().max(1);
+    Duration::from_nanos((u128::from(h.finish()) % nanos) as u64)
+}
+
+/// One target's task state.
+struct TargetRun {
+    target: ScrapeTarget,
+    uri: hyper::Uri,
+    labels: Vec<(String, String)>,
+    body_limit: usize,
+    client: Client<HttpConnector, Empty<Bytes>>,
+    permits: Arc<Semaphore>,
+    writer: Writer,
+    counters: Arc<TargetCounters>,
+}
+
+impl TargetRun {
+    async fn run(mut self) {
+        let interval = self.target.interval;
+        let offset = jitter(&self.target.url, interval);
+        let mut ticker = tokio::time::interval_at(tokio::time::Instant::now() + offset, interval);
+        ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            ticker.tick().await;
+            let Ok(_permit) = self.permits.clone().acquire_owned().await else {
+                return; // the semaphore is never closed; stop if it ever is
+            };
+            self.scrape_once().await;
+        }
+    }
+
+    async fn scrape_once(&mut self) {
+        let started = Instant::now();
+        self.counters.scrapes.fetch_add(1, Ordering::Relaxed);
+        let result = tokio::time::timeout(self.target.timeout, self.fetch()).await;
+        let body = match result {
+            Ok(Ok(body)) => Some(body),
+            Ok(Err(e)) => {
+                self.fail(&e);
+                None
+            }
+            Err(_) => {
+                self.fail(&ScrapeError::Timeout);
+                None
+            }
+        };
+        let mut samples = 0u64;
+        if let Some(body) = &body {
+            let report = self.ingest(body);
+            samples = report.samples;
+            let errors: u64 = report.errors.iter().sum();
+            self.counters.samples.fetch_add(samples, Ordering::Relaxed);
+            self.counters
+                .parse_errors
+                .fetch_add(errors, Ordering::Relaxed);
+            if errors > 0 {
+                let reasons: Vec<String> = ExpositionError::ALL
+                    .iter()
+                    .filter(|r| report.errors(**r) > 0)
+                    .map(|r| format!("{}={}", r.as_str(), report.errors(*r)))
+                    .collect();
+                warn!(target = %self.target.url, skipped = errors, reasons = %reasons.join(","), "scrape: malformed lines skipped");
+            }
+        }
+        // As Prometheus: a body that yields nothing at all is not a healthy target.
+        let up = body.is_some() && samples > 0;
+        self.counters.up.store(u64::from(up), Ordering::Relaxed);
+        let duration = started.elapsed().as_secs_f64();
+        let labels: Vec<(&str, &str)> = self
+            .labels
+            .iter()
+            .map(|(k, v)| (k.as_str(), v.as_str()))
+            .collect();
+        for (name, value) in [
+            ("up", if up { 1.0 } else { 0.0 }),
+            ("scrape_duration_seconds", duration),
+            ("scrape_samples_scraped", samples as f64),
+        ] {
+            let _ = self.writer.record(name, &labels, Sample::Gauge(value), 0);
+        }
+        debug!(target = %self.target.url, up, samples, duration, "scraped");
+    }
+
+    fn fail(&self, e: &ScrapeError) {
+        self.counters.failures.fetch_add(1, Ordering::Relaxed);
+        warn!(target = %self.target.url, reason = e.as_str(), error = %e, "scrape failed");
+    }
+
+    async fn fetch(&self) -> Result<Bytes, ScrapeError> {
+        let req = hyper::Request::get(self.uri.clone())
+            .header(hyper::header::ACCEPT, ACCEPT)
+            .header(
+                hyper::header::USER_AGENT,
+                concat!("weir/", env!("CARGO_PKG_VERSION")),
+            )
+            .body(Empty::<Bytes>::new())
+            .map_err(|e| ScrapeError::Request(e.to_string()))?;
+        let resp = self
+            .client
+            .request(req)
+            .await
+            .map_err(|e| ScrapeError::Request(e.to_string()))?;
+        if !resp.status().is_success() {
+            return Err(ScrapeError::Status(resp.status().as_u16()));
+        }
+        let limited = Limited::new(resp.into_body(), self.body_limit);
+        match limited.collect().await {
+            Ok(c) => Ok(c.to_bytes()),
+            Err(e) if e.is::<http_body_util::LengthLimitError>() => {
+                Err(ScrapeError::BodyTooLarge(self.body_limit))
+            }
+            Err(e) => Err(ScrapeError::Body(e.to_string())),
+        }
+    }
+
+    /// Parses a body into the aggregator with the target's labels applied.
+    fn ingest(&mut self, body: &[u8]) -> weir_core::exposition::ParseReport {
+        let (writer, target_labels, honor) =
+            (&mut self.writer, &self.labels, self.target.honor_labels);
+        let mut merged: Vec<(String, String)> = Vec::new();
+        parse_text(body, &mut |name, labels, sample, ts| {
+            merged.clear();
+            merge_labels(target_labels, labels, honor, &mut merged);
+            let view: Vec<(&str, &str)> = merged
+                .iter()
+                .map(|(k, v)| (k.as_str(), v.as_str()))
+                .collect();
+            // Refusals are counted by the aggregator by reason.
+            let _ = writer.record(name, &view, sample, ts);
+        })
+    }
+}
+
+/// Prometheus' rule for target labels against scraped ones: with `honor_labels` the
+/// scraped value wins; otherwise the target's does and the scraped one is kept as
+/// `exported_<name>`.
+pub fn merge_labels(
+    target: &[(String, String)],
+    scraped: &[(&str, &str)],
+    honor: bool,
+    out: &mut Vec<(String, String)>,
+) {
+    for (k, v) in scraped {
+        let clash = target.iter().any(|(tk, _)| tk == k);
+        if clash && !honor {
+            out.push((format!("exported_{k}"), (*v).to_owned()));
+        } else {
+            out.push(((*k).to_owned(), (*v).to_owned()));
+        }
+    }
+    for (k, v) in target {
+        if !out.iter().any(|(ok, _)| ok == k) {
+            out.push((k.clone(), v.clone()));
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn s(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
+        pairs
+            .iter()
+            .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+            .collect()
+    }
+
+    #[test]
+    fn clashing_labels_follow_honor_labels() {
+        let target = s(&[("instance", "h:1"), ("job", "node")]);
+        let scraped = [("job", "app"), ("path", "/")];
+        let mut out = Vec::new();
+        merge_labels(&target, &scraped, false, &mut out);
+        out.sort();
+        assert_eq!(
+            out,
+            s(&[
+                ("exported_job", "app"),
+                ("instance", "h:1"),
+                ("job", "node"),
+                ("path", "/")
+            ])
+        );
+        out.clear();
+        merge_labels(&target, &scraped, true, &mut out);
+        out.sort();
+        assert_eq!(
+            out,
+            s(&[("instance", "h:1"), ("job", "app"), ("path", "/")])
+        );
+    }
+
+    #[test]
+    fn jitter_is_stable_and_inside_the_interval() {
+        let i = Duration::from_secs(15);
+        let a = jitter("http://a:9100/metrics", i);
+        assert_eq!(a, jitter("http://a:9100/metrics", i));
+        assert!(a < i);
+        let spread: std::collections::HashSet<_> = (0..20)
+            .map(|n| jitter(&format!("http://h{n}:9100/metrics"), i).as_secs())
+            .collect();
+        assert!(
+            spread.len() > 5,
+            "offsets spread over the interval: {spread:?}"
+        );
+    }
+}
