@@ -529,6 +529,12 @@ impl Shared {
         Err(r)
     }
 
+    /// [`validate`], counting a refusal.
+    #[inline]
+    fn check(&self, sample: &Sample<'_>) -> Result<(), Rejected> {
+        validate(sample).or_else(|e| self.reject(e))
+    }
+
     /// Finds or creates the series for a canonical key.
     fn resolve(
         &self,
@@ -753,9 +759,7 @@ impl Aggregator {
         sample: Sample<'_>,
         timestamp_ms: i64,
     ) -> Result<(), Rejected> {
-        if let Err(e) = validate(&sample) {
-            return self.shared.reject(e);
-        }
+        self.shared.check(&sample)?;
         let mut scratch = Scratch::default();
         self.shared
             .record_slow(name, labels, &sample, timestamp_ms, &mut scratch)
@@ -1014,9 +1018,7 @@ impl Writer {
         sample: Sample<'_>,
         timestamp_ms: i64,
     ) -> Result<bool, Rejected> {
-        if let Err(e) = validate(&sample) {
-            return self.shared.reject(e);
-        }
+        self.shared.check(&sample)?;
         let Some(series) = self.cache.get(raw) else {
             self.misses += 1;
             return Ok(false);
@@ -1048,9 +1050,7 @@ impl Writer {
         sample: Sample<'_>,
         timestamp_ms: i64,
     ) -> Result<(), Rejected> {
-        if let Err(e) = validate(&sample) {
-            return self.shared.reject(e);
-        }
+        self.shared.check(&sample)?;
         let series =
             self.shared
                 .record_slow(name, labels, &sample, timestamp_ms, &mut self.scratch)?;
@@ -1170,9 +1170,7 @@ impl SeriesHandle {
     /// # Errors
     /// As [`Writer::record`], without the key and limit cases.
     pub fn record(&self, sample: Sample<'_>, timestamp_ms: i64) -> Result<(), Rejected> {
-        if let Err(e) = validate(&sample) {
-            return self.shared.reject(e);
-        }
+        self.shared.check(&sample)?;
         let now = self.shared.clock_ms.load(Ordering::Relaxed);
         match self.series.apply(&sample, timestamp_ms, now) {
             Ok(()) => Ok(()),
