@@ -107,6 +107,37 @@ impl Default for AggregationConfig {
 pub struct ReceiversConfig {
     /// The `[receivers.statsd]` section.
     pub statsd: StatsdConfig,
+    /// The `[receivers.otlp]` section.
+    pub otlp: OtlpConfig,
+}
+
+/// `[receivers.otlp]`: OTLP metrics over gRPC and HTTP.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct OtlpConfig {
+    /// Whether to listen at all. Default true.
+    pub enabled: bool,
+    /// gRPC listener. Default `127.0.0.1:4317`.
+    pub grpc_address: std::net::SocketAddr,
+    /// HTTP listener (`POST /v1/metrics`). Default `127.0.0.1:4318`.
+    pub http_address: std::net::SocketAddr,
+    /// Largest request body as sent (compressed or not), in bytes. Default 4 MiB.
+    pub max_request_bytes: usize,
+    /// Largest request after decompression, in bytes (against gzip bombs). Default
+    /// 16 MiB; at least `max_request_bytes`.
+    pub max_decompressed_bytes: usize,
+}
+
+impl Default for OtlpConfig {
+    fn default() -> Self {
+        OtlpConfig {
+            enabled: true,
+            grpc_address: std::net::SocketAddr::from(([127, 0, 0, 1], 4317)),
+            http_address: std::net::SocketAddr::from(([127, 0, 0, 1], 4318)),
+            max_request_bytes: 4 << 20,
+            max_decompressed_bytes: 16 << 20,
+        }
+    }
 }
 
 /// `[receivers.statsd]`: the StatsD/DogStatsD UDP receiver.
@@ -438,6 +469,19 @@ impl Config {
                     return Err((key("labels"), format!("{name:?} is not a valid label name")));
                 }
             }
+        }
+        let o = &self.receivers.otlp;
+        if o.max_request_bytes < 1024 {
+            return Err((
+                vec!["receivers", "otlp", "max_request_bytes"],
+                "must be at least 1024".to_owned(),
+            ));
+        }
+        if o.max_decompressed_bytes < o.max_request_bytes {
+            return Err((
+                vec!["receivers", "otlp", "max_decompressed_bytes"],
+                "must be at least max_request_bytes".to_owned(),
+            ));
         }
         let rb = self.receivers.statsd.recv_buffer_bytes;
         if !(MIN_RECV_BUFFER..=MAX_RECV_BUFFER).contains(&rb) {

@@ -20,6 +20,7 @@ use tracing::info;
 use weir_core::{Aggregator, AggregatorStats, FlushBatch, FlushedValue};
 
 use crate::config::{Config, fmt_duration};
+use crate::otlp::OtlpReceiver;
 use crate::scrape::Scraper;
 use crate::statsd::{StatsdReceiver, StatsdStats};
 
@@ -206,6 +207,7 @@ impl Daemon {
         self.log_startup();
         let statsd = self.start_statsd()?;
         let scraper = self.start_scraper();
+        let otlp = self.start_otlp().await?;
         let mut statsd_errors_seen = 0;
         let period = self.config.aggregation.flush_interval;
         let mut ticker = tokio::time::interval_at(tokio::time::Instant::now() + period, period);
@@ -229,6 +231,17 @@ impl Daemon {
         );
         if let Some(s) = scraper {
             s.stop();
+        }
+        if let Some(o) = otlp {
+            let c = &o.ingest.counters;
+            info!(
+                requests = c.requests.load(std::sync::atomic::Ordering::Relaxed),
+                bad_requests = c.bad_requests.load(std::sync::atomic::Ordering::Relaxed),
+                accepted = c.accepted.load(std::sync::atomic::Ordering::Relaxed),
+                rejected = c.rejected.load(std::sync::atomic::Ordering::Relaxed),
+                "otlp receiver stopped"
+            );
+            o.stop();
         }
         if let Some(r) = statsd {
             let stats = r.stop();
@@ -261,6 +274,21 @@ impl Daemon {
             })?;
         crate::statsd::log_listening(&r);
         Ok(Some(r))
+    }
+
+    async fn start_otlp(&self) -> Result<Option<OtlpReceiver>, DaemonError> {
+        let c = &self.config.receivers.otlp;
+        if !c.enabled {
+            return Ok(None);
+        }
+        OtlpReceiver::start(c, &self.aggregator)
+            .await
+            .map(Some)
+            .map_err(|source| DaemonError::Receiver {
+                receiver: "otlp",
+                address: format!("{} / {}", c.grpc_address, c.http_address),
+                source,
+            })
     }
 
     fn start_scraper(&self) -> Option<Scraper> {
@@ -368,6 +396,7 @@ mod tests {
         let mut c = Config::default();
         c.aggregation.flush_interval = flush;
         c.receivers.statsd.address = "127.0.0.1:0".parse().unwrap();
+        c.receivers.otlp.enabled = false;
         c
     }
 

@@ -5,6 +5,7 @@
 //! - [`config`]: the TOML configuration, its embedded defaults and validation;
 //! - [`logging`]: the tracing-subscriber setup (text or JSON on standard error);
 //! - [`statsd`]: the StatsD/DogStatsD UDP receiver;
+//! - [`otlp`]: the OTLP metrics receivers (gRPC and HTTP);
 //! - [`scrape`]: the Prometheus scraper (static targets, text format);
 //! - [`daemon`]: the run loop that owns the [`weir_core::Aggregator`] and the
 //!   receivers, flushes every interval, logs a summary per flush and, on
@@ -18,6 +19,7 @@
 pub mod config;
 pub mod daemon;
 pub mod logging;
+pub mod otlp;
 pub mod scrape;
 pub mod statsd;
 

@@ -16,6 +16,7 @@ pub mod cell;
 pub mod exposition;
 pub mod flush;
 pub mod key;
+pub mod otlp;
 pub mod point;
 pub mod statsd;
 mod sync;

@@ -1,6 +1,24 @@
-//! weir-proto: generated protobuf types for OTLP, Prometheus remote write and the
-//! protobuf exposition format.
+//! weir-proto: the protobuf types weir speaks.
 //!
-//! Status: empty. The receivers (issue 4) and pipelines (issue 5) add the types they
-//! use; nothing here pretends to work before then.
+//! OTLP metrics come from the `opentelemetry-proto` crate (kept by the OpenTelemetry
+//! project, generated from the official .proto files, on the same prost/tonic
+//! versions as weir), re-exported here under short names so the rest of weir does not
+//! depend on its module layout. The `grpc` feature adds the tonic service. Remote
+//! write and the protobuf exposition format come with the pipelines and the scraper.
 #![forbid(unsafe_code)]
+
+pub use prost::Message;
+
+/// OTLP metrics data model (`opentelemetry.proto.metrics.v1`).
+pub use opentelemetry_proto::tonic::metrics::v1 as metrics;
+
+/// OTLP common types (`opentelemetry.proto.common.v1`): attributes and values.
+pub use opentelemetry_proto::tonic::common::v1 as common;
+
+/// OTLP resource (`opentelemetry.proto.resource.v1`).
+pub use opentelemetry_proto::tonic::resource::v1 as resource;
+
+/// The metrics collector service (`opentelemetry.proto.collector.metrics.v1`):
+/// `ExportMetricsServiceRequest` and its response, plus the tonic server and client
+/// with the `grpc` feature.
+pub use opentelemetry_proto::tonic::collector::metrics::v1 as metrics_service;

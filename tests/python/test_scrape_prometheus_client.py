@@ -32,7 +32,7 @@ def test_prometheus_client_target(tmp_path):
     config = tmp_path / "weir.toml"
     config.write_text(
         '[aggregation]\nflush_interval = "200ms"\n'
-        "[receivers.statsd]\nenabled = false\n"
+        "[receivers.statsd]\nenabled = false\n[receivers.otlp]\nenabled = false\n"
         f'[[scrape.targets]]\nurl = "http://127.0.0.1:{port}/metrics"\n'
         'job = "py"\ninterval = "100ms"\ntimeout = "90ms"\n'
         '[log]\nformat = "json"\n'

@@ -32,6 +32,7 @@ class Weir:
         config.write_text(
             '[aggregation]\nflush_interval = "200ms"\n'
             '[receivers.statsd]\naddress = "127.0.0.1:0"\n'
+            "[receivers.otlp]\nenabled = false\n"
             '[log]\nformat = "json"\n'
         )
         self.proc = subprocess.Popen(

@@ -19,7 +19,7 @@ fn logs_flushes_and_flushes_once_more_on_sigterm() {
     let dir = TempDir::new("sigterm");
     let file = dir.write(
         "weir.toml",
-        "[aggregation]\nflush_interval = \"200ms\"\n[receivers.statsd]\naddress = \"127.0.0.1:0\"\n",
+        "[aggregation]\nflush_interval = \"200ms\"\n[receivers.statsd]\naddress = \"127.0.0.1:0\"\n[receivers.otlp]\nenabled = false\n",
     );
     let mut weir = Weir::start(&["--config", file.to_str().unwrap()], dir.path());
 
@@ -67,7 +67,7 @@ fn json_logs_and_sigint() {
     let dir = TempDir::new("sigint");
     let file = dir.write(
         "weir.toml",
-        "[aggregation]\nflush_interval = \"200ms\"\n[receivers.statsd]\nenabled = false\n\
+        "[aggregation]\nflush_interval = \"200ms\"\n[receivers.statsd]\nenabled = false\n[receivers.otlp]\nenabled = false\n\
          [log]\nformat = \"json\"\n",
     );
     let mut weir = Weir::start(&["--config", file.to_str().unwrap()], dir.path());
@@ -94,7 +94,7 @@ fn statsd_lines_over_udp_are_aggregated() {
     let dir = TempDir::new("statsd");
     let file = dir.write(
         "weir.toml",
-        "[aggregation]\nflush_interval = \"200ms\"\n[receivers.statsd]\naddress = \"127.0.0.1:0\"\n",
+        "[aggregation]\nflush_interval = \"200ms\"\n[receivers.statsd]\naddress = \"127.0.0.1:0\"\n[receivers.otlp]\nenabled = false\n",
     );
     let mut weir = Weir::start(&["--config", file.to_str().unwrap()], dir.path());
     let listening = weir.wait_for_line("statsd listening", TIMEOUT, |l| {

@@ -1,0 +1,301 @@
+//! The OTLP metrics receivers: gRPC (`MetricsService/Export`, tonic) and HTTP
+//! (`POST /v1/metrics`, protobuf bodies, gzip accepted), both into weir-core's OTLP
+//! mapping ([`weir_core::otlp`]).
+//!
+//! Owns: the two listeners, request size limits (compressed and decompressed, against
+//! gzip bombs), the pool of writers requests borrow, and the answers: points the
+//! aggregator refused are reported in `partial_success` with their count, never by
+//! holding the request open. Must never: block a request on anything but the
+//! aggregator (which does not block), or panic on a body.
+//!
+//! Not yet: OTLP/JSON bodies (answered 415), exponential histograms (counted as
+//! rejected points).
+
+use std::io::Read as _;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use crossbeam_queue::ArrayQueue;
+use http_body_util::{BodyExt, Full, Limited};
+use hyper::body::{Bytes, Incoming};
+use hyper::{Request, Response, StatusCode};
+use hyper_util::rt::TokioIo;
+use tokio::net::TcpListener;
+use tokio::task::JoinHandle;
+use tracing::{debug, info, warn};
+use weir_core::otlp::{ExportReport, apply_export};
+use weir_core::{Aggregator, Writer};
+use weir_proto::Message;
+use weir_proto::metrics_service::metrics_service_server::{MetricsService, MetricsServiceServer};
+use weir_proto::metrics_service::{
+    ExportMetricsPartialSuccess, ExportMetricsServiceRequest, ExportMetricsServiceResponse,
+};
+
+use crate::config::OtlpConfig;
+
+/// Writers kept for reuse between requests (each keeps its label-set cache warm).
+const WRITER_POOL: usize = 16;
+
+/// Counters since start. Relaxed: independent counters, read only for reporting.
+#[derive(Default)]
+pub struct OtlpCounters {
+    /// Requests answered (both transports).
+    pub requests: AtomicU64,
+    /// Requests refused whole (bad body, too large, wrong type).
+    pub bad_requests: AtomicU64,
+    /// Data points accepted.
+    pub accepted: AtomicU64,
+    /// Data points refused (reported back in `partial_success`).
+    pub rejected: AtomicU64,
+}
+
+/// What both transports share: the aggregator and a pool of writers.
+pub struct OtlpIngest {
+    aggregator: Aggregator,
+    writers: ArrayQueue<Writer>,
+    max_request_bytes: usize,
+    max_decompressed_bytes: usize,
+    /// Counters since start.
+    pub counters: OtlpCounters,
+}
+
+impl OtlpIngest {
+    fn export(&self, req: &ExportMetricsServiceRequest) -> ExportMetricsServiceResponse {
+        let mut w = self
+            .writers
+            .pop()
+            .unwrap_or_else(|| self.aggregator.writer());
+        let report = apply_export(req, &mut w);
+        // A full pool drops the writer: more requests in flight than pooled writers.
+        let _ = self.writers.push(w);
+        self.count(&report);
+        response(&report)
+    }
+
+    fn count(&self, r: &ExportReport) {
+        self.counters.requests.fetch_add(1, Ordering::Relaxed);
+        self.counters
+            .accepted
+            .fetch_add(r.accepted, Ordering::Relaxed);
+        self.counters
+            .rejected
+            .fetch_add(r.rejected, Ordering::Relaxed);
+    }
+}
+
+fn response(r: &ExportReport) -> ExportMetricsServiceResponse {
+    ExportMetricsServiceResponse {
+        partial_success: (r.rejected > 0).then(|| ExportMetricsPartialSuccess {
+            rejected_data_points: i64::try_from(r.rejected).unwrap_or(i64::MAX),
+            error_message: format!(
+                "{} of {} data points refused ({} unsupported exponential histograms, {} malformed, the rest by weir's limits or validation; see its weir_rejected_total)",
+                r.rejected,
+                r.accepted + r.rejected,
+                r.unsupported,
+                r.malformed
+            ),
+        }),
+    }
+}
+
+/// The running OTLP listeners.
+pub struct OtlpReceiver {
+    /// The gRPC listener's address, if enabled.
+    pub grpc_addr: Option<SocketAddr>,
+    /// The HTTP listener's address, if enabled.
+    pub http_addr: Option<SocketAddr>,
+    /// What both share (counters included).
+    pub ingest: Arc<OtlpIngest>,
+    tasks: Vec<JoinHandle<()>>,
+}
+
+impl OtlpReceiver {
+    /// Binds both listeners and starts serving. Must be called inside a tokio runtime.
+    ///
+    /// # Errors
+    /// A listener could not be bound.
+    pub async fn start(config: &OtlpConfig, aggregator: &Aggregator) -> std::io::Result<Self> {
+        let ingest = Arc::new(OtlpIngest {
+            aggregator: aggregator.clone(),
+            writers: ArrayQueue::new(WRITER_POOL),
+            max_request_bytes: config.max_request_bytes,
+            max_decompressed_bytes: config.max_decompressed_bytes,
+            counters: OtlpCounters::default(),
+        });
+        let mut tasks = Vec::new();
+        let grpc = TcpListener::bind(config.grpc_address).await?;
+        let grpc_addr = grpc.local_addr()?;
+        let service = MetricsServiceServer::new(Grpc(ingest.clone()))
+            .max_decoding_message_size(config.max_decompressed_bytes)
+            .accept_compressed(tonic::codec::CompressionEncoding::Gzip);
+        tasks.push(tokio::spawn(async move {
+            let incoming = tokio_stream::wrappers::TcpListenerStream::new(grpc);
+            if let Err(e) = tonic::transport::Server::builder()
+                .add_service(service)
+                .serve_with_incoming(incoming)
+                .await
+            {
+                warn!(error = %e, "otlp: gRPC server stopped");
+            }
+        }));
+        let http = TcpListener::bind(config.http_address).await?;
+        let http_addr = http.local_addr()?;
+        tasks.push(tokio::spawn(serve_http(http, ingest.clone())));
+        info!(grpc = %grpc_addr, http = %http_addr, "otlp receiver listening (gRPC, HTTP /v1/metrics)");
+        Ok(OtlpReceiver {
+            grpc_addr: Some(grpc_addr),
+            http_addr: Some(http_addr),
+            ingest,
+            tasks,
+        })
+    }
+
+    /// Stops accepting; requests in flight are abandoned (their senders retry).
+    pub fn stop(self) {
+        for t in &self.tasks {
+            t.abort();
+        }
+    }
+}
+
+struct Grpc(Arc<OtlpIngest>);
+
+#[tonic::async_trait]
+impl MetricsService for Grpc {
+    async fn export(
+        &self,
+        request: tonic::Request<ExportMetricsServiceRequest>,
+    ) -> Result<tonic::Response<ExportMetricsServiceResponse>, tonic::Status> {
+        Ok(tonic::Response::new(self.0.export(request.get_ref())))
+    }
+}
+
+async fn serve_http(listener: TcpListener, ingest: Arc<OtlpIngest>) {
+    loop {
+        let (stream, _) = match listener.accept().await {
+            Ok(c) => c,
+            Err(e) => {
+                warn!(error = %e, "otlp: HTTP accept failed");
+                tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+                continue;
+            }
+        };
+        let ingest = ingest.clone();
+        tokio::spawn(async move {
+            let service = hyper::service::service_fn(move |req| {
+                let ingest = ingest.clone();
+                async move { Ok::<_, std::convert::Infallible>(handle_http(req, &ingest).await) }
+            });
+            if let Err(e) = hyper::server::conn::http1::Builder::new()
+                .serve_connection(TokioIo::new(stream), service)
+                .await
+            {
+                debug!(error = %e, "otlp: HTTP connection ended");
+            }
+        });
+    }
+}
+
+fn plain(status: StatusCode, msg: &str) -> Response<Full<Bytes>> {
+    let mut r = Response::new(Full::new(Bytes::from(msg.to_owned())));
+    *r.status_mut() = status;
+    r.headers_mut().insert(
+        hyper::header::CONTENT_TYPE,
+        hyper::header::HeaderValue::from_static("text/plain; charset=utf-8"),
+    );
+    r
+}
+
+async fn handle_http(req: Request<Incoming>, ingest: &OtlpIngest) -> Response<Full<Bytes>> {
+    if req.uri().path() != "/v1/metrics" {
+        return plain(
+            StatusCode::NOT_FOUND,
+            "only POST /v1/metrics is served here\n",
+        );
+    }
+    if req.method() != hyper::Method::POST {
+        return plain(StatusCode::METHOD_NOT_ALLOWED, "use POST\n");
+    }
+    let content_type = req
+        .headers()
+        .get(hyper::header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("");
+    if !content_type.starts_with("application/x-protobuf") {
+        ingest.counters.bad_requests.fetch_add(1, Ordering::Relaxed);
+        return plain(
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            "weir takes application/x-protobuf (OTLP/JSON is not supported yet)\n",
+        );
+    }
+    let gzip = match req
+        .headers()
+        .get(hyper::header::CONTENT_ENCODING)
+        .and_then(|v| v.to_str().ok())
+    {
+        None | Some("identity") => false,
+        Some("gzip") => true,
+        Some(other) => {
+            ingest.counters.bad_requests.fetch_add(1, Ordering::Relaxed);
+            return plain(
+                StatusCode::UNSUPPORTED_MEDIA_TYPE,
+                &format!("content-encoding {other:?} is not supported (gzip is)\n"),
+            );
+        }
+    };
+    let body = match Limited::new(req.into_body(), ingest.max_request_bytes)
+        .collect()
+        .await
+    {
+        Ok(b) => b.to_bytes(),
+        Err(_) => {
+            ingest.counters.bad_requests.fetch_add(1, Ordering::Relaxed);
+            return plain(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                &format!("request body over {} bytes\n", ingest.max_request_bytes),
+            );
+        }
+    };
+    let body = if gzip {
+        let mut out = Vec::new();
+        let limit = ingest.max_decompressed_bytes as u64;
+        // One byte past the limit tells "too large" from "exactly at the limit".
+        let read = flate2::read::GzDecoder::new(&body[..])
+            .take(limit + 1)
+            .read_to_end(&mut out);
+        match read {
+            Ok(n) if n as u64 > limit => {
+                ingest.counters.bad_requests.fetch_add(1, Ordering::Relaxed);
+                return plain(
+                    StatusCode::PAYLOAD_TOO_LARGE,
+                    &format!("decompressed body over {limit} bytes\n"),
+                );
+            }
+            Ok(_) => Bytes::from(out),
+            Err(e) => {
+                ingest.counters.bad_requests.fetch_add(1, Ordering::Relaxed);
+                return plain(StatusCode::BAD_REQUEST, &format!("bad gzip body: {e}\n"));
+            }
+        }
+    } else {
+        body
+    };
+    let request = match ExportMetricsServiceRequest::decode(body) {
+        Ok(r) => r,
+        Err(e) => {
+            ingest.counters.bad_requests.fetch_add(1, Ordering::Relaxed);
+            return plain(
+                StatusCode::BAD_REQUEST,
+                &format!("not an ExportMetricsServiceRequest: {e}\n"),
+            );
+        }
+    };
+    let answer = ingest.export(&request);
+    let mut r = Response::new(Full::new(Bytes::from(answer.encode_to_vec())));
+    r.headers_mut().insert(
+        hyper::header::CONTENT_TYPE,
+        hyper::header::HeaderValue::from_static("application/x-protobuf"),
+    );
+    r
+}

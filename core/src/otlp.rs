@@ -1,0 +1,553 @@
+//! OTLP metrics: an `ExportMetricsServiceRequest` in, aggregator updates out.
+//!
+//! Owns: the mapping of OTLP's data model onto weir's, including how resource and
+//! scope attributes become labels. Must never: panic on any request (every field is
+//! untrusted), or drop a point without counting it.
+//!
+//! # Mapping
+//! | OTLP | weir |
+//! |---|---|
+//! | Sum, monotonic, delta / cumulative | counter, delta / cumulative (resets detected) |
+//! | Sum, not monotonic, delta / cumulative | gauge adjustment / gauge |
+//! | Gauge | gauge |
+//! | Histogram (explicit bounds), delta / cumulative | histogram, delta / cumulative |
+//! | Summary | summary |
+//! | ExponentialHistogram | not supported yet: counted as `unsupported` |
+//!
+//! Names and attribute keys are sanitised to Prometheus rules (`http.server.duration`
+//! becomes `http_server_duration`); attribute values become strings (arrays and maps
+//! as their JSON-like text). Resource attributes follow Prometheus' OTLP rule:
+//! `service.name` (prefixed by `service.namespace/` when set) becomes `job`,
+//! `service.instance.id` becomes `instance`; other resource and scope attributes are
+//! not labels. A data point's own attributes win over these. Points flagged "no
+//! recorded value" are skipped (not counted as refused).
+
+use weir_proto::common::{AnyValue, KeyValue, any_value};
+use weir_proto::metrics::{self, metric::Data, number_data_point};
+use weir_proto::metrics_service::ExportMetricsServiceRequest;
+
+use crate::aggregator::Writer;
+use crate::point::{HistogramValue, Quantile, Sample, SummaryValue, Temporality};
+use crate::statsd::{sanitize_label_name, sanitize_metric_name};
+
+/// What one request did.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ExportReport {
+    /// Data points the aggregator took.
+    pub accepted: u64,
+    /// Data points refused: by the aggregator (its counters say why), malformed, or of
+    /// an unsupported kind. OTLP's `partial_success.rejected_data_points`.
+    pub rejected: u64,
+    /// Of `rejected`, points of an unsupported kind (exponential histograms).
+    pub unsupported: u64,
+    /// Of `rejected`, points whose payload is inconsistent (bucket counts that do not
+    /// match the bounds, a missing value).
+    pub malformed: u64,
+}
+
+/// Text of an attribute value.
+fn value_text(v: &AnyValue, out: &mut String) {
+    use std::fmt::Write as _;
+    match &v.value {
+        Some(any_value::Value::StringValue(s)) => out.push_str(s),
+        Some(any_value::Value::BoolValue(b)) => {
+            let _ = write!(out, "{b}");
+        }
+        Some(any_value::Value::IntValue(i)) => {
+            let _ = write!(out, "{i}");
+        }
+        Some(any_value::Value::DoubleValue(d)) => {
+            let _ = write!(out, "{d}");
+        }
+        Some(any_value::Value::BytesValue(b)) => {
+            for byte in b {
+                let _ = write!(out, "{byte:02x}");
+            }
+        }
+        Some(any_value::Value::ArrayValue(a)) => {
+            out.push('[');
+            for (i, v) in a.values.iter().enumerate() {
+                if i > 0 {
+                    out.push(',');
+                }
+                value_text(v, out);
+            }
+            out.push(']');
+        }
+        Some(any_value::Value::KvlistValue(kv)) => {
+            out.push('{');
+            for (i, kv) in kv.values.iter().enumerate() {
+                if i > 0 {
+                    out.push(',');
+                }
+                out.push_str(&kv.key);
+                out.push(':');
+                if let Some(v) = &kv.value {
+                    value_text(v, out);
+                }
+            }
+            out.push('}');
+        }
+        // An index into a profiles string table: meaningless for metrics.
+        Some(any_value::Value::StringValueStrindex(_)) | None => {}
+    }
+}
+
+fn attr(attrs: &[KeyValue], key: &str) -> Option<String> {
+    let v = attrs.iter().find(|kv| kv.key == key)?.value.as_ref()?;
+    let mut s = String::new();
+    value_text(v, &mut s);
+    Some(s)
+}
+
+/// `job` and `instance` from resource attributes, as Prometheus derives them.
+fn resource_labels(attrs: &[KeyValue]) -> Vec<(String, String)> {
+    let mut out = Vec::new();
+    if let Some(name) = attr(attrs, "service.name") {
+        let job = match attr(attrs, "service.namespace") {
+            Some(ns) if !ns.is_empty() => format!("{ns}/{name}"),
+            _ => name,
+        };
+        out.push(("job".to_owned(), job));
+    }
+    if let Some(id) = attr(attrs, "service.instance.id") {
+        out.push(("instance".to_owned(), id));
+    }
+    out
+}
+
+/// Applies every data point of `req` through `writer`.
+pub fn apply_export(req: &ExportMetricsServiceRequest, writer: &mut Writer) -> ExportReport {
+    let mut report = ExportReport::default();
+    let mut name = String::new();
+    for rm in &req.resource_metrics {
+        let base = resource_labels(rm.resource.as_ref().map_or(&[][..], |r| &r.attributes));
+        for sm in &rm.scope_metrics {
+            for m in &sm.metrics {
+                sanitize_metric_name(&m.name, &mut name);
+                apply_metric(m, &name, &base, writer, &mut report);
+            }
+        }
+    }
+    report
+}
+
+/// A data point's labels: its attributes (sanitised keys) over the resource labels.
+fn point_labels(attrs: &[KeyValue], base: &[(String, String)]) -> Vec<(String, String)> {
+    let mut out: Vec<(String, String)> = Vec::with_capacity(attrs.len() + base.len());
+    let mut key = String::new();
+    for kv in attrs {
+        sanitize_label_name(&kv.key, &mut key);
+        let mut v = String::new();
+        if let Some(val) = &kv.value {
+            value_text(val, &mut v);
+        }
+        // Two keys that sanitise alike: the first one wins.
+        if !out.iter().any(|(k, _)| *k == key) {
+            out.push((key.clone(), v));
+        }
+    }
+    for (k, v) in base {
+        if !out.iter().any(|(ok, _)| ok == k) {
+            out.push((k.clone(), v.clone()));
+        }
+    }
+    out
+}
+
+fn temporality(t: i32) -> Option<Temporality> {
+    match metrics::AggregationTemporality::try_from(t).ok()? {
+        metrics::AggregationTemporality::Delta => Some(Temporality::Delta),
+        metrics::AggregationTemporality::Cumulative => Some(Temporality::Cumulative),
+        metrics::AggregationTemporality::Unspecified => None,
+    }
+}
+
+fn ms(unix_nano: u64) -> i64 {
+    i64::try_from(unix_nano / 1_000_000).unwrap_or(0)
+}
+
+/// The "no recorded value" flag (bit 0 of a point's flags).
+fn no_value(flags: u32) -> bool {
+    flags & 1 == 1
+}
+
+fn record(
+    writer: &mut Writer,
+    name: &str,
+    labels: &[(String, String)],
+    sample: Sample<'_>,
+    ts: i64,
+    report: &mut ExportReport,
+) {
+    let view: Vec<(&str, &str)> = labels
+        .iter()
+        .map(|(k, v)| (k.as_str(), v.as_str()))
+        .collect();
+    match writer.record(name, &view, sample, ts) {
+        Ok(()) => report.accepted += 1,
+        Err(_) => report.rejected += 1,
+    }
+}
+
+fn number(p: &metrics::NumberDataPoint) -> Option<f64> {
+    match p.value? {
+        number_data_point::Value::AsDouble(d) => Some(d),
+        number_data_point::Value::AsInt(i) => Some(i as f64),
+    }
+}
+
+fn apply_metric(
+    m: &metrics::Metric,
+    name: &str,
+    base: &[(String, String)],
+    writer: &mut Writer,
+    report: &mut ExportReport,
+) {
+    let malformed = |report: &mut ExportReport| {
+        report.rejected += 1;
+        report.malformed += 1;
+    };
+    match &m.data {
+        Some(Data::Sum(sum)) => {
+            let Some(t) = temporality(sum.aggregation_temporality) else {
+                (0..sum.data_points.len()).for_each(|_| malformed(report));
+                return;
+            };
+            for p in &sum.data_points {
+                if no_value(p.flags) {
+                    continue;
+                }
+                let Some(v) = number(p) else {
+                    malformed(report);
+                    continue;
+                };
+                let sample = match (sum.is_monotonic, t) {
+                    (true, t) => Sample::Counter(v, t),
+                    (false, Temporality::Delta) => Sample::GaugeDelta(v),
+                    (false, Temporality::Cumulative) => Sample::Gauge(v),
+                };
+                let labels = point_labels(&p.attributes, base);
+                record(writer, name, &labels, sample, ms(p.time_unix_nano), report);
+            }
+        }
+        Some(Data::Gauge(g)) => {
+            for p in &g.data_points {
+                if no_value(p.flags) {
+                    continue;
+                }
+                let Some(v) = number(p) else {
+                    malformed(report);
+                    continue;
+                };
+                let labels = point_labels(&p.attributes, base);
+                record(
+                    writer,
+                    name,
+                    &labels,
+                    Sample::Gauge(v),
+                    ms(p.time_unix_nano),
+                    report,
+                );
+            }
+        }
+        Some(Data::Histogram(h)) => {
+            let Some(t) = temporality(h.aggregation_temporality) else {
+                (0..h.data_points.len()).for_each(|_| malformed(report));
+                return;
+            };
+            for p in &h.data_points {
+                if no_value(p.flags) {
+                    continue;
+                }
+                // No buckets at all is allowed: count and sum only, one +Inf bucket.
+                let counts = if p.bucket_counts.is_empty() {
+                    vec![p.count]
+                } else {
+                    p.bucket_counts.clone()
+                };
+                let bounds: Vec<f64> = if p.bucket_counts.is_empty() {
+                    Vec::new()
+                } else {
+                    p.explicit_bounds.clone()
+                };
+                let value = HistogramValue {
+                    bounds: bounds.into(),
+                    counts,
+                    sum: p.sum.unwrap_or(0.0),
+                    count: p.count,
+                    min: p.min.unwrap_or(f64::INFINITY),
+                    max: p.max.unwrap_or(f64::NEG_INFINITY),
+                };
+                if !value.is_well_formed() {
+                    malformed(report);
+                    continue;
+                }
+                let labels = point_labels(&p.attributes, base);
+                record(
+                    writer,
+                    name,
+                    &labels,
+                    Sample::Histogram(&value, t),
+                    ms(p.time_unix_nano),
+                    report,
+                );
+            }
+        }
+        Some(Data::Summary(s)) => {
+            for p in &s.data_points {
+                if no_value(p.flags) {
+                    continue;
+                }
+                let value = SummaryValue {
+                    quantiles: p
+                        .quantile_values
+                        .iter()
+                        .map(|q| Quantile {
+                            quantile: q.quantile,
+                            value: q.value,
+                        })
+                        .collect(),
+                    sum: p.sum,
+                    count: p.count,
+                };
+                let labels = point_labels(&p.attributes, base);
+                record(
+                    writer,
+                    name,
+                    &labels,
+                    Sample::Summary(&value),
+                    ms(p.time_unix_nano),
+                    report,
+                );
+            }
+        }
+        Some(Data::ExponentialHistogram(e)) => {
+            let n = e.data_points.len() as u64;
+            report.rejected += n;
+            report.unsupported += n;
+        }
+        None => {}
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use weir_proto::common::{AnyValue, KeyValue, any_value};
+    use weir_proto::metrics::{
+        AggregationTemporality, ExponentialHistogram, ExponentialHistogramDataPoint, Gauge,
+        Histogram, HistogramDataPoint, Metric, NumberDataPoint, ResourceMetrics, ScopeMetrics, Sum,
+        metric::Data, number_data_point,
+    };
+    use weir_proto::resource::Resource;
+
+    use super::*;
+    use crate::aggregator::Aggregator;
+    use crate::flush::FlushedValue;
+    use crate::key::SeriesKey;
+
+    fn kv(k: &str, v: &str) -> KeyValue {
+        KeyValue {
+            key: k.into(),
+            value: Some(AnyValue {
+                value: Some(any_value::Value::StringValue(v.into())),
+            }),
+            ..Default::default()
+        }
+    }
+
+    fn num(v: f64, attrs: Vec<KeyValue>) -> NumberDataPoint {
+        NumberDataPoint {
+            attributes: attrs,
+            value: Some(number_data_point::Value::AsDouble(v)),
+            ..Default::default()
+        }
+    }
+
+    fn request(metrics: Vec<Metric>) -> ExportMetricsServiceRequest {
+        ExportMetricsServiceRequest {
+            resource_metrics: vec![ResourceMetrics {
+                resource: Some(Resource {
+                    attributes: vec![
+                        kv("service.name", "api"),
+                        kv("service.namespace", "shop"),
+                        kv("service.instance.id", "pod-1"),
+                        kv("host.name", "h1"),
+                    ],
+                    ..Default::default()
+                }),
+                scope_metrics: vec![ScopeMetrics {
+                    metrics,
+                    ..Default::default()
+                }],
+                ..Default::default()
+            }],
+        }
+    }
+
+    fn metric(name: &str, data: Data) -> Metric {
+        Metric {
+            name: name.into(),
+            data: Some(data),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn every_kind_maps_onto_weir_with_resource_labels() {
+        let agg = Aggregator::default();
+        let mut w = agg.writer();
+        let delta = AggregationTemporality::Delta as i32;
+        let req = request(vec![
+            metric(
+                "http.requests",
+                Data::Sum(Sum {
+                    data_points: vec![num(3.0, vec![kv("http.route", "/a")]), num(2.0, vec![])],
+                    aggregation_temporality: delta,
+                    is_monotonic: true,
+                }),
+            ),
+            metric(
+                "queue.size",
+                Data::Sum(Sum {
+                    data_points: vec![num(-2.0, vec![])],
+                    aggregation_temporality: delta,
+                    is_monotonic: false,
+                }),
+            ),
+            metric(
+                "temp",
+                Data::Gauge(Gauge {
+                    data_points: vec![num(21.5, vec![])],
+                }),
+            ),
+            metric(
+                "lat",
+                Data::Histogram(Histogram {
+                    data_points: vec![HistogramDataPoint {
+                        count: 3,
+                        sum: Some(1.5),
+                        bucket_counts: vec![1, 2],
+                        explicit_bounds: vec![0.5],
+                        ..Default::default()
+                    }],
+                    aggregation_temporality: delta,
+                }),
+            ),
+            metric(
+                "exp",
+                Data::ExponentialHistogram(ExponentialHistogram {
+                    data_points: vec![ExponentialHistogramDataPoint::default()],
+                    aggregation_temporality: delta,
+                }),
+            ),
+            metric(
+                "bad_hist",
+                Data::Histogram(Histogram {
+                    data_points: vec![HistogramDataPoint {
+                        count: 3,
+                        bucket_counts: vec![1],
+                        explicit_bounds: vec![0.5, 1.0],
+                        ..Default::default()
+                    }],
+                    aggregation_temporality: delta,
+                }),
+            ),
+            metric(
+                "no_temporality",
+                Data::Sum(Sum {
+                    data_points: vec![num(1.0, vec![])],
+                    aggregation_temporality: 0,
+                    is_monotonic: true,
+                }),
+            ),
+        ]);
+        let r = apply_export(&req, &mut w);
+        assert_eq!(
+            r,
+            ExportReport {
+                accepted: 5,
+                rejected: 3,
+                unsupported: 1,
+                malformed: 2
+            }
+        );
+        let b = agg.flush();
+        let base = [("instance", "pod-1"), ("job", "shop/api")];
+        let k = |name: &str, extra: &[(&'static str, &'static str)]| {
+            let mut l: Vec<(&str, &str)> = base.to_vec();
+            l.extend_from_slice(extra);
+            SeriesKey::new(name, &l).unwrap()
+        };
+        let value = |key: SeriesKey| {
+            b.find(&key)
+                .next()
+                .unwrap_or_else(|| panic!("{key}"))
+                .value
+                .clone()
+        };
+        assert_eq!(
+            value(k("http_requests", &[("http_route", "/a")])),
+            FlushedValue::Counter {
+                delta: 3.0,
+                total: 3.0
+            }
+        );
+        assert_eq!(
+            value(k("http_requests", &[])),
+            FlushedValue::Counter {
+                delta: 2.0,
+                total: 2.0
+            }
+        );
+        assert!(matches!(
+            value(k("queue_size", &[])),
+            FlushedValue::Gauge { value: -2.0, .. }
+        ));
+        assert!(matches!(
+            value(k("temp", &[])),
+            FlushedValue::Gauge { value: 21.5, .. }
+        ));
+        let FlushedValue::Histogram { delta, .. } = value(k("lat", &[])) else {
+            panic!()
+        };
+        assert_eq!((delta.counts.clone(), delta.count), (vec![1, 2], 3));
+    }
+
+    #[test]
+    fn point_attributes_win_over_resource_labels_and_values_become_text() {
+        let attrs = vec![
+            kv("job", "override"),
+            KeyValue {
+                key: "ok".into(),
+                value: Some(AnyValue {
+                    value: Some(any_value::Value::BoolValue(true)),
+                }),
+                ..Default::default()
+            },
+            KeyValue {
+                key: "n".into(),
+                value: Some(AnyValue {
+                    value: Some(any_value::Value::IntValue(-4)),
+                }),
+                ..Default::default()
+            },
+        ];
+        let labels = point_labels(
+            &attrs,
+            &[
+                ("job".into(), "api".into()),
+                ("instance".into(), "i".into()),
+            ],
+        );
+        assert_eq!(
+            labels,
+            vec![
+                ("job".into(), "override".into()),
+                ("ok".into(), "true".into()),
+                ("n".into(), "-4".into()),
+                ("instance".into(), "i".into()),
+            ]
+        );
+    }
+}

@@ -1,0 +1,147 @@
+"""weir receiving OTLP metrics from the OpenTelemetry Python SDK over gRPC and HTTP
+(protobuf), as an instrumented service would send them: the real `weir` binary on
+free ports, exact totals checked in its JSON flush log lines."""
+
+import json
+import signal
+import subprocess
+
+import pytest
+from opentelemetry.exporter.otlp.proto.grpc.metric_exporter import OTLPMetricExporter as GrpcExporter
+from opentelemetry.exporter.otlp.proto.http.metric_exporter import OTLPMetricExporter as HttpExporter
+from opentelemetry.sdk.metrics import Counter, Histogram, MeterProvider, UpDownCounter
+from opentelemetry.sdk.metrics.export import AggregationTemporality, InMemoryMetricReader, MetricExportResult
+from opentelemetry.sdk.resources import Resource
+
+from test_statsd_clients import TIMEOUT_S, WEIR
+
+DELTA = {
+    Counter: AggregationTemporality.DELTA,
+    UpDownCounter: AggregationTemporality.DELTA,
+    Histogram: AggregationTemporality.DELTA,
+}
+
+
+class Weir:
+    def __init__(self, tmp_path):
+        config = tmp_path / "weir.toml"
+        config.write_text(
+            '[aggregation]\nflush_interval = "200ms"\n'
+            "[receivers.statsd]\nenabled = false\n"
+            '[receivers.otlp]\ngrpc_address = "127.0.0.1:0"\nhttp_address = "127.0.0.1:0"\n'
+            '[log]\nformat = "json"\n'
+        )
+        self.proc = subprocess.Popen(
+            [str(WEIR), "--config", str(config)], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+        )
+        self.events = []
+        while True:
+            line = self.proc.stdout.readline()
+            if not line:
+                pytest.fail("weir exited early: " + repr(self.events))
+            event = json.loads(line)
+            self.events.append(event)
+            if event.get("message", "").startswith("otlp receiver listening"):
+                self.grpc, self.http = event["grpc"], event["http"]
+                return
+
+    def stop(self):
+        self.proc.send_signal(signal.SIGTERM)
+        out, _ = self.proc.communicate(timeout=TIMEOUT_S)
+        self.events += [json.loads(l) for l in out.splitlines() if l.strip()]
+        assert self.proc.returncode == 0, self.events
+        return self.events
+
+
+@pytest.fixture
+def weir(tmp_path):
+    w = Weir(tmp_path)
+    yield w
+    if w.proc.poll() is None:
+        w.proc.kill()
+
+
+def flushes(events):
+    return [e for e in events if e.get("message") in ("flush", "final flush")]
+
+
+def export_with(exporter, record, temporality=None):
+    """Records with an SDK meter, then exports what was collected, once per `record`
+    round, through `exporter` (explicit collections keep the test deterministic)."""
+    reader = InMemoryMetricReader(preferred_temporality=temporality or {})
+    provider = MeterProvider(
+        resource=Resource.create({"service.name": "checkout", "service.instance.id": "pod-7"}),
+        metric_readers=[reader],
+    )
+    meter = provider.get_meter("test")
+    instruments = {
+        "orders": meter.create_counter("shop.orders"),
+        "latency": meter.create_histogram("shop.latency", unit="s"),
+        "inflight": meter.create_up_down_counter("shop.inflight"),
+    }
+    for round_ in record:
+        round_(instruments)
+        data = reader.get_metrics_data()
+        assert exporter.export(data) == MetricExportResult.SUCCESS
+    exporter.shutdown()
+    provider.shutdown()
+
+
+def test_grpc_delta_export(weir):
+    def round1(i):
+        i["orders"].add(5, {"region": "eu"})
+        i["orders"].add(2, {"region": "us"})
+        for v in (0.01, 0.2, 3.0):
+            i["latency"].record(v)
+        i["inflight"].add(4)
+
+    def round2(i):
+        i["orders"].add(1, {"region": "eu"})
+        i["inflight"].add(-1)
+
+    exporter = GrpcExporter(endpoint=f"http://{weir.grpc}", insecure=True)
+    export_with(exporter, [round1, round2], DELTA)
+    events = weir.stop()
+    assert sum(e["counter_delta_sum"] for e in flushes(events)) == 8
+    assert sum(e["histogram_observations"] for e in flushes(events)) == 3
+    stopped = next(e for e in events if e.get("message") == "otlp receiver stopped")
+    assert stopped["requests"] == 2 and stopped["rejected"] == 0
+    # shop_orders{region=eu|us}, shop_latency, shop_inflight
+    assert flushes(events)[-1]["active_series"] == 4
+
+
+def test_http_cumulative_export_counts_increases_after_the_first(weir):
+    def round1(i):
+        i["orders"].add(5, {"region": "eu"})
+
+    def round2(i):
+        i["orders"].add(3, {"region": "eu"})
+
+    exporter = HttpExporter(endpoint=f"http://{weir.http}/v1/metrics")
+    export_with(exporter, [round1, round2])  # the SDK's default: cumulative
+    events = weir.stop()
+    # The first cumulative value is the baseline of the running total; the increase
+    # after it is the delta.
+    assert sum(e["counter_delta_sum"] for e in flushes(events)) == 3
+    stopped = next(e for e in events if e.get("message") == "otlp receiver stopped")
+    assert stopped["requests"] == 2 and stopped["bad_requests"] == 0
+
+
+def test_http_refuses_json_and_garbage_without_dying(weir):
+    import urllib.error
+    import urllib.request
+
+    def post(body, ctype):
+        req = urllib.request.Request(f"http://{weir.http}/v1/metrics", data=body, headers={"Content-Type": ctype})
+        try:
+            with urllib.request.urlopen(req, timeout=5) as r:
+                return r.status
+        except urllib.error.HTTPError as e:
+            return e.code
+
+    assert post(b"{}", "application/json") == 415
+    assert post(b"\xff\xff\xff not protobuf", "application/x-protobuf") == 400
+    assert post(b"", "application/x-protobuf") == 200  # an empty request is valid
+    events = weir.stop()
+    stopped = next(e for e in events if e.get("message") == "otlp receiver stopped")
+    assert stopped["bad_requests"] == 2
