@@ -8,8 +8,7 @@
 //! holding the request open. Must never: block a request on anything but the
 //! aggregator (which does not block), or panic on a body.
 //!
-//! Not yet: OTLP/JSON bodies (answered 415), exponential histograms (counted as
-//! rejected points).
+//! Not yet: OTLP/JSON bodies (answered 415).
 
 use std::io::Read as _;
 use std::net::SocketAddr;
@@ -89,11 +88,11 @@ fn response(r: &ExportReport) -> ExportMetricsServiceResponse {
         partial_success: (r.rejected > 0).then(|| ExportMetricsPartialSuccess {
             rejected_data_points: i64::try_from(r.rejected).unwrap_or(i64::MAX),
             error_message: format!(
-                "{} of {} data points refused ({} unsupported exponential histograms, {} malformed, the rest by weir's limits or validation; see its weir_rejected_total)",
+                "{} of {} data points refused ({} malformed, {} unsupported, the rest by weir's limits or validation; see its weir_rejected_total)",
                 r.rejected,
                 r.accepted + r.rejected,
-                r.unsupported,
-                r.malformed
+                r.malformed,
+                r.unsupported
             ),
         }),
     }

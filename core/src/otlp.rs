@@ -12,7 +12,7 @@
 //! | Gauge | gauge |
 //! | Histogram (explicit bounds), delta / cumulative | histogram, delta / cumulative |
 //! | Summary | summary |
-//! | ExponentialHistogram | not supported yet: counted as `unsupported` |
+//! | ExponentialHistogram, delta / cumulative | histogram with explicit bounds (rule below) |
 //!
 //! Names and attribute keys are sanitised to Prometheus rules (`http.server.duration`
 //! becomes `http_server_duration`); attribute values become strings (arrays and maps
@@ -21,6 +21,17 @@
 //! `service.instance.id` becomes `instance`; other resource and scope attributes are
 //! not labels. A data point's own attributes win over these. Points flagged "no
 //! recorded value" are skipped (not counted as refused).
+//!
+//! # Exponential histograms
+//! A point of scale `s` has base `b = 2^(2^-s)`; positive bucket `i` holds
+//! `(b^i, b^(i+1)]`. weir keeps the positive buckets with their exact upper bounds
+//! `b^(offset+k+1)`, and puts the zero bucket and every negative observation into one
+//! first bucket with upper bound `zero_threshold` (weir's histograms have no negative
+//! side). Count, sum, min and max are kept. Bounds follow the point's scale and
+//! offset; a series keeps the bounds of its first point, and later points with other
+//! bounds are re-bucketed upward (see `HistogramCell::merge`). More than
+//! [`MAX_EXPONENTIAL_BUCKETS`] positive buckets, or a scale outside -10..=20, is
+//! refused as malformed.
 
 use weir_proto::common::{AnyValue, KeyValue, any_value};
 use weir_proto::metrics::{self, metric::Data, number_data_point};
@@ -30,6 +41,55 @@ use crate::aggregator::Writer;
 use crate::point::{HistogramValue, Quantile, Sample, SummaryValue, Temporality};
 use crate::statsd::{sanitize_label_name, sanitize_metric_name};
 
+/// Most positive buckets an exponential histogram point may have (the SDK default
+/// is 160).
+pub const MAX_EXPONENTIAL_BUCKETS: usize = 1024;
+
+/// An exponential histogram point as an explicit-bounds histogram (see the module
+/// doc), or `None` when it cannot be one.
+pub fn exponential_to_explicit(
+    p: &metrics::ExponentialHistogramDataPoint,
+) -> Option<HistogramValue> {
+    let positive = p.positive.as_ref();
+    let pos_counts: &[u64] = positive.map_or(&[], |b| &b.bucket_counts);
+    if pos_counts.len() > MAX_EXPONENTIAL_BUCKETS || !(-10..=20).contains(&p.scale) {
+        return None;
+    }
+    let negative: u64 = p.negative.as_ref().map_or(Some(0), |b| {
+        b.bucket_counts
+            .iter()
+            .try_fold(0u64, |a, c| a.checked_add(*c))
+    })?;
+    let base = 2f64.powf(2f64.powi(-p.scale));
+    let offset = positive.map_or(0, |b| b.offset);
+    let mut bounds = Vec::with_capacity(pos_counts.len() + 1);
+    let mut counts = Vec::with_capacity(pos_counts.len() + 2);
+    bounds.push(p.zero_threshold.max(0.0));
+    counts.push(p.zero_count.checked_add(negative)?);
+    for (k, &c) in pos_counts.iter().enumerate() {
+        let upper = base.powf(f64::from(offset) + k as f64 + 1.0);
+        if !upper.is_finite() {
+            return None;
+        }
+        if upper > *bounds.last()? {
+            bounds.push(upper);
+            counts.push(c);
+        } else {
+            // At or below the zero threshold: merged into the first bucket.
+            counts[0] = counts[0].checked_add(c)?;
+        }
+    }
+    counts.push(0); // +Inf
+    Some(HistogramValue {
+        bounds: bounds.into(),
+        counts,
+        sum: p.sum.unwrap_or(0.0),
+        count: p.count,
+        min: p.min.unwrap_or(f64::INFINITY),
+        max: p.max.unwrap_or(f64::NEG_INFINITY),
+    })
+}
+
 /// What one request did.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct ExportReport {
@@ -38,7 +98,8 @@ pub struct ExportReport {
     /// Data points refused: by the aggregator (its counters say why), malformed, or of
     /// an unsupported kind. OTLP's `partial_success.rejected_data_points`.
     pub rejected: u64,
-    /// Of `rejected`, points of an unsupported kind (exponential histograms).
+    /// Of `rejected`, points of a kind weir does not take (none at present; kept so
+    /// the answer's wording is stable).
     pub unsupported: u64,
     /// Of `rejected`, points whose payload is inconsistent (bucket counts that do not
     /// match the bounds, a missing value).
@@ -323,9 +384,30 @@ fn apply_metric(
             }
         }
         Some(Data::ExponentialHistogram(e)) => {
-            let n = e.data_points.len() as u64;
-            report.rejected += n;
-            report.unsupported += n;
+            let Some(t) = temporality(e.aggregation_temporality) else {
+                (0..e.data_points.len()).for_each(|_| malformed(report));
+                return;
+            };
+            for p in &e.data_points {
+                if no_value(p.flags) {
+                    continue;
+                }
+                let Some(value) = exponential_to_explicit(p).filter(HistogramValue::is_well_formed)
+                else {
+                    malformed(report);
+                    continue;
+                };
+                let labels = point_labels(&p.attributes, base);
+                let ts = ms(p.time_unix_nano);
+                record(
+                    writer,
+                    name,
+                    &labels,
+                    Sample::Histogram(&value, t),
+                    ts,
+                    report,
+                );
+            }
         }
         None => {}
     }
@@ -437,7 +519,11 @@ mod tests {
             metric(
                 "exp",
                 Data::ExponentialHistogram(ExponentialHistogram {
-                    data_points: vec![ExponentialHistogramDataPoint::default()],
+                    data_points: vec![ExponentialHistogramDataPoint {
+                        count: 1,
+                        zero_count: 1,
+                        ..Default::default()
+                    }],
                     aggregation_temporality: delta,
                 }),
             ),
@@ -466,9 +552,9 @@ mod tests {
         assert_eq!(
             r,
             ExportReport {
-                accepted: 5,
-                rejected: 3,
-                unsupported: 1,
+                accepted: 6,
+                rejected: 2,
+                unsupported: 0,
                 malformed: 2
             }
         );
@@ -549,5 +635,58 @@ mod tests {
                 ("instance".into(), "i".into()),
             ]
         );
+    }
+
+    #[test]
+    fn exponential_buckets_keep_exact_upper_bounds() {
+        use weir_proto::metrics::exponential_histogram_data_point::Buckets;
+        // Scale 0: base 2, bucket i holds (2^i, 2^(i+1)].
+        let p = ExponentialHistogramDataPoint {
+            scale: 0,
+            count: 10,
+            sum: Some(40.0),
+            zero_count: 1,
+            zero_threshold: 0.0,
+            positive: Some(Buckets {
+                offset: 1,
+                bucket_counts: vec![3, 4],
+            }),
+            negative: Some(Buckets {
+                offset: 0,
+                bucket_counts: vec![2],
+            }),
+            ..Default::default()
+        };
+        let h = exponential_to_explicit(&p).unwrap();
+        assert_eq!(&h.bounds[..], &[0.0, 4.0, 8.0]);
+        assert_eq!(h.counts, vec![3, 3, 4, 0]);
+        assert!(h.is_well_formed());
+        // Scale 1: base sqrt(2).
+        let p = ExponentialHistogramDataPoint {
+            scale: 1,
+            count: 2,
+            positive: Some(Buckets {
+                offset: 0,
+                bucket_counts: vec![1, 1],
+            }),
+            ..Default::default()
+        };
+        let h = exponential_to_explicit(&p).unwrap();
+        assert_eq!(h.bounds.len(), 3);
+        assert!((h.bounds[1] - 2f64.sqrt()).abs() < 1e-12 && (h.bounds[2] - 2.0).abs() < 1e-12);
+        // Too many buckets, or an absurd scale, is refused.
+        let huge = ExponentialHistogramDataPoint {
+            positive: Some(Buckets {
+                offset: 0,
+                bucket_counts: vec![0; MAX_EXPONENTIAL_BUCKETS + 1],
+            }),
+            ..Default::default()
+        };
+        assert!(exponential_to_explicit(&huge).is_none());
+        let scale = ExponentialHistogramDataPoint {
+            scale: 90,
+            ..Default::default()
+        };
+        assert!(exponential_to_explicit(&scale).is_none());
     }
 }
