@@ -129,7 +129,7 @@ impl OtlpReceiver {
             .max_decoding_message_size(config.max_decompressed_bytes)
             .accept_compressed(tonic::codec::CompressionEncoding::Gzip);
         tasks.push(tokio::spawn(async move {
-            let incoming = tokio_stream::wrappers::TcpListenerStream::new(grpc);
+            let incoming = nodelay(grpc);
             if let Err(e) = tonic::transport::Server::builder()
                 .add_service(service)
                 .serve_with_incoming(incoming)
@@ -158,6 +158,19 @@ impl OtlpReceiver {
     }
 }
 
+/// Accepted connections with Nagle's algorithm off: a response written in pieces
+/// must not wait for the client's delayed ACK (a 40 ms stall on ~1% of requests).
+pub fn nodelay(
+    listener: TcpListener,
+) -> impl tokio_stream::Stream<Item = std::io::Result<tokio::net::TcpStream>> {
+    use tokio_stream::StreamExt as _;
+    tokio_stream::wrappers::TcpListenerStream::new(listener).map(|s| {
+        let s = s?;
+        s.set_nodelay(true)?;
+        Ok(s)
+    })
+}
+
 struct Grpc(Arc<OtlpIngest>);
 
 #[tonic::async_trait]
@@ -180,6 +193,9 @@ async fn serve_http(listener: TcpListener, ingest: Arc<OtlpIngest>) {
                 continue;
             }
         };
+        if let Err(e) = stream.set_nodelay(true) {
+            debug!(error = %e, "otlp: cannot set TCP_NODELAY");
+        }
         let ingest = ingest.clone();
         tokio::spawn(async move {
             let service = hyper::service::service_fn(move |req| {
