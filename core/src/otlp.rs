@@ -233,21 +233,48 @@ fn no_value(flags: u32) -> bool {
     flags & 1 == 1
 }
 
-fn record(
-    writer: &mut Writer,
-    name: &str,
-    labels: &[(String, String)],
-    sample: Sample<'_>,
-    ts: i64,
-    report: &mut ExportReport,
-) {
-    let view: Vec<(&str, &str)> = labels
-        .iter()
-        .map(|(k, v)| (k.as_str(), v.as_str()))
-        .collect();
-    match writer.record(name, &view, sample, ts) {
-        Ok(()) => report.accepted += 1,
-        Err(_) => report.rejected += 1,
+/// What every data point of one metric is recorded with.
+struct Target<'a> {
+    writer: &'a mut Writer,
+    name: &'a str,
+    base: &'a [(String, String)],
+    report: &'a mut ExportReport,
+}
+
+impl Target<'_> {
+    /// Records one data point: skipped when flagged "no recorded value", counted as
+    /// malformed when it yields no sample.
+    fn point(
+        &mut self,
+        attrs: &[KeyValue],
+        flags: u32,
+        time_unix_nano: u64,
+        sample: Option<Sample<'_>>,
+    ) {
+        if no_value(flags) {
+            return;
+        }
+        let Some(sample) = sample else {
+            self.malformed(1);
+            return;
+        };
+        let labels = point_labels(attrs, self.base);
+        let view: Vec<(&str, &str)> = labels
+            .iter()
+            .map(|(k, v)| (k.as_str(), v.as_str()))
+            .collect();
+        match self
+            .writer
+            .record(self.name, &view, sample, ms(time_unix_nano))
+        {
+            Ok(()) => self.report.accepted += 1,
+            Err(_) => self.report.rejected += 1,
+        }
+    }
+
+    fn malformed(&mut self, n: usize) {
+        self.report.rejected += n as u64;
+        self.report.malformed += n as u64;
     }
 }
 
@@ -258,6 +285,40 @@ fn number(p: &metrics::NumberDataPoint) -> Option<f64> {
     }
 }
 
+/// An explicit-bounds histogram point as weir's histogram, if consistent.
+fn explicit(p: &metrics::HistogramDataPoint) -> Option<HistogramValue> {
+    // No buckets at all is allowed: count and sum only, one +Inf bucket.
+    let (bounds, counts) = if p.bucket_counts.is_empty() {
+        (Vec::new(), vec![p.count])
+    } else {
+        (p.explicit_bounds.clone(), p.bucket_counts.clone())
+    };
+    let value = HistogramValue {
+        bounds: bounds.into(),
+        counts,
+        sum: p.sum.unwrap_or(0.0),
+        count: p.count,
+        min: p.min.unwrap_or(f64::INFINITY),
+        max: p.max.unwrap_or(f64::NEG_INFINITY),
+    };
+    value.is_well_formed().then_some(value)
+}
+
+fn summary(p: &metrics::SummaryDataPoint) -> SummaryValue {
+    SummaryValue {
+        quantiles: p
+            .quantile_values
+            .iter()
+            .map(|q| Quantile {
+                quantile: q.quantile,
+                value: q.value,
+            })
+            .collect(),
+        sum: p.sum,
+        count: p.count,
+    }
+}
+
 fn apply_metric(
     m: &metrics::Metric,
     name: &str,
@@ -265,147 +326,60 @@ fn apply_metric(
     writer: &mut Writer,
     report: &mut ExportReport,
 ) {
-    let malformed = |report: &mut ExportReport| {
-        report.rejected += 1;
-        report.malformed += 1;
+    let mut to = Target {
+        writer,
+        name,
+        base,
+        report,
     };
     match &m.data {
         Some(Data::Sum(sum)) => {
             let Some(t) = temporality(sum.aggregation_temporality) else {
-                (0..sum.data_points.len()).for_each(|_| malformed(report));
-                return;
+                return to.malformed(sum.data_points.len());
             };
             for p in &sum.data_points {
-                if no_value(p.flags) {
-                    continue;
-                }
-                let Some(v) = number(p) else {
-                    malformed(report);
-                    continue;
-                };
-                let sample = match (sum.is_monotonic, t) {
+                let sample = number(p).map(|v| match (sum.is_monotonic, t) {
                     (true, t) => Sample::Counter(v, t),
                     (false, Temporality::Delta) => Sample::GaugeDelta(v),
                     (false, Temporality::Cumulative) => Sample::Gauge(v),
-                };
-                let labels = point_labels(&p.attributes, base);
-                record(writer, name, &labels, sample, ms(p.time_unix_nano), report);
+                });
+                to.point(&p.attributes, p.flags, p.time_unix_nano, sample);
             }
         }
         Some(Data::Gauge(g)) => {
             for p in &g.data_points {
-                if no_value(p.flags) {
-                    continue;
-                }
-                let Some(v) = number(p) else {
-                    malformed(report);
-                    continue;
-                };
-                let labels = point_labels(&p.attributes, base);
-                record(
-                    writer,
-                    name,
-                    &labels,
-                    Sample::Gauge(v),
-                    ms(p.time_unix_nano),
-                    report,
-                );
+                let sample = number(p).map(Sample::Gauge);
+                to.point(&p.attributes, p.flags, p.time_unix_nano, sample);
             }
         }
         Some(Data::Histogram(h)) => {
             let Some(t) = temporality(h.aggregation_temporality) else {
-                (0..h.data_points.len()).for_each(|_| malformed(report));
-                return;
+                return to.malformed(h.data_points.len());
             };
             for p in &h.data_points {
-                if no_value(p.flags) {
-                    continue;
-                }
-                // No buckets at all is allowed: count and sum only, one +Inf bucket.
-                let counts = if p.bucket_counts.is_empty() {
-                    vec![p.count]
-                } else {
-                    p.bucket_counts.clone()
-                };
-                let bounds: Vec<f64> = if p.bucket_counts.is_empty() {
-                    Vec::new()
-                } else {
-                    p.explicit_bounds.clone()
-                };
-                let value = HistogramValue {
-                    bounds: bounds.into(),
-                    counts,
-                    sum: p.sum.unwrap_or(0.0),
-                    count: p.count,
-                    min: p.min.unwrap_or(f64::INFINITY),
-                    max: p.max.unwrap_or(f64::NEG_INFINITY),
-                };
-                if !value.is_well_formed() {
-                    malformed(report);
-                    continue;
-                }
-                let labels = point_labels(&p.attributes, base);
-                record(
-                    writer,
-                    name,
-                    &labels,
-                    Sample::Histogram(&value, t),
-                    ms(p.time_unix_nano),
-                    report,
-                );
-            }
-        }
-        Some(Data::Summary(s)) => {
-            for p in &s.data_points {
-                if no_value(p.flags) {
-                    continue;
-                }
-                let value = SummaryValue {
-                    quantiles: p
-                        .quantile_values
-                        .iter()
-                        .map(|q| Quantile {
-                            quantile: q.quantile,
-                            value: q.value,
-                        })
-                        .collect(),
-                    sum: p.sum,
-                    count: p.count,
-                };
-                let labels = point_labels(&p.attributes, base);
-                record(
-                    writer,
-                    name,
-                    &labels,
-                    Sample::Summary(&value),
-                    ms(p.time_unix_nano),
-                    report,
-                );
+                let value = explicit(p);
+                let sample = value.as_ref().map(|v| Sample::Histogram(v, t));
+                to.point(&p.attributes, p.flags, p.time_unix_nano, sample);
             }
         }
         Some(Data::ExponentialHistogram(e)) => {
             let Some(t) = temporality(e.aggregation_temporality) else {
-                (0..e.data_points.len()).for_each(|_| malformed(report));
-                return;
+                return to.malformed(e.data_points.len());
             };
             for p in &e.data_points {
-                if no_value(p.flags) {
-                    continue;
-                }
-                let Some(value) = exponential_to_explicit(p).filter(HistogramValue::is_well_formed)
-                else {
-                    malformed(report);
-                    continue;
-                };
-                let labels = point_labels(&p.attributes, base);
-                let ts = ms(p.time_unix_nano);
-                record(
-                    writer,
-                    name,
-                    &labels,
-                    Sample::Histogram(&value, t),
-                    ts,
-                    report,
+                let value = exponential_to_explicit(p).filter(HistogramValue::is_well_formed);
+                let sample = value.as_ref().map(|v| Sample::Histogram(v, t));
+                to.point(&p.attributes, p.flags, p.time_unix_nano, sample);
+            }
+        }
+        Some(Data::Summary(s)) => {
+            for p in &s.data_points {
+                let value = summary(p);
+                to.point(
+                    &p.attributes,
+                    p.flags,
+                    p.time_unix_nano,
+                    Some(Sample::Summary(&value)),
                 );
             }
         }

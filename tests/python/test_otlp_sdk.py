@@ -2,10 +2,6 @@
 (protobuf), as an instrumented service would send them: the real `weir` binary on
 free ports, exact totals checked in its JSON flush log lines."""
 
-import json
-import signal
-import subprocess
-
 import pytest
 from opentelemetry.exporter.otlp.proto.grpc.metric_exporter import OTLPMetricExporter as GrpcExporter
 from opentelemetry.exporter.otlp.proto.http.metric_exporter import OTLPMetricExporter as HttpExporter
@@ -13,7 +9,7 @@ from opentelemetry.sdk.metrics import Counter, Histogram, MeterProvider, UpDownC
 from opentelemetry.sdk.metrics.export import AggregationTemporality, InMemoryMetricReader, MetricExportResult
 from opentelemetry.sdk.resources import Resource
 
-from test_statsd_clients import TIMEOUT_S, WEIR
+from weir_process import WeirProcess, event, flushes
 
 DELTA = {
     Counter: AggregationTemporality.DELTA,
@@ -22,47 +18,19 @@ DELTA = {
 }
 
 
-class Weir:
-    def __init__(self, tmp_path):
-        config = tmp_path / "weir.toml"
-        config.write_text(
-            '[aggregation]\nflush_interval = "200ms"\n'
-            "[receivers.statsd]\nenabled = false\n"
-            '[receivers.otlp]\ngrpc_address = "127.0.0.1:0"\nhttp_address = "127.0.0.1:0"\n'
-            '[log]\nformat = "json"\n'
-        )
-        self.proc = subprocess.Popen(
-            [str(WEIR), "--config", str(config)], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
-        )
-        self.events = []
-        while True:
-            line = self.proc.stdout.readline()
-            if not line:
-                pytest.fail("weir exited early: " + repr(self.events))
-            event = json.loads(line)
-            self.events.append(event)
-            if event.get("message", "").startswith("otlp receiver listening"):
-                self.grpc, self.http = event["grpc"], event["http"]
-                return
-
-    def stop(self):
-        self.proc.send_signal(signal.SIGTERM)
-        out, _ = self.proc.communicate(timeout=TIMEOUT_S)
-        self.events += [json.loads(l) for l in out.splitlines() if l.strip()]
-        assert self.proc.returncode == 0, self.events
-        return self.events
-
-
 @pytest.fixture
 def weir(tmp_path):
-    w = Weir(tmp_path)
+    """weir with only OTLP on, both listeners on ephemeral ports."""
+    w = WeirProcess(
+        tmp_path,
+        '[aggregation]\nflush_interval = "200ms"\n'
+        "[receivers.statsd]\nenabled = false\n"
+        '[receivers.otlp]\ngrpc_address = "127.0.0.1:0"\nhttp_address = "127.0.0.1:0"\n',
+    )
+    listening = w.wait_for("otlp receiver listening")
+    w.grpc, w.http = listening["grpc"], listening["http"]
     yield w
-    if w.proc.poll() is None:
-        w.proc.kill()
-
-
-def flushes(events):
-    return [e for e in events if e.get("message") in ("flush", "final flush")]
+    w.kill()
 
 
 def export_with(exporter, record, temporality=None):
@@ -104,7 +72,7 @@ def test_grpc_delta_export(weir):
     events = weir.stop()
     assert sum(e["counter_delta_sum"] for e in flushes(events)) == 8
     assert sum(e["histogram_observations"] for e in flushes(events)) == 3
-    stopped = next(e for e in events if e.get("message") == "otlp receiver stopped")
+    stopped = event(events, "otlp receiver stopped")
     assert stopped["requests"] == 2 and stopped["rejected"] == 0
     # shop_orders{region=eu|us}, shop_latency, shop_inflight
     assert flushes(events)[-1]["active_series"] == 4
@@ -123,7 +91,7 @@ def test_http_cumulative_export_counts_increases_after_the_first(weir):
     # The first cumulative value is the baseline of the running total; the increase
     # after it is the delta.
     assert sum(e["counter_delta_sum"] for e in flushes(events)) == 3
-    stopped = next(e for e in events if e.get("message") == "otlp receiver stopped")
+    stopped = event(events, "otlp receiver stopped")
     assert stopped["requests"] == 2 and stopped["bad_requests"] == 0
 
 
@@ -143,5 +111,5 @@ def test_http_refuses_json_and_garbage_without_dying(weir):
     assert post(b"\xff\xff\xff not protobuf", "application/x-protobuf") == 400
     assert post(b"", "application/x-protobuf") == 200  # an empty request is valid
     events = weir.stop()
-    stopped = next(e for e in events if e.get("message") == "otlp receiver stopped")
+    stopped = event(events, "otlp receiver stopped")
     assert stopped["bad_requests"] == 2

@@ -8,85 +8,31 @@ flush lines' totals (series, counter deltas, histogram observations) are what an
 operator can see, so that is what is checked.
 """
 
-import json
-import os
-import pathlib
-import signal
-import subprocess
-import time
+import socket
 
 import pytest
 import statsd
 from datadog.dogstatsd import DogStatsd
 
-ROOT = pathlib.Path(__file__).resolve().parents[2]
-WEIR = pathlib.Path(os.environ.get("WEIR_BIN", ROOT / "target" / "debug" / "weir"))
-TIMEOUT_S = 20
-
-
-class Weir:
-    """A running weir with JSON logs, StatsD on an ephemeral port."""
-
-    def __init__(self, tmp_path):
-        config = tmp_path / "weir.toml"
-        config.write_text(
-            '[aggregation]\nflush_interval = "200ms"\n'
-            '[receivers.statsd]\naddress = "127.0.0.1:0"\n'
-            "[receivers.otlp]\nenabled = false\n"
-            '[log]\nformat = "json"\n'
-        )
-        self.proc = subprocess.Popen(
-            [str(WEIR), "--config", str(config)],
-            cwd=tmp_path,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT,
-            text=True,
-        )
-        self.lines = []
-        listening = self.wait_for(lambda e: e.get("message", "").startswith("statsd receiver listening"))
-        host, port = listening["address"].rsplit(":", 1)
-        self.host, self.port = host, int(port)
-
-    def wait_for(self, pred):
-        deadline = time.monotonic() + TIMEOUT_S
-        while time.monotonic() < deadline:
-            line = self.proc.stdout.readline()
-            if not line:
-                break
-            event = json.loads(line)
-            self.lines.append(event)
-            if pred(event):
-                return event
-        self.proc.kill()
-        pytest.fail("weir did not log the expected line; output:\n" + "\n".join(map(str, self.lines)))
-
-    def stop(self):
-        """SIGTERM, wait for exit 0, return every log event."""
-        self.proc.send_signal(signal.SIGTERM)
-        out, _ = self.proc.communicate(timeout=TIMEOUT_S)
-        self.lines += [json.loads(l) for l in out.splitlines() if l.strip()]
-        assert self.proc.returncode == 0, self.lines
-        return self.lines
-
-
-def flushes(events):
-    return [e for e in events if e.get("message") in ("flush", "final flush")]
-
-
-def total(events, field):
-    return sum(e[field] for e in flushes(events))
-
-
-def stopped(events):
-    return next(e for e in events if e.get("message") == "statsd receiver stopped")
+from weir_process import QUIET, WeirProcess, event, flushes, total
 
 
 @pytest.fixture
 def weir(tmp_path):
-    w = Weir(tmp_path)
+    """weir with only StatsD on, on an ephemeral port."""
+    w = WeirProcess(
+        tmp_path,
+        '[aggregation]\nflush_interval = "200ms"\n'
+        + QUIET.replace('[receivers.statsd]\nenabled = false', '[receivers.statsd]\naddress = "127.0.0.1:0"'),
+    )
+    host, port = w.wait_for("statsd receiver listening")["address"].rsplit(":", 1)
+    w.host, w.port = host, int(port)
     yield w
-    if w.proc.poll() is None:
-        w.proc.kill()
+    w.kill()
+
+
+def stopped(events):
+    return event(events, "statsd receiver stopped")
 
 
 def test_statsd_client_counters_gauges_and_timers(weir):
@@ -131,8 +77,6 @@ def test_dogstatsd_tags_distributions_and_multiple_series(weir):
 
 
 def test_malformed_lines_are_skipped_and_counted_not_fatal(weir):
-    import socket
-
     sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
     sock.sendto(b"good:1|c\nbad line\nworse:x|c\nsets:alice|s\ngood:2|c\n", (weir.host, weir.port))
     events = weir.stop()
