@@ -24,6 +24,21 @@ use crate::otlp::OtlpReceiver;
 use crate::scrape::Scraper;
 use crate::statsd::{StatsdReceiver, StatsdStats};
 
+/// Warns when the kernel dropped StatsD datagrams since the last report (`seen` of
+/// them were reported before); returns the new total.
+fn warn_kernel_drops(stats: &StatsdStats, seen: u64) -> u64 {
+    let total = stats.kernel_drops.unwrap_or(0);
+    if total > seen {
+        tracing::warn!(
+            dropped = total - seen,
+            since_start = total,
+            "statsd: the kernel dropped datagrams (receive buffer full: raise \
+             receivers.statsd.recv_buffer_bytes and net.core.rmem_max)"
+        );
+    }
+    total
+}
+
 /// Warns about StatsD lines skipped since the last report (`seen` of them were
 /// reported before); returns the new total. At most one line per flush.
 fn warn_parse_errors(stats: &StatsdStats, seen: u64) -> u64 {
@@ -209,6 +224,7 @@ impl Daemon {
         let scraper = self.start_scraper();
         let otlp = self.start_otlp().await?;
         let mut statsd_errors_seen = 0;
+        let mut kernel_drops_seen = 0;
         let period = self.config.aggregation.flush_interval;
         let mut ticker = tokio::time::interval_at(tokio::time::Instant::now() + period, period);
         ticker.set_missed_tick_behavior(MissedTickBehavior::Delay);
@@ -220,7 +236,9 @@ impl Daemon {
                 _ = ticker.tick() => {
                     self.flush().await?.log("flush");
                     if let Some(r) = &statsd {
-                        statsd_errors_seen = warn_parse_errors(&r.stats(), statsd_errors_seen);
+                        let stats = r.stats();
+                        statsd_errors_seen = warn_parse_errors(&stats, statsd_errors_seen);
+                        kernel_drops_seen = warn_kernel_drops(&stats, kernel_drops_seen);
                     }
                 }
             }
@@ -252,6 +270,7 @@ impl Daemon {
                 samples = stats.samples,
                 rejected = stats.rejected,
                 parse_errors = stats.parse_errors_total(),
+                kernel_drops = stats.kernel_drops,
                 "statsd receiver stopped"
             );
         }

@@ -8,8 +8,10 @@
 //! stop reading while running. On stop it drains what the kernel still holds, then
 //! exits.
 //!
-//! Not yet: batched receives (`recvmmsg`) and several `SO_REUSEPORT` sockets; the
-//! kernel's own drop count for the socket in self-metrics.
+//! The kernel's own count of datagrams it dropped for the socket (receive buffer full)
+//! is read from `/proc/net/udp` and `/proc/net/udp6` where Linux provides them.
+//!
+//! Not yet: batched receives (`recvmmsg`) and several `SO_REUSEPORT` sockets.
 
 use std::io;
 use std::net::{SocketAddr, UdpSocket};
@@ -58,6 +60,9 @@ pub struct StatsdStats {
     pub rejected: u64,
     /// Lines skipped, by reason (every reason listed).
     pub parse_errors: Vec<(&'static str, u64)>,
+    /// Datagrams the kernel dropped for this socket because its receive buffer was
+    /// full, since the socket was opened; `None` where the OS does not say.
+    pub kernel_drops: Option<u64>,
 }
 
 impl StatsdStats {
@@ -93,6 +98,7 @@ impl StatsdCounters {
                 .zip(&self.parse_errors)
                 .map(|(r, n)| (r.as_str(), n.load(Ordering::Relaxed)))
                 .collect(),
+            kernel_drops: None,
         }
     }
 }
@@ -100,6 +106,8 @@ impl StatsdCounters {
 /// A running StatsD receiver.
 pub struct StatsdReceiver {
     local_addr: SocketAddr,
+    /// The socket's inode, to find it in `/proc/net/udp*`.
+    inode: Option<u64>,
     recv_buffer_bytes: usize,
     stop: Arc<AtomicBool>,
     counters: Arc<StatsdCounters>,
@@ -127,6 +135,7 @@ impl StatsdReceiver {
         socket.set_read_timeout(Some(STOP_POLL))?;
         let local_addr = socket.local_addr()?;
         let recv_buffer_bytes = Socket::from(socket.try_clone()?).recv_buffer_size()?;
+        let inode = socket_inode(&socket);
         let stop = Arc::new(AtomicBool::new(false));
         let counters = Arc::new(StatsdCounters::default());
         let writer = aggregator.writer();
@@ -138,6 +147,7 @@ impl StatsdReceiver {
             })?;
         Ok(StatsdReceiver {
             local_addr,
+            inode,
             recv_buffer_bytes,
             stop,
             counters,
@@ -157,13 +167,20 @@ impl StatsdReceiver {
 
     /// Counters since start.
     pub fn stats(&self) -> StatsdStats {
-        self.counters.snapshot()
+        let mut s = self.counters.snapshot();
+        s.kernel_drops = self.inode.and_then(kernel_drops);
+        s
     }
 
     /// Stops the thread after it has drained the socket, and waits for it.
     pub fn stop(mut self) -> StatsdStats {
+        // Read while the socket is still open: it leaves /proc/net/udp with it.
+        let drops = self.inode.and_then(kernel_drops);
         self.shutdown();
-        self.stats()
+        StatsdStats {
+            kernel_drops: drops,
+            ..self.counters.snapshot()
+        }
     }
 
     fn shutdown(&mut self) {
@@ -181,6 +198,45 @@ impl Drop for StatsdReceiver {
     fn drop(&mut self) {
         self.shutdown();
     }
+}
+
+/// The inode of a socket, from its `/proc/self/fd` entry (Linux).
+fn socket_inode(socket: &UdpSocket) -> Option<u64> {
+    #[cfg(target_os = "linux")]
+    {
+        use std::os::fd::AsRawFd as _;
+        use std::os::unix::fs::MetadataExt as _;
+        let fd = socket.as_raw_fd();
+        std::fs::metadata(format!("/proc/self/fd/{fd}"))
+            .ok()
+            .map(|m| m.ino())
+    }
+    #[cfg(not(target_os = "linux"))]
+    {
+        let _ = socket;
+        None
+    }
+}
+
+/// The kernel's drop count for the socket with `inode`, from `/proc/net/udp` or
+/// `/proc/net/udp6`.
+fn kernel_drops(inode: u64) -> Option<u64> {
+    ["/proc/net/udp", "/proc/net/udp6"]
+        .iter()
+        .filter_map(|p| std::fs::read_to_string(p).ok())
+        .find_map(|text| drops_in_proc_net_udp(&text, inode))
+}
+
+/// Finds `inode` in the text of `/proc/net/udp` (columns: sl, local, remote, st,
+/// tx:rx queue, tr:when, retrnsmt, uid, timeout, inode, ref, pointer, drops) and
+/// returns its `drops` column.
+pub fn drops_in_proc_net_udp(text: &str, inode: u64) -> Option<u64> {
+    text.lines().skip(1).find_map(|line| {
+        let cols: Vec<&str> = line.split_whitespace().collect();
+        (cols.get(9)?.parse::<u64>().ok()? == inode)
+            .then(|| cols.get(12)?.parse().ok())
+            .flatten()
+    })
 }
 
 fn receive_loop(
@@ -233,4 +289,36 @@ pub fn log_listening(r: &StatsdReceiver) {
         recv_buffer_bytes = r.recv_buffer_bytes(),
         "statsd receiver listening (UDP)"
     );
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const PROC: &str = "   sl  local_address rem_address   st tx_queue rx_queue tr tm->when retrnsmt   uid  timeout inode ref pointer drops
+  753: 0100007F:1FBD 00000000:0000 07 00000000:00000000 00:00000000 00000000     0        0 884413 2 0000000000000000 17
+  801: 00000000:14E9 00000000:0000 07 00000000:00000000 00:00000000 00000000   105        0 21877 2 0000000000000000 0
+";
+
+    #[test]
+    fn drops_are_read_from_the_sockets_line() {
+        assert_eq!(drops_in_proc_net_udp(PROC, 884413), Some(17));
+        assert_eq!(drops_in_proc_net_udp(PROC, 21877), Some(0));
+        assert_eq!(drops_in_proc_net_udp(PROC, 1), None);
+        assert_eq!(drops_in_proc_net_udp("garbage\nmore garbage", 1), None);
+    }
+
+    #[test]
+    #[cfg(target_os = "linux")]
+    fn a_live_socket_reports_its_kernel_drops() {
+        let agg = Aggregator::default();
+        let config = StatsdConfig {
+            address: "127.0.0.1:0".parse().unwrap(),
+            ..StatsdConfig::default()
+        };
+        let r = StatsdReceiver::start(&config, &agg).unwrap();
+        assert_eq!(r.stats().kernel_drops, Some(0));
+        let stats = r.stop();
+        assert_eq!(stats.kernel_drops, Some(0));
+    }
 }
