@@ -45,6 +45,8 @@ pub struct Config {
     pub receivers: ReceiversConfig,
     /// The `[scrape]` section.
     pub scrape: ScrapeConfig,
+    /// The `[exposition]` section.
+    pub exposition: ExpositionConfig,
     /// The `[log]` section.
     pub log: LogConfig,
 }
@@ -56,6 +58,7 @@ impl Default for Config {
             aggregation: AggregationConfig::default(),
             receivers: ReceiversConfig::default(),
             scrape: ScrapeConfig::default(),
+            exposition: ExpositionConfig::default(),
             log: LogConfig::default(),
         }
     }
@@ -165,6 +168,25 @@ impl Default for StatsdConfig {
             enabled: true,
             address: std::net::SocketAddr::from(([127, 0, 0, 1], 8125)),
             recv_buffer_bytes: 8 << 20,
+        }
+    }
+}
+
+/// `[exposition]`: `GET /metrics` with the latest flush, for Prometheus to scrape.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ExpositionConfig {
+    /// Whether to serve it. Default true.
+    pub enabled: bool,
+    /// Listener. Default `127.0.0.1:9102` (statsd_exporter's port).
+    pub address: std::net::SocketAddr,
+}
+
+impl Default for ExpositionConfig {
+    fn default() -> Self {
+        ExpositionConfig {
+            enabled: true,
+            address: std::net::SocketAddr::from(([127, 0, 0, 1], 9102)),
         }
     }
 }

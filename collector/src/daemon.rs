@@ -20,6 +20,7 @@ use tracing::info;
 use weir_core::{Aggregator, AggregatorStats, FlushBatch, FlushedValue};
 
 use crate::config::{Config, fmt_duration};
+use crate::exposition::{ExpositionServer, Page};
 use crate::otlp::OtlpReceiver;
 use crate::scrape::Scraper;
 use crate::statsd::{StatsdReceiver, StatsdStats};
@@ -167,6 +168,8 @@ pub struct Daemon {
     config: Config,
     config_source: String,
     aggregator: Aggregator,
+    /// The exposition endpoint's page, replaced after every flush.
+    page: Page,
     rejected_seen: u64,
 }
 
@@ -179,6 +182,7 @@ impl Daemon {
             config,
             config_source: config_source.into(),
             aggregator,
+            page: Page::default(),
             rejected_seen: 0,
         }
     }
@@ -195,12 +199,16 @@ impl Daemon {
     pub async fn flush(&mut self) -> Result<FlushSummary, DaemonError> {
         let aggregator = self.aggregator.clone();
         let previous = self.rejected_seen;
+        let page = self.config.exposition.enabled.then(|| self.page.clone());
         let summary = tokio::task::spawn_blocking(move || {
             let started = Instant::now();
             let batch = aggregator.flush();
             let duration = started.elapsed();
-            // Pipelines will take the batch (as an `Arc`) here; for now it is only
-            // summarised.
+            // Pipelines will take the batch (as an `Arc`) here; for now the exposition
+            // endpoint is its only consumer.
+            if let Some(page) = page {
+                page.publish(&batch);
+            }
             FlushSummary::new(&batch, &aggregator.stats(), previous, duration)
         })
         .await?;
@@ -223,6 +231,7 @@ impl Daemon {
         let statsd = self.start_statsd()?;
         let scraper = self.start_scraper();
         let otlp = self.start_otlp().await?;
+        let exposition = self.start_exposition().await?;
         let mut statsd_errors_seen = 0;
         let mut kernel_drops_seen = 0;
         let period = self.config.aggregation.flush_interval;
@@ -249,6 +258,9 @@ impl Daemon {
         );
         if let Some(s) = scraper {
             s.stop();
+        }
+        if let Some(e) = exposition {
+            e.stop();
         }
         if let Some(o) = otlp {
             let c = &o.ingest.counters;
@@ -293,6 +305,21 @@ impl Daemon {
             })?;
         crate::statsd::log_listening(&r);
         Ok(Some(r))
+    }
+
+    async fn start_exposition(&self) -> Result<Option<ExpositionServer>, DaemonError> {
+        let c = &self.config.exposition;
+        if !c.enabled {
+            return Ok(None);
+        }
+        ExpositionServer::start(c.address, self.page.clone())
+            .await
+            .map(Some)
+            .map_err(|source| DaemonError::Receiver {
+                receiver: "exposition",
+                address: c.address.to_string(),
+                source,
+            })
     }
 
     async fn start_otlp(&self) -> Result<Option<OtlpReceiver>, DaemonError> {
@@ -416,6 +443,7 @@ mod tests {
         c.aggregation.flush_interval = flush;
         c.receivers.statsd.address = "127.0.0.1:0".parse().unwrap();
         c.receivers.otlp.enabled = false;
+        c.exposition.enabled = false;
         c
     }
 

@@ -7,6 +7,8 @@
 //! - [`statsd`]: the StatsD/DogStatsD UDP receiver;
 //! - [`otlp`]: the OTLP metrics receivers (gRPC and HTTP);
 //! - [`scrape`]: the Prometheus scraper (static targets, text format);
+//! - [`exposition`]: the exposition endpoint serving the latest flush to Prometheus;
+//! - [`http`]: the HTTP/1 server the endpoints share;
 //! - [`daemon`]: the run loop that owns the [`weir_core::Aggregator`] and the
 //!   receivers, flushes every interval, logs a summary per flush and, on
 //!   SIGINT/SIGTERM, stops the receivers (draining their sockets) and flushes once more.
@@ -18,6 +20,8 @@
 
 pub mod config;
 pub mod daemon;
+pub mod exposition;
+pub mod http;
 pub mod logging;
 pub mod otlp;
 pub mod scrape;

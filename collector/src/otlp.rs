@@ -19,10 +19,11 @@ use crossbeam_queue::ArrayQueue;
 use http_body_util::{BodyExt, Full, Limited};
 use hyper::body::{Bytes, Incoming};
 use hyper::{Request, Response, StatusCode};
-use hyper_util::rt::TokioIo;
 use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
-use tracing::{debug, info, warn};
+use tracing::{info, warn};
+
+use crate::http::plain;
 use weir_core::otlp::{ExportReport, apply_export};
 use weir_core::{Aggregator, Writer};
 use weir_proto::Message;
@@ -140,7 +141,15 @@ impl OtlpReceiver {
         }));
         let http = TcpListener::bind(config.http_address).await?;
         let http_addr = http.local_addr()?;
-        tasks.push(tokio::spawn(serve_http(http, ingest.clone())));
+        let handler_ingest = ingest.clone();
+        tasks.push(tokio::spawn(crate::http::serve(
+            http,
+            "otlp http",
+            move |req| {
+                let ingest = handler_ingest.clone();
+                async move { handle_http(req, &ingest).await }
+            },
+        )));
         info!(grpc = %grpc_addr, http = %http_addr, "otlp receiver listening (gRPC, HTTP /v1/metrics)");
         Ok(OtlpReceiver {
             grpc_addr: Some(grpc_addr),
@@ -181,45 +190,6 @@ impl MetricsService for Grpc {
     ) -> Result<tonic::Response<ExportMetricsServiceResponse>, tonic::Status> {
         Ok(tonic::Response::new(self.0.export(request.get_ref())))
     }
-}
-
-async fn serve_http(listener: TcpListener, ingest: Arc<OtlpIngest>) {
-    loop {
-        let (stream, _) = match listener.accept().await {
-            Ok(c) => c,
-            Err(e) => {
-                warn!(error = %e, "otlp: HTTP accept failed");
-                tokio::time::sleep(std::time::Duration::from_millis(100)).await;
-                continue;
-            }
-        };
-        if let Err(e) = stream.set_nodelay(true) {
-            debug!(error = %e, "otlp: cannot set TCP_NODELAY");
-        }
-        let ingest = ingest.clone();
-        tokio::spawn(async move {
-            let service = hyper::service::service_fn(move |req| {
-                let ingest = ingest.clone();
-                async move { Ok::<_, std::convert::Infallible>(handle_http(req, &ingest).await) }
-            });
-            if let Err(e) = hyper::server::conn::http1::Builder::new()
-                .serve_connection(TokioIo::new(stream), service)
-                .await
-            {
-                debug!(error = %e, "otlp: HTTP connection ended");
-            }
-        });
-    }
-}
-
-fn plain(status: StatusCode, msg: &str) -> Response<Full<Bytes>> {
-    let mut r = Response::new(Full::new(Bytes::from(msg.to_owned())));
-    *r.status_mut() = status;
-    r.headers_mut().insert(
-        hyper::header::CONTENT_TYPE,
-        hyper::header::HeaderValue::from_static("text/plain; charset=utf-8"),
-    );
-    r
 }
 
 async fn handle_http(req: Request<Incoming>, ingest: &OtlpIngest) -> Response<Full<Bytes>> {

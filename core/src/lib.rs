@@ -13,6 +13,7 @@
 
 pub mod aggregator;
 pub mod cell;
+pub mod encode;
 pub mod exposition;
 pub mod flush;
 pub mod key;

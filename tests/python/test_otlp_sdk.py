@@ -25,7 +25,8 @@ def weir(tmp_path):
         tmp_path,
         '[aggregation]\nflush_interval = "200ms"\n'
         "[receivers.statsd]\nenabled = false\n"
-        '[receivers.otlp]\ngrpc_address = "127.0.0.1:0"\nhttp_address = "127.0.0.1:0"\n',
+        '[receivers.otlp]\ngrpc_address = "127.0.0.1:0"\nhttp_address = "127.0.0.1:0"\n'
+        "[exposition]\nenabled = false\n",
     )
     listening = w.wait_for("otlp receiver listening")
     w.grpc, w.http = listening["grpc"], listening["http"]

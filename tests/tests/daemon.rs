@@ -19,7 +19,7 @@ fn logs_flushes_and_flushes_once_more_on_sigterm() {
     let dir = TempDir::new("sigterm");
     let file = dir.write(
         "weir.toml",
-        "[aggregation]\nflush_interval = \"200ms\"\n[receivers.statsd]\naddress = \"127.0.0.1:0\"\n[receivers.otlp]\nenabled = false\n",
+        "[aggregation]\nflush_interval = \"200ms\"\n[receivers.statsd]\naddress = \"127.0.0.1:0\"\n[receivers.otlp]\nenabled = false\n[exposition]\nenabled = false\n",
     );
     let mut weir = Weir::start(&["--config", file.to_str().unwrap()], dir.path());
 
@@ -67,7 +67,7 @@ fn json_logs_and_sigint() {
     let dir = TempDir::new("sigint");
     let file = dir.write(
         "weir.toml",
-        "[aggregation]\nflush_interval = \"200ms\"\n[receivers.statsd]\nenabled = false\n[receivers.otlp]\nenabled = false\n\
+        "[aggregation]\nflush_interval = \"200ms\"\n[receivers.statsd]\nenabled = false\n[receivers.otlp]\nenabled = false\n[exposition]\nenabled = false\n\
          [log]\nformat = \"json\"\n",
     );
     let mut weir = Weir::start(&["--config", file.to_str().unwrap()], dir.path());
@@ -94,7 +94,7 @@ fn statsd_lines_over_udp_are_aggregated() {
     let dir = TempDir::new("statsd");
     let file = dir.write(
         "weir.toml",
-        "[aggregation]\nflush_interval = \"200ms\"\n[receivers.statsd]\naddress = \"127.0.0.1:0\"\n[receivers.otlp]\nenabled = false\n",
+        "[aggregation]\nflush_interval = \"200ms\"\n[receivers.statsd]\naddress = \"127.0.0.1:0\"\n[receivers.otlp]\nenabled = false\n[exposition]\nenabled = false\n",
     );
     let mut weir = Weir::start(&["--config", file.to_str().unwrap()], dir.path());
     let listening = weir.wait_for_line("statsd listening", TIMEOUT, |l| {
@@ -137,4 +137,69 @@ fn statsd_lines_over_udp_are_aggregated() {
     assert_eq!(field(stopped, "samples"), Some("150"), "{stopped}");
     // Linux reports the socket's kernel drops; 50 small datagrams fit the buffer.
     assert_eq!(field(stopped, "kernel_drops"), Some("0"), "{stopped}");
+}
+
+/// GET over a plain TCP connection (HTTP/1.1, `Connection: close`); the body.
+fn http_get(addr: &str, path: &str) -> String {
+    use std::io::{Read, Write};
+    let mut conn = std::net::TcpStream::connect(addr).unwrap();
+    conn.set_read_timeout(Some(TIMEOUT)).unwrap();
+    write!(
+        conn,
+        "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
+    )
+    .unwrap();
+    let mut resp = String::new();
+    conn.read_to_string(&mut resp).unwrap();
+    assert!(resp.starts_with("HTTP/1.1 200"), "{resp}");
+    resp.split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_owned())
+        .unwrap_or_default()
+}
+
+/// The statsd_exporter role: StatsD lines in, exact per-series values on the
+/// exposition endpoint after the next flush (counters as running totals).
+#[test]
+fn exposition_serves_exact_statsd_values() {
+    let dir = TempDir::new("exposition");
+    let file = dir.write(
+        "weir.toml",
+        "[aggregation]\nflush_interval = \"200ms\"\nhistogram_buckets = [0.1, 1]\n\
+         [receivers.statsd]\naddress = \"127.0.0.1:0\"\n[receivers.otlp]\nenabled = false\n\
+         [exposition]\naddress = \"127.0.0.1:0\"\n",
+    );
+    let mut weir = Weir::start(&["--config", file.to_str().unwrap()], dir.path());
+    let statsd = weir.wait_for_line("statsd", TIMEOUT, |l| {
+        l.contains("statsd receiver listening")
+    });
+    let expo = weir.wait_for_line("exposition", TIMEOUT, |l| {
+        l.contains("exposition endpoint listening")
+    });
+    let statsd = field(&statsd, "address").unwrap().to_owned();
+    let expo = field(&expo, "address").unwrap().to_owned();
+    let sock = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+    sock.send_to(
+        b"shop.orders:3|c|#region:eu\nshop.orders:4|c|#region:eu\nshop.queue:12|g\napi.latency:250|ms\napi.latency:50|ms",
+        &statsd,
+    )
+    .unwrap();
+    // The page changes at flushes: wait for one that has the orders.
+    let want = "# TYPE api_latency histogram\n\
+        api_latency_bucket{le=\"0.1\"} 1\napi_latency_bucket{le=\"1\"} 2\napi_latency_bucket{le=\"+Inf\"} 2\n\
+        api_latency_sum 0.3\napi_latency_count 2\n\
+        # TYPE shop_orders counter\nshop_orders{region=\"eu\"} 7\n\
+        # TYPE shop_queue gauge\nshop_queue 12\n";
+    let deadline = std::time::Instant::now() + TIMEOUT;
+    let mut page = String::new();
+    while std::time::Instant::now() < deadline {
+        page = http_get(&expo, "/metrics");
+        if page == want {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    assert_eq!(page, want);
+    weir.signal("TERM");
+    let (status, _) = weir.wait_exit(TIMEOUT);
+    assert!(status.success());
 }

@@ -1,0 +1,80 @@
+//! The exposition endpoint: `GET /metrics` serves the latest flushed batch in the
+//! Prometheus text format, so any Prometheus can scrape what weir aggregated (the
+//! statsd_exporter role).
+//!
+//! Owns: the listener and the latest encoded page. Must never: make a scrape wait for
+//! a flush (the page is encoded once per flush, off the request path, and swapped in
+//! under a lock held only for the swap or a clone of an `Arc`).
+
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+
+use http_body_util::Full;
+use hyper::body::Bytes;
+use hyper::{Response, StatusCode};
+use tokio::net::TcpListener;
+use tokio::task::JoinHandle;
+use tracing::info;
+use weir_core::FlushBatch;
+
+use crate::http::plain;
+
+/// The latest page, shared between the flusher (writer) and the endpoint (readers).
+#[derive(Default, Clone)]
+pub struct Page(Arc<Mutex<Bytes>>);
+
+impl Page {
+    /// Encodes `batch` and makes it the page served from now on.
+    pub fn publish(&self, batch: &FlushBatch) {
+        let text = Bytes::from(weir_core::encode::prometheus_text(batch));
+        *self.0.lock().unwrap_or_else(|p| p.into_inner()) = text;
+    }
+
+    fn get(&self) -> Bytes {
+        self.0.lock().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+}
+
+/// The running endpoint.
+pub struct ExpositionServer {
+    /// The bound address.
+    pub addr: SocketAddr,
+    task: JoinHandle<()>,
+}
+
+impl ExpositionServer {
+    /// Binds and serves `page`. Must be called inside a tokio runtime.
+    ///
+    /// # Errors
+    /// The listener could not be bound.
+    pub async fn start(address: SocketAddr, page: Page) -> std::io::Result<Self> {
+        let listener = TcpListener::bind(address).await?;
+        let addr = listener.local_addr()?;
+        let task = tokio::spawn(crate::http::serve(listener, "exposition", move |req| {
+            let page = page.clone();
+            async move {
+                if req.uri().path() != "/metrics" {
+                    return plain(StatusCode::NOT_FOUND, "see /metrics\n");
+                }
+                if req.method() != hyper::Method::GET && req.method() != hyper::Method::HEAD {
+                    return plain(StatusCode::METHOD_NOT_ALLOWED, "use GET\n");
+                }
+                let mut r = Response::new(Full::new(page.get()));
+                r.headers_mut().insert(
+                    hyper::header::CONTENT_TYPE,
+                    hyper::header::HeaderValue::from_static(
+                        "text/plain; version=0.0.4; charset=utf-8",
+                    ),
+                );
+                r
+            }
+        }));
+        info!(address = %addr, "exposition endpoint listening (GET /metrics)");
+        Ok(ExpositionServer { addr, task })
+    }
+
+    /// Stops serving.
+    pub fn stop(self) {
+        self.task.abort();
+    }
+}
