@@ -7,6 +7,10 @@
 //! interval [`aggregator::Aggregator::flush`] takes each series' share out exactly once
 //! into an immutable [`flush::FlushBatch`] that every pipeline reads.
 //!
+//! Around the engine: the wire formats, bytes in and points out
+//! ([`statsd`], [`exposition`] for Prometheus scrape bodies, [`otlp`]), and batches in,
+//! bytes out ([`encode`]).
+//!
 //! No async runtime and no sockets live here: everything is plain threads and atomics,
 //! usable from the daemon, the C ABI and the Python module alike.
 #![deny(missing_docs)]
