@@ -1,5 +1,5 @@
 //! Series identity: [`SeriesKey`] (metric name plus labels sorted by key) and its
-//! 64-bit FNV-1a [`fingerprint`].
+//! 64-bit FNV-1a fingerprint ([`SeriesKey::fingerprint`], [`fnv1a64`]).
 //!
 //! Owns: validation of metric and label names (Prometheus rules), the canonical byte
 //! encoding of a series, and the fingerprint over it.
