@@ -1,5 +1,5 @@
 //! The StatsD/DogStatsD UDP receiver: a dedicated OS thread per socket that reads
-//! datagrams and applies them through weir-core's [`Decoder`] and a [`Writer`] of its
+//! datagrams and applies them through weir-core's [`Decoder`] and a [`weir_core::Writer`] of its
 //! own.
 //!
 //! Owns: the socket (bind, receive buffer), the receive loop and its counters. Must
