@@ -304,14 +304,96 @@ impl GaugeCell {
     }
 }
 
-/// Bit 63 of [`HistogramCell::state`]: the hot half.
+/// Bit 63 of [`HotCold::state`]: the hot half.
 const HOT_BIT: u64 = 1 << 63;
-/// Bit 62 of [`HistogramCell::state`]: sealed; writers back off without writing.
+/// Bit 62 of [`HotCold::state`]: sealed; writers back off without writing.
 const SEALED_BIT: u64 = 1 << 62;
-/// Bits 0..62 of [`HistogramCell::state`]: writes started on the hot half.
+/// Bits 0..62 of [`HotCold::state`]: writes started on the hot half.
 const STARTED_MASK: u64 = SEALED_BIT - 1;
 
-/// One half of a [`HistogramCell`]. All fields Relaxed; `done` publishes them.
+/// The hot/cold protocol of the module doc, for cells whose update touches several
+/// words (histograms, sets). The cell keeps two halves of its data; this type says
+/// which half a writer may write and when the collector may read the other.
+struct HotCold {
+    /// Bit 63: index of the hot half. Bit 62: sealed. Bits 0..62: writes started on the
+    /// hot half since the last flip.
+    state: AtomicU64,
+    /// Writes finished on each half since it was last collected.
+    done: [AtomicU64; 2],
+}
+
+impl HotCold {
+    fn new() -> Self {
+        HotCold {
+            state: AtomicU64::new(0),
+            done: [AtomicU64::new(0), AtomicU64::new(0)],
+        }
+    }
+
+    /// Announces a write: the index of the half to write, or `Sealed`. The caller
+    /// writes that half, then calls [`HotCold::exit`] with it.
+    #[inline]
+    fn enter(&self) -> Result<usize, Sealed> {
+        // Acquire: pairs with the collector's Release swap in `flip`, so this writer
+        // sees the half it lands on already reset.
+        let s = self.state.fetch_add(1, Ordering::Acquire);
+        if s & SEALED_BIT != 0 {
+            return Err(Sealed);
+        }
+        Ok((s >> 63) as usize)
+    }
+
+    /// Publishes a write on `half`.
+    #[inline]
+    fn exit(&self, half: usize) {
+        // Release: the collector's Acquire load in `flip` then sees every write to the
+        // half before this.
+        self.done[half].fetch_add(1, Ordering::Release);
+    }
+
+    /// True once sealed (a hint: a writer still finds out for sure in `enter`).
+    fn is_sealed(&self) -> bool {
+        self.state.load(Ordering::Relaxed) & SEALED_BIT != 0
+    }
+
+    /// Makes the other half hot (or seals the cell), waits until every writer already
+    /// on the old hot half is done, and returns its index. The caller reads and resets
+    /// that half, then calls [`HotCold::reset`]. One collector at a time.
+    fn flip(&self, seal: bool) -> usize {
+        // Only the collector flips the hot bit, and only one collection runs at a time
+        // (the aggregator's flush lock), so this load sees the current hot index.
+        let hot = self.state.load(Ordering::Relaxed) & HOT_BIT;
+        let next = if seal {
+            hot | SEALED_BIT
+        } else {
+            hot ^ HOT_BIT
+        };
+        // Release: writers that land on the new hot half after this (Acquire) see the
+        // reset done at the end of the previous collection. Acquire: nothing to read
+        // through it, but keeps the swap ordered before the `done` loads below.
+        let s = self.state.swap(next, Ordering::AcqRel);
+        // Writers that found the cell sealed wrote nothing, so there is none to wait for.
+        let started = if s & SEALED_BIT != 0 {
+            0
+        } else {
+            s & STARTED_MASK
+        };
+        let half = (hot >> 63) as usize;
+        // Acquire: pairs with each writer's Release in `exit`.
+        while self.done[half].load(Ordering::Acquire) != started {
+            yield_now();
+        }
+        half
+    }
+
+    /// Marks `half` collected.
+    fn reset(&self, half: usize) {
+        // Relaxed: published to later writers of this half by the next Release swap.
+        self.done[half].store(0, Ordering::Relaxed);
+    }
+}
+
+/// One half of a [`HistogramCell`]. All fields Relaxed; [`HotCold`] publishes them.
 struct HistogramHalf {
     counts: Box<[AtomicU64]>,
     /// f64 bits.
@@ -321,8 +403,6 @@ struct HistogramHalf {
     min: AtomicU64,
     /// f64 bits, `-Inf` when empty.
     max: AtomicU64,
-    /// Writes finished on this half since it was last collected.
-    done: AtomicU64,
 }
 
 impl HistogramHalf {
@@ -333,7 +413,6 @@ impl HistogramHalf {
             count: AtomicU64::new(0),
             min: AtomicU64::new(f64::INFINITY.to_bits()),
             max: AtomicU64::new(f64::NEG_INFINITY.to_bits()),
-            done: AtomicU64::new(0),
         }
     }
 }
@@ -341,9 +420,7 @@ impl HistogramHalf {
 /// A histogram's lock-free state (see the module doc for the hot/cold protocol).
 pub struct HistogramCell {
     bounds: Arc<[f64]>,
-    /// Bit 63: index of the hot half. Bit 62: sealed. Bits 0..62: writes started on the
-    /// hot half since the last swap.
-    state: AtomicU64,
+    hot_cold: HotCold,
     halves: [HistogramHalf; 2],
     /// Last cumulative input (for reset detection), epoch-protected.
     last_cumulative: Atomic<HistogramValue>,
@@ -358,7 +435,7 @@ impl HistogramCell {
         let n = bounds.len() + 1;
         HistogramCell {
             bounds,
-            state: AtomicU64::new(0),
+            hot_cold: HotCold::new(),
             halves: [HistogramHalf::new(n), HistogramHalf::new(n)],
             last_cumulative: Atomic::null(),
             baseline: Atomic::null(),
@@ -373,16 +450,9 @@ impl HistogramCell {
     /// Runs `write` on the hot half, announcing it first and publishing it after.
     #[inline]
     fn write(&self, write: impl FnOnce(&HistogramHalf)) -> Result<(), Sealed> {
-        // Acquire: pairs with the collector's Release swap, so this writer sees the
-        // half it lands on already reset.
-        let s = self.state.fetch_add(1, Ordering::Acquire);
-        if s & SEALED_BIT != 0 {
-            return Err(Sealed);
-        }
-        let half = &self.halves[(s >> 63) as usize];
-        write(half);
-        // Release: the collector's Acquire load of `done` then sees every field above.
-        half.done.fetch_add(1, Ordering::Release);
+        let half = self.hot_cold.enter()?;
+        write(&self.halves[half]);
+        self.hot_cold.exit(half);
         Ok(())
     }
 
@@ -439,7 +509,7 @@ impl HistogramCell {
     /// # Errors
     /// [`Sealed`] if the cell was sealed; nothing was recorded.
     pub fn merge_cumulative(&self, value: &HistogramValue) -> Result<(), Sealed> {
-        if self.state.load(Ordering::Relaxed) & SEALED_BIT != 0 {
+        if self.hot_cold.is_sealed() {
             return Err(Sealed);
         }
         let guard = epoch::pin();
@@ -496,29 +566,8 @@ impl HistogramCell {
     }
 
     fn take(&self, seal: bool) -> (HistogramValue, Option<HistogramValue>) {
-        // Only the collector flips the hot bit, and only one collection runs at a time
-        // (the aggregator's flush lock), so this load sees the current hot index.
-        let hot = self.state.load(Ordering::Relaxed) & HOT_BIT;
-        let next = if seal {
-            hot | SEALED_BIT
-        } else {
-            hot ^ HOT_BIT
-        };
-        // Release: writers that land on the new hot half after this (Acquire) see the
-        // reset done at the end of the previous collection. Acquire: nothing to read
-        // through it, but keeps the swap ordered before the `done` loads below.
-        let s = self.state.swap(next, Ordering::AcqRel);
-        // Writers that found the cell sealed wrote nothing, so there is none to wait for.
-        let started = if s & SEALED_BIT != 0 {
-            0
-        } else {
-            s & STARTED_MASK
-        };
-        let half = &self.halves[(hot >> 63) as usize];
-        // Acquire: pairs with each writer's Release `done` increment.
-        while half.done.load(Ordering::Acquire) != started {
-            yield_now();
-        }
+        let index = self.hot_cold.flip(seal);
+        let half = &self.halves[index];
         let counts = half
             .counts
             .iter()
@@ -535,8 +584,7 @@ impl HistogramCell {
                     .swap(f64::NEG_INFINITY.to_bits(), Ordering::Relaxed),
             ),
         };
-        // Relaxed: published to later writers of this half by the next Release swap.
-        half.done.store(0, Ordering::Relaxed);
+        self.hot_cold.reset(index);
         let guard = epoch::pin();
         // A null pointer tagged 1 marks the baseline slot sealed (see `merge_cumulative`).
         let b = self.baseline.swap(
