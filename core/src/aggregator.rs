@@ -46,6 +46,7 @@
 //! aggregating.
 
 use std::collections::HashMap;
+use std::hash::BuildHasher as _;
 use std::sync::atomic::{AtomicI64, AtomicU32, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -53,7 +54,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use crossbeam_queue::SegQueue;
 use foldhash::fast::RandomState;
 
-use crate::cell::{CounterCell, GaugeCell, HistogramCell, Sealed, SummaryCell};
+use crate::cell::{CounterCell, GaugeCell, HistogramCell, Sealed, SetCell, SummaryCell};
 use crate::flush::{FlushBatch, FlushedSeries, FlushedValue};
 use crate::key::{KeyError, SeriesKey, encode_raw};
 use crate::point::{DEFAULT_BUCKETS, HistogramValue, MetricKind, MetricPoint, Sample, Temporality};
@@ -266,6 +267,8 @@ enum Cell {
     Gauge(GaugeCell),
     Histogram(Box<HistogramCell>),
     Summary(SummaryCell),
+    /// Reported as a gauge (the distinct count); boxed like histograms.
+    Set(Box<SetCell>),
 }
 
 /// One series: identity plus cell. Shared by the index, the flusher list, writer
@@ -291,6 +294,7 @@ fn kind_of(cell: &Cell) -> MetricKind {
         Cell::Gauge(_) => MetricKind::Gauge,
         Cell::Histogram(_) => MetricKind::Histogram,
         Cell::Summary(_) => MetricKind::Summary,
+        Cell::Set(_) => MetricKind::Gauge,
     }
 }
 
@@ -306,6 +310,7 @@ fn validate(sample: &Sample<'_>) -> Result<(), Rejected> {
             .quantiles
             .iter()
             .all(|q| (0.0..=1.0).contains(&q.quantile)),
+        Sample::SetMember(_) => true,
     };
     if ok {
         Ok(())
@@ -329,6 +334,7 @@ impl Series {
                 h.merge_cumulative(v)
             }
             (Cell::Summary(s), Sample::Summary(v)) => s.set(v),
+            (Cell::Set(s), Sample::SetMember(m)) => s.insert(SET_MEMBER_HASH.hash_one(m)),
             (cell, sample) => {
                 return Err(Refusal::Rejected(Rejected::TypeConflict {
                     existing: kind_of(cell).as_str(),
@@ -369,6 +375,40 @@ impl std::borrow::Borrow<[u8]> for Indexed {
         self.0.key.as_bytes()
     }
 }
+
+/// Which cell a new series gets: its kind, and for gauges whether it is a StatsD set.
+#[derive(Clone, Copy)]
+enum CellKind {
+    Counter,
+    Gauge,
+    Histogram,
+    Summary,
+    Set,
+}
+
+impl CellKind {
+    fn of(sample: &Sample<'_>) -> CellKind {
+        match sample {
+            Sample::SetMember(_) => CellKind::Set,
+            s => CellKind::from(s.kind()),
+        }
+    }
+}
+
+impl From<MetricKind> for CellKind {
+    fn from(k: MetricKind) -> CellKind {
+        match k {
+            MetricKind::Counter => CellKind::Counter,
+            MetricKind::Gauge => CellKind::Gauge,
+            MetricKind::Histogram => CellKind::Histogram,
+            MetricKind::Summary => CellKind::Summary,
+        }
+    }
+}
+
+/// Hashes set members: fixed, so every writer hashes a member alike.
+const SET_MEMBER_HASH: foldhash::fast::FixedState =
+    foldhash::fast::FixedState::with_seed(0x5e7_5e7);
 
 /// Why [`Series::apply`] did not record a point.
 enum Refusal {
@@ -431,8 +471,8 @@ impl FlushEntry {
     }
 
     /// Takes the interval's share out of the cell, sealing it if `evicted` (its last
-    /// share); `None` for a summary never set.
-    fn collect(&mut self, evicted: bool) -> Option<FlushedSeries> {
+    /// share); `None` for a summary never set. `now_ms` stamps set counts.
+    fn collect(&mut self, evicted: bool, now_ms: i64) -> Option<FlushedSeries> {
         let value = match (&self.series.cell, &mut self.totals) {
             (Cell::Counter(c), Totals::Counter(total)) => {
                 let take = if evicted { c.seal() } else { c.collect() };
@@ -460,6 +500,10 @@ impl FlushEntry {
                     total: total.clone(),
                 }
             }
+            (Cell::Set(s), _) => FlushedValue::Gauge {
+                value: (if evicted { s.seal() } else { s.collect() }) as f64,
+                timestamp_ms: now_ms,
+            },
             (Cell::Summary(s), _) => {
                 FlushedValue::Summary(if evicted { s.seal() } else { s.read() }?)
             }
@@ -540,7 +584,7 @@ impl Shared {
         &self,
         canonical: &[u8],
         name: &str,
-        sample_kind: MetricKind,
+        cell_kind: CellKind,
         bounds: Option<&Arc<[f64]>>,
     ) -> Result<Arc<Series>, Rejected> {
         let index = self.index.pin();
@@ -552,13 +596,14 @@ impl Shared {
             }
             let family = self.admit(name)?;
             let now = self.clock_ms.load(Ordering::Relaxed);
-            let cell = match sample_kind {
-                MetricKind::Counter => Cell::Counter(CounterCell::default()),
-                MetricKind::Gauge => Cell::Gauge(GaugeCell::default()),
-                MetricKind::Histogram => Cell::Histogram(Box::new(HistogramCell::new(
+            let cell = match cell_kind {
+                CellKind::Counter => Cell::Counter(CounterCell::default()),
+                CellKind::Gauge => Cell::Gauge(GaugeCell::default()),
+                CellKind::Histogram => Cell::Histogram(Box::new(HistogramCell::new(
                     bounds.unwrap_or(&self.config.histogram_bounds).clone(),
                 ))),
-                MetricKind::Summary => Cell::Summary(SummaryCell::default()),
+                CellKind::Summary => Cell::Summary(SummaryCell::default()),
+                CellKind::Set => Cell::Set(Box::default()),
             };
             let key = SeriesKey::from_canonical(canonical);
             let series = Arc::new(Series {
@@ -652,7 +697,7 @@ impl Shared {
         canonical: &[u8],
     ) -> Result<Arc<Series>, Rejected> {
         for _ in 0..SEALED_RETRIES {
-            let series = self.resolve(canonical, name, sample.kind(), bounds_of(sample))?;
+            let series = self.resolve(canonical, name, CellKind::of(sample), bounds_of(sample))?;
             let now = self.clock_ms.load(Ordering::Relaxed);
             match series.apply(sample, timestamp_ms, now) {
                 Ok(()) => return Ok(series),
@@ -794,7 +839,9 @@ impl Aggregator {
             return self.shared.reject(e.into());
         }
         for _ in 0..SEALED_RETRIES {
-            let series = self.shared.resolve(&scratch.canon, name, kind, None)?;
+            let series = self
+                .shared
+                .resolve(&scratch.canon, name, CellKind::from(kind), None)?;
             let existing = kind_of(&series.cell);
             if existing != kind {
                 return self.shared.reject(Rejected::TypeConflict {
@@ -848,14 +895,14 @@ impl Aggregator {
                 // Out of the index first, so writers that find the cell sealed resolve
                 // to a successor rather than to this series again.
                 index.remove(e.series.key.as_bytes());
-                out.extend(e.collect(true));
+                out.extend(e.collect(true, now_ms));
                 let e = st.entries.swap_remove(i);
                 e.series.family.active.fetch_sub(1, Ordering::AcqRel);
                 sh.active.fetch_sub(1, Ordering::AcqRel);
                 sh.evicted.fetch_add(1, Ordering::Relaxed);
                 continue;
             }
-            out.extend(e.collect(false));
+            out.extend(e.collect(false, now_ms));
             i += 1;
         }
         drop(index);

@@ -677,6 +677,56 @@ impl Drop for SummaryCell {
     }
 }
 
+/// A StatsD set's lock-free state: the distinct members seen since the last
+/// collection, as 64-bit hashes in a lock-free hash set per half (the hot/cold
+/// protocol of [`HotCold`]). Two members whose hashes collide count once; with 64-bit
+/// hashes that needs billions of members.
+pub struct SetCell {
+    hot_cold: HotCold,
+    halves: [papaya::HashSet<u64, foldhash::fast::RandomState>; 2],
+}
+
+impl Default for SetCell {
+    fn default() -> Self {
+        SetCell {
+            hot_cold: HotCold::new(),
+            halves: Default::default(),
+        }
+    }
+}
+
+impl SetCell {
+    /// Adds a member (by its hash).
+    ///
+    /// # Errors
+    /// [`Sealed`] if the cell was sealed; nothing was recorded.
+    pub fn insert(&self, member_hash: u64) -> Result<(), Sealed> {
+        let half = self.hot_cold.enter()?;
+        self.halves[half].pin().insert(member_hash);
+        self.hot_cold.exit(half);
+        Ok(())
+    }
+
+    /// The number of distinct members since the previous collection; starts over.
+    pub fn collect(&self) -> u64 {
+        self.take(false)
+    }
+
+    /// As [`SetCell::collect`], and seals the cell.
+    pub fn seal(&self) -> u64 {
+        self.take(true)
+    }
+
+    fn take(&self, seal: bool) -> u64 {
+        let index = self.hot_cold.flip(seal);
+        let set = self.halves[index].pin();
+        let n = set.len() as u64;
+        set.clear();
+        self.hot_cold.reset(index);
+        n
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -856,5 +906,19 @@ mod tests {
         g.set(f64::from_bits(SEALED_F64), 1).unwrap();
         g.set(1.0, 2).unwrap();
         assert_eq!(g.read(), (1.0, 2));
+    }
+
+    #[test]
+    fn sets_count_distinct_members_per_collection() {
+        let s = SetCell::default();
+        for m in [1, 2, 2, 3, 1] {
+            s.insert(m).unwrap();
+        }
+        assert_eq!(s.collect(), 3);
+        assert_eq!(s.collect(), 0);
+        s.insert(7).unwrap();
+        s.insert(7).unwrap();
+        assert_eq!(s.seal(), 1);
+        assert_eq!(s.insert(8), Err(Sealed));
     }
 }

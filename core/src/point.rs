@@ -139,6 +139,9 @@ pub enum Sample<'a> {
     Histogram(&'a HistogramValue, Temporality),
     /// The latest state of a summary.
     Summary(&'a SummaryValue),
+    /// One member of a StatsD set: the series reports, per flush, how many distinct
+    /// members it saw (as a gauge).
+    SetMember(&'a str),
 }
 
 impl Sample<'_> {
@@ -149,6 +152,7 @@ impl Sample<'_> {
             Sample::Gauge(_) | Sample::GaugeDelta(_) => MetricKind::Gauge,
             Sample::Observe { .. } | Sample::Histogram(..) => MetricKind::Histogram,
             Sample::Summary(_) => MetricKind::Summary,
+            Sample::SetMember(_) => MetricKind::Gauge,
         }
     }
 }

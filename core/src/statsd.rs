@@ -14,7 +14,7 @@
 //! | `g` | gauge set; `+N` / `-N` adjust the current value |
 //! | `ms` | one observation in seconds (value ÷ 1000) into a histogram, weighted 1 ÷ rate |
 //! | `h`, `d` | one observation as is into a histogram, weighted 1 ÷ rate |
-//! | `s` | not supported yet: counted as `unsupported_type` |
+//! | `s` | set: the whole value is one member; the series reports, per flush, the number of distinct members as a gauge |
 //!
 //! Metric names are sanitised to Prometheus rules (every character outside
 //! `[a-zA-Z0-9_:]` becomes `_`, a leading digit gets a `_` prefix), tag names likewise
@@ -38,8 +38,6 @@ pub enum LineError {
     MissingType,
     /// A type other than `c`, `g`, `ms`, `h`, `d`, `s`.
     UnknownType,
-    /// A type weir does not aggregate yet (`s`, sets).
-    UnsupportedType,
     /// A value that is not a finite number (or a relative value on a non-gauge).
     MalformedValue,
     /// `@rate` that is not a number in (0, 1].
@@ -54,13 +52,12 @@ pub enum LineError {
 
 impl LineError {
     /// All reasons, in a stable order (for exporting zeros).
-    pub const ALL: [LineError; 11] = [
+    pub const ALL: [LineError; 10] = [
         LineError::InvalidUtf8,
         LineError::MissingValue,
         LineError::EmptyName,
         LineError::MissingType,
         LineError::UnknownType,
-        LineError::UnsupportedType,
         LineError::MalformedValue,
         LineError::MalformedSampleRate,
         LineError::MalformedTag,
@@ -76,7 +73,6 @@ impl LineError {
             LineError::EmptyName => "empty_name",
             LineError::MissingType => "missing_type",
             LineError::UnknownType => "unknown_type",
-            LineError::UnsupportedType => "unsupported_type",
             LineError::MalformedValue => "malformed_value",
             LineError::MalformedSampleRate => "malformed_sample_rate",
             LineError::MalformedTag => "malformed_tag",
@@ -231,7 +227,7 @@ pub fn parse_line(line: &[u8]) -> Result<Line<'_>, LineError> {
         }
     }
     if kind == StatsdType::Set {
-        return Err(LineError::UnsupportedType);
+        return Ok(parsed); // any text is a member
     }
     let gauge = kind == StatsdType::Gauge;
     for v in Fields::new(values, b':') {
@@ -387,6 +383,13 @@ impl Decoder {
             self.identity.extend_from_slice(c.as_bytes());
         }
         let ts = line.timestamp_s.map_or(0, |s| s * 1000);
+        if line.kind == StatsdType::Set {
+            match self.record(line, Sample::SetMember(line.values), ts, writer) {
+                Ok(()) => report.samples += 1,
+                Err(_) => report.rejected += 1,
+            }
+            return;
+        }
         // Sampled observations count 1/rate times; rounding keeps counts integral.
         let weight = (1.0 / line.sample_rate).round().max(1.0) as u64;
         for v in line.values() {
@@ -406,7 +409,7 @@ impl Decoder {
                         count: weight,
                     }
                 }
-                // Relative values only parse for gauges, and sets are refused earlier.
+                // Relative values only parse for gauges; sets returned above.
                 _ => continue,
             };
             match self.record(line, sample, ts, writer) {
@@ -511,7 +514,6 @@ mod tests {
             (b"x:1|c|Tsoon", LineError::MalformedTimestamp),
             (b"x:1|c|T-5", LineError::MalformedTimestamp),
             (b"x:1|c|zzz", LineError::UnknownField),
-            (b"users:alice|s", LineError::UnsupportedType),
         ];
         for (line, want) in cases {
             assert_eq!(
@@ -573,13 +575,12 @@ mod tests {
         let mut d = Decoder::default();
         let datagram =
             b"hits:1|c|#route:/a\nhits:2|c|#route:/a\r\nbogus\n\nhits:1|c|@0.1|#route:/a\n\
-temp:20|g\ntemp:-5|g\ntemp:+1|g\nlat:250|ms|@0.5\nsize:3:4|h\nhits:x|c\nu:1|s\n";
+temp:20|g\ntemp:-5|g\ntemp:+1|g\nlat:250|ms|@0.5\nsize:3:4|h\nhits:x|c\nu:ann|s\nu:bob|s\nu:ann|s\n";
         let r = d.ingest(datagram, &mut w);
-        assert_eq!(r.samples, 9);
+        assert_eq!(r.samples, 12);
         assert_eq!(r.rejected, 0);
         assert_eq!(r.parse_errors(LineError::MissingValue), 1);
         assert_eq!(r.parse_errors(LineError::MalformedValue), 1);
-        assert_eq!(r.parse_errors(LineError::UnsupportedType), 1);
         let b = agg.flush();
         assert_eq!(
             only(&b, &key("hits", &[("route", "/a")])),
@@ -599,6 +600,13 @@ temp:20|g\ntemp:-5|g\ntemp:+1|g\nlat:250|ms|@0.5\nsize:3:4|h\nhits:x|c\nu:1|s\n"
             (delta.count, delta.sum),
             (2, 0.5),
             "250 ms at rate 0.5 = 2 x 0.25 s"
+        );
+        assert!(
+            matches!(
+                only(&b, &key("u", &[])),
+                FlushedValue::Gauge { value: 2.0, .. }
+            ),
+            "two distinct members"
         );
         let FlushedValue::Histogram { delta, .. } = only(&b, &key("size", &[])) else {
             panic!()
