@@ -11,7 +11,7 @@ use std::sync::Arc;
 
 use shuttle::sync::Mutex;
 use shuttle::thread;
-use weir_core::cell::{CounterCell, GaugeCell, HistogramCell, Sealed};
+use weir_core::cell::{CounterCell, GaugeCell, HistogramCell, Sealed, SetCell};
 
 const ITERATIONS: usize = 2_000;
 
@@ -122,6 +122,40 @@ fn seal_scenario() {
     assert_eq!(counter.add(1.0), Err(Sealed));
     assert_eq!(gauge.set(1.0, 2), Err(Sealed));
     assert_eq!(hist.observe(0.5, 1), Err(Sealed));
+}
+
+/// Distinct members inserted while collections run: each insert is counted in exactly
+/// one collection (members are unique, so the counts add up to the inserts).
+fn set_scenario() {
+    let cell = Arc::new(SetCell::default());
+    let seen = Arc::new(Mutex::new(0u64));
+    let writers: Vec<_> = (0..2u64)
+        .map(|t| {
+            let cell = cell.clone();
+            thread::spawn(move || {
+                cell.insert(t * 10).unwrap();
+                cell.insert(t * 10 + 1).unwrap();
+            })
+        })
+        .collect();
+    let collector = {
+        let (cell, seen) = (cell.clone(), seen.clone());
+        thread::spawn(move || {
+            for _ in 0..2 {
+                *seen.lock().unwrap() += cell.collect();
+            }
+        })
+    };
+    for w in writers {
+        w.join().unwrap();
+    }
+    collector.join().unwrap();
+    assert_eq!(*seen.lock().unwrap() + cell.collect(), 4);
+}
+
+#[test]
+fn set_members_land_in_exactly_one_collection_pct() {
+    shuttle::check_pct(set_scenario, ITERATIONS, 3);
 }
 
 #[test]
