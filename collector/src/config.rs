@@ -47,6 +47,8 @@ pub struct Config {
     pub scrape: ScrapeConfig,
     /// The `[exposition]` section.
     pub exposition: ExpositionConfig,
+    /// The `[admin]` section.
+    pub admin: AdminConfig,
     /// The `[log]` section.
     pub log: LogConfig,
 }
@@ -59,6 +61,7 @@ impl Default for Config {
             receivers: ReceiversConfig::default(),
             scrape: ScrapeConfig::default(),
             exposition: ExpositionConfig::default(),
+            admin: AdminConfig::default(),
             log: LogConfig::default(),
         }
     }
@@ -187,6 +190,25 @@ impl Default for ExpositionConfig {
         ExpositionConfig {
             enabled: true,
             address: std::net::SocketAddr::from(([127, 0, 0, 1], 9102)),
+        }
+    }
+}
+
+/// `[admin]`: the admin API.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AdminConfig {
+    /// Whether to serve it. Default true.
+    pub enabled: bool,
+    /// Listener. Default `127.0.0.1:8686`. There is no token yet: keep it on loopback.
+    pub address: std::net::SocketAddr,
+}
+
+impl Default for AdminConfig {
+    fn default() -> Self {
+        AdminConfig {
+            enabled: true,
+            address: std::net::SocketAddr::from(([127, 0, 0, 1], 8686)),
         }
     }
 }
@@ -445,6 +467,12 @@ impl Config {
             };
             (key(field), e.reason)
         })?;
+        if self.admin.enabled && !self.admin.address.ip().is_loopback() {
+            return Err((
+                vec!["admin", "address"],
+                "must be a loopback address: the admin API has no token yet".to_owned(),
+            ));
+        }
         if self.scrape.concurrency == 0 {
             return Err((
                 vec!["scrape", "concurrency"],
@@ -906,6 +934,11 @@ format = "json"
                 "[receivers.statsd]\nrecv_buffer_bytes = 10\n",
                 "receivers.statsd.recv_buffer_bytes",
                 "between 4096",
+            ),
+            (
+                "[admin]\naddress = \"0.0.0.0:8686\"\n",
+                "admin.address",
+                "loopback",
             ),
             ("[log]\nlevel = \"\"\n", "log.level", "empty"),
             ("[log]\nlevel = \"loud=[\"\n", "log.level", "not a level"),

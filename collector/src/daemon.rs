@@ -20,6 +20,10 @@ use tracing::info;
 use weir_core::{Aggregator, AggregatorStats, FlushBatch, FlushedValue};
 
 use crate::config::{Config, fmt_duration};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+
+use crate::admin::{AdminServer, AdminState, FlushRequest};
 use crate::exposition::{ExpositionServer, Page};
 use crate::otlp::OtlpReceiver;
 use crate::scrape::Scraper;
@@ -232,6 +236,21 @@ impl Daemon {
         let scraper = self.start_scraper();
         let otlp = self.start_otlp().await?;
         let exposition = self.start_exposition().await?;
+        let (flush_tx, mut flush_rx) = tokio::sync::mpsc::channel::<FlushRequest>(16);
+        let admin_state = Arc::new(AdminState {
+            aggregator: self.aggregator.clone(),
+            statsd: statsd.as_ref().map(StatsdReceiver::counters),
+            otlp: otlp.as_ref().map(|o| o.ingest.clone()),
+            scrape: scraper
+                .as_ref()
+                .map(|s| s.targets.clone())
+                .unwrap_or_default(),
+            last_flush: Mutex::new(None),
+            flush_requests: flush_tx,
+            stopping: AtomicBool::new(false),
+            started: Instant::now(),
+        });
+        let admin = self.start_admin(admin_state.clone()).await?;
         let mut statsd_errors_seen = 0;
         let mut kernel_drops_seen = 0;
         let period = self.config.aggregation.flush_interval;
@@ -242,8 +261,16 @@ impl Daemon {
             tokio::select! {
                 biased;
                 reason = &mut shutdown => break reason,
+                Some(reply) = flush_rx.recv() => {
+                    let summary = self.flush().await?;
+                    summary.log("flush (requested)");
+                    *admin_state.last_flush.lock().unwrap_or_else(|p| p.into_inner()) = Some(summary.clone());
+                    let _ = reply.send(summary);
+                }
                 _ = ticker.tick() => {
-                    self.flush().await?.log("flush");
+                    let summary = self.flush().await?;
+                    summary.log("flush");
+                    *admin_state.last_flush.lock().unwrap_or_else(|p| p.into_inner()) = Some(summary);
                     if let Some(r) = &statsd {
                         let stats = r.stats();
                         statsd_errors_seen = warn_parse_errors(&stats, statsd_errors_seen);
@@ -252,6 +279,8 @@ impl Daemon {
                 }
             }
         };
+        // Release: pairs with /health's Acquire load.
+        admin_state.stopping.store(true, Ordering::Release);
         info!(
             reason,
             "shutting down: draining receivers, then a final flush"
@@ -288,6 +317,9 @@ impl Daemon {
         }
         let last = self.flush().await?;
         last.log("final flush");
+        if let Some(a) = admin {
+            a.stop();
+        }
         info!("weir stopped");
         Ok(last)
     }
@@ -305,6 +337,24 @@ impl Daemon {
             })?;
         crate::statsd::log_listening(&r);
         Ok(Some(r))
+    }
+
+    async fn start_admin(
+        &self,
+        state: Arc<AdminState>,
+    ) -> Result<Option<AdminServer>, DaemonError> {
+        let c = &self.config.admin;
+        if !c.enabled {
+            return Ok(None);
+        }
+        AdminServer::start(c.address, state)
+            .await
+            .map(Some)
+            .map_err(|source| DaemonError::Receiver {
+                receiver: "admin",
+                address: c.address.to_string(),
+                source,
+            })
     }
 
     async fn start_exposition(&self) -> Result<Option<ExpositionServer>, DaemonError> {
@@ -444,6 +494,7 @@ mod tests {
         c.receivers.statsd.address = "127.0.0.1:0".parse().unwrap();
         c.receivers.otlp.enabled = false;
         c.exposition.enabled = false;
+        c.admin.enabled = false;
         c
     }
 

@@ -9,6 +9,7 @@
 //! - [`scrape`]: the Prometheus scraper (static targets, text format);
 //! - [`exposition`]: the exposition endpoint serving the latest flush to Prometheus;
 //! - [`http`]: the HTTP/1 server the endpoints share;
+//! - [`admin`]: the admin API (health, status, self-metrics, flush on demand);
 //! - [`daemon`]: the run loop that owns the [`weir_core::Aggregator`] and the
 //!   receivers, flushes every interval, logs a summary per flush and, on
 //!   SIGINT/SIGTERM, stops the receivers (draining their sockets) and flushes once more.
@@ -18,6 +19,7 @@
 #![forbid(unsafe_code)]
 #![deny(missing_docs)]
 
+pub mod admin;
 pub mod config;
 pub mod daemon;
 pub mod exposition;

@@ -86,7 +86,8 @@ impl StatsdCounters {
         }
     }
 
-    fn snapshot(&self) -> StatsdStats {
+    /// A snapshot (without the kernel's drop count, which the receiver adds).
+    pub fn stats(&self) -> StatsdStats {
         StatsdStats {
             datagrams: self.datagrams.load(Ordering::Relaxed),
             bytes: self.bytes.load(Ordering::Relaxed),
@@ -165,9 +166,14 @@ impl StatsdReceiver {
         self.recv_buffer_bytes
     }
 
+    /// The live counters, for the admin API.
+    pub fn counters(&self) -> Arc<StatsdCounters> {
+        self.counters.clone()
+    }
+
     /// Counters since start.
     pub fn stats(&self) -> StatsdStats {
-        let mut s = self.counters.snapshot();
+        let mut s = self.counters.stats();
         s.kernel_drops = self.inode.and_then(kernel_drops);
         s
     }
@@ -179,7 +185,7 @@ impl StatsdReceiver {
         self.shutdown();
         StatsdStats {
             kernel_drops: drops,
-            ..self.counters.snapshot()
+            ..self.counters.stats()
         }
     }
 

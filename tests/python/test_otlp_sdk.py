@@ -26,7 +26,7 @@ def weir(tmp_path):
         '[aggregation]\nflush_interval = "200ms"\n'
         "[receivers.statsd]\nenabled = false\n"
         '[receivers.otlp]\ngrpc_address = "127.0.0.1:0"\nhttp_address = "127.0.0.1:0"\n'
-        "[exposition]\nenabled = false\n",
+        "[exposition]\nenabled = false\n[admin]\nenabled = false\n",
     )
     listening = w.wait_for("otlp receiver listening")
     w.grpc, w.http = listening["grpc"], listening["http"]

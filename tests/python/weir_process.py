@@ -15,7 +15,7 @@ WEIR = pathlib.Path(os.environ.get("WEIR_BIN", ROOT / "target" / "debug" / "weir
 TIMEOUT_S = 20
 
 # Everything off but what a test turns on; JSON logs the tests can read.
-QUIET = "[receivers.statsd]\nenabled = false\n[receivers.otlp]\nenabled = false\n[exposition]\nenabled = false\n"
+QUIET = "[receivers.statsd]\nenabled = false\n[receivers.otlp]\nenabled = false\n[exposition]\nenabled = false\n[admin]\nenabled = false\n"
 
 
 class WeirProcess:

@@ -19,7 +19,7 @@ fn logs_flushes_and_flushes_once_more_on_sigterm() {
     let dir = TempDir::new("sigterm");
     let file = dir.write(
         "weir.toml",
-        "[aggregation]\nflush_interval = \"200ms\"\n[receivers.statsd]\naddress = \"127.0.0.1:0\"\n[receivers.otlp]\nenabled = false\n[exposition]\nenabled = false\n",
+        "[aggregation]\nflush_interval = \"200ms\"\n[receivers.statsd]\naddress = \"127.0.0.1:0\"\n[receivers.otlp]\nenabled = false\n[exposition]\nenabled = false\n[admin]\nenabled = false\n",
     );
     let mut weir = Weir::start(&["--config", file.to_str().unwrap()], dir.path());
 
@@ -67,7 +67,7 @@ fn json_logs_and_sigint() {
     let dir = TempDir::new("sigint");
     let file = dir.write(
         "weir.toml",
-        "[aggregation]\nflush_interval = \"200ms\"\n[receivers.statsd]\nenabled = false\n[receivers.otlp]\nenabled = false\n[exposition]\nenabled = false\n\
+        "[aggregation]\nflush_interval = \"200ms\"\n[receivers.statsd]\nenabled = false\n[receivers.otlp]\nenabled = false\n[exposition]\nenabled = false\n[admin]\nenabled = false\n\
          [log]\nformat = \"json\"\n",
     );
     let mut weir = Weir::start(&["--config", file.to_str().unwrap()], dir.path());
@@ -94,7 +94,7 @@ fn statsd_lines_over_udp_are_aggregated() {
     let dir = TempDir::new("statsd");
     let file = dir.write(
         "weir.toml",
-        "[aggregation]\nflush_interval = \"200ms\"\n[receivers.statsd]\naddress = \"127.0.0.1:0\"\n[receivers.otlp]\nenabled = false\n[exposition]\nenabled = false\n",
+        "[aggregation]\nflush_interval = \"200ms\"\n[receivers.statsd]\naddress = \"127.0.0.1:0\"\n[receivers.otlp]\nenabled = false\n[exposition]\nenabled = false\n[admin]\nenabled = false\n",
     );
     let mut weir = Weir::start(&["--config", file.to_str().unwrap()], dir.path());
     let listening = weir.wait_for_line("statsd listening", TIMEOUT, |l| {
@@ -141,12 +141,18 @@ fn statsd_lines_over_udp_are_aggregated() {
 
 /// GET over a plain TCP connection (HTTP/1.1, `Connection: close`); the body.
 fn http_get(addr: &str, path: &str) -> String {
+    http(addr, "GET", path)
+}
+
+/// A request over a plain TCP connection (HTTP/1.1, `Connection: close`), expecting
+/// 200; the body.
+fn http(addr: &str, method: &str, path: &str) -> String {
     use std::io::{Read, Write};
     let mut conn = std::net::TcpStream::connect(addr).unwrap();
     conn.set_read_timeout(Some(TIMEOUT)).unwrap();
     write!(
         conn,
-        "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
+        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
     )
     .unwrap();
     let mut resp = String::new();
@@ -166,7 +172,7 @@ fn exposition_serves_exact_statsd_values() {
         "weir.toml",
         "[aggregation]\nflush_interval = \"200ms\"\nhistogram_buckets = [0.1, 1]\n\
          [receivers.statsd]\naddress = \"127.0.0.1:0\"\n[receivers.otlp]\nenabled = false\n\
-         [exposition]\naddress = \"127.0.0.1:0\"\n",
+         [exposition]\naddress = \"127.0.0.1:0\"\n[admin]\nenabled = false\n",
     );
     let mut weir = Weir::start(&["--config", file.to_str().unwrap()], dir.path());
     let statsd = weir.wait_for_line("statsd", TIMEOUT, |l| {
@@ -199,6 +205,59 @@ fn exposition_serves_exact_statsd_values() {
         std::thread::sleep(std::time::Duration::from_millis(50));
     }
     assert_eq!(page, want);
+    weir.signal("TERM");
+    let (status, _) = weir.wait_exit(TIMEOUT);
+    assert!(status.success());
+}
+
+/// The admin API as an operator uses it: health, a flush on demand that answers with
+/// its summary, weir's own metrics and the status document.
+#[test]
+fn admin_api_health_flush_metrics_status() {
+    let dir = TempDir::new("admin");
+    let file = dir.write(
+        "weir.toml",
+        "[aggregation]\nflush_interval = \"1h\"\n[receivers.statsd]\naddress = \"127.0.0.1:0\"\n\
+         [receivers.otlp]\nenabled = false\n[exposition]\nenabled = false\n\
+         [admin]\naddress = \"127.0.0.1:0\"\n",
+    );
+    let mut weir = Weir::start(&["--config", file.to_str().unwrap()], dir.path());
+    let statsd = weir.wait_for_line("statsd", TIMEOUT, |l| {
+        l.contains("statsd receiver listening")
+    });
+    let admin = weir.wait_for_line("admin", TIMEOUT, |l| l.contains("admin API listening"));
+    let statsd = field(&statsd, "address").unwrap().to_owned();
+    let admin = field(&admin, "address").unwrap().to_owned();
+    assert_eq!(http_get(&admin, "/health"), "ok\n");
+    let sock = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+    sock.send_to(b"a:2|c\nb:1|g\nbad", &statsd).unwrap();
+    // The flush interval is an hour: only POST /flush can flush. Retry until the
+    // datagram has been read (it is UDP: read asynchronously).
+    let deadline = std::time::Instant::now() + TIMEOUT;
+    let mut total = 0.0;
+    while total < 2.0 && std::time::Instant::now() < deadline {
+        let summary = http(&admin, "POST", "/flush");
+        let v: f64 = summary
+            .split("\"counter_delta_sum\":")
+            .nth(1)
+            .and_then(|r| r.split([',', '}']).next())
+            .and_then(|x| x.parse().ok())
+            .unwrap_or_else(|| panic!("{summary}"));
+        total += v;
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    assert_eq!(total, 2.0);
+    let metrics = http_get(&admin, "/metrics");
+    for want in [
+        "weir_active_series 2\n",
+        "weir_statsd_lines_total 2\n",
+        "weir_statsd_parse_errors_total{reason=\"missing_value\"} 1\n",
+        "weir_rejected_total{reason=\"type_conflict\"} 0\n",
+    ] {
+        assert!(metrics.contains(want), "no {want:?} in\n{metrics}");
+    }
+    let status = http_get(&admin, "/status");
+    assert!(status.contains("\"active_series\":2"), "{status}");
     weir.signal("TERM");
     let (status, _) = weir.wait_exit(TIMEOUT);
     assert!(status.success());

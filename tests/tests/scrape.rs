@@ -56,7 +56,7 @@ fn scraped_counters_become_exact_deltas_and_garbage_is_reported() {
     );
     let dir = TempDir::new("scrape");
     let config = format!(
-        "[aggregation]\nflush_interval = \"200ms\"\n[receivers.statsd]\nenabled = false\n[receivers.otlp]\nenabled = false\n[exposition]\nenabled = false\n\
+        "[aggregation]\nflush_interval = \"200ms\"\n[receivers.statsd]\nenabled = false\n[receivers.otlp]\nenabled = false\n[exposition]\nenabled = false\n[admin]\nenabled = false\n\
          [[scrape.targets]]\nurl = \"http://{good}/metrics\"\njob = \"app\"\ninterval = \"150ms\"\ntimeout = \"100ms\"\n\
          [[scrape.targets]]\nurl = \"http://{bad}/metrics\"\njob = \"junk\"\ninterval = \"150ms\"\ntimeout = \"100ms\"\n"
     );
@@ -103,7 +103,7 @@ fn an_unreachable_target_fails_scrapes_without_stopping_weir() {
         .port();
     let dir = TempDir::new("scrape-down");
     let config = format!(
-        "[aggregation]\nflush_interval = \"200ms\"\n[receivers.statsd]\nenabled = false\n[receivers.otlp]\nenabled = false\n[exposition]\nenabled = false\n\
+        "[aggregation]\nflush_interval = \"200ms\"\n[receivers.statsd]\nenabled = false\n[receivers.otlp]\nenabled = false\n[exposition]\nenabled = false\n[admin]\nenabled = false\n\
          [[scrape.targets]]\nurl = \"http://127.0.0.1:{port}/metrics\"\ninterval = \"100ms\"\ntimeout = \"50ms\"\n"
     );
     let file = dir.write("weir.toml", &config);

@@ -1,0 +1,366 @@
+//! The admin API (default `127.0.0.1:8686`): `GET /health`, `GET /status` (JSON),
+//! `GET /metrics` (weir's own metrics, `weir_` prefix, Prometheus text) and
+//! `POST /flush` (flush now; answers with the flush's summary).
+//!
+//! Owns: the endpoint and the rendering of weir's self-metrics. Must never: block the
+//! daemon (a flush request is a message to the run loop, answered when that flush is
+//! done) or expose more than counters and settings.
+//!
+//! Not yet: `POST /config/reload` and SIGHUP, the bearer token for mutating
+//! endpoints (so keep it on loopback), WAL and pipeline figures (no pipelines yet).
+
+use std::fmt::Write as _;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use http_body_util::Full;
+use hyper::body::Bytes;
+use hyper::{Method, Response, StatusCode};
+use tokio::net::TcpListener;
+use tokio::sync::{mpsc, oneshot};
+use tokio::task::JoinHandle;
+use tracing::info;
+use weir_core::Aggregator;
+use weir_core::statsd::LineError;
+
+use crate::daemon::FlushSummary;
+use crate::http::{Body, plain};
+use crate::otlp::OtlpIngest;
+use crate::scrape::TargetCounters;
+use crate::statsd::StatsdCounters;
+
+/// A request for a flush: the run loop answers on the channel.
+pub type FlushRequest = oneshot::Sender<FlushSummary>;
+
+/// What the admin API reports on, shared with the daemon.
+pub struct AdminState {
+    /// The aggregator (its stats and limits).
+    pub aggregator: Aggregator,
+    /// The StatsD receiver's counters, if it runs.
+    pub statsd: Option<Arc<StatsdCounters>>,
+    /// The OTLP receivers' state, if they run.
+    pub otlp: Option<Arc<OtlpIngest>>,
+    /// Scrape targets and their counters.
+    pub scrape: Vec<(String, Arc<TargetCounters>)>,
+    /// The latest flush.
+    pub last_flush: Mutex<Option<FlushSummary>>,
+    /// Flush requests to the run loop.
+    pub flush_requests: mpsc::Sender<FlushRequest>,
+    /// Set when shutdown begins: `/health` answers 503 from then on.
+    pub stopping: AtomicBool,
+    /// When the daemon started.
+    pub started: Instant,
+}
+
+/// The running admin API.
+pub struct AdminServer {
+    /// The bound address.
+    pub addr: SocketAddr,
+    task: JoinHandle<()>,
+}
+
+impl AdminServer {
+    /// Binds and serves. Must be called inside a tokio runtime.
+    ///
+    /// # Errors
+    /// The listener could not be bound.
+    pub async fn start(address: SocketAddr, state: Arc<AdminState>) -> std::io::Result<Self> {
+        let listener = TcpListener::bind(address).await?;
+        let addr = listener.local_addr()?;
+        let task = tokio::spawn(crate::http::serve(listener, "admin", move |req| {
+            let state = state.clone();
+            async move { handle(req.method(), req.uri().path(), &state).await }
+        }));
+        info!(address = %addr, "admin API listening (/health, /status, /metrics, POST /flush)");
+        Ok(AdminServer { addr, task })
+    }
+
+    /// Stops serving.
+    pub fn stop(self) {
+        self.task.abort();
+    }
+}
+
+fn with_type(body: String, content_type: &'static str) -> Response<Body> {
+    let mut r = Response::new(Full::new(Bytes::from(body)));
+    r.headers_mut().insert(
+        hyper::header::CONTENT_TYPE,
+        hyper::header::HeaderValue::from_static(content_type),
+    );
+    r
+}
+
+async fn handle(method: &Method, path: &str, state: &AdminState) -> Response<Body> {
+    match (method, path) {
+        (&Method::GET, "/health") => {
+            // Acquire: pairs with the daemon's Release store when shutdown begins.
+            if state.stopping.load(Ordering::Acquire) {
+                plain(StatusCode::SERVICE_UNAVAILABLE, "shutting down\n")
+            } else {
+                plain(StatusCode::OK, "ok\n")
+            }
+        }
+        (&Method::GET, "/metrics") => with_type(
+            self_metrics(state),
+            "text/plain; version=0.0.4; charset=utf-8",
+        ),
+        (&Method::GET, "/status") => with_type(status(state).to_string(), "application/json"),
+        (&Method::POST, "/flush") => {
+            let (tx, rx) = oneshot::channel();
+            if state.flush_requests.send(tx).await.is_err() {
+                return plain(StatusCode::SERVICE_UNAVAILABLE, "shutting down\n");
+            }
+            match tokio::time::timeout(Duration::from_secs(60), rx).await {
+                Ok(Ok(summary)) => {
+                    with_type(summary_json(&summary).to_string(), "application/json")
+                }
+                _ => plain(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "the flush did not complete\n",
+                ),
+            }
+        }
+        (_, "/health" | "/metrics" | "/status" | "/flush") => {
+            plain(StatusCode::METHOD_NOT_ALLOWED, "wrong method\n")
+        }
+        _ => plain(
+            StatusCode::NOT_FOUND,
+            "see /health, /status, /metrics, POST /flush\n",
+        ),
+    }
+}
+
+fn summary_json(s: &FlushSummary) -> serde_json::Value {
+    serde_json::json!({
+        "sequence": s.sequence,
+        "series": s.series,
+        "evicted": s.evicted,
+        "counter_delta_sum": s.counter_delta_sum,
+        "histogram_observations": s.histogram_observations,
+        "active_series": s.active_series,
+        "rejected_total": s.rejected_total,
+        "duration_seconds": s.duration.as_secs_f64(),
+    })
+}
+
+fn status(state: &AdminState) -> serde_json::Value {
+    let stats = state.aggregator.stats();
+    let last = state
+        .last_flush
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .as_ref()
+        .map(summary_json);
+    let targets: Vec<serde_json::Value> = state
+        .scrape
+        .iter()
+        .map(|(url, c)| {
+            serde_json::json!({
+                "url": url,
+                "up": c.up.load(Ordering::Relaxed) == 1,
+                "scrapes": c.scrapes.load(Ordering::Relaxed),
+                "failures": c.failures.load(Ordering::Relaxed),
+            })
+        })
+        .collect();
+    serde_json::json!({
+        "version": env!("CARGO_PKG_VERSION"),
+        "uptime_seconds": state.started.elapsed().as_secs_f64(),
+        "active_series": stats.active_series,
+        "max_series": stats.max_series,
+        "ceiling_reached": stats.ceiling_reached,
+        "top_metrics": state.aggregator.top_metrics(10).into_iter()
+            .map(|(name, n)| serde_json::json!({"metric": name, "series": n}))
+            .collect::<Vec<_>>(),
+        "rejected": stats.rejected.iter().map(|(r, n)| (r.to_string(), serde_json::json!(n)))
+            .collect::<serde_json::Map<_, _>>(),
+        "last_flush": last,
+        "scrape_targets": targets,
+        "pipelines": [],
+    })
+}
+
+/// Escapes a label value for the text format.
+fn esc(v: &str) -> String {
+    v.replace('\\', "\\\\")
+        .replace('"', "\\\"")
+        .replace('\n', "\\n")
+}
+
+/// weir's own metrics in the Prometheus text format.
+pub fn self_metrics(state: &AdminState) -> String {
+    let mut o = String::new();
+    let mut metric = |name: &str, kind: &str, help: &str, samples: &[(String, f64)]| {
+        let _ = writeln!(o, "# HELP {name} {help}\n# TYPE {name} {kind}");
+        for (labels, v) in samples {
+            let _ = writeln!(o, "{name}{labels} {v}");
+        }
+    };
+    let one = |v: f64| vec![(String::new(), v)];
+    let stats = state.aggregator.stats();
+    metric(
+        "weir_uptime_seconds",
+        "gauge",
+        "Seconds since weir started.",
+        &one(state.started.elapsed().as_secs_f64()),
+    );
+    metric(
+        "weir_active_series",
+        "gauge",
+        "Series held by the aggregator.",
+        &one(stats.active_series as f64),
+    );
+    metric(
+        "weir_series_limit",
+        "gauge",
+        "The global series ceiling.",
+        &one(stats.max_series as f64),
+    );
+    metric(
+        "weir_series_ceiling_reached",
+        "gauge",
+        "1 while the global ceiling refuses new series.",
+        &one(f64::from(u8::from(stats.ceiling_reached))),
+    );
+    metric(
+        "weir_series_created_total",
+        "counter",
+        "Series created.",
+        &one(stats.created_series as f64),
+    );
+    metric(
+        "weir_series_evicted_total",
+        "counter",
+        "Series evicted after series_ttl without updates.",
+        &one(stats.evicted_series as f64),
+    );
+    metric(
+        "weir_rejected_total",
+        "counter",
+        "Points the aggregator refused, by reason.",
+        &stats
+            .rejected
+            .iter()
+            .map(|(r, n)| (format!("{{reason=\"{r}\"}}"), *n as f64))
+            .collect::<Vec<_>>(),
+    );
+    metric(
+        "weir_cardinality_limit_exceeded_total",
+        "counter",
+        "Points refused by the per-metric series limit, by metric (bounded; the rest as other).",
+        &state
+            .aggregator
+            .cardinality_limit_exceeded()
+            .into_iter()
+            .map(|(m, n)| (format!("{{metric=\"{}\"}}", esc(&m)), n as f64))
+            .collect::<Vec<_>>(),
+    );
+    metric(
+        "weir_flushes_total",
+        "counter",
+        "Flushes.",
+        &one(stats.flushes as f64),
+    );
+    if let Some(last) = state
+        .last_flush
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .as_ref()
+    {
+        metric(
+            "weir_last_flush_duration_seconds",
+            "gauge",
+            "How long the latest flush took.",
+            &one(last.duration.as_secs_f64()),
+        );
+    }
+    if let Some(c) = &state.statsd {
+        let s = c.stats();
+        metric(
+            "weir_statsd_datagrams_total",
+            "counter",
+            "StatsD datagrams read.",
+            &one(s.datagrams as f64),
+        );
+        metric(
+            "weir_statsd_lines_total",
+            "counter",
+            "StatsD lines that parsed.",
+            &one(s.lines as f64),
+        );
+        metric(
+            "weir_statsd_samples_total",
+            "counter",
+            "StatsD samples aggregated.",
+            &one(s.samples as f64),
+        );
+        metric(
+            "weir_statsd_parse_errors_total",
+            "counter",
+            "StatsD lines skipped, by reason.",
+            &LineError::ALL
+                .iter()
+                .zip(&s.parse_errors)
+                .map(|(r, (_, n))| (format!("{{reason=\"{}\"}}", r.as_str()), *n as f64))
+                .collect::<Vec<_>>(),
+        );
+    }
+    if let Some(o) = &state.otlp {
+        let c = &o.counters;
+        let load = |a: &std::sync::atomic::AtomicU64| a.load(Ordering::Relaxed) as f64;
+        metric(
+            "weir_otlp_requests_total",
+            "counter",
+            "OTLP export requests answered.",
+            &one(load(&c.requests)),
+        );
+        metric(
+            "weir_otlp_bad_requests_total",
+            "counter",
+            "OTLP requests refused whole.",
+            &one(load(&c.bad_requests)),
+        );
+        metric(
+            "weir_otlp_points_accepted_total",
+            "counter",
+            "OTLP data points aggregated.",
+            &one(load(&c.accepted)),
+        );
+        metric(
+            "weir_otlp_points_rejected_total",
+            "counter",
+            "OTLP data points refused (reported in partial_success).",
+            &one(load(&c.rejected)),
+        );
+    }
+    if !state.scrape.is_empty() {
+        let per = |f: &dyn Fn(&TargetCounters) -> f64| {
+            state
+                .scrape
+                .iter()
+                .map(|(url, c)| (format!("{{target=\"{}\"}}", esc(url)), f(c)))
+                .collect::<Vec<_>>()
+        };
+        metric(
+            "weir_scrapes_total",
+            "counter",
+            "Scrapes attempted, by target.",
+            &per(&|c| c.scrapes.load(Ordering::Relaxed) as f64),
+        );
+        metric(
+            "weir_scrape_failures_total",
+            "counter",
+            "Scrapes that failed, by target.",
+            &per(&|c| c.failures.load(Ordering::Relaxed) as f64),
+        );
+        metric(
+            "weir_scrape_up",
+            "gauge",
+            "1 if the target's last scrape succeeded.",
+            &per(&|c| c.up.load(Ordering::Relaxed) as f64),
+        );
+    }
+    o
+}
