@@ -428,8 +428,8 @@ impl Daemon {
             log_filter = %log_filter,
             log_filter_from = log_filter_from,
             log_format = self.config.log.format.as_str(),
-            "weir started; batches are summarised in the log (pipelines, OTLP, scrapes \
-             and the admin API are not built yet)"
+            "weir started; no forwarding pipelines yet: flushed batches go to the \
+             exposition endpoint and this log"
         );
     }
 }
