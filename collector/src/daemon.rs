@@ -29,6 +29,18 @@ use crate::otlp::OtlpReceiver;
 use crate::scrape::Scraper;
 use crate::statsd::{StatsdReceiver, StatsdStats};
 
+/// The error for a listener that could not start.
+fn cannot_start(
+    receiver: &'static str,
+    address: impl std::fmt::Display,
+) -> impl FnOnce(std::io::Error) -> DaemonError {
+    move |source| DaemonError::Receiver {
+        receiver,
+        address: address.to_string(),
+        source,
+    }
+}
+
 /// Warns when the kernel dropped StatsD datagrams since the last report (`seen` of
 /// them were reported before); returns the new total.
 fn warn_kernel_drops(stats: &StatsdStats, seen: u64) -> u64 {
@@ -329,12 +341,8 @@ impl Daemon {
         if !c.enabled {
             return Ok(None);
         }
-        let r =
-            StatsdReceiver::start(c, &self.aggregator).map_err(|source| DaemonError::Receiver {
-                receiver: "statsd",
-                address: c.address.to_string(),
-                source,
-            })?;
+        let r = StatsdReceiver::start(c, &self.aggregator)
+            .map_err(cannot_start("statsd", c.address))?;
         crate::statsd::log_listening(&r);
         Ok(Some(r))
     }
@@ -350,11 +358,7 @@ impl Daemon {
         AdminServer::start(c.address, state)
             .await
             .map(Some)
-            .map_err(|source| DaemonError::Receiver {
-                receiver: "admin",
-                address: c.address.to_string(),
-                source,
-            })
+            .map_err(cannot_start("admin", c.address))
     }
 
     async fn start_exposition(&self) -> Result<Option<ExpositionServer>, DaemonError> {
@@ -365,11 +369,7 @@ impl Daemon {
         ExpositionServer::start(c.address, self.page.clone())
             .await
             .map(Some)
-            .map_err(|source| DaemonError::Receiver {
-                receiver: "exposition",
-                address: c.address.to_string(),
-                source,
-            })
+            .map_err(cannot_start("exposition", c.address))
     }
 
     async fn start_otlp(&self) -> Result<Option<OtlpReceiver>, DaemonError> {
@@ -380,11 +380,10 @@ impl Daemon {
         OtlpReceiver::start(c, &self.aggregator)
             .await
             .map(Some)
-            .map_err(|source| DaemonError::Receiver {
-                receiver: "otlp",
-                address: format!("{} / {}", c.grpc_address, c.http_address),
-                source,
-            })
+            .map_err(cannot_start(
+                "otlp",
+                format!("{} / {}", c.grpc_address, c.http_address),
+            ))
     }
 
     fn start_scraper(&self) -> Option<Scraper> {

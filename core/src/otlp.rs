@@ -80,14 +80,26 @@ pub fn exponential_to_explicit(
         }
     }
     counts.push(0); // +Inf
-    Some(HistogramValue {
+    Some(histogram(bounds, counts, p.sum, p.count, p.min, p.max))
+}
+
+/// A histogram value from OTLP's fields (absent sum 0, absent min/max empty).
+fn histogram(
+    bounds: Vec<f64>,
+    counts: Vec<u64>,
+    sum: Option<f64>,
+    count: u64,
+    min: Option<f64>,
+    max: Option<f64>,
+) -> HistogramValue {
+    HistogramValue {
         bounds: bounds.into(),
         counts,
-        sum: p.sum.unwrap_or(0.0),
-        count: p.count,
-        min: p.min.unwrap_or(f64::INFINITY),
-        max: p.max.unwrap_or(f64::NEG_INFINITY),
-    })
+        sum: sum.unwrap_or(0.0),
+        count,
+        min: min.unwrap_or(f64::INFINITY),
+        max: max.unwrap_or(f64::NEG_INFINITY),
+    }
 }
 
 /// What one request did.
@@ -293,14 +305,7 @@ fn explicit(p: &metrics::HistogramDataPoint) -> Option<HistogramValue> {
     } else {
         (p.explicit_bounds.clone(), p.bucket_counts.clone())
     };
-    let value = HistogramValue {
-        bounds: bounds.into(),
-        counts,
-        sum: p.sum.unwrap_or(0.0),
-        count: p.count,
-        min: p.min.unwrap_or(f64::INFINITY),
-        max: p.max.unwrap_or(f64::NEG_INFINITY),
-    };
+    let value = histogram(bounds, counts, p.sum, p.count, p.min, p.max);
     value.is_well_formed().then_some(value)
 }
 
