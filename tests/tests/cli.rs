@@ -92,3 +92,20 @@ fn daemon_refuses_to_start_on_a_bad_config() {
     assert_eq!(out.status.code(), Some(1), "{out:?}");
     assert!(out.stderr.contains("log.format"), "{}", out.stderr);
 }
+
+/// Every file in examples/ is a valid config, as docs/configuration.md promises.
+#[test]
+fn every_example_config_validates() {
+    let dir = weir_e2e::workspace_root().join("examples");
+    let mut n = 0;
+    for entry in std::fs::read_dir(&dir).expect("examples/") {
+        let path = entry.expect("entry").path();
+        if path.extension().is_some_and(|x| x == "toml") {
+            let out = run_weir(&["validate", "--config", path.to_str().unwrap()], &dir);
+            assert!(out.status.success(), "{}: {}", path.display(), out.stderr);
+            assert!(out.stdout.contains("config OK"), "{}", out.stdout);
+            n += 1;
+        }
+    }
+    assert!(n >= 3, "examples found: {n}");
+}
