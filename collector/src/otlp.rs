@@ -1,5 +1,5 @@
 //! The OTLP metrics receivers: gRPC (`MetricsService/Export`, tonic) and HTTP
-//! (`POST /v1/metrics`, protobuf bodies, gzip accepted), both into weir-core's OTLP
+//! (`POST /v1/metrics`, protobuf or JSON bodies, gzip accepted), both into weir-core's OTLP
 //! mapping ([`weir_core::otlp`]).
 //!
 //! Owns: the two listeners, request size limits (compressed and decompressed, against
@@ -8,7 +8,8 @@
 //! holding the request open. Must never: block a request on anything but the
 //! aggregator (which does not block), or panic on a body.
 //!
-//! Not yet: OTLP/JSON bodies (answered 415).
+//! Bodies are protobuf or OTLP/JSON (`application/json`), answered in the same
+//! encoding.
 
 use std::io::Read as _;
 use std::net::SocketAddr;
@@ -207,13 +208,17 @@ async fn handle_http(req: Request<Incoming>, ingest: &OtlpIngest) -> Response<Fu
         .get(hyper::header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
         .unwrap_or("");
-    if !content_type.starts_with("application/x-protobuf") {
+    let json = if content_type.starts_with("application/x-protobuf") {
+        false
+    } else if content_type.starts_with("application/json") {
+        true
+    } else {
         ingest.counters.bad_requests.fetch_add(1, Ordering::Relaxed);
         return plain(
             StatusCode::UNSUPPORTED_MEDIA_TYPE,
-            "weir takes application/x-protobuf (OTLP/JSON is not supported yet)\n",
+            "weir takes application/x-protobuf or application/json (OTLP/JSON)\n",
         );
-    }
+    };
     let gzip = match req
         .headers()
         .get(hyper::header::CONTENT_ENCODING)
@@ -266,7 +271,7 @@ async fn handle_http(req: Request<Incoming>, ingest: &OtlpIngest) -> Response<Fu
     } else {
         body
     };
-    let request = match ExportMetricsServiceRequest::decode(body) {
+    let request = match decode(&body, json) {
         Ok(r) => r,
         Err(e) => {
             ingest.counters.bad_requests.fetch_add(1, Ordering::Relaxed);
@@ -277,10 +282,66 @@ async fn handle_http(req: Request<Incoming>, ingest: &OtlpIngest) -> Response<Fu
         }
     };
     let answer = ingest.export(&request);
-    let mut r = Response::new(Full::new(Bytes::from(answer.encode_to_vec())));
+    // The answer in the request's encoding, as OTLP/HTTP requires.
+    let (bytes, content_type) = if json {
+        (
+            serde_json::to_vec(&answer).unwrap_or_else(|_| b"{}".to_vec()),
+            "application/json",
+        )
+    } else {
+        (answer.encode_to_vec(), "application/x-protobuf")
+    };
+    let mut r = Response::new(Full::new(Bytes::from(bytes)));
     r.headers_mut().insert(
         hyper::header::CONTENT_TYPE,
-        hyper::header::HeaderValue::from_static("application/x-protobuf"),
+        hyper::header::HeaderValue::from_static(content_type),
     );
     r
+}
+
+/// An export request from protobuf or OTLP/JSON bytes.
+pub fn decode(body: &[u8], json: bool) -> Result<ExportMetricsServiceRequest, String> {
+    if json {
+        serde_json::from_slice(body).map_err(|e| e.to_string())
+    } else {
+        ExportMetricsServiceRequest::decode(body).map_err(|e| e.to_string())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The shape of the OTLP/JSON example in the specification: camelCase keys,
+    /// 64-bit integers as strings, enums as numbers.
+    const EXAMPLE: &str = r#"{"resourceMetrics":[{"resource":{"attributes":[{"key":"service.name","value":{"stringValue":"my.service"}}]},"scopeMetrics":[{"scope":{"name":"my.library","version":"1.0.0"},"metrics":[
+      {"name":"my.counter","unit":"1","sum":{"aggregationTemporality":1,"isMonotonic":true,"dataPoints":[{"asDouble":5,"startTimeUnixNano":"1544712660300000000","timeUnixNano":"1544712660300000000","attributes":[{"key":"my.counter.attr","value":{"stringValue":"some value"}}]}]}},
+      {"name":"my.gauge","gauge":{"dataPoints":[{"asInt":"10","timeUnixNano":"1544712660300000000"}]}},
+      {"name":"my.histogram","histogram":{"aggregationTemporality":1,"dataPoints":[{"count":"2","sum":2,"bucketCounts":["1","1"],"explicitBounds":[1],"min":0,"max":2,"timeUnixNano":"1544712660300000000"}]}}
+    ]}]}]}"#;
+
+    #[test]
+    fn otlp_json_decodes_into_the_same_points() {
+        let req = decode(EXAMPLE.as_bytes(), true).unwrap();
+        let agg = Aggregator::default();
+        let mut w = agg.writer();
+        let r = apply_export(&req, &mut w);
+        assert_eq!((r.accepted, r.rejected), (3, 0));
+        let b = agg.flush();
+        assert_eq!(b.counter_delta_sum(), 5.0);
+        let text = weir_core::encode::prometheus_text(&b);
+        assert!(
+            text.contains("my_counter{job=\"my.service\",my_counter_attr=\"some value\"} 5"),
+            "{text}"
+        );
+        assert!(text.contains("my_gauge{job=\"my.service\"} 10"), "{text}");
+        assert!(
+            text.contains("my_histogram_count{job=\"my.service\"} 2"),
+            "{text}"
+        );
+        // The same request as protobuf decodes to the same value.
+        let again = decode(&req.encode_to_vec(), false).unwrap();
+        assert_eq!(again, req);
+        assert!(decode(b"{\"resourceMetrics\": 7}", true).is_err());
+    }
 }
