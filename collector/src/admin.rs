@@ -1,13 +1,15 @@
 //! The admin API (default `127.0.0.1:8686`): `GET /health`, `GET /status` (JSON),
-//! `GET /metrics` (weir's own metrics, `weir_` prefix, Prometheus text) and
-//! `POST /flush` (flush now; answers with the flush's summary).
+//! `GET /metrics` (weir's own metrics, `weir_` prefix, Prometheus text),
+//! `POST /flush` (flush now; answers with the flush's summary) and
+//! `POST /config/reload` (re-read the config file; scrape changes are applied,
+//! others reported as needing a restart; an invalid file answers 400).
 //!
 //! Owns: the endpoint and the rendering of weir's self-metrics. Must never: block the
 //! daemon (a flush request is a message to the run loop, answered when that flush is
 //! done) or expose more than counters and settings.
 //!
-//! Not yet: `POST /config/reload` and SIGHUP, the bearer token for mutating
-//! endpoints (so keep it on loopback), WAL and pipeline figures (no pipelines yet).
+//! Not yet: the bearer token for mutating endpoints (so keep it on loopback), WAL and
+//! pipeline figures (no pipelines yet).
 
 use std::fmt::Write as _;
 use std::net::SocketAddr;
@@ -34,6 +36,21 @@ use crate::statsd::StatsdCounters;
 /// A request for a flush: the run loop answers on the channel.
 pub type FlushRequest = oneshot::Sender<FlushSummary>;
 
+/// What a reload did: sections applied, and changed sections that need a restart.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ReloadReport {
+    /// Sections applied (only `scrape` can be).
+    pub applied: Vec<&'static str>,
+    /// Sections that changed but take effect only after a restart.
+    pub needs_restart: Vec<&'static str>,
+}
+
+/// A reload's outcome: the report, or why the file was refused.
+pub type ReloadResult = Result<ReloadReport, String>;
+
+/// A request for a config reload: the run loop answers on the channel.
+pub type ReloadRequest = oneshot::Sender<ReloadResult>;
+
 /// What the admin API reports on, shared with the daemon.
 pub struct AdminState {
     /// The aggregator (its stats and limits).
@@ -42,12 +59,14 @@ pub struct AdminState {
     pub statsd: Option<Arc<StatsdCounters>>,
     /// The OTLP receivers' state, if they run.
     pub otlp: Option<Arc<OtlpIngest>>,
-    /// Scrape targets and their counters.
-    pub scrape: Vec<(String, Arc<TargetCounters>)>,
+    /// Scrape targets and their counters (replaced by a reload).
+    pub scrape: Mutex<Vec<(String, Arc<TargetCounters>)>>,
     /// The latest flush.
     pub last_flush: Mutex<Option<FlushSummary>>,
     /// Flush requests to the run loop.
     pub flush_requests: mpsc::Sender<FlushRequest>,
+    /// Reload requests to the run loop.
+    pub reload_requests: mpsc::Sender<ReloadRequest>,
     /// Set when shutdown begins: `/health` answers 503 from then on.
     pub stopping: AtomicBool,
     /// When the daemon started.
@@ -122,12 +141,30 @@ async fn handle(method: &Method, path: &str, state: &AdminState) -> Response<Bod
                 ),
             }
         }
-        (_, "/health" | "/metrics" | "/status" | "/flush") => {
+        (&Method::POST, "/config/reload") => {
+            let (tx, rx) = oneshot::channel();
+            if state.reload_requests.send(tx).await.is_err() {
+                return plain(StatusCode::SERVICE_UNAVAILABLE, "shutting down\n");
+            }
+            match tokio::time::timeout(Duration::from_secs(60), rx).await {
+                Ok(Ok(Ok(r))) => with_type(
+                    serde_json::json!({"applied": r.applied, "needs_restart": r.needs_restart})
+                        .to_string(),
+                    "application/json",
+                ),
+                Ok(Ok(Err(e))) => plain(StatusCode::BAD_REQUEST, &format!("{e}\n")),
+                _ => plain(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "the reload did not complete\n",
+                ),
+            }
+        }
+        (_, "/health" | "/metrics" | "/status" | "/flush" | "/config/reload") => {
             plain(StatusCode::METHOD_NOT_ALLOWED, "wrong method\n")
         }
         _ => plain(
             StatusCode::NOT_FOUND,
-            "see /health, /status, /metrics, POST /flush\n",
+            "see /health, /status, /metrics, POST /flush, POST /config/reload\n",
         ),
     }
 }
@@ -153,8 +190,12 @@ fn status(state: &AdminState) -> serde_json::Value {
         .unwrap_or_else(|p| p.into_inner())
         .as_ref()
         .map(summary_json);
-    let targets: Vec<serde_json::Value> = state
+    let scrape = state
         .scrape
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .clone();
+    let targets: Vec<serde_json::Value> = scrape
         .iter()
         .map(|(url, c)| {
             serde_json::json!({
@@ -335,10 +376,14 @@ pub fn self_metrics(state: &AdminState) -> String {
             &one(load(&c.rejected)),
         );
     }
-    if !state.scrape.is_empty() {
+    let scrape = state
+        .scrape
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .clone();
+    if !scrape.is_empty() {
         let per = |f: &dyn Fn(&TargetCounters) -> f64| {
-            state
-                .scrape
+            scrape
                 .iter()
                 .map(|(url, c)| (format!("{{target=\"{}\"}}", esc(url)), f(c)))
                 .collect::<Vec<_>>()

@@ -16,14 +16,16 @@ use std::future::Future;
 use std::time::{Duration, Instant};
 
 use tokio::time::MissedTickBehavior;
-use tracing::info;
+use tracing::{info, warn};
 use weir_core::{Aggregator, AggregatorStats, FlushBatch, FlushedValue};
 
 use crate::config::{Config, fmt_duration};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 
-use crate::admin::{AdminServer, AdminState, FlushRequest};
+use crate::admin::{
+    AdminServer, AdminState, FlushRequest, ReloadReport, ReloadRequest, ReloadResult,
+};
 use crate::exposition::{ExpositionServer, Page};
 use crate::otlp::OtlpReceiver;
 use crate::scrape::Scraper;
@@ -187,6 +189,8 @@ pub struct Daemon {
     /// The exposition endpoint's page, replaced after every flush.
     page: Page,
     rejected_seen: u64,
+    /// The file the config came from, for reloads (none for the embedded default).
+    config_path: Option<std::path::PathBuf>,
 }
 
 impl Daemon {
@@ -200,7 +204,58 @@ impl Daemon {
             aggregator,
             page: Page::default(),
             rejected_seen: 0,
+            config_path: None,
         }
+    }
+
+    /// Where the config was read from: `POST /config/reload` and SIGHUP re-read it.
+    pub fn with_config_path(mut self, path: std::path::PathBuf) -> Daemon {
+        self.config_path = Some(path);
+        self
+    }
+
+    /// Re-reads the config file and applies what can change at run time: the scrape
+    /// section (targets added, removed or changed; the scraper restarts, abandoning
+    /// scrapes in flight). Other changed sections are reported as needing a restart
+    /// and left as they are. An invalid file changes nothing.
+    fn reload(&mut self, scraper: &mut Option<Scraper>, admin: &AdminState) -> ReloadResult {
+        let Some(path) = &self.config_path else {
+            return Err(
+                "weir runs on the embedded default config: there is no file to reload".into(),
+            );
+        };
+        let new = Config::from_file(path).map_err(|e| e.to_string())?;
+        let old = &self.config;
+        let needs_restart: Vec<&'static str> = [
+            ("data_dir", new.data_dir == old.data_dir),
+            ("aggregation", new.aggregation == old.aggregation),
+            ("receivers", new.receivers == old.receivers),
+            ("exposition", new.exposition == old.exposition),
+            ("admin", new.admin == old.admin),
+            ("log", new.log == old.log),
+        ]
+        .into_iter()
+        .filter(|(_, same)| !same)
+        .map(|(name, _)| name)
+        .collect();
+        let mut applied = Vec::new();
+        if new.scrape != old.scrape {
+            if let Some(s) = scraper.take() {
+                s.stop();
+            }
+            self.config.scrape = new.scrape;
+            *scraper = self.start_scraper();
+            *admin.scrape.lock().unwrap_or_else(|p| p.into_inner()) = scraper
+                .as_ref()
+                .map(|s| s.targets.clone())
+                .unwrap_or_default();
+            applied.push("scrape");
+        }
+        info!(?applied, ?needs_restart, "config reloaded");
+        Ok(ReloadReport {
+            applied,
+            needs_restart,
+        })
     }
 
     /// The aggregator receivers write into (through [`Aggregator::writer`]).
@@ -245,18 +300,23 @@ impl Daemon {
     {
         self.log_startup();
         let statsd = self.start_statsd()?;
-        let scraper = self.start_scraper();
+        let mut scraper = self.start_scraper();
         let otlp = self.start_otlp().await?;
         let exposition = self.start_exposition().await?;
         let (flush_tx, mut flush_rx) = tokio::sync::mpsc::channel::<FlushRequest>(16);
+        let (reload_tx, mut reload_rx) = tokio::sync::mpsc::channel::<ReloadRequest>(4);
+        let mut hangups = Hangups::install();
         let admin_state = Arc::new(AdminState {
             aggregator: self.aggregator.clone(),
             statsd: statsd.as_ref().map(StatsdReceiver::counters),
             otlp: otlp.as_ref().map(|o| o.ingest.clone()),
-            scrape: scraper
-                .as_ref()
-                .map(|s| s.targets.clone())
-                .unwrap_or_default(),
+            scrape: Mutex::new(
+                scraper
+                    .as_ref()
+                    .map(|s| s.targets.clone())
+                    .unwrap_or_default(),
+            ),
+            reload_requests: reload_tx,
             last_flush: Mutex::new(None),
             flush_requests: flush_tx,
             stopping: AtomicBool::new(false),
@@ -273,6 +333,18 @@ impl Daemon {
             tokio::select! {
                 biased;
                 reason = &mut shutdown => break reason,
+                Some(reply) = reload_rx.recv() => {
+                    let result = self.reload(&mut scraper, &admin_state);
+                    if let Err(e) = &result {
+                        warn!(error = %e, "config reload refused; the running config stays");
+                    }
+                    let _ = reply.send(result);
+                }
+                () = hangups.recv() => {
+                    if let Err(e) = self.reload(&mut scraper, &admin_state) {
+                        warn!(error = %e, "config reload (SIGHUP) refused; the running config stays");
+                    }
+                }
                 Some(reply) = flush_rx.recv() => {
                     let summary = self.flush().await?;
                     summary.log("flush (requested)");
@@ -430,6 +502,42 @@ impl Daemon {
             "weir started; no forwarding pipelines yet: flushed batches go to the \
              exposition endpoint and this log"
         );
+    }
+}
+
+/// SIGHUP, which asks for a config reload. Never fires where the OS has no SIGHUP or
+/// the handler cannot be installed (then only `POST /config/reload` reloads).
+struct Hangups {
+    #[cfg(unix)]
+    signal: Option<tokio::signal::unix::Signal>,
+}
+
+impl Hangups {
+    fn install() -> Hangups {
+        #[cfg(unix)]
+        {
+            use tokio::signal::unix::{SignalKind, signal};
+            let signal = signal(SignalKind::hangup())
+                .inspect_err(
+                    |e| warn!(error = %e, "no SIGHUP handler; reload with POST /config/reload"),
+                )
+                .ok();
+            Hangups { signal }
+        }
+        #[cfg(not(unix))]
+        {
+            Hangups {}
+        }
+    }
+
+    async fn recv(&mut self) {
+        #[cfg(unix)]
+        if let Some(s) = &mut self.signal
+            && s.recv().await.is_some()
+        {
+            return;
+        }
+        std::future::pending::<()>().await
     }
 }
 

@@ -94,7 +94,11 @@ fn run(path: Option<PathBuf>) -> anyhow::Result<()> {
         .context("cannot start the tokio runtime")?;
     runtime.block_on(async move {
         let signals = StopSignals::install().context("cannot install signal handlers")?;
-        Daemon::new(config, source).run(signals.recv()).await?;
+        let mut daemon = Daemon::new(config, source);
+        if let Some(p) = path {
+            daemon = daemon.with_config_path(p);
+        }
+        daemon.run(signals.recv()).await?;
         Ok(())
     })
 }

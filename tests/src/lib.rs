@@ -362,3 +362,40 @@ pub fn field<'a>(line: &'a str, key: &str) -> Option<&'a str> {
     }
     None
 }
+
+/// A request over a plain TCP connection (HTTP/1.1, `Connection: close`); the status
+/// code and the body.
+pub fn http_request(addr: &str, method: &str, path: &str) -> (u16, String) {
+    use std::io::{Read, Write};
+    let mut conn = std::net::TcpStream::connect(addr).expect("connect");
+    conn.set_read_timeout(Some(TIMEOUT)).expect("timeout");
+    write!(
+        conn,
+        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+    )
+    .expect("send");
+    let mut resp = String::new();
+    conn.read_to_string(&mut resp).expect("read");
+    let code = resp
+        .split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0);
+    let body = resp
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_owned())
+        .unwrap_or_default();
+    (code, body)
+}
+
+/// [`http_request`] expecting 200; the body.
+pub fn http(addr: &str, method: &str, path: &str) -> String {
+    let (code, body) = http_request(addr, method, path);
+    assert_eq!(code, 200, "{method} {path}: {body}");
+    body
+}
+
+/// `GET` expecting 200; the body.
+pub fn http_get(addr: &str, path: &str) -> String {
+    http(addr, "GET", path)
+}

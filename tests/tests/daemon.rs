@@ -1,7 +1,7 @@
 //! The daemon as an operator runs it: it starts, logs one summary line per flush, and
 //! on SIGTERM/SIGINT flushes once more, logs it and exits 0.
 
-use weir_e2e::{TIMEOUT, TempDir, Weir, field};
+use weir_e2e::{TIMEOUT, TempDir, Weir, field, http, http_get};
 
 /// An interval flush line in text format (not the final flush).
 fn is_flush(line: &str) -> bool {
@@ -137,30 +137,6 @@ fn statsd_lines_over_udp_are_aggregated() {
     assert_eq!(field(stopped, "samples"), Some("150"), "{stopped}");
     // Linux reports the socket's kernel drops; 50 small datagrams fit the buffer.
     assert_eq!(field(stopped, "kernel_drops"), Some("0"), "{stopped}");
-}
-
-/// GET over a plain TCP connection (HTTP/1.1, `Connection: close`); the body.
-fn http_get(addr: &str, path: &str) -> String {
-    http(addr, "GET", path)
-}
-
-/// A request over a plain TCP connection (HTTP/1.1, `Connection: close`), expecting
-/// 200; the body.
-fn http(addr: &str, method: &str, path: &str) -> String {
-    use std::io::{Read, Write};
-    let mut conn = std::net::TcpStream::connect(addr).unwrap();
-    conn.set_read_timeout(Some(TIMEOUT)).unwrap();
-    write!(
-        conn,
-        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
-    )
-    .unwrap();
-    let mut resp = String::new();
-    conn.read_to_string(&mut resp).unwrap();
-    assert!(resp.starts_with("HTTP/1.1 200"), "{resp}");
-    resp.split_once("\r\n\r\n")
-        .map(|(_, b)| b.to_owned())
-        .unwrap_or_default()
 }
 
 /// The statsd_exporter role: StatsD lines in, exact per-series values on the

@@ -7,7 +7,7 @@ use std::net::TcpListener;
 use std::sync::mpsc;
 use std::time::Duration;
 
-use weir_e2e::{TIMEOUT, TempDir, Weir, field};
+use weir_e2e::{TIMEOUT, TempDir, Weir, field, http, http_get, http_request};
 
 /// Serves `bodies[k]` to the k-th request (the last one from then on) for at most
 /// `max` requests, and reports each request on the channel. Returns the address.
@@ -111,6 +111,60 @@ fn an_unreachable_target_fails_scrapes_without_stopping_weir() {
     let failed = weir.wait_for_line("scrape failed", TIMEOUT, |l| l.contains("scrape failed"));
     assert_eq!(field(&failed, "reason"), Some("request_failed"), "{failed}");
     weir.wait_for_line("flush", TIMEOUT, |l| l.contains(": flush sequence="));
+    weir.signal("TERM");
+    let (status, _) = weir.wait_exit(TIMEOUT);
+    assert!(status.success());
+}
+
+/// Targets change without a restart: POST /config/reload adds one, a broken file is
+/// refused with 400 and changes nothing, SIGHUP removes one again.
+#[test]
+fn reload_adds_and_removes_targets_and_refuses_a_broken_file() {
+    let (a, _) = serve(vec!["a_total 1\n".into()], 1000);
+    let (b, _) = serve(vec!["b_total 1\n".into()], 1000);
+    let dir = TempDir::new("reload");
+    let base = "[aggregation]\nflush_interval = \"200ms\"\n[receivers.statsd]\nenabled = false\n\
+                [receivers.otlp]\nenabled = false\n[exposition]\nenabled = false\n\
+                [admin]\naddress = \"127.0.0.1:0\"\n";
+    let target = |addr: &str| {
+        format!(
+            "[[scrape.targets]]\nurl = \"http://{addr}/metrics\"\ninterval = \"100ms\"\ntimeout = \"50ms\"\n"
+        )
+    };
+    let file = dir.write("weir.toml", &format!("{base}{}", target(&a)));
+    let mut weir = Weir::start(&["--config", file.to_str().unwrap()], dir.path());
+    let admin = weir.wait_for_line("admin", TIMEOUT, |l| l.contains("admin API listening"));
+    let admin = field(&admin, "address").unwrap().to_owned();
+    let urls = |status: &str| status.matches("\"url\":").count();
+    assert_eq!(urls(&http_get(&admin, "/status")), 1);
+
+    dir.write("weir.toml", &format!("{base}{}{}", target(&a), target(&b)));
+    let answer = http(&admin, "POST", "/config/reload");
+    assert_eq!(
+        answer, "{\"applied\":[\"scrape\"],\"needs_restart\":[]}",
+        "{answer}"
+    );
+    assert_eq!(urls(&http_get(&admin, "/status")), 2);
+
+    dir.write(
+        "weir.toml",
+        &format!("{base}[[scrape.targets]]\nurl = \"ftp://nope\"\n"),
+    );
+    let (code, body) = http_request(&admin, "POST", "/config/reload");
+    assert_eq!(code, 400, "{body}");
+    assert!(body.contains("scrape.targets.url"), "{body}");
+    assert_eq!(
+        urls(&http_get(&admin, "/status")),
+        2,
+        "the running config stays"
+    );
+
+    dir.write("weir.toml", &format!("{base}{}", target(&b)));
+    // The POST reload logged a line too: read past it first.
+    weir.wait_for_line("reload", TIMEOUT, |l| l.contains("config reloaded"));
+    weir.signal("HUP");
+    weir.wait_for_line("reload", TIMEOUT, |l| l.contains("config reloaded"));
+    assert_eq!(urls(&http_get(&admin, "/status")), 1);
     weir.signal("TERM");
     let (status, _) = weir.wait_exit(TIMEOUT);
     assert!(status.success());
