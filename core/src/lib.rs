@@ -27,6 +27,7 @@ pub mod statsd;
 mod sync;
 #[doc(hidden)]
 pub mod testing;
+pub mod wal;
 
 pub use aggregator::{
     Aggregator, AggregatorConfig, AggregatorStats, Rejected, SeriesHandle, Writer,
