@@ -3,11 +3,16 @@
 //! OTLP metrics come from the `opentelemetry-proto` crate (kept by the OpenTelemetry
 //! project, generated from the official .proto files, on the same prost/tonic
 //! versions as weir), re-exported here under short names so the rest of weir does not
-//! depend on its module layout. The `grpc` feature adds the tonic service. Remote
-//! write and the protobuf exposition format come with the pipelines and the scraper.
+//! depend on its module layout. The `grpc` feature adds the tonic service.
+//!
+//! Prometheus remote write 1.0 ([`prometheus`]) is declared here by hand with prost's
+//! derive: four small messages, no `protoc`. The protobuf exposition format comes with
+//! the scraper.
 #![forbid(unsafe_code)]
 
 pub use prost::Message;
+
+pub mod prometheus;
 
 /// OTLP metrics data model (`opentelemetry.proto.metrics.v1`).
 pub use opentelemetry_proto::tonic::metrics::v1 as metrics;

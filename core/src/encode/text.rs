@@ -1,11 +1,12 @@
-//! Encoders: a [`FlushBatch`] in, a backend's wire format out.
+//! The Prometheus text exposition format (0.0.4) of a batch, as the exposition
+//! endpoint serves it.
 //!
-//! Owns: the Prometheus text exposition format (0.0.4) of a batch, as the exposition
-//! endpoint serves it. Counters and histograms are written as their running totals
+//! Owns: [`prometheus_text`]. Counters and histograms are written as their running totals
 //! (cumulative, as Prometheus expects), gauges as their last value, summaries as
 //! reported. Must never: emit a name or label Prometheus would reject (keys were
 //! validated on the way in) or two `# TYPE` lines for one name. Series marked
-//! `evicted` are left out: they are gone.
+//! `evicted` are left out: they are gone. `le` and `quantile` values are spelled as
+//! remote write spells them (`0.1`, `1`, `1e+06`, `+Inf`), so both name a bucket alike.
 
 use std::fmt::Write as _;
 
@@ -109,7 +110,7 @@ pub fn prometheus_text(batch: &FlushBatch) -> String {
                 for (i, c) in total.counts.iter().enumerate() {
                     cumulative += c;
                     le.clear();
-                    float(
+                    super::float::prometheus(
                         &mut le,
                         total.bounds.get(i).copied().unwrap_or(f64::INFINITY),
                     );
@@ -129,7 +130,7 @@ pub fn prometheus_text(batch: &FlushBatch) -> String {
                 let mut q = String::new();
                 for quantile in &sv.quantiles {
                     q.clear();
-                    float(&mut q, quantile.quantile);
+                    super::float::prometheus(&mut q, quantile.quantile);
                     line(
                         &mut out,
                         name,
