@@ -4,12 +4,14 @@
 //! `POST /config/reload` (re-read the config file; scrape changes are applied,
 //! others reported as needing a restart; an invalid file answers 400).
 //!
+//! With `admin.token` set, the mutating endpoints (`POST /flush`, `POST
+//! /config/reload`) answer 401 unless the request carries `Authorization: Bearer
+//! <token>`; the read-only ones stay open (like a Prometheus target).
+//!
 //! Owns: the endpoint and the rendering of weir's self-metrics. Must never: block the
 //! daemon (a flush request is a message to the run loop, answered when that flush is
-//! done) or expose more than counters and settings.
-//!
-//! Not yet: the bearer token for mutating endpoints (so keep it on loopback), WAL and
-//! pipeline figures (no pipelines yet).
+//! done), run a mutating endpoint without the token when one is configured, or expose
+//! more than counters and settings (never the token).
 
 use std::fmt::Write as _;
 use std::net::SocketAddr;
@@ -30,6 +32,7 @@ use weir_core::statsd::LineError;
 use crate::daemon::FlushSummary;
 use crate::http::{Body, plain};
 use crate::otlp::OtlpIngest;
+use crate::pipeline::{Pipeline, PipelineCounters, PipelineStatus};
 use crate::scrape::TargetCounters;
 use crate::statsd::StatsdCounters;
 
@@ -71,6 +74,10 @@ pub struct AdminState {
     pub stopping: AtomicBool,
     /// When the daemon started.
     pub started: Instant,
+    /// The forwarding pipelines, in config order.
+    pub pipelines: Vec<Arc<Pipeline>>,
+    /// The bearer token of the mutating endpoints, if configured.
+    pub token: Option<String>,
 }
 
 /// The running admin API.
@@ -90,7 +97,21 @@ impl AdminServer {
         let addr = listener.local_addr()?;
         let task = tokio::spawn(crate::http::serve(listener, "admin", move |req| {
             let state = state.clone();
-            async move { handle(req.method(), req.uri().path(), &state).await }
+            async move {
+                let mutating = req.method() == Method::POST;
+                if mutating && !authorized(req.headers(), state.token.as_deref()) {
+                    let mut r = plain(
+                        StatusCode::UNAUTHORIZED,
+                        "this endpoint needs Authorization: Bearer <admin.token>\n",
+                    );
+                    r.headers_mut().insert(
+                        hyper::header::WWW_AUTHENTICATE,
+                        hyper::header::HeaderValue::from_static("Bearer"),
+                    );
+                    return r;
+                }
+                handle(req.method(), req.uri().path(), &state).await
+            }
         }));
         info!(address = %addr, "admin API listening (/health, /status, /metrics, POST /flush)");
         Ok(AdminServer { addr, task })
@@ -100,6 +121,27 @@ impl AdminServer {
     pub fn stop(self) {
         self.task.abort();
     }
+}
+
+/// True if no token is configured, or the request carries it as a bearer token.
+/// Compared without an early exit, so the time taken says nothing about the token.
+fn authorized(headers: &hyper::HeaderMap, token: Option<&str>) -> bool {
+    let Some(token) = token else {
+        return true;
+    };
+    let Some(given) = headers
+        .get(hyper::header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+    else {
+        return false;
+    };
+    let (a, b) = (given.trim().as_bytes(), token.as_bytes());
+    let mut diff = u8::from(a.len() != b.len());
+    for (i, t) in b.iter().enumerate() {
+        diff |= a.get(i).copied().unwrap_or(0) ^ t;
+    }
+    diff == 0
 }
 
 fn with_type(body: String, content_type: &'static str) -> Response<Body> {
@@ -133,7 +175,29 @@ async fn handle(method: &Method, path: &str, state: &AdminState) -> Response<Bod
             }
             match tokio::time::timeout(Duration::from_secs(60), rx).await {
                 Ok(Ok(summary)) => {
-                    with_type(summary_json(&summary).to_string(), "application/json")
+                    // The attempt: every pipeline either delivers what this flush
+                    // wrote, fails an attempt, or runs out of time.
+                    let waits = state
+                        .pipelines
+                        .iter()
+                        .zip(&summary.pipeline_heads)
+                        .map(|(p, head)| p.wait_delivered(*head, FLUSH_FORWARD_TIMEOUT));
+                    let mut outcomes = Vec::new();
+                    for w in waits {
+                        outcomes.push(w.await);
+                    }
+                    let mut body = summary_json(&summary);
+                    body["pipelines"] = outcomes
+                        .iter()
+                        .map(|o| {
+                            serde_json::json!({
+                                "pipeline": o.pipeline,
+                                "delivered": o.delivered,
+                                "error": o.error,
+                            })
+                        })
+                        .collect();
+                    with_type(body.to_string(), "application/json")
                 }
                 _ => plain(
                     StatusCode::SERVICE_UNAVAILABLE,
@@ -219,7 +283,35 @@ fn status(state: &AdminState) -> serde_json::Value {
             .collect::<serde_json::Map<_, _>>(),
         "last_flush": last,
         "scrape_targets": targets,
-        "pipelines": [],
+        "pipelines": state.pipelines.iter().map(|p| pipeline_json(p)).collect::<Vec<_>>(),
+    })
+}
+
+/// How long `POST /flush` waits for each pipeline's forward attempt.
+const FLUSH_FORWARD_TIMEOUT: Duration = Duration::from_secs(30);
+
+fn pipeline_json(p: &Pipeline) -> serde_json::Value {
+    let s = p.status();
+    let c = p.counters();
+    let load = |a: &std::sync::atomic::AtomicU64| a.load(Ordering::Relaxed);
+    let last_success = load(&c.last_success_ms);
+    serde_json::json!({
+        "name": s.name,
+        "type": s.kind.as_str(),
+        "endpoint": s.endpoint,
+        "wal_bytes": s.wal.bytes,
+        "wal_segments": s.wal.segments,
+        "unsent_batches": s.wal.unacked_records,
+        "unsent_bytes": s.wal.unacked_bytes,
+        "forward_lag_seconds": s.lag_seconds,
+        "wal_dropped_batches": s.wal.dropped_records,
+        "wal_dropped_bytes": s.wal.dropped_bytes,
+        "sent_batches": load(&c.sent_batches),
+        "sent_points": load(&c.sent_points),
+        "failed_batches": load(&c.failed_batches),
+        "retries": load(&c.retries),
+        "last_success_unix_ms": (last_success > 0).then_some(last_success),
+        "last_error": s.last_error,
     })
 }
 
@@ -376,6 +468,8 @@ pub fn self_metrics(state: &AdminState) -> String {
             &one(load(&c.rejected)),
         );
     }
+    pipeline_metrics(state, &mut metric);
+    process_metrics(state, &mut metric);
     let scrape = state
         .scrape
         .lock()
@@ -408,4 +502,223 @@ pub fn self_metrics(state: &AdminState) -> String {
         );
     }
     o
+}
+
+/// The per-pipeline self-metrics (label `pipeline`).
+fn pipeline_metrics(
+    state: &AdminState,
+    metric: &mut impl FnMut(&str, &str, &str, &[(String, f64)]),
+) {
+    if state.pipelines.is_empty() {
+        return;
+    }
+    let snapshots: Vec<_> = state
+        .pipelines
+        .iter()
+        .map(|p| {
+            (
+                format!("{{pipeline=\"{}\"}}", esc(p.name())),
+                p.status(),
+                p.counters(),
+            )
+        })
+        .collect();
+    type Get = fn(&PipelineStatus, &PipelineCounters) -> f64;
+    let table: [(&str, &str, &str, Get); 17] = [
+        (
+            "weir_pipeline_sent_batches_total",
+            "counter",
+            "Batches (request bodies) the backend took.",
+            |_, c| c.sent_batches.load(Ordering::Relaxed) as f64,
+        ),
+        (
+            "weir_pipeline_sent_points_total",
+            "counter",
+            "Points in batches the backend took.",
+            |_, c| c.sent_points.load(Ordering::Relaxed) as f64,
+        ),
+        (
+            "weir_pipeline_sent_bytes_total",
+            "counter",
+            "Bytes sent in batches the backend took (as sent).",
+            |_, c| c.sent_bytes.load(Ordering::Relaxed) as f64,
+        ),
+        (
+            "weir_pipeline_failed_batches_total",
+            "counter",
+            "Batches the backend refused for good (dropped).",
+            |_, c| c.failed_batches.load(Ordering::Relaxed) as f64,
+        ),
+        (
+            "weir_pipeline_failed_points_total",
+            "counter",
+            "Points in batches refused for good.",
+            |_, c| c.failed_points.load(Ordering::Relaxed) as f64,
+        ),
+        (
+            "weir_pipeline_rejected_points_total",
+            "counter",
+            "Points the backend refused inside accepted batches (partial success).",
+            |_, c| c.rejected_points.load(Ordering::Relaxed) as f64,
+        ),
+        (
+            "weir_pipeline_retries_total",
+            "counter",
+            "Send attempts that failed and are retried.",
+            |_, c| c.retries.load(Ordering::Relaxed) as f64,
+        ),
+        (
+            "weir_pipeline_queue_full_total",
+            "counter",
+            "Batches that did not fit the forwarder queue (read back from the WAL).",
+            |_, c| c.queue_full.load(Ordering::Relaxed) as f64,
+        ),
+        (
+            "weir_pipeline_wal_errors_total",
+            "counter",
+            "WAL appends, syncs, reads or acknowledgements that failed.",
+            |_, c| c.wal_errors.load(Ordering::Relaxed) as f64,
+        ),
+        (
+            "weir_pipeline_dropped_batches_total",
+            "counter",
+            "Batches lost because the WAL failed and the queue was full.",
+            |_, c| c.dropped_batches.load(Ordering::Relaxed) as f64,
+        ),
+        (
+            "weir_pipeline_last_success_timestamp_seconds",
+            "gauge",
+            "When the backend last took a batch (0: never).",
+            |_, c| c.last_success_ms.load(Ordering::Relaxed) as f64 / 1000.0,
+        ),
+        (
+            "weir_pipeline_forward_lag_seconds",
+            "gauge",
+            "Age of the oldest unsent batch in the WAL (0 when all is sent).",
+            |s, _| s.lag_seconds,
+        ),
+        (
+            "weir_wal_bytes",
+            "gauge",
+            "Size of the pipeline's WAL segments on disk.",
+            |s, _| s.wal.bytes as f64,
+        ),
+        (
+            "weir_wal_segments",
+            "gauge",
+            "Segment files in the pipeline's WAL.",
+            |s, _| s.wal.segments as f64,
+        ),
+        (
+            "weir_wal_unsent_batches",
+            "gauge",
+            "Batches in the WAL not yet acknowledged by the backend.",
+            |s, _| s.wal.unacked_records as f64,
+        ),
+        (
+            "weir_wal_dropped_batches_total",
+            "counter",
+            "Unsent batches deleted because the WAL reached its size cap.",
+            |s, _| s.wal.dropped_records as f64,
+        ),
+        (
+            "weir_wal_dropped_bytes_total",
+            "counter",
+            "Bytes of unsent batches deleted because the WAL reached its size cap.",
+            |s, _| s.wal.dropped_bytes as f64,
+        ),
+    ];
+    for (name, kind, help, get) in table {
+        let samples: Vec<(String, f64)> = snapshots
+            .iter()
+            .map(|(labels, s, c)| (labels.clone(), get(s, c)))
+            .collect();
+        metric(name, kind, help, &samples);
+    }
+}
+
+/// The standard `process_*` metrics of Prometheus client libraries, read from
+/// `/proc/self` (Linux); left out where the file is not there.
+fn process_metrics(
+    state: &AdminState,
+    metric: &mut impl FnMut(&str, &str, &str, &[(String, f64)]),
+) {
+    let one = |v: f64| [(String::new(), v)];
+    // USER_HZ, the unit of /proc times: 100 on every Linux architecture weir runs on.
+    const TICKS_PER_SECOND: f64 = 100.0;
+    if let Ok(stat) = std::fs::read_to_string("/proc/self/stat") {
+        // Fields after the command name (which may contain spaces) in parentheses.
+        let fields: Vec<&str> = stat
+            .rsplit_once(')')
+            .map(|(_, rest)| rest.split_whitespace().collect())
+            .unwrap_or_default();
+        // utime and stime are fields 14 and 15 of the line, 12 and 13 after ")";
+        // vsize is field 23 (21 after ")").
+        let num = |i: usize| fields.get(i).and_then(|f| f.parse::<f64>().ok());
+        if let (Some(u), Some(s)) = (num(11), num(12)) {
+            metric(
+                "process_cpu_seconds_total",
+                "counter",
+                "Total user and system CPU time spent in seconds.",
+                &one((u + s) / TICKS_PER_SECOND),
+            );
+        }
+        if let Some(v) = num(20) {
+            metric(
+                "process_virtual_memory_bytes",
+                "gauge",
+                "Virtual memory size in bytes.",
+                &one(v),
+            );
+        }
+    }
+    if let Ok(status) = std::fs::read_to_string("/proc/self/status") {
+        let rss_kib = status
+            .lines()
+            .find_map(|l| l.strip_prefix("VmRSS:"))
+            .and_then(|v| v.split_whitespace().next())
+            .and_then(|v| v.parse::<f64>().ok());
+        if let Some(kib) = rss_kib {
+            metric(
+                "process_resident_memory_bytes",
+                "gauge",
+                "Resident memory size in bytes.",
+                &one(kib * 1024.0),
+            );
+        }
+    }
+    if let Ok(fds) = std::fs::read_dir("/proc/self/fd") {
+        metric(
+            "process_open_fds",
+            "gauge",
+            "Number of open file descriptors.",
+            &one(fds.count() as f64),
+        );
+    }
+    let max_fds = std::fs::read_to_string("/proc/self/limits")
+        .ok()
+        .and_then(|l| {
+            l.lines()
+                .find(|l| l.starts_with("Max open files"))
+                .and_then(|l| l.split_whitespace().nth(3))
+                .and_then(|v| v.parse::<f64>().ok())
+        });
+    if let Some(max) = max_fds {
+        metric(
+            "process_max_fds",
+            "gauge",
+            "Maximum number of open file descriptors.",
+            &one(max),
+        );
+    }
+    let start = std::time::SystemTime::now()
+        .checked_sub(state.started.elapsed())
+        .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
+        .map_or(0.0, |d| d.as_secs_f64());
+    metric(
+        "process_start_time_seconds",
+        "gauge",
+        "Start time of the process since the Unix epoch in seconds.",
+        &one(start),
+    );
 }

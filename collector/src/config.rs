@@ -36,8 +36,8 @@ pub const MAX_SERIES_TTL: Duration = Duration::from_secs(365 * 24 * 3600);
 #[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct Config {
-    /// Where weir keeps its state on disk. Reserved for the pipelines' write-ahead
-    /// logs; nothing is written there yet. Default `./weir-data`.
+    /// Where weir keeps its state on disk: one write-ahead log directory per
+    /// pipeline (`<data_dir>/wal/<pipeline name>`). Default `./weir-data`.
     pub data_dir: PathBuf,
     /// The `[aggregation]` section.
     pub aggregation: AggregationConfig,
@@ -51,6 +51,10 @@ pub struct Config {
     pub admin: AdminConfig,
     /// The `[log]` section.
     pub log: LogConfig,
+    /// The `[shutdown]` section.
+    pub shutdown: ShutdownConfig,
+    /// The `[[pipelines]]` entries: backends every flush is forwarded to. Default none.
+    pub pipelines: Vec<PipelineConfig>,
 }
 
 impl Default for Config {
@@ -63,6 +67,231 @@ impl Default for Config {
             exposition: ExpositionConfig::default(),
             admin: AdminConfig::default(),
             log: LogConfig::default(),
+            shutdown: ShutdownConfig::default(),
+            pipelines: Vec::new(),
+        }
+    }
+}
+
+/// `[shutdown]`: what SIGTERM/SIGINT does after the final flush.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ShutdownConfig {
+    /// How long the pipelines may keep sending what is in their write-ahead logs
+    /// after the final flush. What is not sent by then stays in the WAL and goes out
+    /// after the next start. Default 5 s, at most 10 min.
+    #[serde(with = "humantime_serde")]
+    pub grace_period: Duration,
+}
+
+impl Default for ShutdownConfig {
+    fn default() -> Self {
+        ShutdownConfig {
+            grace_period: Duration::from_secs(5),
+        }
+    }
+}
+
+/// What a pipeline sends to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum PipelineKind {
+    /// Prometheus remote write 1.0 (protobuf + snappy over HTTP POST).
+    PrometheusRemoteWrite,
+    /// OTLP `ExportMetricsServiceRequest` over gRPC.
+    OtlpGrpc,
+    /// OTLP `ExportMetricsServiceRequest` over HTTP (`application/x-protobuf`).
+    OtlpHttp,
+    /// InfluxDB line protocol over HTTP (v1 `/write` or v2 `/api/v2/write`).
+    Influxdb,
+}
+
+impl PipelineKind {
+    /// The name used in the config file.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            PipelineKind::PrometheusRemoteWrite => "prometheus_remote_write",
+            PipelineKind::OtlpGrpc => "otlp_grpc",
+            PipelineKind::OtlpHttp => "otlp_http",
+            PipelineKind::Influxdb => "influxdb",
+        }
+    }
+}
+
+/// Counter and histogram temporality a pipeline sends.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum TemporalityConfig {
+    /// The increase during each flush interval.
+    Delta,
+    /// Running totals since the series started.
+    Cumulative,
+}
+
+/// Request body compression of a pipeline (remote write is always snappy).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum CompressionConfig {
+    /// Bodies as encoded.
+    #[default]
+    None,
+    /// gzip (`Content-Encoding: gzip`, or gRPC's gzip message compression).
+    Gzip,
+}
+
+/// When a pipeline's write-ahead log is synced to disk.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum WalSyncConfig {
+    /// Once per flush, after the flush's requests were appended (the default).
+    #[default]
+    Flush,
+    /// Never explicitly: the kernel writes back when it likes. A crash of weir
+    /// loses nothing, a crash of the machine may lose the last seconds.
+    Never,
+}
+
+/// One `[[pipelines]]` entry: encoder, write-ahead log, queue and forwarder for one
+/// backend.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PipelineConfig {
+    /// Unique name: letters, digits, `_` and `-`. Names the WAL directory and the
+    /// `pipeline` label of the self-metrics. Required.
+    pub name: String,
+    /// The backend protocol. Required.
+    #[serde(rename = "type")]
+    pub kind: PipelineKind,
+    /// `http://host:port[/path]`. Remote write: the full write URL. OTLP/HTTP and
+    /// InfluxDB: the base URL (`/v1/metrics`, `/write` or `/api/v2/write` is
+    /// appended when the path is empty). OTLP/gRPC: the server's address. Required.
+    pub endpoint: String,
+    /// Delta or cumulative counters and histograms. Default: delta for OTLP,
+    /// cumulative for InfluxDB; remote write is always cumulative.
+    #[serde(default)]
+    pub temporality: Option<TemporalityConfig>,
+    /// Extra request headers (HTTP headers, or gRPC metadata).
+    #[serde(default)]
+    pub headers: std::collections::BTreeMap<String, String>,
+    /// Labels added to every series that does not have them already. OTLP: resource
+    /// attributes instead, whose keys may be dotted (`service.name`).
+    #[serde(default)]
+    pub external_labels: std::collections::BTreeMap<String, String>,
+    /// Metric name patterns (`*` and `?` wildcards) to send; empty means all.
+    #[serde(default)]
+    pub include: Vec<String>,
+    /// Metric name patterns never to send (applied after `include`).
+    #[serde(default)]
+    pub exclude: Vec<String>,
+    /// How long one send may take. Default 10 s.
+    #[serde(default = "default_pipeline_timeout", with = "humantime_serde")]
+    pub timeout: Duration,
+    /// Largest request body before compression; a flush is split into several
+    /// requests to stay under it. Default 1 MiB, at least 1 KiB.
+    #[serde(default = "default_max_request_bytes")]
+    pub max_request_bytes: usize,
+    /// OTLP and InfluxDB: `none` (default) or `gzip`.
+    #[serde(default)]
+    pub compression: CompressionConfig,
+    /// InfluxDB 1.x: the database (`/write?db=`). Set this or `bucket`.
+    #[serde(default)]
+    pub database: Option<String>,
+    /// InfluxDB 2.x: the organisation (`/api/v2/write?org=`).
+    #[serde(default)]
+    pub org: Option<String>,
+    /// InfluxDB 2.x: the bucket (`/api/v2/write?bucket=`). Set this or `database`.
+    #[serde(default)]
+    pub bucket: Option<String>,
+    /// InfluxDB 2.x: the API token (`Authorization: Token ...`).
+    #[serde(default)]
+    pub token: Option<String>,
+    /// Most batches waiting in memory for the forwarder. When full, batches are
+    /// still in the WAL and are read back from disk. Default 64.
+    #[serde(default = "default_queue_capacity")]
+    pub queue_capacity: usize,
+    /// The `[pipelines.wal]` table.
+    #[serde(default)]
+    pub wal: PipelineWalConfig,
+    /// The `[pipelines.retry]` table.
+    #[serde(default)]
+    pub retry: RetryConfig,
+}
+
+fn default_pipeline_timeout() -> Duration {
+    Duration::from_secs(10)
+}
+
+fn default_max_request_bytes() -> usize {
+    1 << 20
+}
+
+fn default_queue_capacity() -> usize {
+    64
+}
+
+impl PipelineConfig {
+    /// The temporality this pipeline sends (its own, or its type's default).
+    pub fn temporality(&self) -> TemporalityConfig {
+        self.temporality.unwrap_or(match self.kind {
+            PipelineKind::OtlpGrpc | PipelineKind::OtlpHttp => TemporalityConfig::Delta,
+            PipelineKind::PrometheusRemoteWrite | PipelineKind::Influxdb => {
+                TemporalityConfig::Cumulative
+            }
+        })
+    }
+
+    /// The WAL directory: `wal.dir`, or `<data_dir>/wal/<name>`.
+    pub fn wal_dir(&self, data_dir: &Path) -> PathBuf {
+        self.wal
+            .dir
+            .clone()
+            .unwrap_or_else(|| data_dir.join("wal").join(&self.name))
+    }
+}
+
+/// `[pipelines.wal]`: one pipeline's write-ahead log.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct PipelineWalConfig {
+    /// Directory; default `<data_dir>/wal/<pipeline name>`.
+    pub dir: Option<PathBuf>,
+    /// Total size cap in bytes. When it is reached the oldest unsent segments are
+    /// deleted, logged and counted (`weir_wal_dropped_*`). Default 512 MiB.
+    pub max_bytes: u64,
+    /// Segment file size in bytes. Default 64 MiB, at most `max_bytes`.
+    pub segment_bytes: u64,
+    /// When appends are synced. Default `flush`.
+    pub sync: WalSyncConfig,
+}
+
+impl Default for PipelineWalConfig {
+    fn default() -> Self {
+        PipelineWalConfig {
+            dir: None,
+            max_bytes: 512 << 20,
+            segment_bytes: 64 << 20,
+            sync: WalSyncConfig::Flush,
+        }
+    }
+}
+
+/// `[pipelines.retry]`: exponential backoff with full jitter between attempts.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RetryConfig {
+    /// The first backoff's upper bound. Default 250 ms.
+    #[serde(with = "humantime_serde")]
+    pub initial_backoff: Duration,
+    /// The largest backoff. Default 30 s.
+    #[serde(with = "humantime_serde")]
+    pub max_backoff: Duration,
+}
+
+impl Default for RetryConfig {
+    fn default() -> Self {
+        RetryConfig {
+            initial_backoff: Duration::from_millis(250),
+            max_backoff: Duration::from_secs(30),
         }
     }
 }
@@ -200,8 +429,12 @@ impl Default for ExpositionConfig {
 pub struct AdminConfig {
     /// Whether to serve it. Default true.
     pub enabled: bool,
-    /// Listener. Default `127.0.0.1:8686`. There is no token yet: keep it on loopback.
+    /// Listener. Default `127.0.0.1:8686`. A non-loopback address needs `token`.
     pub address: std::net::SocketAddr,
+    /// Bearer token the mutating endpoints (`POST /flush`, `POST /config/reload`)
+    /// require (`Authorization: Bearer <token>`). Default none; required when
+    /// `address` is not a loopback address. At least 16 characters.
+    pub token: Option<String>,
 }
 
 impl Default for AdminConfig {
@@ -209,6 +442,7 @@ impl Default for AdminConfig {
         AdminConfig {
             enabled: true,
             address: std::net::SocketAddr::from(([127, 0, 0, 1], 8686)),
+            token: None,
         }
     }
 }
@@ -467,10 +701,23 @@ impl Config {
             };
             (key(field), e.reason)
         })?;
-        if self.admin.enabled && !self.admin.address.ip().is_loopback() {
+        if self.admin.enabled
+            && !self.admin.address.ip().is_loopback()
+            && self.admin.token.is_none()
+        {
             return Err((
                 vec!["admin", "address"],
-                "must be a loopback address: the admin API has no token yet".to_owned(),
+                "is not a loopback address: set admin.token too (mutating endpoints \
+                 would be open to the network)"
+                    .to_owned(),
+            ));
+        }
+        if let Some(t) = &self.admin.token
+            && (t.len() < 16 || t.chars().any(|c| c.is_whitespace() || c.is_control()))
+        {
+            return Err((
+                vec!["admin", "token"],
+                "must be at least 16 characters, without spaces".to_owned(),
             ));
         }
         if self.scrape.concurrency == 0 {
@@ -540,6 +787,22 @@ impl Config {
                 format!("must be between {MIN_RECV_BUFFER} and {MAX_RECV_BUFFER}, got {rb}"),
             ));
         }
+        if self.shutdown.grace_period > Duration::from_secs(600) {
+            return Err((
+                vec!["shutdown", "grace_period"],
+                "must be at most 10m".to_owned(),
+            ));
+        }
+        let mut names = std::collections::HashSet::new();
+        for p in &self.pipelines {
+            validate_pipeline(p)?;
+            if !names.insert(p.name.as_str()) {
+                return Err((
+                    vec!["pipelines", "name"],
+                    format!("{:?} is used by two pipelines", p.name),
+                ));
+            }
+        }
         if self.log.level.trim().is_empty() {
             return Err((vec!["log", "level"], "must not be empty".to_owned()));
         }
@@ -567,6 +830,133 @@ impl Config {
             histogram_bounds: Arc::from(&a.histogram_buckets[..]),
         }
     }
+}
+
+/// Checks one `[[pipelines]]` entry (keys inside arrays of tables are reported
+/// without an index, as for scrape targets).
+fn validate_pipeline(p: &PipelineConfig) -> Result<(), (Vec<&'static str>, String)> {
+    let key = |k: &'static str| vec!["pipelines", k];
+    let name_ok = !p.name.is_empty()
+        && p.name.len() <= 64
+        && p.name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-');
+    if !name_ok {
+        return Err((
+            key("name"),
+            format!(
+                "{:?} must be 1 to 64 letters, digits, '_' or '-' (it names a directory)",
+                p.name
+            ),
+        ));
+    }
+    let uri: Result<hyper::Uri, _> = p.endpoint.parse();
+    let ok = uri.as_ref().is_ok_and(|u| {
+        u.scheme_str() == Some("http") && u.authority().is_some_and(|a| a.port_u16().is_some())
+    });
+    if !ok {
+        return Err((
+            key("endpoint"),
+            format!(
+                "{:?} is not an http://host:port[/path] URL (https is not supported yet)",
+                p.endpoint
+            ),
+        ));
+    }
+    if p.kind == PipelineKind::PrometheusRemoteWrite
+        && p.temporality == Some(TemporalityConfig::Delta)
+    {
+        return Err((
+            key("temporality"),
+            "remote write is always cumulative; \"delta\" is not possible".to_owned(),
+        ));
+    }
+    if p.kind == PipelineKind::PrometheusRemoteWrite && p.compression != CompressionConfig::None {
+        return Err((
+            key("compression"),
+            "remote write bodies are always snappy-compressed; leave compression unset".to_owned(),
+        ));
+    }
+    let otlp = matches!(p.kind, PipelineKind::OtlpGrpc | PipelineKind::OtlpHttp);
+    for name in p.external_labels.keys() {
+        // OTLP: resource attributes, whose keys are dotted (`service.name`).
+        let ok = if otlp {
+            !name.is_empty() && !name.chars().any(char::is_control)
+        } else {
+            weir_core::key::is_valid_label_name(name)
+        };
+        if !ok {
+            return Err((
+                key("external_labels"),
+                format!("{name:?} is not a valid label name"),
+            ));
+        }
+    }
+    for (name, value) in &p.headers {
+        if name.parse::<hyper::header::HeaderName>().is_err()
+            || value.parse::<hyper::header::HeaderValue>().is_err()
+        {
+            return Err((key("headers"), format!("{name:?} is not a valid header")));
+        }
+    }
+    if let Err(e) = weir_core::encode::NameFilter::new(&p.include, &p.exclude) {
+        return Err((key("include"), e.to_string()));
+    }
+    if p.timeout.is_zero() {
+        return Err((key("timeout"), "must be above 0".to_owned()));
+    }
+    if p.max_request_bytes < 1024 {
+        return Err((key("max_request_bytes"), "must be at least 1024".to_owned()));
+    }
+    if p.queue_capacity == 0 || p.queue_capacity > 1 << 16 {
+        return Err((
+            key("queue_capacity"),
+            "must be between 1 and 65536".to_owned(),
+        ));
+    }
+    match (p.kind, &p.database, &p.bucket) {
+        (PipelineKind::Influxdb, None, None) | (PipelineKind::Influxdb, Some(_), Some(_)) => {
+            return Err((
+                key("database"),
+                "an influxdb pipeline needs `database` (InfluxDB 1.x) or `bucket` (2.x), not both"
+                    .to_owned(),
+            ));
+        }
+        (PipelineKind::Influxdb, _, _) | (_, None, None) => {}
+        _ => {
+            return Err((
+                key("database"),
+                "only influxdb pipelines take `database` or `bucket`".to_owned(),
+            ));
+        }
+    }
+    if p.bucket.is_some() && p.org.is_none() {
+        return Err((
+            key("org"),
+            "InfluxDB 2.x needs `org` with `bucket`".to_owned(),
+        ));
+    }
+    let w = &p.wal;
+    if w.max_bytes < 1 << 20 {
+        return Err((
+            vec!["pipelines", "wal", "max_bytes"],
+            "must be at least 1 MiB".to_owned(),
+        ));
+    }
+    if w.segment_bytes < 64 << 10 || w.segment_bytes > w.max_bytes {
+        return Err((
+            vec!["pipelines", "wal", "segment_bytes"],
+            "must be at least 64 KiB and at most wal.max_bytes".to_owned(),
+        ));
+    }
+    let r = &p.retry;
+    if r.initial_backoff.is_zero() || r.max_backoff < r.initial_backoff {
+        return Err((
+            vec!["pipelines", "retry", "initial_backoff"],
+            "must be above 0 and at most retry.max_backoff".to_owned(),
+        ));
+    }
+    Ok(())
 }
 
 /// Formats a duration the way the config file spells it ("10s", "5m", "200ms").
@@ -852,6 +1242,87 @@ format = "json"
     }
 
     #[test]
+    fn pipelines_parse_with_defaults_and_bad_ones_name_the_key() {
+        let c = parse(
+            "data_dir = \"/d\"\n[[pipelines]]\nname = \"prom\"\ntype = \"prometheus_remote_write\"\n\
+             endpoint = \"http://127.0.0.1:9090/api/v1/write\"\n\
+             [[pipelines]]\nname = \"otel\"\ntype = \"otlp_grpc\"\nendpoint = \"http://127.0.0.1:4317\"\n\
+             [pipelines.wal]\nmax_bytes = 2097152\nsegment_bytes = 1048576\n",
+        )
+        .unwrap();
+        let (prom, otel) = (&c.pipelines[0], &c.pipelines[1]);
+        assert_eq!(prom.temporality(), TemporalityConfig::Cumulative);
+        assert_eq!(otel.temporality(), TemporalityConfig::Delta);
+        assert_eq!(prom.wal, PipelineWalConfig::default());
+        assert_eq!(prom.wal.max_bytes, 512 << 20);
+        assert_eq!(otel.wal.max_bytes, 2 << 20);
+        assert_eq!(prom.wal_dir(&c.data_dir), PathBuf::from("/d/wal/prom"));
+        assert_eq!(prom.retry, RetryConfig::default());
+        assert_eq!(prom.queue_capacity, 64);
+        let c = parse(
+            "[[pipelines]]\nname = \"o\"\ntype = \"otlp_http\"\nendpoint = \"http://h:1\"\n\
+             external_labels = { \"service.name\" = \"edge\" }\n",
+        )
+        .expect("OTLP external labels are resource attributes: dotted keys are fine");
+        assert_eq!(c.pipelines[0].external_labels["service.name"], "edge");
+        let p = |extra: &str| {
+            format!(
+                "[[pipelines]]\nname = \"p\"\ntype = \"influxdb\"\nendpoint = \"http://h:1\"\n{extra}\n"
+            )
+        };
+        for (text, key, reason) in [
+            (p("database = \"db\"\nname2 = 1"), "pipelines[0].name2", "unknown field"),
+            (p(""), "pipelines.database", "needs `database`"),
+            (p("database = \"a\"\nbucket = \"b\""), "pipelines.database", "not both"),
+            (p("bucket = \"b\""), "pipelines.org", "needs `org`"),
+            (
+                "[[pipelines]]\nname = \"a/b\"\ntype = \"otlp_http\"\nendpoint = \"http://h:1\"\n".to_owned(),
+                "pipelines.name",
+                "letters, digits",
+            ),
+            (
+                "[[pipelines]]\nname = \"a\"\ntype = \"otlp_http\"\nendpoint = \"https://h:1\"\n".to_owned(),
+                "pipelines.endpoint",
+                "not an http",
+            ),
+            (
+                "[[pipelines]]\nname = \"a\"\ntype = \"kafka\"\nendpoint = \"http://h:1\"\n".to_owned(),
+                "pipelines[0].type",
+                "unknown variant",
+            ),
+            (
+                "[[pipelines]]\nname = \"a\"\ntype = \"prometheus_remote_write\"\nendpoint = \"http://h:1/w\"\ntemporality = \"delta\"\n".to_owned(),
+                "pipelines.temporality",
+                "always cumulative",
+            ),
+            (
+                "[[pipelines]]\nname = \"a\"\ntype = \"influxdb\"\nendpoint = \"http://h:1\"\ndatabase = \"d\"\nexternal_labels = { \"a.b\" = \"x\" }\n".to_owned(),
+                "pipelines.external_labels",
+                "not a valid label name",
+            ),
+            (
+                "[[pipelines]]\nname = \"a\"\ntype = \"otlp_grpc\"\nendpoint = \"http://h:1\"\n[pipelines.wal]\nmax_bytes = 1000\n".to_owned(),
+                "pipelines.wal.max_bytes",
+                "at least 1 MiB",
+            ),
+            (
+                "[[pipelines]]\nname = \"a\"\ntype = \"otlp_grpc\"\nendpoint = \"http://h:1\"\n[pipelines.retry]\ninitial_backoff = \"0s\"\n".to_owned(),
+                "pipelines.retry.initial_backoff",
+                "above 0",
+            ),
+            (
+                "[[pipelines]]\nname = \"a\"\ntype = \"otlp_grpc\"\nendpoint = \"http://h:1\"\n[[pipelines]]\nname = \"a\"\ntype = \"otlp_http\"\nendpoint = \"http://h:2\"\n".to_owned(),
+                "pipelines.name",
+                "used by two pipelines",
+            ),
+        ] {
+            let e = err(&text);
+            assert_eq!(e.key(), Some(key), "{text}: {e}");
+            assert!(e.to_string().contains(reason), "{text}: {e}");
+        }
+    }
+
+    #[test]
     fn statsd_receiver_settings_parse_and_unknown_ones_are_refused() {
         let c = parse("[receivers.statsd]\nenabled = false\naddress = \"0.0.0.0:9125\"\n").unwrap();
         assert!(!c.receivers.statsd.enabled);
@@ -938,8 +1409,9 @@ format = "json"
             (
                 "[admin]\naddress = \"0.0.0.0:8686\"\n",
                 "admin.address",
-                "loopback",
+                "set admin.token",
             ),
+            ("[admin]\ntoken = \"short\"\n", "admin.token", "at least 16"),
             ("[log]\nlevel = \"\"\n", "log.level", "empty"),
             ("[log]\nlevel = \"loud=[\"\n", "log.level", "not a level"),
         ];

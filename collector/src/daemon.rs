@@ -28,8 +28,12 @@ use crate::admin::{
 };
 use crate::exposition::{ExpositionServer, Page};
 use crate::otlp::OtlpReceiver;
+use crate::pipeline::Pipeline;
 use crate::scrape::Scraper;
 use crate::statsd::{StatsdReceiver, StatsdStats};
+
+/// How long shutdown waits for scrapes in flight.
+const SCRAPE_STOP_WAIT: Duration = Duration::from_secs(2);
 
 /// The error for a listener that could not start.
 fn cannot_start(
@@ -101,6 +105,9 @@ pub struct FlushSummary {
     pub rejected_reasons: String,
     /// How long the flush took.
     pub duration: Duration,
+    /// Per pipeline (in config order), the WAL head after this flush was appended:
+    /// the flush is delivered once the forwarder's cursor reaches it.
+    pub pipeline_heads: Vec<weir_core::wal::WalPosition>,
 }
 
 impl FlushSummary {
@@ -142,6 +149,7 @@ impl FlushSummary {
                 reasons.join(",")
             },
             duration,
+            pipeline_heads: Vec::new(),
         }
     }
 
@@ -179,6 +187,9 @@ pub enum DaemonError {
     /// A flush panicked on its blocking thread (a bug; the batch is lost).
     #[error("flush task failed: {0}")]
     FlushFailed(#[from] tokio::task::JoinError),
+    /// A pipeline could not start (its WAL directory unusable, say).
+    #[error(transparent)]
+    Pipeline(#[from] crate::pipeline::PipelineError),
 }
 
 /// The running collector: an aggregator and its flush loop.
@@ -191,6 +202,8 @@ pub struct Daemon {
     rejected_seen: u64,
     /// The file the config came from, for reloads (none for the embedded default).
     config_path: Option<std::path::PathBuf>,
+    /// The forwarding pipelines, in config order (started by [`Daemon::run`]).
+    pipelines: Vec<Arc<Pipeline>>,
 }
 
 impl Daemon {
@@ -205,6 +218,7 @@ impl Daemon {
             page: Page::default(),
             rejected_seen: 0,
             config_path: None,
+            pipelines: Vec::new(),
         }
     }
 
@@ -215,9 +229,10 @@ impl Daemon {
     }
 
     /// Re-reads the config file and applies what can change at run time: the scrape
-    /// section (targets added, removed or changed; the scraper restarts, abandoning
-    /// scrapes in flight). Other changed sections are reported as needing a restart
-    /// and left as they are. An invalid file changes nothing.
+    /// section (targets added, removed or changed; unchanged targets keep running,
+    /// stopped ones finish their scrape in flight) and the shutdown grace period.
+    /// Other changed sections are reported as needing a restart and left as they
+    /// are. An invalid file changes nothing.
     fn reload(&mut self, scraper: &mut Option<Scraper>, admin: &AdminState) -> ReloadResult {
         let Some(path) = &self.config_path else {
             return Err(
@@ -233,18 +248,34 @@ impl Daemon {
             ("exposition", new.exposition == old.exposition),
             ("admin", new.admin == old.admin),
             ("log", new.log == old.log),
+            ("pipelines", new.pipelines == old.pipelines),
         ]
         .into_iter()
         .filter(|(_, same)| !same)
         .map(|(name, _)| name)
         .collect();
         let mut applied = Vec::new();
-        if new.scrape != old.scrape {
-            if let Some(s) = scraper.take() {
-                s.stop();
-            }
+        let shutdown_changed = new.shutdown != old.shutdown;
+        let scrape_changed = new.scrape != old.scrape;
+        if shutdown_changed {
+            self.config.shutdown = new.shutdown.clone();
+            applied.push("shutdown");
+        }
+        if scrape_changed {
             self.config.scrape = new.scrape;
-            *scraper = self.start_scraper();
+            match scraper {
+                Some(s) => {
+                    let changes = s.reconcile(&self.config.scrape, &self.aggregator);
+                    info!(
+                        started = changes.started,
+                        stopped = changes.stopped,
+                        kept = changes.kept,
+                        "scrape targets reloaded (stopped targets finish their scrape in flight)"
+                    );
+                    self.log_scrape_targets();
+                }
+                None => *scraper = self.start_scraper(),
+            }
             *admin.scrape.lock().unwrap_or_else(|p| p.into_inner()) = scraper
                 .as_ref()
                 .map(|s| s.targets.clone())
@@ -271,16 +302,20 @@ impl Daemon {
         let aggregator = self.aggregator.clone();
         let previous = self.rejected_seen;
         let page = self.config.exposition.enabled.then(|| self.page.clone());
+        let pipelines = self.pipelines.clone();
         let summary = tokio::task::spawn_blocking(move || {
             let started = Instant::now();
             let batch = aggregator.flush();
             let duration = started.elapsed();
-            // Pipelines will take the batch (as an `Arc`) here; for now the exposition
-            // endpoint is its only consumer.
+            // Every pipeline reads the same batch: encode, append to its WAL, queue
+            // for its forwarder (never waiting on a backend).
+            let heads = pipelines.iter().map(|p| p.accept(&batch)).collect();
             if let Some(page) = page {
                 page.publish(&batch);
             }
-            FlushSummary::new(&batch, &aggregator.stats(), previous, duration)
+            let mut summary = FlushSummary::new(&batch, &aggregator.stats(), previous, duration);
+            summary.pipeline_heads = heads;
+            summary
         })
         .await?;
         self.rejected_seen = summary.rejected_total;
@@ -299,6 +334,11 @@ impl Daemon {
         F: Future<Output = &'static str>,
     {
         self.log_startup();
+        // Pipelines first: they begin replaying their WALs while receivers start.
+        for p in &self.config.pipelines {
+            self.pipelines
+                .push(Arc::new(Pipeline::start(p, &self.config.data_dir)?));
+        }
         let statsd = self.start_statsd()?;
         let mut scraper = self.start_scraper();
         let otlp = self.start_otlp().await?;
@@ -321,6 +361,8 @@ impl Daemon {
             flush_requests: flush_tx,
             stopping: AtomicBool::new(false),
             started: Instant::now(),
+            pipelines: self.pipelines.clone(),
+            token: self.config.admin.token.clone(),
         });
         let admin = self.start_admin(admin_state.clone()).await?;
         let mut statsd_errors_seen = 0;
@@ -370,7 +412,8 @@ impl Daemon {
             "shutting down: draining receivers, then a final flush"
         );
         if let Some(s) = scraper {
-            s.stop();
+            // Points of a scrape in flight make the final flush.
+            s.stop(SCRAPE_STOP_WAIT).await;
         }
         if let Some(e) = exposition {
             e.stop();
@@ -401,11 +444,32 @@ impl Daemon {
         }
         let last = self.flush().await?;
         last.log("final flush");
+        self.stop_pipelines().await;
         if let Some(a) = admin {
             a.stop();
         }
         info!("weir stopped");
         Ok(last)
+    }
+
+    /// Gives every pipeline the grace period (concurrently) to send what its WAL
+    /// holds, then stops it; what is left goes out after the next start.
+    async fn stop_pipelines(&mut self) {
+        let grace = self.config.shutdown.grace_period;
+        if !self.pipelines.is_empty() {
+            info!(
+                grace_period = %fmt_duration(grace),
+                "forwarding what the WALs hold before exiting"
+            );
+        }
+        let tasks: Vec<_> = self
+            .pipelines
+            .drain(..)
+            .map(|p| tokio::spawn(async move { p.shutdown(grace).await }))
+            .collect();
+        for t in tasks {
+            let _ = t.await;
+        }
     }
 
     fn start_statsd(&self) -> Result<Option<StatsdReceiver>, DaemonError> {
@@ -464,7 +528,12 @@ impl Daemon {
             return None;
         }
         let s = Scraper::start(c, &self.aggregator);
-        for t in &c.targets {
+        self.log_scrape_targets();
+        Some(s)
+    }
+
+    fn log_scrape_targets(&self) {
+        for t in &self.config.scrape.targets {
             info!(
                 url = %t.url,
                 job = %t.job,
@@ -474,7 +543,6 @@ impl Daemon {
                 "scrape target"
             );
         }
-        Some(s)
     }
 
     fn log_startup(&self) {

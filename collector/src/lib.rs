@@ -9,6 +9,8 @@
 //! - [`scrape`]: the Prometheus scraper (static targets, text format);
 //! - [`exposition`]: the exposition endpoint serving the latest flush to Prometheus;
 //! - [`http`]: the HTTP/1 server the endpoints share;
+//! - [`pipeline`]: forwarding pipelines (encoder, WAL, queue, forwarder task);
+//! - [`forward`]: the pipelines' HTTP and gRPC senders and how outcomes are sorted;
 //! - [`admin`]: the admin API (health, status, self-metrics, flush on demand);
 //! - [`daemon`]: the run loop that owns the [`weir_core::Aggregator`] and the
 //!   receivers, flushes every interval, logs a summary per flush and, on
@@ -23,9 +25,11 @@ pub mod admin;
 pub mod config;
 pub mod daemon;
 pub mod exposition;
+pub mod forward;
 pub mod http;
 pub mod logging;
 pub mod otlp;
+pub mod pipeline;
 pub mod scrape;
 pub mod statsd;
 

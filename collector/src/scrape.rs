@@ -10,8 +10,12 @@
 //! own task; only the semaphore is shared), or crash on a body: garbage gives `up 0`
 //! and counted errors.
 //!
-//! Not yet: the protobuf exposition format and OpenMetrics negotiation, gzip, TLS,
-//! hot reload of targets.
+//! Reload ([`Scraper::reconcile`]): unchanged targets keep their task, schedule and
+//! counters; removed or changed targets stop after the scrape they have in flight;
+//! added or changed ones start. Shutdown ([`Scraper::stop`]) lets scrapes in flight
+//! finish for a bounded time.
+//!
+//! Not yet: the protobuf exposition format and OpenMetrics negotiation, gzip, TLS.
 
 use std::hash::{Hash, Hasher};
 use std::sync::Arc;
@@ -23,7 +27,7 @@ use hyper::body::Bytes;
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
-use tokio::sync::Semaphore;
+use tokio::sync::{Semaphore, watch};
 use tokio::task::JoinHandle;
 use tracing::{debug, warn};
 use weir_core::exposition::{ExpositionError, parse_text};
@@ -85,9 +89,40 @@ pub struct TargetCounters {
 
 /// The running scraper: one task per target.
 pub struct Scraper {
-    tasks: Vec<JoinHandle<()>>,
+    running: Vec<Running>,
+    client: Client<HttpConnector, Empty<Bytes>>,
+    permits: Arc<Semaphore>,
+    concurrency: usize,
+    body_limit: usize,
     /// Per target (in config order): its URL and counters.
     pub targets: Vec<(String, Arc<TargetCounters>)>,
+}
+
+/// One target's running task.
+struct Running {
+    target: ScrapeTarget,
+    counters: Arc<TargetCounters>,
+    stop: watch::Sender<bool>,
+    task: JoinHandle<()>,
+}
+
+impl Running {
+    /// Asks the task to stop once its scrape in flight (if any) is done; the task
+    /// ends by itself.
+    fn finish(self) {
+        let _ = self.stop.send(true);
+    }
+}
+
+/// What [`Scraper::reconcile`] changed.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct ScrapeChanges {
+    /// Targets started.
+    pub started: usize,
+    /// Targets stopped (after their scrape in flight).
+    pub stopped: usize,
+    /// Targets left running as they were.
+    pub kept: usize,
 }
 
 impl Scraper {
@@ -97,37 +132,94 @@ impl Scraper {
         connector.set_nodelay(true);
         let client: Client<HttpConnector, Empty<Bytes>> =
             Client::builder(TokioExecutor::new()).build(connector);
-        let permits = Arc::new(Semaphore::new(config.concurrency));
-        let mut tasks = Vec::new();
-        let mut targets = Vec::new();
-        for t in &config.targets {
-            // Checked when the config was loaded; a bad one is skipped, not fatal.
-            let Ok(uri) = t.url.parse::<hyper::Uri>() else {
-                warn!(target = %t.url, "scrape: invalid URL, target skipped");
-                continue;
-            };
-            let counters = Arc::new(TargetCounters::default());
-            targets.push((t.url.clone(), counters.clone()));
-            let run = TargetRun {
-                labels: target_labels(t, &uri),
-                uri,
-                target: t.clone(),
-                body_limit: config.body_limit_bytes,
-                client: client.clone(),
-                permits: permits.clone(),
-                writer: aggregator.writer(),
-                counters,
-            };
-            tasks.push(tokio::spawn(run.run()));
-        }
-        Scraper { tasks, targets }
+        let mut scraper = Scraper {
+            running: Vec::new(),
+            client,
+            permits: Arc::new(Semaphore::new(config.concurrency)),
+            concurrency: config.concurrency,
+            body_limit: config.body_limit_bytes,
+            targets: Vec::new(),
+        };
+        scraper.reconcile(config, aggregator);
+        scraper
     }
 
-    /// Stops every target task (a scrape in flight is abandoned; nothing of it was
-    /// recorded yet).
-    pub fn stop(self) {
-        for t in &self.tasks {
-            t.abort();
+    /// Applies a (new) `[scrape]` section: targets whose settings did not change keep
+    /// running untouched; removed and changed ones stop after the scrape they have
+    /// in flight; new and changed ones start. A change of `concurrency` or
+    /// `body_limit_bytes` (shared by all targets) restarts every target that way.
+    pub fn reconcile(&mut self, config: &ScrapeConfig, aggregator: &Aggregator) -> ScrapeChanges {
+        let mut changes = ScrapeChanges::default();
+        let mut old = std::mem::take(&mut self.running);
+        if config.concurrency != self.concurrency || config.body_limit_bytes != self.body_limit {
+            self.permits = Arc::new(Semaphore::new(config.concurrency));
+            self.concurrency = config.concurrency;
+            self.body_limit = config.body_limit_bytes;
+            changes.stopped += old.len();
+            old.drain(..).for_each(Running::finish);
+        }
+        for t in &config.targets {
+            if let Some(i) = old.iter().position(|r| r.target == *t) {
+                self.running.push(old.swap_remove(i));
+                changes.kept += 1;
+            } else if let Some(r) = self.spawn(t, aggregator) {
+                self.running.push(r);
+                changes.started += 1;
+            }
+        }
+        changes.stopped += old.len();
+        old.into_iter().for_each(Running::finish);
+        self.targets = self
+            .running
+            .iter()
+            .map(|r| (r.target.url.clone(), r.counters.clone()))
+            .collect();
+        changes
+    }
+
+    fn spawn(&self, t: &ScrapeTarget, aggregator: &Aggregator) -> Option<Running> {
+        // Checked when the config was loaded; a bad one is skipped, not fatal.
+        let Ok(uri) = t.url.parse::<hyper::Uri>() else {
+            warn!(target = %t.url, "scrape: invalid URL, target skipped");
+            return None;
+        };
+        let counters = Arc::new(TargetCounters::default());
+        let (stop, stopped) = watch::channel(false);
+        let run = TargetRun {
+            labels: target_labels(t, &uri),
+            uri,
+            target: t.clone(),
+            body_limit: self.body_limit,
+            client: self.client.clone(),
+            permits: self.permits.clone(),
+            writer: aggregator.writer(),
+            counters: counters.clone(),
+        };
+        Some(Running {
+            target: t.clone(),
+            counters,
+            stop,
+            task: tokio::spawn(run.run(stopped)),
+        })
+    }
+
+    /// Stops every target: scrapes in flight may finish for up to `wait` (their
+    /// points then make the final flush); the rest are abandoned (nothing of an
+    /// abandoned scrape was recorded).
+    pub async fn stop(self, wait: Duration) {
+        let tasks: Vec<JoinHandle<()>> = self
+            .running
+            .into_iter()
+            .map(|r| {
+                let _ = r.stop.send(true);
+                r.task
+            })
+            .collect();
+        let deadline = tokio::time::Instant::now() + wait;
+        for mut t in tasks {
+            if tokio::time::timeout_at(deadline, &mut t).await.is_err() {
+                t.abort();
+            }
         }
     }
 }
@@ -171,14 +263,25 @@ struct TargetRun {
 }
 
 impl TargetRun {
-    async fn run(mut self) {
+    /// Scrapes on schedule until `stop` says true (or its sender is gone); a scrape
+    /// that has started is always finished.
+    async fn run(mut self, mut stop: watch::Receiver<bool>) {
         let interval = self.target.interval;
         let offset = jitter(&self.target.url, interval);
         let mut ticker = tokio::time::interval_at(tokio::time::Instant::now() + offset, interval);
         ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
-            ticker.tick().await;
-            let Ok(_permit) = self.permits.clone().acquire_owned().await else {
+            tokio::select! {
+                biased;
+                _ = stop.wait_for(|s| *s) => return,
+                _ = ticker.tick() => {}
+            }
+            let permit = tokio::select! {
+                biased;
+                _ = stop.wait_for(|s| *s) => return,
+                p = self.permits.clone().acquire_owned() => p,
+            };
+            let Ok(_permit) = permit else {
                 return; // the semaphore is never closed; stop if it ever is
             };
             self.scrape_once().await;

@@ -1,0 +1,911 @@
+//! Forwarding pipelines: one per `[[pipelines]]` entry, each with its encoder, its
+//! write-ahead log, its in-memory queue and its forwarder task.
+//!
+//! Data flow of one flush: the daemon hands the same `FlushBatch` to every pipeline's
+//! [`Pipeline::accept`] (on a blocking thread); it encodes the batch into request
+//! bodies, appends each as one WAL record, syncs the WAL (per `wal.sync`), then puts a
+//! handle to each record on the pipeline's SPSC ring and wakes the forwarder. The
+//! forwarder sends records in WAL order, retrying with exponential backoff and full
+//! jitter, and acknowledges each one in the WAL once the backend took it (or refused
+//! it for good); the WAL deletes fully acknowledged segments.
+//!
+//! The ring only saves reading bodies back from disk: when it is full the record is
+//! still in the WAL and the forwarder reads it from there, and after a restart the
+//! forwarder starts at the WAL's acknowledgement cursor, so everything not
+//! acknowledged is sent again (at least once).
+//!
+//! Owns: the record framing inside the WAL ([`Record`]), the forwarder loop (order,
+//! retries, acknowledgement, drain on shutdown) and the per-pipeline counters.
+//! Must never: block the flush on a backend (sends happen only on the forwarder
+//! task), acknowledge a record before the backend answered, reorder records of one
+//! pipeline, or lose a record silently (every drop is a counter and a log line).
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use bytes::Bytes;
+use tokio::sync::{Notify, watch};
+use tokio::task::JoinHandle;
+use tracing::{error, info, warn};
+use weir_core::FlushBatch;
+use weir_core::encode::{EncodeOptions, EncodedRequest, NameFilter};
+use weir_core::wal::{Wal, WalConfig, WalPosition, WalStats};
+
+use crate::config::{
+    CompressionConfig, PipelineConfig, PipelineKind, RetryConfig, TemporalityConfig, WalSyncConfig,
+};
+use crate::forward::{SendError, Sender};
+
+/// Milliseconds since the Unix epoch.
+fn now_ms() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as i64)
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// Why a pipeline could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum PipelineError {
+    /// The WAL directory could not be opened or recovered.
+    #[error("pipeline {name}: cannot open its WAL in {dir}: {source}")]
+    Wal {
+        /// The pipeline.
+        name: String,
+        /// The WAL directory.
+        dir: String,
+        /// Why.
+        source: weir_core::wal::WalError,
+    },
+    /// The endpoint or the filter patterns cannot be used.
+    #[error("pipeline {name}: {reason}")]
+    Config {
+        /// The pipeline.
+        name: String,
+        /// Why.
+        reason: String,
+    },
+}
+
+/// One WAL record as the pipeline frames it: when it was appended, how many points
+/// its body holds, and the body exactly as it is sent.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Record {
+    /// When the record was appended, ms since the Unix epoch.
+    pub appended_ms: i64,
+    /// Points in the body.
+    pub points: u64,
+    /// The request body.
+    pub body: Bytes,
+}
+
+/// Framing version of [`Record`].
+const RECORD_VERSION: u8 = 1;
+const RECORD_HEADER: usize = 1 + 8 + 8;
+
+impl Record {
+    /// The WAL payload: version byte, `appended_ms` and `points` (little endian), body.
+    pub fn to_payload(&self) -> Vec<u8> {
+        let mut out = Vec::with_capacity(RECORD_HEADER + self.body.len());
+        out.push(RECORD_VERSION);
+        out.extend_from_slice(&self.appended_ms.to_le_bytes());
+        out.extend_from_slice(&self.points.to_le_bytes());
+        out.extend_from_slice(&self.body);
+        out
+    }
+
+    /// Parses a WAL payload; `None` if it is not a record of this version (the WAL's
+    /// CRC passed, so this means a newer or foreign format).
+    pub fn from_payload(payload: Vec<u8>) -> Option<Record> {
+        if payload.len() < RECORD_HEADER || payload[0] != RECORD_VERSION {
+            return None;
+        }
+        let appended_ms = i64::from_le_bytes(payload[1..9].try_into().ok()?);
+        let points = u64::from_le_bytes(payload[9..17].try_into().ok()?);
+        let mut body = Bytes::from(payload);
+        Some(Record {
+            appended_ms,
+            points,
+            body: body.split_off(RECORD_HEADER),
+        })
+    }
+}
+
+/// A record handed to the forwarder through the ring.
+struct Queued {
+    /// Where it is in the WAL; `None` if the WAL append failed (sent from memory
+    /// only, never acknowledged).
+    position: Option<WalPosition>,
+    /// The WAL head before the append: the forwarder's cursor right after it sent
+    /// the previous record.
+    before: WalPosition,
+    /// The WAL head after the append: the cursor once this record is acknowledged.
+    next: WalPosition,
+    record: Record,
+}
+
+/// Counters of one pipeline since start (all `Relaxed`: each is an independent
+/// statistic, read for reporting only; no other memory is published through them).
+#[derive(Debug, Default)]
+pub struct PipelineCounters {
+    /// Flushes encoded.
+    pub flushes: AtomicU64,
+    /// Request bodies appended to the WAL.
+    pub records_written: AtomicU64,
+    /// Points in them.
+    pub points_written: AtomicU64,
+    /// Bodies the backend took.
+    pub sent_batches: AtomicU64,
+    /// Points in them.
+    pub sent_points: AtomicU64,
+    /// Bytes in them (as sent, compressed).
+    pub sent_bytes: AtomicU64,
+    /// Points the backend reported refused in an otherwise successful answer.
+    pub rejected_points: AtomicU64,
+    /// Bodies refused for good (dropped after logging).
+    pub failed_batches: AtomicU64,
+    /// Points in them.
+    pub failed_points: AtomicU64,
+    /// Attempts that will be retried.
+    pub retries: AtomicU64,
+    /// Records that did not fit the ring and are read back from the WAL instead.
+    pub queue_full: AtomicU64,
+    /// WAL appends, syncs, reads or acknowledgements that failed.
+    pub wal_errors: AtomicU64,
+    /// Records lost because the WAL failed *and* the ring was full.
+    pub dropped_batches: AtomicU64,
+    /// Time of the last successful send, ms since the Unix epoch (0: never).
+    pub last_success_ms: AtomicU64,
+}
+
+/// The forwarder's progress, published after every attempt.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Progress {
+    /// Everything before this WAL position is acknowledged.
+    pub cursor: WalPosition,
+    /// Send attempts so far.
+    pub attempts: u64,
+    /// Whether the latest attempt succeeded.
+    pub last_ok: bool,
+    /// Records the backend refused for good so far (dropped: past the cursor, but
+    /// not delivered).
+    pub refused: u64,
+}
+
+/// What `/flush` and the shutdown report per pipeline.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ForwardOutcome {
+    /// The pipeline.
+    pub pipeline: String,
+    /// True if every record written up to the flush was acknowledged.
+    pub delivered: bool,
+    /// The latest error, if the attempt failed.
+    pub error: Option<String>,
+}
+
+/// A snapshot for `/status` and `/metrics`.
+#[derive(Debug, Clone)]
+pub struct PipelineStatus {
+    /// The pipeline's name.
+    pub name: String,
+    /// Its protocol.
+    pub kind: PipelineKind,
+    /// Its endpoint.
+    pub endpoint: String,
+    /// The WAL's state.
+    pub wal: WalStats,
+    /// Forward lag: seconds since the oldest unsent batch was written to the WAL
+    /// (0 when everything is sent).
+    pub lag_seconds: f64,
+    /// The latest send error, if the latest attempt failed.
+    pub last_error: Option<String>,
+}
+
+const RUN: u8 = 0;
+const DRAIN: u8 = 1;
+const STOP: u8 = 2;
+
+/// State shared by a pipeline's flush side and its forwarder task.
+struct Shared {
+    name: String,
+    wal: Mutex<Wal>,
+    wake: Notify,
+    counters: Arc<PipelineCounters>,
+    progress: watch::Sender<Progress>,
+    /// RUN, DRAIN (send what is there, then stop) or STOP.
+    mode: watch::Sender<u8>,
+    last_error: Mutex<Option<String>>,
+    /// WAL drops already logged.
+    drops_logged: AtomicU64,
+    /// When the record the forwarder is sending was appended (ms since the Unix
+    /// epoch; 0 while it is idle): records go out in order, so this is the oldest
+    /// unsent one. Relaxed: a statistic, read for reporting only.
+    sending_since_ms: std::sync::atomic::AtomicI64,
+}
+
+impl Shared {
+    /// Logs WAL cap drops that happened since the last call.
+    fn log_wal_drops(&self, stats: &WalStats) {
+        let seen = self
+            .drops_logged
+            .swap(stats.dropped_records, Ordering::Relaxed);
+        if stats.dropped_records > seen {
+            warn!(
+                pipeline = %self.name,
+                dropped_batches = stats.dropped_records - seen,
+                dropped_batches_total = stats.dropped_records,
+                dropped_bytes_total = stats.dropped_bytes,
+                "WAL size cap reached: the oldest unsent segments were deleted \
+                 (raise wal.max_bytes, or bring the backend back)"
+            );
+        }
+    }
+}
+
+/// One running pipeline.
+pub struct Pipeline {
+    config: PipelineConfig,
+    options: EncodeOptions,
+    shared: Arc<Shared>,
+    producer: Mutex<rtrb::Producer<Queued>>,
+    forwarder: Mutex<Option<JoinHandle<()>>>,
+}
+
+impl Pipeline {
+    /// Opens the WAL under `data_dir` (recovering it) and starts the forwarder,
+    /// which first sends everything the WAL holds unacknowledged. Must be called
+    /// inside a tokio runtime.
+    ///
+    /// # Errors
+    /// [`PipelineError`] if the WAL cannot be opened or the config cannot be used.
+    pub fn start(
+        config: &PipelineConfig,
+        data_dir: &std::path::Path,
+    ) -> Result<Pipeline, PipelineError> {
+        let name = config.name.clone();
+        let config_error = |reason: String| PipelineError::Config {
+            name: name.clone(),
+            reason,
+        };
+        let filter = NameFilter::new(&config.include, &config.exclude)
+            .map_err(|e| config_error(e.to_string()))?;
+        let options = EncodeOptions {
+            external_labels: config
+                .external_labels
+                .iter()
+                .map(|(k, v)| (k.clone(), v.clone()))
+                .collect(),
+            filter,
+            max_request_bytes: config.max_request_bytes,
+            temporality: match config.temporality() {
+                TemporalityConfig::Delta => weir_core::Temporality::Delta,
+                TemporalityConfig::Cumulative => weir_core::Temporality::Cumulative,
+            },
+        };
+        let sender = Sender::new(config).map_err(config_error)?;
+        let dir = config.wal_dir(data_dir);
+        let wal = Wal::open(
+            &dir,
+            WalConfig {
+                segment_bytes: config.wal.segment_bytes,
+                cap_bytes: config.wal.max_bytes,
+            },
+        )
+        .map_err(|source| PipelineError::Wal {
+            name: name.clone(),
+            dir: dir.display().to_string(),
+            source,
+        })?;
+        let stats = wal.stats();
+        if stats.corrupt_tails > 0 {
+            warn!(
+                pipeline = %name,
+                corrupt_tails = stats.corrupt_tails,
+                truncated_bytes = stats.truncated_bytes,
+                "WAL: torn or corrupt data cut off at the last good record"
+            );
+        }
+        info!(
+            pipeline = %name,
+            kind = config.kind.as_str(),
+            endpoint = %config.endpoint,
+            wal = %dir.display(),
+            replay_batches = stats.unacked_records,
+            replay_bytes = stats.unacked_bytes,
+            "pipeline started"
+        );
+        let cursor = wal.acked();
+        let (progress, _) = watch::channel(Progress {
+            cursor,
+            attempts: 0,
+            last_ok: true,
+            refused: 0,
+        });
+        let shared = Arc::new(Shared {
+            name: name.clone(),
+            wal: Mutex::new(wal),
+            wake: Notify::new(),
+            counters: Arc::new(PipelineCounters::default()),
+            progress,
+            mode: watch::channel(RUN).0,
+            last_error: Mutex::new(None),
+            drops_logged: AtomicU64::new(0),
+            sending_since_ms: std::sync::atomic::AtomicI64::new(0),
+        });
+        let (producer, consumer) = rtrb::RingBuffer::new(config.queue_capacity);
+        let forwarder = Forwarder {
+            mode: shared.mode.subscribe(),
+            shared: shared.clone(),
+            consumer,
+            sender,
+            retry: config.retry.clone(),
+            cursor,
+            stash: None,
+        };
+        let task = tokio::spawn(forwarder.run());
+        Ok(Pipeline {
+            config: config.clone(),
+            options,
+            shared,
+            producer: Mutex::new(producer),
+            forwarder: Mutex::new(Some(task)),
+        })
+    }
+
+    /// The pipeline's name.
+    pub fn name(&self) -> &str {
+        &self.config.name
+    }
+
+    /// The pipeline's counters.
+    pub fn counters(&self) -> Arc<PipelineCounters> {
+        self.shared.counters.clone()
+    }
+
+    /// Encodes `batch`, appends it to the WAL (synced per `wal.sync`) and queues it
+    /// for the forwarder. Blocking (encoding and disk I/O): call it on a blocking
+    /// thread. Returns the WAL head after the append: the flush is delivered once
+    /// the forwarder's cursor reaches it.
+    pub fn accept(&self, batch: &FlushBatch) -> WalPosition {
+        let c = &self.shared.counters;
+        c.flushes.fetch_add(1, Ordering::Relaxed);
+        let requests = match self.config.kind {
+            PipelineKind::PrometheusRemoteWrite => {
+                weir_core::encode::remote_write::encode(batch, &self.options)
+            }
+            PipelineKind::Influxdb => weir_core::encode::influx::encode(batch, &self.options),
+            PipelineKind::OtlpGrpc | PipelineKind::OtlpHttp => {
+                weir_core::encode::otlp::encode(batch, &self.options)
+            }
+        };
+        let appended_ms = now_ms();
+        let mut queued = Vec::with_capacity(requests.len());
+        let head = {
+            let mut wal = lock(&self.shared.wal);
+            for EncodedRequest { body, points } in requests {
+                let record = Record {
+                    appended_ms,
+                    points,
+                    body: self.wire_body(body),
+                };
+                let before = wal.head();
+                let position = match wal.append(&record.to_payload()) {
+                    Ok(p) => Some(p),
+                    Err(e) => {
+                        c.wal_errors.fetch_add(1, Ordering::Relaxed);
+                        error!(
+                            pipeline = %self.config.name,
+                            error = %e,
+                            "WAL append failed: this batch is sent from memory only \
+                             (not durable across a restart)"
+                        );
+                        None
+                    }
+                };
+                c.records_written.fetch_add(1, Ordering::Relaxed);
+                c.points_written.fetch_add(points, Ordering::Relaxed);
+                queued.push(Queued {
+                    position,
+                    before,
+                    next: wal.head(),
+                    record,
+                });
+            }
+            if self.config.wal.sync == WalSyncConfig::Flush
+                && !queued.is_empty()
+                && let Err(e) = wal.sync()
+            {
+                c.wal_errors.fetch_add(1, Ordering::Relaxed);
+                error!(pipeline = %self.config.name, error = %e, "WAL sync failed");
+            }
+            let stats = wal.stats();
+            self.shared.log_wal_drops(&stats);
+            wal.head()
+        };
+        let mut producer = lock(&self.producer);
+        for q in queued {
+            let memory_only = q.position.is_none();
+            if producer.push(q).is_err() {
+                if memory_only {
+                    c.dropped_batches.fetch_add(1, Ordering::Relaxed);
+                    error!(
+                        pipeline = %self.config.name,
+                        "batch dropped: the WAL failed and the forwarder queue is full"
+                    );
+                } else {
+                    c.queue_full.fetch_add(1, Ordering::Relaxed);
+                }
+            }
+        }
+        self.shared.wake.notify_one();
+        head
+    }
+
+    /// The body as it goes on the wire (and into the WAL): gzipped for HTTP
+    /// pipelines with `compression = "gzip"`; gRPC compresses per message itself.
+    fn wire_body(&self, body: Vec<u8>) -> Bytes {
+        if self.config.compression == CompressionConfig::Gzip
+            && self.config.kind != PipelineKind::OtlpGrpc
+        {
+            use std::io::Write as _;
+            let mut gz = flate2::write::GzEncoder::new(
+                Vec::with_capacity(body.len() / 4),
+                flate2::Compression::fast(),
+            );
+            // Writing into a Vec cannot fail.
+            if gz.write_all(&body).is_ok()
+                && let Ok(out) = gz.finish()
+            {
+                return Bytes::from(out);
+            }
+        }
+        Bytes::from(body)
+    }
+
+    /// Waits until the forwarder acknowledged everything before `head`, or made an
+    /// attempt that failed after this call, or `timeout` passed. A record the
+    /// backend refused for good after this call makes the outcome not delivered.
+    pub async fn wait_delivered(&self, head: WalPosition, timeout: Duration) -> ForwardOutcome {
+        let mut rx = self.shared.progress.subscribe();
+        let (attempts_before, refused_before) = {
+            let p = rx.borrow();
+            (p.attempts, p.refused)
+        };
+        let outcome = tokio::time::timeout(timeout, async {
+            loop {
+                {
+                    let p = *rx.borrow_and_update();
+                    if p.refused > refused_before {
+                        return false;
+                    }
+                    if p.cursor >= head {
+                        return true;
+                    }
+                    if p.attempts > attempts_before && !p.last_ok {
+                        return false;
+                    }
+                }
+                if rx.changed().await.is_err() {
+                    return false;
+                }
+            }
+        })
+        .await;
+        let delivered = outcome.unwrap_or(false);
+        ForwardOutcome {
+            pipeline: self.config.name.clone(),
+            delivered,
+            error: if delivered {
+                None
+            } else {
+                Some(
+                    lock(&self.shared.last_error)
+                        .clone()
+                        .unwrap_or_else(|| format!("not delivered within {timeout:?}")),
+                )
+            },
+        }
+    }
+
+    /// The pipeline's state for `/status` and `/metrics`.
+    pub fn status(&self) -> PipelineStatus {
+        let wal = lock(&self.shared.wal).stats();
+        self.shared.log_wal_drops(&wal);
+        let since = self.shared.sending_since_ms.load(Ordering::Relaxed);
+        let lag_seconds = if since > 0 && wal.unacked_records > 0 {
+            ((now_ms() - since).max(0) as f64) / 1000.0
+        } else {
+            0.0
+        };
+        PipelineStatus {
+            name: self.config.name.clone(),
+            kind: self.config.kind,
+            endpoint: self.config.endpoint.clone(),
+            wal,
+            lag_seconds,
+            last_error: lock(&self.shared.last_error).clone(),
+        }
+    }
+
+    /// Lets the forwarder send what the WAL holds for up to `grace`, then stops it.
+    /// Whatever is not acknowledged by then stays in the WAL for the next start.
+    pub async fn shutdown(&self, grace: Duration) -> ForwardOutcome {
+        let head = lock(&self.shared.wal).head();
+        let refused_before = self.shared.progress.borrow().refused;
+        self.shared.mode.send_replace(DRAIN);
+        let task = lock(&self.forwarder).take();
+        let mut delivered = false;
+        if let Some(mut task) = task {
+            if tokio::time::timeout(grace, &mut task).await.is_err() {
+                self.shared.mode.send_replace(STOP);
+                // A send in progress is cut off; it was not acknowledged, so it is
+                // sent again after the next start.
+                task.abort();
+                let _ = task.await;
+            }
+            let p = *self.shared.progress.borrow();
+            delivered = p.cursor >= head && p.refused == refused_before;
+        }
+        if let Err(e) = lock(&self.shared.wal).sync() {
+            error!(pipeline = %self.config.name, error = %e, "WAL sync at shutdown failed");
+        }
+        let stats = lock(&self.shared.wal).stats();
+        info!(
+            pipeline = %self.config.name,
+            delivered,
+            unsent_batches = stats.unacked_records,
+            unsent_bytes = stats.unacked_bytes,
+            "pipeline stopped; unsent batches stay in the WAL for the next start"
+        );
+        ForwardOutcome {
+            pipeline: self.config.name.clone(),
+            delivered,
+            error: (!delivered).then(|| {
+                lock(&self.shared.last_error)
+                    .clone()
+                    .unwrap_or_else(|| "grace period over".to_owned())
+            }),
+        }
+    }
+}
+
+impl Drop for Pipeline {
+    fn drop(&mut self) {
+        self.shared.mode.send_replace(STOP);
+        if let Some(task) = lock(&self.forwarder).take() {
+            task.abort();
+        }
+    }
+}
+
+/// A record ready to send.
+struct Outgoing {
+    position: Option<WalPosition>,
+    next: WalPosition,
+    record: Record,
+}
+
+/// The forwarder task of one pipeline.
+struct Forwarder {
+    shared: Arc<Shared>,
+    mode: watch::Receiver<u8>,
+    consumer: rtrb::Consumer<Queued>,
+    sender: Sender,
+    retry: RetryConfig,
+    /// Everything before it is acknowledged (or was sent from the ring).
+    cursor: WalPosition,
+    /// A ring entry that came ahead of the cursor (records in between are read from
+    /// the WAL first).
+    stash: Option<Queued>,
+}
+
+/// What [`Forwarder::next`] found.
+enum Next {
+    Send(Outgoing),
+    Idle,
+    /// Reading the WAL failed; try again after a pause.
+    ReadError,
+}
+
+impl Forwarder {
+    async fn run(mut self) {
+        loop {
+            let mode = *self.mode.borrow_and_update();
+            if mode == STOP {
+                return;
+            }
+            match self.next() {
+                Next::Send(out) => {
+                    if !self.send(out).await {
+                        return;
+                    }
+                }
+                Next::Idle => {
+                    self.shared.sending_since_ms.store(0, Ordering::Relaxed);
+                    if mode == DRAIN {
+                        return;
+                    }
+                    let shared = self.shared.clone();
+                    tokio::select! {
+                        () = shared.wake.notified() => {}
+                        _ = self.mode.changed() => {}
+                    }
+                }
+                Next::ReadError => {
+                    let pause = self.retry.max_backoff.min(Duration::from_secs(1));
+                    if !self.pause(pause).await {
+                        return;
+                    }
+                }
+            }
+        }
+    }
+
+    /// The next record in order: from the ring when it is the one at the cursor,
+    /// otherwise from the WAL.
+    fn next(&mut self) -> Next {
+        loop {
+            let Some(q) = self.stash.take().or_else(|| self.consumer.pop().ok()) else {
+                return self.read_wal();
+            };
+            let Some(position) = q.position else {
+                // The WAL could not take it: send it from memory.
+                return Next::Send(Outgoing {
+                    position: None,
+                    next: self.cursor,
+                    record: q.record,
+                });
+            };
+            if position == self.cursor || q.before == self.cursor {
+                return Next::Send(Outgoing {
+                    position: Some(position),
+                    next: q.next,
+                    record: q.record,
+                });
+            }
+            if position < self.cursor {
+                continue; // already read from the WAL and sent
+            }
+            // Records between the cursor and this one (the ring was full, or they
+            // predate this process): read them from the WAL first.
+            self.stash = Some(q);
+            return self.read_wal();
+        }
+    }
+
+    fn read_wal(&mut self) -> Next {
+        let read = lock(&self.shared.wal).read(self.cursor);
+        match read {
+            Ok(None) => Next::Idle,
+            Ok(Some(r)) => match Record::from_payload(r.payload) {
+                Some(record) => Next::Send(Outgoing {
+                    position: Some(r.position),
+                    next: r.next,
+                    record,
+                }),
+                None => {
+                    self.shared
+                        .counters
+                        .failed_batches
+                        .fetch_add(1, Ordering::Relaxed);
+                    error!(
+                        pipeline = %self.shared.name,
+                        segment = r.position.segment,
+                        offset = r.position.offset,
+                        "WAL record in an unknown format skipped"
+                    );
+                    self.acknowledge(r.next);
+                    self.read_wal()
+                }
+            },
+            Err(e) => {
+                self.shared
+                    .counters
+                    .wal_errors
+                    .fetch_add(1, Ordering::Relaxed);
+                error!(pipeline = %self.shared.name, error = %e, "WAL read failed");
+                Next::ReadError
+            }
+        }
+    }
+
+    fn acknowledge(&mut self, next: WalPosition) {
+        if next > self.cursor {
+            self.cursor = next;
+            if let Err(e) = lock(&self.shared.wal).ack(next) {
+                self.shared
+                    .counters
+                    .wal_errors
+                    .fetch_add(1, Ordering::Relaxed);
+                error!(pipeline = %self.shared.name, error = %e, "WAL acknowledgement failed");
+            }
+        }
+    }
+
+    /// Publishes an attempt's result; `refused` when the record was dropped.
+    fn publish(&self, ok: bool, refused: bool) {
+        self.shared.progress.send_modify(|p| {
+            p.cursor = self.cursor;
+            p.attempts += 1;
+            p.last_ok = ok;
+            p.refused += u64::from(refused);
+        });
+    }
+
+    /// True while the record at `position` is still in the WAL (the size cap may
+    /// have deleted its segment while the backend was down).
+    fn still_in_wal(&self, position: WalPosition) -> bool {
+        matches!(lock(&self.shared.wal).read(position), Ok(Some(r)) if r.position == position)
+    }
+
+    /// Sends one record until it is taken or refused for good. Returns false if the
+    /// pipeline was stopped meanwhile.
+    async fn send(&mut self, out: Outgoing) -> bool {
+        let c = self.shared.counters.clone();
+        self.shared
+            .sending_since_ms
+            .store(out.record.appended_ms.max(1), Ordering::Relaxed);
+        let mut failures: u32 = 0;
+        let mut drops_seen = lock(&self.shared.wal).stats().dropped_records;
+        loop {
+            let result = self.sender.send(out.record.body.clone()).await;
+            match result {
+                Ok(sent) => {
+                    c.sent_batches.fetch_add(1, Ordering::Relaxed);
+                    c.sent_points
+                        .fetch_add(out.record.points, Ordering::Relaxed);
+                    c.sent_bytes
+                        .fetch_add(out.record.body.len() as u64, Ordering::Relaxed);
+                    c.last_success_ms
+                        .store(now_ms().max(0) as u64, Ordering::Relaxed);
+                    if sent.rejected_points > 0 {
+                        c.rejected_points
+                            .fetch_add(sent.rejected_points, Ordering::Relaxed);
+                        warn!(
+                            pipeline = %self.shared.name,
+                            rejected_points = sent.rejected_points,
+                            "the backend took the batch but refused some of its points"
+                        );
+                    }
+                    if failures > 0 {
+                        info!(pipeline = %self.shared.name, attempts = failures + 1, "backend reachable again");
+                    }
+                    *lock(&self.shared.last_error) = None;
+                    self.acknowledge(out.next);
+                    self.publish(true, false);
+                    return true;
+                }
+                Err(SendError::Permanent(reason)) => {
+                    c.failed_batches.fetch_add(1, Ordering::Relaxed);
+                    c.failed_points
+                        .fetch_add(out.record.points, Ordering::Relaxed);
+                    error!(
+                        pipeline = %self.shared.name,
+                        points = out.record.points,
+                        error = %reason,
+                        "the backend refused a batch for good; it is dropped"
+                    );
+                    *lock(&self.shared.last_error) = Some(reason);
+                    self.acknowledge(out.next);
+                    self.publish(false, true);
+                    return true;
+                }
+                Err(SendError::Retry {
+                    reason,
+                    retry_after,
+                }) => {
+                    c.retries.fetch_add(1, Ordering::Relaxed);
+                    failures = failures.saturating_add(1);
+                    // One line when a backend goes away, then one per ten attempts.
+                    if failures == 1 || failures.is_multiple_of(10) {
+                        warn!(
+                            pipeline = %self.shared.name,
+                            attempt = failures,
+                            error = %reason,
+                            "send failed; retrying with backoff (the batch stays in the WAL)"
+                        );
+                    }
+                    *lock(&self.shared.last_error) = Some(reason);
+                    self.publish(false, false);
+                    let pause = backoff(&self.retry, failures, retry_after);
+                    if !self.pause(pause).await {
+                        return false;
+                    }
+                    let drops = lock(&self.shared.wal).stats().dropped_records;
+                    if drops != drops_seen {
+                        drops_seen = drops;
+                        if let Some(p) = out.position
+                            && !self.still_in_wal(p)
+                        {
+                            // The cap deleted it (counted and logged by the WAL
+                            // side); carry on with the oldest record left.
+                            return true;
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    /// Sleeps for `d` unless the pipeline is stopped meanwhile (false then). While
+    /// draining, retries go on until the grace period ends.
+    async fn pause(&mut self, d: Duration) -> bool {
+        let deadline = tokio::time::Instant::now() + d;
+        loop {
+            if *self.mode.borrow_and_update() == STOP {
+                return false;
+            }
+            tokio::select! {
+                () = tokio::time::sleep_until(deadline) => return true,
+                changed = self.mode.changed() => {
+                    if changed.is_err() {
+                        return false;
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// The pause before retry number `failures` (1-based): full jitter over an
+/// exponentially growing bound (`initial_backoff * 2^(failures-1)`, at most
+/// `max_backoff`); a backend's `Retry-After` is honoured up to `max_backoff`.
+pub fn backoff(retry: &RetryConfig, failures: u32, retry_after: Option<Duration>) -> Duration {
+    let exp = failures.saturating_sub(1).min(30);
+    let bound = retry
+        .initial_backoff
+        .saturating_mul(1u32 << exp)
+        .min(retry.max_backoff);
+    let jittered = bound.mul_f64(fastrand::f64());
+    match retry_after {
+        Some(hint) => hint.min(retry.max_backoff).max(jittered),
+        None => jittered,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn record_round_trips_and_refuses_foreign_payloads() {
+        let r = Record {
+            appended_ms: 1_700_000_000_123,
+            points: 42,
+            body: Bytes::from_static(b"body bytes"),
+        };
+        assert_eq!(Record::from_payload(r.to_payload()), Some(r));
+        assert_eq!(Record::from_payload(vec![1, 2, 3]), None);
+        let mut other = vec![9u8; 40];
+        other[0] = 2;
+        assert_eq!(Record::from_payload(other), None);
+    }
+
+    #[test]
+    fn backoff_grows_with_full_jitter_and_honours_retry_after() {
+        let retry = RetryConfig {
+            initial_backoff: Duration::from_millis(100),
+            max_backoff: Duration::from_secs(2),
+        };
+        for failures in 1..40 {
+            let bound = Duration::from_millis(100)
+                .saturating_mul(1 << (failures - 1).min(30))
+                .min(Duration::from_secs(2));
+            for _ in 0..50 {
+                assert!(backoff(&retry, failures, None) <= bound);
+            }
+        }
+        // Full jitter: not always the bound.
+        let samples: Vec<_> = (0..50).map(|_| backoff(&retry, 5, None)).collect();
+        assert!(samples.iter().any(|d| *d < Duration::from_millis(1500)));
+        assert!(backoff(&retry, 1, Some(Duration::from_secs(1))) >= Duration::from_secs(1));
+        assert_eq!(
+            backoff(&retry, 1, Some(Duration::from_secs(3600))),
+            Duration::from_secs(2)
+        );
+    }
+}

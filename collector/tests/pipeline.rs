@@ -1,0 +1,288 @@
+//! A pipeline against a scripted in-process HTTP backend: order, retries, permanent
+//! refusals, replay after a restart, a full queue, and the WAL cap.
+//!
+//! The pipeline type is `influxdb` because its bodies are plain text: each test batch
+//! carries one gauge `batch value=<n>`, so the backend's log says exactly which
+//! batches arrived, in which order, how often.
+
+use std::collections::VecDeque;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use http_body_util::BodyExt;
+use hyper::StatusCode;
+use weir_collector::config::{Config, PipelineConfig};
+use weir_collector::http::{plain, serve};
+use weir_collector::pipeline::Pipeline;
+use weir_core::{Aggregator, FlushBatch, Sample};
+
+/// What the backend answers, in order; when the script is empty it answers 204.
+#[derive(Clone, Copy, Debug)]
+enum Answer {
+    /// 503 with `Retry-After: 0`.
+    Unavailable,
+    /// 400: refused for good.
+    BadRequest,
+    /// Wait, then 204.
+    Slow(Duration),
+}
+
+#[derive(Default)]
+struct Backend {
+    script: Mutex<VecDeque<Answer>>,
+    /// Batch numbers taken (204), in arrival order.
+    taken: Mutex<Vec<u64>>,
+    /// Requests seen, whatever the answer.
+    requests: Mutex<u64>,
+}
+
+impl Backend {
+    async fn start() -> (Arc<Backend>, SocketAddr, tokio::task::JoinHandle<()>) {
+        let backend = Arc::new(Backend::default());
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let b = backend.clone();
+        let task = tokio::spawn(serve(listener, "test backend", move |req| {
+            let b = b.clone();
+            async move {
+                let body = req.into_body().collect().await.unwrap().to_bytes();
+                *b.requests.lock().unwrap() += 1;
+                let answer = b.script.lock().unwrap().pop_front();
+                match answer {
+                    Some(Answer::Unavailable) => {
+                        let mut r = plain(StatusCode::SERVICE_UNAVAILABLE, "busy");
+                        r.headers_mut()
+                            .insert("retry-after", hyper::header::HeaderValue::from_static("0"));
+                        return r;
+                    }
+                    Some(Answer::BadRequest) => return plain(StatusCode::BAD_REQUEST, "bad line"),
+                    Some(Answer::Slow(d)) => tokio::time::sleep(d).await,
+                    None => {}
+                }
+                let text = String::from_utf8(body.to_vec()).unwrap();
+                // `batch value=<n> <ts>`; other measurements are padding.
+                for line in text.lines().filter(|l| l.starts_with("batch ")) {
+                    let n = line.split([' ', '=']).nth(2).unwrap();
+                    b.taken
+                        .lock()
+                        .unwrap()
+                        .push(n.parse::<f64>().unwrap() as u64);
+                }
+                plain(StatusCode::NO_CONTENT, "")
+            }
+        }));
+        (backend, addr, task)
+    }
+
+    fn script(&self, answers: &[Answer]) {
+        self.script.lock().unwrap().extend(answers.iter().copied());
+    }
+
+    fn taken(&self) -> Vec<u64> {
+        self.taken.lock().unwrap().clone()
+    }
+
+    /// Waits (bounded) until `n` batches were taken.
+    async fn wait_taken(&self, n: usize) -> Vec<u64> {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while self.taken().len() < n && Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        self.taken()
+    }
+}
+
+fn temp_dir(tag: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!(
+        "weir-pipeline-{tag}-{}-{:?}",
+        std::process::id(),
+        Instant::now()
+    ));
+    let _ = std::fs::remove_dir_all(&dir);
+    dir
+}
+
+fn pipeline_config(addr: &str, extra: &str) -> PipelineConfig {
+    let text = format!(
+        "[[pipelines]]\nname = \"t\"\ntype = \"influxdb\"\nendpoint = \"http://{addr}\"\n\
+         database = \"db\"\ntimeout = \"2s\"\n{extra}\n\
+         [pipelines.retry]\ninitial_backoff = \"5ms\"\nmax_backoff = \"20ms\"\n"
+    );
+    let mut c = Config::from_toml(&text, "test").unwrap();
+    c.pipelines.remove(0)
+}
+
+/// A batch holding the gauge `batch` = `n`.
+fn batch(n: u64) -> FlushBatch {
+    let agg = Aggregator::default();
+    agg.record("batch", &[], Sample::Gauge(n as f64), 0)
+        .unwrap();
+    agg.flush()
+}
+
+fn start(config: &PipelineConfig, dir: &Path) -> Pipeline {
+    Pipeline::start(config, dir).unwrap()
+}
+
+#[tokio::test]
+async fn batches_arrive_in_order_through_retries_and_refusals() {
+    let (backend, addr, _server) = Backend::start().await;
+    // Batch 1 is refused three times (retried), batch 2 for good (dropped), batch
+    // 3 is slow.
+    backend.script(&[
+        Answer::Unavailable,
+        Answer::Unavailable,
+        Answer::Unavailable,
+        Answer::Slow(Duration::ZERO),
+        Answer::BadRequest,
+        Answer::Slow(Duration::from_millis(200)),
+    ]);
+    let dir = temp_dir("order");
+    let p = start(&pipeline_config(&addr.to_string(), ""), &dir);
+    let mut head = Default::default();
+    for n in 1..=5 {
+        head = p.accept(&batch(n));
+    }
+    // Each wait ends at the first failed attempt; retry until delivered (bounded).
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let outcome = p.wait_delivered(head, Duration::from_secs(20)).await;
+        if outcome.delivered {
+            break;
+        }
+        assert!(Instant::now() < deadline, "{outcome:?}");
+    }
+    assert_eq!(backend.taken(), vec![1, 3, 4, 5]);
+    let c = p.counters();
+    let load = |a: &std::sync::atomic::AtomicU64| a.load(std::sync::atomic::Ordering::Relaxed);
+    assert_eq!(load(&c.retries), 3);
+    assert_eq!(load(&c.failed_batches), 1);
+    assert_eq!(load(&c.failed_points), 1);
+    assert_eq!(load(&c.sent_batches), 4);
+    assert_eq!(*backend.requests.lock().unwrap(), 8);
+    let status = p.status();
+    assert_eq!(status.wal.unacked_records, 0);
+    assert_eq!(status.lag_seconds, 0.0);
+    p.shutdown(Duration::from_secs(1)).await;
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[tokio::test]
+async fn unsent_batches_are_replayed_in_order_after_a_restart() {
+    // Nothing listens on this port yet: every send fails to connect.
+    let probe = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = probe.local_addr().unwrap();
+    drop(probe);
+    let dir = temp_dir("replay");
+    let config = pipeline_config(&addr.to_string(), "");
+    let p = start(&config, &dir);
+    for n in 1..=3 {
+        p.accept(&batch(n));
+    }
+    let outcome = p.shutdown(Duration::from_millis(100)).await;
+    assert!(!outcome.delivered);
+    assert!(outcome.error.unwrap().contains("cannot reach"));
+    drop(p);
+
+    // A backend comes up (the WAL holds bodies, not addresses); a new pipeline on
+    // the same WAL sends the three old batches first, then new ones.
+    let (backend2, addr2, _server) = Backend::start().await;
+    let config = pipeline_config(&addr2.to_string(), "");
+    let p = start(&config, &dir);
+    assert_eq!(p.status().wal.unacked_records, 3);
+    let head = p.accept(&batch(4));
+    assert!(
+        p.wait_delivered(head, Duration::from_secs(20))
+            .await
+            .delivered
+    );
+    assert_eq!(backend2.taken(), vec![1, 2, 3, 4]);
+    p.shutdown(Duration::from_secs(1)).await;
+    drop(p);
+
+    // Everything was acknowledged: a third start sends nothing again.
+    let p = start(&config, &dir);
+    assert_eq!(p.status().wal.unacked_records, 0);
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    assert_eq!(backend2.taken(), vec![1, 2, 3, 4]);
+    p.shutdown(Duration::from_secs(1)).await;
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[tokio::test]
+async fn a_full_queue_costs_disk_reads_not_batches() {
+    let (backend, addr, _server) = Backend::start().await;
+    backend.script(&[Answer::Slow(Duration::from_millis(300))]);
+    let dir = temp_dir("queue");
+    let p = start(
+        &pipeline_config(&addr.to_string(), "queue_capacity = 1"),
+        &dir,
+    );
+    let mut head = Default::default();
+    for n in 1..=20 {
+        head = p.accept(&batch(n));
+    }
+    assert!(
+        p.wait_delivered(head, Duration::from_secs(20))
+            .await
+            .delivered
+    );
+    assert_eq!(backend.taken(), (1..=20).collect::<Vec<_>>());
+    let queue_full = p
+        .counters()
+        .queue_full
+        .load(std::sync::atomic::Ordering::Relaxed);
+    assert!(queue_full >= 10, "queue_full = {queue_full}");
+    p.shutdown(Duration::from_secs(1)).await;
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[tokio::test]
+async fn the_wal_cap_drops_exactly_the_oldest_batches_and_counts_them() {
+    let probe = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = probe.local_addr().unwrap();
+    drop(probe);
+    let dir = temp_dir("cap");
+    // Padding labels make each batch ~20 KiB, so 1 MiB holds ~50 of them.
+    let config = pipeline_config(
+        &addr.to_string(),
+        "[pipelines.wal]\nmax_bytes = 1048576\nsegment_bytes = 65536",
+    );
+    let p = start(&config, &dir);
+    let total = 200u64;
+    for n in 1..=total {
+        let agg = Aggregator::default();
+        agg.record("batch", &[], Sample::Gauge(n as f64), 0)
+            .unwrap();
+        let pad = "x".repeat(200);
+        for i in 0..100 {
+            let v = format!("{pad}{i}");
+            agg.record("pad", &[("p", v.as_str())], Sample::Gauge(0.0), 0)
+                .unwrap();
+        }
+        p.accept(&agg.flush());
+    }
+    let status = p.status();
+    assert!(status.wal.bytes <= 1 << 20, "{:?}", status.wal);
+    let dropped = status.wal.dropped_records;
+    assert!(dropped > 0 && dropped < total, "{:?}", status.wal);
+    assert!(status.wal.dropped_bytes > 0);
+    p.shutdown(Duration::from_millis(50)).await;
+    drop(p);
+
+    // Bring a backend up (it ignores the pad lines) and restart: exactly the newest
+    // `total - dropped` batches arrive, in order.
+    let (backend, addr2, _server) = Backend::start().await;
+    let config = pipeline_config(
+        &addr2.to_string(),
+        "[pipelines.wal]\nmax_bytes = 1048576\nsegment_bytes = 65536",
+    );
+    let p = start(&config, &dir);
+    let expected: Vec<u64> = (dropped + 1..=total).collect();
+    let taken = backend.wait_taken(expected.len()).await;
+    assert_eq!(taken, expected);
+    p.shutdown(Duration::from_secs(1)).await;
+    let _ = std::fs::remove_dir_all(&dir);
+}
