@@ -366,12 +366,26 @@ pub fn field<'a>(line: &'a str, key: &str) -> Option<&'a str> {
 /// A request over a plain TCP connection (HTTP/1.1, `Connection: close`); the status
 /// code and the body.
 pub fn http_request(addr: &str, method: &str, path: &str) -> (u16, String) {
+    http_request_with(addr, method, path, &[])
+}
+
+/// [`http_request`] with extra request headers.
+pub fn http_request_with(
+    addr: &str,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+) -> (u16, String) {
     use std::io::{Read, Write};
     let mut conn = std::net::TcpStream::connect(addr).expect("connect");
     conn.set_read_timeout(Some(TIMEOUT)).expect("timeout");
+    let extra: String = headers
+        .iter()
+        .map(|(k, v)| format!("{k}: {v}\r\n"))
+        .collect();
     write!(
         conn,
-        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\n{extra}Content-Length: 0\r\nConnection: close\r\n\r\n"
     )
     .expect("send");
     let mut resp = String::new();

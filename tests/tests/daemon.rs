@@ -1,7 +1,7 @@
 //! The daemon as an operator runs it: it starts, logs one summary line per flush, and
 //! on SIGTERM/SIGINT flushes once more, logs it and exits 0.
 
-use weir_e2e::{TIMEOUT, TempDir, Weir, field, http, http_get};
+use weir_e2e::{TIMEOUT, TempDir, Weir, field, http, http_get, http_request, http_request_with};
 
 /// An interval flush line in text format (not the final flush).
 fn is_flush(line: &str) -> bool {
@@ -232,8 +232,70 @@ fn admin_api_health_flush_metrics_status() {
     ] {
         assert!(metrics.contains(want), "no {want:?} in\n{metrics}");
     }
+    // The process metrics every Prometheus client library exports, with sane values.
+    let value = |name: &str| -> f64 {
+        metrics
+            .lines()
+            .find_map(|l| l.strip_prefix(&format!("{name} ")))
+            .and_then(|v| v.parse().ok())
+            .unwrap_or_else(|| panic!("no {name} in\n{metrics}"))
+    };
+    assert!(value("process_resident_memory_bytes") > 1e6);
+    assert!(value("process_virtual_memory_bytes") >= value("process_resident_memory_bytes"));
+    assert!(value("process_cpu_seconds_total") >= 0.0);
+    assert!(value("process_open_fds") >= 3.0);
+    assert!(value("process_start_time_seconds") > 1.7e9);
     let status = http_get(&admin, "/status");
     assert!(status.contains("\"active_series\":2"), "{status}");
+    weir.signal("TERM");
+    let (status, _) = weir.wait_exit(TIMEOUT);
+    assert!(status.success());
+}
+
+/// With `admin.token`, the mutating endpoints answer 401 without the bearer token
+/// (and with a wrong one) and work with it; read-only endpoints stay open.
+#[test]
+fn admin_token_guards_mutating_endpoints() {
+    let dir = TempDir::new("admin-token");
+    let token = "s3cret-token-0123456789";
+    let file = dir.write(
+        "weir.toml",
+        &format!(
+            "[aggregation]\nflush_interval = \"1h\"\n[receivers.statsd]\nenabled = false\n\
+             [receivers.otlp]\nenabled = false\n[exposition]\nenabled = false\n\
+             [admin]\naddress = \"127.0.0.1:0\"\ntoken = \"{token}\"\n"
+        ),
+    );
+    let mut weir = Weir::start(&["--config", file.to_str().unwrap()], dir.path());
+    let admin = weir.wait_for_line("admin", TIMEOUT, |l| l.contains("admin API listening"));
+    let admin = field(&admin, "address").unwrap().to_owned();
+    for path in ["/flush", "/config/reload"] {
+        let (code, body) = http_request(&admin, "POST", path);
+        assert_eq!(code, 401, "{path}: {body}");
+        let (code, _) = http_request_with(
+            &admin,
+            "POST",
+            path,
+            &[("Authorization", "Bearer wrong-token-0123456789")],
+        );
+        assert_eq!(code, 401, "{path}");
+        let (code, _) = http_request_with(&admin, "POST", path, &[("Authorization", token)]);
+        assert_eq!(code, 401, "{path}: a token without the Bearer scheme");
+    }
+    let bearer = format!("Bearer {token}");
+    let (code, body) = http_request_with(&admin, "POST", "/flush", &[("Authorization", &bearer)]);
+    assert_eq!(code, 200, "{body}");
+    assert!(body.contains("\"sequence\":1"), "{body}");
+    let (code, body) = http_request_with(
+        &admin,
+        "POST",
+        "/config/reload",
+        &[("Authorization", &bearer)],
+    );
+    assert_eq!(code, 200, "{body}");
+    assert_eq!(http_get(&admin, "/health"), "ok\n");
+    assert!(http_get(&admin, "/status").contains("\"active_series\":0"));
+    assert!(!http_get(&admin, "/status").contains(token));
     weir.signal("TERM");
     let (status, _) = weir.wait_exit(TIMEOUT);
     assert!(status.success());

@@ -137,6 +137,28 @@ fn reload_adds_and_removes_targets_and_refuses_a_broken_file() {
     let admin = field(&admin, "address").unwrap().to_owned();
     let urls = |status: &str| status.matches("\"url\":").count();
     assert_eq!(urls(&http_get(&admin, "/status")), 1);
+    // Scrapes of target `a` so far, from /status (`{"failures":..,"scrapes":N,..,"url":"http://a/metrics"}`).
+    let scrapes_of_a = || {
+        let status = http_get(&admin, "/status");
+        let url = format!("\"url\":\"http://{a}/metrics\"");
+        let object = status
+            .split('{')
+            .find(|o| o.contains(&url))
+            .unwrap_or_else(|| panic!("{status}"))
+            .to_owned();
+        object
+            .split("\"scrapes\":")
+            .nth(1)
+            .and_then(|r| r.split([',', '}']).next())
+            .and_then(|n| n.parse::<u64>().ok())
+            .unwrap_or_else(|| panic!("{object}"))
+    };
+    let deadline = std::time::Instant::now() + TIMEOUT;
+    while scrapes_of_a() < 3 && std::time::Instant::now() < deadline {
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    let before = scrapes_of_a();
+    assert!(before >= 3);
 
     dir.write("weir.toml", &format!("{base}{}{}", target(&a), target(&b)));
     let answer = http(&admin, "POST", "/config/reload");
@@ -145,6 +167,11 @@ fn reload_adds_and_removes_targets_and_refuses_a_broken_file() {
         "{answer}"
     );
     assert_eq!(urls(&http_get(&admin, "/status")), 2);
+    // The unchanged target kept running: its counters were not reset.
+    assert!(
+        scrapes_of_a() >= before,
+        "a restarted target would count from 0"
+    );
 
     dir.write(
         "weir.toml",
