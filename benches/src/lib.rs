@@ -7,6 +7,9 @@
 //!   They do the same job as a [`weir_core::Writer`] cache hit (find a counter by the
 //!   label set encoded in arrival order, add to it) behind one lock, or behind one of
 //!   256 locks.
+//! - [`otlp_load`]: the OTLP export load and latency table of the latency harnesses.
+
+pub mod otlp_load;
 
 use std::collections::HashMap;
 use std::fmt::Write as _;
