@@ -5,6 +5,8 @@
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
+use weir_core::{Aggregator, AggregatorConfig};
+
 use weir_proto::common::{AnyValue, KeyValue, any_value};
 use weir_proto::metrics::{
     AggregationTemporality, Metric, NumberDataPoint, ResourceMetrics, ScopeMetrics, Sum,
@@ -124,4 +126,20 @@ pub fn row(name: &str, lat: &[Duration], base: Option<&[Duration]>) {
         ),
         None => println!("| {name} | {p50:.0} | {p99:.0} | {p999:.0} | (baseline) |"),
     }
+}
+
+/// The harnesses' runtime (two workers, as on the 2-core target machine) and an
+/// aggregator without eviction or a per-metric limit in the way of 100k series.
+pub fn harness() -> (tokio::runtime::Runtime, Aggregator) {
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("runtime");
+    let agg = Aggregator::new(AggregatorConfig {
+        series_ttl: Duration::ZERO,
+        max_series_per_metric: 1_000_000,
+        ..AggregatorConfig::default()
+    });
+    (rt, agg)
 }

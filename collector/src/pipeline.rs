@@ -618,7 +618,7 @@ impl Forwarder {
             if mode == STOP {
                 return;
             }
-            match self.next() {
+            match self.next().await {
                 Next::Send(out) => {
                     if !self.send(out).await {
                         return;
@@ -647,10 +647,10 @@ impl Forwarder {
 
     /// The next record in order: from the ring when it is the one at the cursor,
     /// otherwise from the WAL.
-    fn next(&mut self) -> Next {
+    async fn next(&mut self) -> Next {
         loop {
             let Some(q) = self.stash.take().or_else(|| self.consumer.pop().ok()) else {
-                return self.read_wal();
+                return self.read_wal().await;
             };
             let Some(position) = q.position else {
                 // The WAL could not take it: send it from memory.
@@ -673,50 +673,53 @@ impl Forwarder {
             // Records between the cursor and this one (the ring was full, or they
             // predate this process): read them from the WAL first.
             self.stash = Some(q);
-            return self.read_wal();
+            return self.read_wal().await;
         }
     }
 
-    fn read_wal(&mut self) -> Next {
-        let read = lock(&self.shared.wal).read(self.cursor);
-        match read {
-            Ok(None) => Next::Idle,
-            Ok(Some(r)) => match Record::from_payload(r.payload) {
-                Some(record) => Next::Send(Outgoing {
-                    position: Some(r.position),
-                    next: r.next,
-                    record,
-                }),
-                None => {
+    async fn read_wal(&mut self) -> Next {
+        loop {
+            let cursor = self.cursor;
+            let read = with_wal(self.shared.clone(), move |wal| wal.read(cursor)).await;
+            return match read {
+                Ok(None) => Next::Idle,
+                Ok(Some(r)) => match Record::from_payload(r.payload) {
+                    Some(record) => Next::Send(Outgoing {
+                        position: Some(r.position),
+                        next: r.next,
+                        record,
+                    }),
+                    None => {
+                        self.shared
+                            .counters
+                            .failed_batches
+                            .fetch_add(1, Ordering::Relaxed);
+                        error!(
+                            pipeline = %self.shared.name,
+                            segment = r.position.segment,
+                            offset = r.position.offset,
+                            "WAL record in an unknown format skipped"
+                        );
+                        self.acknowledge(r.next).await;
+                        continue;
+                    }
+                },
+                Err(e) => {
                     self.shared
                         .counters
-                        .failed_batches
+                        .wal_errors
                         .fetch_add(1, Ordering::Relaxed);
-                    error!(
-                        pipeline = %self.shared.name,
-                        segment = r.position.segment,
-                        offset = r.position.offset,
-                        "WAL record in an unknown format skipped"
-                    );
-                    self.acknowledge(r.next);
-                    self.read_wal()
+                    error!(pipeline = %self.shared.name, error = %e, "WAL read failed");
+                    Next::ReadError
                 }
-            },
-            Err(e) => {
-                self.shared
-                    .counters
-                    .wal_errors
-                    .fetch_add(1, Ordering::Relaxed);
-                error!(pipeline = %self.shared.name, error = %e, "WAL read failed");
-                Next::ReadError
-            }
+            };
         }
     }
 
-    fn acknowledge(&mut self, next: WalPosition) {
+    async fn acknowledge(&mut self, next: WalPosition) {
         if next > self.cursor {
             self.cursor = next;
-            if let Err(e) = lock(&self.shared.wal).ack(next) {
+            if let Err(e) = with_wal(self.shared.clone(), move |wal| wal.ack(next)).await {
                 self.shared
                     .counters
                     .wal_errors
@@ -738,8 +741,12 @@ impl Forwarder {
 
     /// True while the record at `position` is still in the WAL (the size cap may
     /// have deleted its segment while the backend was down).
-    fn still_in_wal(&self, position: WalPosition) -> bool {
-        matches!(lock(&self.shared.wal).read(position), Ok(Some(r)) if r.position == position)
+    async fn still_in_wal(&mut self, position: WalPosition) -> bool {
+        with_wal(
+            self.shared.clone(),
+            move |wal| matches!(wal.read(position), Ok(Some(r)) if r.position == position),
+        )
+        .await
     }
 
     /// Sends one record until it is taken or refused for good. Returns false if the
@@ -750,7 +757,8 @@ impl Forwarder {
             .sending_since_ms
             .store(out.record.appended_ms.max(1), Ordering::Relaxed);
         let mut failures: u32 = 0;
-        let mut drops_seen = lock(&self.shared.wal).stats().dropped_records;
+        let dropped = |wal: &mut Wal| wal.stats().dropped_records;
+        let mut drops_seen = with_wal(self.shared.clone(), dropped).await;
         loop {
             let result = self.sender.send(out.record.body.clone()).await;
             match result {
@@ -775,7 +783,7 @@ impl Forwarder {
                         info!(pipeline = %self.shared.name, attempts = failures + 1, "backend reachable again");
                     }
                     *lock(&self.shared.last_error) = None;
-                    self.acknowledge(out.next);
+                    self.acknowledge(out.next).await;
                     self.publish(true, false);
                     return true;
                 }
@@ -790,7 +798,7 @@ impl Forwarder {
                         "the backend refused a batch for good; it is dropped"
                     );
                     *lock(&self.shared.last_error) = Some(reason);
-                    self.acknowledge(out.next);
+                    self.acknowledge(out.next).await;
                     self.publish(false, true);
                     return true;
                 }
@@ -815,11 +823,11 @@ impl Forwarder {
                     if !self.pause(pause).await {
                         return false;
                     }
-                    let drops = lock(&self.shared.wal).stats().dropped_records;
+                    let drops = with_wal(self.shared.clone(), dropped).await;
                     if drops != drops_seen {
                         drops_seen = drops;
                         if let Some(p) = out.position
-                            && !self.still_in_wal(p)
+                            && !self.still_in_wal(p).await
                         {
                             // The cap deleted it (counted and logged by the WAL
                             // side); carry on with the oldest record left.
@@ -848,6 +856,19 @@ impl Forwarder {
                 }
             }
         }
+    }
+}
+
+/// Runs `f` on the WAL on a blocking thread (disk reads, fsyncs of the ack file:
+/// never on an async worker, which the receivers share).
+async fn with_wal<T: Send + 'static>(
+    shared: Arc<Shared>,
+    f: impl FnOnce(&mut Wal) -> T + Send + 'static,
+) -> T {
+    let run = move || f(&mut lock(&shared.wal));
+    match tokio::task::spawn_blocking(run).await {
+        Ok(v) => v,
+        Err(e) => std::panic::resume_unwind(e.into_panic()),
     }
 }
 

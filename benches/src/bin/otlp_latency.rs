@@ -10,26 +10,17 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
-use weir_benches::otlp_load::{measure, noop_server, request, row};
+use weir_benches::otlp_load::{harness, measure, noop_server, request, row};
 use weir_collector::config::OtlpConfig;
 use weir_collector::otlp::OtlpReceiver;
-use weir_core::{Aggregator, AggregatorConfig, Sample, Temporality};
+use weir_core::{Sample, Temporality};
 
 fn main() {
     let n: usize = std::env::args()
         .nth(1)
         .and_then(|a| a.parse().ok())
         .unwrap_or(2_000);
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .expect("runtime");
-    let agg = Aggregator::new(AggregatorConfig {
-        series_ttl: Duration::ZERO,
-        max_series_per_metric: 1_000_000,
-        ..AggregatorConfig::default()
-    });
+    let (rt, agg) = harness();
     // 100k more series so that the flush scenario flushes a realistic map.
     {
         let mut w = agg.writer();

@@ -16,11 +16,11 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
-use weir_benches::otlp_load::{measure, noop_server, request, row};
+use weir_benches::otlp_load::{harness, measure, noop_server, request, row};
 use weir_collector::config::{Config, OtlpConfig};
 use weir_collector::otlp::OtlpReceiver;
 use weir_collector::pipeline::Pipeline;
-use weir_core::{Aggregator, AggregatorConfig, Sample, Temporality};
+use weir_core::{Sample, Temporality};
 
 const SERIES: usize = 100_000;
 
@@ -100,16 +100,7 @@ fn main() {
         .unwrap_or(5);
     let dir = std::env::temp_dir().join(format!("weir-pipeline-latency-{}", std::process::id()));
     let prometheus = Prometheus::start(dir.join("prometheus"));
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .expect("runtime");
-    let agg = Aggregator::new(AggregatorConfig {
-        series_ttl: Duration::ZERO,
-        max_series_per_metric: 1_000_000,
-        ..AggregatorConfig::default()
-    });
+    let (rt, agg) = harness();
     let ids: Vec<String> = (0..SERIES).map(|i| i.to_string()).collect();
     let bump = {
         let agg = agg.clone();
