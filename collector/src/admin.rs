@@ -236,6 +236,7 @@ async fn handle(method: &Method, path: &str, state: &AdminState) -> Response<Bod
 fn summary_json(s: &FlushSummary) -> serde_json::Value {
     serde_json::json!({
         "sequence": s.sequence,
+        "time_unix_ms": s.end_ms,
         "series": s.series,
         "evicted": s.evicted,
         "counter_delta_sum": s.counter_delta_sum,

@@ -87,6 +87,8 @@ fn warn_parse_errors(stats: &StatsdStats, seen: u64) -> u64 {
 pub struct FlushSummary {
     /// The batch's sequence number (1 for the first flush).
     pub sequence: u64,
+    /// When the flush ran, ms since the Unix epoch.
+    pub end_ms: i64,
     /// Series in the batch (live series plus final entries of evicted ones).
     pub series: usize,
     /// Series in the batch that were evicted (their last entry).
@@ -136,6 +138,7 @@ impl FlushSummary {
             .collect();
         FlushSummary {
             sequence: batch.sequence,
+            end_ms: batch.end_ms,
             series: batch.series.len(),
             evicted: batch.series.iter().filter(|s| s.evicted).count(),
             counter_delta_sum: batch.counter_delta_sum(),

@@ -247,6 +247,10 @@ fn admin_api_health_flush_metrics_status() {
     assert!(value("process_start_time_seconds") > 1.7e9);
     let status = http_get(&admin, "/status");
     assert!(status.contains("\"active_series\":2"), "{status}");
+    assert!(
+        status.contains("\"time_unix_ms\":1"),
+        "last flush time: {status}"
+    );
     weir.signal("TERM");
     let (status, _) = weir.wait_exit(TIMEOUT);
     assert!(status.success());
