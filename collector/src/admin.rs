@@ -177,14 +177,23 @@ async fn handle(method: &Method, path: &str, state: &AdminState) -> Response<Bod
                 Ok(Ok(summary)) => {
                     // The attempt: every pipeline either delivers what this flush
                     // wrote, fails an attempt, or runs out of time.
-                    let waits = state
+                    // All pipelines at once: the answer takes as long as the slowest.
+                    let waits: Vec<_> = state
                         .pipelines
                         .iter()
                         .zip(&summary.pipeline_heads)
-                        .map(|(p, head)| p.wait_delivered(*head, FLUSH_FORWARD_TIMEOUT));
+                        .map(|(p, head)| {
+                            let (p, head) = (p.clone(), *head);
+                            tokio::spawn(async move {
+                                p.wait_delivered(head, FLUSH_FORWARD_TIMEOUT).await
+                            })
+                        })
+                        .collect();
                     let mut outcomes = Vec::new();
                     for w in waits {
-                        outcomes.push(w.await);
+                        if let Ok(outcome) = w.await {
+                            outcomes.push(outcome);
+                        }
                     }
                     let mut body = summary_json(&summary);
                     body["pipelines"] = outcomes
