@@ -277,6 +277,12 @@ fn status(state: &AdminState) -> serde_json::Value {
                 "up": c.up.load(Ordering::Relaxed) == 1,
                 "scrapes": c.scrapes.load(Ordering::Relaxed),
                 "failures": c.failures.load(Ordering::Relaxed),
+                "last_scrape_unix_ms": match c.last_scrape_ms.load(Ordering::Relaxed) {
+                    0 => None,
+                    t => Some(t),
+                },
+                "last_error": c.last_error.lock().unwrap_or_else(|p| p.into_inner()).clone(),
+                "format": *c.format.lock().unwrap_or_else(|p| p.into_inner()),
             })
         })
         .collect();

@@ -1,5 +1,5 @@
 //! The Prometheus scraper: static targets scraped over HTTP on their own schedule,
-//! bodies parsed by weir-core's text exposition parser into the aggregator.
+//! bodies parsed by weir-core's exposition parsers into the aggregator.
 //!
 //! Owns: the schedule (one task per target, a stable jittered offset inside its
 //! interval so targets never scrape in lock-step), the concurrency limit (a
@@ -10,14 +10,24 @@
 //! own task; only the semaphore is shared), or crash on a body: garbage gives `up 0`
 //! and counted errors.
 //!
+//! Content negotiation, as Prometheus does it: the request's `Accept` ([`ACCEPT`])
+//! prefers the protobuf exposition format, then OpenMetrics text 1.0, then text 0.0.4,
+//! and the body is parsed by the response's `Content-Type`
+//! ([`Format::from_content_type`]: missing or unknown reads as text 0.0.4). The request
+//! also says `Accept-Encoding: gzip`; a gzip body is decompressed with
+//! `body_limit_bytes` applied to the compressed bytes as they arrive and to the
+//! decompressed ones (a gzip bomb fails the scrape as `body_too_large`, `up 0`). Each
+//! target logs the format it answers in once, and again whenever it changes.
+//!
 //! Reload ([`Scraper::reconcile`]): unchanged targets keep their task, schedule and
 //! counters; removed or changed targets stop after the scrape they have in flight;
 //! added or changed ones start. Shutdown ([`Scraper::stop`]) lets scrapes in flight
 //! finish for a bounded time.
 //!
-//! Not yet: the protobuf exposition format and OpenMetrics negotiation, gzip, TLS.
+//! Not yet: TLS, other content encodings than gzip.
 
 use std::hash::{Hash, Hasher};
+use std::io::Read as _;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
@@ -29,14 +39,22 @@ use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
 use tokio::sync::{Semaphore, watch};
 use tokio::task::JoinHandle;
-use tracing::{debug, warn};
-use weir_core::exposition::{ExpositionError, parse_text};
+use tracing::{debug, info, warn};
+use weir_core::exposition::{ExpositionError, Format};
 use weir_core::{Aggregator, Sample, Writer};
 
 use crate::config::{ScrapeConfig, ScrapeTarget};
 
-/// The Accept header: the text format, version 0.0.4.
-const ACCEPT: &str = "text/plain;version=0.0.4;q=1,*/*;q=0.1";
+/// The Accept header of every scrape: the protobuf exposition format first, then
+/// OpenMetrics text 1.0, then text 0.0.4, then anything (read as text 0.0.4), in the
+/// order of [`Format::ALL`] (checked by a test).
+pub const ACCEPT: &str = "application/vnd.google.protobuf;proto=io.prometheus.client.MetricFamily;encoding=delimited;q=0.7,\
+     application/openmetrics-text;version=1.0.0;q=0.5,\
+     text/plain;version=0.0.4;q=0.3,\
+     */*;q=0.1";
+
+/// The Accept-Encoding header of every scrape.
+const ACCEPT_ENCODING: &str = "gzip";
 
 /// Why one scrape failed. Stable names for counters and logs.
 #[derive(Debug, thiserror::Error)]
@@ -50,12 +68,19 @@ pub enum ScrapeError {
     /// The target answered with a non-2xx status.
     #[error("HTTP status {0}")]
     Status(u16),
-    /// The body was larger than `body_limit_bytes`.
+    /// The body was larger than `body_limit_bytes`, as received or once
+    /// decompressed.
     #[error("body larger than {0} bytes")]
     BodyTooLarge(usize),
     /// Reading the body failed.
     #[error("reading the body failed: {0}")]
     Body(String),
+    /// The body said `Content-Encoding: gzip` but did not decompress.
+    #[error("gzip body did not decompress: {0}")]
+    Decompress(String),
+    /// The body came in a content encoding weir did not ask for.
+    #[error("unsupported content encoding {0:?}")]
+    Encoding(String),
 }
 
 impl ScrapeError {
@@ -67,6 +92,8 @@ impl ScrapeError {
             ScrapeError::Status(_) => "http_status",
             ScrapeError::BodyTooLarge(_) => "body_too_large",
             ScrapeError::Body(_) => "body_read_failed",
+            ScrapeError::Decompress(_) => "decompress_failed",
+            ScrapeError::Encoding(_) => "unsupported_encoding",
         }
     }
 }
@@ -85,6 +112,18 @@ pub struct TargetCounters {
     pub parse_errors: AtomicU64,
     /// 1 if the last scrape succeeded.
     pub up: AtomicU64,
+    /// When the last scrape ended, ms since the Unix epoch (0: none yet).
+    pub last_scrape_ms: AtomicU64,
+    /// Why the last scrape failed (`None` after a good one).
+    pub last_error: std::sync::Mutex<Option<String>>,
+    /// The exposition format the target answered in last.
+    pub format: std::sync::Mutex<Option<&'static str>>,
+}
+
+impl TargetCounters {
+    fn set_last_error(&self, e: Option<String>) {
+        *self.last_error.lock().unwrap_or_else(|p| p.into_inner()) = e;
+    }
 }
 
 /// The running scraper: one task per target.
@@ -180,7 +219,7 @@ impl Scraper {
     fn spawn(&self, t: &ScrapeTarget, aggregator: &Aggregator) -> Option<Running> {
         // Checked when the config was loaded; a bad one is skipped, not fatal.
         let Ok(uri) = t.url.parse::<hyper::Uri>() else {
-            warn!(target = %t.url, "scrape: invalid URL, target skipped");
+            warn!(url = %t.url, "scrape: invalid URL, target skipped");
             return None;
         };
         let counters = Arc::new(TargetCounters::default());
@@ -194,6 +233,7 @@ impl Scraper {
             permits: self.permits.clone(),
             writer: aggregator.writer(),
             counters: counters.clone(),
+            format: None,
         };
         Some(Running {
             target: t.clone(),
@@ -260,6 +300,16 @@ struct TargetRun {
     permits: Arc<Semaphore>,
     writer: Writer,
     counters: Arc<TargetCounters>,
+    /// The format of the last body, to log when it changes.
+    format: Option<Format>,
+}
+
+/// A body as fetched: decompressed, with the format its content type names.
+struct Fetched {
+    body: Bytes,
+    format: Format,
+    /// True if it came gzip-compressed.
+    gzip: bool,
 }
 
 impl TargetRun {
@@ -293,7 +343,18 @@ impl TargetRun {
         self.counters.scrapes.fetch_add(1, Ordering::Relaxed);
         let result = tokio::time::timeout(self.target.timeout, self.fetch()).await;
         let body = match result {
-            Ok(Ok(body)) => Some(body),
+            Ok(Ok(fetched)) => {
+                if self.format != Some(fetched.format) {
+                    self.format = Some(fetched.format);
+                    *self
+                        .counters
+                        .format
+                        .lock()
+                        .unwrap_or_else(|p| p.into_inner()) = Some(fetched.format.as_str());
+                    info!(url = %self.target.url, format = fetched.format.as_str(), gzip = fetched.gzip, "scrape format");
+                }
+                Some(fetched)
+            }
             Ok(Err(e)) => {
                 self.fail(&e);
                 None
@@ -304,8 +365,8 @@ impl TargetRun {
             }
         };
         let mut samples = 0u64;
-        if let Some(body) = &body {
-            let report = self.ingest(body);
+        if let Some(fetched) = &body {
+            let report = self.ingest(fetched.format, &fetched.body);
             samples = report.samples;
             let errors: u64 = report.errors.iter().sum();
             self.counters.samples.fetch_add(samples, Ordering::Relaxed);
@@ -318,12 +379,24 @@ impl TargetRun {
                     .filter(|r| report.errors(**r) > 0)
                     .map(|r| format!("{}={}", r.as_str(), report.errors(*r)))
                     .collect();
-                warn!(target = %self.target.url, skipped = errors, reasons = %reasons.join(","), "scrape: malformed lines skipped");
+                warn!(url = %self.target.url, skipped = errors, reasons = %reasons.join(","), "scrape: malformed lines skipped");
             }
         }
         // As Prometheus: a body that yields nothing at all is not a healthy target.
         let up = body.is_some() && samples > 0;
         self.counters.up.store(u64::from(up), Ordering::Relaxed);
+        if up {
+            self.counters.set_last_error(None);
+        } else if body.is_some() {
+            self.counters
+                .set_last_error(Some("the body held no samples".to_owned()));
+        }
+        let now_ms = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_millis() as u64);
+        self.counters
+            .last_scrape_ms
+            .store(now_ms, Ordering::Relaxed);
         let duration = started.elapsed().as_secs_f64();
         let labels: Vec<(&str, &str)> = self
             .labels
@@ -337,17 +410,20 @@ impl TargetRun {
         ] {
             let _ = self.writer.record(name, &labels, Sample::Gauge(value), 0);
         }
-        debug!(target = %self.target.url, up, samples, duration, "scraped");
+        debug!(url = %self.target.url, up, samples, duration, "scraped");
     }
 
     fn fail(&self, e: &ScrapeError) {
         self.counters.failures.fetch_add(1, Ordering::Relaxed);
-        warn!(target = %self.target.url, reason = e.as_str(), error = %e, "scrape failed");
+        self.counters
+            .set_last_error(Some(format!("{}: {e}", e.as_str())));
+        warn!(url = %self.target.url, reason = e.as_str(), error = %e, "scrape failed");
     }
 
-    async fn fetch(&self) -> Result<Bytes, ScrapeError> {
+    async fn fetch(&self) -> Result<Fetched, ScrapeError> {
         let req = hyper::Request::get(self.uri.clone())
             .header(hyper::header::ACCEPT, ACCEPT)
+            .header(hyper::header::ACCEPT_ENCODING, ACCEPT_ENCODING)
             .header(
                 hyper::header::USER_AGENT,
                 concat!("weir/", env!("CARGO_PKG_VERSION")),
@@ -362,22 +438,32 @@ impl TargetRun {
         if !resp.status().is_success() {
             return Err(ScrapeError::Status(resp.status().as_u16()));
         }
+        let header = |name| {
+            resp.headers()
+                .get(name)
+                .and_then(|v: &hyper::header::HeaderValue| v.to_str().ok())
+                .map(str::to_owned)
+        };
+        let format = Format::from_content_type(header(hyper::header::CONTENT_TYPE).as_deref());
+        let encoding = header(hyper::header::CONTENT_ENCODING);
         let limited = Limited::new(resp.into_body(), self.body_limit);
-        match limited.collect().await {
-            Ok(c) => Ok(c.to_bytes()),
+        let body = match limited.collect().await {
+            Ok(c) => c.to_bytes(),
             Err(e) if e.is::<http_body_util::LengthLimitError>() => {
-                Err(ScrapeError::BodyTooLarge(self.body_limit))
+                return Err(ScrapeError::BodyTooLarge(self.body_limit));
             }
-            Err(e) => Err(ScrapeError::Body(e.to_string())),
-        }
+            Err(e) => return Err(ScrapeError::Body(e.to_string())),
+        };
+        let (body, gzip) = decode_body(body, encoding.as_deref(), self.body_limit)?;
+        Ok(Fetched { body, format, gzip })
     }
 
-    /// Parses a body into the aggregator with the target's labels applied.
-    fn ingest(&mut self, body: &[u8]) -> weir_core::exposition::ParseReport {
+    /// Parses a body in `format` into the aggregator with the target's labels applied.
+    fn ingest(&mut self, format: Format, body: &[u8]) -> weir_core::exposition::ParseReport {
         let (writer, target_labels, honor) =
             (&mut self.writer, &self.labels, self.target.honor_labels);
         let mut merged: Vec<(String, String)> = Vec::new();
-        parse_text(body, &mut |name, labels, sample, ts| {
+        format.parse(body, &mut |name, labels, sample, ts| {
             merged.clear();
             merge_labels(target_labels, labels, honor, &mut merged);
             let view: Vec<(&str, &str)> = merged
@@ -387,6 +473,34 @@ impl TargetRun {
             // Refusals are counted by the aggregator by reason.
             let _ = writer.record(name, &view, sample, ts);
         })
+    }
+}
+
+/// The body as its `Content-Encoding` says: as is for none or `identity`,
+/// decompressed for `gzip` (or `x-gzip`) and then at most `limit` bytes; the bool says
+/// whether it was compressed. Any other encoding is an error (weir asks for gzip only).
+pub fn decode_body(
+    body: Bytes,
+    encoding: Option<&str>,
+    limit: usize,
+) -> Result<(Bytes, bool), ScrapeError> {
+    let encoding = encoding.map(str::trim).unwrap_or("");
+    if encoding.is_empty() || encoding.eq_ignore_ascii_case("identity") {
+        return Ok((body, false));
+    }
+    if !(encoding.eq_ignore_ascii_case("gzip") || encoding.eq_ignore_ascii_case("x-gzip")) {
+        return Err(ScrapeError::Encoding(encoding.to_owned()));
+    }
+    // Capacity from what arrived, not from what the stream claims; `take` stops one
+    // byte past the limit, which tells "too large" from "exactly at the limit".
+    let mut out = Vec::with_capacity(body.len().saturating_mul(4).min(limit));
+    let read = flate2::read::GzDecoder::new(&body[..])
+        .take(limit as u64 + 1)
+        .read_to_end(&mut out);
+    match read {
+        Ok(n) if n > limit => Err(ScrapeError::BodyTooLarge(limit)),
+        Ok(_) => Ok((Bytes::from(out), true)),
+        Err(e) => Err(ScrapeError::Decompress(e.to_string())),
     }
 }
 
@@ -448,6 +562,70 @@ mod tests {
             out,
             s(&[("instance", "h:1"), ("job", "app"), ("path", "/")])
         );
+    }
+
+    #[test]
+    fn accept_prefers_protobuf_then_openmetrics_then_text() {
+        let offered: Vec<(&str, f64)> = ACCEPT
+            .split(',')
+            .map(|part| {
+                let (media, q) = part.rsplit_once(";q=").unwrap();
+                (media, q.parse().unwrap())
+            })
+            .collect();
+        let formats: Vec<&str> = Format::ALL.iter().map(|f| f.media_type()).collect();
+        assert_eq!(
+            offered.iter().map(|o| o.0).collect::<Vec<_>>(),
+            [&formats[..], &["*/*"]].concat()
+        );
+        assert!(offered.windows(2).all(|w| w[0].1 > w[1].1), "{offered:?}");
+    }
+
+    fn gzip(data: &[u8]) -> Bytes {
+        use std::io::Write as _;
+        let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::best());
+        gz.write_all(data).unwrap();
+        Bytes::from(gz.finish().unwrap())
+    }
+
+    #[test]
+    fn gzip_bodies_are_decompressed_within_the_limit() {
+        let text = Bytes::from_static(b"a 1\n");
+        for enc in [None, Some(""), Some("identity")] {
+            assert_eq!(
+                decode_body(text.clone(), enc, 1024).unwrap(),
+                (text.clone(), false)
+            );
+        }
+        for enc in ["gzip", "GZIP", "x-gzip", " gzip "] {
+            assert_eq!(
+                decode_body(gzip(&text), Some(enc), 1024).unwrap(),
+                (text.clone(), true)
+            );
+        }
+        // Exactly at the limit is fine; one byte more is too large.
+        let exact = vec![b'x'; 1024];
+        assert_eq!(
+            decode_body(gzip(&exact), Some("gzip"), 1024)
+                .unwrap()
+                .0
+                .len(),
+            1024
+        );
+        let bomb = gzip(&vec![0u8; 64 << 20]);
+        assert!(bomb.len() < 128 << 10, "{} bytes", bomb.len());
+        let e = decode_body(bomb, Some("gzip"), 10 << 20).unwrap_err();
+        assert_eq!(e.as_str(), "body_too_large");
+        let e = decode_body(gzip(&[b'x'; 1025]), Some("gzip"), 1024).unwrap_err();
+        assert_eq!(e.as_str(), "body_too_large");
+        let e = decode_body(text.clone(), Some("gzip"), 1024).unwrap_err();
+        assert_eq!(e.as_str(), "decompress_failed");
+        let mut cut = gzip(b"a 1\nb 2\n").to_vec();
+        cut.truncate(cut.len() - 4);
+        let e = decode_body(Bytes::from(cut), Some("gzip"), 1024).unwrap_err();
+        assert_eq!(e.as_str(), "decompress_failed");
+        let e = decode_body(text, Some("br"), 1024).unwrap_err();
+        assert_eq!(e.as_str(), "unsupported_encoding");
     }
 
     #[test]

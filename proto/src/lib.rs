@@ -6,12 +6,13 @@
 //! depend on its module layout. The `grpc` feature adds the tonic service.
 //!
 //! Prometheus remote write 1.0 ([`prometheus`]) is declared here by hand with prost's
-//! derive: four small messages, no `protoc`. The protobuf exposition format comes with
-//! the scraper.
+//! derive: four small messages, no `protoc`. So is the protobuf exposition format the
+//! scraper reads ([`client_model`], `io.prometheus.client`).
 #![forbid(unsafe_code)]
 
 pub use prost::Message;
 
+pub mod client_model;
 pub mod prometheus;
 
 /// OTLP metrics data model (`opentelemetry.proto.metrics.v1`).

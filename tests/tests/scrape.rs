@@ -1,6 +1,7 @@
 //! The scraper against real HTTP servers (started by the test on 127.0.0.1, free
-//! ports): scraped cumulative counters become exact deltas (reset included), and a
-//! target that serves garbage is reported, not fatal.
+//! ports): scraped cumulative counters become exact deltas (reset included), a target
+//! that serves garbage is reported, not fatal, and every exposition format (protobuf,
+//! OpenMetrics, text, gzip-compressed, a gzip bomb) gives exact values.
 
 use std::io::{Read, Write};
 use std::net::TcpListener;
@@ -12,9 +13,78 @@ use weir_e2e::{TIMEOUT, TempDir, Weir, field, http, http_get, http_request};
 /// Serves `bodies[k]` to the k-th request (the last one from then on) for at most
 /// `max` requests, and reports each request on the channel. Returns the address.
 fn serve(bodies: Vec<String>, max: usize) -> (String, mpsc::Receiver<usize>) {
+    let responses = bodies
+        .into_iter()
+        .map(|b| Response::new("text/plain; version=0.0.4", b.into_bytes()))
+        .collect();
+    let (addr, rx, _) = serve_responses(responses, max);
+    (addr, rx)
+}
+
+/// One canned answer of a test target.
+#[derive(Clone)]
+struct Response {
+    content_type: &'static str,
+    /// `Content-Encoding`, if any.
+    encoding: Option<&'static str>,
+    body: Vec<u8>,
+    /// How long the target thinks before it answers.
+    delay: Duration,
+}
+
+impl Response {
+    fn new(content_type: &'static str, body: Vec<u8>) -> Response {
+        Response {
+            content_type,
+            encoding: None,
+            body,
+            delay: Duration::ZERO,
+        }
+    }
+
+    /// The same answer, sent `delay` after the request arrived.
+    fn delayed(mut self, delay: Duration) -> Response {
+        self.delay = delay;
+        self
+    }
+
+    /// The same answer gzip-compressed (by the system's `gzip`, part of every Debian
+    /// base system), with `Content-Encoding: gzip`.
+    fn gzipped(mut self) -> Response {
+        self.body = gzip(&self.body);
+        self.encoding = Some("gzip");
+        self
+    }
+}
+
+/// `data` compressed by `gzip -c -9`.
+fn gzip(data: &[u8]) -> Vec<u8> {
+    use std::process::{Command, Stdio};
+    let mut child = Command::new("gzip")
+        .args(["-c", "-9"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("run gzip");
+    let mut stdin = child.stdin.take().unwrap();
+    let data = data.to_vec();
+    let writer = std::thread::spawn(move || stdin.write_all(&data));
+    let out = child.wait_with_output().expect("gzip output");
+    writer.join().unwrap().expect("feed gzip");
+    assert!(out.status.success());
+    out.stdout
+}
+
+/// [`serve`] with full responses; the third channel carries each request's head
+/// (request line and headers).
+fn serve_responses(
+    responses: Vec<Response>,
+    max: usize,
+) -> (String, mpsc::Receiver<usize>, mpsc::Receiver<String>) {
     let listener = TcpListener::bind("127.0.0.1:0").unwrap();
     let addr = listener.local_addr().unwrap().to_string();
     let (tx, rx) = mpsc::channel();
+    let (head_tx, heads) = mpsc::channel();
     std::thread::spawn(move || {
         for k in 0..max {
             let Ok((mut conn, _)) = listener.accept() else {
@@ -29,16 +99,354 @@ fn serve(bodies: Vec<String>, max: usize) -> (String, mpsc::Receiver<usize>) {
                     Ok(n) => req.extend_from_slice(&buf[..n]),
                 }
             }
-            let body = &bodies[k.min(bodies.len() - 1)];
-            let resp = format!(
-                "HTTP/1.1 200 OK\r\nContent-Type: text/plain; version=0.0.4\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
-                body.len()
+            let _ = head_tx.send(String::from_utf8_lossy(&req).into_owned());
+            let r = &responses[k.min(responses.len() - 1)];
+            std::thread::sleep(r.delay);
+            let encoding = r
+                .encoding
+                .map_or_else(String::new, |e| format!("Content-Encoding: {e}\r\n"));
+            let head = format!(
+                "HTTP/1.1 200 OK\r\nContent-Type: {}\r\n{encoding}Content-Length: {}\r\nConnection: close\r\n\r\n",
+                r.content_type,
+                r.body.len()
             );
-            let _ = conn.write_all(resp.as_bytes());
+            let _ = conn.write_all(head.as_bytes());
+            let _ = conn.write_all(&r.body);
             let _ = tx.send(k + 1);
         }
     });
-    (addr, rx)
+    (addr, rx, heads)
+}
+
+/// A hand-written protobuf encoder for `io.prometheus.client` messages, kept apart
+/// from weir's own types so that the test checks weir against the wire format.
+mod pb {
+    fn varint(mut v: u64, out: &mut Vec<u8>) {
+        while v >= 0x80 {
+            out.push((v as u8) | 0x80);
+            v >>= 7;
+        }
+        out.push(v as u8);
+    }
+
+    /// Field `tag` with wire type 2 (length-delimited).
+    pub fn bytes(tag: u64, data: &[u8], out: &mut Vec<u8>) {
+        varint(tag << 3 | 2, out);
+        varint(data.len() as u64, out);
+        out.extend_from_slice(data);
+    }
+
+    /// Field `tag` with wire type 1 (a double).
+    pub fn double(tag: u64, v: f64, out: &mut Vec<u8>) {
+        varint(tag << 3 | 1, out);
+        out.extend_from_slice(&v.to_le_bytes());
+    }
+
+    /// Field `tag` with wire type 0 (a varint).
+    pub fn uint(tag: u64, v: u64, out: &mut Vec<u8>) {
+        varint(tag << 3, out);
+        varint(v, out);
+    }
+
+    /// `Metric { label = 1 (LabelPair { name = 1, value = 2 }), <value> }`.
+    pub fn metric(labels: &[(&str, &str)], value_field: u64, value: &[u8]) -> Vec<u8> {
+        let mut m = Vec::new();
+        for (k, v) in labels {
+            let mut l = Vec::new();
+            bytes(1, k.as_bytes(), &mut l);
+            bytes(2, v.as_bytes(), &mut l);
+            bytes(1, &l, &mut m);
+        }
+        bytes(value_field, value, &mut m);
+        m
+    }
+
+    /// A counter (`Metric.counter = 3`), gauge (2) or untyped (5) value message:
+    /// `{ value = 1 }`.
+    pub fn number(v: f64) -> Vec<u8> {
+        let mut out = Vec::new();
+        double(1, v, &mut out);
+        out
+    }
+
+    /// `Histogram { sample_count = 1, sample_sum = 2, bucket = 3 (Bucket {
+    /// cumulative_count = 1, upper_bound = 2 }) }` (`Metric.histogram = 7`).
+    pub fn histogram(count: u64, sum: f64, buckets: &[(f64, u64)]) -> Vec<u8> {
+        let mut h = Vec::new();
+        uint(1, count, &mut h);
+        double(2, sum, &mut h);
+        for (le, c) in buckets {
+            let mut b = Vec::new();
+            uint(1, *c, &mut b);
+            double(2, *le, &mut b);
+            bytes(3, &b, &mut h);
+        }
+        h
+    }
+
+    /// `Summary { sample_count = 1, sample_sum = 2, quantile = 3 (Quantile { quantile =
+    /// 1, value = 2 }) }` (`Metric.summary = 4`).
+    pub fn summary(count: u64, sum: f64, quantiles: &[(f64, f64)]) -> Vec<u8> {
+        let mut s = Vec::new();
+        uint(1, count, &mut s);
+        double(2, sum, &mut s);
+        for (q, v) in quantiles {
+            let mut one = Vec::new();
+            double(1, *q, &mut one);
+            double(2, *v, &mut one);
+            bytes(3, &one, &mut s);
+        }
+        s
+    }
+
+    /// A delimited `MetricFamily { name = 1, help = 2, type = 3, metric = 4 }`.
+    /// Types: 0 counter, 1 gauge, 2 summary, 3 untyped, 4 histogram.
+    pub fn family(name: &str, kind: u64, metrics: &[Vec<u8>]) -> Vec<u8> {
+        let mut f = Vec::new();
+        bytes(1, name.as_bytes(), &mut f);
+        bytes(2, b"Help text.", &mut f);
+        uint(3, kind, &mut f);
+        for m in metrics {
+            bytes(4, m, &mut f);
+        }
+        let mut out = Vec::new();
+        varint(f.len() as u64, &mut out);
+        out.extend_from_slice(&f);
+        out
+    }
+}
+
+/// The protobuf body of scrape `k`: a counter, a gauge, an untyped value, a histogram
+/// and a summary, their values growing from scrape 0 to scrape 1 and flat after.
+fn protobuf_body(k: u64) -> Vec<u8> {
+    let (jobs, depth, hist, sum) = if k == 0 {
+        (100.0, 5.0, [(0.5, 1), (1.0, 2)], 1.5)
+    } else {
+        (130.0, 7.0, [(0.5, 2), (1.0, 5)], 4.0)
+    };
+    let count = if k == 0 { 3 } else { 8 };
+    [
+        pb::family(
+            "pb_jobs_total",
+            0,
+            &[pb::metric(&[("queue", "mail")], 3, &pb::number(jobs))],
+        ),
+        pb::family(
+            "pb_queue_depth",
+            1,
+            &[pb::metric(&[("queue", "mail")], 2, &pb::number(depth))],
+        ),
+        pb::family(
+            "pb_temperature",
+            3,
+            &[pb::metric(&[], 5, &pb::number(21.5))],
+        ),
+        pb::family(
+            "pb_latency_seconds",
+            4,
+            &[pb::metric(&[], 7, &pb::histogram(count, sum, &hist))],
+        ),
+        pb::family(
+            "pb_rpc_seconds",
+            2,
+            &[pb::metric(
+                &[],
+                4,
+                &pb::summary(count, sum, &[(0.5, 0.25), (0.9, 0.75)]),
+            )],
+        ),
+    ]
+    .concat()
+}
+
+/// The OpenMetrics body of scrape `k` (as `prometheus_client` writes it, plus a unit,
+/// an exemplar, an info family and a state set).
+fn openmetrics_body(k: u64) -> Vec<u8> {
+    let jobs = if k == 0 { 10 } else { 25 };
+    format!(
+        "# HELP om_jobs Jobs.\n# TYPE om_jobs counter\n# UNIT om_jobs jobs\n\
+         om_jobs_total{{queue=\"mail\"}} {jobs}.0 # {{trace_id=\"abc\"}} 1.0 1700000000.5\n\
+         om_jobs_created{{queue=\"mail\"}} 1.7e+09\n\
+         # TYPE om_build info\nom_build_info{{version=\"1.2.3\"}} 1\n\
+         # TYPE om_mode stateset\nom_mode{{om_mode=\"fast\"}} 1\nom_mode{{om_mode=\"slow\"}} 0\n\
+         # EOF\n"
+    )
+    .into_bytes()
+}
+
+/// The value of the exposition line `name{labels}` (labels as the page writes them),
+/// or `None`.
+fn value_of(page: &str, series: &str) -> Option<f64> {
+    page.lines()
+        .find_map(|l| l.strip_prefix(series)?.strip_prefix(' '))
+        .and_then(|v| v.trim().parse().ok())
+}
+
+/// Every format, and gzip, gives exact values through the exposition endpoint; a gzip
+/// bomb fails its target (`up 0`) and nothing else. Each target logs its format.
+#[test]
+fn every_exposition_format_gives_exact_values() {
+    let protobuf = "application/vnd.google.protobuf; proto=io.prometheus.client.MetricFamily; encoding=delimited";
+    let openmetrics = "application/openmetrics-text; version=1.0.0; charset=utf-8";
+    let text = "text/plain; version=0.0.4; charset=utf-8";
+    let (pb_addr, pb_scrapes, pb_heads) = serve_responses(
+        vec![
+            Response::new(protobuf, protobuf_body(0)),
+            Response::new(protobuf, protobuf_body(1)),
+        ],
+        1000,
+    );
+    let (om_addr, om_scrapes, _) = serve_responses(
+        vec![
+            Response::new(openmetrics, openmetrics_body(0)),
+            Response::new(openmetrics, openmetrics_body(1)),
+        ],
+        1000,
+    );
+    // Compressed protobuf and text: what node_exporter and prometheus_client send.
+    let (gz_addr, gz_scrapes, _) = serve_responses(
+        vec![
+            Response::new(protobuf, protobuf_body(0)).gzipped(),
+            Response::new(
+                text,
+                b"# TYPE gz_hits_total counter\ngz_hits_total 40\n".to_vec(),
+            )
+            .gzipped(),
+        ],
+        1000,
+    );
+    // 16 MiB of zeros in ~16 KiB: under the 1 MiB body limit as sent, far over it
+    // once decompressed.
+    let bomb = Response::new(text, vec![0u8; 16 << 20]).gzipped();
+    assert!(bomb.body.len() < 64 << 10, "{} bytes", bomb.body.len());
+    let (bomb_addr, bomb_scrapes, _) = serve_responses(vec![bomb], 1000);
+
+    let dir = TempDir::new("scrape-formats");
+    let target = |addr: &str, job: &str| {
+        format!(
+            "[[scrape.targets]]\nurl = \"http://{addr}/metrics\"\njob = \"{job}\"\ninterval = \"100ms\"\ntimeout = \"90ms\"\n"
+        )
+    };
+    let config = format!(
+        "[aggregation]\nflush_interval = \"200ms\"\n[receivers.statsd]\nenabled = false\n[receivers.otlp]\nenabled = false\n\
+         [exposition]\naddress = \"127.0.0.1:0\"\n[admin]\nenabled = false\n[scrape]\nbody_limit_bytes = 1048576\n{}{}{}{}",
+        target(&pb_addr, "pb"),
+        target(&om_addr, "om"),
+        target(&gz_addr, "gz"),
+        target(&bomb_addr, "bomb"),
+    );
+    let file = dir.write("weir.toml", &config);
+    let mut weir = Weir::start(&["--config", file.to_str().unwrap()], dir.path());
+    let listening = weir.wait_for_line("exposition", TIMEOUT, |l| {
+        l.contains("exposition endpoint listening")
+    });
+    let exposition = field(&listening, "address").unwrap().to_owned();
+    // Four scrapes of each target: every body was served at least twice.
+    for scrapes in [&pb_scrapes, &om_scrapes, &gz_scrapes, &bomb_scrapes] {
+        let deadline = std::time::Instant::now() + TIMEOUT;
+        while scrapes.recv_timeout(TIMEOUT).is_ok_and(|k| k < 4) {
+            assert!(std::time::Instant::now() < deadline, "too slow");
+        }
+    }
+    // Two flushes later the page holds the values of the last scrapes.
+    weir.wait_for_line("flush", TIMEOUT, |l| l.contains(": flush sequence="));
+    weir.wait_for_line("flush", TIMEOUT, |l| l.contains(": flush sequence="));
+    let page = http_get(&exposition, "/metrics");
+    weir.signal("TERM");
+    let (status, lines) = weir.wait_exit(TIMEOUT);
+    let all = lines.join("\n");
+    assert!(status.success(), "exit status {status}; output:\n{all}");
+
+    let head = pb_heads.recv_timeout(TIMEOUT).unwrap().to_ascii_lowercase();
+    assert!(
+        head.contains("\r\naccept: application/vnd.google.protobuf;proto=io.prometheus.client.metricfamily;encoding=delimited;q=0.7,application/openmetrics-text;version=1.0.0;q=0.5,text/plain;version=0.0.4;q=0.3,*/*;q=0.1\r\n"),
+        "{head}"
+    );
+    assert!(head.contains("\r\naccept-encoding: gzip\r\n"), "{head}");
+
+    let at = |job: &str, addr: &str| format!("instance=\"{addr}\",job=\"{job}\"");
+    let pb = at("pb", &pb_addr);
+    let om = at("om", &om_addr);
+    let gz = at("gz", &gz_addr);
+    let want: Vec<(String, f64)> = vec![
+        // Protobuf: the counter's running total, the latest gauges, the histogram's
+        // cumulative buckets and the latest summary.
+        (format!("pb_jobs_total{{{pb},queue=\"mail\"}}"), 130.0),
+        (format!("pb_queue_depth{{{pb},queue=\"mail\"}}"), 7.0),
+        (format!("pb_temperature{{{pb}}}"), 21.5),
+        (format!("pb_latency_seconds_bucket{{{pb},le=\"0.5\"}}"), 2.0),
+        (format!("pb_latency_seconds_bucket{{{pb},le=\"1\"}}"), 5.0),
+        (
+            format!("pb_latency_seconds_bucket{{{pb},le=\"+Inf\"}}"),
+            8.0,
+        ),
+        (format!("pb_latency_seconds_sum{{{pb}}}"), 4.0),
+        (format!("pb_latency_seconds_count{{{pb}}}"), 8.0),
+        (format!("pb_rpc_seconds{{{pb},quantile=\"0.9\"}}"), 0.75),
+        (format!("pb_rpc_seconds_count{{{pb}}}"), 8.0),
+        // OpenMetrics: `_created` is no series, the info and state set are gauges.
+        (format!("om_jobs_total{{{om},queue=\"mail\"}}"), 25.0),
+        (format!("om_build_info{{{om},version=\"1.2.3\"}}"), 1.0),
+        (format!("om_mode{{{om},om_mode=\"slow\"}}"), 0.0),
+        // gzip: the protobuf body's counter then a text body's.
+        (format!("pb_jobs_total{{{gz},queue=\"mail\"}}"), 100.0),
+        (format!("gz_hits_total{{{gz}}}"), 40.0),
+        // Per target, as Prometheus records them.
+        (format!("up{{{pb}}}"), 1.0),
+        (format!("up{{{om}}}"), 1.0),
+        (format!("up{{{gz}}}"), 1.0),
+        (format!("up{{{}}}", at("bomb", &bomb_addr)), 0.0),
+        (format!("scrape_samples_scraped{{{pb}}}"), 5.0),
+        (format!("scrape_samples_scraped{{{om}}}"), 4.0),
+        (format!("scrape_samples_scraped{{{gz}}}"), 1.0),
+        (
+            format!("scrape_samples_scraped{{{}}}", at("bomb", &bomb_addr)),
+            0.0,
+        ),
+    ];
+    for (series, value) in &want {
+        assert_eq!(value_of(&page, series), Some(*value), "{series}\n{page}");
+    }
+    for addr in [&pb, &om, &gz, &at("bomb", &bomb_addr)] {
+        let d = value_of(&page, &format!("scrape_duration_seconds{{{addr}}}"));
+        assert!(
+            d.is_some_and(|d| d > 0.0 && d < 1.0),
+            "{addr}: {d:?}\n{page}"
+        );
+    }
+    assert!(!page.contains("om_jobs_created"), "{page}");
+    assert!(!page.contains("pb_latency_seconds_created"), "{page}");
+
+    // Each target's format was logged; the bomb failed as too large, nothing else did.
+    let format_of = |addr: &str| {
+        lines
+            .iter()
+            .filter(|l| l.contains("scrape format") && l.contains(addr))
+            .map(|l| {
+                (
+                    field(l, "format").unwrap_or("?"),
+                    field(l, "gzip").unwrap_or("?"),
+                )
+            })
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(format_of(&pb_addr), vec![("protobuf", "false")], "{all}");
+    assert_eq!(format_of(&om_addr), vec![("openmetrics", "false")], "{all}");
+    assert_eq!(
+        format_of(&gz_addr),
+        vec![("protobuf", "true"), ("text", "true")],
+        "{all}"
+    );
+    let failures: Vec<&String> = lines
+        .iter()
+        .filter(|l| l.contains("scrape failed"))
+        .collect();
+    assert!(!failures.is_empty(), "{all}");
+    for f in failures {
+        assert!(f.contains(&bomb_addr), "{f}");
+        assert_eq!(field(f, "reason"), Some("body_too_large"), "{f}");
+    }
+    assert!(!all.contains("malformed lines skipped"), "{all}");
 }
 
 #[test]
@@ -103,13 +511,23 @@ fn an_unreachable_target_fails_scrapes_without_stopping_weir() {
         .port();
     let dir = TempDir::new("scrape-down");
     let config = format!(
-        "[aggregation]\nflush_interval = \"200ms\"\n[receivers.statsd]\nenabled = false\n[receivers.otlp]\nenabled = false\n[exposition]\nenabled = false\n[admin]\nenabled = false\n\
+        "[aggregation]\nflush_interval = \"200ms\"\n[receivers.statsd]\nenabled = false\n[receivers.otlp]\nenabled = false\n[exposition]\nenabled = false\n[admin]\naddress = \"127.0.0.1:0\"\n\
          [[scrape.targets]]\nurl = \"http://127.0.0.1:{port}/metrics\"\ninterval = \"100ms\"\ntimeout = \"50ms\"\n"
     );
     let file = dir.write("weir.toml", &config);
     let mut weir = Weir::start(&["--config", file.to_str().unwrap()], dir.path());
+    let admin = weir.wait_for_line("admin", TIMEOUT, |l| l.contains("admin API listening"));
+    let admin = field(&admin, "address").unwrap().to_owned();
     let failed = weir.wait_for_line("scrape failed", TIMEOUT, |l| l.contains("scrape failed"));
     assert_eq!(field(&failed, "reason"), Some("request_failed"), "{failed}");
+    // /status says when it last scraped and why that failed.
+    let status = http_get(&admin, "/status");
+    assert!(status.contains("\"up\":false"), "{status}");
+    assert!(
+        status.contains("\"last_error\":\"request_failed: "),
+        "{status}"
+    );
+    assert!(status.contains("\"last_scrape_unix_ms\":1"), "{status}");
     weir.wait_for_line("flush", TIMEOUT, |l| l.contains(": flush sequence="));
     weir.signal("TERM");
     let (status, _) = weir.wait_exit(TIMEOUT);
@@ -192,6 +610,51 @@ fn reload_adds_and_removes_targets_and_refuses_a_broken_file() {
     weir.signal("HUP");
     weir.wait_for_line("reload", TIMEOUT, |l| l.contains("config reloaded"));
     assert_eq!(urls(&http_get(&admin, "/status")), 1);
+    weir.signal("TERM");
+    let (status, _) = weir.wait_exit(TIMEOUT);
+    assert!(status.success());
+}
+
+/// A target removed by a reload while its scrape is in flight finishes that scrape:
+/// its points are aggregated, not abandoned.
+#[test]
+fn a_target_removed_by_reload_finishes_its_scrape_in_flight() {
+    let slow = Response::new("text/plain; version=0.0.4", b"inflight_total 7\n".to_vec())
+        .delayed(Duration::from_millis(800));
+    let (addr, _served, heads) = serve_responses(vec![slow], 1);
+    let dir = TempDir::new("reload-inflight");
+    let base = "[aggregation]\nflush_interval = \"100ms\"\n[receivers.statsd]\nenabled = false\n\
+                [receivers.otlp]\nenabled = false\n[exposition]\naddress = \"127.0.0.1:0\"\n\
+                [admin]\naddress = \"127.0.0.1:0\"\n";
+    let file = dir.write(
+        "weir.toml",
+        &format!(
+            "{base}[[scrape.targets]]\nurl = \"http://{addr}/metrics\"\ninterval = \"1s\"\ntimeout = \"900ms\"\n"
+        ),
+    );
+    let mut weir = Weir::start(&["--config", file.to_str().unwrap()], dir.path());
+    let exposition = weir.wait_for_line("exposition", TIMEOUT, |l| {
+        l.contains("exposition endpoint listening")
+    });
+    let exposition = field(&exposition, "address").unwrap().to_owned();
+    let admin = weir.wait_for_line("admin", TIMEOUT, |l| l.contains("admin API listening"));
+    let admin = field(&admin, "address").unwrap().to_owned();
+    // The scrape has started: the target holds its answer for 800 ms.
+    heads.recv_timeout(TIMEOUT).expect("a scrape");
+    dir.write("weir.toml", base);
+    let answer = http(&admin, "POST", "/config/reload");
+    assert!(answer.contains("\"applied\":[\"scrape\"]"), "{answer}");
+    let deadline = std::time::Instant::now() + TIMEOUT;
+    let mut page = String::new();
+    while !page.contains("inflight_total{") && std::time::Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(50));
+        page = http_get(&exposition, "/metrics");
+    }
+    let line = page
+        .lines()
+        .find(|l| l.starts_with("inflight_total{"))
+        .unwrap_or_else(|| panic!("the scrape in flight was abandoned:\n{page}"));
+    assert!(line.ends_with(" 7"), "{line}");
     weir.signal("TERM");
     let (status, _) = weir.wait_exit(TIMEOUT);
     assert!(status.success());

@@ -1,102 +1,37 @@
-//! The Prometheus text exposition format (version 0.0.4): scrape bodies in, samples out.
+//! The text formats: Prometheus text exposition 0.0.4 and OpenMetrics text 1.0, one
+//! line parser with a [`Dialect`] for where they differ.
 //!
-//! Owns: parsing `# TYPE` lines and sample lines (`name{label="value",...} value
-//! [timestamp]`, with `\\`, `\"` and `\n` escapes, `NaN`, `+Inf`, `-Inf`), and
-//! regrouping histogram (`_bucket{le}`, `_sum`, `_count`) and summary (`{quantile}`,
-//! `_sum`, `_count`) families into whole values. Must never: panic or stop at a bad
-//! line (it is skipped and counted by a stable reason), or trust a body's size or
-//! shape (a histogram missing its `+Inf` bucket or with decreasing buckets is
-//! refused).
+//! Owns: `# TYPE` lines and sample lines (`name{label="value",...} value
+//! [timestamp]`, with `\\`, `\"` and `\n` escapes, `NaN`, `+Inf`, `-Inf`), and the
+//! grouping of histogram (`_bucket{le}`, `_sum`, `_count`) and summary (`{quantile}`,
+//! `_sum`, `_count`) lines into whole values. Must never: panic or stop at a bad line
+//! (it is skipped and counted by a stable reason).
 //!
-//! # Mapping
-//! | `# TYPE` | sample |
-//! |---|---|
-//! | `counter` | cumulative counter (`foo` or `foo_total` under `# TYPE foo counter`) |
-//! | `gauge`, `untyped`, none | gauge |
-//! | `histogram` | one cumulative histogram per label set (without `le`) |
-//! | `summary` | one summary per label set (without `quantile`) |
-//!
-//! Scraped counters and histograms are cumulative: the aggregator's reset detection
-//! turns them into deltas. Label sets are allocated per line (scrapes are parsed once
-//! per interval, not per point).
+//! # Where OpenMetrics differs
+//! - The body ends with `# EOF`; without it `missing_eof` is counted (the samples
+//!   read are kept: they were emitted as read); text after it counts one
+//!   `malformed_line` and is not read.
+//! - Timestamps are seconds (a float), not milliseconds.
+//! - A sample may end with an exemplar (` # {trace_id="..."} 1.0 [ts]`): stripped.
+//! - Counters are declared without `_total` (`# TYPE foo counter`) and their sample is
+//!   `foo_total` (0.0.4 bodies written by OpenMetrics-aware clients do the same, so
+//!   both dialects accept it); `foo_created` of a counter, histogram or summary is a
+//!   start time, not a series: skipped, neither a sample nor an error.
+//! - Types `unknown`, `info`, `stateset` and `gaugehistogram` are gauges per sample
+//!   (as Prometheus stores them); `# UNIT` and `# HELP` lines are ignored.
 
 use std::borrow::Cow;
-use std::sync::Arc;
 
-use crate::point::{HistogramValue, Quantile, Sample, SummaryValue, Temporality};
+use super::{Emit, ExpositionError, ParseReport, cumulative_histogram, summary_value};
+use crate::point::{Sample, Temporality};
 
-/// Why a line (or a histogram or summary group) was skipped. Stable names for
-/// `weir_scrape_parse_errors_total{reason}`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum ExpositionError {
-    /// The body is not valid UTF-8 (the whole body is refused).
-    InvalidUtf8,
-    /// A sample line without a name, or with text where the value should be.
-    MalformedLine,
-    /// A label set that does not parse (`{a="1"`, `{a=1}`, a bad escape).
-    MalformedLabels,
-    /// A value that is not a float, `NaN`, `+Inf` or `-Inf`.
-    MalformedValue,
-    /// A timestamp that is not an integer of milliseconds.
-    MalformedTimestamp,
-    /// A `# TYPE` line with an unknown type or no name.
-    MalformedType,
-    /// A histogram group without `+Inf`, with an unparsable `le`, or with buckets that
-    /// decrease; a summary sample with an unparsable `quantile`.
-    MalformedGroup,
-}
-
-impl ExpositionError {
-    /// All reasons, in a stable order.
-    pub const ALL: [ExpositionError; 7] = [
-        ExpositionError::InvalidUtf8,
-        ExpositionError::MalformedLine,
-        ExpositionError::MalformedLabels,
-        ExpositionError::MalformedValue,
-        ExpositionError::MalformedTimestamp,
-        ExpositionError::MalformedType,
-        ExpositionError::MalformedGroup,
-    ];
-
-    /// Short, stable reason label.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            ExpositionError::InvalidUtf8 => "invalid_utf8",
-            ExpositionError::MalformedLine => "malformed_line",
-            ExpositionError::MalformedLabels => "malformed_labels",
-            ExpositionError::MalformedValue => "malformed_value",
-            ExpositionError::MalformedTimestamp => "malformed_timestamp",
-            ExpositionError::MalformedType => "malformed_type",
-            ExpositionError::MalformedGroup => "malformed_group",
-        }
-    }
-
-    fn index(self) -> usize {
-        ExpositionError::ALL
-            .iter()
-            .position(|e| *e == self)
-            .unwrap_or(0)
-    }
-}
-
-/// What a body yielded.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct ParseReport {
-    /// Samples emitted (a histogram or summary group counts once).
-    pub samples: u64,
-    /// Lines or groups skipped, by reason (indexed like [`ExpositionError::ALL`]).
-    pub errors: [u64; ExpositionError::ALL.len()],
-}
-
-impl ParseReport {
-    /// The count for one reason.
-    pub fn errors(&self, reason: ExpositionError) -> u64 {
-        self.errors[reason.index()]
-    }
-
-    fn count(&mut self, e: ExpositionError) {
-        self.errors[e.index()] += 1;
-    }
+/// Which text format a body is in.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Dialect {
+    /// Prometheus text 0.0.4.
+    Prometheus,
+    /// OpenMetrics text 1.0.
+    OpenMetrics,
 }
 
 /// The declared type of the family being read.
@@ -106,6 +41,22 @@ enum Family {
     Gauge,
     Histogram,
     Summary,
+}
+
+impl Family {
+    /// The family type a `# TYPE` line names, in `dialect`.
+    fn from_type(word: &str, dialect: Dialect) -> Option<Family> {
+        match (word, dialect) {
+            ("counter", _) => Some(Family::Counter),
+            ("gauge" | "untyped", _) => Some(Family::Gauge),
+            ("histogram", _) => Some(Family::Histogram),
+            ("summary", _) => Some(Family::Summary),
+            ("unknown" | "info" | "stateset" | "gaugehistogram", Dialect::OpenMetrics) => {
+                Some(Family::Gauge)
+            }
+            _ => None,
+        }
+    }
 }
 
 /// One sample line, parsed.
@@ -127,11 +78,8 @@ struct Group {
     malformed: bool,
 }
 
-/// Sink for parsed samples: `(name, labels, sample, timestamp_ms)`; 0 means "now".
-pub type Emit<'e> = dyn FnMut(&str, &[(&str, &str)], Sample<'_>, i64) + 'e;
-
-/// Parses a scrape body, calling `emit` for every sample (histograms and summaries
-/// once per label set, when their family ends).
+/// Parses a Prometheus text format (0.0.4) body, calling `emit` for every sample
+/// (histograms and summaries once per label set, when their family ends).
 ///
 /// ```
 /// use weir_core::exposition::parse_text;
@@ -145,6 +93,26 @@ pub type Emit<'e> = dyn FnMut(&str, &[(&str, &str)], Sample<'_>, i64) + 'e;
 /// assert_eq!(got, vec![("http_requests_total".to_owned(), 1, true, 1395066363000)]);
 /// ```
 pub fn parse_text(body: &[u8], emit: &mut Emit<'_>) -> ParseReport {
+    parse(body, Dialect::Prometheus, emit)
+}
+
+/// Parses an OpenMetrics text 1.0 body (see the module doc for how it differs from
+/// [`parse_text`]).
+///
+/// ```
+/// use weir_core::exposition::parse_openmetrics;
+/// use weir_core::point::{Sample, Temporality};
+/// let body = b"# TYPE jobs counter\n# UNIT jobs jobs\njobs_total{q=\"a\"} 7 1700000000.5 # {trace_id=\"ab\"} 1\njobs_created{q=\"a\"} 1700000000\n# EOF\n";
+/// let mut got = Vec::new();
+/// let report = parse_openmetrics(body, &mut |name, _, sample, ts| got.push((name.to_owned(), sample == Sample::Counter(7.0, Temporality::Cumulative), ts)));
+/// assert_eq!((report.samples, report.total_errors()), (1, 0));
+/// assert_eq!(got, vec![("jobs_total".to_owned(), true, 1_700_000_000_500)]);
+/// ```
+pub fn parse_openmetrics(body: &[u8], emit: &mut Emit<'_>) -> ParseReport {
+    parse(body, Dialect::OpenMetrics, emit)
+}
+
+fn parse(body: &[u8], dialect: Dialect, emit: &mut Emit<'_>) -> ParseReport {
     let mut report = ParseReport::default();
     let Ok(body) = std::str::from_utf8(body) else {
         report.count(ExpositionError::InvalidUtf8);
@@ -152,35 +120,37 @@ pub fn parse_text(body: &[u8], emit: &mut Emit<'_>) -> ParseReport {
     };
     let mut family: Option<(&str, Family)> = None;
     let mut groups: Vec<Group> = Vec::new();
+    let mut eof = false;
     for line in body.lines() {
         let line = line.trim_start();
         if line.is_empty() {
             continue;
         }
+        if eof {
+            report.count(ExpositionError::MalformedLine);
+            break;
+        }
         if let Some(comment) = line.strip_prefix('#') {
             let mut words = comment.split_whitespace();
-            if words.next() == Some("TYPE") {
-                finish(family, &mut groups, emit, &mut report);
-                family = match (words.next(), words.next()) {
-                    (Some(name), Some(t)) => match t {
-                        "counter" => Some((name, Family::Counter)),
-                        "gauge" | "untyped" => Some((name, Family::Gauge)),
-                        "histogram" => Some((name, Family::Histogram)),
-                        "summary" => Some((name, Family::Summary)),
-                        _ => {
-                            report.count(ExpositionError::MalformedType);
-                            None
-                        }
-                    },
-                    _ => {
+            match words.next() {
+                Some("TYPE") => {
+                    finish(family, &mut groups, emit, &mut report);
+                    family = match (words.next(), words.next()) {
+                        (Some(name), Some(t)) => Family::from_type(t, dialect).map(|f| (name, f)),
+                        _ => None,
+                    };
+                    if family.is_none() {
                         report.count(ExpositionError::MalformedType);
-                        None
                     }
-                };
+                }
+                Some("EOF") if dialect == Dialect::OpenMetrics && words.next().is_none() => {
+                    eof = true;
+                }
+                _ => {}
             }
             continue;
         }
-        let s = match parse_sample(line) {
+        let s = match parse_sample(line, dialect) {
             Ok(s) => s,
             Err(e) => {
                 report.count(e);
@@ -188,6 +158,9 @@ pub fn parse_text(body: &[u8], emit: &mut Emit<'_>) -> ParseReport {
             }
         };
         match family {
+            Some((fam, Family::Counter | Family::Histogram | Family::Summary))
+                if dialect == Dialect::OpenMetrics
+                    && s.name.strip_prefix(fam) == Some("_created") => {}
             Some((fam, kind @ (Family::Histogram | Family::Summary))) if belongs(s.name, fam) => {
                 add_to_group(&mut groups, kind, fam, s);
             }
@@ -213,6 +186,9 @@ pub fn parse_text(body: &[u8], emit: &mut Emit<'_>) -> ParseReport {
         }
     }
     finish(family, &mut groups, emit, &mut report);
+    if dialect == Dialect::OpenMetrics && !eof {
+        report.count(ExpositionError::MissingEof);
+    }
     report
 }
 
@@ -294,87 +270,41 @@ fn finish(
         groups.clear();
         return;
     };
-    for g in groups.drain(..) {
+    for mut g in groups.drain(..) {
         let labels: Vec<(&str, &str)> = g
             .labels
             .iter()
             .map(|(k, v)| (k.as_str(), v.as_str()))
             .collect();
-        let value = match kind {
-            Family::Histogram => histogram(&g).map(|h| (Some(h), None)),
-            _ => summary(&g).map(|s| (None, Some(s))),
+        let sum = g.sum.unwrap_or(0.0);
+        let emitted = match kind {
+            _ if g.malformed => false,
+            Family::Histogram => match cumulative_histogram(&mut g.points, sum) {
+                Some(h) => {
+                    emit(
+                        name,
+                        &labels,
+                        Sample::Histogram(&h, Temporality::Cumulative),
+                        g.timestamp_ms,
+                    );
+                    true
+                }
+                None => false,
+            },
+            _ => match summary_value(&g.points, sum, g.count.unwrap_or(0.0)) {
+                Some(s) => {
+                    emit(name, &labels, Sample::Summary(&s), g.timestamp_ms);
+                    true
+                }
+                None => false,
+            },
         };
-        match value {
-            Some((Some(h), _)) => {
-                emit(
-                    name,
-                    &labels,
-                    Sample::Histogram(&h, Temporality::Cumulative),
-                    g.timestamp_ms,
-                );
-                report.samples += 1;
-            }
-            Some((_, Some(s))) => {
-                emit(name, &labels, Sample::Summary(&s), g.timestamp_ms);
-                report.samples += 1;
-            }
-            _ => report.count(ExpositionError::MalformedGroup),
+        if emitted {
+            report.samples += 1;
+        } else {
+            report.count(ExpositionError::MalformedGroup);
         }
     }
-}
-
-/// Cumulative `le` buckets to weir's per-bucket histogram; `None` when malformed.
-fn histogram(g: &Group) -> Option<HistogramValue> {
-    if g.malformed {
-        return None;
-    }
-    let mut points = g.points.clone();
-    points.sort_by(|a, b| a.0.total_cmp(&b.0));
-    let (&(last_le, total), finite) = points.split_last()?;
-    if last_le != f64::INFINITY
-        || points
-            .windows(2)
-            .any(|w| w[0].0 == w[1].0 || w[1].1 < w[0].1)
-    {
-        return None;
-    }
-    let as_count = |v: f64| (v >= 0.0 && v.fract() == 0.0 && v < 2f64.powi(63)).then_some(v as u64);
-    let mut counts = Vec::with_capacity(points.len());
-    let mut prev = 0u64;
-    for &(_, cum) in &points {
-        let c = as_count(cum)?;
-        counts.push(c - prev);
-        prev = c;
-    }
-    let count = as_count(total)?;
-    Some(HistogramValue {
-        bounds: Arc::from(finite.iter().map(|p| p.0).collect::<Vec<_>>()),
-        counts,
-        sum: g.sum.unwrap_or(0.0),
-        count,
-        min: f64::INFINITY,
-        max: f64::NEG_INFINITY,
-    })
-}
-
-fn summary(g: &Group) -> Option<SummaryValue> {
-    if g.malformed || g.points.iter().any(|(q, _)| !(0.0..=1.0).contains(q)) {
-        return None;
-    }
-    let count = g.count.unwrap_or(0.0);
-    Some(SummaryValue {
-        quantiles: g
-            .points
-            .iter()
-            .map(|&(quantile, value)| Quantile { quantile, value })
-            .collect(),
-        sum: g.sum.unwrap_or(0.0),
-        count: if count >= 0.0 && count < 2f64.powi(63) {
-            count as u64
-        } else {
-            0
-        },
-    })
 }
 
 /// A float as the format spells it: Go's `ParseFloat` forms plus `NaN`, `+Inf`, `-Inf`.
@@ -387,7 +317,20 @@ fn parse_float(s: &str) -> Option<f64> {
     }
 }
 
-fn parse_sample(line: &str) -> Result<SampleLine<'_>, ExpositionError> {
+/// A timestamp as `dialect` spells it, in milliseconds since the epoch.
+fn parse_timestamp(t: &str, dialect: Dialect) -> Option<i64> {
+    match dialect {
+        Dialect::Prometheus => t.parse::<i64>().ok(),
+        Dialect::OpenMetrics => {
+            let seconds: f64 = t.parse().ok()?;
+            let ms = (seconds * 1000.0).round();
+            // i64::MAX as f64 rounds up to 2^63, itself out of range.
+            (ms.is_finite() && ms >= i64::MIN as f64 && ms < i64::MAX as f64).then_some(ms as i64)
+        }
+    }
+}
+
+fn parse_sample(line: &str, dialect: Dialect) -> Result<SampleLine<'_>, ExpositionError> {
     let name_end = line
         .find(|c: char| c == '{' || c.is_whitespace())
         .unwrap_or(line.len());
@@ -400,14 +343,18 @@ fn parse_sample(line: &str) -> Result<SampleLine<'_>, ExpositionError> {
     if let Some(after) = rest.strip_prefix('{') {
         rest = parse_labels(after, &mut labels)?;
     }
+    if dialect == Dialect::OpenMetrics {
+        // An exemplar follows ` # `; label values (where a `#` may appear) are behind.
+        if let Some(hash) = rest.find('#') {
+            rest = &rest[..hash];
+        }
+    }
     let mut fields = rest.split_whitespace();
     let value = fields.next().ok_or(ExpositionError::MalformedLine)?;
     let value = parse_float(value).ok_or(ExpositionError::MalformedValue)?;
     let timestamp_ms = match fields.next() {
         None => 0,
-        Some(t) => t
-            .parse::<i64>()
-            .map_err(|_| ExpositionError::MalformedTimestamp)?,
+        Some(t) => parse_timestamp(t, dialect).ok_or(ExpositionError::MalformedTimestamp)?,
     };
     if fields.next().is_some() {
         return Err(ExpositionError::MalformedLine);
@@ -489,8 +436,16 @@ mod tests {
     }
 
     fn parse(body: &str) -> (Vec<Got>, ParseReport) {
+        parse_as(body, Dialect::Prometheus)
+    }
+
+    fn parse_om(body: &str) -> (Vec<Got>, ParseReport) {
+        parse_as(body, Dialect::OpenMetrics)
+    }
+
+    fn parse_as(body: &str, dialect: Dialect) -> (Vec<Got>, ParseReport) {
         let mut got = Vec::new();
-        let r = parse_text(body.as_bytes(), &mut |name, labels, sample, ts| {
+        let r = super::parse(body.as_bytes(), dialect, &mut |name, labels, sample, ts| {
             got.push(Got {
                 name: name.to_owned(),
                 labels: labels
@@ -692,6 +647,157 @@ rpc_duration_seconds_count 2693
                 total: 134.0
             },
             "baseline 100, +30, then a reset to 4"
+        );
+    }
+
+    /// What `prometheus_client` (Python) serves as OpenMetrics, plus every other
+    /// OpenMetrics family type, a unit, exemplars and timestamps in seconds.
+    const OPENMETRICS: &str = r#"# HELP jobs Jobs done.
+# TYPE jobs counter
+# UNIT jobs jobs
+jobs_total{queue="mail"} 107.0 # {trace_id="a#b"} 1.0 1700000000.001
+jobs_created{queue="mail"} 1.7000000e+09
+# HELP job_seconds Job latency.
+# TYPE job_seconds histogram
+job_seconds_bucket{le="0.1"} 1.0
+job_seconds_bucket{le="1.0"} 2.0 # {trace_id="c"} 0.5
+job_seconds_bucket{le="+Inf"} 3.0
+job_seconds_count 3.0
+job_seconds_sum 5.55
+job_seconds_created 1.7e+09
+# TYPE rpc summary
+rpc{quantile="0.5"} 4.0
+rpc_sum 9.0
+rpc_count 2
+rpc_created 1.7e+09
+# TYPE temp gauge
+temp 21.5 1700000000.25
+# TYPE build info
+build_info{version="1.2"} 1
+# TYPE state stateset
+state{state="on"} 1
+state{state="off"} 0
+# TYPE wait gaugehistogram
+wait_bucket{le="1"} 2
+wait_bucket{le="+Inf"} 3
+wait_gcount 3
+wait_gsum 4.5
+# TYPE thing unknown
+thing 9
+# EOF
+"#;
+
+    #[test]
+    fn openmetrics_bodies_parse_completely() {
+        let (got, r) = parse_om(OPENMETRICS);
+        assert_eq!(r.total_errors(), 0, "{r:?}");
+        let short: Vec<(&str, &str, i64)> = got
+            .iter()
+            .map(|g| (g.name.as_str(), g.sample.as_str(), g.ts))
+            .collect();
+        assert_eq!(
+            short[0],
+            ("jobs_total", "Counter(107.0, Cumulative)", 0),
+            "named as its sample, exemplar stripped, _created skipped"
+        );
+        assert_eq!(got[0].labels, vec![("queue".into(), "mail".into())]);
+        assert_eq!(short[1].0, "job_seconds");
+        assert!(
+            short[1]
+                .1
+                .contains("bounds: [0.1, 1.0], counts: [1, 1, 1], sum: 5.55, count: 3"),
+            "{}",
+            short[1].1
+        );
+        assert_eq!(short[2].0, "rpc");
+        assert!(short[2].1.contains("sum: 9.0, count: 2"), "{}", short[2].1);
+        assert_eq!(
+            &short[3..],
+            &[
+                ("temp", "Gauge(21.5)", 1_700_000_000_250),
+                ("build_info", "Gauge(1.0)", 0),
+                ("state", "Gauge(1.0)", 0),
+                ("state", "Gauge(0.0)", 0),
+                ("wait_bucket", "Gauge(2.0)", 0),
+                ("wait_bucket", "Gauge(3.0)", 0),
+                ("wait_gcount", "Gauge(3.0)", 0),
+                ("wait_gsum", "Gauge(4.5)", 0),
+                ("thing", "Gauge(9.0)", 0),
+            ]
+        );
+        assert_eq!(r.samples, 12);
+        // The same body as text 0.0.4: the OpenMetrics-only types are malformed, the
+        // exemplars make their lines malformed, the `_created` lines are gauges.
+        let (_, r) = parse(OPENMETRICS);
+        assert_eq!(r.errors(ExpositionError::MalformedType), 4, "{r:?}");
+        assert_eq!(r.errors(ExpositionError::MissingEof), 0, "{r:?}");
+    }
+
+    #[test]
+    fn openmetrics_rules_are_enforced_and_counted() {
+        // (body, samples, reason, count)
+        let cases: &[(&str, u64, ExpositionError, u64)] = &[
+            ("a 1\n", 1, ExpositionError::MissingEof, 1),
+            ("", 0, ExpositionError::MissingEof, 1),
+            ("a 1\n# EOF\nb 2\n", 1, ExpositionError::MalformedLine, 1),
+            ("a 1\n# EOF\n\n", 1, ExpositionError::MalformedLine, 0),
+            (
+                "a 1 soon\n# EOF\n",
+                0,
+                ExpositionError::MalformedTimestamp,
+                1,
+            ),
+            (
+                "a 1 1e400\n# EOF\n",
+                0,
+                ExpositionError::MalformedTimestamp,
+                1,
+            ),
+            (
+                "a 1 NaN\n# EOF\n",
+                0,
+                ExpositionError::MalformedTimestamp,
+                1,
+            ),
+            ("a 1 1 1\n# EOF\n", 0, ExpositionError::MalformedLine, 1),
+            (
+                "# TYPE a sparkline\na 1\n# EOF\n",
+                1,
+                ExpositionError::MalformedType,
+                1,
+            ),
+            (
+                "# TYPE h histogram\nh_bucket{le=\"1\"} 1\nh_created 5\n# EOF\n",
+                0,
+                ExpositionError::MalformedGroup,
+                1,
+            ),
+            (
+                "a{b=\"#\"} 3 # {x=\"y\"} 1\n# EOF\n",
+                1,
+                ExpositionError::MalformedLine,
+                0,
+            ),
+        ];
+        for (body, samples, reason, count) in cases {
+            let (got, r) = parse_om(body);
+            assert_eq!(r.samples, *samples, "{body:?}: {r:?}");
+            assert_eq!(r.errors(*reason), *count, "{body:?}: {r:?}");
+            assert_eq!(r.total_errors(), *count, "{body:?}: {r:?}");
+            assert_eq!(got.len() as u64, *samples);
+        }
+        let (got, _) = parse_om("a{b=\"#\"} 3 # {x=\"y\"} 1\n# EOF\n");
+        assert_eq!(got[0].labels, vec![("b".into(), "#".into())]);
+        // Text 0.0.4 has no `# EOF` and no second-based timestamps.
+        let (got, r) = parse("a 1 1700000000\n");
+        assert_eq!((got[0].ts, r.total_errors()), (1_700_000_000, 0));
+        let (_, r) = parse("a 1 1.5\n");
+        assert_eq!(r.errors(ExpositionError::MalformedTimestamp), 1);
+        let (got, _) = parse("# TYPE c counter\nc_total 1\nc_created 5\n");
+        assert_eq!(
+            got.len(),
+            2,
+            "a `_created` line is a gauge in 0.0.4: {got:?}"
         );
     }
 }
