@@ -1,9 +1,15 @@
 //! Parser throughput (issue "Receivers"): the StatsD decoder on realistic datagrams,
 //! lines/s and bytes/s, with the series already cached (the steady state) and with
-//! the parse alone (no aggregation).
+//! the parse alone (no aggregation); each beside the parser it replaced
+//! (`*_before`, from `statsd_baseline/`) and a minimal parse + hash + add loop.
 //!
 //! Run: `cargo bench -p weir-benches --bench parse`; see `benches/README.md`.
 
+mod exposition_bench;
+mod statsd_baseline;
+
+use std::collections::HashMap;
+use std::hash::BuildHasher as _;
 use std::hint::black_box;
 use std::time::Duration;
 
@@ -55,10 +61,24 @@ fn statsd(c: &mut Criterion) {
             ok
         })
     });
-    let agg = Aggregator::new(AggregatorConfig {
-        series_ttl: Duration::ZERO,
-        ..AggregatorConfig::default()
+    g.bench_function("parse_only_lines_before", |b| {
+        b.iter(|| {
+            let mut ok = 0usize;
+            for d in &grams {
+                for l in statsd_baseline::lines(d) {
+                    ok += usize::from(statsd_baseline::parse_line(black_box(l)).is_ok());
+                }
+            }
+            ok
+        })
     });
+    let aggregator = || {
+        Aggregator::new(AggregatorConfig {
+            series_ttl: Duration::ZERO,
+            ..AggregatorConfig::default()
+        })
+    };
+    let agg = aggregator();
     let mut w = agg.writer();
     let mut decoder = Decoder::default();
     for d in &grams {
@@ -73,6 +93,58 @@ fn statsd(c: &mut Criterion) {
             samples
         })
     });
+    let before_agg = aggregator();
+    let mut before_w = before_agg.writer();
+    let mut before = statsd_baseline::Decoder::default();
+    for d in &grams {
+        before.ingest(d, &mut before_w);
+    }
+    g.bench_function("ingest_cached_lines_before", |b| {
+        b.iter(|| {
+            let mut samples = 0;
+            for d in &grams {
+                samples += before.ingest(black_box(d), &mut before_w).samples;
+            }
+            samples
+        })
+    });
+    // The DESIGN's "minimal parse + hash + add loop", on the same datagrams: split
+    // lines, cut out the value, hash the rest with foldhash, add the integer part
+    // into a pre-filled map. No validation, no sanitising, no sample kinds: the
+    // ceiling a real decoder is quoted against.
+    let mut minimal: HashMap<u64, f64, foldhash::fast::FixedState> = HashMap::default();
+    let minimal_pass = |map: &mut HashMap<u64, f64, foldhash::fast::FixedState>, d: &[u8]| {
+        let mut n = 0u64;
+        for l in d.split(|&b| b == b'\n').filter(|l| !l.is_empty()) {
+            let Some(colon) = l.iter().position(|&b| b == b':') else {
+                continue;
+            };
+            let pipe = l[colon..]
+                .iter()
+                .position(|&b| b == b'|')
+                .map_or(l.len(), |p| colon + p);
+            let value = l[colon + 1..pipe]
+                .iter()
+                .take_while(|b| b.is_ascii_digit())
+                .fold(0u64, |v, b| v * 10 + u64::from(b - b'0'));
+            let key = map.hasher().hash_one((&l[..colon], &l[pipe..]));
+            *map.entry(key).or_default() += value as f64;
+            n += 1;
+        }
+        n
+    };
+    for d in &grams {
+        minimal_pass(&mut minimal, d);
+    }
+    g.bench_function("minimal_loop_lines", |b| {
+        b.iter(|| {
+            let mut n = 0;
+            for d in &grams {
+                n += minimal_pass(&mut minimal, black_box(d));
+            }
+            n
+        })
+    });
     g.throughput(Throughput::Bytes(bytes as u64));
     g.bench_function("ingest_cached_bytes", |b| {
         b.iter(|| {
@@ -83,11 +155,12 @@ fn statsd(c: &mut Criterion) {
     });
     g.finish();
     eprintln!(
-        "statsd: {} datagrams, {nlines} lines, {bytes} bytes, {} series",
+        "statsd: {} datagrams, {nlines} lines, {bytes} bytes, {} series ({} in the minimal loop's map)",
         grams.len(),
-        agg.stats().active_series
+        agg.stats().active_series,
+        minimal.len()
     );
 }
 
-criterion_group!(benches, statsd);
+criterion_group!(benches, statsd, exposition_bench::exposition);
 criterion_main!(benches);

@@ -387,12 +387,24 @@ pub struct StatsdConfig {
     /// `net.core.rmem_max`). A large buffer absorbs scheduling pauses without loss.
     /// Default 8 MiB; between [`MIN_RECV_BUFFER`] and [`MAX_RECV_BUFFER`].
     pub recv_buffer_bytes: usize,
+    /// Sockets bound to `address`, one receive thread each. Above 1 they share the
+    /// address with `SO_REUSEPORT` and the kernel spreads senders over them by a hash
+    /// of each sender's address and port, so the datagrams of one sender (one source
+    /// port) all reach one socket. Default 1; between 1 and [`MAX_STATSD_SOCKETS`].
+    pub sockets: usize,
+    /// Datagrams read per receive call, at most (`recvmmsg` on Linux; 1 reads one
+    /// datagram per call). Default 64; between 1 and [`MAX_RECV_BATCH`].
+    pub recv_batch: usize,
 }
 
 /// Smallest accepted `receivers.statsd.recv_buffer_bytes`.
 pub const MIN_RECV_BUFFER: usize = 4096;
 /// Largest accepted `receivers.statsd.recv_buffer_bytes`.
 pub const MAX_RECV_BUFFER: usize = 1 << 30;
+/// Largest accepted `receivers.statsd.sockets`.
+pub const MAX_STATSD_SOCKETS: usize = 64;
+/// Largest accepted `receivers.statsd.recv_batch`.
+pub const MAX_RECV_BATCH: usize = 256;
 
 impl Default for StatsdConfig {
     fn default() -> Self {
@@ -400,6 +412,8 @@ impl Default for StatsdConfig {
             enabled: true,
             address: std::net::SocketAddr::from(([127, 0, 0, 1], 8125)),
             recv_buffer_bytes: 8 << 20,
+            sockets: 1,
+            recv_batch: 64,
         }
     }
 }
@@ -785,6 +799,20 @@ impl Config {
             return Err((
                 vec!["receivers", "statsd", "recv_buffer_bytes"],
                 format!("must be between {MIN_RECV_BUFFER} and {MAX_RECV_BUFFER}, got {rb}"),
+            ));
+        }
+        let n = self.receivers.statsd.sockets;
+        if !(1..=MAX_STATSD_SOCKETS).contains(&n) {
+            return Err((
+                vec!["receivers", "statsd", "sockets"],
+                format!("must be between 1 and {MAX_STATSD_SOCKETS}, got {n}"),
+            ));
+        }
+        let n = self.receivers.statsd.recv_batch;
+        if !(1..=MAX_RECV_BATCH).contains(&n) {
+            return Err((
+                vec!["receivers", "statsd", "recv_batch"],
+                format!("must be between 1 and {MAX_RECV_BATCH}, got {n}"),
             ));
         }
         if self.shutdown.grace_period > Duration::from_secs(600) {
@@ -1327,6 +1355,16 @@ format = "json"
         let c = parse("[receivers.statsd]\nenabled = false\naddress = \"0.0.0.0:9125\"\n").unwrap();
         assert!(!c.receivers.statsd.enabled);
         assert_eq!(c.receivers.statsd.address.to_string(), "0.0.0.0:9125");
+        assert_eq!(
+            (c.receivers.statsd.sockets, c.receivers.statsd.recv_batch),
+            (1, 64),
+            "defaults"
+        );
+        let c = parse("[receivers.statsd]\nsockets = 4\nrecv_batch = 1\n").unwrap();
+        assert_eq!(
+            (c.receivers.statsd.sockets, c.receivers.statsd.recv_batch),
+            (4, 1)
+        );
         let e = err("[receivers.statsd]\nadress = \"127.0.0.1:1\"\n");
         assert_eq!(e.key(), Some("receivers.statsd.adress"), "{e}");
         let e = err("[receivers.statsd]\naddress = \"localhost\"\n");
@@ -1405,6 +1443,16 @@ format = "json"
                 "[receivers.statsd]\nrecv_buffer_bytes = 10\n",
                 "receivers.statsd.recv_buffer_bytes",
                 "between 4096",
+            ),
+            (
+                "[receivers.statsd]\nsockets = 0\n",
+                "receivers.statsd.sockets",
+                "between 1 and 64, got 0",
+            ),
+            (
+                "[receivers.statsd]\nrecv_batch = 1000\n",
+                "receivers.statsd.recv_batch",
+                "between 1 and 256, got 1000",
             ),
             (
                 "[admin]\naddress = \"0.0.0.0:8686\"\n",

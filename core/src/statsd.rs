@@ -65,6 +65,12 @@ impl LineError {
         LineError::UnknownField,
     ];
 
+    /// The reason's position in [`LineError::ALL`].
+    pub fn index(self) -> usize {
+        // The variants are declared in the order of `ALL` (a test checks it).
+        self as usize
+    }
+
     /// Short, stable reason label.
     pub fn as_str(self) -> &'static str {
         match self {
@@ -107,6 +113,10 @@ pub struct Line<'a> {
     /// The value section: one value, or several separated by `:`. Checked by
     /// [`parse_line`]; read them with [`Line::values`].
     values: &'a str,
+    /// The value, parsed once by [`parse_line`], when the line has exactly one and is
+    /// not a set; `None` otherwise (a multi-value line is parsed again by
+    /// [`Line::values`]).
+    single: Option<Value>,
     /// The type.
     pub kind: StatsdType,
     /// `@rate`, 1.0 when absent.
@@ -132,18 +142,60 @@ impl<'a> Line<'a> {
     /// The line's values (several for DogStatsD multi-value lines like `x:1:2:3|c`).
     pub fn values(&self) -> impl Iterator<Item = Value> + 'a {
         let gauge = self.kind == StatsdType::Gauge;
+        // A single value was parsed by `parse_line`; several are parsed here again.
         // Every value was checked by `parse_line`, so `parse_value` cannot fail here;
         // `filter_map` keeps this free of panics all the same.
-        Fields::new(self.values, b':').filter_map(move |v| parse_value(v, gauge).ok())
+        let several = match self.single {
+            Some(_) => None,
+            None => Some(Fields::new(self.values, b':')),
+        };
+        self.single.into_iter().chain(
+            several
+                .into_iter()
+                .flatten()
+                .filter_map(move |v| parse_value(v, gauge).ok()),
+        )
     }
 }
 
 /// Splits a datagram into its non-empty lines (`\n` separated, a trailing `\r` dropped).
 pub fn lines(datagram: &[u8]) -> impl Iterator<Item = &[u8]> {
-    datagram.split(|&b| b == b'\n').filter_map(|l| {
-        let l = l.strip_suffix(b"\r").unwrap_or(l);
-        (!l.is_empty()).then_some(l)
-    })
+    // The ranges are in bounds and ordered, so `get` never answers `None`.
+    LineRanges::new(datagram).filter_map(|(a, b)| datagram.get(a..b))
+}
+
+/// The byte ranges of a datagram's non-empty lines, without their `\n` or `\r\n`.
+struct LineRanges<'a> {
+    bytes: &'a [u8],
+    /// Where the next line starts; past the end once the last one was returned.
+    pos: usize,
+}
+
+impl<'a> LineRanges<'a> {
+    fn new(bytes: &'a [u8]) -> Self {
+        LineRanges { bytes, pos: 0 }
+    }
+}
+
+impl Iterator for LineRanges<'_> {
+    type Item = (usize, usize);
+
+    #[inline]
+    fn next(&mut self) -> Option<(usize, usize)> {
+        while self.pos <= self.bytes.len() {
+            let start = self.pos;
+            let newline = find_byte(self.bytes, start, b'\n');
+            self.pos = newline + 1;
+            let mut end = newline;
+            if end > start && self.bytes.get(end - 1) == Some(&b'\r') {
+                end -= 1;
+            }
+            if end > start {
+                return Some((start, end));
+            }
+        }
+        None
+    }
 }
 
 fn parse_value(v: &str, gauge: bool) -> Result<Value, LineError> {
@@ -172,73 +224,364 @@ fn parse_value(v: &str, gauge: bool) -> Result<Value, LineError> {
 /// ```
 pub fn parse_line(line: &[u8]) -> Result<Line<'_>, LineError> {
     let line = std::str::from_utf8(line).map_err(|_| LineError::InvalidUtf8)?;
-    let mut sections = Fields::new(line, b'|');
-    let head = sections.next().unwrap_or("");
-    let mut head_parts = Fields::new(head, b':');
-    let name = head_parts.next().unwrap_or("");
-    let values = head_parts.rest().ok_or(LineError::MissingValue)?;
-    if name.is_empty() {
+    parse_text(line)
+}
+
+/// Parses one line known to be UTF-8, in one left-to-right pass: each section is
+/// scanned once, word by word, and a plain decimal value or rate is converted while
+/// it is scanned (see [`scan_decimal`]). Anything unusual (an exponent, `inf`, a long
+/// mantissa, several values) goes to the general parsers, so the result is the same
+/// as splitting the line at every separator and parsing each piece with `str::parse`.
+///
+/// Precedence of errors, as the rules are checked: the head (`name:values`), then the
+/// type, then each later section in order, and the values last.
+fn parse_text(line: &str) -> Result<Line<'_>, LineError> {
+    let b = line.as_bytes();
+    let len = b.len();
+    // Every index below is either `len` or that of an ASCII separator (or one past
+    // it), so each `line[..]` slice falls on char boundaries.
+    let colon = find_either(b, 0, b':', b'|');
+    if colon == len || b[colon] == b'|' {
+        return Err(LineError::MissingValue); // no `:` before the first `|`
+    }
+    if colon == 0 {
         return Err(LineError::EmptyName);
     }
-    if values.is_empty() {
+    let values_start = colon + 1;
+    let (fast, stop) = scan_decimal(b, values_start);
+    let (mut single, values_end) = match b.get(stop) {
+        None | Some(b'|') => (fast, stop),
+        // A second value, an exponent, a set member...: find the section's end.
+        Some(_) => (None, find_byte(b, stop, b'|')),
+    };
+    if values_end == values_start {
         return Err(LineError::MissingValue);
     }
-    let kind = match sections.next().ok_or(LineError::MissingType)? {
-        "c" => StatsdType::Counter,
-        "g" => StatsdType::Gauge,
-        "ms" => StatsdType::Timer,
-        "h" => StatsdType::Histogram,
-        "d" => StatsdType::Distribution,
-        "s" => StatsdType::Set,
-        "" => return Err(LineError::MissingType),
-        _ => return Err(LineError::UnknownType),
-    };
+    if values_end == len {
+        return Err(LineError::MissingType);
+    }
+    let (kind, mut pos) = scan_type(b, values_end + 1)?;
     let mut parsed = Line {
-        name,
-        values,
+        name: &line[..colon],
+        values: &line[values_start..values_end],
+        single: None,
         kind,
         sample_rate: 1.0,
         tags: "",
         container: None,
         timestamp_s: None,
     };
-    for section in sections {
-        if let Some(rate) = section.strip_prefix('@') {
-            let r: f64 = rate.parse().map_err(|_| LineError::MalformedSampleRate)?;
-            if !(r > 0.0 && r <= 1.0) {
-                return Err(LineError::MalformedSampleRate);
+    // `pos` is at a `|` or at the end.
+    while pos < len {
+        let start = pos + 1;
+        match b.get(start) {
+            Some(b'@') => {
+                let (fast, stop) = scan_decimal(b, start + 1);
+                let end = find_byte(b, stop, b'|');
+                let r = match fast {
+                    Some(r) if end == stop => r,
+                    _ => line[start + 1..end]
+                        .parse()
+                        .map_err(|_| LineError::MalformedSampleRate)?,
+                };
+                if !(r > 0.0 && r <= 1.0) {
+                    return Err(LineError::MalformedSampleRate);
+                }
+                parsed.sample_rate = r;
+                pos = end;
             }
-            parsed.sample_rate = r;
-        } else if let Some(tags) = section.strip_prefix('#') {
-            if Fields::new(tags, b',').any(|t| t.starts_with(':')) {
-                return Err(LineError::MalformedTag);
+            Some(b'#') => {
+                let (end, malformed) = scan_tags(b, start + 1);
+                if malformed {
+                    return Err(LineError::MalformedTag);
+                }
+                parsed.tags = &line[start + 1..end];
+                pos = end;
             }
-            parsed.tags = tags;
-        } else if let Some(c) = section.strip_prefix("c:") {
-            parsed.container = Some(c);
-        } else if let Some(ts) = section.strip_prefix('T') {
-            let ts: i64 = ts.parse().map_err(|_| LineError::MalformedTimestamp)?;
-            if !(0..=i64::MAX / 1000).contains(&ts) {
-                return Err(LineError::MalformedTimestamp);
+            Some(b'c') if b.get(start + 1) == Some(&b':') => {
+                let end = find_byte(b, start + 2, b'|');
+                parsed.container = Some(&line[start + 2..end]);
+                pos = end;
             }
-            parsed.timestamp_s = Some(ts);
-        } else {
-            return Err(LineError::UnknownField);
+            Some(b'T') => {
+                let end = find_byte(b, start + 1, b'|');
+                let ts: i64 = line[start + 1..end]
+                    .parse()
+                    .map_err(|_| LineError::MalformedTimestamp)?;
+                if !(0..=i64::MAX / 1000).contains(&ts) {
+                    return Err(LineError::MalformedTimestamp);
+                }
+                parsed.timestamp_s = Some(ts);
+                pos = end;
+            }
+            // Anything else, including an empty section (`x:1|c|`).
+            _ => return Err(LineError::UnknownField),
         }
     }
     if kind == StatsdType::Set {
         return Ok(parsed); // any text is a member
     }
     let gauge = kind == StatsdType::Gauge;
-    for v in Fields::new(values, b':') {
-        parse_value(v, gauge)?;
+    if single.is_none() {
+        // The general path: every value through `str::parse`.
+        let mut count = 0;
+        for v in Fields::new(parsed.values, b':') {
+            let v = parse_value(v, gauge)?;
+            if count == 0 {
+                single = Some(match v {
+                    Value::Number(n) | Value::Relative(n) => n,
+                });
+            }
+            count += 1;
+        }
+        if count > 1 {
+            return Ok(parsed);
+        }
     }
+    parsed.single = single.map(|n| {
+        if gauge && matches!(b[values_start], b'+' | b'-') {
+            Value::Relative(n)
+        } else {
+            Value::Number(n)
+        }
+    });
     Ok(parsed)
 }
 
-/// Splits text at an ASCII separator byte with an inline byte scan. The fields of a
-/// StatsD line are a few bytes each; against `str::split` this took a bare `x:1|c`
-/// from 67 to 54 ns here (tagged lines, dominated by scanning, barely moved).
+/// The type section starting at `start`: the type and the index just after it (a `|`
+/// or the end).
+#[inline]
+fn scan_type(b: &[u8], start: usize) -> Result<(StatsdType, usize), LineError> {
+    let ends_at = |i: usize| matches!(b.get(i), None | Some(b'|'));
+    let kind = match b.get(start) {
+        None | Some(b'|') => return Err(LineError::MissingType),
+        Some(b'm') if b.get(start + 1) == Some(&b's') && ends_at(start + 2) => {
+            return Ok((StatsdType::Timer, start + 2));
+        }
+        _ if !ends_at(start + 1) => return Err(LineError::UnknownType),
+        Some(b'c') => StatsdType::Counter,
+        Some(b'g') => StatsdType::Gauge,
+        Some(b'h') => StatsdType::Histogram,
+        Some(b'd') => StatsdType::Distribution,
+        Some(b's') => StatsdType::Set,
+        Some(_) => return Err(LineError::UnknownType),
+    };
+    Ok((kind, start + 1))
+}
+
+/// `10^i` for the exact decimal conversion of [`scan_decimal`].
+const POW10: [f64; 20] = [
+    1e0, 1e1, 1e2, 1e3, 1e4, 1e5, 1e6, 1e7, 1e8, 1e9, 1e10, 1e11, 1e12, 1e13, 1e14, 1e15, 1e16,
+    1e17, 1e18, 1e19,
+];
+
+/// Reads `[+-]digits[.digits]` from `b[i..]`, as far as it goes, and returns the
+/// number with the index where reading stopped. The number is `None` when there were
+/// no digits or the text needs the general parser: more than 19 digits, or a mantissa
+/// above 2^53. Otherwise the mantissa and the power of ten are both exact `f64`s, so
+/// one correctly rounded division gives exactly what `str::parse::<f64>` gives for
+/// the same text (the "fast path" of decimal-to-float conversion). The caller decides
+/// whether the text stopped where a value may end.
+#[inline]
+fn scan_decimal(b: &[u8], mut i: usize) -> (Option<f64>, usize) {
+    let negative = match b.get(i) {
+        Some(b'-') => {
+            i += 1;
+            true
+        }
+        Some(b'+') => {
+            i += 1;
+            false
+        }
+        _ => false,
+    };
+    let mut mantissa: u64 = 0;
+    let mut digits = 0usize;
+    while let Some(&c) = b.get(i) {
+        let d = c.wrapping_sub(b'0');
+        if d > 9 {
+            break;
+        }
+        // Wrapping: past 19 digits the result is discarded below.
+        mantissa = mantissa.wrapping_mul(10).wrapping_add(u64::from(d));
+        digits += 1;
+        i += 1;
+    }
+    let mut fraction = 0usize;
+    if b.get(i) == Some(&b'.') {
+        i += 1;
+        while let Some(&c) = b.get(i) {
+            let d = c.wrapping_sub(b'0');
+            if d > 9 {
+                break;
+            }
+            mantissa = mantissa.wrapping_mul(10).wrapping_add(u64::from(d));
+            fraction += 1;
+            i += 1;
+        }
+    }
+    let total = digits + fraction;
+    if total == 0 || total > 19 || mantissa > 1 << 53 {
+        return (None, i);
+    }
+    let v = match fraction {
+        // Whole numbers, the usual case, skip the division (~15 cycles' latency).
+        0 => mantissa as f64,
+        _ => match POW10.get(fraction) {
+            Some(scale) => mantissa as f64 / scale,
+            None => return (None, i),
+        },
+    };
+    (Some(if negative { -v } else { v }), i)
+}
+
+/// Word-at-a-time byte search: bytes are compared eight at a time in a `u64` with
+/// the "has a zero byte" bit trick, which is what makes the scan of a long tag
+/// section cheap. The last few bytes of a line (fewer than eight left) are read as
+/// the line's last eight bytes, with the ones already scanned masked off, so no scan
+/// ends in a byte-by-byte loop unless the whole line is shorter than a word.
+const ONES: u64 = 0x0101_0101_0101_0101;
+/// The high bit of every byte.
+const HIGHS: u64 = 0x8080_8080_8080_8080;
+
+/// The high bit of each byte of `word` that equals `byte`, and no other bit.
+#[inline(always)]
+fn eq_mask(word: u64, byte: u8) -> u64 {
+    let x = word ^ (ONES * u64::from(byte));
+    // Per byte, no carries: (x & 0x7f) + 0x7f has its high bit set iff the low seven
+    // bits are not all zero; or-ing `x` adds the high bit itself.
+    !(((x & !HIGHS) + !HIGHS) | x) & HIGHS
+}
+
+/// Like [`eq_mask`] but one operation cheaper, and exact only up to its lowest
+/// flagged byte: a borrow out of a matching byte may flag the byte above it. Enough
+/// to find the first match in a word none of whose bytes was scanned before.
+#[inline(always)]
+fn first_eq_mask(word: u64, byte: u8) -> u64 {
+    let x = word ^ (ONES * u64::from(byte));
+    x.wrapping_sub(ONES) & !x & HIGHS
+}
+
+/// The eight bytes at `b[i..i + 8]` as a little-endian word, if there are eight.
+#[inline(always)]
+fn word_at(b: &[u8], i: usize) -> Option<u64> {
+    let chunk = b.get(i..)?.first_chunk::<8>()?;
+    Some(u64::from_le_bytes(*chunk))
+}
+
+/// The tail of a scan at `i`, fewer than eight bytes before the end of `b`: the last
+/// eight bytes of `b` as a word, with the number of leading bytes (those before `i`)
+/// the caller must ignore. `None` when `b` is shorter than a word, or `i` is at the
+/// end.
+#[inline(always)]
+fn tail_word(b: &[u8], i: usize) -> Option<(u64, usize)> {
+    if i >= b.len() {
+        return None;
+    }
+    let chunk = b.last_chunk::<8>()?;
+    Some((u64::from_le_bytes(*chunk), i + 8 - b.len()))
+}
+
+/// The bits of bytes `skip..8` of a word (`skip` < 8).
+#[inline(always)]
+fn from_byte(skip: usize) -> u64 {
+    u64::MAX << (8 * skip)
+}
+
+/// The index of the lowest byte flagged in a non-zero mask.
+#[inline(always)]
+fn first_flagged(mask: u64) -> usize {
+    (mask.trailing_zeros() / 8) as usize
+}
+
+/// The first index at or after `i` holding `x` or `y` (pass the same byte twice to
+/// look for one), or `b.len()`.
+#[inline]
+fn find_either(b: &[u8], mut i: usize, x: u8, y: u8) -> usize {
+    while let Some(w) = word_at(b, i) {
+        let m = first_eq_mask(w, x) | first_eq_mask(w, y);
+        if m != 0 {
+            return i + first_flagged(m);
+        }
+        i += 8;
+    }
+    if let Some((w, skip)) = tail_word(b, i) {
+        // Exact masks here: the bytes masked off were not all scanned by this call.
+        let m = (eq_mask(w, x) | eq_mask(w, y)) & from_byte(skip);
+        return if m != 0 {
+            i - skip + first_flagged(m)
+        } else {
+            b.len()
+        };
+    }
+    while let Some(&c) = b.get(i) {
+        if c == x || c == y {
+            return i;
+        }
+        i += 1;
+    }
+    b.len()
+}
+
+/// The first index at or after `i` holding `x`, or `b.len()`.
+#[inline(always)]
+fn find_byte(b: &[u8], i: usize, x: u8) -> usize {
+    find_either(b, i, x, x)
+}
+
+/// Scans a tag section starting at `i`: returns where it ends (the next `|` or the
+/// end) and whether a tag in it starts with `:` (an empty tag name: at the start or
+/// right after a `,`).
+#[inline]
+fn scan_tags(b: &[u8], mut i: usize) -> (usize, bool) {
+    let mut malformed = b.get(i) == Some(&b':');
+    // The high bit of byte 0 set when the byte before the current word is a `,`.
+    let mut comma_before = 0u64;
+    while let Some(w) = word_at(b, i) {
+        let pipes = first_eq_mask(w, b'|');
+        let commas = eq_mask(w, b',');
+        // A `:` right after a `,`: the comma's flag moved up one byte.
+        let pairs = ((commas << 8) | comma_before) & eq_mask(w, b':');
+        if pipes != 0 {
+            // Only pairs below the first `|` belong to this section.
+            let below = (pipes & pipes.wrapping_neg()) - 1;
+            return (i + first_flagged(pipes), malformed || pairs & below != 0);
+        }
+        malformed |= pairs != 0;
+        comma_before = commas >> 56;
+        i += 8;
+    }
+    if let Some((w, skip)) = tail_word(b, i) {
+        // The bytes before `i` are in the word too, so a comma just before `i` is
+        // seen by the shift; the byte before the section's start is its `#`.
+        let pipes = eq_mask(w, b'|') & from_byte(skip);
+        let pairs = (eq_mask(w, b',') << 8) & eq_mask(w, b':') & from_byte(skip);
+        let below = if pipes != 0 {
+            (pipes & pipes.wrapping_neg()) - 1
+        } else {
+            u64::MAX
+        };
+        let end = if pipes != 0 {
+            i - skip + first_flagged(pipes)
+        } else {
+            b.len()
+        };
+        return (end, malformed || pairs & below != 0);
+    }
+    let mut after_comma = comma_before != 0;
+    while let Some(&c) = b.get(i) {
+        if c == b'|' {
+            return (i, malformed);
+        }
+        malformed |= after_comma && c == b':';
+        after_comma = c == b',';
+        i += 1;
+    }
+    (b.len(), malformed)
+}
+
+/// Splits text at an ASCII separator byte with an inline byte scan: the general path
+/// for multi-value lines and the tag iterator.
 struct Fields<'a> {
     /// What is left; `None` once the last field was returned.
     rest: Option<&'a str>,
@@ -332,11 +675,7 @@ pub struct DatagramReport {
 impl DatagramReport {
     /// The count for one parse error reason.
     pub fn parse_errors(&self, reason: LineError) -> u64 {
-        let i = LineError::ALL
-            .iter()
-            .position(|r| *r == reason)
-            .unwrap_or(0);
-        self.parse_errors[i]
+        self.parse_errors[reason.index()]
     }
 }
 
@@ -358,19 +697,37 @@ impl Decoder {
     /// Parses `datagram` and applies every good line through `writer`.
     pub fn ingest(&mut self, datagram: &[u8], writer: &mut Writer) -> DatagramReport {
         let mut report = DatagramReport::default();
-        for raw in lines(datagram) {
-            match parse_line(raw) {
-                Ok(line) => {
-                    report.lines += 1;
-                    self.apply(&line, writer, &mut report);
+        match std::str::from_utf8(datagram) {
+            // The usual case: checked once for the whole datagram, so each line (cut
+            // at an ASCII `\n` or `\r`) is UTF-8 too.
+            Ok(text) => {
+                for (a, b) in LineRanges::new(datagram) {
+                    self.account(parse_text(&text[a..b]), writer, &mut report);
                 }
-                Err(e) => {
-                    let i = LineError::ALL.iter().position(|r| *r == e).unwrap_or(0);
-                    report.parse_errors[i] += 1;
+            }
+            Err(_) => {
+                for raw in lines(datagram) {
+                    self.account(parse_line(raw), writer, &mut report);
                 }
             }
         }
         report
+    }
+
+    #[inline]
+    fn account(
+        &mut self,
+        parsed: Result<Line<'_>, LineError>,
+        writer: &mut Writer,
+        report: &mut DatagramReport,
+    ) {
+        match parsed {
+            Ok(line) => {
+                report.lines += 1;
+                self.apply(&line, writer, report);
+            }
+            Err(e) => report.parse_errors[e.index()] += 1,
+        }
     }
 
     fn apply(&mut self, line: &Line<'_>, writer: &mut Writer, report: &mut DatagramReport) {
@@ -391,31 +748,60 @@ impl Decoder {
             return;
         }
         // Sampled observations count 1/rate times; rounding keeps counts integral.
-        let weight = (1.0 / line.sample_rate).round().max(1.0) as u64;
-        for v in line.values() {
-            let sample = match (line.kind, v) {
-                (StatsdType::Counter, Value::Number(n)) => {
-                    Sample::Counter(n / line.sample_rate, Temporality::Delta)
-                }
-                (StatsdType::Gauge, Value::Number(n)) => Sample::Gauge(n),
-                (StatsdType::Gauge, Value::Relative(d)) => Sample::GaugeDelta(d),
-                (StatsdType::Timer, Value::Number(n)) => Sample::Observe {
-                    value: n / 1000.0,
-                    count: weight,
-                },
-                (StatsdType::Histogram | StatsdType::Distribution, Value::Number(n)) => {
-                    Sample::Observe {
-                        value: n,
-                        count: weight,
-                    }
-                }
-                // Relative values only parse for gauges; sets returned above.
-                _ => continue,
-            };
-            match self.record(line, sample, ts, writer) {
-                Ok(()) => report.samples += 1,
-                Err(_) => report.rejected += 1,
+        // (Most lines are unsampled: skip the `round` call, which is not inlined.)
+        let weight = if line.sample_rate == 1.0 {
+            1
+        } else {
+            (1.0 / line.sample_rate).round().max(1.0) as u64
+        };
+        // The usual single value goes straight in; several go through the iterator.
+        let rest = match line.single {
+            Some(v) => {
+                self.record_value(line, v, weight, ts, writer, report);
+                None
             }
+            None => Some(line.values()),
+        };
+        for v in rest.into_iter().flatten() {
+            self.record_value(line, v, weight, ts, writer, report);
+        }
+    }
+
+    #[inline]
+    fn record_value(
+        &mut self,
+        line: &Line<'_>,
+        v: Value,
+        weight: u64,
+        ts: i64,
+        writer: &mut Writer,
+        report: &mut DatagramReport,
+    ) {
+        let sample = match (line.kind, v) {
+            (StatsdType::Counter, Value::Number(n)) if line.sample_rate == 1.0 => {
+                Sample::Counter(n, Temporality::Delta)
+            }
+            (StatsdType::Counter, Value::Number(n)) => {
+                Sample::Counter(n / line.sample_rate, Temporality::Delta)
+            }
+            (StatsdType::Gauge, Value::Number(n)) => Sample::Gauge(n),
+            (StatsdType::Gauge, Value::Relative(d)) => Sample::GaugeDelta(d),
+            (StatsdType::Timer, Value::Number(n)) => Sample::Observe {
+                value: n / 1000.0,
+                count: weight,
+            },
+            (StatsdType::Histogram | StatsdType::Distribution, Value::Number(n)) => {
+                Sample::Observe {
+                    value: n,
+                    count: weight,
+                }
+            }
+            // Relative values only parse for gauges; sets are recorded by `apply`.
+            _ => return,
+        };
+        match self.record(line, sample, ts, writer) {
+            Ok(()) => report.samples += 1,
+            Err(_) => report.rejected += 1,
         }
     }
 
@@ -522,6 +908,299 @@ mod tests {
                 "{}",
                 String::from_utf8_lossy(line)
             );
+        }
+    }
+
+    #[test]
+    fn reasons_index_in_the_order_of_all() {
+        for (i, r) in LineError::ALL.iter().enumerate() {
+            assert_eq!(r.index(), i, "{r:?}");
+        }
+    }
+
+    #[test]
+    fn word_scans_find_what_a_byte_loop_finds() {
+        // Every position of the target, in and across 8-byte words, and bytes that
+        // differ from it only in the high bit (0x80 | b) or by one (b ± 1).
+        for len in 0..40usize {
+            for at in 0..=len {
+                let mut b = vec![b'|' ^ 0x80; len];
+                for (i, x) in b.iter_mut().enumerate() {
+                    *x = [b'|' ^ 0x80, b'|' + 1, b'|' - 1, b'a'][i % 4];
+                }
+                if at < len {
+                    b[at] = b'|';
+                }
+                for from in 0..=at.min(len) {
+                    assert_eq!(
+                        find_byte(&b, from, b'|'),
+                        at,
+                        "len {len} at {at} from {from}"
+                    );
+                    assert_eq!(find_either(&b, from, b'#', b'|'), at);
+                    // Matches before `from` (a scan resumes past a separator) must
+                    // not leak into the bytes after them (`}` is `|` + 1: a borrow
+                    // out of a matching byte below would flag it).
+                    let mut before = b.clone();
+                    for x in before.iter_mut().take(from) {
+                        *x = b'|';
+                    }
+                    if from < at {
+                        before[from] = b'}';
+                    }
+                    assert_eq!(
+                        find_byte(&before, from, b'|'),
+                        at,
+                        "len {len} at {at} from {from}"
+                    );
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn tag_scans_find_empty_names_anywhere_in_a_word() {
+        for len in 1..30usize {
+            for at in 0..len {
+                // `,:` with the comma at `at - 1` (or `:` first), then a `|` and more.
+                let mut tags = vec![b'a'; len];
+                tags[at] = b':';
+                if at > 0 {
+                    tags[at - 1] = b',';
+                }
+                let mut line = tags.clone();
+                line.extend_from_slice(b"|x,:y");
+                assert_eq!(
+                    scan_tags(&line, 0),
+                    (len, true),
+                    "{}",
+                    String::from_utf8_lossy(&line)
+                );
+                // The same pair after the `|` is not this section's.
+                let mut line = vec![b'a'; len];
+                line.push(b'|');
+                line.extend_from_slice(&tags);
+                assert_eq!(scan_tags(&line, 0), (len, false));
+                assert_eq!(scan_tags(&tags, 0), (len, true));
+            }
+        }
+    }
+
+    #[test]
+    fn fast_decimals_equal_the_general_parser_bit_for_bit() {
+        let mut taken = 0;
+        for text in [
+            "0",
+            "-0",
+            "+0",
+            "1",
+            "-1",
+            "0.5",
+            ".5",
+            "5.",
+            "+.5",
+            "-.5",
+            "0.1",
+            "0.3",
+            "123.456",
+            "9007199254740992",
+            "9007199254740993",
+            "1234567890123456789",
+            "0.0000000000000000001",
+            "12345678901234567890",
+            "3.14159265358979",
+            "1e3",
+            "inf",
+            ".",
+            "+",
+            "-",
+            "",
+            "1.2.3",
+        ] {
+            let (fast, stop) = scan_decimal(text.as_bytes(), 0);
+            let general = text.parse::<f64>().ok();
+            assert!(stop <= text.len(), "{text}");
+            match fast {
+                // Read to the end: exactly the general parser's answer.
+                Some(v) if stop == text.len() => {
+                    assert_eq!(Some(v.to_bits()), general.map(f64::to_bits), "{text}");
+                    taken += 1;
+                }
+                // Stopped early (`1e3`, `1.2.3`): the caller hands the whole value
+                // to the general parser. `None`: not a number, or left to it too.
+                _ => {}
+            }
+        }
+        assert_eq!(taken, 15, "the fast path is taken where it should be");
+    }
+
+    /// The parser as it was before the single-pass one: split at every separator,
+    /// parse every piece with `str::parse`. The differential tests below hold the new
+    /// one to it.
+    mod reference {
+        use super::super::{Fields, LineError, StatsdType, Value, parse_value};
+
+        /// The public parts of a parsed line and its values.
+        pub type Parsed<'a> = (
+            &'a str,
+            StatsdType,
+            u64,
+            &'a str,
+            Option<&'a str>,
+            Option<i64>,
+            Vec<(bool, u64)>,
+        );
+
+        pub fn parse_line(line: &[u8]) -> Result<Parsed<'_>, LineError> {
+            let line = std::str::from_utf8(line).map_err(|_| LineError::InvalidUtf8)?;
+            let mut sections = Fields::new(line, b'|');
+            let head = sections.next().unwrap_or("");
+            let mut head_parts = Fields::new(head, b':');
+            let name = head_parts.next().unwrap_or("");
+            let values = head_parts.rest().ok_or(LineError::MissingValue)?;
+            if name.is_empty() {
+                return Err(LineError::EmptyName);
+            }
+            if values.is_empty() {
+                return Err(LineError::MissingValue);
+            }
+            let kind = match sections.next().ok_or(LineError::MissingType)? {
+                "c" => StatsdType::Counter,
+                "g" => StatsdType::Gauge,
+                "ms" => StatsdType::Timer,
+                "h" => StatsdType::Histogram,
+                "d" => StatsdType::Distribution,
+                "s" => StatsdType::Set,
+                "" => return Err(LineError::MissingType),
+                _ => return Err(LineError::UnknownType),
+            };
+            let (mut rate, mut tags, mut container, mut ts_s) = (1.0f64, "", None, None);
+            for section in sections {
+                if let Some(r) = section.strip_prefix('@') {
+                    let r: f64 = r.parse().map_err(|_| LineError::MalformedSampleRate)?;
+                    if !(r > 0.0 && r <= 1.0) {
+                        return Err(LineError::MalformedSampleRate);
+                    }
+                    rate = r;
+                } else if let Some(t) = section.strip_prefix('#') {
+                    if Fields::new(t, b',').any(|t| t.starts_with(':')) {
+                        return Err(LineError::MalformedTag);
+                    }
+                    tags = t;
+                } else if let Some(c) = section.strip_prefix("c:") {
+                    container = Some(c);
+                } else if let Some(ts) = section.strip_prefix('T') {
+                    let ts: i64 = ts.parse().map_err(|_| LineError::MalformedTimestamp)?;
+                    if !(0..=i64::MAX / 1000).contains(&ts) {
+                        return Err(LineError::MalformedTimestamp);
+                    }
+                    ts_s = Some(ts);
+                } else {
+                    return Err(LineError::UnknownField);
+                }
+            }
+            let gauge = kind == StatsdType::Gauge;
+            if kind != StatsdType::Set {
+                for v in Fields::new(values, b':') {
+                    parse_value(v, gauge)?;
+                }
+            }
+            let vals = Fields::new(values, b':')
+                .filter_map(|v| parse_value(v, gauge).ok())
+                .map(bits)
+                .collect();
+            Ok((name, kind, rate.to_bits(), tags, container, ts_s, vals))
+        }
+
+        pub fn bits(v: Value) -> (bool, u64) {
+            match v {
+                Value::Number(n) => (false, n.to_bits()),
+                Value::Relative(n) => (true, n.to_bits()),
+            }
+        }
+    }
+
+    fn new_parser(line: &[u8]) -> Result<reference::Parsed<'_>, LineError> {
+        parse_line(line).map(|l| {
+            let vals = l.values().map(reference::bits).collect();
+            (
+                l.name,
+                l.kind,
+                l.sample_rate.to_bits(),
+                l.tags,
+                l.container,
+                l.timestamp_s,
+                vals,
+            )
+        })
+    }
+
+    use proptest::prelude::*;
+
+    proptest! {
+        #![proptest_config(ProptestConfig { cases: 2048, ..ProptestConfig::default() })]
+
+        #[test]
+        fn single_pass_parser_agrees_with_the_reference_on_statsd_like_text(
+            text in "[a-z.:]{0,6}(:[-+0-9.eE]{0,22}|:inf|:nan|:1e400){0,3}(\\|(c|g|ms|m|s|h|d|x|cc|@[-+0-9.e]{0,6}|#[a-z0-9:,]{0,20}|T[-+0-9]{0,21}|c:[a-z]{0,3}|c|)){0,4}(\\|)?"
+        ) {
+            prop_assert_eq!(new_parser(text.as_bytes()), reference::parse_line(text.as_bytes()), "{}", text);
+        }
+
+        #[test]
+        fn single_pass_parser_agrees_with_the_reference_on_any_bytes(
+            data in proptest::collection::vec(
+                prop_oneof![any::<u8>(), Just(b':'), Just(b'|'), Just(b','), Just(b'#'), Just(b'1'), Just(b'.')],
+                0..64,
+            )
+        ) {
+            prop_assert_eq!(new_parser(&data), reference::parse_line(&data));
+        }
+
+        #[test]
+        fn decimal_values_convert_exactly(
+            int in "[0-9]{0,20}", frac in proptest::option::of("[0-9]{0,20}"), sign in "[-+]?"
+        ) {
+            let text = format!("{sign}{int}{}", frac.map(|f| format!(".{f}")).unwrap_or_default());
+            let (fast, stop) = scan_decimal(text.as_bytes(), 0);
+            prop_assert_eq!(stop, text.len());
+            if let Some(v) = fast {
+                prop_assert_eq!(Some(v.to_bits()), text.parse::<f64>().ok().map(f64::to_bits), "{}", text);
+            }
+        }
+
+    }
+
+    proptest! {
+        // Each case builds an aggregator: fewer cases keep this under a few seconds.
+        #![proptest_config(ProptestConfig { cases: 256, ..ProptestConfig::default() })]
+
+        #[test]
+        fn datagram_ingest_counts_like_line_by_line_parsing(
+            data in proptest::collection::vec(
+                prop_oneof![any::<u8>(), Just(b'\n'), Just(b'\r'), Just(b':'), Just(b'|'), Just(b'c'), Just(b'1')],
+                0..200,
+            )
+        ) {
+            let agg = Aggregator::new(crate::AggregatorConfig { max_series: 64, ..Default::default() });
+            let mut w = agg.writer();
+            let r = Decoder::default().ingest(&data, &mut w);
+            let mut want = [0u64; LineError::ALL.len()];
+            let mut ok = 0;
+            let split: Vec<&[u8]> = data
+                .split(|&b| b == b'\n')
+                .map(|l| l.strip_suffix(b"\r").unwrap_or(l))
+                .filter(|l| !l.is_empty())
+                .collect();
+            prop_assert_eq!(lines(&data).collect::<Vec<_>>(), split.clone());
+            for l in split {
+                match reference::parse_line(l) {
+                    Ok(_) => ok += 1,
+                    Err(e) => want[e.index()] += 1,
+                }
+            }
+            prop_assert_eq!(r.lines, ok);
+            prop_assert_eq!(r.parse_errors, want);
         }
     }
 
