@@ -445,6 +445,14 @@ pub fn self_metrics(state: &AdminState) -> String {
             "StatsD samples aggregated.",
             &one(s.samples as f64),
         );
+        if let Some(drops) = s.kernel_drops {
+            metric(
+                "weir_statsd_kernel_drops_total",
+                "counter",
+                "StatsD datagrams the kernel dropped because a socket's receive buffer was full (/proc/net/udp).",
+                &one(drops as f64),
+            );
+        }
         metric(
             "weir_statsd_parse_errors_total",
             "counter",

@@ -22,8 +22,8 @@
 
 use std::io;
 use std::net::{SocketAddr, UdpSocket};
-use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, OnceLock};
 use std::thread::JoinHandle;
 use std::time::Duration;
 
@@ -55,6 +55,8 @@ pub struct StatsdCounters {
     samples: AtomicU64,
     rejected: AtomicU64,
     parse_errors: [AtomicU64; LineError::ALL.len()],
+    /// The receiver's sockets in bind order, set once they are all bound.
+    sockets: OnceLock<Vec<SocketEntry>>,
 }
 
 /// A snapshot of [`StatsdCounters`].
@@ -76,8 +78,7 @@ pub struct StatsdStats {
     /// buffer was full, since they were opened, summed over the sockets; `None` where
     /// the OS does not say.
     pub kernel_drops: Option<u64>,
-    /// Datagrams read by each socket, in bind order (empty in a snapshot of
-    /// [`StatsdCounters`] alone).
+    /// Datagrams read by each socket, in bind order.
     pub socket_datagrams: Vec<u64>,
 }
 
@@ -103,9 +104,14 @@ impl StatsdCounters {
         }
     }
 
-    /// A snapshot (without the kernel's drop count and the per-socket counts, which
-    /// the receiver adds).
+    /// A snapshot, with the kernel's drop count summed over the receiver's sockets
+    /// (read from `/proc/net/udp*` on Linux).
     pub fn stats(&self) -> StatsdStats {
+        self.snapshot(self.kernel_drops())
+    }
+
+    /// A snapshot with the given kernel drop count.
+    fn snapshot(&self, kernel_drops: Option<u64>) -> StatsdStats {
         StatsdStats {
             datagrams: self.datagrams.load(Ordering::Relaxed),
             bytes: self.bytes.load(Ordering::Relaxed),
@@ -117,9 +123,39 @@ impl StatsdCounters {
                 .zip(&self.parse_errors)
                 .map(|(r, n)| (r.as_str(), n.load(Ordering::Relaxed)))
                 .collect(),
-            kernel_drops: None,
-            socket_datagrams: Vec::new(),
+            kernel_drops,
+            socket_datagrams: self
+                .sockets()
+                .iter()
+                .map(|s| s.datagrams.load(Ordering::Relaxed))
+                .collect(),
         }
+    }
+
+    fn sockets(&self) -> &[SocketEntry] {
+        self.sockets.get().map_or(&[], Vec::as_slice)
+    }
+
+    /// The kernel's drop count summed over the sockets it reports; `None` if it
+    /// reports none of them.
+    fn kernel_drops(&self) -> Option<u64> {
+        let inodes: Vec<u64> = self.sockets().iter().filter_map(|s| s.inode).collect();
+        if inodes.is_empty() {
+            return None;
+        }
+        let tables: Vec<String> = ["/proc/net/udp", "/proc/net/udp6"]
+            .iter()
+            .filter_map(|p| std::fs::read_to_string(p).ok())
+            .collect();
+        let mut found = false;
+        let mut sum = 0;
+        for inode in inodes {
+            if let Some(n) = tables.iter().find_map(|t| drops_in_proc_net_udp(t, inode)) {
+                found = true;
+                sum += n;
+            }
+        }
+        found.then_some(sum)
     }
 }
 
@@ -170,7 +206,6 @@ pub struct StatsdReceiver {
     local_addr: SocketAddr,
     recv_buffer_bytes: usize,
     recv_batch: usize,
-    sockets: Vec<SocketEntry>,
     stop: Arc<AtomicBool>,
     counters: Arc<StatsdCounters>,
     threads: Vec<JoinHandle<()>>,
@@ -190,12 +225,12 @@ impl StatsdReceiver {
             local_addr: config.address,
             recv_buffer_bytes: 0,
             recv_batch: config.recv_batch.clamp(1, MAX_RECV_BATCH),
-            sockets: Vec::new(),
             stop,
             counters: Arc::new(StatsdCounters::default()),
             threads: Vec::new(),
         };
         let count = config.sockets.max(1);
+        let mut sockets = Vec::with_capacity(count);
         for i in 0..count {
             // After the first bind, `local_addr` holds the port it got.
             let socket = bind(receiver.local_addr, config.recv_buffer_bytes, count > 1)?;
@@ -228,9 +263,11 @@ impl StatsdReceiver {
                         r.run(batch, &stop);
                     }
                 })?;
-            receiver.sockets.push(entry);
+            sockets.push(entry);
             receiver.threads.push(thread);
         }
+        // Set once, here: `receiver` is new, so nothing set it before.
+        let _ = receiver.counters.sockets.set(sockets);
         Ok(receiver)
     }
 
@@ -246,7 +283,7 @@ impl StatsdReceiver {
 
     /// How many sockets (and receive threads) the receiver has.
     pub fn socket_count(&self) -> usize {
-        self.sockets.len()
+        self.counters.sockets().len()
     }
 
     /// Datagrams read per receive call, at most.
@@ -261,48 +298,15 @@ impl StatsdReceiver {
 
     /// Counters since start, with the kernel's drop count summed over the sockets.
     pub fn stats(&self) -> StatsdStats {
-        let drops = self.kernel_drops();
-        self.snapshot(drops)
+        self.counters.stats()
     }
 
     /// Stops the threads after each has drained its socket, and waits for them.
     pub fn stop(mut self) -> StatsdStats {
         // Read while the sockets are still open: they leave /proc/net/udp with them.
-        let drops = self.kernel_drops();
+        let drops = self.counters.kernel_drops();
         self.shutdown();
-        self.snapshot(drops)
-    }
-
-    fn snapshot(&self, kernel_drops: Option<u64>) -> StatsdStats {
-        StatsdStats {
-            kernel_drops,
-            socket_datagrams: self
-                .sockets
-                .iter()
-                .map(|s| s.datagrams.load(Ordering::Relaxed))
-                .collect(),
-            ..self.counters.stats()
-        }
-    }
-
-    fn kernel_drops(&self) -> Option<u64> {
-        let inodes: Vec<u64> = self.sockets.iter().filter_map(|s| s.inode).collect();
-        if inodes.is_empty() {
-            return None;
-        }
-        let tables: Vec<String> = ["/proc/net/udp", "/proc/net/udp6"]
-            .iter()
-            .filter_map(|p| std::fs::read_to_string(p).ok())
-            .collect();
-        let mut found = false;
-        let mut sum = 0;
-        for inode in inodes {
-            if let Some(n) = tables.iter().find_map(|t| drops_in_proc_net_udp(t, inode)) {
-                found = true;
-                sum += n;
-            }
-        }
-        found.then_some(sum)
+        self.counters.snapshot(drops)
     }
 
     fn shutdown(&mut self) {
@@ -622,6 +626,12 @@ mod tests {
             let r = StatsdReceiver::start(&config(sockets, 64), &agg).unwrap();
             assert_eq!(r.socket_count(), sockets);
             assert_eq!(r.stats().kernel_drops, Some(0));
+            // The shared counters (what the admin API holds) say the same.
+            let live = r.counters().stats();
+            assert_eq!(
+                (live.kernel_drops, live.socket_datagrams.len()),
+                (Some(0), sockets)
+            );
             let stats = r.stop();
             assert_eq!(stats.kernel_drops, Some(0));
             assert_eq!(stats.socket_datagrams, vec![0; sockets]);

@@ -227,6 +227,7 @@ fn admin_api_health_flush_metrics_status() {
     for want in [
         "weir_active_series 2\n",
         "weir_statsd_lines_total 2\n",
+        "weir_statsd_kernel_drops_total 0\n",
         "weir_statsd_parse_errors_total{reason=\"missing_value\"} 1\n",
         "weir_rejected_total{reason=\"type_conflict\"} 0\n",
     ] {
