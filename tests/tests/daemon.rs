@@ -305,3 +305,56 @@ fn admin_token_guards_mutating_endpoints() {
     let (status, _) = weir.wait_exit(TIMEOUT);
     assert!(status.success());
 }
+
+/// The README's quick start, exactly: `weir` with no config listens on the default
+/// ports, takes the README's StatsD lines and serves them on 127.0.0.1:9102 after a
+/// flush (requested through the default admin address instead of waiting 10 s).
+/// Needs the default ports free, as the README does.
+#[test]
+fn the_embedded_default_serves_statsd_input_on_the_exposition_endpoint() {
+    for port in [8686, 9102, 4317, 4318] {
+        assert!(
+            std::net::TcpListener::bind(("127.0.0.1", port)).is_ok(),
+            "port {port} is taken: stop whatever weir or other service holds it"
+        );
+    }
+    let dir = TempDir::new("quick-start");
+    let mut weir = Weir::start(&[], dir.path());
+    weir.wait_for_line("statsd", TIMEOUT, |l| {
+        l.contains("statsd receiver listening") && l.contains("127.0.0.1:8125")
+    });
+    weir.wait_for_line("exposition", TIMEOUT, |l| {
+        l.contains("exposition endpoint listening") && l.contains("127.0.0.1:9102")
+    });
+    weir.wait_for_line("admin", TIMEOUT, |l| {
+        l.contains("admin API listening") && l.contains("127.0.0.1:8686")
+    });
+    let sock = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+    sock.send_to(
+        b"shop.orders:3|c|#region:eu\nshop.queue:12|g\napi.latency:250|ms\n",
+        "127.0.0.1:8125",
+    )
+    .unwrap();
+    let deadline = std::time::Instant::now() + TIMEOUT;
+    let mut page = String::new();
+    while !page.contains("api_latency_count") && std::time::Instant::now() < deadline {
+        http("127.0.0.1:8686", "POST", "/flush");
+        page = http_get("127.0.0.1:9102", "/metrics");
+    }
+    for want in [
+        "shop_orders{region=\"eu\"} 3\n",
+        "shop_queue 12\n",
+        "api_latency_bucket{le=\"0.25\"} 1\n",
+        "api_latency_sum 0.25\n",
+        "api_latency_count 1\n",
+    ] {
+        assert!(page.contains(want), "no {want:?} in\n{page}");
+    }
+    assert!(
+        !dir.path().join("weir-data").exists(),
+        "no pipelines: nothing is written to disk"
+    );
+    weir.signal("TERM");
+    let (status, _) = weir.wait_exit(TIMEOUT);
+    assert!(status.success());
+}
