@@ -413,3 +413,13 @@ pub fn http(addr: &str, method: &str, path: &str) -> String {
 pub fn http_get(addr: &str, path: &str) -> String {
     http(addr, "GET", path)
 }
+
+/// The sum of `counter_delta_sum` over every flush line (interval, requested and
+/// final) in a daemon's text log: everything it counted from start to exit.
+pub fn flushed_counter_total(lines: &[String]) -> f64 {
+    lines
+        .iter()
+        .filter(|l| l.contains("flush sequence=") || l.contains("flush (requested) sequence="))
+        .filter_map(|l| field(l, "counter_delta_sum").and_then(|v| v.parse::<f64>().ok()))
+        .sum()
+}

@@ -1,7 +1,10 @@
 //! The daemon as an operator runs it: it starts, logs one summary line per flush, and
 //! on SIGTERM/SIGINT flushes once more, logs it and exits 0.
 
-use weir_e2e::{TIMEOUT, TempDir, Weir, field, http, http_get, http_request, http_request_with};
+use weir_e2e::{
+    TIMEOUT, TempDir, Weir, field, flushed_counter_total, http, http_get, http_request,
+    http_request_with,
+};
 
 /// An interval flush line in text format (not the final flush).
 fn is_flush(line: &str) -> bool {
@@ -121,11 +124,7 @@ fn statsd_lines_over_udp_are_aggregated() {
     let all = lines.join("\n");
     assert!(status.success(), "exit status {status}; output:\n{all}");
     // `lines` holds everything the daemon printed, from its start.
-    let got: f64 = lines
-        .iter()
-        .filter(|l| is_flush(l) || l.contains("final flush sequence="))
-        .filter_map(|l| field(l, "counter_delta_sum").and_then(|v| v.parse::<f64>().ok()))
-        .sum();
+    let got = flushed_counter_total(&lines);
     assert_eq!(got, sent, "{all}");
     assert!(all.contains("statsd: malformed lines skipped"), "{all}");
     assert!(all.contains("missing_value=50"), "{all}");

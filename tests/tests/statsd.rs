@@ -3,7 +3,7 @@
 
 use std::net::{SocketAddr, UdpSocket};
 
-use weir_e2e::{TIMEOUT, TempDir, Weir, field};
+use weir_e2e::{TIMEOUT, TempDir, Weir, field, flushed_counter_total};
 
 /// Senders (distinct source ports, so the kernel spreads them over the sockets).
 const SENDERS: usize = 32;
@@ -73,11 +73,7 @@ fn many_datagrams_over_two_reuseport_sockets_arrive_exactly() {
     let all = lines.join("\n");
     assert!(status.success(), "exit status {status}; output:\n{all}");
 
-    let got: f64 = lines
-        .iter()
-        .filter(|l| l.contains(": flush sequence=") || l.contains("final flush sequence="))
-        .filter_map(|l| field(l, "counter_delta_sum").and_then(|v| v.parse::<f64>().ok()))
-        .sum();
+    let got = flushed_counter_total(&lines);
     assert_eq!(got, want_sum as f64, "counter deltas of every flush\n{all}");
     let stopped = lines
         .iter()
