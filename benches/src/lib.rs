@@ -8,6 +8,7 @@
 //!   label set encoded in arrival order, add to it) behind one lock, or behind one of
 //!   256 locks.
 //! - [`otlp_load`]: the OTLP export load and latency table of the latency harnesses.
+//! - [`http`]: a minimal HTTP/1.1 request for the harnesses that drive servers.
 
 pub mod otlp_load;
 
@@ -288,4 +289,26 @@ mod tests {
         check(&MutexMap::new());
         check(&StripedMap::new());
     }
+}
+
+/// One HTTP/1.1 request (`Connection: close`, empty body) to `addr`; the response
+/// body, or an empty string if the server cannot be reached or does not answer 2xx.
+pub fn http(addr: &str, method: &str, path: &str) -> String {
+    use std::io::{Read, Write};
+    let Ok(mut conn) = std::net::TcpStream::connect(addr) else {
+        return String::new();
+    };
+    let _ = conn.set_read_timeout(Some(std::time::Duration::from_secs(30)));
+    let _ = write!(
+        conn,
+        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+    );
+    let mut out = String::new();
+    let _ = conn.read_to_string(&mut out);
+    if !out.starts_with("HTTP/1.1 2") {
+        return String::new();
+    }
+    out.split_once("\r\n\r\n")
+        .map(|(_, body)| body.to_owned())
+        .unwrap_or_default()
 }

@@ -8,7 +8,6 @@
 //! `scripts/test` installs it); it is started on a free 127.0.0.1 port with its own
 //! data directory and stopped at the end.
 
-use std::io::{Read, Write};
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
@@ -16,6 +15,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
+use weir_benches::http;
 use weir_benches::otlp_load::{harness, measure, noop_server, request, row};
 use weir_collector::config::{Config, OtlpConfig};
 use weir_collector::otlp::OtlpReceiver;
@@ -55,26 +55,11 @@ impl Prometheus {
             .expect("start prometheus (install Debian's `prometheus` package)");
         let p = Prometheus { child, addr, dir };
         let deadline = Instant::now() + Duration::from_secs(30);
-        while !p.get("/-/ready").starts_with("HTTP/1.1 200") {
+        while http(&p.addr.to_string(), "GET", "/-/ready").is_empty() {
             assert!(Instant::now() < deadline, "prometheus did not become ready");
             std::thread::sleep(Duration::from_millis(100));
         }
         p
-    }
-
-    fn get(&self, path: &str) -> String {
-        let Ok(mut conn) = std::net::TcpStream::connect(self.addr) else {
-            return String::new();
-        };
-        let _ = conn.set_read_timeout(Some(Duration::from_secs(10)));
-        let _ = write!(
-            conn,
-            "GET {path} HTTP/1.1\r\nHost: {}\r\nConnection: close\r\n\r\n",
-            self.addr
-        );
-        let mut out = String::new();
-        let _ = conn.read_to_string(&mut out);
-        out
     }
 }
 
@@ -201,7 +186,11 @@ fn main() {
         during.sort();
         let results = runner.await.expect("rounds");
 
-        let query = prometheus.get("/api/v1/query?query=count(bench_requests_total)");
+        let query = http(
+            &prometheus.addr.to_string(),
+            "GET",
+            "/api/v1/query?query=count(bench_requests_total)",
+        );
         println!(
             "{SERIES} series per flush, remote write to Prometheus 2.42 on 127.0.0.1 \
              (request bodies <= 1 MiB, WAL fsync per flush); milliseconds"
