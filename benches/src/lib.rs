@@ -254,6 +254,28 @@ pub fn mean_key_len(sets: &[Labels]) -> f64 {
     total as f64 / sets.len().max(1) as f64
 }
 
+/// One HTTP/1.1 request (`Connection: close`, empty body) to `addr`; the response
+/// body, or an empty string if the server cannot be reached or does not answer 2xx.
+pub fn http(addr: &str, method: &str, path: &str) -> String {
+    use std::io::{Read, Write};
+    let Ok(mut conn) = std::net::TcpStream::connect(addr) else {
+        return String::new();
+    };
+    let _ = conn.set_read_timeout(Some(std::time::Duration::from_secs(30)));
+    let _ = write!(
+        conn,
+        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+    );
+    let mut out = String::new();
+    let _ = conn.read_to_string(&mut out);
+    if !out.starts_with("HTTP/1.1 2") {
+        return String::new();
+    }
+    out.split_once("\r\n\r\n")
+        .map(|(_, body)| body.to_owned())
+        .unwrap_or_default()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -289,26 +311,4 @@ mod tests {
         check(&MutexMap::new());
         check(&StripedMap::new());
     }
-}
-
-/// One HTTP/1.1 request (`Connection: close`, empty body) to `addr`; the response
-/// body, or an empty string if the server cannot be reached or does not answer 2xx.
-pub fn http(addr: &str, method: &str, path: &str) -> String {
-    use std::io::{Read, Write};
-    let Ok(mut conn) = std::net::TcpStream::connect(addr) else {
-        return String::new();
-    };
-    let _ = conn.set_read_timeout(Some(std::time::Duration::from_secs(30)));
-    let _ = write!(
-        conn,
-        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
-    );
-    let mut out = String::new();
-    let _ = conn.read_to_string(&mut out);
-    if !out.starts_with("HTTP/1.1 2") {
-        return String::new();
-    }
-    out.split_once("\r\n\r\n")
-        .map(|(_, body)| body.to_owned())
-        .unwrap_or_default()
 }
