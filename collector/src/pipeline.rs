@@ -758,7 +758,9 @@ impl Forwarder {
             .store(out.record.appended_ms.max(1), Ordering::Relaxed);
         let mut failures: u32 = 0;
         let dropped = |wal: &mut Wal| wal.stats().dropped_records;
-        let mut drops_seen = with_wal(self.shared.clone(), dropped).await;
+        // WAL cap drops seen when the record was last found in the WAL; read only
+        // once sends fail (the happy path never touches the WAL here).
+        let mut drops_seen: Option<u64> = None;
         loop {
             let result = self.sender.send(out.record.body.clone()).await;
             match result {
@@ -824,8 +826,8 @@ impl Forwarder {
                         return false;
                     }
                     let drops = with_wal(self.shared.clone(), dropped).await;
-                    if drops != drops_seen {
-                        drops_seen = drops;
+                    if drops_seen != Some(drops) {
+                        drops_seen = Some(drops);
                         if let Some(p) = out.position
                             && !self.still_in_wal(p).await
                         {
