@@ -10,11 +10,11 @@ import time
 import grpc
 import pytest
 from opentelemetry.exporter.otlp.proto.grpc.metric_exporter import OTLPMetricExporter
-from opentelemetry.sdk.metrics import Counter, Histogram, MeterProvider
-from opentelemetry.sdk.metrics.export import AggregationTemporality, InMemoryMetricReader, MetricExportResult
-from opentelemetry.sdk.resources import Resource
+from opentelemetry.sdk.metrics import Counter, Histogram
+from opentelemetry.sdk.metrics.export import AggregationTemporality, MetricExportResult
 
 from backends import now_ms, poll, snappy_block
+from weir_process import sdk_export
 
 
 def restart_on_same_port(backend):
@@ -152,22 +152,16 @@ def test_victoria_metrics_influx_and_remote_write_read_back_and_persist(victoria
 def export(recorder, rounds, timeout=5):
     """Records `rounds` with the SDK (delta temporality) and exports after each one
     through the real OTLP gRPC exporter; returns the export results."""
-    reader = InMemoryMetricReader(
-        preferred_temporality={Counter: AggregationTemporality.DELTA, Histogram: AggregationTemporality.DELTA}
+    return sdk_export(
+        OTLPMetricExporter(endpoint=recorder.url, insecure=True, timeout=timeout),
+        lambda meter: {
+            "orders": meter.create_counter("shop.orders"),
+            "latency": meter.create_histogram("shop.latency"),
+        },
+        rounds,
+        {"service.name": "smoke"},
+        {Counter: AggregationTemporality.DELTA, Histogram: AggregationTemporality.DELTA},
     )
-    provider = MeterProvider(resource=Resource.create({"service.name": "smoke"}), metric_readers=[reader])
-    meter = provider.get_meter("smoke")
-    instruments = {"orders": meter.create_counter("shop.orders"), "latency": meter.create_histogram("shop.latency")}
-    exporter = OTLPMetricExporter(endpoint=recorder.url, insecure=True, timeout=timeout)
-    results = []
-    try:
-        for round_ in rounds:
-            round_(instruments)
-            results.append(exporter.export(reader.get_metrics_data()))
-    finally:
-        exporter.shutdown()
-        provider.shutdown()
-    return results
 
 
 def orders(n, region):

@@ -5,11 +5,10 @@ free ports, exact totals checked in its JSON flush log lines."""
 import pytest
 from opentelemetry.exporter.otlp.proto.grpc.metric_exporter import OTLPMetricExporter as GrpcExporter
 from opentelemetry.exporter.otlp.proto.http.metric_exporter import OTLPMetricExporter as HttpExporter
-from opentelemetry.sdk.metrics import Counter, Histogram, MeterProvider, UpDownCounter
-from opentelemetry.sdk.metrics.export import AggregationTemporality, InMemoryMetricReader, MetricExportResult
-from opentelemetry.sdk.resources import Resource
+from opentelemetry.sdk.metrics import Counter, Histogram, UpDownCounter
+from opentelemetry.sdk.metrics.export import AggregationTemporality, MetricExportResult
 
-from weir_process import WeirProcess, event, flushes
+from weir_process import WeirProcess, event, flushes, sdk_export
 
 DELTA = {
     Counter: AggregationTemporality.DELTA,
@@ -36,24 +35,19 @@ def weir(tmp_path):
 
 def export_with(exporter, record, temporality=None):
     """Records with an SDK meter, then exports what was collected, once per `record`
-    round, through `exporter` (explicit collections keep the test deterministic)."""
-    reader = InMemoryMetricReader(preferred_temporality=temporality or {})
-    provider = MeterProvider(
-        resource=Resource.create({"service.name": "checkout", "service.instance.id": "pod-7"}),
-        metric_readers=[reader],
+    round, through `exporter`."""
+    results = sdk_export(
+        exporter,
+        lambda meter: {
+            "orders": meter.create_counter("shop.orders"),
+            "latency": meter.create_histogram("shop.latency", unit="s"),
+            "inflight": meter.create_up_down_counter("shop.inflight"),
+        },
+        record,
+        {"service.name": "checkout", "service.instance.id": "pod-7"},
+        temporality,
     )
-    meter = provider.get_meter("test")
-    instruments = {
-        "orders": meter.create_counter("shop.orders"),
-        "latency": meter.create_histogram("shop.latency", unit="s"),
-        "inflight": meter.create_up_down_counter("shop.inflight"),
-    }
-    for round_ in record:
-        round_(instruments)
-        data = reader.get_metrics_data()
-        assert exporter.export(data) == MetricExportResult.SUCCESS
-    exporter.shutdown()
-    provider.shutdown()
+    assert results == [MetricExportResult.SUCCESS] * len(record)
 
 
 def test_grpc_delta_export(weir):

@@ -15,12 +15,11 @@ import grpc
 import statsd
 from datadog.dogstatsd import DogStatsd
 from opentelemetry.exporter.otlp.proto.grpc.metric_exporter import OTLPMetricExporter as GrpcExporter
-from opentelemetry.sdk.metrics import Counter, Histogram, MeterProvider, UpDownCounter
-from opentelemetry.sdk.metrics.export import AggregationTemporality, InMemoryMetricReader, MetricExportResult
-from opentelemetry.sdk.resources import Resource
+from opentelemetry.sdk.metrics import Counter, Histogram, UpDownCounter
+from opentelemetry.sdk.metrics.export import AggregationTemporality, MetricExportResult
 
 from backends import CUMULATIVE, free_port, http, labels_key, now_ms, poll
-from weir_process import FAST_RETRY, daemon_config, daemons, parse_exposition, pipeline_toml, send_statsd_lines  # noqa: F401 (daemons: a fixture)
+from weir_process import FAST_RETRY, daemon_config, daemons, parse_exposition, pipeline_toml, sdk_export, send_statsd_lines  # noqa: F401 (daemons: a fixture)
 
 
 def flush_delivered(weir, *pipelines):
@@ -70,31 +69,22 @@ CHECKOUT_BUCKETS = {le: (0 if float(le) < 0.25 else 40 if float(le) < 0.5 else 6
 def otel_export(endpoint, rounds):
     """Exports each of `rounds` (functions of the instruments) through the SDK's
     OTLP/gRPC exporter to `endpoint` (delta temporality), one export per round."""
-    reader = InMemoryMetricReader(
-        preferred_temporality={
+    results = sdk_export(
+        GrpcExporter(endpoint=f"http://{endpoint}", insecure=True),
+        lambda meter: {
+            "requests": meter.create_counter("otel.requests"),
+            "latency": meter.create_histogram("otel.latency", unit="ms"),
+            "temperature": meter.create_gauge("otel.temperature"),
+        },
+        rounds,
+        {"service.name": "checkout", "service.instance.id": "pod-7"},
+        {
             Counter: AggregationTemporality.DELTA,
             UpDownCounter: AggregationTemporality.DELTA,
             Histogram: AggregationTemporality.DELTA,
-        }
+        },
     )
-    provider = MeterProvider(
-        resource=Resource.create({"service.name": "checkout", "service.instance.id": "pod-7"}),
-        metric_readers=[reader],
-    )
-    meter = provider.get_meter("test")
-    instruments = {
-        "requests": meter.create_counter("otel.requests"),
-        "latency": meter.create_histogram("otel.latency", unit="ms"),
-        "temperature": meter.create_gauge("otel.temperature"),
-    }
-    exporter = GrpcExporter(endpoint=f"http://{endpoint}", insecure=True)
-    try:
-        for round_ in rounds:
-            round_(instruments)
-            assert exporter.export(reader.get_metrics_data()) == MetricExportResult.SUCCESS
-    finally:
-        exporter.shutdown()
-        provider.shutdown()
+    assert results == [MetricExportResult.SUCCESS] * len(rounds)
 
 
 # The SDK's default explicit bounds; 3, 30 and 300 are recorded.

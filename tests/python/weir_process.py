@@ -349,3 +349,26 @@ def daemons():
     yield start
     for w in started:
         w.kill9()
+
+
+def sdk_export(exporter, make_instruments, rounds, resource, temporality=None):
+    """Records with an OpenTelemetry SDK meter and exports through `exporter` once per
+    round (explicit collections keep tests deterministic). `make_instruments(meter)`
+    returns the instruments by name; each round is a function of that dict. Shuts the
+    exporter and the provider down; returns the export results, one per round."""
+    from opentelemetry.sdk.metrics import MeterProvider
+    from opentelemetry.sdk.metrics.export import InMemoryMetricReader
+    from opentelemetry.sdk.resources import Resource
+
+    reader = InMemoryMetricReader(preferred_temporality=temporality or {})
+    provider = MeterProvider(resource=Resource.create(resource), metric_readers=[reader])
+    instruments = make_instruments(provider.get_meter("test"))
+    results = []
+    try:
+        for round_ in rounds:
+            round_(instruments)
+            results.append(exporter.export(reader.get_metrics_data()))
+    finally:
+        exporter.shutdown()
+        provider.shutdown()
+    return results
