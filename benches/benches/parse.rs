@@ -14,7 +14,7 @@ use std::hint::black_box;
 use std::time::Duration;
 
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
-use weir_core::statsd::{Decoder, lines, parse_line};
+use weir_core::parse::statsd::{Decoder, lines, parse_line};
 use weir_core::{Aggregator, AggregatorConfig};
 
 /// ~88 lines per datagram (the DESIGN's loopback measurement), 1,000 series in all:

@@ -27,7 +27,7 @@ use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinHandle;
 use tracing::info;
 use weir_core::Aggregator;
-use weir_core::statsd::LineError;
+use weir_core::parse::statsd::LineError;
 
 use crate::daemon::FlushSummary;
 use crate::http::{Body, plain};

@@ -1,6 +1,6 @@
 //! The OTLP metrics receivers: gRPC (`MetricsService/Export`, tonic) and HTTP
 //! (`POST /v1/metrics`, protobuf or JSON bodies, gzip accepted), both into weir-core's OTLP
-//! mapping ([`weir_core::otlp`]).
+//! mapping ([`weir_core::parse::otlp`]).
 //!
 //! Owns: the two listeners, request size limits (compressed and decompressed, against
 //! gzip bombs), the pool of writers requests borrow, and the answers: points the
@@ -25,7 +25,7 @@ use tokio::task::JoinHandle;
 use tracing::{info, warn};
 
 use crate::http::plain;
-use weir_core::otlp::{ExportReport, apply_export};
+use weir_core::parse::otlp::{ExportReport, apply_export};
 use weir_core::{Aggregator, Writer};
 use weir_proto::Message;
 use weir_proto::metrics_service::metrics_service_server::{MetricsService, MetricsServiceServer};

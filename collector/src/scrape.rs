@@ -40,7 +40,7 @@ use hyper_util::rt::TokioExecutor;
 use tokio::sync::{Semaphore, watch};
 use tokio::task::JoinHandle;
 use tracing::{debug, info, warn};
-use weir_core::exposition::{ExpositionError, Format};
+use weir_core::parse::exposition::{ExpositionError, Format};
 use weir_core::{Aggregator, Sample, Writer};
 
 use crate::config::{ScrapeConfig, ScrapeTarget};
@@ -459,7 +459,7 @@ impl TargetRun {
     }
 
     /// Parses a body in `format` into the aggregator with the target's labels applied.
-    fn ingest(&mut self, format: Format, body: &[u8]) -> weir_core::exposition::ParseReport {
+    fn ingest(&mut self, format: Format, body: &[u8]) -> weir_core::parse::exposition::ParseReport {
         let (writer, target_labels, honor) =
             (&mut self.writer, &self.labels, self.target.honor_labels);
         let mut merged: Vec<(String, String)> = Vec::new();

@@ -30,7 +30,7 @@ use std::time::Duration;
 use socket2::{Domain, Protocol, Socket, Type};
 use tracing::{info, warn};
 use weir_core::Aggregator;
-use weir_core::statsd::{DatagramReport, Decoder, LineError};
+use weir_core::parse::statsd::{DatagramReport, Decoder, LineError};
 
 use crate::config::{MAX_RECV_BATCH, StatsdConfig};
 

@@ -7,9 +7,8 @@
 //! interval [`aggregator::Aggregator::flush`] takes each series' share out exactly once
 //! into an immutable [`flush::FlushBatch`] that every pipeline reads.
 //!
-//! Around the engine: the wire formats, bytes in and points out
-//! ([`statsd`], [`exposition`] for Prometheus scrape bodies, [`otlp`]), and batches in,
-//! bytes out ([`encode`]).
+//! Around the engine: the wire formats, bytes in and points out ([`parse`]: StatsD,
+//! Prometheus scrape bodies, OTLP), and batches in, bytes out ([`encode`]).
 //!
 //! No async runtime and no sockets live here: everything is plain threads and atomics,
 //! usable from the daemon, the C ABI and the Python module alike.
@@ -18,12 +17,10 @@
 pub mod aggregator;
 pub mod cell;
 pub mod encode;
-pub mod exposition;
 pub mod flush;
 pub mod key;
-pub mod otlp;
+pub mod parse;
 pub mod point;
-pub mod statsd;
 mod sync;
 #[doc(hidden)]
 pub mod testing;

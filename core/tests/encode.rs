@@ -1,7 +1,7 @@
 //! The forwarding encoders through their public API: exact output for every kind,
 //! external labels, filtering, escaping, eviction and splitting. Remote write and OTLP
 //! bodies are decoded with the `weir_proto` types; OTLP also round-trips through
-//! `weir_core::otlp::apply_export`.
+//! `weir_core::parse::otlp::apply_export`.
 
 mod encode_support;
 
@@ -835,7 +835,7 @@ fn otlp_round_trip(batch: &FlushBatch, temporality: Temporality) -> FlushBatch {
     });
     let mut w = agg.writer();
     for req in otlp_decode(&reqs) {
-        let r = weir_core::otlp::apply_export(&req, &mut w);
+        let r = weir_core::parse::otlp::apply_export(&req, &mut w);
         assert_eq!((r.rejected, r.malformed), (0, 0));
     }
     agg.flush_at(END + 10_000)

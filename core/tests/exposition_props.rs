@@ -3,7 +3,7 @@
 //! aggregator can take or refuse with a reason; and generated bodies round-trip.
 
 use proptest::prelude::*;
-use weir_core::exposition::parse_text;
+use weir_core::parse::exposition::parse_text;
 use weir_core::point::Sample;
 use weir_core::{Aggregator, AggregatorConfig};
 

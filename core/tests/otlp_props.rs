@@ -3,7 +3,7 @@
 //! either accepted or counted as rejected.
 
 use proptest::prelude::*;
-use weir_core::otlp::apply_export;
+use weir_core::parse::otlp::apply_export;
 use weir_core::{Aggregator, AggregatorConfig};
 use weir_proto::Message;
 use weir_proto::metrics::metric::Data;

@@ -3,7 +3,7 @@
 //! well-formed lines round-trip.
 
 use proptest::prelude::*;
-use weir_core::statsd::{Decoder, StatsdType, Value, lines, parse_line};
+use weir_core::parse::statsd::{Decoder, StatsdType, Value, lines, parse_line};
 use weir_core::{Aggregator, AggregatorConfig};
 
 proptest! {

@@ -4,7 +4,7 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use weir_core::exposition::parse_text;
+use weir_core::parse::exposition::parse_text;
 use weir_core::{Aggregator, AggregatorConfig};
 
 fuzz_target!(|data: &[u8]| {

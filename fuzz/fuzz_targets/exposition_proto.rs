@@ -6,7 +6,7 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use weir_core::exposition::parse_protobuf;
+use weir_core::parse::exposition::parse_protobuf;
 use weir_core::{Aggregator, AggregatorConfig};
 use weir_proto::Message;
 use weir_proto::client_model::{MetricFamily, MetricType};

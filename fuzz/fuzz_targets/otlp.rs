@@ -3,7 +3,7 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use weir_core::otlp::apply_export;
+use weir_core::parse::otlp::apply_export;
 use weir_core::{Aggregator, AggregatorConfig};
 use weir_proto::Message;
 use weir_proto::metrics_service::ExportMetricsServiceRequest;

@@ -3,7 +3,7 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use weir_core::statsd::{Decoder, lines};
+use weir_core::parse::statsd::{Decoder, lines};
 use weir_core::{Aggregator, AggregatorConfig};
 
 fuzz_target!(|data: &[u8]| {

@@ -7,7 +7,7 @@ use std::hint::black_box;
 use std::time::Duration;
 
 use criterion::{Criterion, Throughput};
-use weir_core::exposition::Format;
+use weir_core::parse::exposition::Format;
 use weir_core::{Aggregator, AggregatorConfig};
 use weir_proto::Message;
 use weir_proto::client_model as pb;

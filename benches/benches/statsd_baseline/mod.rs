@@ -3,15 +3,15 @@
 //! `benches/parse.rs` measures before and after side by side in one run.
 //!
 //! Not used outside the benchmark; behaviour is held equal to the current parser by
-//! the differential tests in `weir_core::statsd`.
+//! the differential tests in `weir_core::parse::statsd`.
 
 #![allow(dead_code, missing_docs)]
 
 use weir_core::aggregator::{Rejected, Writer};
-use weir_core::point::{Sample, Temporality};
-use weir_core::statsd::{
+use weir_core::parse::statsd::{
     DatagramReport, LineError, StatsdType, sanitize_label_name, sanitize_metric_name, tags,
 };
+use weir_core::point::{Sample, Temporality};
 
 /// One parsed line, borrowing from the datagram.
 #[derive(Debug, Clone, PartialEq)]

@@ -2,7 +2,7 @@
 //! for OTLP/gRPC or OTLP/HTTP.
 //!
 //! Owns: the mapping of weir's series onto OTLP's data model (the reverse of
-//! [`crate::otlp`]) and its protobuf encoding. The message layout is that of
+//! [`crate::parse::otlp`]) and its protobuf encoding. The message layout is that of
 //! `weir_proto` (opentelemetry-proto); it is written straight into the body with the
 //! primitives of `wire`, fields in field-number order and proto3 defaults left out,
 //! which is byte for byte what prost writes for the same messages (a test encodes the

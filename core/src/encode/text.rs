@@ -151,7 +151,7 @@ pub fn prometheus_text(batch: &FlushBatch) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::exposition::parse_text;
+    use crate::parse::exposition::parse_text;
     use crate::point::{Sample, Temporality};
     use crate::{Aggregator, AggregatorConfig};
 

@@ -82,7 +82,7 @@ struct Group {
 /// (histograms and summaries once per label set, when their family ends).
 ///
 /// ```
-/// use weir_core::exposition::parse_text;
+/// use weir_core::parse::exposition::parse_text;
 /// use weir_core::point::{Sample, Temporality};
 /// let body = b"# TYPE http_requests_total counter\nhttp_requests_total{code=\"200\"} 1027 1395066363000\n";
 /// let mut got = Vec::new();
@@ -100,7 +100,7 @@ pub fn parse_text(body: &[u8], emit: &mut Emit<'_>) -> ParseReport {
 /// [`parse_text`]).
 ///
 /// ```
-/// use weir_core::exposition::parse_openmetrics;
+/// use weir_core::parse::exposition::parse_openmetrics;
 /// use weir_core::point::{Sample, Temporality};
 /// let body = b"# TYPE jobs counter\n# UNIT jobs jobs\njobs_total{q=\"a\"} 7 1700000000.5 # {trace_id=\"ab\"} 1\njobs_created{q=\"a\"} 1700000000\n# EOF\n";
 /// let mut got = Vec::new();

@@ -38,8 +38,8 @@ use weir_proto::metrics::{self, metric::Data, number_data_point};
 use weir_proto::metrics_service::ExportMetricsServiceRequest;
 
 use crate::aggregator::Writer;
+use crate::parse::statsd::{sanitize_label_name, sanitize_metric_name};
 use crate::point::{HistogramValue, Quantile, Sample, SummaryValue, Temporality};
-use crate::statsd::{sanitize_label_name, sanitize_metric_name};
 
 /// Most positive buckets an exponential histogram point may have (the SDK default
 /// is 160).

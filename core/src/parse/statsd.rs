@@ -217,7 +217,7 @@ fn parse_value(v: &str, gauge: bool) -> Result<Value, LineError> {
 /// The [`LineError`] naming what is wrong.
 ///
 /// ```
-/// use weir_core::statsd::{parse_line, StatsdType, Value};
+/// use weir_core::parse::statsd::{parse_line, StatsdType, Value};
 /// let l = parse_line(b"api.latency:12|ms|@0.5|#route:/users,canary").unwrap();
 /// assert_eq!((l.name, l.kind, l.sample_rate, l.tags), ("api.latency", StatsdType::Timer, 0.5, "route:/users,canary"));
 /// assert_eq!(l.values().collect::<Vec<_>>(), vec![Value::Number(12.0)]);

@@ -15,11 +15,11 @@
 //! `sample_count` when absent, as the format allows). A histogram without classic
 //! buckets but with native (sparse) bucket spans is converted to explicit bounds by
 //! the rule weir uses for OTLP exponential histograms
-//! ([`crate::otlp::exponential_to_explicit`]): native bucket `i` of schema `s` holds
+//! ([`crate::parse::otlp::exponential_to_explicit`]): native bucket `i` of schema `s` holds
 //! `(b^(i-1), b^i]` with `b = 2^(2^-s)`, so it keeps its exact upper bound `b^i`; the
 //! zero bucket and every negative observation go into one first bucket with upper
 //! bound `zero_threshold`. A native histogram spanning more than
-//! [`crate::otlp::MAX_EXPONENTIAL_BUCKETS`] bucket indices, with a schema outside
+//! [`crate::parse::otlp::MAX_EXPONENTIAL_BUCKETS`] bucket indices, with a schema outside
 //! -10..=20, or whose spans and counts disagree is counted `malformed_group`.
 //! Float histograms (`*_count_float`) are read when their counts are whole numbers.
 //! Exemplars and created timestamps are decoded and ignored.
@@ -30,14 +30,14 @@ use weir_proto::metrics::ExponentialHistogramDataPoint;
 use weir_proto::metrics::exponential_histogram_data_point::Buckets;
 
 use super::{Emit, ExpositionError, ParseReport, cumulative_histogram, summary_value, whole_count};
-use crate::otlp::{MAX_EXPONENTIAL_BUCKETS, exponential_to_explicit};
+use crate::parse::otlp::{MAX_EXPONENTIAL_BUCKETS, exponential_to_explicit};
 use crate::point::{HistogramValue, Sample, SummaryValue, Temporality};
 
 /// Parses a protobuf exposition body (delimited `MetricFamily` messages), calling
 /// `emit` for every sample.
 ///
 /// ```
-/// use weir_core::exposition::parse_protobuf;
+/// use weir_core::parse::exposition::parse_protobuf;
 /// use weir_core::point::{Sample, Temporality};
 /// use weir_proto::Message;
 /// use weir_proto::client_model::{Counter, LabelPair, Metric, MetricFamily, MetricType};

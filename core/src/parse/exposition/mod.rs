@@ -184,7 +184,7 @@ impl Format {
     /// names are compared without regard to case.
     ///
     /// ```
-    /// use weir_core::exposition::Format;
+    /// use weir_core::parse::exposition::Format;
     /// let pb = "application/vnd.google.protobuf; proto=io.prometheus.client.MetricFamily; encoding=delimited";
     /// assert_eq!(Format::from_content_type(Some(pb)), Format::Protobuf);
     /// assert_eq!(Format::from_content_type(Some("application/openmetrics-text; version=1.0.0; charset=utf-8")), Format::OpenMetrics);
