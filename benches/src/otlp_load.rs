@@ -74,7 +74,7 @@ pub async fn noop_server() -> SocketAddr {
     tokio::spawn(async move {
         let _ = tonic::transport::Server::builder()
             .add_service(MetricsServiceServer::new(Noop))
-            .serve_with_incoming(weir_collector::otlp::nodelay(listener))
+            .serve_with_incoming(weir_collector::sources::otlp::nodelay(listener))
             .await;
     });
     addr

@@ -7,8 +7,8 @@
 //! `spawn_blocking`, so request/response tasks added later keep running), let two
 //! flushes overlap, or exit on a stop signal without the final flush.
 //!
-//! Receivers: StatsD over UDP ([`crate::statsd`]) and the scraper
-//! ([`crate::scrape`]). OTLP and the admin API come in later issues and plug in
+//! Receivers: StatsD over UDP ([`crate::sources::statsd`]) and the scraper
+//! ([`crate::sources::scrape`]). OTLP and the admin API come in later issues and plug in
 //! through [`Daemon::aggregator`]. Batches are only
 //! summarised until the pipelines exist.
 
@@ -17,20 +17,19 @@ use std::time::{Duration, Instant};
 
 use tokio::time::MissedTickBehavior;
 use tracing::{info, warn};
-use weir_core::{Aggregator, AggregatorStats, FlushBatch, FlushedValue};
+use weir_core::Aggregator;
 
 use crate::config::{Config, fmt_duration};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 
-use crate::admin::{
-    AdminServer, AdminState, FlushRequest, ReloadReport, ReloadRequest, ReloadResult,
-};
-use crate::exposition::{ExpositionServer, Page};
-use crate::otlp::OtlpReceiver;
+use crate::control::{FlushRequest, FlushSummary, ReloadReport, ReloadRequest, ReloadResult};
 use crate::pipeline::Pipeline;
-use crate::scrape::Scraper;
-use crate::statsd::{StatsdReceiver, StatsdStats};
+use crate::serve::admin::{AdminServer, AdminState};
+use crate::serve::exposition::{ExpositionServer, Page};
+use crate::sources::otlp::OtlpReceiver;
+use crate::sources::scrape::Scraper;
+use crate::sources::statsd::{StatsdReceiver, StatsdStats};
 
 /// How long shutdown waits for scrapes in flight.
 const SCRAPE_STOP_WAIT: Duration = Duration::from_secs(2);
@@ -80,98 +79,6 @@ fn warn_parse_errors(stats: &StatsdStats, seen: u64) -> u64 {
         );
     }
     total
-}
-
-/// What one flush took out of the aggregator: the fields of its log line.
-#[derive(Debug, Clone, PartialEq)]
-pub struct FlushSummary {
-    /// The batch's sequence number (1 for the first flush).
-    pub sequence: u64,
-    /// When the flush ran, ms since the Unix epoch.
-    pub end_ms: i64,
-    /// Series in the batch (live series plus final entries of evicted ones).
-    pub series: usize,
-    /// Series in the batch that were evicted (their last entry).
-    pub evicted: usize,
-    /// Sum of counter deltas in the batch.
-    pub counter_delta_sum: f64,
-    /// Histogram observations during the interval.
-    pub histogram_observations: u64,
-    /// Series held after the flush.
-    pub active_series: usize,
-    /// Points refused since start, all reasons.
-    pub rejected_total: u64,
-    /// Points refused since the previous flush.
-    pub rejected_since_last: u64,
-    /// Non-zero refusal counts since start, as `reason=count` pairs, or `none`.
-    pub rejected_reasons: String,
-    /// How long the flush took.
-    pub duration: Duration,
-    /// Per pipeline (in config order), the WAL head after this flush was appended:
-    /// the flush is delivered once the forwarder's cursor reaches it.
-    pub pipeline_heads: Vec<weir_core::wal::WalPosition>,
-}
-
-impl FlushSummary {
-    /// Summarises `batch`, with `stats` read right after it and the rejected total of
-    /// the previous summary.
-    pub fn new(
-        batch: &FlushBatch,
-        stats: &AggregatorStats,
-        previous_rejected: u64,
-        duration: Duration,
-    ) -> FlushSummary {
-        let histogram_observations = batch
-            .series
-            .iter()
-            .map(|s| match &s.value {
-                FlushedValue::Histogram { delta, .. } => delta.count,
-                _ => 0,
-            })
-            .sum();
-        let rejected_total: u64 = stats.rejected.iter().map(|(_, n)| n).sum();
-        let reasons: Vec<String> = stats
-            .rejected
-            .iter()
-            .filter(|(_, n)| *n > 0)
-            .map(|(r, n)| format!("{r}={n}"))
-            .collect();
-        FlushSummary {
-            sequence: batch.sequence,
-            end_ms: batch.end_ms,
-            series: batch.series.len(),
-            evicted: batch.series.iter().filter(|s| s.evicted).count(),
-            counter_delta_sum: batch.counter_delta_sum(),
-            histogram_observations,
-            active_series: stats.active_series,
-            rejected_total,
-            rejected_since_last: rejected_total.saturating_sub(previous_rejected),
-            rejected_reasons: if reasons.is_empty() {
-                "none".to_owned()
-            } else {
-                reasons.join(",")
-            },
-            duration,
-            pipeline_heads: Vec::new(),
-        }
-    }
-
-    /// Logs the summary as one info line with message `message`.
-    fn log(&self, message: &str) {
-        info!(
-            sequence = self.sequence,
-            series = self.series,
-            evicted = self.evicted,
-            counter_delta_sum = self.counter_delta_sum,
-            histogram_observations = self.histogram_observations,
-            active_series = self.active_series,
-            rejected_total = self.rejected_total,
-            rejected_since_last = self.rejected_since_last,
-            rejected_reasons = %self.rejected_reasons,
-            duration_us = self.duration.as_micros() as u64,
-            "{message}"
-        );
-    }
 }
 
 /// Why the daemon stopped with an error.
@@ -482,7 +389,7 @@ impl Daemon {
         }
         let r = StatsdReceiver::start(c, &self.aggregator)
             .map_err(cannot_start("statsd", c.address))?;
-        crate::statsd::log_listening(&r);
+        crate::sources::statsd::log_listening(&r);
         Ok(Some(r))
     }
 
@@ -542,7 +449,7 @@ impl Daemon {
                 job = %t.job,
                 interval = %fmt_duration(t.interval),
                 timeout = %fmt_duration(t.timeout),
-                offset = %fmt_duration(crate::scrape::jitter(&t.url, t.interval)),
+                offset = %fmt_duration(crate::sources::scrape::jitter(&t.url, t.interval)),
                 "scrape target"
             );
         }

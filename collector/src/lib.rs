@@ -21,17 +21,15 @@
 #![forbid(unsafe_code)]
 #![deny(missing_docs)]
 
-pub mod admin;
+pub mod backends;
 pub mod config;
+pub mod control;
 pub mod daemon;
-pub mod exposition;
-pub mod forward;
-pub mod http;
 pub mod logging;
-pub mod otlp;
 pub mod pipeline;
-pub mod scrape;
-pub mod statsd;
+pub mod serve;
+pub mod sources;
 
 pub use config::{Config, ConfigError, DEFAULT_CONFIG_TOML};
-pub use daemon::{Daemon, FlushSummary};
+pub use control::FlushSummary;
+pub use daemon::Daemon;

@@ -14,8 +14,8 @@ use std::time::{Duration, Instant};
 use http_body_util::BodyExt;
 use hyper::StatusCode;
 use weir_collector::config::{Config, PipelineConfig};
-use weir_collector::http::{plain, serve};
 use weir_collector::pipeline::Pipeline;
+use weir_collector::serve::{plain, serve};
 use weir_core::{Aggregator, FlushBatch, Sample};
 
 /// What the backend answers, in order; when the script is empty it answers 204.

@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 
 use weir_benches::otlp_load::{harness, measure, noop_server, request, row};
 use weir_collector::config::OtlpConfig;
-use weir_collector::otlp::OtlpReceiver;
+use weir_collector::sources::otlp::OtlpReceiver;
 use weir_core::{Sample, Temporality};
 
 fn main() {

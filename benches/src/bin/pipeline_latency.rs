@@ -18,8 +18,8 @@ use std::time::{Duration, Instant};
 use weir_benches::http;
 use weir_benches::otlp_load::{harness, measure, noop_server, request, row};
 use weir_collector::config::{Config, OtlpConfig};
-use weir_collector::otlp::OtlpReceiver;
 use weir_collector::pipeline::Pipeline;
+use weir_collector::sources::otlp::OtlpReceiver;
 use weir_core::{Sample, Temporality};
 
 const SERIES: usize = 100_000;

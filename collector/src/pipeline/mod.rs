@@ -32,10 +32,10 @@ use weir_core::FlushBatch;
 use weir_core::encode::{EncodeOptions, EncodedRequest, NameFilter};
 use weir_core::wal::{Wal, WalConfig, WalPosition, WalStats};
 
+use crate::backends::{SendError, Sender};
 use crate::config::{
     CompressionConfig, PipelineConfig, PipelineKind, RetryConfig, TemporalityConfig, WalSyncConfig,
 };
-use crate::forward::{SendError, Sender};
 
 /// Milliseconds since the Unix epoch.
 fn now_ms() -> i64 {

@@ -24,7 +24,7 @@ use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
 use tracing::{info, warn};
 
-use crate::http::plain;
+use crate::serve::plain;
 use weir_core::parse::otlp::{ExportReport, apply_export};
 use weir_core::{Aggregator, Writer};
 use weir_proto::Message;
@@ -143,7 +143,7 @@ impl OtlpReceiver {
         let http = TcpListener::bind(config.http_address).await?;
         let http_addr = http.local_addr()?;
         let handler_ingest = ingest.clone();
-        tasks.push(tokio::spawn(crate::http::serve(
+        tasks.push(tokio::spawn(crate::serve::serve(
             http,
             "otlp http",
             move |req| {

@@ -29,30 +29,12 @@ use tracing::info;
 use weir_core::Aggregator;
 use weir_core::parse::statsd::LineError;
 
-use crate::daemon::FlushSummary;
-use crate::http::{Body, plain};
-use crate::otlp::OtlpIngest;
+use crate::control::{FlushRequest, FlushSummary, ReloadRequest};
 use crate::pipeline::{Pipeline, PipelineCounters, PipelineStatus};
-use crate::scrape::TargetCounters;
-use crate::statsd::StatsdCounters;
-
-/// A request for a flush: the run loop answers on the channel.
-pub type FlushRequest = oneshot::Sender<FlushSummary>;
-
-/// What a reload did: sections applied, and changed sections that need a restart.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ReloadReport {
-    /// Sections applied (only `scrape` can be).
-    pub applied: Vec<&'static str>,
-    /// Sections that changed but take effect only after a restart.
-    pub needs_restart: Vec<&'static str>,
-}
-
-/// A reload's outcome: the report, or why the file was refused.
-pub type ReloadResult = Result<ReloadReport, String>;
-
-/// A request for a config reload: the run loop answers on the channel.
-pub type ReloadRequest = oneshot::Sender<ReloadResult>;
+use crate::serve::{Body, plain};
+use crate::sources::otlp::OtlpIngest;
+use crate::sources::scrape::TargetCounters;
+use crate::sources::statsd::StatsdCounters;
 
 /// What the admin API reports on, shared with the daemon.
 pub struct AdminState {
@@ -95,7 +77,7 @@ impl AdminServer {
     pub async fn start(address: SocketAddr, state: Arc<AdminState>) -> std::io::Result<Self> {
         let listener = TcpListener::bind(address).await?;
         let addr = listener.local_addr()?;
-        let task = tokio::spawn(crate::http::serve(listener, "admin", move |req| {
+        let task = tokio::spawn(crate::serve::serve(listener, "admin", move |req| {
             let state = state.clone();
             async move {
                 let mutating = req.method() == Method::POST;

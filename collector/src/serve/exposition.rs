@@ -17,7 +17,7 @@ use tokio::task::JoinHandle;
 use tracing::info;
 use weir_core::FlushBatch;
 
-use crate::http::plain;
+use crate::serve::plain;
 
 /// The latest page, shared between the flusher (writer) and the endpoint (readers).
 #[derive(Default, Clone)]
@@ -50,7 +50,7 @@ impl ExpositionServer {
     pub async fn start(address: SocketAddr, page: Page) -> std::io::Result<Self> {
         let listener = TcpListener::bind(address).await?;
         let addr = listener.local_addr()?;
-        let task = tokio::spawn(crate::http::serve(listener, "exposition", move |req| {
+        let task = tokio::spawn(crate::serve::serve(listener, "exposition", move |req| {
             let page = page.clone();
             async move {
                 if req.uri().path() != "/metrics" {

@@ -4,6 +4,9 @@
 //! Owns: the accept loop and connection tasks. Must never: stop accepting because one
 //! accept or connection failed.
 
+pub mod admin;
+pub mod exposition;
+
 use std::future::Future;
 use std::time::Duration;
 

@@ -1,0 +1,122 @@
+//! Control: what the run loop can be asked to do from outside it (flush now, reload
+//! the config) and what it answers.
+//!
+//! Owns: the request and answer types that the admin API sends and the daemon's run
+//! loop serves, so neither imports the other. Must never: carry a subsystem's state
+//! (requests are messages; the run loop owns what they act on).
+
+use std::time::Duration;
+
+use tokio::sync::oneshot;
+use tracing::info;
+use weir_core::{AggregatorStats, FlushBatch, FlushedValue};
+
+/// A request for a flush: the run loop answers on the channel.
+pub type FlushRequest = oneshot::Sender<FlushSummary>;
+
+/// What a reload did: sections applied, and changed sections that need a restart.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ReloadReport {
+    /// Sections applied (only `scrape` can be).
+    pub applied: Vec<&'static str>,
+    /// Sections that changed but take effect only after a restart.
+    pub needs_restart: Vec<&'static str>,
+}
+
+/// A reload's outcome: the report, or why the file was refused.
+pub type ReloadResult = Result<ReloadReport, String>;
+
+/// A request for a config reload: the run loop answers on the channel.
+pub type ReloadRequest = oneshot::Sender<ReloadResult>;
+
+/// What one flush took out of the aggregator: the fields of its log line.
+#[derive(Debug, Clone, PartialEq)]
+pub struct FlushSummary {
+    /// The batch's sequence number (1 for the first flush).
+    pub sequence: u64,
+    /// When the flush ran, ms since the Unix epoch.
+    pub end_ms: i64,
+    /// Series in the batch (live series plus final entries of evicted ones).
+    pub series: usize,
+    /// Series in the batch that were evicted (their last entry).
+    pub evicted: usize,
+    /// Sum of counter deltas in the batch.
+    pub counter_delta_sum: f64,
+    /// Histogram observations during the interval.
+    pub histogram_observations: u64,
+    /// Series held after the flush.
+    pub active_series: usize,
+    /// Points refused since start, all reasons.
+    pub rejected_total: u64,
+    /// Points refused since the previous flush.
+    pub rejected_since_last: u64,
+    /// Non-zero refusal counts since start, as `reason=count` pairs, or `none`.
+    pub rejected_reasons: String,
+    /// How long the flush took.
+    pub duration: Duration,
+    /// Per pipeline (in config order), the WAL head after this flush was appended:
+    /// the flush is delivered once the forwarder's cursor reaches it.
+    pub pipeline_heads: Vec<weir_core::wal::WalPosition>,
+}
+
+impl FlushSummary {
+    /// Summarises `batch`, with `stats` read right after it and the rejected total of
+    /// the previous summary.
+    pub fn new(
+        batch: &FlushBatch,
+        stats: &AggregatorStats,
+        previous_rejected: u64,
+        duration: Duration,
+    ) -> FlushSummary {
+        let histogram_observations = batch
+            .series
+            .iter()
+            .map(|s| match &s.value {
+                FlushedValue::Histogram { delta, .. } => delta.count,
+                _ => 0,
+            })
+            .sum();
+        let rejected_total: u64 = stats.rejected.iter().map(|(_, n)| n).sum();
+        let reasons: Vec<String> = stats
+            .rejected
+            .iter()
+            .filter(|(_, n)| *n > 0)
+            .map(|(r, n)| format!("{r}={n}"))
+            .collect();
+        FlushSummary {
+            sequence: batch.sequence,
+            end_ms: batch.end_ms,
+            series: batch.series.len(),
+            evicted: batch.series.iter().filter(|s| s.evicted).count(),
+            counter_delta_sum: batch.counter_delta_sum(),
+            histogram_observations,
+            active_series: stats.active_series,
+            rejected_total,
+            rejected_since_last: rejected_total.saturating_sub(previous_rejected),
+            rejected_reasons: if reasons.is_empty() {
+                "none".to_owned()
+            } else {
+                reasons.join(",")
+            },
+            duration,
+            pipeline_heads: Vec::new(),
+        }
+    }
+
+    /// Logs the summary as one info line with message `message`.
+    pub fn log(&self, message: &str) {
+        info!(
+            sequence = self.sequence,
+            series = self.series,
+            evicted = self.evicted,
+            counter_delta_sum = self.counter_delta_sum,
+            histogram_observations = self.histogram_observations,
+            active_series = self.active_series,
+            rejected_total = self.rejected_total,
+            rejected_since_last = self.rejected_since_last,
+            rejected_reasons = %self.rejected_reasons,
+            duration_us = self.duration.as_micros() as u64,
+            "{message}"
+        );
+    }
+}
