@@ -20,6 +20,11 @@ use serde::Deserialize;
 use toml::de::{DeTable, DeValue};
 use weir_core::AggregatorConfig;
 
+pub use crate::pipeline::{
+    CompressionConfig, PipelineCommon, PipelineConfig, PipelineWalConfig, RetryConfig,
+    TemporalityConfig, WalSyncConfig,
+};
+
 /// The embedded default configuration, with a comment on every key. `weir
 /// --print-default-config` prints it; it parses to [`Config::default`].
 pub const DEFAULT_CONFIG_TOML: &str = include_str!("default.toml");
@@ -88,210 +93,6 @@ impl Default for ShutdownConfig {
     fn default() -> Self {
         ShutdownConfig {
             grace_period: Duration::from_secs(5),
-        }
-    }
-}
-
-/// What a pipeline sends to.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum PipelineKind {
-    /// Prometheus remote write 1.0 (protobuf + snappy over HTTP POST).
-    PrometheusRemoteWrite,
-    /// OTLP `ExportMetricsServiceRequest` over gRPC.
-    OtlpGrpc,
-    /// OTLP `ExportMetricsServiceRequest` over HTTP (`application/x-protobuf`).
-    OtlpHttp,
-    /// InfluxDB line protocol over HTTP (v1 `/write` or v2 `/api/v2/write`).
-    Influxdb,
-}
-
-impl PipelineKind {
-    /// The name used in the config file.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            PipelineKind::PrometheusRemoteWrite => "prometheus_remote_write",
-            PipelineKind::OtlpGrpc => "otlp_grpc",
-            PipelineKind::OtlpHttp => "otlp_http",
-            PipelineKind::Influxdb => "influxdb",
-        }
-    }
-}
-
-/// Counter and histogram temporality a pipeline sends.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum TemporalityConfig {
-    /// The increase during each flush interval.
-    Delta,
-    /// Running totals since the series started.
-    Cumulative,
-}
-
-/// Request body compression of a pipeline (remote write is always snappy).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum CompressionConfig {
-    /// Bodies as encoded.
-    #[default]
-    None,
-    /// gzip (`Content-Encoding: gzip`, or gRPC's gzip message compression).
-    Gzip,
-}
-
-/// When a pipeline's write-ahead log is synced to disk.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum WalSyncConfig {
-    /// Once per flush, after the flush's requests were appended (the default).
-    #[default]
-    Flush,
-    /// Never explicitly: the kernel writes back when it likes. A crash of weir
-    /// loses nothing, a crash of the machine may lose the last seconds.
-    Never,
-}
-
-/// One `[[pipelines]]` entry: encoder, write-ahead log, queue and forwarder for one
-/// backend.
-#[derive(Debug, Clone, PartialEq, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct PipelineConfig {
-    /// Unique name: letters, digits, `_` and `-`. Names the WAL directory and the
-    /// `pipeline` label of the self-metrics. Required.
-    pub name: String,
-    /// The backend protocol. Required.
-    #[serde(rename = "type")]
-    pub kind: PipelineKind,
-    /// `http://host:port[/path]`. Remote write: the full write URL. OTLP/HTTP and
-    /// InfluxDB: the base URL (`/v1/metrics`, `/write` or `/api/v2/write` is
-    /// appended when the path is empty). OTLP/gRPC: the server's address. Required.
-    pub endpoint: String,
-    /// Delta or cumulative counters and histograms. Default: delta for OTLP,
-    /// cumulative for InfluxDB; remote write is always cumulative.
-    #[serde(default)]
-    pub temporality: Option<TemporalityConfig>,
-    /// Extra request headers (HTTP headers, or gRPC metadata).
-    #[serde(default)]
-    pub headers: std::collections::BTreeMap<String, String>,
-    /// Labels added to every series that does not have them already. OTLP: resource
-    /// attributes instead, whose keys may be dotted (`service.name`).
-    #[serde(default)]
-    pub external_labels: std::collections::BTreeMap<String, String>,
-    /// Metric name patterns (`*` and `?` wildcards) to send; empty means all.
-    #[serde(default)]
-    pub include: Vec<String>,
-    /// Metric name patterns never to send (applied after `include`).
-    #[serde(default)]
-    pub exclude: Vec<String>,
-    /// How long one send may take. Default 10 s.
-    #[serde(default = "default_pipeline_timeout", with = "humantime_serde")]
-    pub timeout: Duration,
-    /// Largest request body before compression; a flush is split into several
-    /// requests to stay under it. Default 1 MiB, at least 1 KiB.
-    #[serde(default = "default_max_request_bytes")]
-    pub max_request_bytes: usize,
-    /// OTLP and InfluxDB: `none` (default) or `gzip`.
-    #[serde(default)]
-    pub compression: CompressionConfig,
-    /// InfluxDB 1.x: the database (`/write?db=`). Set this or `bucket`.
-    #[serde(default)]
-    pub database: Option<String>,
-    /// InfluxDB 2.x: the organisation (`/api/v2/write?org=`).
-    #[serde(default)]
-    pub org: Option<String>,
-    /// InfluxDB 2.x: the bucket (`/api/v2/write?bucket=`). Set this or `database`.
-    #[serde(default)]
-    pub bucket: Option<String>,
-    /// InfluxDB 2.x: the API token (`Authorization: Token ...`).
-    #[serde(default)]
-    pub token: Option<String>,
-    /// Most batches waiting in memory for the forwarder. When full, batches are
-    /// still in the WAL and are read back from disk. Default 64.
-    #[serde(default = "default_queue_capacity")]
-    pub queue_capacity: usize,
-    /// The `[pipelines.wal]` table.
-    #[serde(default)]
-    pub wal: PipelineWalConfig,
-    /// The `[pipelines.retry]` table.
-    #[serde(default)]
-    pub retry: RetryConfig,
-}
-
-fn default_pipeline_timeout() -> Duration {
-    Duration::from_secs(10)
-}
-
-fn default_max_request_bytes() -> usize {
-    1 << 20
-}
-
-fn default_queue_capacity() -> usize {
-    64
-}
-
-impl PipelineConfig {
-    /// The temporality this pipeline sends (its own, or its type's default).
-    pub fn temporality(&self) -> TemporalityConfig {
-        self.temporality.unwrap_or(match self.kind {
-            PipelineKind::OtlpGrpc | PipelineKind::OtlpHttp => TemporalityConfig::Delta,
-            PipelineKind::PrometheusRemoteWrite | PipelineKind::Influxdb => {
-                TemporalityConfig::Cumulative
-            }
-        })
-    }
-
-    /// The WAL directory: `wal.dir`, or `<data_dir>/wal/<name>`.
-    pub fn wal_dir(&self, data_dir: &Path) -> PathBuf {
-        self.wal
-            .dir
-            .clone()
-            .unwrap_or_else(|| data_dir.join("wal").join(&self.name))
-    }
-}
-
-/// `[pipelines.wal]`: one pipeline's write-ahead log.
-#[derive(Debug, Clone, PartialEq, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct PipelineWalConfig {
-    /// Directory; default `<data_dir>/wal/<pipeline name>`.
-    pub dir: Option<PathBuf>,
-    /// Total size cap in bytes. When it is reached the oldest unsent segments are
-    /// deleted, logged and counted (`weir_wal_dropped_*`). Default 512 MiB.
-    pub max_bytes: u64,
-    /// Segment file size in bytes. Default 64 MiB, at most `max_bytes`.
-    pub segment_bytes: u64,
-    /// When appends are synced. Default `flush`.
-    pub sync: WalSyncConfig,
-}
-
-impl Default for PipelineWalConfig {
-    fn default() -> Self {
-        PipelineWalConfig {
-            dir: None,
-            max_bytes: 512 << 20,
-            segment_bytes: 64 << 20,
-            sync: WalSyncConfig::Flush,
-        }
-    }
-}
-
-/// `[pipelines.retry]`: exponential backoff with full jitter between attempts.
-#[derive(Debug, Clone, PartialEq, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct RetryConfig {
-    /// The first backoff's upper bound. Default 250 ms.
-    #[serde(with = "humantime_serde")]
-    pub initial_backoff: Duration,
-    /// The largest backoff. Default 30 s.
-    #[serde(with = "humantime_serde")]
-    pub max_backoff: Duration,
-}
-
-impl Default for RetryConfig {
-    fn default() -> Self {
-        RetryConfig {
-            initial_backoff: Duration::from_millis(250),
-            max_backoff: Duration::from_secs(30),
         }
     }
 }
@@ -669,7 +470,7 @@ impl Config {
             let location = value_span(doc.get_ref(), &path).map(|span| locate(text, span.start));
             ConfigError::Invalid {
                 origin: origin.to_owned(),
-                key: Some(path.join(".")),
+                key: Some(render_path(&path)),
                 reason,
                 location,
             }
@@ -683,9 +484,9 @@ impl Config {
     }
 
     /// Checks every value; on error returns the key path and the reason.
-    fn validate(&self) -> Result<(), (Vec<&'static str>, String)> {
+    fn validate(&self) -> Result<(), (Vec<Step>, String)> {
         let a = &self.aggregation;
-        let key = |k: &'static str| vec!["aggregation", k];
+        let key = |k: &'static str| keys(&["aggregation", k]);
         if a.flush_interval < MIN_FLUSH_INTERVAL || a.flush_interval > MAX_FLUSH_INTERVAL {
             return Err((
                 key("flush_interval"),
@@ -720,7 +521,7 @@ impl Config {
             && self.admin.token.is_none()
         {
             return Err((
-                vec!["admin", "address"],
+                keys(&["admin", "address"]),
                 "is not a loopback address: set admin.token too (mutating endpoints \
                  would be open to the network)"
                     .to_owned(),
@@ -730,25 +531,31 @@ impl Config {
             && (t.len() < 16 || t.chars().any(|c| c.is_whitespace() || c.is_control()))
         {
             return Err((
-                vec!["admin", "token"],
+                keys(&["admin", "token"]),
                 "must be at least 16 characters, without spaces".to_owned(),
             ));
         }
         if self.scrape.concurrency == 0 {
             return Err((
-                vec!["scrape", "concurrency"],
+                keys(&["scrape", "concurrency"]),
                 "must be greater than 0".to_owned(),
             ));
         }
         if self.scrape.body_limit_bytes < 1024 {
             return Err((
-                vec!["scrape", "body_limit_bytes"],
+                keys(&["scrape", "body_limit_bytes"]),
                 "must be at least 1024".to_owned(),
             ));
         }
-        for t in &self.scrape.targets {
-            // Keys inside arrays of tables are reported without an index.
-            let key = |k: &'static str| vec!["scrape", "targets", k];
+        for (i, t) in self.scrape.targets.iter().enumerate() {
+            let key = |k: &'static str| {
+                vec![
+                    Step::Key("scrape".to_owned()),
+                    Step::Key("targets".to_owned()),
+                    Step::Index(i),
+                    Step::Key(k.to_owned()),
+                ]
+            };
             let uri: Result<hyper::Uri, _> = t.url.parse();
             let ok = uri.as_ref().is_ok_and(|u| {
                 u.scheme_str() == Some("http")
@@ -784,59 +591,65 @@ impl Config {
         let o = &self.receivers.otlp;
         if o.max_request_bytes < 1024 {
             return Err((
-                vec!["receivers", "otlp", "max_request_bytes"],
+                keys(&["receivers", "otlp", "max_request_bytes"]),
                 "must be at least 1024".to_owned(),
             ));
         }
         if o.max_decompressed_bytes < o.max_request_bytes {
             return Err((
-                vec!["receivers", "otlp", "max_decompressed_bytes"],
+                keys(&["receivers", "otlp", "max_decompressed_bytes"]),
                 "must be at least max_request_bytes".to_owned(),
             ));
         }
         let rb = self.receivers.statsd.recv_buffer_bytes;
         if !(MIN_RECV_BUFFER..=MAX_RECV_BUFFER).contains(&rb) {
             return Err((
-                vec!["receivers", "statsd", "recv_buffer_bytes"],
+                keys(&["receivers", "statsd", "recv_buffer_bytes"]),
                 format!("must be between {MIN_RECV_BUFFER} and {MAX_RECV_BUFFER}, got {rb}"),
             ));
         }
         let n = self.receivers.statsd.sockets;
         if !(1..=MAX_STATSD_SOCKETS).contains(&n) {
             return Err((
-                vec!["receivers", "statsd", "sockets"],
+                keys(&["receivers", "statsd", "sockets"]),
                 format!("must be between 1 and {MAX_STATSD_SOCKETS}, got {n}"),
             ));
         }
         let n = self.receivers.statsd.recv_batch;
         if !(1..=MAX_RECV_BATCH).contains(&n) {
             return Err((
-                vec!["receivers", "statsd", "recv_batch"],
+                keys(&["receivers", "statsd", "recv_batch"]),
                 format!("must be between 1 and {MAX_RECV_BATCH}, got {n}"),
             ));
         }
         if self.shutdown.grace_period > Duration::from_secs(600) {
             return Err((
-                vec!["shutdown", "grace_period"],
+                keys(&["shutdown", "grace_period"]),
                 "must be at most 10m".to_owned(),
             ));
         }
         let mut names = std::collections::HashSet::new();
-        for p in &self.pipelines {
-            validate_pipeline(p)?;
-            if !names.insert(p.name.as_str()) {
+        for (i, p) in self.pipelines.iter().enumerate() {
+            let at = |inner: Vec<&'static str>| {
+                let mut path = vec![Step::Key("pipelines".to_owned()), Step::Index(i)];
+                path.extend(inner.into_iter().map(|k| Step::Key(k.to_owned())));
+                path
+            };
+            p.validate()
+                .map_err(|(inner, reason)| (at(inner), reason))?;
+            if !names.insert(p.name()) {
                 return Err((
-                    vec!["pipelines", "name"],
-                    format!("{:?} is used by two pipelines", p.name),
+                    at(vec!["name"]),
+                    format!("{:?} is used by two pipelines", p.name()),
                 ));
             }
         }
         if self.log.level.trim().is_empty() {
-            return Err((vec!["log", "level"], "must not be empty".to_owned()));
+            return Err((keys(&["log", "level"]), "must not be empty".to_owned()));
         }
         if let Err(e) = tracing_subscriber::EnvFilter::try_new(&self.log.level) {
             return Err((
-                vec!["log", "level"],
+                keys(&["log", "level"]),
                 format!(
                     "{:?} is not a level (error, warn, info, debug, trace) or filter: {e}",
                     self.log.level
@@ -860,133 +673,6 @@ impl Config {
     }
 }
 
-/// Checks one `[[pipelines]]` entry (keys inside arrays of tables are reported
-/// without an index, as for scrape targets).
-fn validate_pipeline(p: &PipelineConfig) -> Result<(), (Vec<&'static str>, String)> {
-    let key = |k: &'static str| vec!["pipelines", k];
-    let name_ok = !p.name.is_empty()
-        && p.name.len() <= 64
-        && p.name
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-');
-    if !name_ok {
-        return Err((
-            key("name"),
-            format!(
-                "{:?} must be 1 to 64 letters, digits, '_' or '-' (it names a directory)",
-                p.name
-            ),
-        ));
-    }
-    let uri: Result<hyper::Uri, _> = p.endpoint.parse();
-    let ok = uri.as_ref().is_ok_and(|u| {
-        u.scheme_str() == Some("http") && u.authority().is_some_and(|a| a.port_u16().is_some())
-    });
-    if !ok {
-        return Err((
-            key("endpoint"),
-            format!(
-                "{:?} is not an http://host:port[/path] URL (https is not supported yet)",
-                p.endpoint
-            ),
-        ));
-    }
-    if p.kind == PipelineKind::PrometheusRemoteWrite
-        && p.temporality == Some(TemporalityConfig::Delta)
-    {
-        return Err((
-            key("temporality"),
-            "remote write is always cumulative; \"delta\" is not possible".to_owned(),
-        ));
-    }
-    if p.kind == PipelineKind::PrometheusRemoteWrite && p.compression != CompressionConfig::None {
-        return Err((
-            key("compression"),
-            "remote write bodies are always snappy-compressed; leave compression unset".to_owned(),
-        ));
-    }
-    let otlp = matches!(p.kind, PipelineKind::OtlpGrpc | PipelineKind::OtlpHttp);
-    for name in p.external_labels.keys() {
-        // OTLP: resource attributes, whose keys are dotted (`service.name`).
-        let ok = if otlp {
-            !name.is_empty() && !name.chars().any(char::is_control)
-        } else {
-            weir_core::key::is_valid_label_name(name)
-        };
-        if !ok {
-            return Err((
-                key("external_labels"),
-                format!("{name:?} is not a valid label name"),
-            ));
-        }
-    }
-    for (name, value) in &p.headers {
-        if name.parse::<hyper::header::HeaderName>().is_err()
-            || value.parse::<hyper::header::HeaderValue>().is_err()
-        {
-            return Err((key("headers"), format!("{name:?} is not a valid header")));
-        }
-    }
-    if let Err(e) = weir_core::encode::NameFilter::new(&p.include, &p.exclude) {
-        return Err((key("include"), e.to_string()));
-    }
-    if p.timeout.is_zero() {
-        return Err((key("timeout"), "must be above 0".to_owned()));
-    }
-    if p.max_request_bytes < 1024 {
-        return Err((key("max_request_bytes"), "must be at least 1024".to_owned()));
-    }
-    if p.queue_capacity == 0 || p.queue_capacity > 1 << 16 {
-        return Err((
-            key("queue_capacity"),
-            "must be between 1 and 65536".to_owned(),
-        ));
-    }
-    match (p.kind, &p.database, &p.bucket) {
-        (PipelineKind::Influxdb, None, None) | (PipelineKind::Influxdb, Some(_), Some(_)) => {
-            return Err((
-                key("database"),
-                "an influxdb pipeline needs `database` (InfluxDB 1.x) or `bucket` (2.x), not both"
-                    .to_owned(),
-            ));
-        }
-        (PipelineKind::Influxdb, _, _) | (_, None, None) => {}
-        _ => {
-            return Err((
-                key("database"),
-                "only influxdb pipelines take `database` or `bucket`".to_owned(),
-            ));
-        }
-    }
-    if p.bucket.is_some() && p.org.is_none() {
-        return Err((
-            key("org"),
-            "InfluxDB 2.x needs `org` with `bucket`".to_owned(),
-        ));
-    }
-    let w = &p.wal;
-    if w.max_bytes < 1 << 20 {
-        return Err((
-            vec!["pipelines", "wal", "max_bytes"],
-            "must be at least 1 MiB".to_owned(),
-        ));
-    }
-    if w.segment_bytes < 64 << 10 || w.segment_bytes > w.max_bytes {
-        return Err((
-            vec!["pipelines", "wal", "segment_bytes"],
-            "must be at least 64 KiB and at most wal.max_bytes".to_owned(),
-        ));
-    }
-    let r = &p.retry;
-    if r.initial_backoff.is_zero() || r.max_backoff < r.initial_backoff {
-        return Err((
-            vec!["pipelines", "retry", "initial_backoff"],
-            "must be above 0 and at most retry.max_backoff".to_owned(),
-        ));
-    }
-    Ok(())
-}
-
 /// Formats a duration the way the config file spells it ("10s", "5m", "200ms").
 pub fn fmt_duration(d: Duration) -> String {
     humantime_serde::re::humantime::format_duration(d).to_string()
@@ -1000,11 +686,23 @@ fn toml_error(
     doc: Option<&DeTable<'_>>,
     e: &toml::de::Error,
 ) -> ConfigError {
-    let span = e.span();
+    let mut span = e.span();
     let key = match (doc, &span) {
-        (Some(doc), Some(span)) => {
+        (Some(doc), Some(at)) => {
             let mut path = Vec::new();
-            key_path_at(doc, span.start, &mut path).then(|| render_path(&path))
+            if key_path_at(doc, at.start, &mut path) {
+                // An unknown key inside an array of tables is reported by serde at the
+                // table (the backends' variants are flattened): point at the key itself.
+                if let Some(field) = unknown_field(e.message())
+                    && let Some(key_span) = key_span_in(doc, &path, field)
+                {
+                    path.push(Step::Key(field.to_owned()));
+                    span = Some(key_span);
+                }
+                Some(render_path(&path))
+            } else {
+                None
+            }
         }
         _ => None,
     };
@@ -1016,8 +714,43 @@ fn toml_error(
     }
 }
 
+/// The key named by serde's "unknown field `x`" message.
+fn unknown_field(message: &str) -> Option<&str> {
+    let rest = message.trim().strip_prefix("unknown field `")?;
+    rest.split('`').next()
+}
+
+/// The span of key `field` in the table at `path`, if that is a table holding it.
+fn key_span_in(doc: &DeTable<'_>, path: &[Step], field: &str) -> Option<Range<usize>> {
+    fn table_at<'a, 'b>(v: &'b DeValue<'a>, rest: &[Step]) -> Option<&'b DeTable<'a>> {
+        match (rest.first(), v) {
+            (None, DeValue::Table(t)) => Some(t),
+            (Some(Step::Key(k)), DeValue::Table(t)) => {
+                let (_, v) = t.iter().find(|(key, _)| key.get_ref() == k)?;
+                table_at(v.get_ref(), &rest[1..])
+            }
+            (Some(Step::Index(i)), DeValue::Array(a)) => table_at(a.get(*i)?.get_ref(), &rest[1..]),
+            _ => None,
+        }
+    }
+    let (Step::Key(first), rest) = path.split_first()? else {
+        return None;
+    };
+    let (_, v) = doc.iter().find(|(k, _)| k.get_ref() == first)?;
+    let table = table_at(v.get_ref(), rest)?;
+    table
+        .iter()
+        .find(|(k, _)| k.get_ref() == field)
+        .map(|(k, _)| k.span())
+}
+
+/// A key path of plain keys.
+fn keys(path: &[&str]) -> Vec<Step> {
+    path.iter().map(|k| Step::Key((*k).to_owned())).collect()
+}
+
 /// One step of a key path.
-enum Step {
+pub(crate) enum Step {
     Key(String),
     Index(usize),
 }
@@ -1068,15 +801,23 @@ fn value_path_at(v: &DeValue<'_>, span: Range<usize>, pos: usize, path: &mut Vec
     span.contains(&pos)
 }
 
-/// The span of the value at `path` (plain keys only), if the document has it.
-fn value_span(doc: &DeTable<'_>, path: &[&str]) -> Option<Range<usize>> {
-    let (first, rest) = path.split_first()?;
+/// The span of the value at `path` (keys and array indices), if the document has it.
+fn value_span(doc: &DeTable<'_>, path: &[Step]) -> Option<Range<usize>> {
+    let (Step::Key(first), rest) = path.split_first()? else {
+        return None;
+    };
     let (_, v) = doc.iter().find(|(k, _)| k.get_ref() == first)?;
-    if rest.is_empty() {
-        return Some(v.span());
-    }
-    match v.get_ref() {
-        DeValue::Table(t) => value_span(t, rest),
+    inner_span(v.get_ref(), v.span(), rest)
+}
+
+fn inner_span(v: &DeValue<'_>, span: Range<usize>, rest: &[Step]) -> Option<Range<usize>> {
+    match (rest.first(), v) {
+        (None, _) => Some(span),
+        (Some(Step::Key(_)), DeValue::Table(t)) => value_span(t, rest),
+        (Some(Step::Index(i)), DeValue::Array(a)) => {
+            let item = a.get(*i)?;
+            inner_span(item.get_ref(), item.span(), &rest[1..])
+        }
         _ => None,
     }
 }
@@ -1237,22 +978,22 @@ format = "json"
         for (text, key, reason) in [
             (
                 "[[scrape.targets]]\nurl = \"https://h:1/m\"\n",
-                "scrape.targets.url",
+                "scrape.targets[0].url",
                 "not an http",
             ),
             (
                 "[[scrape.targets]]\nurl = \"http://h/m\"\n",
-                "scrape.targets.url",
+                "scrape.targets[0].url",
                 "not an http",
             ),
             (
                 "[[scrape.targets]]\nurl = \"http://h:1/m\"\ninterval = \"1s\"\ntimeout = \"2s\"\n",
-                "scrape.targets.timeout",
+                "scrape.targets[0].timeout",
                 "at most the interval",
             ),
             (
                 "[[scrape.targets]]\nurl = \"http://h:1/m\"\nlabels = { \"a-b\" = \"x\" }\n",
-                "scrape.targets.labels",
+                "scrape.targets[0].labels",
                 "not a valid label name",
             ),
             (
@@ -1281,18 +1022,21 @@ format = "json"
         let (prom, otel) = (&c.pipelines[0], &c.pipelines[1]);
         assert_eq!(prom.temporality(), TemporalityConfig::Cumulative);
         assert_eq!(otel.temporality(), TemporalityConfig::Delta);
-        assert_eq!(prom.wal, PipelineWalConfig::default());
-        assert_eq!(prom.wal.max_bytes, 512 << 20);
-        assert_eq!(otel.wal.max_bytes, 2 << 20);
+        assert_eq!(prom.common().wal, PipelineWalConfig::default());
+        assert_eq!(prom.common().wal.max_bytes, 512 << 20);
+        assert_eq!(otel.common().wal.max_bytes, 2 << 20);
         assert_eq!(prom.wal_dir(&c.data_dir), PathBuf::from("/d/wal/prom"));
-        assert_eq!(prom.retry, RetryConfig::default());
-        assert_eq!(prom.queue_capacity, 64);
+        assert_eq!(prom.common().retry, RetryConfig::default());
+        assert_eq!(prom.common().queue_capacity, 64);
         let c = parse(
             "[[pipelines]]\nname = \"o\"\ntype = \"otlp_http\"\nendpoint = \"http://h:1\"\n\
              external_labels = { \"service.name\" = \"edge\" }\n",
         )
         .expect("OTLP external labels are resource attributes: dotted keys are fine");
-        assert_eq!(c.pipelines[0].external_labels["service.name"], "edge");
+        assert_eq!(
+            c.pipelines[0].common().external_labels["service.name"],
+            "edge"
+        );
         let p = |extra: &str| {
             format!(
                 "[[pipelines]]\nname = \"p\"\ntype = \"influxdb\"\nendpoint = \"http://h:1\"\n{extra}\n"
@@ -1300,17 +1044,22 @@ format = "json"
         };
         for (text, key, reason) in [
             (p("database = \"db\"\nname2 = 1"), "pipelines[0].name2", "unknown field"),
-            (p(""), "pipelines.database", "needs `database`"),
-            (p("database = \"a\"\nbucket = \"b\""), "pipelines.database", "not both"),
-            (p("bucket = \"b\""), "pipelines.org", "needs `org`"),
+            (p(""), "pipelines[0].database", "needs `database`"),
+            (p("database = \"a\"\nbucket = \"b\""), "pipelines[0].database", "not both"),
+            (p("bucket = \"b\""), "pipelines[0].org", "needs `org`"),
+            (
+                p("database = \"a\"\n[[pipelines]]\nname = \"q\"\ntype = \"otlp_http\"\nendpoint = \"https://h:1\""),
+                "pipelines[1].endpoint",
+                "not an http",
+            ),
             (
                 "[[pipelines]]\nname = \"a/b\"\ntype = \"otlp_http\"\nendpoint = \"http://h:1\"\n".to_owned(),
-                "pipelines.name",
+                "pipelines[0].name",
                 "letters, digits",
             ),
             (
                 "[[pipelines]]\nname = \"a\"\ntype = \"otlp_http\"\nendpoint = \"https://h:1\"\n".to_owned(),
-                "pipelines.endpoint",
+                "pipelines[0].endpoint",
                 "not an http",
             ),
             (
@@ -1320,27 +1069,27 @@ format = "json"
             ),
             (
                 "[[pipelines]]\nname = \"a\"\ntype = \"prometheus_remote_write\"\nendpoint = \"http://h:1/w\"\ntemporality = \"delta\"\n".to_owned(),
-                "pipelines.temporality",
-                "always cumulative",
+                "pipelines[0].temporality",
+                "unknown field `temporality`",
             ),
             (
                 "[[pipelines]]\nname = \"a\"\ntype = \"influxdb\"\nendpoint = \"http://h:1\"\ndatabase = \"d\"\nexternal_labels = { \"a.b\" = \"x\" }\n".to_owned(),
-                "pipelines.external_labels",
+                "pipelines[0].external_labels",
                 "not a valid label name",
             ),
             (
                 "[[pipelines]]\nname = \"a\"\ntype = \"otlp_grpc\"\nendpoint = \"http://h:1\"\n[pipelines.wal]\nmax_bytes = 1000\n".to_owned(),
-                "pipelines.wal.max_bytes",
+                "pipelines[0].wal.max_bytes",
                 "at least 1 MiB",
             ),
             (
                 "[[pipelines]]\nname = \"a\"\ntype = \"otlp_grpc\"\nendpoint = \"http://h:1\"\n[pipelines.retry]\ninitial_backoff = \"0s\"\n".to_owned(),
-                "pipelines.retry.initial_backoff",
+                "pipelines[0].retry.initial_backoff",
                 "above 0",
             ),
             (
                 "[[pipelines]]\nname = \"a\"\ntype = \"otlp_grpc\"\nendpoint = \"http://h:1\"\n[[pipelines]]\nname = \"a\"\ntype = \"otlp_http\"\nendpoint = \"http://h:2\"\n".to_owned(),
-                "pipelines.name",
+                "pipelines[1].name",
                 "used by two pipelines",
             ),
         ] {

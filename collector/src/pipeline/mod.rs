@@ -32,9 +32,13 @@ use weir_core::FlushBatch;
 use weir_core::encode::{EncodeOptions, EncodedRequest, NameFilter};
 use weir_core::wal::{Wal, WalConfig, WalPosition, WalStats};
 
-use crate::backends::{SendError, Sender};
-use crate::config::{
-    CompressionConfig, PipelineConfig, PipelineKind, RetryConfig, TemporalityConfig, WalSyncConfig,
+use crate::backends::{Backend, SendError};
+
+mod config;
+
+pub use config::{
+    CompressionConfig, PipelineCommon, PipelineConfig, PipelineWalConfig, RetryConfig,
+    TemporalityConfig, WalSyncConfig,
 };
 
 /// Milliseconds since the Unix epoch.
@@ -192,8 +196,8 @@ pub struct ForwardOutcome {
 pub struct PipelineStatus {
     /// The pipeline's name.
     pub name: String,
-    /// Its protocol.
-    pub kind: PipelineKind,
+    /// Its backend (the `type` key).
+    pub kind: &'static str,
     /// Its endpoint.
     pub endpoint: String,
     /// The WAL's state.
@@ -266,33 +270,31 @@ impl Pipeline {
         config: &PipelineConfig,
         data_dir: &std::path::Path,
     ) -> Result<Pipeline, PipelineError> {
-        let name = config.name.clone();
+        let common = config.common();
+        let name = common.name.clone();
         let config_error = |reason: String| PipelineError::Config {
             name: name.clone(),
             reason,
         };
-        let filter = NameFilter::new(&config.include, &config.exclude)
+        let filter = NameFilter::new(&common.include, &common.exclude)
             .map_err(|e| config_error(e.to_string()))?;
         let options = EncodeOptions {
-            external_labels: config
+            external_labels: common
                 .external_labels
                 .iter()
                 .map(|(k, v)| (k.clone(), v.clone()))
                 .collect(),
             filter,
-            max_request_bytes: config.max_request_bytes,
-            temporality: match config.temporality() {
-                TemporalityConfig::Delta => weir_core::Temporality::Delta,
-                TemporalityConfig::Cumulative => weir_core::Temporality::Cumulative,
-            },
+            max_request_bytes: common.max_request_bytes,
+            temporality: config.temporality().to_core(),
         };
-        let sender = Sender::new(config).map_err(config_error)?;
+        let backend = config.connect().map_err(config_error)?;
         let dir = config.wal_dir(data_dir);
         let wal = Wal::open(
             &dir,
             WalConfig {
-                segment_bytes: config.wal.segment_bytes,
-                cap_bytes: config.wal.max_bytes,
+                segment_bytes: common.wal.segment_bytes,
+                cap_bytes: common.wal.max_bytes,
             },
         )
         .map_err(|source| PipelineError::Wal {
@@ -311,8 +313,8 @@ impl Pipeline {
         }
         info!(
             pipeline = %name,
-            kind = config.kind.as_str(),
-            endpoint = %config.endpoint,
+            kind = config.kind(),
+            endpoint = %common.endpoint,
             wal = %dir.display(),
             replay_batches = stats.unacked_records,
             replay_bytes = stats.unacked_bytes,
@@ -336,13 +338,13 @@ impl Pipeline {
             drops_logged: AtomicU64::new(0),
             sending_since_ms: std::sync::atomic::AtomicI64::new(0),
         });
-        let (producer, consumer) = rtrb::RingBuffer::new(config.queue_capacity);
+        let (producer, consumer) = rtrb::RingBuffer::new(common.queue_capacity);
         let forwarder = Forwarder {
             mode: shared.mode.subscribe(),
             shared: shared.clone(),
             consumer,
-            sender,
-            retry: config.retry.clone(),
+            backend,
+            retry: common.retry.clone(),
             cursor,
             stash: None,
         };
@@ -358,7 +360,7 @@ impl Pipeline {
 
     /// The pipeline's name.
     pub fn name(&self) -> &str {
-        &self.config.name
+        self.config.name()
     }
 
     /// The pipeline's counters.
@@ -373,15 +375,7 @@ impl Pipeline {
     pub fn accept(&self, batch: &FlushBatch) -> WalPosition {
         let c = &self.shared.counters;
         c.flushes.fetch_add(1, Ordering::Relaxed);
-        let requests = match self.config.kind {
-            PipelineKind::PrometheusRemoteWrite => {
-                weir_core::encode::remote_write::encode(batch, &self.options)
-            }
-            PipelineKind::Influxdb => weir_core::encode::influx::encode(batch, &self.options),
-            PipelineKind::OtlpGrpc | PipelineKind::OtlpHttp => {
-                weir_core::encode::otlp::encode(batch, &self.options)
-            }
-        };
+        let requests = self.config.encode(batch, &self.options);
         let appended_ms = now_ms();
         let mut queued = Vec::with_capacity(requests.len());
         let head = {
@@ -390,7 +384,7 @@ impl Pipeline {
                 let record = Record {
                     appended_ms,
                     points,
-                    body: self.wire_body(body),
+                    body: Bytes::from(body),
                 };
                 let before = wal.head();
                 let position = match wal.append(&record.to_payload()) {
@@ -398,7 +392,7 @@ impl Pipeline {
                     Err(e) => {
                         c.wal_errors.fetch_add(1, Ordering::Relaxed);
                         error!(
-                            pipeline = %self.config.name,
+                            pipeline = %self.config.name(),
                             error = %e,
                             "WAL append failed: this batch is sent from memory only \
                              (not durable across a restart)"
@@ -415,12 +409,12 @@ impl Pipeline {
                     record,
                 });
             }
-            if self.config.wal.sync == WalSyncConfig::Flush
+            if self.config.common().wal.sync == WalSyncConfig::Flush
                 && !queued.is_empty()
                 && let Err(e) = wal.sync()
             {
                 c.wal_errors.fetch_add(1, Ordering::Relaxed);
-                error!(pipeline = %self.config.name, error = %e, "WAL sync failed");
+                error!(pipeline = %self.config.name(), error = %e, "WAL sync failed");
             }
             let stats = wal.stats();
             self.shared.log_wal_drops(&stats);
@@ -433,7 +427,7 @@ impl Pipeline {
                 if memory_only {
                     c.dropped_batches.fetch_add(1, Ordering::Relaxed);
                     error!(
-                        pipeline = %self.config.name,
+                        pipeline = %self.config.name(),
                         "batch dropped: the WAL failed and the forwarder queue is full"
                     );
                 } else {
@@ -443,27 +437,6 @@ impl Pipeline {
         }
         self.shared.wake.notify_one();
         head
-    }
-
-    /// The body as it goes on the wire (and into the WAL): gzipped for HTTP
-    /// pipelines with `compression = "gzip"`; gRPC compresses per message itself.
-    fn wire_body(&self, body: Vec<u8>) -> Bytes {
-        if self.config.compression == CompressionConfig::Gzip
-            && self.config.kind != PipelineKind::OtlpGrpc
-        {
-            use std::io::Write as _;
-            let mut gz = flate2::write::GzEncoder::new(
-                Vec::with_capacity(body.len() / 4),
-                flate2::Compression::fast(),
-            );
-            // Writing into a Vec cannot fail.
-            if gz.write_all(&body).is_ok()
-                && let Ok(out) = gz.finish()
-            {
-                return Bytes::from(out);
-            }
-        }
-        Bytes::from(body)
     }
 
     /// Waits until the forwarder acknowledged everything before `head`, or made an
@@ -497,7 +470,7 @@ impl Pipeline {
         .await;
         let delivered = outcome.unwrap_or(false);
         ForwardOutcome {
-            pipeline: self.config.name.clone(),
+            pipeline: self.config.name().to_owned(),
             delivered,
             error: if delivered {
                 None
@@ -522,9 +495,9 @@ impl Pipeline {
             0.0
         };
         PipelineStatus {
-            name: self.config.name.clone(),
-            kind: self.config.kind,
-            endpoint: self.config.endpoint.clone(),
+            name: self.config.name().to_owned(),
+            kind: self.config.kind(),
+            endpoint: self.config.common().endpoint.clone(),
             wal,
             lag_seconds,
             last_error: lock(&self.shared.last_error).clone(),
@@ -551,18 +524,18 @@ impl Pipeline {
             delivered = p.cursor >= head && p.refused == refused_before;
         }
         if let Err(e) = lock(&self.shared.wal).sync() {
-            error!(pipeline = %self.config.name, error = %e, "WAL sync at shutdown failed");
+            error!(pipeline = %self.config.name(), error = %e, "WAL sync at shutdown failed");
         }
         let stats = lock(&self.shared.wal).stats();
         info!(
-            pipeline = %self.config.name,
+            pipeline = %self.config.name(),
             delivered,
             unsent_batches = stats.unacked_records,
             unsent_bytes = stats.unacked_bytes,
             "pipeline stopped; unsent batches stay in the WAL for the next start"
         );
         ForwardOutcome {
-            pipeline: self.config.name.clone(),
+            pipeline: self.config.name().to_owned(),
             delivered,
             error: (!delivered).then(|| {
                 lock(&self.shared.last_error)
@@ -594,7 +567,7 @@ struct Forwarder {
     shared: Arc<Shared>,
     mode: watch::Receiver<u8>,
     consumer: rtrb::Consumer<Queued>,
-    sender: Sender,
+    backend: Box<dyn Backend>,
     retry: RetryConfig,
     /// Everything before it is acknowledged (or was sent from the ring).
     cursor: WalPosition,
@@ -762,7 +735,7 @@ impl Forwarder {
         // once sends fail (the happy path never touches the WAL here).
         let mut drops_seen: Option<u64> = None;
         loop {
-            let result = self.sender.send(out.record.body.clone()).await;
+            let result = self.backend.send(out.record.body.clone()).await;
             match result {
                 Ok(sent) => {
                     c.sent_batches.fetch_add(1, Ordering::Relaxed);

@@ -295,7 +295,7 @@ fn pipeline_json(p: &Pipeline) -> serde_json::Value {
     let last_success = load(&c.last_success_ms);
     serde_json::json!({
         "name": s.name,
-        "type": s.kind.as_str(),
+        "type": s.kind,
         "endpoint": s.endpoint,
         "wal_bytes": s.wal.bytes,
         "wal_segments": s.wal.segments,
