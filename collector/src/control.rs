@@ -103,6 +103,22 @@ impl FlushSummary {
         }
     }
 
+    /// The summary as `/status` and `POST /flush` show it.
+    pub fn to_json(&self) -> serde_json::Value {
+        let s = self;
+        serde_json::json!({
+            "sequence": s.sequence,
+            "time_unix_ms": s.end_ms,
+            "series": s.series,
+            "evicted": s.evicted,
+            "counter_delta_sum": s.counter_delta_sum,
+            "histogram_observations": s.histogram_observations,
+            "active_series": s.active_series,
+            "rejected_total": s.rejected_total,
+            "duration_seconds": s.duration.as_secs_f64(),
+        })
+    }
+
     /// Logs the summary as one info line with message `message`.
     pub fn log(&self, message: &str) {
         info!(

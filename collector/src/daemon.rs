@@ -1,18 +1,23 @@
-//! The daemon's run loop: builds the aggregator, flushes it every interval, and
-//! flushes one last time on shutdown.
+//! The daemon's run loop: starts the sources, the pipelines and the listeners around
+//! one aggregator, flushes every interval, serves flush and reload requests, and on a
+//! stop signal drains the sources, flushes one last time and lets the pipelines send.
 //!
 //! Owns: the aggregator of the running process, the flush cadence, the per-flush
-//! summary log line, and the shutdown sequence (stop signal, final flush, return).
-//! Must never: run a flush on an async worker thread (flushes go to
-//! `spawn_blocking`, so request/response tasks added later keep running), let two
-//! flushes overlap, or exit on a stop signal without the final flush.
+//! summary log line, the series-ceiling warning, and the startup and shutdown
+//! sequences. Must never: run a flush on an async worker thread (flushes go to
+//! `spawn_blocking`), let two flushes overlap, or exit on a stop signal without the
+//! final flush.
 //!
-//! Receivers: StatsD over UDP ([`crate::sources::statsd`]) and the scraper
-//! ([`crate::sources::scrape`]). OTLP and the admin API come in later issues and plug in
-//! through [`Daemon::aggregator`]. Batches are only
-//! summarised until the pipelines exist.
+//! Startup: pipelines first (they open and recover their WALs on the blocking pool and
+//! begin replaying), then the sources ([`crate::sources::start`]), the exposition
+//! endpoint and the admin API; each stage registers its self-metrics in the
+//! process's [`Telemetry`]. Shutdown: `/health` turns 503, sources stop (each drains
+//! what it already received, bounded), the final flush goes into every WAL, the
+//! pipelines get `shutdown.grace_period` to send, then the listeners close.
 
 use std::future::Future;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use tokio::time::MissedTickBehavior;
@@ -20,75 +25,27 @@ use tracing::{info, warn};
 use weir_core::Aggregator;
 
 use crate::config::{Config, fmt_duration};
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
-
 use crate::control::{FlushRequest, FlushSummary, ReloadReport, ReloadRequest, ReloadResult};
-use crate::pipeline::Pipeline;
+use crate::pipeline::{Pipeline, PipelineSet};
 use crate::serve::admin::{AdminServer, AdminState};
 use crate::serve::exposition::{ExpositionServer, Page};
-use crate::sources::otlp::OtlpReceiver;
-use crate::sources::scrape::Scraper;
-use crate::sources::statsd::{StatsdReceiver, StatsdStats};
+use crate::sources::{Source, SourceError};
+use crate::telemetry::{Kind, MetricsPage, ProcessMetrics, StageMetrics, Telemetry, labels};
 
-/// How long shutdown waits for scrapes in flight.
-const SCRAPE_STOP_WAIT: Duration = Duration::from_secs(2);
-
-/// The error for a listener that could not start.
-fn cannot_start(
-    receiver: &'static str,
-    address: impl std::fmt::Display,
-) -> impl FnOnce(std::io::Error) -> DaemonError {
-    move |source| DaemonError::Receiver {
-        receiver,
-        address: address.to_string(),
-        source,
-    }
-}
-
-/// Warns when the kernel dropped StatsD datagrams since the last report (`seen` of
-/// them were reported before); returns the new total.
-fn warn_kernel_drops(stats: &StatsdStats, seen: u64) -> u64 {
-    let total = stats.kernel_drops.unwrap_or(0);
-    if total > seen {
-        tracing::warn!(
-            dropped = total - seen,
-            since_start = total,
-            "statsd: the kernel dropped datagrams (receive buffer full: raise \
-             receivers.statsd.recv_buffer_bytes and net.core.rmem_max)"
-        );
-    }
-    total
-}
-
-/// Warns about StatsD lines skipped since the last report (`seen` of them were
-/// reported before); returns the new total. At most one line per flush.
-fn warn_parse_errors(stats: &StatsdStats, seen: u64) -> u64 {
-    let total = stats.parse_errors_total();
-    if total > seen {
-        let reasons: Vec<String> = stats
-            .parse_errors
-            .iter()
-            .filter(|(_, n)| *n > 0)
-            .map(|(r, n)| format!("{r}={n}"))
-            .collect();
-        tracing::warn!(
-            skipped = total - seen,
-            since_start = %reasons.join(","),
-            "statsd: malformed lines skipped"
-        );
-    }
-    total
-}
+/// Shortest time between two warnings that the series ceiling refuses points.
+const CEILING_WARN_EVERY: Duration = Duration::from_secs(60);
 
 /// Why the daemon stopped with an error.
 #[derive(Debug, thiserror::Error)]
 pub enum DaemonError {
-    /// A receiver could not start (its address in use, say).
-    #[error("cannot start the {receiver} receiver on {address}: {source}")]
-    Receiver {
-        /// Which receiver.
-        receiver: &'static str,
+    /// A source could not start (its address in use, say).
+    #[error(transparent)]
+    Source(#[from] SourceError),
+    /// A listener of weir's own (admin API, exposition endpoint) could not start.
+    #[error("cannot start the {listener} listener on {address}: {source}")]
+    Listener {
+        /// Which listener.
+        listener: &'static str,
         /// The configured address.
         address: String,
         /// The I/O error.
@@ -100,6 +57,172 @@ pub enum DaemonError {
     /// A pipeline could not start (its WAL directory unusable, say).
     #[error(transparent)]
     Pipeline(#[from] crate::pipeline::PipelineError),
+}
+
+/// The error for a listener that could not start.
+fn cannot_listen(
+    listener: &'static str,
+    address: std::net::SocketAddr,
+) -> impl FnOnce(std::io::Error) -> DaemonError {
+    move |source| DaemonError::Listener {
+        listener,
+        address: address.to_string(),
+        source,
+    }
+}
+
+/// The aggregator and the flushes, as reported in `/metrics` and `/status`.
+struct AggregationMetrics {
+    aggregator: Aggregator,
+    last_flush: Mutex<Option<FlushSummary>>,
+}
+
+impl AggregationMetrics {
+    fn last_flush(&self) -> Option<FlushSummary> {
+        self.last_flush
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+}
+
+impl StageMetrics for AggregationMetrics {
+    fn render(&self, page: &mut MetricsPage) {
+        let stats = self.aggregator.stats();
+        page.single(
+            "weir_active_series",
+            Kind::Gauge,
+            "Series held by the aggregator.",
+            stats.active_series as f64,
+        );
+        page.single(
+            "weir_series_limit",
+            Kind::Gauge,
+            "The global series ceiling.",
+            stats.max_series as f64,
+        );
+        page.single(
+            "weir_series_ceiling_reached",
+            Kind::Gauge,
+            "1 while the global ceiling refuses new series.",
+            f64::from(u8::from(stats.ceiling_reached)),
+        );
+        page.single(
+            "weir_series_created_total",
+            Kind::Counter,
+            "Series created.",
+            stats.created_series as f64,
+        );
+        page.single(
+            "weir_series_evicted_total",
+            Kind::Counter,
+            "Series evicted after series_ttl without updates.",
+            stats.evicted_series as f64,
+        );
+        page.family(
+            "weir_rejected_total",
+            Kind::Counter,
+            "Points the aggregator refused, by reason.",
+            stats
+                .rejected
+                .iter()
+                .map(|(r, n)| (labels(&[("reason", r)]), *n as f64)),
+        );
+        page.family(
+            "weir_cardinality_limit_exceeded_total",
+            Kind::Counter,
+            "Points refused by the per-metric series limit, by metric (bounded; the rest as other).",
+            self.aggregator
+                .cardinality_limit_exceeded()
+                .into_iter()
+                .map(|(m, n)| (labels(&[("metric", &m)]), n as f64)),
+        );
+        page.single(
+            "weir_flushes_total",
+            Kind::Counter,
+            "Flushes.",
+            stats.flushes as f64,
+        );
+        if let Some(last) = self.last_flush() {
+            page.single(
+                "weir_last_flush_duration_seconds",
+                Kind::Gauge,
+                "How long the latest flush took.",
+                last.duration.as_secs_f64(),
+            );
+        }
+    }
+
+    fn status(&self) -> Vec<(&'static str, serde_json::Value)> {
+        let stats = self.aggregator.stats();
+        vec![
+            ("active_series", stats.active_series.into()),
+            ("max_series", stats.max_series.into()),
+            ("ceiling_reached", stats.ceiling_reached.into()),
+            (
+                "top_metrics",
+                self.aggregator
+                    .top_metrics(10)
+                    .into_iter()
+                    .map(|(name, n)| serde_json::json!({"metric": name, "series": n}))
+                    .collect::<Vec<_>>()
+                    .into(),
+            ),
+            (
+                "rejected",
+                stats
+                    .rejected
+                    .iter()
+                    .map(|(r, n)| (r.to_string(), serde_json::json!(n)))
+                    .collect::<serde_json::Map<_, _>>()
+                    .into(),
+            ),
+            (
+                "last_flush",
+                self.last_flush()
+                    .map_or(serde_json::Value::Null, |s| s.to_json()),
+            ),
+        ]
+    }
+}
+
+/// Warns, at most once per [`CEILING_WARN_EVERY`], while the global series ceiling
+/// refuses points: reaching it is a loss of data the operator must hear of, as the
+/// WAL cap's drops are.
+#[derive(Default)]
+struct CeilingWarning {
+    /// Ceiling refusals already reported.
+    reported: u64,
+    last_warned: Option<Instant>,
+}
+
+impl CeilingWarning {
+    /// Looks at the refusals after a flush; returns true if it warned.
+    fn check(&mut self, aggregator: &Aggregator) -> bool {
+        let stats = aggregator.stats();
+        let refused = stats
+            .rejected
+            .iter()
+            .find(|(r, _)| *r == weir_core::Rejected::GlobalLimit.as_str())
+            .map_or(0, |(_, n)| *n);
+        let due = self
+            .last_warned
+            .is_none_or(|t| t.elapsed() >= CEILING_WARN_EVERY);
+        if refused > self.reported && due {
+            warn!(
+                refused_points = refused - self.reported,
+                refused_points_total = refused,
+                active_series = stats.active_series,
+                max_series = stats.max_series,
+                "series ceiling reached: points of new series are refused (raise \
+                 aggregation.max_series, or find the label that explodes in /status top_metrics)"
+            );
+            self.reported = refused;
+            self.last_warned = Some(Instant::now());
+            return true;
+        }
+        false
+    }
 }
 
 /// The running collector: an aggregator and its flush loop.
@@ -114,6 +237,10 @@ pub struct Daemon {
     config_path: Option<std::path::PathBuf>,
     /// The forwarding pipelines, in config order (started by [`Daemon::run`]).
     pipelines: Vec<Arc<Pipeline>>,
+    /// What every stage reports.
+    telemetry: Arc<Telemetry>,
+    aggregation: Arc<AggregationMetrics>,
+    ceiling: CeilingWarning,
 }
 
 impl Daemon {
@@ -121,6 +248,18 @@ impl Daemon {
     /// from (a path, or "embedded default") for the startup line.
     pub fn new(config: Config, config_source: impl Into<String>) -> Daemon {
         let aggregator = Aggregator::new(config.aggregator_config());
+        let telemetry = Arc::new(Telemetry::new());
+        telemetry.register(
+            "process",
+            Arc::new(ProcessMetrics {
+                started: Instant::now(),
+            }),
+        );
+        let aggregation = Arc::new(AggregationMetrics {
+            aggregator: aggregator.clone(),
+            last_flush: Mutex::new(None),
+        });
+        telemetry.register("aggregation", aggregation.clone());
         Daemon {
             config,
             config_source: config_source.into(),
@@ -129,6 +268,9 @@ impl Daemon {
             rejected_seen: 0,
             config_path: None,
             pipelines: Vec::new(),
+            telemetry,
+            aggregation,
+            ceiling: CeilingWarning::default(),
         }
     }
 
@@ -138,12 +280,12 @@ impl Daemon {
         self
     }
 
-    /// Re-reads the config file and applies what can change at run time: the scrape
-    /// section (targets added, removed or changed; unchanged targets keep running,
-    /// stopped ones finish their scrape in flight) and the shutdown grace period.
-    /// Other changed sections are reported as needing a restart and left as they
-    /// are. An invalid file changes nothing.
-    fn reload(&mut self, scraper: &mut Option<Scraper>, admin: &AdminState) -> ReloadResult {
+    /// Re-reads the config file and applies what can change at run time: what the
+    /// sources take on reload (the scrape section: targets added, removed or changed;
+    /// unchanged targets keep running, stopped ones finish their scrape in flight)
+    /// and the shutdown grace period. Other changed sections are reported as needing
+    /// a restart and left as they are. An invalid file changes nothing.
+    fn reload(&mut self, sources: &mut [Box<dyn Source>]) -> ReloadResult {
         let Some(path) = &self.config_path else {
             return Err(
                 "weir runs on the embedded default config: there is no file to reload".into(),
@@ -165,33 +307,19 @@ impl Daemon {
         .map(|(name, _)| name)
         .collect();
         let mut applied = Vec::new();
-        let shutdown_changed = new.shutdown != old.shutdown;
-        let scrape_changed = new.scrape != old.scrape;
-        if shutdown_changed {
-            self.config.shutdown = new.shutdown.clone();
+        if new.shutdown != old.shutdown {
             applied.push("shutdown");
         }
-        if scrape_changed {
-            self.config.scrape = new.scrape;
-            match scraper {
-                Some(s) => {
-                    let changes = s.reconcile(&self.config.scrape, &self.aggregator);
-                    info!(
-                        started = changes.started,
-                        stopped = changes.stopped,
-                        kept = changes.kept,
-                        "scrape targets reloaded (stopped targets finish their scrape in flight)"
-                    );
-                    self.log_scrape_targets();
-                }
-                None => *scraper = self.start_scraper(),
+        for s in sources.iter_mut() {
+            if s.reload(&new, &self.aggregator) {
+                self.telemetry.register(s.name(), s.metrics());
+                applied.push(s.name());
             }
-            *admin.scrape.lock().unwrap_or_else(|p| p.into_inner()) = scraper
-                .as_ref()
-                .map(|s| s.targets.clone())
-                .unwrap_or_default();
-            applied.push("scrape");
         }
+        // Only the sections applied above differ from the running config now, or
+        // they are reported as needing a restart (and take effect after it).
+        self.config.shutdown = new.shutdown.clone();
+        self.config.scrape = new.scrape;
         info!(?applied, ?needs_restart, "config reloaded");
         Ok(ReloadReport {
             applied,
@@ -199,9 +327,14 @@ impl Daemon {
         })
     }
 
-    /// The aggregator receivers write into (through [`Aggregator::writer`]).
+    /// The aggregator sources write into (through [`Aggregator::writer`]).
     pub fn aggregator(&self) -> &Aggregator {
         &self.aggregator
+    }
+
+    /// What every stage reports (the admin API renders it).
+    pub fn telemetry(&self) -> Arc<Telemetry> {
+        self.telemetry.clone()
     }
 
     /// Flushes once on a blocking thread and returns the summary (not logged).
@@ -229,6 +362,12 @@ impl Daemon {
         })
         .await?;
         self.rejected_seen = summary.rejected_total;
+        *self
+            .aggregation
+            .last_flush
+            .lock()
+            .unwrap_or_else(|p| p.into_inner()) = Some(summary.clone());
+        self.ceiling.check(&self.aggregator);
         Ok(summary)
     }
 
@@ -238,45 +377,37 @@ impl Daemon {
     /// signal's name) for the log.
     ///
     /// # Errors
-    /// [`DaemonError::FlushFailed`] if a flush panicked.
+    /// [`DaemonError`] if a stage could not start or a flush panicked.
     pub async fn run<F>(mut self, shutdown: F) -> Result<FlushSummary, DaemonError>
     where
         F: Future<Output = &'static str>,
     {
         self.log_startup();
-        // Pipelines first: they begin replaying their WALs while receivers start.
-        for p in &self.config.pipelines {
-            self.pipelines
-                .push(Arc::new(Pipeline::start(p, &self.config.data_dir)?));
+        // Pipelines first: they begin replaying their WALs while sources start.
+        for p in self.config.pipelines.clone() {
+            let data_dir = self.config.data_dir.clone();
+            let pipeline = Pipeline::start(&p, &data_dir).await?;
+            self.pipelines.push(Arc::new(pipeline));
         }
-        let statsd = self.start_statsd()?;
-        let mut scraper = self.start_scraper();
-        let otlp = self.start_otlp().await?;
+        self.telemetry
+            .register("pipelines", Arc::new(PipelineSet(self.pipelines.clone())));
+        let mut sources = crate::sources::start(&self.config, &self.aggregator).await?;
+        for s in &sources {
+            self.telemetry.register(s.name(), s.metrics());
+        }
         let exposition = self.start_exposition().await?;
         let (flush_tx, mut flush_rx) = tokio::sync::mpsc::channel::<FlushRequest>(16);
         let (reload_tx, mut reload_rx) = tokio::sync::mpsc::channel::<ReloadRequest>(4);
         let mut hangups = Hangups::install();
         let admin_state = Arc::new(AdminState {
-            aggregator: self.aggregator.clone(),
-            statsd: statsd.as_ref().map(StatsdReceiver::counters),
-            otlp: otlp.as_ref().map(|o| o.ingest.clone()),
-            scrape: Mutex::new(
-                scraper
-                    .as_ref()
-                    .map(|s| s.targets.clone())
-                    .unwrap_or_default(),
-            ),
+            telemetry: self.telemetry.clone(),
             reload_requests: reload_tx,
-            last_flush: Mutex::new(None),
             flush_requests: flush_tx,
             stopping: AtomicBool::new(false),
-            started: Instant::now(),
             pipelines: self.pipelines.clone(),
             token: self.config.admin.token.clone(),
         });
         let admin = self.start_admin(admin_state.clone()).await?;
-        let mut statsd_errors_seen = 0;
-        let mut kernel_drops_seen = 0;
         let period = self.config.aggregation.flush_interval;
         let mut ticker = tokio::time::interval_at(tokio::time::Instant::now() + period, period);
         ticker.set_missed_tick_behavior(MissedTickBehavior::Delay);
@@ -286,31 +417,27 @@ impl Daemon {
                 biased;
                 reason = &mut shutdown => break reason,
                 Some(reply) = reload_rx.recv() => {
-                    let result = self.reload(&mut scraper, &admin_state);
+                    let result = self.reload(&mut sources);
                     if let Err(e) = &result {
                         warn!(error = %e, "config reload refused; the running config stays");
                     }
                     let _ = reply.send(result);
                 }
                 () = hangups.recv() => {
-                    if let Err(e) = self.reload(&mut scraper, &admin_state) {
+                    if let Err(e) = self.reload(&mut sources) {
                         warn!(error = %e, "config reload (SIGHUP) refused; the running config stays");
                     }
                 }
                 Some(reply) = flush_rx.recv() => {
                     let summary = self.flush().await?;
                     summary.log("flush (requested)");
-                    *admin_state.last_flush.lock().unwrap_or_else(|p| p.into_inner()) = Some(summary.clone());
                     let _ = reply.send(summary);
                 }
                 _ = ticker.tick() => {
                     let summary = self.flush().await?;
                     summary.log("flush");
-                    *admin_state.last_flush.lock().unwrap_or_else(|p| p.into_inner()) = Some(summary);
-                    if let Some(r) = &statsd {
-                        let stats = r.stats();
-                        statsd_errors_seen = warn_parse_errors(&stats, statsd_errors_seen);
-                        kernel_drops_seen = warn_kernel_drops(&stats, kernel_drops_seen);
+                    for s in &mut sources {
+                        s.after_flush();
                     }
                 }
             }
@@ -319,38 +446,18 @@ impl Daemon {
         admin_state.stopping.store(true, Ordering::Release);
         info!(
             reason,
-            "shutting down: draining receivers, then a final flush"
+            "shutting down: draining sources, then a final flush"
         );
-        if let Some(s) = scraper {
-            // Points of a scrape in flight make the final flush.
-            s.stop(SCRAPE_STOP_WAIT).await;
-        }
         if let Some(e) = exposition {
             e.stop();
         }
-        if let Some(o) = otlp {
-            let c = &o.ingest.counters;
-            info!(
-                requests = c.requests.load(std::sync::atomic::Ordering::Relaxed),
-                bad_requests = c.bad_requests.load(std::sync::atomic::Ordering::Relaxed),
-                accepted = c.accepted.load(std::sync::atomic::Ordering::Relaxed),
-                rejected = c.rejected.load(std::sync::atomic::Ordering::Relaxed),
-                "otlp receiver stopped"
-            );
-            o.stop();
-        }
-        if let Some(r) = statsd {
-            let stats = r.stop();
-            warn_parse_errors(&stats, statsd_errors_seen);
-            info!(
-                datagrams = stats.datagrams,
-                lines = stats.lines,
-                samples = stats.samples,
-                rejected = stats.rejected,
-                parse_errors = stats.parse_errors_total(),
-                kernel_drops = stats.kernel_drops,
-                "statsd receiver stopped"
-            );
+        // Every source drains at once; the final flush takes what they drained.
+        let stops: Vec<_> = sources
+            .into_iter()
+            .map(|s| tokio::spawn(s.stop()))
+            .collect();
+        for stop in stops {
+            let _ = stop.await;
         }
         let last = self.flush().await?;
         last.log("final flush");
@@ -382,17 +489,6 @@ impl Daemon {
         }
     }
 
-    fn start_statsd(&self) -> Result<Option<StatsdReceiver>, DaemonError> {
-        let c = &self.config.receivers.statsd;
-        if !c.enabled {
-            return Ok(None);
-        }
-        let r = StatsdReceiver::start(c, &self.aggregator)
-            .map_err(cannot_start("statsd", c.address))?;
-        crate::sources::statsd::log_listening(&r);
-        Ok(Some(r))
-    }
-
     async fn start_admin(
         &self,
         state: Arc<AdminState>,
@@ -404,7 +500,7 @@ impl Daemon {
         AdminServer::start(c.address, state)
             .await
             .map(Some)
-            .map_err(cannot_start("admin", c.address))
+            .map_err(cannot_listen("admin", c.address))
     }
 
     async fn start_exposition(&self) -> Result<Option<ExpositionServer>, DaemonError> {
@@ -415,50 +511,19 @@ impl Daemon {
         ExpositionServer::start(c.address, self.page.clone())
             .await
             .map(Some)
-            .map_err(cannot_start("exposition", c.address))
-    }
-
-    async fn start_otlp(&self) -> Result<Option<OtlpReceiver>, DaemonError> {
-        let c = &self.config.receivers.otlp;
-        if !c.enabled {
-            return Ok(None);
-        }
-        OtlpReceiver::start(c, &self.aggregator)
-            .await
-            .map(Some)
-            .map_err(cannot_start(
-                "otlp",
-                format!("{} / {}", c.grpc_address, c.http_address),
-            ))
-    }
-
-    fn start_scraper(&self) -> Option<Scraper> {
-        let c = &self.config.scrape;
-        if c.targets.is_empty() {
-            return None;
-        }
-        let s = Scraper::start(c, &self.aggregator);
-        self.log_scrape_targets();
-        Some(s)
-    }
-
-    fn log_scrape_targets(&self) {
-        for t in &self.config.scrape.targets {
-            info!(
-                url = %t.url,
-                job = %t.job,
-                interval = %fmt_duration(t.interval),
-                timeout = %fmt_duration(t.timeout),
-                offset = %fmt_duration(crate::sources::scrape::jitter(&t.url, t.interval)),
-                "scrape target"
-            );
-        }
+            .map_err(cannot_listen("exposition", c.address))
     }
 
     fn log_startup(&self) {
         let a = &self.config.aggregation;
         let buckets = format!("{:?}", a.histogram_buckets);
         let (log_filter, log_filter_from) = crate::logging::filter_text(&self.config.log);
+        let pipelines: Vec<String> = self
+            .config
+            .pipelines
+            .iter()
+            .map(|p| format!("{} ({})", p.name(), p.kind()))
+            .collect();
         info!(
             version = env!("CARGO_PKG_VERSION"),
             config = %self.config_source,
@@ -474,11 +539,15 @@ impl Daemon {
             max_tracked_metric_names = a.max_tracked_metric_names,
             histogram_buckets = %buckets,
             data_dir = %self.config.data_dir.display(),
+            pipelines = %if pipelines.is_empty() {
+                "none (flushes go to the exposition endpoint and this log)".to_owned()
+            } else {
+                pipelines.join(", ")
+            },
             log_filter = %log_filter,
             log_filter_from = log_filter_from,
             log_format = self.config.log.format.as_str(),
-            "weir started; no forwarding pipelines yet: flushed batches go to the \
-             exposition endpoint and this log"
+            "weir started"
         );
     }
 }
@@ -642,6 +711,29 @@ mod tests {
         // Three interval flushes (100, 200, 300 ms), then the final one.
         assert_eq!(last.sequence, 4);
         assert_eq!(agg.stats().flushes, 4);
+    }
+
+    #[test]
+    fn reaching_the_series_ceiling_warns_once_per_period_with_the_count() {
+        let mut c = config(Duration::from_secs(10));
+        c.aggregation.max_series = 1;
+        let agg = Aggregator::new(c.aggregator_config());
+        let mut warning = CeilingWarning::default();
+        agg.record("a", &[], Sample::Gauge(1.0), 0).unwrap();
+        assert!(!warning.check(&agg), "no refusal yet: no warning");
+        assert!(agg.record("b", &[], Sample::Gauge(1.0), 0).is_err());
+        assert!(warning.check(&agg), "the first refusal warns");
+        assert_eq!(warning.reported, 1);
+        assert!(agg.record("c", &[], Sample::Gauge(1.0), 0).is_err());
+        assert!(
+            !warning.check(&agg),
+            "a second refusal within the period is not warned again"
+        );
+        // Once the period is over, the refusals since the last warning are reported.
+        warning.last_warned = Instant::now().checked_sub(CEILING_WARN_EVERY);
+        assert!(warning.check(&agg));
+        assert_eq!(warning.reported, 2);
+        assert!(!warning.check(&agg), "nothing new: no warning");
     }
 
     #[tokio::test]

@@ -1,20 +1,20 @@
-//! weir-collector: the daemon around weir-core.
+//! weir-collector: the daemon around weir-core. The layout is the data flow
+//! (see `docs/architecture.md`):
 //!
-//! This crate will hold the receivers, the scraper, the pipelines and forwarders, and
-//! the admin API. At this stage it has:
-//! - [`config`]: the TOML configuration, its embedded defaults and validation;
-//! - [`logging`]: the tracing-subscriber setup (text or JSON on standard error);
-//! - [`statsd`]: the StatsD/DogStatsD UDP receiver;
-//! - [`otlp`]: the OTLP metrics receivers (gRPC and HTTP);
-//! - [`scrape`]: the Prometheus scraper (static targets, text format);
-//! - [`exposition`]: the exposition endpoint serving the latest flush to Prometheus;
-//! - [`http`]: the HTTP/1 server the endpoints share;
-//! - [`pipeline`]: forwarding pipelines (encoder, WAL, queue, forwarder task);
-//! - [`forward`]: the pipelines' HTTP and gRPC senders and how outcomes are sorted;
-//! - [`admin`]: the admin API (health, status, self-metrics, flush on demand);
-//! - [`daemon`]: the run loop that owns the [`weir_core::Aggregator`] and the
-//!   receivers, flushes every interval, logs a summary per flush and, on
-//!   SIGINT/SIGTERM, stops the receivers (draining their sockets) and flushes once more.
+//! - [`sources`]: where points come in (StatsD over UDP, OTLP over gRPC and HTTP, the
+//!   Prometheus scraper), each behind the [`sources::Source`] trait;
+//! - [`daemon`]: the run loop that owns the [`weir_core::Aggregator`], flushes it every
+//!   interval into one [`weir_core::FlushBatch`] and hands that to every pipeline and
+//!   the exposition endpoint; on SIGINT/SIGTERM it drains the sources, flushes once
+//!   more and lets the pipelines send;
+//! - [`pipeline`]: one per `[[pipelines]]` entry: encode, WAL, queue, forwarder task
+//!   with retries;
+//! - [`backends`]: what a pipeline sends to (remote write, OTLP, InfluxDB), each
+//!   owning its config variant, requests and answer classification;
+//! - [`serve`]: weir's own HTTP listeners: the admin API and the exposition endpoint;
+//! - [`control`]: flush and reload requests between the admin API and the run loop;
+//! - [`telemetry`]: the self-metrics registry each stage reports into;
+//! - [`config`] and [`logging`]: the TOML configuration and the log setup.
 //!
 //! The `weir` binary (`src/main.rs`) only parses the command line and wires these
 //! together; all behaviour lives here so it can be tested without a process.
@@ -29,6 +29,7 @@ pub mod logging;
 pub mod pipeline;
 pub mod serve;
 pub mod sources;
+pub mod telemetry;
 
 pub use config::{Config, ConfigError, DEFAULT_CONFIG_TOML};
 pub use control::FlushSummary;

@@ -122,8 +122,8 @@ fn batch(n: u64) -> FlushBatch {
     agg.flush()
 }
 
-fn start(config: &PipelineConfig, dir: &Path) -> Pipeline {
-    Pipeline::start(config, dir).unwrap()
+async fn start(config: &PipelineConfig, dir: &Path) -> Pipeline {
+    Pipeline::start(config, dir).await.unwrap()
 }
 
 #[tokio::test]
@@ -140,7 +140,7 @@ async fn batches_arrive_in_order_through_retries_and_refusals() {
         Answer::Slow(Duration::from_millis(200)),
     ]);
     let dir = temp_dir("order");
-    let p = start(&pipeline_config(&addr.to_string(), ""), &dir);
+    let p = start(&pipeline_config(&addr.to_string(), ""), &dir).await;
     let mut head = Default::default();
     for n in 1..=5 {
         head = p.accept(&batch(n));
@@ -177,7 +177,7 @@ async fn unsent_batches_are_replayed_in_order_after_a_restart() {
     drop(probe);
     let dir = temp_dir("replay");
     let config = pipeline_config(&addr.to_string(), "");
-    let p = start(&config, &dir);
+    let p = start(&config, &dir).await;
     for n in 1..=3 {
         p.accept(&batch(n));
     }
@@ -190,7 +190,7 @@ async fn unsent_batches_are_replayed_in_order_after_a_restart() {
     // the same WAL sends the three old batches first, then new ones.
     let (backend2, addr2, _server) = Backend::start().await;
     let config = pipeline_config(&addr2.to_string(), "");
-    let p = start(&config, &dir);
+    let p = start(&config, &dir).await;
     assert_eq!(p.status().wal.unacked_records, 3);
     let head = p.accept(&batch(4));
     assert!(
@@ -203,7 +203,7 @@ async fn unsent_batches_are_replayed_in_order_after_a_restart() {
     drop(p);
 
     // Everything was acknowledged: a third start sends nothing again.
-    let p = start(&config, &dir);
+    let p = start(&config, &dir).await;
     assert_eq!(p.status().wal.unacked_records, 0);
     tokio::time::sleep(Duration::from_millis(100)).await;
     assert_eq!(backend2.taken(), vec![1, 2, 3, 4]);
@@ -219,7 +219,8 @@ async fn a_full_queue_costs_disk_reads_not_batches() {
     let p = start(
         &pipeline_config(&addr.to_string(), "queue_capacity = 1"),
         &dir,
-    );
+    )
+    .await;
     let mut head = Default::default();
     for n in 1..=20 {
         head = p.accept(&batch(n));
@@ -250,7 +251,7 @@ async fn the_wal_cap_drops_exactly_the_oldest_batches_and_counts_them() {
         &addr.to_string(),
         "[pipelines.wal]\nmax_bytes = 1048576\nsegment_bytes = 65536",
     );
-    let p = start(&config, &dir);
+    let p = start(&config, &dir).await;
     let total = 200u64;
     for n in 1..=total {
         let agg = Aggregator::default();
@@ -279,7 +280,7 @@ async fn the_wal_cap_drops_exactly_the_oldest_batches_and_counts_them() {
         &addr2.to_string(),
         "[pipelines.wal]\nmax_bytes = 1048576\nsegment_bytes = 65536",
     );
-    let p = start(&config, &dir);
+    let p = start(&config, &dir).await;
     let expected: Vec<u64> = (dropped + 1..=total).collect();
     let taken = backend.wait_taken(expected.len()).await;
     assert_eq!(taken, expected);

@@ -597,7 +597,7 @@ fn reload_adds_and_removes_targets_and_refuses_a_broken_file() {
     );
     let (code, body) = http_request(&admin, "POST", "/config/reload");
     assert_eq!(code, 400, "{body}");
-    assert!(body.contains("scrape.targets.url"), "{body}");
+    assert!(body.contains("scrape.targets[0].url"), "{body}");
     assert_eq!(
         urls(&http_get(&admin, "/status")),
         2,

@@ -115,7 +115,9 @@ fn main() {
     let req = request();
     rt.block_on(async {
         let pipeline = Arc::new(
-            Pipeline::start(&config.pipelines[0], &config.data_dir).expect("pipeline"),
+            Pipeline::start(&config.pipelines[0], &config.data_dir)
+                .await
+                .expect("pipeline"),
         );
         let otlp = OtlpReceiver::start(
             &OtlpConfig {

@@ -35,11 +35,13 @@ use weir_core::wal::{Wal, WalConfig, WalPosition, WalStats};
 use crate::backends::{Backend, SendError};
 
 mod config;
+mod metrics;
 
 pub use config::{
     CompressionConfig, PipelineCommon, PipelineConfig, PipelineWalConfig, RetryConfig,
     TemporalityConfig, WalSyncConfig,
 };
+pub use metrics::PipelineSet;
 
 /// Milliseconds since the Unix epoch.
 fn now_ms() -> i64 {
@@ -260,13 +262,14 @@ pub struct Pipeline {
 }
 
 impl Pipeline {
-    /// Opens the WAL under `data_dir` (recovering it) and starts the forwarder,
-    /// which first sends everything the WAL holds unacknowledged. Must be called
-    /// inside a tokio runtime.
+    /// Opens the WAL under `data_dir` (recovering it, on the blocking pool: it reads
+    /// and checks every unacknowledged record) and starts the forwarder, which first
+    /// sends everything the WAL holds unacknowledged. Must be called inside a tokio
+    /// runtime.
     ///
     /// # Errors
     /// [`PipelineError`] if the WAL cannot be opened or the config cannot be used.
-    pub fn start(
+    pub async fn start(
         config: &PipelineConfig,
         data_dir: &std::path::Path,
     ) -> Result<Pipeline, PipelineError> {
@@ -290,14 +293,15 @@ impl Pipeline {
         };
         let backend = config.connect().map_err(config_error)?;
         let dir = config.wal_dir(data_dir);
-        let wal = Wal::open(
-            &dir,
-            WalConfig {
-                segment_bytes: common.wal.segment_bytes,
-                cap_bytes: common.wal.max_bytes,
-            },
-        )
-        .map_err(|source| PipelineError::Wal {
+        let wal_config = WalConfig {
+            segment_bytes: common.wal.segment_bytes,
+            cap_bytes: common.wal.max_bytes,
+        };
+        let open_dir = dir.clone();
+        let opened = tokio::task::spawn_blocking(move || Wal::open(&open_dir, wal_config))
+            .await
+            .unwrap_or_else(|e| std::panic::resume_unwind(e.into_panic()));
+        let wal = opened.map_err(|source| PipelineError::Wal {
             name: name.clone(),
             dir: dir.display().to_string(),
             source,

@@ -308,6 +308,92 @@ pub fn decode(body: &[u8], json: bool) -> Result<ExportMetricsServiceRequest, St
     }
 }
 
+/// The OTLP source: both listeners.
+pub struct OtlpSource {
+    receiver: OtlpReceiver,
+}
+
+impl OtlpSource {
+    /// Starts the listeners if `receivers.otlp` is enabled. Must be called inside a
+    /// tokio runtime.
+    ///
+    /// # Errors
+    /// A listener could not be bound.
+    pub async fn start(
+        config: &crate::config::Config,
+        aggregator: &Aggregator,
+    ) -> Result<Option<OtlpSource>, crate::sources::SourceError> {
+        let c = &config.receivers.otlp;
+        if !c.enabled {
+            return Ok(None);
+        }
+        let receiver =
+            OtlpReceiver::start(c, aggregator)
+                .await
+                .map_err(crate::sources::SourceError::at(
+                    "otlp",
+                    format!("{} / {}", c.grpc_address, c.http_address),
+                ))?;
+        Ok(Some(OtlpSource { receiver }))
+    }
+}
+
+impl crate::sources::Source for OtlpSource {
+    fn name(&self) -> &'static str {
+        "otlp"
+    }
+
+    fn metrics(&self) -> Arc<dyn crate::telemetry::StageMetrics> {
+        self.receiver.ingest.clone()
+    }
+
+    fn stop(self: Box<Self>) -> crate::sources::StopFuture {
+        Box::pin(async move {
+            let c = &self.receiver.ingest.counters;
+            info!(
+                requests = c.requests.load(Ordering::Relaxed),
+                bad_requests = c.bad_requests.load(Ordering::Relaxed),
+                accepted = c.accepted.load(Ordering::Relaxed),
+                rejected = c.rejected.load(Ordering::Relaxed),
+                "otlp receiver stopped"
+            );
+            self.receiver.stop();
+        })
+    }
+}
+
+impl crate::telemetry::StageMetrics for OtlpIngest {
+    fn render(&self, page: &mut crate::telemetry::MetricsPage) {
+        use crate::telemetry::Kind::Counter;
+        let c = &self.counters;
+        let load = |a: &AtomicU64| a.load(Ordering::Relaxed) as f64;
+        page.single(
+            "weir_otlp_requests_total",
+            Counter,
+            "OTLP export requests answered.",
+            load(&c.requests),
+        );
+        page.single(
+            "weir_otlp_bad_requests_total",
+            Counter,
+            "OTLP requests refused whole.",
+            load(&c.bad_requests),
+        );
+        page.single(
+            "weir_otlp_points_accepted_total",
+            Counter,
+            "OTLP data points aggregated.",
+            load(&c.accepted),
+        );
+        page.single(
+            "weir_otlp_points_rejected_total",
+            Counter,
+            "OTLP data points refused (reported in partial_success).",
+            load(&c.rejected),
+        );
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -528,6 +528,130 @@ pub fn merge_labels(
     }
 }
 
+/// The scrape source: the scraper and the config it runs.
+pub struct ScrapeSource {
+    scraper: Scraper,
+    config: ScrapeConfig,
+}
+
+impl ScrapeSource {
+    /// Starts one task per `[[scrape.targets]]` entry (none is fine: a reload may add
+    /// some). Must be called inside a tokio runtime.
+    pub fn start(config: &crate::config::Config, aggregator: &Aggregator) -> ScrapeSource {
+        let source = ScrapeSource {
+            scraper: Scraper::start(&config.scrape, aggregator),
+            config: config.scrape.clone(),
+        };
+        source.log_targets();
+        source
+    }
+
+    fn log_targets(&self) {
+        for t in &self.config.targets {
+            info!(
+                url = %t.url,
+                job = %t.job,
+                interval = %crate::config::fmt_duration(t.interval),
+                timeout = %crate::config::fmt_duration(t.timeout),
+                offset = %crate::config::fmt_duration(jitter(&t.url, t.interval)),
+                "scrape target"
+            );
+        }
+    }
+}
+
+/// How long stopping waits for scrapes in flight.
+const STOP_WAIT: Duration = Duration::from_secs(2);
+
+impl crate::sources::Source for ScrapeSource {
+    fn name(&self) -> &'static str {
+        "scrape"
+    }
+
+    fn metrics(&self) -> Arc<dyn crate::telemetry::StageMetrics> {
+        Arc::new(ScrapeTargets(self.scraper.targets.clone()))
+    }
+
+    fn reload(&mut self, config: &crate::config::Config, aggregator: &Aggregator) -> bool {
+        if config.scrape == self.config {
+            return false;
+        }
+        self.config = config.scrape.clone();
+        let changes = self.scraper.reconcile(&self.config, aggregator);
+        info!(
+            started = changes.started,
+            stopped = changes.stopped,
+            kept = changes.kept,
+            "scrape targets reloaded (stopped targets finish their scrape in flight)"
+        );
+        self.log_targets();
+        true
+    }
+
+    fn stop(self: Box<Self>) -> crate::sources::StopFuture {
+        // Points of a scrape in flight make the final flush.
+        Box::pin(self.scraper.stop(STOP_WAIT))
+    }
+}
+
+/// The targets of a scraper and their counters, as reported.
+pub struct ScrapeTargets(pub Vec<(String, Arc<TargetCounters>)>);
+
+impl crate::telemetry::StageMetrics for ScrapeTargets {
+    fn render(&self, page: &mut crate::telemetry::MetricsPage) {
+        use crate::telemetry::Kind::{Counter, Gauge};
+        if self.0.is_empty() {
+            return;
+        }
+        let per = |f: &dyn Fn(&TargetCounters) -> f64| {
+            self.0
+                .iter()
+                .map(|(url, c)| (crate::telemetry::labels(&[("target", url)]), f(c)))
+                .collect::<Vec<_>>()
+        };
+        page.family(
+            "weir_scrapes_total",
+            Counter,
+            "Scrapes attempted, by target.",
+            per(&|c| c.scrapes.load(Ordering::Relaxed) as f64),
+        );
+        page.family(
+            "weir_scrape_failures_total",
+            Counter,
+            "Scrapes that failed, by target.",
+            per(&|c| c.failures.load(Ordering::Relaxed) as f64),
+        );
+        page.family(
+            "weir_scrape_up",
+            Gauge,
+            "1 if the target's last scrape succeeded.",
+            per(&|c| c.up.load(Ordering::Relaxed) as f64),
+        );
+    }
+
+    fn status(&self) -> Vec<(&'static str, serde_json::Value)> {
+        let targets: Vec<serde_json::Value> = self
+            .0
+            .iter()
+            .map(|(url, c)| {
+                serde_json::json!({
+                    "url": url,
+                    "up": c.up.load(Ordering::Relaxed) == 1,
+                    "scrapes": c.scrapes.load(Ordering::Relaxed),
+                    "failures": c.failures.load(Ordering::Relaxed),
+                    "last_scrape_unix_ms": match c.last_scrape_ms.load(Ordering::Relaxed) {
+                        0 => None,
+                        t => Some(t),
+                    },
+                    "last_error": c.last_error.lock().unwrap_or_else(|p| p.into_inner()).clone(),
+                    "format": *c.format.lock().unwrap_or_else(|p| p.into_inner()),
+                })
+            })
+            .collect();
+        vec![("scrape_targets", targets.into())]
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

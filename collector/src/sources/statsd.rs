@@ -592,6 +592,156 @@ pub fn log_listening(r: &StatsdReceiver) {
     );
 }
 
+/// The StatsD source: the receiver, and what its warnings already reported.
+pub struct StatsdSource {
+    receiver: StatsdReceiver,
+    /// Parse errors already reported in a warning.
+    parse_errors_seen: u64,
+    /// Kernel drops already reported in a warning.
+    kernel_drops_seen: u64,
+}
+
+impl StatsdSource {
+    /// Starts the receiver if `receivers.statsd` is enabled.
+    ///
+    /// # Errors
+    /// The socket could not be bound.
+    pub fn start(
+        config: &crate::config::Config,
+        aggregator: &Aggregator,
+    ) -> Result<Option<StatsdSource>, crate::sources::SourceError> {
+        let c = &config.receivers.statsd;
+        if !c.enabled {
+            return Ok(None);
+        }
+        let receiver = StatsdReceiver::start(c, aggregator)
+            .map_err(crate::sources::SourceError::at("statsd", c.address))?;
+        log_listening(&receiver);
+        Ok(Some(StatsdSource {
+            receiver,
+            parse_errors_seen: 0,
+            kernel_drops_seen: 0,
+        }))
+    }
+}
+
+impl crate::sources::Source for StatsdSource {
+    fn name(&self) -> &'static str {
+        "statsd"
+    }
+
+    fn metrics(&self) -> Arc<dyn crate::telemetry::StageMetrics> {
+        self.receiver.counters()
+    }
+
+    fn after_flush(&mut self) {
+        let stats = self.receiver.stats();
+        self.parse_errors_seen = warn_parse_errors(&stats, self.parse_errors_seen);
+        self.kernel_drops_seen = warn_kernel_drops(&stats, self.kernel_drops_seen);
+    }
+
+    fn stop(self: Box<Self>) -> crate::sources::StopFuture {
+        let StatsdSource {
+            receiver,
+            parse_errors_seen,
+            ..
+        } = *self;
+        Box::pin(async move {
+            // Joining the receive threads blocks: off the async workers.
+            let Ok(stats) = tokio::task::spawn_blocking(move || receiver.stop()).await else {
+                warn!("statsd: stopping the receiver panicked");
+                return;
+            };
+            warn_parse_errors(&stats, parse_errors_seen);
+            info!(
+                datagrams = stats.datagrams,
+                lines = stats.lines,
+                samples = stats.samples,
+                rejected = stats.rejected,
+                parse_errors = stats.parse_errors_total(),
+                kernel_drops = stats.kernel_drops,
+                "statsd receiver stopped"
+            );
+        })
+    }
+}
+
+/// Warns when the kernel dropped StatsD datagrams since the last report (`seen` of
+/// them were reported before); returns the new total.
+fn warn_kernel_drops(stats: &StatsdStats, seen: u64) -> u64 {
+    let total = stats.kernel_drops.unwrap_or(0);
+    if total > seen {
+        warn!(
+            dropped = total - seen,
+            since_start = total,
+            "statsd: the kernel dropped datagrams (receive buffer full: raise \
+             receivers.statsd.recv_buffer_bytes and net.core.rmem_max)"
+        );
+    }
+    total
+}
+
+/// Warns about StatsD lines skipped since the last report (`seen` of them were
+/// reported before); returns the new total. At most one line per flush.
+fn warn_parse_errors(stats: &StatsdStats, seen: u64) -> u64 {
+    let total = stats.parse_errors_total();
+    if total > seen {
+        let reasons: Vec<String> = stats
+            .parse_errors
+            .iter()
+            .filter(|(_, n)| *n > 0)
+            .map(|(r, n)| format!("{r}={n}"))
+            .collect();
+        warn!(
+            skipped = total - seen,
+            since_start = %reasons.join(","),
+            "statsd: malformed lines skipped"
+        );
+    }
+    total
+}
+
+impl crate::telemetry::StageMetrics for StatsdCounters {
+    fn render(&self, page: &mut crate::telemetry::MetricsPage) {
+        use crate::telemetry::Kind::Counter;
+        let s = self.stats();
+        page.single(
+            "weir_statsd_datagrams_total",
+            Counter,
+            "StatsD datagrams read.",
+            s.datagrams as f64,
+        );
+        page.single(
+            "weir_statsd_lines_total",
+            Counter,
+            "StatsD lines that parsed.",
+            s.lines as f64,
+        );
+        page.single(
+            "weir_statsd_samples_total",
+            Counter,
+            "StatsD samples aggregated.",
+            s.samples as f64,
+        );
+        if let Some(drops) = s.kernel_drops {
+            page.single(
+                "weir_statsd_kernel_drops_total",
+                Counter,
+                "StatsD datagrams the kernel dropped because a socket's receive buffer was full (/proc/net/udp).",
+                drops as f64,
+            );
+        }
+        page.family(
+            "weir_statsd_parse_errors_total",
+            Counter,
+            "StatsD lines skipped, by reason.",
+            s.parse_errors
+                .iter()
+                .map(|(r, n)| (crate::telemetry::labels(&[("reason", r)]), *n as f64)),
+        );
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
