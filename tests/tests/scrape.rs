@@ -8,7 +8,7 @@ use std::net::TcpListener;
 use std::sync::mpsc;
 use std::time::Duration;
 
-use weir_e2e::{TIMEOUT, TempDir, Weir, field, http, http_get, http_request};
+use weir_e2e::{RefusingAddress, TIMEOUT, TempDir, Weir, field, http, http_get, http_request};
 
 /// Serves `bodies[k]` to the k-th request (the last one from then on) for at most
 /// `max` requests, and reports each request on the channel. Returns the address.
@@ -503,12 +503,9 @@ fn scraped_counters_become_exact_deltas_and_garbage_is_reported() {
 
 #[test]
 fn an_unreachable_target_fails_scrapes_without_stopping_weir() {
-    // A port nobody listens on: bind, learn the port, close.
-    let port = TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
+    // A port nobody listens on, held so for the whole test.
+    let refusing = RefusingAddress::new();
+    let port = refusing.addr().port();
     let dir = TempDir::new("scrape-down");
     let config = format!(
         "[aggregation]\nflush_interval = \"200ms\"\n[receivers.statsd]\nenabled = false\n[receivers.otlp]\nenabled = false\n[exposition]\nenabled = false\n[admin]\naddress = \"127.0.0.1:0\"\n\
