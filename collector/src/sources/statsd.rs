@@ -693,6 +693,11 @@ impl Reader<'_> {
         drain.elapsed = started.elapsed();
         if drain.end.cut_short() {
             drain.left_queued_bytes = inode.and_then(queued_bytes);
+            if drain.left_queued_bytes == Some(0) {
+                // The limit was reached with the last datagram: nothing was left.
+                drain.end = DrainEnd::Emptied;
+                drain.left_queued_bytes = None;
+            }
         }
         drain
     }
