@@ -1,19 +1,25 @@
 """weir scraping a real `prometheus_client` exposition server (the official Python
-client) started by the test on a free port: counter increments between scrapes arrive
-as exact deltas, histogram observations as exact counts."""
+client) started by the test on a port of its own (port 0): counter increments between
+scrapes arrive as exact deltas, histogram observations as exact counts.
 
-import socket
-import time
+The test moves on by weir's own scrape count (admin `GET /status`, which counts a
+scrape when it starts; one target's scrapes never overlap), not by sleeping: the
+increase is made once a scrape has finished (so the baseline was seen), and weir is
+stopped once a scrape that started after the increase has finished."""
+
+import json
 
 from prometheus_client import CollectorRegistry, Counter, Histogram, start_http_server
 
-from weir_process import QUIET, WeirProcess, total
+from backends import http, poll
+from weir_process import WeirProcess, total
 
-
-def free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+# Everything off but the scraper and the admin API (on a port of its own).
+CONFIG = (
+    '[aggregation]\nflush_interval = "200ms"\n'
+    "[receivers.statsd]\nenabled = false\n[receivers.otlp]\nenabled = false\n"
+    '[exposition]\nenabled = false\n[admin]\naddress = "127.0.0.1:0"\n'
+)
 
 
 def test_prometheus_client_target(tmp_path):
@@ -21,22 +27,32 @@ def test_prometheus_client_target(tmp_path):
     jobs = Counter("jobs", "Jobs done.", ["queue"], registry=registry)
     latency = Histogram("job_seconds", "Job latency.", registry=registry, buckets=(0.1, 1.0))
     jobs.labels("mail").inc(100)  # before weir's first scrape: the baseline
-    port = free_port()
-    server, thread = start_http_server(port, addr="127.0.0.1", registry=registry)
+    server, thread = start_http_server(0, addr="127.0.0.1", registry=registry)
+    url = f"http://127.0.0.1:{server.server_port}/metrics"
     weir = WeirProcess(
         tmp_path,
-        '[aggregation]\nflush_interval = "200ms"\n'
-        + QUIET
-        + f'[[scrape.targets]]\nurl = "http://127.0.0.1:{port}/metrics"\n'
-        'job = "py"\ninterval = "100ms"\ntimeout = "90ms"\n',
+        CONFIG + f'[[scrape.targets]]\nurl = "{url}"\njob = "py"\ninterval = "100ms"\ntimeout = "90ms"\n',
     )
     try:
-        weir.wait_for("scrape target")
-        time.sleep(0.6)  # a few scrapes see the baseline
+        admin = weir.wait_for("admin API listening")["address"]
+
+        def target():
+            status, body = http("GET", f"http://{admin}/status")
+            assert status == 200, body
+            (t,) = [t for t in json.loads(body)["scrape_targets"] if t["url"] == url]
+            return t
+
+        # Scrape 2 has started, so scrape 1 has finished: the baseline was seen.
+        seen = poll(target, lambda t: t["scrapes"] >= 2, what="a first scrape done")
+        assert seen["up"] and seen["failures"] == 0, seen
         jobs.labels("mail").inc(7)
         for v in (0.05, 0.5, 5.0):
             latency.observe(v)
-        time.sleep(0.6)  # a few scrapes see the increase
+        # Scrape `started` may have begun before the increase; scrape `started + 1`
+        # began after it, and has finished once scrape `started + 2` begins.
+        started = target()["scrapes"]
+        done = poll(target, lambda t: t["scrapes"] >= started + 2, what="a scrape after the increase done")
+        assert done["failures"] == 0, done
         events = weir.stop()
     finally:
         weir.kill()

@@ -155,6 +155,48 @@ impl Drop for TempDir {
     }
 }
 
+/// A TCP address on 127.0.0.1 that refuses every connection (the kernel answers a
+/// reset: `ECONNREFUSED`) for as long as this value lives, and that no other socket
+/// can take meanwhile, unlike a port bound and released, which anyone may bind and
+/// listen on before the test connects.
+///
+/// The port is the local end of a connection this value holds open (to a listener
+/// that is closed once the connection is accepted): a connected socket never
+/// listens, and as it was opened without `SO_REUSEADDR`, binding its port fails for
+/// everyone else. (A bound, never-listening socket would do the same, but the
+/// standard library only binds TCP sockets to listen.)
+pub struct RefusingAddress {
+    addr: std::net::SocketAddr,
+    _connection: (std::net::TcpStream, std::net::TcpStream),
+}
+
+impl RefusingAddress {
+    /// Opens the connection that holds the port. Panics if the loopback interface
+    /// cannot connect to itself.
+    pub fn new() -> RefusingAddress {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind a listener");
+        let client = std::net::TcpStream::connect(listener.local_addr().expect("local addr"))
+            .expect("connect to the listener");
+        let (server, _) = listener.accept().expect("accept");
+        drop(listener);
+        RefusingAddress {
+            addr: client.local_addr().expect("local addr"),
+            _connection: (client, server),
+        }
+    }
+
+    /// The address (`127.0.0.1:<port>`).
+    pub fn addr(&self) -> std::net::SocketAddr {
+        self.addr
+    }
+}
+
+impl Default for RefusingAddress {
+    fn default() -> Self {
+        RefusingAddress::new()
+    }
+}
+
 /// What a finished short command printed.
 #[derive(Debug)]
 pub struct Output {

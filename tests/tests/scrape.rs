@@ -8,7 +8,7 @@ use std::net::TcpListener;
 use std::sync::mpsc;
 use std::time::Duration;
 
-use weir_e2e::{TIMEOUT, TempDir, Weir, field, http, http_get, http_request};
+use weir_e2e::{RefusingAddress, TIMEOUT, TempDir, Weir, field, http, http_get, http_request};
 
 /// Serves `bodies[k]` to the k-th request (the last one from then on) for at most
 /// `max` requests, and reports each request on the channel. Returns the address.
@@ -348,22 +348,6 @@ fn every_exposition_format_gives_exact_values() {
             assert!(std::time::Instant::now() < deadline, "too slow");
         }
     }
-    // Two flushes later the page holds the values of the last scrapes.
-    weir.wait_for_line("flush", TIMEOUT, |l| l.contains(": flush sequence="));
-    weir.wait_for_line("flush", TIMEOUT, |l| l.contains(": flush sequence="));
-    let page = http_get(&exposition, "/metrics");
-    weir.signal("TERM");
-    let (status, lines) = weir.wait_exit(TIMEOUT);
-    let all = lines.join("\n");
-    assert!(status.success(), "exit status {status}; output:\n{all}");
-
-    let head = pb_heads.recv_timeout(TIMEOUT).unwrap().to_ascii_lowercase();
-    assert!(
-        head.contains("\r\naccept: application/vnd.google.protobuf;proto=io.prometheus.client.metricfamily;encoding=delimited;q=0.7,application/openmetrics-text;version=1.0.0;q=0.5,text/plain;version=0.0.4;q=0.3,*/*;q=0.1\r\n"),
-        "{head}"
-    );
-    assert!(head.contains("\r\naccept-encoding: gzip\r\n"), "{head}");
-
     let at = |job: &str, addr: &str| format!("instance=\"{addr}\",job=\"{job}\"");
     let pb = at("pb", &pb_addr);
     let om = at("om", &om_addr);
@@ -404,6 +388,29 @@ fn every_exposition_format_gives_exact_values() {
             0.0,
         ),
     ];
+    // The page changes at flushes: wait (bounded) for one that holds the values of
+    // the last scrapes. (Waiting for the next two flush lines instead could return at
+    // once: the lines read first may be flushes logged before those scrapes.)
+    let deadline = std::time::Instant::now() + TIMEOUT;
+    let mut page = http_get(&exposition, "/metrics");
+    while !want.iter().all(|(s, v)| value_of(&page, s) == Some(*v))
+        && std::time::Instant::now() < deadline
+    {
+        std::thread::sleep(Duration::from_millis(50));
+        page = http_get(&exposition, "/metrics");
+    }
+    weir.signal("TERM");
+    let (status, lines) = weir.wait_exit(TIMEOUT);
+    let all = lines.join("\n");
+    assert!(status.success(), "exit status {status}; output:\n{all}");
+
+    let head = pb_heads.recv_timeout(TIMEOUT).unwrap().to_ascii_lowercase();
+    assert!(
+        head.contains("\r\naccept: application/vnd.google.protobuf;proto=io.prometheus.client.metricfamily;encoding=delimited;q=0.7,application/openmetrics-text;version=1.0.0;q=0.5,text/plain;version=0.0.4;q=0.3,*/*;q=0.1\r\n"),
+        "{head}"
+    );
+    assert!(head.contains("\r\naccept-encoding: gzip\r\n"), "{head}");
+
     for (series, value) in &want {
         assert_eq!(value_of(&page, series), Some(*value), "{series}\n{page}");
     }
@@ -503,12 +510,9 @@ fn scraped_counters_become_exact_deltas_and_garbage_is_reported() {
 
 #[test]
 fn an_unreachable_target_fails_scrapes_without_stopping_weir() {
-    // A port nobody listens on: bind, learn the port, close.
-    let port = TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
+    // A port nobody listens on, held so for the whole test.
+    let refusing = RefusingAddress::new();
+    let port = refusing.addr().port();
     let dir = TempDir::new("scrape-down");
     let config = format!(
         "[aggregation]\nflush_interval = \"200ms\"\n[receivers.statsd]\nenabled = false\n[receivers.otlp]\nenabled = false\n[exposition]\nenabled = false\n[admin]\naddress = \"127.0.0.1:0\"\n\
