@@ -6,6 +6,7 @@
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
+use crate::cell::CumulativeStart;
 use crate::key::SeriesKey;
 use crate::point::{MetricKind, Sample, Temporality};
 
@@ -92,14 +93,23 @@ impl SeriesHandle {
     pub fn record(&self, sample: Sample<'_>, timestamp_ms: i64) -> Result<(), Rejected> {
         self.shared.check(&sample)?;
         let now = self.shared.clock_ms.load(Ordering::Relaxed);
-        match self.series.apply(&sample, timestamp_ms, now) {
+        match self
+            .series
+            .apply(&sample, timestamp_ms, now, CumulativeStart::default())
+        {
             Ok(()) => Ok(()),
             Err(Refusal::Rejected(e)) => self.shared.reject(e),
             // Not reachable while the handle holds the series; stay correct anyway.
             Err(Refusal::Sealed) => {
                 let key = &self.series.key;
                 self.shared
-                    .record_canonical(key.name(), &sample, timestamp_ms, key.as_bytes())
+                    .record_canonical(
+                        key.name(),
+                        &sample,
+                        timestamp_ms,
+                        CumulativeStart::default(),
+                        key.as_bytes(),
+                    )
                     .map(drop)
             }
         }

@@ -11,7 +11,7 @@ use std::sync::{Arc, Mutex};
 use crossbeam_queue::SegQueue;
 use foldhash::fast::RandomState;
 
-use crate::cell::{CounterCell, GaugeCell, HistogramCell, SummaryCell};
+use crate::cell::{CounterCell, CumulativeStart, GaugeCell, HistogramCell, SummaryCell};
 use crate::key::SeriesKey;
 use crate::point::Sample;
 
@@ -46,6 +46,9 @@ impl std::borrow::Borrow<[u8]> for Indexed {
 /// State shared by the aggregator, its writers and handles.
 pub(super) struct Shared {
     pub(super) config: AggregatorConfig,
+    /// When the aggregator started, ms since the Unix epoch: a cumulative source that
+    /// started later counts from zero (see [`Shared::since`]).
+    pub(super) started_ms: i64,
     /// Keyed by the series itself (its canonical key bytes), so an entry is one pointer.
     pub(super) index: papaya::HashMap<Indexed, (), RandomState>,
     /// Per metric name: its series count, for the per-metric limit.
@@ -74,6 +77,16 @@ pub(super) struct Shared {
 }
 
 impl Shared {
+    /// What a cumulative sample whose source started at `start_ms` (0: unknown) counts
+    /// from: zero if the source started after the aggregator, else its first value is
+    /// a baseline (the OpenTelemetry Collector's cumulative-to-delta "auto" rule).
+    pub(super) fn since(&self, start_ms: i64) -> CumulativeStart {
+        CumulativeStart {
+            start_ms,
+            counts_from_zero: start_ms != 0 && start_ms > self.started_ms,
+        }
+    }
+
     pub(super) fn reject<T>(&self, r: Rejected) -> Result<T, Rejected> {
         self.rejected[r.index()].fetch_add(1, Ordering::Relaxed);
         Err(r)
@@ -115,7 +128,9 @@ impl Shared {
             let series = Arc::new(Series {
                 fingerprint: key.fingerprint(),
                 key,
-                start_ms: now_ms(),
+                // The later of the wall clock and the aggregator clock: tests that
+                // drive the clock ahead of the wall still see starts move forward.
+                start_ms: now_ms().max(now),
                 family,
                 touched_ms: AtomicI64::new(now),
                 handles: AtomicU32::new(0),
@@ -184,6 +199,7 @@ impl Shared {
         labels: &[(&str, &str)],
         sample: &Sample<'_>,
         timestamp_ms: i64,
+        start: CumulativeStart,
         scratch: &mut Scratch,
     ) -> Result<Arc<Series>, Rejected> {
         if let Err(e) =
@@ -191,7 +207,7 @@ impl Shared {
         {
             return self.reject(e.into());
         }
-        self.record_canonical(name, sample, timestamp_ms, &scratch.canon)
+        self.record_canonical(name, sample, timestamp_ms, start, &scratch.canon)
     }
 
     /// [`Shared::record_slow`] for a key already in canonical form.
@@ -200,12 +216,13 @@ impl Shared {
         name: &str,
         sample: &Sample<'_>,
         timestamp_ms: i64,
+        start: CumulativeStart,
         canonical: &[u8],
     ) -> Result<Arc<Series>, Rejected> {
         for _ in 0..SEALED_RETRIES {
             let series = self.resolve(canonical, name, CellKind::of(sample), bounds_of(sample))?;
             let now = self.clock_ms.load(Ordering::Relaxed);
-            match series.apply(sample, timestamp_ms, now) {
+            match series.apply(sample, timestamp_ms, now, start) {
                 Ok(()) => return Ok(series),
                 Err(Refusal::Rejected(e)) => return self.reject(e),
                 // The flusher removed it from the index before sealing it, so the next

@@ -64,6 +64,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use crossbeam_queue::SegQueue;
 use foldhash::fast::RandomState;
 
+use crate::cell::CumulativeStart;
 use crate::key::{KeyError, SeriesKey};
 use crate::point::{DEFAULT_BUCKETS, MetricKind, Sample};
 
@@ -298,12 +299,22 @@ impl Default for Aggregator {
 }
 
 impl Aggregator {
-    /// Builds an empty aggregator.
+    /// Builds an empty aggregator that starts now (wall clock).
     pub fn new(config: AggregatorConfig) -> Aggregator {
-        let now = now_ms();
+        Aggregator::starting_at(config, now_ms())
+    }
+
+    /// Builds an empty aggregator whose start time is `started_ms` (milliseconds since
+    /// the Unix epoch): a cumulative source that reports a later start time counts
+    /// from zero, one that started earlier or says nothing gives a baseline first (see
+    /// [`Writer::record_since`]). The aggregator clock (see [`Aggregator::flush_at`])
+    /// starts there too. Tests pass their own time.
+    pub fn starting_at(config: AggregatorConfig, started_ms: i64) -> Aggregator {
+        let now = started_ms;
         Aggregator {
             shared: Arc::new(Shared {
                 config,
+                started_ms,
                 index: papaya::HashMap::with_hasher(RandomState::default()),
                 families: papaya::HashMap::with_hasher(RandomState::default()),
                 limit_drops: papaya::HashMap::with_hasher(RandomState::default()),
@@ -356,7 +367,14 @@ impl Aggregator {
         self.shared.check(&sample)?;
         let mut scratch = Scratch::default();
         self.shared
-            .record_slow(name, labels, &sample, timestamp_ms, &mut scratch)
+            .record_slow(
+                name,
+                labels,
+                &sample,
+                timestamp_ms,
+                CumulativeStart::default(),
+                &mut scratch,
+            )
             .map(drop)
     }
 

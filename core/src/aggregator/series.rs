@@ -8,7 +8,9 @@ use std::hash::BuildHasher as _;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicI64, AtomicU32, AtomicUsize, Ordering};
 
-use crate::cell::{CounterCell, GaugeCell, HistogramCell, Sealed, SetCell, SummaryCell};
+use crate::cell::{
+    CounterCell, CumulativeStart, GaugeCell, HistogramCell, Sealed, SetCell, SummaryCell,
+};
 use crate::key::SeriesKey;
 use crate::point::{MetricKind, Sample, Temporality};
 
@@ -82,23 +84,27 @@ pub(super) fn validate(sample: &Sample<'_>) -> Result<(), Rejected> {
 }
 
 impl Series {
-    /// Applies a validated sample. `now_ms` stamps gauges without a timestamp.
+    /// Applies a validated sample. `now_ms` stamps gauges without a timestamp; `start`
+    /// is where a cumulative sample's running total began (ignored by other samples).
     #[inline]
     pub(super) fn apply(
         &self,
         sample: &Sample<'_>,
         timestamp_ms: i64,
         now_ms: i64,
+        start: CumulativeStart,
     ) -> Result<(), Refusal> {
         let applied = match (&self.cell, sample) {
             (Cell::Counter(c), Sample::Counter(v, Temporality::Delta)) => c.add(*v),
-            (Cell::Counter(c), Sample::Counter(v, Temporality::Cumulative)) => c.add_cumulative(*v),
+            (Cell::Counter(c), Sample::Counter(v, Temporality::Cumulative)) => {
+                c.add_cumulative_since(*v, start)
+            }
             (Cell::Gauge(g), Sample::Gauge(v)) => g.set(*v, pick_ts(timestamp_ms, now_ms)),
             (Cell::Gauge(g), Sample::GaugeDelta(d)) => g.adjust(*d, pick_ts(timestamp_ms, now_ms)),
             (Cell::Histogram(h), Sample::Observe { value, count }) => h.observe(*value, *count),
             (Cell::Histogram(h), Sample::Histogram(v, Temporality::Delta)) => h.merge(v),
             (Cell::Histogram(h), Sample::Histogram(v, Temporality::Cumulative)) => {
-                h.merge_cumulative(v)
+                h.merge_cumulative_since(v, start)
             }
             (Cell::Summary(s), Sample::Summary(v)) => s.set(v),
             (Cell::Set(s), Sample::SetMember(m)) => s.insert(SET_MEMBER_HASH.hash_one(m)),

@@ -10,6 +10,7 @@ use std::sync::atomic::Ordering;
 
 use foldhash::fast::RandomState;
 
+use crate::cell::CumulativeStart;
 use crate::key::encode_raw;
 use crate::point::{MetricPoint, Sample};
 
@@ -57,11 +58,46 @@ impl Writer {
         sample: Sample<'_>,
         timestamp_ms: i64,
     ) -> Result<(), Rejected> {
+        self.record_since(name, labels, sample, timestamp_ms, 0)
+    }
+
+    /// [`Writer::record`] for a cumulative sample whose source says when its running
+    /// total began: `start_ms`, milliseconds since the Unix epoch (OTLP
+    /// `start_time_unix_nano`, an OpenMetrics `_created` line), 0 when unknown. A
+    /// source that started after the aggregator (see [`Aggregator::starting_at`])
+    /// counts from zero, so its first value is an increase; otherwise the first value
+    /// is a baseline. A start time other than the previous point's is a reset. Delta
+    /// samples and gauges ignore `start_ms`.
+    ///
+    /// # Errors
+    /// As [`Writer::record`].
+    ///
+    /// ```
+    /// use weir_core::{Aggregator, AggregatorConfig, Sample, Temporality};
+    /// let agg = Aggregator::starting_at(AggregatorConfig::default(), 1_000);
+    /// let mut w = agg.writer();
+    /// let total = Sample::Counter(5.0, Temporality::Cumulative);
+    /// w.record_since("jobs_total", &[], total, 0, 2_000).unwrap(); // started after weir
+    /// w.record_since("old_total", &[], total, 0, 500).unwrap(); // started before: a baseline
+    /// assert_eq!(agg.flush().counter_delta_sum(), 5.0);
+    /// ```
+    ///
+    /// [`Aggregator::starting_at`]: super::Aggregator::starting_at
+    #[inline]
+    pub fn record_since(
+        &mut self,
+        name: &str,
+        labels: &[(&str, &str)],
+        sample: Sample<'_>,
+        timestamp_ms: i64,
+        start_ms: i64,
+    ) -> Result<(), Rejected> {
+        let start = self.shared.since(start_ms);
         let mut raw = std::mem::take(&mut self.raw);
         encode_raw(&mut raw, name, labels);
-        let result = match self.record_cached(&raw, sample, timestamp_ms) {
+        let result = match self.apply_cached(&raw, sample, timestamp_ms, start) {
             Ok(true) => Ok(()),
-            Ok(false) => self.record_with_raw(&raw, name, labels, sample, timestamp_ms),
+            Ok(false) => self.resolve_and_cache(&raw, name, labels, sample, timestamp_ms, start),
             Err(e) => Err(e),
         };
         self.raw = raw;
@@ -100,13 +136,25 @@ impl Writer {
         sample: Sample<'_>,
         timestamp_ms: i64,
     ) -> Result<bool, Rejected> {
+        self.apply_cached(raw, sample, timestamp_ms, CumulativeStart::default())
+    }
+
+    /// [`Writer::record_cached`] with a cumulative start.
+    #[inline]
+    fn apply_cached(
+        &mut self,
+        raw: &[u8],
+        sample: Sample<'_>,
+        timestamp_ms: i64,
+        start: CumulativeStart,
+    ) -> Result<bool, Rejected> {
         self.shared.check(&sample)?;
         let Some(series) = self.cache.get(raw) else {
             self.misses += 1;
             return Ok(false);
         };
         let now = self.shared.clock_ms.load(Ordering::Relaxed);
-        match series.apply(&sample, timestamp_ms, now) {
+        match series.apply(&sample, timestamp_ms, now, start) {
             Ok(()) => Ok(true),
             Err(Refusal::Rejected(e)) => self.shared.reject(e),
             Err(Refusal::Sealed) => {
@@ -132,10 +180,25 @@ impl Writer {
         sample: Sample<'_>,
         timestamp_ms: i64,
     ) -> Result<(), Rejected> {
+        let start = CumulativeStart::default();
+        self.resolve_and_cache(raw, name, labels, sample, timestamp_ms, start)
+    }
+
+    /// [`Writer::record_with_raw`] with a cumulative start.
+    fn resolve_and_cache(
+        &mut self,
+        raw: &[u8],
+        name: &str,
+        labels: &[(&str, &str)],
+        sample: Sample<'_>,
+        timestamp_ms: i64,
+        start: CumulativeStart,
+    ) -> Result<(), Rejected> {
         self.shared.check(&sample)?;
+        let scratch = &mut self.scratch;
         let series =
             self.shared
-                .record_slow(name, labels, &sample, timestamp_ms, &mut self.scratch)?;
+                .record_slow(name, labels, &sample, timestamp_ms, start, scratch)?;
         if self.cache.len() >= self.shared.config.writer_cache_capacity {
             let flushes = self.shared.flushes.load(Ordering::Relaxed);
             if flushes == self.cleared_at_flush {
