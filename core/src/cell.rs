@@ -168,6 +168,31 @@ impl Default for CounterCell {
 }
 
 impl CounterCell {
+    /// A counter that goes on from a predecessor's last cumulative input (`None`: it
+    /// had none) and that input's start time (0: unknown), so the next cumulative
+    /// input is a difference to it rather than a new baseline.
+    pub fn resumed(last_cumulative: Option<f64>, last_start_ms: i64) -> Self {
+        let c = CounterCell::default();
+        if let Some(v) = last_cumulative {
+            c.last_cumulative.store(v.to_bits(), Ordering::Relaxed);
+        }
+        c.last_start_ms.store(last_start_ms, Ordering::Relaxed);
+        c
+    }
+
+    /// The last cumulative input (`None`: none yet) and its start time (0: unknown),
+    /// for a successor (see [`CounterCell::resumed`]). Read after [`CounterCell::seal`],
+    /// it may already hold a value whose writer then found the cell sealed and took the
+    /// point to the successor; that point's increase over the previous input is then
+    /// not counted (the same loss as before totals were kept: a point has to race the
+    /// eviction of a series idle for the whole TTL).
+    pub fn last_input(&self) -> (Option<f64>, i64) {
+        // Relaxed: the flusher reads this after sealing; see the doc above.
+        let bits = self.last_cumulative.load(Ordering::Relaxed);
+        let last = (bits != NO_VALUE).then(|| f64::from_bits(bits));
+        (last, self.last_start_ms.load(Ordering::Relaxed))
+    }
+
     /// Adds a delta. The caller has checked that `v` is finite and not negative.
     ///
     /// # Errors
@@ -491,6 +516,32 @@ impl HistogramCell {
             baseline: Atomic::null(),
             last_start_ms: AtomicI64::new(0),
         }
+    }
+
+    /// A histogram that goes on from a predecessor's last cumulative input and its start
+    /// time, as [`CounterCell::resumed`].
+    pub fn resumed(
+        bounds: Arc<[f64]>,
+        last_cumulative: Option<HistogramValue>,
+        last_start_ms: i64,
+    ) -> Self {
+        let h = HistogramCell::new(bounds);
+        if let Some(v) = last_cumulative {
+            // Relaxed: the cell is not shared yet; publishing it publishes this.
+            h.last_cumulative.store(Owned::new(v), Ordering::Relaxed);
+        }
+        h.last_start_ms.store(last_start_ms, Ordering::Relaxed);
+        h
+    }
+
+    /// The last cumulative input and its start time, as [`CounterCell::last_input`].
+    pub fn last_input(&self) -> (Option<HistogramValue>, i64) {
+        let guard = epoch::pin();
+        // Acquire: pairs with the Release swap in `merge_cumulative_since`.
+        let p = self.last_cumulative.load(Ordering::Acquire, &guard);
+        // SAFETY: loaded under `guard`; freed only after the grace period.
+        let last = unsafe { p.as_ref() }.cloned();
+        (last, self.last_start_ms.load(Ordering::Relaxed))
     }
 
     /// The bucket upper bounds.

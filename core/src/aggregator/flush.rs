@@ -10,6 +10,7 @@ use std::sync::atomic::Ordering;
 use crate::flush::{FlushBatch, FlushedSeries, FlushedValue};
 use crate::point::HistogramValue;
 
+use super::kept::{Kept, KeptState};
 use super::series::{Cell, Series, try_retire};
 
 use super::{Aggregator, now_ms};
@@ -32,10 +33,16 @@ pub(super) enum Totals {
 }
 
 impl FlushEntry {
-    pub(super) fn new(series: Arc<Series>, now_ms: i64) -> FlushEntry {
-        let totals = match &series.cell {
-            Cell::Counter(_) => Totals::Counter(0.0),
-            Cell::Histogram(h) => {
+    /// A new series, going on from `kept` totals if it resumed an evicted one.
+    pub(super) fn new(series: Arc<Series>, kept: Option<Kept>, now_ms: i64) -> FlushEntry {
+        let totals = match (&series.cell, kept.map(|k| k.state)) {
+            (Cell::Counter(_), Some(KeptState::Counter { total, .. })) => Totals::Counter(total),
+            (Cell::Counter(_), _) => Totals::Counter(0.0),
+            // The resumed cell has the kept total's bounds (see `Shared::resolve`).
+            (Cell::Histogram(_), Some(KeptState::Histogram { total, .. })) => {
+                Totals::Histogram(total)
+            }
+            (Cell::Histogram(h), _) => {
                 Totals::Histogram(Box::new(HistogramValue::empty(h.bounds().clone())))
             }
             _ => Totals::None,
@@ -46,6 +53,34 @@ impl FlushEntry {
             totals,
             active_at_ms: now_ms,
         }
+    }
+
+    /// What the series leaves for a successor: its start, total and last cumulative
+    /// input. Called after the final (sealing) collection.
+    fn kept(&self) -> Option<Kept> {
+        let state = match (&self.series.cell, &self.totals) {
+            (Cell::Counter(c), Totals::Counter(total)) => {
+                let (last_cumulative, last_start_ms) = c.last_input();
+                KeptState::Counter {
+                    total: *total,
+                    last_cumulative,
+                    last_start_ms,
+                }
+            }
+            (Cell::Histogram(h), Totals::Histogram(total)) => {
+                let (last, last_start_ms) = h.last_input();
+                KeptState::Histogram {
+                    total: total.clone(),
+                    last_cumulative: last.map(Box::new),
+                    last_start_ms,
+                }
+            }
+            _ => return None,
+        };
+        Some(Kept {
+            start_ms: self.series.start_ms,
+            state,
+        })
     }
 
     /// Takes the interval's share out of the cell, sealing it if `evicted` (its last
@@ -131,8 +166,15 @@ impl Aggregator {
         let mut st = sh.flusher.lock().unwrap_or_else(|p| p.into_inner());
         // Relaxed: a coarse stamp for writers; see `Shared::clock_ms`.
         sh.clock_ms.store(now_ms, Ordering::Relaxed);
-        while let Some(s) = sh.created.pop() {
-            st.entries.push(FlushEntry::new(s, now_ms));
+        while let Some((s, kept)) = sh.created.pop() {
+            st.entries.push(FlushEntry::new(s, kept, now_ms));
+        }
+        {
+            let mut table = sh.kept.lock().unwrap_or_else(|p| p.into_inner());
+            if table.len() > 0 {
+                table.expire(now_ms);
+                sh.kept_hint.store(table.len(), Ordering::SeqCst);
+            }
         }
         let mut out = Vec::with_capacity(st.entries.len());
         let ttl_ms = i64::try_from(sh.config.series_ttl.as_millis()).unwrap_or(i64::MAX);
@@ -147,10 +189,26 @@ impl Aggregator {
             }
             let expired = ttl_ms > 0 && now_ms - e.active_at_ms >= ttl_ms;
             if expired && try_retire(&e.series) {
+                // Counters and histograms keep their totals for a successor. The hint
+                // goes up before the removal (SeqCst, pairs with `Shared::resolve`), and
+                // the lock is held until the totals are in the table, so a successor
+                // created after the removal waits for them.
+                let keeps = matches!(e.totals, Totals::Counter(_) | Totals::Histogram(_));
+                let mut table = keeps.then(|| {
+                    sh.kept_hint.fetch_add(1, Ordering::SeqCst);
+                    sh.kept.lock().unwrap_or_else(|p| p.into_inner())
+                });
                 // Out of the index first, so writers that find the cell sealed resolve
                 // to a successor rather than to this series again.
                 index.remove(e.series.key.as_bytes());
                 out.extend(e.collect(true, now_ms));
+                if let (Some(t), Some(k)) = (table.as_mut(), e.kept()) {
+                    let dropped = t.insert(e.series.key.clone(), k, now_ms);
+                    sh.kept_dropped.fetch_add(dropped, Ordering::Relaxed);
+                }
+                if let Some(t) = table {
+                    sh.kept_hint.store(t.len(), Ordering::SeqCst);
+                }
                 let e = st.entries.swap_remove(i);
                 e.series.family.active.fetch_sub(1, Ordering::AcqRel);
                 sh.active.fetch_sub(1, Ordering::AcqRel);

@@ -16,6 +16,7 @@ use crate::key::SeriesKey;
 use crate::point::Sample;
 
 use super::flush::FlusherState;
+use super::kept::{Kept, KeptState, KeptTable};
 use super::series::{Cell, CellKind, Family, Refusal, SEALED_RETRIES, Series, validate};
 use super::{AggregatorConfig, REASONS, Rejected, now_ms};
 
@@ -56,7 +57,16 @@ pub(super) struct Shared {
     /// Per metric name: points refused by the per-metric limit (bounded, see config).
     pub(super) limit_drops: papaya::HashMap<Box<str>, AtomicU64, RandomState>,
     /// Series created but not yet seen by the flusher.
-    pub(super) created: SegQueue<Arc<Series>>,
+    /// With the totals it resumed, if any (see `kept`).
+    pub(super) created: SegQueue<(Arc<Series>, Option<Kept>)>,
+    /// Totals of evicted counters and histograms (see `kept`). Locked only by the
+    /// creation of a counter or histogram while `kept_hint` is above 0, and by eviction.
+    pub(super) kept: Mutex<KeptTable>,
+    /// Entries in `kept` plus evictions in progress: 0 lets creators skip the lock.
+    /// SeqCst: see `resolve` and the eviction in `flush_at`.
+    pub(super) kept_hint: AtomicUsize,
+    /// Kept totals dropped because the table was full. Relaxed: a statistic.
+    pub(super) kept_dropped: AtomicU64,
     /// Series held (the global ceiling counts these). AcqRel RMWs; see `admit`.
     pub(super) active: AtomicUsize,
     /// The aggregator clock: the latest flush time (or creation time), ms. Relaxed: a
@@ -113,16 +123,61 @@ impl Shared {
             if let Some((s, ())) = index.get_key_value(canonical) {
                 return Ok(s.0.clone());
             }
+            // Counters and histograms may resume an evicted predecessor's totals (see
+            // `kept`). SeqCst: pairs with the flusher's SeqCst increment made before it
+            // removes a series from the index; a creator that saw the removal sees the
+            // increment and takes the lock.
+            let resumable = matches!(cell_kind, CellKind::Counter | CellKind::Histogram);
+            let mut table = (resumable && self.kept_hint.load(Ordering::SeqCst) > 0)
+                .then(|| self.kept.lock().unwrap_or_else(|p| p.into_inner()));
+            if table.is_some()
+                && let Some((s, ())) = index.get_key_value(canonical)
+            {
+                return Ok(s.0.clone());
+            }
             let family = self.admit(name)?;
+            let kept = table.as_mut().and_then(|t| {
+                let k = t.take(canonical);
+                self.kept_hint.store(t.len(), Ordering::SeqCst);
+                k
+            });
             let now = self.clock_ms.load(Ordering::Relaxed);
-            let cell = match cell_kind {
-                CellKind::Counter => Cell::Counter(CounterCell::default()),
-                CellKind::Gauge => Cell::Gauge(GaugeCell::default()),
-                CellKind::Histogram => Cell::Histogram(Box::new(HistogramCell::new(
+            let cell = match (cell_kind, &kept) {
+                (
+                    CellKind::Counter,
+                    Some(Kept {
+                        state:
+                            KeptState::Counter {
+                                last_cumulative,
+                                last_start_ms,
+                                ..
+                            },
+                        ..
+                    }),
+                ) => Cell::Counter(CounterCell::resumed(*last_cumulative, *last_start_ms)),
+                (CellKind::Counter, _) => Cell::Counter(CounterCell::default()),
+                (
+                    CellKind::Histogram,
+                    Some(Kept {
+                        state:
+                            KeptState::Histogram {
+                                total,
+                                last_cumulative,
+                                last_start_ms,
+                            },
+                        ..
+                    }),
+                ) => Cell::Histogram(Box::new(HistogramCell::resumed(
+                    total.bounds.clone(),
+                    last_cumulative.as_deref().cloned(),
+                    *last_start_ms,
+                ))),
+                (CellKind::Histogram, _) => Cell::Histogram(Box::new(HistogramCell::new(
                     bounds.unwrap_or(&self.config.histogram_bounds).clone(),
                 ))),
-                CellKind::Summary => Cell::Summary(SummaryCell::default()),
-                CellKind::Set => Cell::Set(Box::default()),
+                (CellKind::Gauge, _) => Cell::Gauge(GaugeCell::default()),
+                (CellKind::Summary, _) => Cell::Summary(SummaryCell::default()),
+                (CellKind::Set, _) => Cell::Set(Box::default()),
             };
             let key = SeriesKey::from_canonical(canonical);
             let series = Arc::new(Series {
@@ -130,7 +185,9 @@ impl Shared {
                 key,
                 // The later of the wall clock and the aggregator clock: tests that
                 // drive the clock ahead of the wall still see starts move forward.
-                start_ms: now_ms().max(now),
+                start_ms: kept
+                    .as_ref()
+                    .map_or_else(|| now_ms().max(now), |k| k.start_ms),
                 family,
                 touched_ms: AtomicI64::new(now),
                 handles: AtomicU32::new(0),
@@ -138,12 +195,18 @@ impl Shared {
             });
             if index.try_insert(Indexed(series.clone()), ()).is_ok() {
                 self.created_total.fetch_add(1, Ordering::Relaxed);
-                self.created.push(series.clone());
+                self.created.push((series.clone(), kept));
                 return Ok(series);
             }
-            // Lost the race to another creator: give back our admission and use theirs.
+            // Lost the race to another creator (one that did not need the table): give
+            // back our admission and the totals, and use theirs.
             series.family.active.fetch_sub(1, Ordering::AcqRel);
             self.active.fetch_sub(1, Ordering::AcqRel);
+            if let (Some(t), Some(k)) = (table.as_mut(), kept) {
+                self.kept_dropped
+                    .fetch_add(t.insert(series.key.clone(), k, now), Ordering::Relaxed);
+                self.kept_hint.store(t.len(), Ordering::SeqCst);
+            }
         }
         self.reject(Rejected::EvictedDuringUpdate)
     }

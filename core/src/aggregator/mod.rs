@@ -53,6 +53,7 @@
 mod flush;
 mod handle;
 mod index;
+mod kept;
 mod series;
 mod writer;
 
@@ -70,6 +71,7 @@ use crate::point::{DEFAULT_BUCKETS, MetricKind, Sample};
 
 use flush::FlusherState;
 use index::{Scratch, Shared};
+use kept::KeptTable;
 use series::{CellKind, RETIRED, SEALED_RETRIES, kind_of};
 
 pub use handle::SeriesHandle;
@@ -96,6 +98,20 @@ pub struct AggregatorConfig {
     /// Bucket bounds for series created by single observations ([`Sample::Observe`]).
     /// Default: the Prometheus client defaults ([`DEFAULT_BUCKETS`]).
     pub histogram_bounds: Arc<[f64]>,
+    /// Most evicted counter and histogram series whose running totals are kept, so that
+    /// a series that comes back after `series_ttl` resumes its total and start time
+    /// instead of restarting at 0 (which a cumulative backend cannot tell from a value
+    /// it has already seen). When full, the oldest entry is dropped and counted
+    /// ([`AggregatorStats::kept_totals_dropped`]); such a series restarts at 0 with a new
+    /// start time. About 120 bytes plus the key per counter (see the `kept` module);
+    /// 0 keeps nothing. Default 100,000 (~20 MB with 80-byte keys).
+    pub kept_totals_capacity: usize,
+    /// How long a kept total waits for its series to come back before it is forgotten.
+    /// Default 24 hours: longer than the look-back of nearly every dashboard and
+    /// recording rule (`increase(x[1d])` at most), so a daily job's counter keeps
+    /// counting, while series gone for good (a replaced pod) free their slot within a
+    /// day rather than only when the table is full.
+    pub kept_totals_ttl: Duration,
 }
 
 /// Most histogram bucket bounds accepted by [`AggregatorConfig::validate`].
@@ -169,6 +185,8 @@ impl Default for AggregatorConfig {
             writer_cache_capacity: 65_536,
             max_tracked_metric_names: 1_000,
             histogram_bounds: Arc::from(&DEFAULT_BUCKETS[..]),
+            kept_totals_capacity: 100_000,
+            kept_totals_ttl: Duration::from_secs(24 * 3600),
         }
     }
 }
@@ -256,6 +274,12 @@ pub struct AggregatorStats {
     pub writer_cache_evictions: u64,
     /// Flushes since start.
     pub flushes: u64,
+    /// Evicted series whose running totals are kept for their return (see
+    /// [`AggregatorConfig::kept_totals_capacity`]).
+    pub kept_totals: usize,
+    /// Kept totals dropped because the table was full, since start: each such series,
+    /// if it comes back, restarts at 0 with a new start time.
+    pub kept_totals_dropped: u64,
 }
 
 impl AggregatorStats {
@@ -311,6 +335,10 @@ impl Aggregator {
     /// starts there too. Tests pass their own time.
     pub fn starting_at(config: AggregatorConfig, started_ms: i64) -> Aggregator {
         let now = started_ms;
+        let kept = KeptTable::new(
+            config.kept_totals_capacity,
+            i64::try_from(config.kept_totals_ttl.as_millis()).unwrap_or(i64::MAX),
+        );
         Aggregator {
             shared: Arc::new(Shared {
                 config,
@@ -319,6 +347,9 @@ impl Aggregator {
                 families: papaya::HashMap::with_hasher(RandomState::default()),
                 limit_drops: papaya::HashMap::with_hasher(RandomState::default()),
                 created: SegQueue::new(),
+                kept: Mutex::new(kept),
+                kept_hint: AtomicUsize::new(0),
+                kept_dropped: AtomicU64::new(0),
                 active: AtomicUsize::new(0),
                 clock_ms: AtomicI64::new(now),
                 rejected: Default::default(),
@@ -445,6 +476,8 @@ impl Aggregator {
             created_series: sh.created_total.load(Ordering::Relaxed),
             writer_cache_evictions: sh.cache_evictions.load(Ordering::Relaxed),
             flushes: sh.flushes.load(Ordering::Relaxed),
+            kept_totals: sh.kept.lock().map_or(0, |t| t.len()),
+            kept_totals_dropped: sh.kept_dropped.load(Ordering::Relaxed),
         }
     }
 
