@@ -386,6 +386,18 @@ pub fn self_metrics(state: &AdminState) -> String {
         &one(stats.evicted_series as f64),
     );
     metric(
+        "weir_kept_totals",
+        "gauge",
+        "Evicted counters and histograms whose running totals are kept for their return.",
+        &one(stats.kept_totals as f64),
+    );
+    metric(
+        "weir_kept_totals_dropped_total",
+        "counter",
+        "Kept totals dropped because aggregation.kept_totals_capacity was reached; such a series restarts at 0 with a new start time.",
+        &one(stats.kept_totals_dropped as f64),
+    );
+    metric(
         "weir_rejected_total",
         "counter",
         "Points the aggregator refused, by reason.",
