@@ -120,6 +120,12 @@ pub struct AggregationConfig {
     /// Histogram bucket upper bounds for series built from single observations.
     /// Default: the Prometheus client defaults.
     pub histogram_buckets: Vec<f64>,
+    /// Most evicted counters and histograms whose running totals are kept for their
+    /// return; 0 keeps none. Default 100,000.
+    pub kept_totals_capacity: usize,
+    /// How long a kept total waits for its series to come back. Default 24 h.
+    #[serde(with = "humantime_serde")]
+    pub kept_totals_ttl: Duration,
 }
 
 impl Default for AggregationConfig {
@@ -133,6 +139,8 @@ impl Default for AggregationConfig {
             writer_cache_capacity: core.writer_cache_capacity,
             max_tracked_metric_names: core.max_tracked_metric_names,
             histogram_buckets: core.histogram_bounds.to_vec(),
+            kept_totals_capacity: core.kept_totals_capacity,
+            kept_totals_ttl: core.kept_totals_ttl,
         }
     }
 }
@@ -669,6 +677,8 @@ impl Config {
             writer_cache_capacity: a.writer_cache_capacity,
             max_tracked_metric_names: a.max_tracked_metric_names,
             histogram_bounds: Arc::from(&a.histogram_buckets[..]),
+            kept_totals_capacity: a.kept_totals_capacity,
+            kept_totals_ttl: a.kept_totals_ttl,
         }
     }
 }

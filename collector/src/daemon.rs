@@ -119,6 +119,18 @@ impl StageMetrics for AggregationMetrics {
             "Series evicted after series_ttl without updates.",
             stats.evicted_series as f64,
         );
+        page.single(
+            "weir_kept_totals",
+            Kind::Gauge,
+            "Evicted counters and histograms whose running totals are kept for their return.",
+            stats.kept_totals as f64,
+        );
+        page.single(
+            "weir_kept_totals_dropped_total",
+            Kind::Counter,
+            "Kept totals dropped because aggregation.kept_totals_capacity was reached; such a series restarts at 0 with a new start time.",
+            stats.kept_totals_dropped as f64,
+        );
         page.family(
             "weir_rejected_total",
             Kind::Counter,

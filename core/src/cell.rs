@@ -13,7 +13,10 @@
 //!   add is ordered entirely before or after the swap: it lands in exactly one
 //!   collection. Cumulative inputs `swap` the last seen value in and add the difference
 //!   (or, after a reset, the new value) as a delta; the first one becomes the
-//!   *baseline*, which moves the running total but is not a delta.
+//!   *baseline*, which moves the running total but is not a delta, unless the source
+//!   says it started after the aggregator ([`CumulativeStart`]): then all of it
+//!   happened in weir's watch and it is a delta too. A change of the source's start
+//!   time is a reset, like a decrease.
 //! - **Gauge**: the value is set with a CAS (so a seal is noticed and kept) and the
 //!   timestamp stored; relative adjustments are a CAS loop on the value.
 //! - **Histogram**: several words change per observation, so a swap per word would let
@@ -127,6 +130,29 @@ pub struct CounterCell {
     last_cumulative: AtomicU64,
     /// Pending baseline from the first cumulative input, f64 bits.
     baseline: AtomicU64,
+    /// Start time of the last cumulative input, ms since the Unix epoch; 0 when unknown.
+    /// Relaxed: compared with the next input's start only, like `last_cumulative`.
+    last_start_ms: AtomicI64,
+}
+
+/// What a cumulative input says about where its running total began.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct CumulativeStart {
+    /// The source's start time (OTLP `start_time_unix_nano`, an OpenMetrics `_created`
+    /// line), milliseconds since the Unix epoch; 0 when unknown.
+    pub start_ms: i64,
+    /// The source started after the aggregator did, so everything its first value
+    /// counts happened while weir was watching: the first value is an increase, not a
+    /// baseline (the OpenTelemetry Collector's cumulative-to-delta "auto" rule).
+    pub counts_from_zero: bool,
+}
+
+impl CumulativeStart {
+    /// True if `self` names a start and `prev`, a known earlier one, differs: the
+    /// source restarted.
+    fn restarted_since(self, prev_start_ms: i64) -> bool {
+        self.start_ms != 0 && prev_start_ms != 0 && self.start_ms != prev_start_ms
+    }
 }
 
 impl Default for CounterCell {
@@ -136,11 +162,37 @@ impl Default for CounterCell {
             delta_float: AtomicU64::new(0f64.to_bits()),
             last_cumulative: AtomicU64::new(NO_VALUE),
             baseline: AtomicU64::new(0f64.to_bits()),
+            last_start_ms: AtomicI64::new(0),
         }
     }
 }
 
 impl CounterCell {
+    /// A counter that goes on from a predecessor's last cumulative input (`None`: it
+    /// had none) and that input's start time (0: unknown), so the next cumulative
+    /// input is a difference to it rather than a new baseline.
+    pub fn resumed(last_cumulative: Option<f64>, last_start_ms: i64) -> Self {
+        let c = CounterCell::default();
+        if let Some(v) = last_cumulative {
+            c.last_cumulative.store(v.to_bits(), Ordering::Relaxed);
+        }
+        c.last_start_ms.store(last_start_ms, Ordering::Relaxed);
+        c
+    }
+
+    /// The last cumulative input (`None`: none yet) and its start time (0: unknown),
+    /// for a successor (see [`CounterCell::resumed`]). Read after [`CounterCell::seal`],
+    /// it may already hold a value whose writer then found the cell sealed and took the
+    /// point to the successor; that point's increase over the previous input is then
+    /// not counted (the same loss as before totals were kept: a point has to race the
+    /// eviction of a series idle for the whole TTL).
+    pub fn last_input(&self) -> (Option<f64>, i64) {
+        // Relaxed: the flusher reads this after sealing; see the doc above.
+        let bits = self.last_cumulative.load(Ordering::Relaxed);
+        let last = (bits != NO_VALUE).then(|| f64::from_bits(bits));
+        (last, self.last_start_ms.load(Ordering::Relaxed))
+    }
+
     /// Adds a delta. The caller has checked that `v` is finite and not negative.
     ///
     /// # Errors
@@ -174,22 +226,42 @@ impl CounterCell {
         }
     }
 
-    /// Applies a cumulative value: the increase since the previous one becomes a delta;
-    /// a decrease means the source restarted and the whole new value is the delta; the
-    /// first value is the baseline. The caller has checked that `v` is finite and not
-    /// negative.
+    /// Applies a cumulative value of unknown start (see
+    /// [`CounterCell::add_cumulative_since`]).
     ///
     /// # Errors
     /// [`Sealed`] if the cell was sealed; nothing was recorded.
     pub fn add_cumulative(&self, v: f64) -> Result<(), Sealed> {
+        self.add_cumulative_since(v, CumulativeStart::default())
+    }
+
+    /// Applies a cumulative value: the increase since the previous one becomes a delta;
+    /// a decrease, or a start time other than the previous input's, means the source
+    /// restarted and the whole new value is the delta. The first value is the
+    /// baseline, unless `start.counts_from_zero`, when it is a delta too. The caller
+    /// has checked that `v` is finite and not negative.
+    ///
+    /// # Errors
+    /// [`Sealed`] if the cell was sealed; nothing was recorded.
+    pub fn add_cumulative_since(&self, v: f64, start: CumulativeStart) -> Result<(), Sealed> {
         // Relaxed: each cumulative value is consumed by exactly one swap, whatever the
-        // order; the resulting delta goes through a word that detects a seal.
+        // order; the resulting delta goes through a word that detects a seal. Two
+        // sources racing on one series are ambiguous whatever the ordering.
+        let prev_start = if start.start_ms == 0 {
+            0
+        } else {
+            self.last_start_ms.swap(start.start_ms, Ordering::Relaxed)
+        };
         let prev = self.last_cumulative.swap(v.to_bits(), Ordering::Relaxed);
         if prev == NO_VALUE {
+            if start.counts_from_zero {
+                return self.add(v);
+            }
             return f64_add_unsealed(&self.baseline, v);
         }
         let prev = f64::from_bits(prev);
-        self.add(if v >= prev { v - prev } else { v })
+        let reset = v < prev || start.restarted_since(prev_start);
+        self.add(if reset { v } else { v - prev })
     }
 
     /// Takes the pending delta and baseline, leaving zero.
@@ -427,6 +499,9 @@ pub struct HistogramCell {
     /// Pending baseline from the first cumulative input, taken by the collector. A null
     /// pointer tagged 1 means sealed.
     baseline: Atomic<HistogramValue>,
+    /// Start time of the last cumulative input, as in [`CounterCell`]. Relaxed: see
+    /// there.
+    last_start_ms: AtomicI64,
 }
 
 impl HistogramCell {
@@ -439,7 +514,34 @@ impl HistogramCell {
             halves: [HistogramHalf::new(n), HistogramHalf::new(n)],
             last_cumulative: Atomic::null(),
             baseline: Atomic::null(),
+            last_start_ms: AtomicI64::new(0),
         }
+    }
+
+    /// A histogram that goes on from a predecessor's last cumulative input and its start
+    /// time, as [`CounterCell::resumed`].
+    pub fn resumed(
+        bounds: Arc<[f64]>,
+        last_cumulative: Option<HistogramValue>,
+        last_start_ms: i64,
+    ) -> Self {
+        let h = HistogramCell::new(bounds);
+        if let Some(v) = last_cumulative {
+            // Relaxed: the cell is not shared yet; publishing it publishes this.
+            h.last_cumulative.store(Owned::new(v), Ordering::Relaxed);
+        }
+        h.last_start_ms.store(last_start_ms, Ordering::Relaxed);
+        h
+    }
+
+    /// The last cumulative input and its start time, as [`CounterCell::last_input`].
+    pub fn last_input(&self) -> (Option<HistogramValue>, i64) {
+        let guard = epoch::pin();
+        // Acquire: pairs with the Release swap in `merge_cumulative_since`.
+        let p = self.last_cumulative.load(Ordering::Acquire, &guard);
+        // SAFETY: loaded under `guard`; freed only after the grace period.
+        let last = unsafe { p.as_ref() }.cloned();
+        (last, self.last_start_ms.load(Ordering::Relaxed))
     }
 
     /// The bucket upper bounds.
@@ -502,16 +604,37 @@ impl HistogramCell {
         })
     }
 
-    /// Applies a cumulative histogram: the difference to the previous one is merged as
-    /// a delta; a reset (count or any bucket lower than before, or other bounds) merges
-    /// the whole value; the first one becomes the baseline.
+    /// Applies a cumulative histogram of unknown start (see
+    /// [`HistogramCell::merge_cumulative_since`]).
     ///
     /// # Errors
     /// [`Sealed`] if the cell was sealed; nothing was recorded.
     pub fn merge_cumulative(&self, value: &HistogramValue) -> Result<(), Sealed> {
+        self.merge_cumulative_since(value, CumulativeStart::default())
+    }
+
+    /// Applies a cumulative histogram: the difference to the previous one is merged as
+    /// a delta; a reset (count or any bucket lower than before, other bounds, or a
+    /// start time other than the previous input's) merges the whole value; the first
+    /// one becomes the baseline, unless `start.counts_from_zero`, when it is merged
+    /// as a delta.
+    ///
+    /// # Errors
+    /// [`Sealed`] if the cell was sealed; nothing was recorded.
+    pub fn merge_cumulative_since(
+        &self,
+        value: &HistogramValue,
+        start: CumulativeStart,
+    ) -> Result<(), Sealed> {
         if self.hot_cold.is_sealed() {
             return Err(Sealed);
         }
+        // Relaxed: as in `CounterCell::add_cumulative_since`.
+        let prev_start = if start.start_ms == 0 {
+            0
+        } else {
+            self.last_start_ms.swap(start.start_ms, Ordering::Relaxed)
+        };
         let guard = epoch::pin();
         // AcqRel: the Release half publishes the new value's contents; the Acquire half
         // lets us read the previous one, published the same way.
@@ -521,6 +644,9 @@ impl HistogramCell {
         // SAFETY: `prev` was loaded under `guard` and is destroyed only through
         // `defer_destroy` below, after every thread pinned now has unpinned.
         let Some(p) = (unsafe { prev.as_ref() }) else {
+            if start.counts_from_zero {
+                return self.merge(value);
+            }
             // Sealed after our check: the final share is taken and this value belongs
             // to the successor.
             let old = swap_unless_sealed(&self.baseline, Owned::new(value.clone()), &guard)?;
@@ -536,7 +662,8 @@ impl HistogramCell {
             unsafe { guard.defer_destroy(old) };
             return merged;
         };
-        let reset = p.bounds != value.bounds
+        let reset = start.restarted_since(prev_start)
+            || p.bounds != value.bounds
             || value.count < p.count
             || p.counts.iter().zip(&value.counts).any(|(a, b)| b < a);
         let merged = if reset {

@@ -585,7 +585,7 @@ fn idle_series_are_evicted_after_the_ttl_with_a_final_entry() {
     );
     // The writer still caches the evicted series: its next point finds the cell sealed
     // and goes to a successor.
-    // The same key comes back as a new series with fresh totals.
+    // The same key comes back as a new series that resumes the kept total.
     w.record("idle_total", &[], Sample::Counter(2.0, DELTA), 0)
         .unwrap();
     let b = agg.flush_at(t0 + 200 * MINUTE);
@@ -593,7 +593,7 @@ fn idle_series_are_evicted_after_the_ttl_with_a_final_entry() {
         value_of(&b, &key("idle_total", &[])),
         FlushedValue::Counter {
             delta: 2.0,
-            total: 2.0
+            total: 3.0
         }
     );
     assert!(agg.top_metrics(10).iter().all(|(_, n)| *n == 1));
@@ -739,7 +739,7 @@ fn raw_identity_path_hits_misses_and_follows_evictions() {
         value_of(&b, &key("jobs_done", &labels)),
         FlushedValue::Counter {
             delta: 2.0,
-            total: 2.0
+            total: 4.0 // the successor resumes the evicted series' total
         }
     );
 }

@@ -7,7 +7,7 @@
 //! # Mapping
 //! | OTLP | weir |
 //! |---|---|
-//! | Sum, monotonic, delta / cumulative | counter, delta / cumulative (resets detected) |
+//! | Sum, monotonic, delta / cumulative | counter, delta / cumulative (resets detected, start time below) |
 //! | Sum, not monotonic, delta / cumulative | gauge adjustment / gauge |
 //! | Gauge | gauge |
 //! | Histogram (explicit bounds), delta / cumulative | histogram, delta / cumulative |
@@ -21,6 +21,14 @@
 //! `service.instance.id` becomes `instance`; other resource and scope attributes are
 //! not labels. A data point's own attributes win over these. Points flagged "no
 //! recorded value" are skipped (not counted as refused).
+//!
+//! # Start times of cumulative points
+//! A cumulative Sum or histogram point's `start_time_unix_nano` goes to the aggregator
+//! with the point ([`Writer::record_since`]): a stream that started after weir did
+//! counts from zero (its first value is an increase, as the OpenTelemetry Collector's
+//! cumulative-to-delta processor does with `initial_value: auto`), one that started
+//! earlier or has no start time gives a baseline first, and a start time that changes
+//! is a reset.
 //!
 //! # Exponential histograms
 //! A point of scale `s` has base `b = 2^(2^-s)`; positive bucket `i` holds
@@ -260,7 +268,7 @@ impl Target<'_> {
         &mut self,
         attrs: &[KeyValue],
         flags: u32,
-        time_unix_nano: u64,
+        (start_unix_nano, time_unix_nano): (u64, u64),
         sample: Option<Sample<'_>>,
     ) {
         if no_value(flags) {
@@ -275,9 +283,10 @@ impl Target<'_> {
             .iter()
             .map(|(k, v)| (k.as_str(), v.as_str()))
             .collect();
+        let (start, time) = (ms(start_unix_nano), ms(time_unix_nano));
         match self
             .writer
-            .record(self.name, &view, sample, ms(time_unix_nano))
+            .record_since(self.name, &view, sample, time, start)
         {
             Ok(()) => self.report.accepted += 1,
             Err(_) => self.report.rejected += 1,
@@ -348,13 +357,23 @@ fn apply_metric(
                     (false, Temporality::Delta) => Sample::GaugeDelta(v),
                     (false, Temporality::Cumulative) => Sample::Gauge(v),
                 });
-                to.point(&p.attributes, p.flags, p.time_unix_nano, sample);
+                to.point(
+                    &p.attributes,
+                    p.flags,
+                    (p.start_time_unix_nano, p.time_unix_nano),
+                    sample,
+                );
             }
         }
         Some(Data::Gauge(g)) => {
             for p in &g.data_points {
                 let sample = number(p).map(Sample::Gauge);
-                to.point(&p.attributes, p.flags, p.time_unix_nano, sample);
+                to.point(
+                    &p.attributes,
+                    p.flags,
+                    (p.start_time_unix_nano, p.time_unix_nano),
+                    sample,
+                );
             }
         }
         Some(Data::Histogram(h)) => {
@@ -364,7 +383,12 @@ fn apply_metric(
             for p in &h.data_points {
                 let value = explicit(p);
                 let sample = value.as_ref().map(|v| Sample::Histogram(v, t));
-                to.point(&p.attributes, p.flags, p.time_unix_nano, sample);
+                to.point(
+                    &p.attributes,
+                    p.flags,
+                    (p.start_time_unix_nano, p.time_unix_nano),
+                    sample,
+                );
             }
         }
         Some(Data::ExponentialHistogram(e)) => {
@@ -374,7 +398,12 @@ fn apply_metric(
             for p in &e.data_points {
                 let value = exponential_to_explicit(p).filter(HistogramValue::is_well_formed);
                 let sample = value.as_ref().map(|v| Sample::Histogram(v, t));
-                to.point(&p.attributes, p.flags, p.time_unix_nano, sample);
+                to.point(
+                    &p.attributes,
+                    p.flags,
+                    (p.start_time_unix_nano, p.time_unix_nano),
+                    sample,
+                );
             }
         }
         Some(Data::Summary(s)) => {
@@ -383,7 +412,7 @@ fn apply_metric(
                 to.point(
                     &p.attributes,
                     p.flags,
-                    p.time_unix_nano,
+                    (p.start_time_unix_nano, p.time_unix_nano),
                     Some(Sample::Summary(&value)),
                 );
             }
@@ -577,6 +606,93 @@ mod tests {
             panic!()
         };
         assert_eq!((delta.counts.clone(), delta.count), (vec![1, 2], 3));
+    }
+
+    fn cumulative_sum(v: f64, start_ms: u64) -> Metric {
+        metric(
+            "jobs",
+            Data::Sum(Sum {
+                data_points: vec![NumberDataPoint {
+                    start_time_unix_nano: start_ms * 1_000_000,
+                    ..num(v, vec![])
+                }],
+                aggregation_temporality: AggregationTemporality::Cumulative as i32,
+                is_monotonic: true,
+            }),
+        )
+    }
+
+    /// Delta and total of the one counter in a flush.
+    fn counter(agg: &Aggregator) -> (f64, f64) {
+        match agg.flush().series.first().map(|s| s.value.clone()) {
+            Some(FlushedValue::Counter { delta, total }) => (delta, total),
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn a_cumulative_stream_that_started_after_weir_counts_its_first_value() {
+        let agg = Aggregator::starting_at(Default::default(), 1_000_000);
+        let mut w = agg.writer();
+        apply_export(&request(vec![cumulative_sum(7.0, 1_000_500)]), &mut w);
+        assert_eq!(counter(&agg), (7.0, 7.0));
+        apply_export(&request(vec![cumulative_sum(10.0, 1_000_500)]), &mut w);
+        assert_eq!(counter(&agg), (3.0, 10.0));
+    }
+
+    #[test]
+    fn a_cumulative_stream_older_than_weir_or_without_start_gives_a_baseline() {
+        for start_ms in [999_000, 0] {
+            let agg = Aggregator::starting_at(Default::default(), 1_000_000);
+            let mut w = agg.writer();
+            apply_export(&request(vec![cumulative_sum(7.0, start_ms)]), &mut w);
+            assert_eq!(counter(&agg), (0.0, 7.0), "start {start_ms}");
+            apply_export(&request(vec![cumulative_sum(10.0, start_ms)]), &mut w);
+            assert_eq!(counter(&agg), (3.0, 10.0), "start {start_ms}");
+        }
+    }
+
+    #[test]
+    fn a_new_start_time_is_a_reset_even_when_the_value_grew() {
+        let agg = Aggregator::starting_at(Default::default(), 1_000_000);
+        let mut w = agg.writer();
+        apply_export(&request(vec![cumulative_sum(7.0, 999_000)]), &mut w);
+        assert_eq!(counter(&agg), (0.0, 7.0));
+        // The source restarted at 1_002_000 and has counted 9 since.
+        apply_export(&request(vec![cumulative_sum(9.0, 1_002_000)]), &mut w);
+        assert_eq!(counter(&agg), (9.0, 16.0));
+    }
+
+    #[test]
+    fn a_cumulative_histogram_that_started_after_weir_counts_its_first_value() {
+        let hist = |start_ms: u64| {
+            metric(
+                "lat",
+                Data::Histogram(Histogram {
+                    data_points: vec![HistogramDataPoint {
+                        start_time_unix_nano: start_ms * 1_000_000,
+                        count: 3,
+                        sum: Some(1.5),
+                        bucket_counts: vec![1, 2],
+                        explicit_bounds: vec![0.5],
+                        ..Default::default()
+                    }],
+                    aggregation_temporality: AggregationTemporality::Cumulative as i32,
+                }),
+            )
+        };
+        for (start_ms, want) in [(1_000_001, 3), (999_999, 0), (0, 0)] {
+            let agg = Aggregator::starting_at(Default::default(), 1_000_000);
+            let mut w = agg.writer();
+            apply_export(&request(vec![hist(start_ms)]), &mut w);
+            let b = agg.flush();
+            let Some(FlushedValue::Histogram { delta, total }) =
+                b.series.first().map(|s| s.value.clone())
+            else {
+                panic!()
+            };
+            assert_eq!((delta.count, total.count), (want, 3), "start {start_ms}");
+        }
     }
 
     #[test]

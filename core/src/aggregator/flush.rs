@@ -1,0 +1,238 @@
+//! The flush walk: every series' share since the previous flush, TTL eviction, and the
+//! running totals that only the flusher touches.
+//!
+//! Owns: [`Aggregator::flush_at`] and the flusher's list of series. Must never: take
+//! one update into two flushes or into none, or retire a series a handle holds.
+
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+
+use crate::flush::{FlushBatch, FlushedSeries, FlushedValue};
+use crate::point::HistogramValue;
+
+use super::kept::{Kept, KeptState};
+use super::series::{Cell, Series, try_retire};
+
+use super::{Aggregator, now_ms};
+
+/// A series as the flusher holds it, with the running totals only it touches.
+pub(super) struct FlushEntry {
+    pub(super) series: Arc<Series>,
+    pub(super) totals: Totals,
+    /// `touched_ms` as seen by the previous flush; a change means activity.
+    pub(super) seen_touched_ms: i64,
+    /// Flush time at which activity was last noticed.
+    pub(super) active_at_ms: i64,
+}
+
+/// Boxed histogram so that counter and gauge entries stay small.
+pub(super) enum Totals {
+    Counter(f64),
+    Histogram(Box<HistogramValue>),
+    None,
+}
+
+impl FlushEntry {
+    /// A new series, going on from `kept` totals if it resumed an evicted one.
+    pub(super) fn new(series: Arc<Series>, kept: Option<Kept>, now_ms: i64) -> FlushEntry {
+        let totals = match (&series.cell, kept.map(|k| k.state)) {
+            (Cell::Counter(_), Some(KeptState::Counter { total, .. })) => Totals::Counter(total),
+            (Cell::Counter(_), _) => Totals::Counter(0.0),
+            // The resumed cell has the kept total's bounds (see `Shared::resolve`).
+            (Cell::Histogram(_), Some(KeptState::Histogram { total, .. })) => {
+                Totals::Histogram(total)
+            }
+            (Cell::Histogram(h), _) => {
+                Totals::Histogram(Box::new(HistogramValue::empty(h.bounds().clone())))
+            }
+            _ => Totals::None,
+        };
+        FlushEntry {
+            seen_touched_ms: series.touched_ms.load(Ordering::Relaxed),
+            series,
+            totals,
+            active_at_ms: now_ms,
+        }
+    }
+
+    /// What the series leaves for a successor: its start, total and last cumulative
+    /// input. Called after the final (sealing) collection.
+    fn kept(&self) -> Option<Kept> {
+        let state = match (&self.series.cell, &self.totals) {
+            (Cell::Counter(c), Totals::Counter(total)) => {
+                let (last_cumulative, last_start_ms) = c.last_input();
+                KeptState::Counter {
+                    total: *total,
+                    last_cumulative,
+                    last_start_ms,
+                }
+            }
+            (Cell::Histogram(h), Totals::Histogram(total)) => {
+                let (last, last_start_ms) = h.last_input();
+                KeptState::Histogram {
+                    total: total.clone(),
+                    last_cumulative: last.map(Box::new),
+                    last_start_ms,
+                }
+            }
+            _ => return None,
+        };
+        Some(Kept {
+            start_ms: self.series.start_ms,
+            state,
+        })
+    }
+
+    /// Takes the interval's share out of the cell, sealing it if `evicted` (its last
+    /// share); `None` for a summary never set. `now_ms` stamps set counts.
+    pub(super) fn collect(&mut self, evicted: bool, now_ms: i64) -> Option<FlushedSeries> {
+        let value = match (&self.series.cell, &mut self.totals) {
+            (Cell::Counter(c), Totals::Counter(total)) => {
+                let take = if evicted { c.seal() } else { c.collect() };
+                *total += take.delta + take.baseline;
+                FlushedValue::Counter {
+                    delta: take.delta,
+                    total: *total,
+                }
+            }
+            (Cell::Gauge(g), _) => {
+                let (value, timestamp_ms) = if evicted { g.seal() } else { g.read() };
+                FlushedValue::Gauge {
+                    value,
+                    timestamp_ms,
+                }
+            }
+            (Cell::Histogram(h), Totals::Histogram(total)) => {
+                let (delta, baseline) = if evicted { h.seal() } else { h.collect() };
+                if let Some(b) = &baseline {
+                    add_histogram(total, b);
+                }
+                add_histogram(total, &delta);
+                FlushedValue::Histogram {
+                    delta: Box::new(delta),
+                    total: total.clone(),
+                }
+            }
+            (Cell::Set(s), _) => FlushedValue::Gauge {
+                value: (if evicted { s.seal() } else { s.collect() }) as f64,
+                timestamp_ms: now_ms,
+            },
+            (Cell::Summary(s), _) => {
+                FlushedValue::Summary(if evicted { s.seal() } else { s.read() }?)
+            }
+            _ => return None,
+        };
+        Some(FlushedSeries {
+            key: self.series.key.clone(),
+            fingerprint: self.series.fingerprint,
+            start_ms: self.series.start_ms,
+            evicted,
+            value,
+        })
+    }
+}
+
+/// Adds `d` into `total`; both have the cell's bounds.
+pub(super) fn add_histogram(total: &mut HistogramValue, d: &HistogramValue) {
+    for (t, c) in total.counts.iter_mut().zip(&d.counts) {
+        *t += c;
+    }
+    total.count += d.count;
+    total.sum += d.sum;
+    total.min = total.min.min(d.min);
+    total.max = total.max.max(d.max);
+}
+
+/// What only the flusher touches.
+pub(super) struct FlusherState {
+    pub(super) entries: Vec<FlushEntry>,
+    pub(super) sequence: u64,
+    pub(super) last_flush_ms: i64,
+}
+
+impl Aggregator {
+    /// Flushes now (wall clock).
+    pub fn flush(&self) -> FlushBatch {
+        self.flush_at(now_ms())
+    }
+
+    /// Takes every series' share since the previous flush, evicts series idle for
+    /// `series_ttl` (their last share is in this batch, marked `evicted`), and returns
+    /// the batch. `now_ms` is the flush time (milliseconds since the Unix epoch); tests
+    /// pass their own clock. Ingestion continues throughout; concurrent flushes run one
+    /// after the other.
+    pub fn flush_at(&self, now_ms: i64) -> FlushBatch {
+        let sh = &*self.shared;
+        let mut st = sh.flusher.lock().unwrap_or_else(|p| p.into_inner());
+        // Relaxed: a coarse stamp for writers; see `Shared::clock_ms`.
+        sh.clock_ms.store(now_ms, Ordering::Relaxed);
+        while let Some((s, kept)) = sh.created.pop() {
+            st.entries.push(FlushEntry::new(s, kept, now_ms));
+        }
+        {
+            let mut table = sh.kept.lock().unwrap_or_else(|p| p.into_inner());
+            if table.len() > 0 {
+                table.expire(now_ms);
+                sh.kept_hint.store(table.len(), Ordering::SeqCst);
+            }
+        }
+        let mut out = Vec::with_capacity(st.entries.len());
+        let ttl_ms = i64::try_from(sh.config.series_ttl.as_millis()).unwrap_or(i64::MAX);
+        let index = sh.index.pin();
+        let mut i = 0;
+        while i < st.entries.len() {
+            let e = &mut st.entries[i];
+            let touched = e.series.touched_ms.load(Ordering::Relaxed);
+            if touched != e.seen_touched_ms {
+                e.seen_touched_ms = touched;
+                e.active_at_ms = now_ms;
+            }
+            let expired = ttl_ms > 0 && now_ms - e.active_at_ms >= ttl_ms;
+            if expired && try_retire(&e.series) {
+                // Counters and histograms keep their totals for a successor. The hint
+                // goes up before the removal (SeqCst, pairs with `Shared::resolve`), and
+                // the lock is held until the totals are in the table, so a successor
+                // created after the removal waits for them.
+                let keeps = matches!(e.totals, Totals::Counter(_) | Totals::Histogram(_));
+                let mut table = keeps.then(|| {
+                    sh.kept_hint.fetch_add(1, Ordering::SeqCst);
+                    sh.kept.lock().unwrap_or_else(|p| p.into_inner())
+                });
+                // Out of the index first, so writers that find the cell sealed resolve
+                // to a successor rather than to this series again.
+                index.remove(e.series.key.as_bytes());
+                out.extend(e.collect(true, now_ms));
+                if let (Some(t), Some(k)) = (table.as_mut(), e.kept()) {
+                    let dropped = t.insert(e.series.key.clone(), k, now_ms);
+                    sh.kept_dropped.fetch_add(dropped, Ordering::Relaxed);
+                }
+                if let Some(t) = table {
+                    sh.kept_hint.store(t.len(), Ordering::SeqCst);
+                }
+                let e = st.entries.swap_remove(i);
+                e.series.family.active.fetch_sub(1, Ordering::AcqRel);
+                sh.active.fetch_sub(1, Ordering::AcqRel);
+                sh.evicted.fetch_add(1, Ordering::Relaxed);
+                continue;
+            }
+            out.extend(e.collect(false, now_ms));
+            i += 1;
+        }
+        drop(index);
+        // Families whose series are all gone are dropped so churning names do not
+        // grow memory. A creator racing with this keeps its own `Arc<Family>`; the
+        // per-name count may then undercount until that series is evicted.
+        sh.families
+            .pin()
+            .retain(|_, f| f.active.load(Ordering::Acquire) > 0);
+        st.sequence += 1;
+        sh.flushes.store(st.sequence, Ordering::Relaxed);
+        let start_ms = std::mem::replace(&mut st.last_flush_ms, now_ms);
+        FlushBatch {
+            sequence: st.sequence,
+            start_ms,
+            end_ms: now_ms,
+            series: out,
+        }
+    }
+}

@@ -1,0 +1,312 @@
+//! The shared index (canonical key bytes to series) and the admission limits.
+//!
+//! Owns: finding or creating a series by key ([`Shared::resolve`]), the global and
+//! per-metric limits and their drop counters, and the slow (cache-miss) recording
+//! path. Must never: merge two different keys, admit a series past a limit, or make a
+//! creator wait for the flusher.
+
+use std::sync::atomic::{AtomicI64, AtomicU32, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+
+use crossbeam_queue::SegQueue;
+use foldhash::fast::RandomState;
+
+use crate::cell::{CounterCell, CumulativeStart, GaugeCell, HistogramCell, SummaryCell};
+use crate::key::SeriesKey;
+use crate::point::Sample;
+
+use super::flush::FlusherState;
+use super::kept::{Kept, KeptState, KeptTable};
+use super::series::{Cell, CellKind, Family, Refusal, SEALED_RETRIES, Series, validate};
+use super::{AggregatorConfig, REASONS, Rejected, now_ms};
+
+/// An index entry: the series, hashed and compared by its canonical key bytes.
+pub(super) struct Indexed(Arc<Series>);
+
+impl std::hash::Hash for Indexed {
+    fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
+        // Must equal `<[u8] as Hash>::hash` for lookups by borrowed bytes.
+        self.0.key.as_bytes().hash(state);
+    }
+}
+
+impl PartialEq for Indexed {
+    fn eq(&self, other: &Self) -> bool {
+        self.0.key == other.0.key
+    }
+}
+
+impl Eq for Indexed {}
+
+impl std::borrow::Borrow<[u8]> for Indexed {
+    fn borrow(&self) -> &[u8] {
+        self.0.key.as_bytes()
+    }
+}
+
+/// State shared by the aggregator, its writers and handles.
+pub(super) struct Shared {
+    pub(super) config: AggregatorConfig,
+    /// When the aggregator started, ms since the Unix epoch: a cumulative source that
+    /// started later counts from zero (see [`Shared::since`]).
+    pub(super) started_ms: i64,
+    /// Keyed by the series itself (its canonical key bytes), so an entry is one pointer.
+    pub(super) index: papaya::HashMap<Indexed, (), RandomState>,
+    /// Per metric name: its series count, for the per-metric limit.
+    pub(super) families: papaya::HashMap<Box<str>, Arc<Family>, RandomState>,
+    /// Per metric name: points refused by the per-metric limit (bounded, see config).
+    pub(super) limit_drops: papaya::HashMap<Box<str>, AtomicU64, RandomState>,
+    /// Series created but not yet seen by the flusher.
+    /// With the totals it resumed, if any (see `kept`).
+    pub(super) created: SegQueue<(Arc<Series>, Option<Kept>)>,
+    /// Totals of evicted counters and histograms (see `kept`). Locked only by the
+    /// creation of a counter or histogram while `kept_hint` is above 0, and by eviction.
+    pub(super) kept: Mutex<KeptTable>,
+    /// Entries in `kept` plus evictions in progress: 0 lets creators skip the lock.
+    /// SeqCst: see `resolve` and the eviction in `flush_at`.
+    pub(super) kept_hint: AtomicUsize,
+    /// Kept totals dropped because the table was full. Relaxed: a statistic.
+    pub(super) kept_dropped: AtomicU64,
+    /// Series held (the global ceiling counts these). AcqRel RMWs; see `admit`.
+    pub(super) active: AtomicUsize,
+    /// The aggregator clock: the latest flush time (or creation time), ms. Relaxed: a
+    /// coarse timestamp only.
+    pub(super) clock_ms: AtomicI64,
+    /// Refusals by reason, indexed like [`REASONS`]. Relaxed: independent counters.
+    pub(super) rejected: [AtomicU64; REASONS.len()],
+    /// Flushes so far (the latest batch's sequence). Relaxed: writers only compare it
+    /// with an earlier reading of their own.
+    pub(super) flushes: AtomicU64,
+    /// Statistics counters (series evicted, series created, writer cache entries
+    /// cleared). Relaxed: independent counters, read only for reporting.
+    pub(super) evicted: AtomicU64,
+    pub(super) created_total: AtomicU64,
+    pub(super) cache_evictions: AtomicU64,
+    /// What only the flusher touches; also serialises concurrent flushes.
+    pub(super) flusher: Mutex<FlusherState>,
+}
+
+impl Shared {
+    /// What a cumulative sample whose source started at `start_ms` (0: unknown) counts
+    /// from: zero if the source started after the aggregator, else its first value is
+    /// a baseline (the OpenTelemetry Collector's cumulative-to-delta "auto" rule).
+    pub(super) fn since(&self, start_ms: i64) -> CumulativeStart {
+        CumulativeStart {
+            start_ms,
+            counts_from_zero: start_ms != 0 && start_ms > self.started_ms,
+        }
+    }
+
+    pub(super) fn reject<T>(&self, r: Rejected) -> Result<T, Rejected> {
+        self.rejected[r.index()].fetch_add(1, Ordering::Relaxed);
+        Err(r)
+    }
+
+    /// [`validate`], counting a refusal.
+    #[inline]
+    pub(super) fn check(&self, sample: &Sample<'_>) -> Result<(), Rejected> {
+        validate(sample).or_else(|e| self.reject(e))
+    }
+
+    /// Finds or creates the series for a canonical key.
+    pub(super) fn resolve(
+        &self,
+        canonical: &[u8],
+        name: &str,
+        cell_kind: CellKind,
+        bounds: Option<&Arc<[f64]>>,
+    ) -> Result<Arc<Series>, Rejected> {
+        let index = self.index.pin();
+        // Bounded: a retry follows a lost creation race whose winner was evicted in
+        // between, which needs a flush per round.
+        for _ in 0..SEALED_RETRIES {
+            if let Some((s, ())) = index.get_key_value(canonical) {
+                return Ok(s.0.clone());
+            }
+            // Counters and histograms may resume an evicted predecessor's totals (see
+            // `kept`). SeqCst: pairs with the flusher's SeqCst increment made before it
+            // removes a series from the index; a creator that saw the removal sees the
+            // increment and takes the lock.
+            let resumable = matches!(cell_kind, CellKind::Counter | CellKind::Histogram);
+            let mut table = (resumable && self.kept_hint.load(Ordering::SeqCst) > 0)
+                .then(|| self.kept.lock().unwrap_or_else(|p| p.into_inner()));
+            if table.is_some()
+                && let Some((s, ())) = index.get_key_value(canonical)
+            {
+                return Ok(s.0.clone());
+            }
+            let family = self.admit(name)?;
+            let kept = table.as_mut().and_then(|t| {
+                let k = t.take(canonical);
+                self.kept_hint.store(t.len(), Ordering::SeqCst);
+                k
+            });
+            let now = self.clock_ms.load(Ordering::Relaxed);
+            let cell = match (cell_kind, &kept) {
+                (
+                    CellKind::Counter,
+                    Some(Kept {
+                        state:
+                            KeptState::Counter {
+                                last_cumulative,
+                                last_start_ms,
+                                ..
+                            },
+                        ..
+                    }),
+                ) => Cell::Counter(CounterCell::resumed(*last_cumulative, *last_start_ms)),
+                (CellKind::Counter, _) => Cell::Counter(CounterCell::default()),
+                (
+                    CellKind::Histogram,
+                    Some(Kept {
+                        state:
+                            KeptState::Histogram {
+                                total,
+                                last_cumulative,
+                                last_start_ms,
+                            },
+                        ..
+                    }),
+                ) => Cell::Histogram(Box::new(HistogramCell::resumed(
+                    total.bounds.clone(),
+                    last_cumulative.as_deref().cloned(),
+                    *last_start_ms,
+                ))),
+                (CellKind::Histogram, _) => Cell::Histogram(Box::new(HistogramCell::new(
+                    bounds.unwrap_or(&self.config.histogram_bounds).clone(),
+                ))),
+                (CellKind::Gauge, _) => Cell::Gauge(GaugeCell::default()),
+                (CellKind::Summary, _) => Cell::Summary(SummaryCell::default()),
+                (CellKind::Set, _) => Cell::Set(Box::default()),
+            };
+            let key = SeriesKey::from_canonical(canonical);
+            let series = Arc::new(Series {
+                fingerprint: key.fingerprint(),
+                key,
+                // The later of the wall clock and the aggregator clock: tests that
+                // drive the clock ahead of the wall still see starts move forward.
+                start_ms: kept
+                    .as_ref()
+                    .map_or_else(|| now_ms().max(now), |k| k.start_ms),
+                family,
+                touched_ms: AtomicI64::new(now),
+                handles: AtomicU32::new(0),
+                cell,
+            });
+            if index.try_insert(Indexed(series.clone()), ()).is_ok() {
+                self.created_total.fetch_add(1, Ordering::Relaxed);
+                self.created.push((series.clone(), kept));
+                return Ok(series);
+            }
+            // Lost the race to another creator (one that did not need the table): give
+            // back our admission and the totals, and use theirs.
+            series.family.active.fetch_sub(1, Ordering::AcqRel);
+            self.active.fetch_sub(1, Ordering::AcqRel);
+            if let (Some(t), Some(k)) = (table.as_mut(), kept) {
+                self.kept_dropped
+                    .fetch_add(t.insert(series.key.clone(), k, now), Ordering::Relaxed);
+                self.kept_hint.store(t.len(), Ordering::SeqCst);
+            }
+        }
+        self.reject(Rejected::EvictedDuringUpdate)
+    }
+
+    /// Reserves room for one more series of `name` under both limits.
+    pub(super) fn admit(&self, name: &str) -> Result<Arc<Family>, Rejected> {
+        // AcqRel on the counts: increments and decrements form one modification order
+        // per counter, which is all a limit needs; no other data is published by them.
+        if self.active.fetch_add(1, Ordering::AcqRel) >= self.config.max_series {
+            self.active.fetch_sub(1, Ordering::AcqRel);
+            return self.reject(Rejected::GlobalLimit);
+        }
+        let families = self.families.pin();
+        let family = families
+            .get_or_insert_with(name.into(), || {
+                Arc::new(Family {
+                    active: AtomicUsize::new(0),
+                })
+            })
+            .clone();
+        if family.active.fetch_add(1, Ordering::AcqRel) >= self.config.max_series_per_metric {
+            family.active.fetch_sub(1, Ordering::AcqRel);
+            self.active.fetch_sub(1, Ordering::AcqRel);
+            self.count_limit_drop(name);
+            return self.reject(Rejected::MetricLimit(name.to_owned()));
+        }
+        Ok(family)
+    }
+
+    pub(super) fn count_limit_drop(&self, name: &str) {
+        let drops = self.limit_drops.pin();
+        if let Some(n) = drops.get(name) {
+            n.fetch_add(1, Ordering::Relaxed);
+            return;
+        }
+        let slot: &str = if drops.len() < self.config.max_tracked_metric_names {
+            name
+        } else {
+            "other"
+        };
+        drops
+            .get_or_insert_with(slot.into(), || AtomicU64::new(0))
+            .fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// The slow path: resolves `name` + `labels` through the index (creating the series
+    /// if admitted) and applies the sample, resolving again if the series turns out
+    /// sealed (evicted under us). Returns the series that took the point, for a
+    /// writer's cache. Rejections are counted here.
+    pub(super) fn record_slow(
+        &self,
+        name: &str,
+        labels: &[(&str, &str)],
+        sample: &Sample<'_>,
+        timestamp_ms: i64,
+        start: CumulativeStart,
+        scratch: &mut Scratch,
+    ) -> Result<Arc<Series>, Rejected> {
+        if let Err(e) =
+            SeriesKey::canonicalize(name, labels, &mut scratch.canon, &mut scratch.order)
+        {
+            return self.reject(e.into());
+        }
+        self.record_canonical(name, sample, timestamp_ms, start, &scratch.canon)
+    }
+
+    /// [`Shared::record_slow`] for a key already in canonical form.
+    pub(super) fn record_canonical(
+        &self,
+        name: &str,
+        sample: &Sample<'_>,
+        timestamp_ms: i64,
+        start: CumulativeStart,
+        canonical: &[u8],
+    ) -> Result<Arc<Series>, Rejected> {
+        for _ in 0..SEALED_RETRIES {
+            let series = self.resolve(canonical, name, CellKind::of(sample), bounds_of(sample))?;
+            let now = self.clock_ms.load(Ordering::Relaxed);
+            match series.apply(sample, timestamp_ms, now, start) {
+                Ok(()) => return Ok(series),
+                Err(Refusal::Rejected(e)) => return self.reject(e),
+                // The flusher removed it from the index before sealing it, so the next
+                // resolve finds or creates its successor.
+                Err(Refusal::Sealed) => continue,
+            }
+        }
+        self.reject(Rejected::EvictedDuringUpdate)
+    }
+}
+
+/// Reusable buffers for building canonical keys without allocating per point.
+#[derive(Default)]
+pub(super) struct Scratch {
+    pub(super) canon: Vec<u8>,
+    pub(super) order: Vec<usize>,
+}
+
+pub(super) fn bounds_of<'a>(sample: &Sample<'a>) -> Option<&'a Arc<[f64]>> {
+    match sample {
+        Sample::Histogram(h, _) => Some(&h.bounds),
+        _ => None,
+    }
+}

@@ -1,0 +1,189 @@
+//! One series: identity plus cell, the sample check, and how a sample lands in its
+//! cell ([`Series::apply`]), with the retire bit that handles and eviction share.
+//!
+//! Owns: the per-series state every other part points at. Must never: block, or
+//! apply a sample to a sealed cell without reporting `Sealed`.
+
+use std::hash::BuildHasher as _;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicI64, AtomicU32, AtomicUsize, Ordering};
+
+use crate::cell::{
+    CounterCell, CumulativeStart, GaugeCell, HistogramCell, Sealed, SetCell, SummaryCell,
+};
+use crate::key::SeriesKey;
+use crate::point::{MetricKind, Sample, Temporality};
+
+use super::Rejected;
+
+/// Per metric name: how many series it has.
+pub(super) struct Family {
+    /// Series of this name that are held. Changed with AcqRel RMWs; a creator's
+    /// increment and a retirer's decrement race only on the count itself.
+    pub(super) active: AtomicUsize,
+}
+
+/// The lock-free state of one series. Histograms are boxed so that every other series
+/// pays only for the small cells (a histogram cell is ~150 bytes, a counter's 32).
+#[cfg_attr(feature = "shuttle", allow(clippy::large_enum_variant))]
+pub(super) enum Cell {
+    Counter(CounterCell),
+    Gauge(GaugeCell),
+    Histogram(Box<HistogramCell>),
+    Summary(SummaryCell),
+    /// Reported as a gauge (the distinct count); boxed like histograms.
+    Set(Box<SetCell>),
+}
+
+/// One series: identity plus cell. Shared by the index, the flusher list, writer
+/// caches and handles.
+pub(super) struct Series {
+    pub(super) key: SeriesKey,
+    pub(super) fingerprint: u64,
+    pub(super) start_ms: i64,
+    pub(super) family: Arc<Family>,
+    /// The aggregator clock (last flush time) at the latest update. Relaxed: only
+    /// compared for change by the flusher; no data is read through it.
+    pub(super) touched_ms: AtomicI64,
+    /// Live [`SeriesHandle`]s in bits 0..31, and [`RETIRED`]: a series with handles is
+    /// never retired, and a retired one takes no new handle. AcqRel RMWs: the word
+    /// itself is the only thing they order.
+    pub(super) handles: AtomicU32,
+    pub(super) cell: Cell,
+}
+
+pub(super) fn kind_of(cell: &Cell) -> MetricKind {
+    match cell {
+        Cell::Counter(_) => MetricKind::Counter,
+        Cell::Gauge(_) => MetricKind::Gauge,
+        Cell::Histogram(_) => MetricKind::Histogram,
+        Cell::Summary(_) => MetricKind::Summary,
+        Cell::Set(_) => MetricKind::Gauge,
+    }
+}
+
+/// Checks that `sample` can be applied to any series of its kind.
+pub(super) fn validate(sample: &Sample<'_>) -> Result<(), Rejected> {
+    let ok = match sample {
+        Sample::Counter(v, _) => v.is_finite() && *v >= 0.0,
+        Sample::Gauge(_) => true,
+        Sample::GaugeDelta(d) => d.is_finite(),
+        Sample::Observe { value, count } => !value.is_nan() && *count > 0,
+        Sample::Histogram(h, _) => h.is_well_formed() && !h.sum.is_nan(),
+        Sample::Summary(s) => s
+            .quantiles
+            .iter()
+            .all(|q| (0.0..=1.0).contains(&q.quantile)),
+        Sample::SetMember(_) => true,
+    };
+    if ok {
+        Ok(())
+    } else {
+        Err(Rejected::InvalidValue(sample.kind().as_str()))
+    }
+}
+
+impl Series {
+    /// Applies a validated sample. `now_ms` stamps gauges without a timestamp; `start`
+    /// is where a cumulative sample's running total began (ignored by other samples).
+    #[inline]
+    pub(super) fn apply(
+        &self,
+        sample: &Sample<'_>,
+        timestamp_ms: i64,
+        now_ms: i64,
+        start: CumulativeStart,
+    ) -> Result<(), Refusal> {
+        let applied = match (&self.cell, sample) {
+            (Cell::Counter(c), Sample::Counter(v, Temporality::Delta)) => c.add(*v),
+            (Cell::Counter(c), Sample::Counter(v, Temporality::Cumulative)) => {
+                c.add_cumulative_since(*v, start)
+            }
+            (Cell::Gauge(g), Sample::Gauge(v)) => g.set(*v, pick_ts(timestamp_ms, now_ms)),
+            (Cell::Gauge(g), Sample::GaugeDelta(d)) => g.adjust(*d, pick_ts(timestamp_ms, now_ms)),
+            (Cell::Histogram(h), Sample::Observe { value, count }) => h.observe(*value, *count),
+            (Cell::Histogram(h), Sample::Histogram(v, Temporality::Delta)) => h.merge(v),
+            (Cell::Histogram(h), Sample::Histogram(v, Temporality::Cumulative)) => {
+                h.merge_cumulative_since(v, start)
+            }
+            (Cell::Summary(s), Sample::Summary(v)) => s.set(v),
+            (Cell::Set(s), Sample::SetMember(m)) => s.insert(SET_MEMBER_HASH.hash_one(m)),
+            (cell, sample) => {
+                return Err(Refusal::Rejected(Rejected::TypeConflict {
+                    existing: kind_of(cell).as_str(),
+                    got: sample.kind().as_str(),
+                }));
+            }
+        };
+        applied.map_err(|Sealed| Refusal::Sealed)?;
+        if self.touched_ms.load(Ordering::Relaxed) != now_ms {
+            // Relaxed: see the field doc. The load first keeps hot series from
+            // rewriting a line that other cores may be reading.
+            self.touched_ms.store(now_ms, Ordering::Relaxed);
+        }
+        Ok(())
+    }
+}
+
+/// Which cell a new series gets: its kind, and for gauges whether it is a StatsD set.
+#[derive(Clone, Copy)]
+pub(super) enum CellKind {
+    Counter,
+    Gauge,
+    Histogram,
+    Summary,
+    Set,
+}
+
+impl CellKind {
+    pub(super) fn of(sample: &Sample<'_>) -> CellKind {
+        match sample {
+            Sample::SetMember(_) => CellKind::Set,
+            s => CellKind::from(s.kind()),
+        }
+    }
+}
+
+impl From<MetricKind> for CellKind {
+    fn from(k: MetricKind) -> CellKind {
+        match k {
+            MetricKind::Counter => CellKind::Counter,
+            MetricKind::Gauge => CellKind::Gauge,
+            MetricKind::Histogram => CellKind::Histogram,
+            MetricKind::Summary => CellKind::Summary,
+        }
+    }
+}
+
+/// Hashes set members: fixed, so every writer hashes a member alike.
+pub(super) const SET_MEMBER_HASH: foldhash::fast::FixedState =
+    foldhash::fast::FixedState::with_seed(0x5e7_5e7);
+
+/// Why [`Series::apply`] did not record a point.
+pub(super) enum Refusal {
+    /// The point is invalid for this series.
+    Rejected(Rejected),
+    /// The series was evicted; record the point through the index again.
+    Sealed,
+}
+
+/// How often a point whose series keeps being evicted under it is re-resolved.
+pub(super) const SEALED_RETRIES: usize = 16;
+
+pub(super) fn pick_ts(timestamp_ms: i64, now_ms: i64) -> i64 {
+    if timestamp_ms == 0 {
+        now_ms
+    } else {
+        timestamp_ms
+    }
+}
+
+/// Bit 31 of `Series::handles`: the series is retired.
+pub(super) const RETIRED: u32 = 1 << 31;
+
+/// Marks `s` retired unless a handle holds it (see the module doc).
+pub(super) fn try_retire(s: &Series) -> bool {
+    s.handles
+        .compare_exchange(0, RETIRED, Ordering::AcqRel, Ordering::Acquire)
+        .is_ok()
+}

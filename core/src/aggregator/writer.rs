@@ -1,0 +1,240 @@
+//! [`Writer`]: records points through a private fingerprint cache (see the module doc
+//! of [`crate::aggregator`]).
+//!
+//! Owns: the per-writer cache and its bound. Must never: share the cache with another
+//! thread, or grow it past `writer_cache_capacity`.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+
+use foldhash::fast::RandomState;
+
+use crate::cell::CumulativeStart;
+use crate::key::encode_raw;
+use crate::point::{MetricPoint, Sample};
+
+use super::index::{Scratch, Shared};
+use super::series::{Refusal, Series};
+
+use super::Rejected;
+
+/// Records points with a private fingerprint cache. One per receiving thread or task;
+/// `Send` but used through `&mut self`.
+///
+/// Aligned to 128 bytes (two cache lines, the unit the adjacent-line prefetcher moves)
+/// so that writers of different threads placed side by side, say in one array, never
+/// share a line: each update writes its writer's fields.
+#[repr(align(128))]
+pub struct Writer {
+    pub(super) shared: Arc<Shared>,
+    /// Raw (arrival-order) identity bytes to series; at most `writer_cache_capacity`.
+    pub(super) cache: HashMap<Box<[u8]>, Arc<Series>, RandomState>,
+    /// The flush count when the cache was last cleared: a full cache is cleared at
+    /// most once per flush.
+    pub(super) cleared_at_flush: u64,
+    /// Points that missed the cache (see [`Writer::cache_misses`]).
+    pub(super) misses: u64,
+    /// Raw (arrival-order) encoding of the current point's label set.
+    pub(super) raw: Vec<u8>,
+    pub(super) scratch: Scratch,
+}
+
+impl Writer {
+    /// Applies one sample to the series `name` + `labels` (labels in any order).
+    /// `timestamp_ms` 0 means "now" (the aggregator clock).
+    ///
+    /// The label set is encoded as it arrives to look up the cache; receivers that
+    /// already hold the series' identity as contiguous bytes skip that encoding with
+    /// [`Writer::record_cached`] and [`Writer::record_with_raw`].
+    ///
+    /// # Errors
+    /// [`Rejected`], counted, when the point is refused; the writer stays usable.
+    #[inline]
+    pub fn record(
+        &mut self,
+        name: &str,
+        labels: &[(&str, &str)],
+        sample: Sample<'_>,
+        timestamp_ms: i64,
+    ) -> Result<(), Rejected> {
+        self.record_since(name, labels, sample, timestamp_ms, 0)
+    }
+
+    /// [`Writer::record`] for a cumulative sample whose source says when its running
+    /// total began: `start_ms`, milliseconds since the Unix epoch (OTLP
+    /// `start_time_unix_nano`, an OpenMetrics `_created` line), 0 when unknown. A
+    /// source that started after the aggregator (see [`Aggregator::starting_at`])
+    /// counts from zero, so its first value is an increase; otherwise the first value
+    /// is a baseline. A start time other than the previous point's is a reset. Delta
+    /// samples and gauges ignore `start_ms`.
+    ///
+    /// # Errors
+    /// As [`Writer::record`].
+    ///
+    /// ```
+    /// use weir_core::{Aggregator, AggregatorConfig, Sample, Temporality};
+    /// let agg = Aggregator::starting_at(AggregatorConfig::default(), 1_000);
+    /// let mut w = agg.writer();
+    /// let total = Sample::Counter(5.0, Temporality::Cumulative);
+    /// w.record_since("jobs_total", &[], total, 0, 2_000).unwrap(); // started after weir
+    /// w.record_since("old_total", &[], total, 0, 500).unwrap(); // started before: a baseline
+    /// assert_eq!(agg.flush().counter_delta_sum(), 5.0);
+    /// ```
+    ///
+    /// [`Aggregator::starting_at`]: super::Aggregator::starting_at
+    #[inline]
+    pub fn record_since(
+        &mut self,
+        name: &str,
+        labels: &[(&str, &str)],
+        sample: Sample<'_>,
+        timestamp_ms: i64,
+        start_ms: i64,
+    ) -> Result<(), Rejected> {
+        let start = self.shared.since(start_ms);
+        let mut raw = std::mem::take(&mut self.raw);
+        encode_raw(&mut raw, name, labels);
+        let result = match self.apply_cached(&raw, sample, timestamp_ms, start) {
+            Ok(true) => Ok(()),
+            Ok(false) => self.resolve_and_cache(&raw, name, labels, sample, timestamp_ms, start),
+            Err(e) => Err(e),
+        };
+        self.raw = raw;
+        result
+    }
+
+    /// The cache-hit path on its own: applies `sample` to the series this writer
+    /// cached under `raw`, the series' identity bytes as the receiver holds them (for
+    /// StatsD, say, the name and tags of a line as received). Returns `Ok(false)` on a
+    /// miss; the caller then parses the name and labels and calls
+    /// [`Writer::record_with_raw`] with the same `raw`.
+    ///
+    /// Equal `raw` bytes must always mean the same name and labels for one writer: keep
+    /// one writer per receiver (per encoding of `raw`).
+    ///
+    /// # Errors
+    /// [`Rejected`], counted, for an invalid value or a kind conflict.
+    ///
+    /// ```
+    /// use weir_core::{Aggregator, Sample, Temporality};
+    /// let agg = Aggregator::default();
+    /// let mut w = agg.writer();
+    /// let one = Sample::Counter(1.0, Temporality::Delta);
+    /// let raw = b"hits|#path:/,code:200";
+    /// for _ in 0..3 {
+    ///     if !w.record_cached(raw, one, 0).unwrap() {
+    ///         w.record_with_raw(raw, "hits", &[("path", "/"), ("code", "200")], one, 0).unwrap();
+    ///     }
+    /// }
+    /// assert_eq!(agg.flush().counter_delta_sum(), 3.0);
+    /// ```
+    #[inline]
+    pub fn record_cached(
+        &mut self,
+        raw: &[u8],
+        sample: Sample<'_>,
+        timestamp_ms: i64,
+    ) -> Result<bool, Rejected> {
+        self.apply_cached(raw, sample, timestamp_ms, CumulativeStart::default())
+    }
+
+    /// [`Writer::record_cached`] with a cumulative start.
+    #[inline]
+    fn apply_cached(
+        &mut self,
+        raw: &[u8],
+        sample: Sample<'_>,
+        timestamp_ms: i64,
+        start: CumulativeStart,
+    ) -> Result<bool, Rejected> {
+        self.shared.check(&sample)?;
+        let Some(series) = self.cache.get(raw) else {
+            self.misses += 1;
+            return Ok(false);
+        };
+        let now = self.shared.clock_ms.load(Ordering::Relaxed);
+        match series.apply(&sample, timestamp_ms, now, start) {
+            Ok(()) => Ok(true),
+            Err(Refusal::Rejected(e)) => self.shared.reject(e),
+            Err(Refusal::Sealed) => {
+                // Evicted: forget it; the caller goes through the index to its successor.
+                self.cache.remove(raw);
+                self.misses += 1;
+                Ok(false)
+            }
+        }
+    }
+
+    /// The cache-miss path: resolves `name` + `labels` through the shared index
+    /// (creating the series if admitted), applies `sample`, and caches the series
+    /// under `raw` (see [`Writer::record_cached`]).
+    ///
+    /// # Errors
+    /// [`Rejected`], counted, when the point is refused.
+    pub fn record_with_raw(
+        &mut self,
+        raw: &[u8],
+        name: &str,
+        labels: &[(&str, &str)],
+        sample: Sample<'_>,
+        timestamp_ms: i64,
+    ) -> Result<(), Rejected> {
+        let start = CumulativeStart::default();
+        self.resolve_and_cache(raw, name, labels, sample, timestamp_ms, start)
+    }
+
+    /// [`Writer::record_with_raw`] with a cumulative start.
+    fn resolve_and_cache(
+        &mut self,
+        raw: &[u8],
+        name: &str,
+        labels: &[(&str, &str)],
+        sample: Sample<'_>,
+        timestamp_ms: i64,
+        start: CumulativeStart,
+    ) -> Result<(), Rejected> {
+        self.shared.check(&sample)?;
+        let scratch = &mut self.scratch;
+        let series =
+            self.shared
+                .record_slow(name, labels, &sample, timestamp_ms, start, scratch)?;
+        if self.cache.len() >= self.shared.config.writer_cache_capacity {
+            let flushes = self.shared.flushes.load(Ordering::Relaxed);
+            if flushes == self.cleared_at_flush {
+                return Ok(()); // full until the next flush: uncached
+            }
+            self.shared
+                .cache_evictions
+                .fetch_add(self.cache.len() as u64, Ordering::Relaxed);
+            self.cache.clear();
+            self.cleared_at_flush = flushes;
+        }
+        self.cache.insert(raw.into(), series);
+        Ok(())
+    }
+
+    /// Applies an owned [`MetricPoint`].
+    ///
+    /// # Errors
+    /// As [`Writer::record`].
+    pub fn record_point(&mut self, p: &MetricPoint) -> Result<(), Rejected> {
+        let labels: Vec<(&str, &str)> = p
+            .labels
+            .iter()
+            .map(|(k, v)| (k.as_str(), v.as_str()))
+            .collect();
+        self.record(&p.name, &labels, p.sample(), p.timestamp_ms)
+    }
+
+    /// Label sets currently cached.
+    pub fn cached(&self) -> usize {
+        self.cache.len()
+    }
+
+    /// Points this writer could not apply from its cache (new label sets, a full
+    /// cache, evicted series), since it was created.
+    pub fn cache_misses(&self) -> u64 {
+        self.misses
+    }
+}
