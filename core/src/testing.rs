@@ -2,10 +2,14 @@
 //! the proptest in `tests/model.rs` (runs in CI) and the cargo-fuzz target
 //! `fuzz/fuzz_targets/aggregator_model.rs` (longer runs).
 //!
-//! Owns: the byte-to-operation decoding and the model. Must never be used by
-//! production code; it is public only so both drivers can share it.
+//! Owns: the byte-to-operation decoding and the model, and (in [`fuzz`]) the property
+//! of every fuzz target, shared with the replay of the committed corpora in
+//! `core/tests/fuzz_corpus.rs`. Must never be used by production code; it is public
+//! only so the drivers can share it.
 
 use std::collections::HashMap;
+
+pub mod fuzz;
 
 use crate::aggregator::{Aggregator, AggregatorConfig};
 use crate::flush::FlushedValue;

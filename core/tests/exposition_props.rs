@@ -1,32 +1,35 @@
-//! Properties of the text exposition parser on arbitrary input (the CI stand-in for
-//! the `exposition` fuzz target): never a panic; every emitted sample is one the
-//! aggregator can take or refuse with a reason; and generated bodies round-trip.
+//! Properties of the text parsers on arbitrary input (the CI stand-in for the
+//! `exposition` and `openmetrics` fuzz targets, with their check,
+//! `weir_core::testing::fuzz::check_exposition`): every emitted sample is counted and
+//! taken or refused with a reason, samples and skipped lines add up to at most the
+//! body's lines; and generated bodies round-trip.
 
 use proptest::prelude::*;
-use weir_core::parse::exposition::parse_text;
+use weir_core::parse::exposition::{Format, parse_text};
 use weir_core::point::Sample;
-use weir_core::{Aggregator, AggregatorConfig};
+use weir_core::testing::fuzz::check_exposition;
+
+fn check_both(data: &[u8]) -> Result<(), TestCaseError> {
+    for format in [Format::Text, Format::OpenMetrics] {
+        check_exposition(format, data)
+            .map_err(|e| TestCaseError::fail(format!("{format:?}: {e}")))?;
+    }
+    Ok(())
+}
 
 proptest! {
     #![proptest_config(ProptestConfig { cases: 512, ..ProptestConfig::default() })]
 
     #[test]
-    fn arbitrary_bytes_never_panic(data in proptest::collection::vec(any::<u8>(), 0..512)) {
-        let agg = Aggregator::new(AggregatorConfig { max_series: 64, ..Default::default() });
-        let mut w = agg.writer();
-        let r = parse_text(&data, &mut |n, l, s, ts| { let _ = w.record(n, l, s, ts); });
-        prop_assert!(r.samples <= data.len() as u64);
+    fn arbitrary_bytes_account_for_every_sample(data in proptest::collection::vec(any::<u8>(), 0..512)) {
+        check_both(&data)?;
     }
 
     #[test]
-    fn exposition_looking_text_never_panics(
-        text in "((# (TYPE|HELP) [a-z_]{0,4}( (counter|gauge|histogram|summary|x))?|[a-z_]{0,5}(\\{([a-z]{0,2}=\"[a-z\\\\\"+I0-9.]{0,4}\",?){0,3}\\}?)?( [-+0-9.eInfNa]{0,5}){0,3})\n){0,8}"
+    fn exposition_looking_text_accounts_for_every_line(
+        text in "((# (TYPE|HELP|EOF) [a-z_]{0,4}( (counter|gauge|histogram|summary|info|x))?|[a-z_]{0,9}(\\{([a-z]{0,2}=\"[a-z\\\\\"+I0-9.]{0,4}\",?){0,3}\\}?)?( [-+0-9.eInfNa]{0,5}){0,3})\n){0,8}"
     ) {
-        let agg = Aggregator::default();
-        let mut w = agg.writer();
-        let r = parse_text(text.as_bytes(), &mut |n, l, s, ts| { let _ = w.record(n, l, s, ts); });
-        let lines = text.lines().filter(|l| !l.trim().is_empty()).count() as u64;
-        prop_assert!(r.errors.iter().sum::<u64>() <= lines);
+        check_both(text.as_bytes())?;
     }
 
     #[test]

@@ -1,49 +1,26 @@
-//! The OTLP mapping on arbitrary protobuf bytes (the CI stand-in for the `otlp` fuzz
-//! target): whatever decodes is applied without a panic, and every data point is
-//! either accepted or counted as rejected.
+//! The OTLP mapping on arbitrary input (the CI stand-in for the `otlp` fuzz target,
+//! with the same check, `weir_core::testing::fuzz::check_otlp`): arbitrary bytes as a
+//! protobuf request, as an OTLP/JSON body and as the recipe of a structured request;
+//! in every case each data point is accepted or rejected with a reason, exactly:
+//! `accepted + rejected == data_points(request)`.
 
 use proptest::prelude::*;
-use weir_core::parse::otlp::apply_export;
-use weir_core::{Aggregator, AggregatorConfig};
-use weir_proto::Message;
-use weir_proto::metrics::metric::Data;
-use weir_proto::metrics_service::ExportMetricsServiceRequest;
-
-fn points(req: &ExportMetricsServiceRequest) -> u64 {
-    let mut n = 0;
-    for rm in &req.resource_metrics {
-        for sm in &rm.scope_metrics {
-            for m in &sm.metrics {
-                n += match &m.data {
-                    Some(Data::Sum(s)) => s.data_points.iter().filter(|p| p.flags & 1 == 0).count(),
-                    Some(Data::Gauge(g)) => {
-                        g.data_points.iter().filter(|p| p.flags & 1 == 0).count()
-                    }
-                    Some(Data::Histogram(h)) => {
-                        h.data_points.iter().filter(|p| p.flags & 1 == 0).count()
-                    }
-                    Some(Data::Summary(s)) => {
-                        s.data_points.iter().filter(|p| p.flags & 1 == 0).count()
-                    }
-                    Some(Data::ExponentialHistogram(e)) => e.data_points.len(),
-                    None => 0,
-                } as u64;
-            }
-        }
-    }
-    n
-}
+use weir_core::testing::fuzz::{check_otlp, check_otlp_request, otlp_request_from_bytes};
 
 proptest! {
     #![proptest_config(ProptestConfig { cases: 1024, ..ProptestConfig::default() })]
 
     #[test]
-    fn arbitrary_bytes_decode_or_fail_cleanly(data in proptest::collection::vec(any::<u8>(), 0..1024)) {
-        let Ok(req) = ExportMetricsServiceRequest::decode(&data[..]) else { return Ok(()) };
-        let agg = Aggregator::new(AggregatorConfig { max_series: 128, ..Default::default() });
-        let mut w = agg.writer();
-        let r = apply_export(&req, &mut w);
-        prop_assert_eq!(r.accepted + r.rejected, points(&req));
-        let _ = agg.flush();
+    fn arbitrary_bytes_account_for_every_data_point(data in proptest::collection::vec(any::<u8>(), 0..1024)) {
+        if let Err(e) = check_otlp(&data) {
+            return Err(TestCaseError::fail(e));
+        }
+    }
+
+    #[test]
+    fn structured_requests_account_for_every_data_point(data in proptest::collection::vec(any::<u8>(), 1..256)) {
+        let req = otlp_request_from_bytes(&data);
+        let r = check_otlp_request(&req).map_err(TestCaseError::fail)?;
+        prop_assert_eq!(r.accepted + r.rejected, weir_core::parse::otlp::data_points(&req));
     }
 }

@@ -1,33 +1,25 @@
 //! Properties of the StatsD decoder on arbitrary input (the CI stand-in for the
-//! `statsd` fuzz target): never a panic, every line accounted for exactly once, and
-//! well-formed lines round-trip.
+//! `statsd` fuzz target, with its check, `weir_core::testing::fuzz::check_statsd`):
+//! never a panic, every line accounted for exactly once, every value of a parsed line
+//! taken or refused exactly once, and well-formed lines round-trip.
 
 use proptest::prelude::*;
-use weir_core::parse::statsd::{Decoder, StatsdType, Value, lines, parse_line};
-use weir_core::{Aggregator, AggregatorConfig};
+use weir_core::parse::statsd::{StatsdType, Value, parse_line};
+use weir_core::testing::fuzz::check_statsd;
 
 proptest! {
     #![proptest_config(ProptestConfig { cases: 512, ..ProptestConfig::default() })]
 
     #[test]
     fn every_line_is_applied_or_counted_once(data in proptest::collection::vec(any::<u8>(), 0..512)) {
-        let agg = Aggregator::new(AggregatorConfig { max_series: 64, ..Default::default() });
-        let mut w = agg.writer();
-        let r = Decoder::default().ingest(&data, &mut w);
-        let errors: u64 = r.parse_errors.iter().sum();
-        prop_assert_eq!(r.lines + errors, lines(&data).count() as u64);
-        prop_assert!(r.samples + r.rejected >= r.lines);
+        check_statsd(&data).map_err(TestCaseError::fail)?;
     }
 
     #[test]
     fn statsd_looking_text_never_panics(
         text in "([a-z.]{0,6}(:[-+0-9.e]{0,4}){0,3}(\\|(c|g|ms|h|d|s|@[0-9.]{0,3}|#[a-z:,]{0,8}|T[0-9]{0,3}|c:[a-z]{0,3}|x)){0,4}\n?){0,6}"
     ) {
-        let agg = Aggregator::default();
-        let mut w = agg.writer();
-        let r = Decoder::default().ingest(text.as_bytes(), &mut w);
-        let errors: u64 = r.parse_errors.iter().sum();
-        prop_assert_eq!(r.lines + errors, lines(text.as_bytes()).count() as u64);
+        check_statsd(text.as_bytes()).map_err(TestCaseError::fail)?;
     }
 
     #[test]

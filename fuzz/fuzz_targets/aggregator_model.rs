@@ -1,14 +1,15 @@
 //! The aggregator against a `HashMap` model: every result and every flushed series
-//! must match (see `weir_core::testing`). The proptest `core/tests/model.rs` runs the
-//! same check in CI.
+//! must match.
+//!
+//! The check is `weir_core::testing::fuzz::check_target("aggregator_model", ..)`, which
+//! `core/tests/fuzz_corpus.rs` also runs on every committed corpus file.
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use weir_core::testing::{check_against_model, ops_from_bytes};
+use weir_core::testing::fuzz::check_target;
 
 fuzz_target!(|data: &[u8]| {
-    let ops = ops_from_bytes(data);
-    if let Err(diff) = check_against_model(&ops) {
-        panic!("aggregator differs from the model: {diff}");
+    if let Err(e) = check_target("aggregator_model", data) {
+        panic!("aggregator_model: {e}");
     }
 });

@@ -1,21 +1,16 @@
-//! The text exposition parser on arbitrary bodies: never a panic, and everything it
-//! emits is accepted or refused with a reason by the aggregator (no panic there
-//! either).
+//! The Prometheus text (0.0.4) parser on arbitrary bodies: every emitted sample is
+//! counted and taken or refused with a reason by the aggregator, and samples plus
+//! skipped lines are at most the body's lines.
+//!
+//! The check is `weir_core::testing::fuzz::check_target("exposition", ..)`, which
+//! `core/tests/fuzz_corpus.rs` also runs on every committed corpus file.
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use weir_core::parse::exposition::parse_text;
-use weir_core::{Aggregator, AggregatorConfig};
+use weir_core::testing::fuzz::check_target;
 
 fuzz_target!(|data: &[u8]| {
-    let agg = Aggregator::new(AggregatorConfig {
-        max_series: 256,
-        ..Default::default()
-    });
-    let mut w = agg.writer();
-    let r = parse_text(data, &mut |n, l, s, ts| {
-        let _ = w.record(n, l, s, ts);
-    });
-    assert!(r.samples <= data.len() as u64);
-    let _ = agg.flush();
+    if let Err(e) = check_target("exposition", data) {
+        panic!("exposition: {e}");
+    }
 });

@@ -1,22 +1,17 @@
-//! The OTLP decode path: arbitrary bytes as an `ExportMetricsServiceRequest`; what
-//! decodes is applied without a panic and every point is accepted or counted.
+//! OTLP on arbitrary bytes, read as a protobuf request, as an OTLP/JSON body and as the
+//! recipe of a structured request: every data point is accepted or rejected with a
+//! reason (accepted + rejected == data points), and a structured request round-trips
+//! through protobuf with the same report.
+//!
+//! The check is `weir_core::testing::fuzz::check_target("otlp", ..)`, which
+//! `core/tests/fuzz_corpus.rs` also runs on every committed corpus file.
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use weir_core::parse::otlp::apply_export;
-use weir_core::{Aggregator, AggregatorConfig};
-use weir_proto::Message;
-use weir_proto::metrics_service::ExportMetricsServiceRequest;
+use weir_core::testing::fuzz::check_target;
 
 fuzz_target!(|data: &[u8]| {
-    let Ok(req) = ExportMetricsServiceRequest::decode(data) else {
-        return;
-    };
-    let agg = Aggregator::new(AggregatorConfig {
-        max_series: 256,
-        ..Default::default()
-    });
-    let mut w = agg.writer();
-    let _ = apply_export(&req, &mut w);
-    let _ = agg.flush();
+    if let Err(e) = check_target("otlp", data) {
+        panic!("otlp: {e}");
+    }
 });

@@ -1,20 +1,16 @@
-//! The StatsD decoder on arbitrary datagrams: never a panic, and every non-empty line
-//! is either applied or counted as exactly one parse error.
+//! The StatsD decoder on arbitrary datagrams: every non-empty line is applied or
+//! counted as one parse error, and every value of an applied line is taken or refused
+//! exactly once.
+//!
+//! The check is `weir_core::testing::fuzz::check_target("statsd", ..)`, which
+//! `core/tests/fuzz_corpus.rs` also runs on every committed corpus file.
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use weir_core::parse::statsd::{Decoder, lines};
-use weir_core::{Aggregator, AggregatorConfig};
+use weir_core::testing::fuzz::check_target;
 
 fuzz_target!(|data: &[u8]| {
-    let agg = Aggregator::new(AggregatorConfig {
-        max_series: 256,
-        ..Default::default()
-    });
-    let mut w = agg.writer();
-    let r = Decoder::default().ingest(data, &mut w);
-    let errors: u64 = r.parse_errors.iter().sum();
-    assert_eq!(r.lines + errors, lines(data).count() as u64);
-    assert!(r.samples + r.rejected >= r.lines);
-    let _ = agg.flush();
+    if let Err(e) = check_target("statsd", data) {
+        panic!("statsd: {e}");
+    }
 });

@@ -87,16 +87,12 @@ impl OtlpIngest {
 
 fn response(r: &ExportReport) -> ExportMetricsServiceResponse {
     ExportMetricsServiceResponse {
-        partial_success: (r.rejected > 0).then(|| ExportMetricsPartialSuccess {
-            rejected_data_points: i64::try_from(r.rejected).unwrap_or(i64::MAX),
-            error_message: format!(
-                "{} of {} data points refused ({} malformed, {} unsupported, the rest by weir's limits or validation; see its weir_rejected_total)",
-                r.rejected,
-                r.accepted + r.rejected,
-                r.malformed,
-                r.unsupported
-            ),
-        }),
+        partial_success: r
+            .message()
+            .map(|error_message| ExportMetricsPartialSuccess {
+                rejected_data_points: i64::try_from(r.rejected).unwrap_or(i64::MAX),
+                error_message,
+            }),
     }
 }
 
@@ -302,7 +298,7 @@ async fn handle_http(req: Request<Incoming>, ingest: &OtlpIngest) -> Response<Fu
 /// An export request from protobuf or OTLP/JSON bytes.
 pub fn decode(body: &[u8], json: bool) -> Result<ExportMetricsServiceRequest, String> {
     if json {
-        serde_json::from_slice(body).map_err(|e| e.to_string())
+        weir_core::parse::otlp::decode_json(body).map_err(|e| e.to_string())
     } else {
         ExportMetricsServiceRequest::decode(body).map_err(|e| e.to_string())
     }

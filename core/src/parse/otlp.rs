@@ -19,8 +19,20 @@
 //! as their JSON-like text). Resource attributes follow Prometheus' OTLP rule:
 //! `service.name` (prefixed by `service.namespace/` when set) becomes `job`,
 //! `service.instance.id` becomes `instance`; other resource and scope attributes are
-//! not labels. A data point's own attributes win over these. Points flagged "no
-//! recorded value" are skipped (not counted as refused).
+//! not labels. A data point's own attributes win over these.
+//!
+//! # Accounting
+//! Every data point of a request ends in exactly one of two counts of its
+//! [`ExportReport`], so `accepted + rejected` always equals [`data_points`] of the
+//! request (a property test and the `otlp` fuzz target check it):
+//! - `accepted`: the aggregator took it, or it is flagged "no recorded value" (there
+//!   is nothing to record; those are also counted in `no_value`);
+//! - `rejected`: refused, under one [`OtlpRejection`] reason. A metric that carries
+//!   no point at all (no data field, which is also what a data kind newer than this
+//!   version decodes to, or an empty point list) counts as one refused point, so a
+//!   request whose metrics are all empty is never answered with a bare success.
+//!
+//! [`ExportReport::message`] is the `partial_success.error_message` that says why.
 //!
 //! # Start times of cumulative points
 //! A cumulative Sum or histogram point's `start_time_unix_nano` goes to the aggregator
@@ -38,29 +50,31 @@
 //! side). Count, sum, min and max are kept. Bounds follow the point's scale and
 //! offset; a series keeps the bounds of its first point, and later points with other
 //! bounds are re-bucketed upward (see `HistogramCell::merge`). More than
-//! [`MAX_EXPONENTIAL_BUCKETS`] positive buckets, or a scale outside -10..=20, is
-//! refused as malformed.
+//! [`MAX_HISTOGRAM_BUCKETS`] positive buckets is refused as `too_many_buckets`, a
+//! scale outside -10..=20 as `malformed_histogram`. An explicit-bounds point with
+//! more than [`MAX_HISTOGRAM_BUCKETS`] finite bounds is refused as `too_many_buckets`.
 
 use weir_proto::common::{AnyValue, KeyValue, any_value};
 use weir_proto::metrics::{self, metric::Data, number_data_point};
 use weir_proto::metrics_service::ExportMetricsServiceRequest;
 
 use crate::aggregator::Writer;
+pub use crate::parse::MAX_HISTOGRAM_BUCKETS;
 use crate::parse::statsd::{sanitize_label_name, sanitize_metric_name};
 use crate::point::{HistogramValue, Quantile, Sample, SummaryValue, Temporality};
 
-/// Most positive buckets an exponential histogram point may have (the SDK default
-/// is 160).
-pub const MAX_EXPONENTIAL_BUCKETS: usize = 1024;
+mod json;
+pub use json::{OtlpJsonError, decode_json};
 
 /// An exponential histogram point as an explicit-bounds histogram (see the module
-/// doc), or `None` when it cannot be one.
+/// doc), or `None` when it cannot be one (more than [`MAX_HISTOGRAM_BUCKETS`]
+/// positive buckets included; callers that must tell that apart check it first).
 pub fn exponential_to_explicit(
     p: &metrics::ExponentialHistogramDataPoint,
 ) -> Option<HistogramValue> {
     let positive = p.positive.as_ref();
     let pos_counts: &[u64] = positive.map_or(&[], |b| &b.bucket_counts);
-    if pos_counts.len() > MAX_EXPONENTIAL_BUCKETS || !(-10..=20).contains(&p.scale) {
+    if pos_counts.len() > MAX_HISTOGRAM_BUCKETS || !(-10..=20).contains(&p.scale) {
         return None;
     }
     let negative: u64 = p.negative.as_ref().map_or(Some(0), |b| {
@@ -110,20 +124,129 @@ fn histogram(
     }
 }
 
-/// What one request did.
+/// Why a data point was refused. Stable names, for `partial_success` messages and
+/// self-metrics.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum OtlpRejection {
+    /// A metric without a data field: none was sent, or one of a kind this version
+    /// does not know (it decodes as none). Counted as one point.
+    MissingData,
+    /// A metric whose data holds no data point. Counted as one point.
+    NoDataPoints,
+    /// A sum or (exponential) histogram whose aggregation temporality is unspecified
+    /// or a number OTLP does not define.
+    InvalidTemporality,
+    /// A number data point without a value.
+    MissingValue,
+    /// A histogram point whose buckets are inconsistent (counts that do not match the
+    /// bounds or the count, bounds that do not increase, a scale outside -10..=20).
+    MalformedHistogram,
+    /// A histogram point with more than [`MAX_HISTOGRAM_BUCKETS`] buckets.
+    TooManyBuckets,
+    /// Refused by the aggregator: an invalid name or value, a type conflict, a series
+    /// limit (its own `weir_rejected_total{reason}` says which).
+    Aggregator,
+}
+
+impl OtlpRejection {
+    /// All reasons, in a stable order.
+    pub const ALL: [OtlpRejection; 7] = [
+        OtlpRejection::MissingData,
+        OtlpRejection::NoDataPoints,
+        OtlpRejection::InvalidTemporality,
+        OtlpRejection::MissingValue,
+        OtlpRejection::MalformedHistogram,
+        OtlpRejection::TooManyBuckets,
+        OtlpRejection::Aggregator,
+    ];
+
+    /// Short, stable reason label.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            OtlpRejection::MissingData => "missing_data",
+            OtlpRejection::NoDataPoints => "no_data_points",
+            OtlpRejection::InvalidTemporality => "invalid_temporality",
+            OtlpRejection::MissingValue => "missing_value",
+            OtlpRejection::MalformedHistogram => "malformed_histogram",
+            OtlpRejection::TooManyBuckets => "too_many_buckets",
+            OtlpRejection::Aggregator => "aggregator",
+        }
+    }
+
+    fn index(self) -> usize {
+        OtlpRejection::ALL
+            .iter()
+            .position(|r| *r == self)
+            .unwrap_or(0)
+    }
+}
+
+/// What one request did. `accepted + rejected` is [`data_points`] of the request.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct ExportReport {
-    /// Data points the aggregator took.
+    /// Data points taken: recorded by the aggregator, or flagged "no recorded value"
+    /// (nothing to record; those are also counted in `no_value`).
     pub accepted: u64,
-    /// Data points refused: by the aggregator (its counters say why), malformed, or of
-    /// an unsupported kind. OTLP's `partial_success.rejected_data_points`.
+    /// Data points refused, each under one reason in `reasons`. OTLP's
+    /// `partial_success.rejected_data_points`.
     pub rejected: u64,
-    /// Of `rejected`, points of a kind weir does not take (none at present; kept so
-    /// the answer's wording is stable).
-    pub unsupported: u64,
-    /// Of `rejected`, points whose payload is inconsistent (bucket counts that do not
-    /// match the bounds, a missing value).
-    pub malformed: u64,
+    /// Of `accepted`, points flagged "no recorded value".
+    pub no_value: u64,
+    /// `rejected` by reason, indexed like [`OtlpRejection::ALL`].
+    pub reasons: [u64; OtlpRejection::ALL.len()],
+}
+
+impl ExportReport {
+    /// The refused points counted under `reason`.
+    pub fn rejected_for(&self, reason: OtlpRejection) -> u64 {
+        self.reasons[reason.index()]
+    }
+
+    /// The `partial_success.error_message` for this request: `None` when nothing was
+    /// refused, else the count and every reason that occurred, e.g.
+    /// `2 of 5 data points refused: too_many_buckets 1, invalid_temporality 1`.
+    pub fn message(&self) -> Option<String> {
+        if self.rejected == 0 {
+            return None;
+        }
+        let reasons: Vec<String> = OtlpRejection::ALL
+            .iter()
+            .filter(|r| self.rejected_for(**r) > 0)
+            .map(|r| format!("{} {}", r.as_str(), self.rejected_for(*r)))
+            .collect();
+        Some(format!(
+            "{} of {} data points refused: {}",
+            self.rejected,
+            self.accepted + self.rejected,
+            reasons.join(", ")
+        ))
+    }
+
+    fn reject(&mut self, reason: OtlpRejection, n: u64) {
+        self.rejected += n;
+        self.reasons[reason.index()] += n;
+    }
+}
+
+/// The data points a request holds, as [`ExportReport`] counts them: every data point,
+/// and one for each metric that holds none (see the module doc).
+pub fn data_points(req: &ExportMetricsServiceRequest) -> u64 {
+    req.resource_metrics
+        .iter()
+        .flat_map(|rm| &rm.scope_metrics)
+        .flat_map(|sm| &sm.metrics)
+        .map(|m| {
+            let n = match &m.data {
+                Some(Data::Sum(s)) => s.data_points.len(),
+                Some(Data::Gauge(g)) => g.data_points.len(),
+                Some(Data::Histogram(h)) => h.data_points.len(),
+                Some(Data::ExponentialHistogram(e)) => e.data_points.len(),
+                Some(Data::Summary(s)) => s.data_points.len(),
+                None => 0,
+            };
+            n.max(1) as u64
+        })
+        .sum()
 }
 
 /// Text of an attribute value.
@@ -262,21 +385,23 @@ struct Target<'a> {
 }
 
 impl Target<'_> {
-    /// Records one data point: skipped when flagged "no recorded value", counted as
-    /// malformed when it yields no sample.
+    /// Records one data point: taken as is when flagged "no recorded value" (nothing
+    /// to record), refused for `sample`'s reason when it yields no sample.
     fn point(
         &mut self,
         attrs: &[KeyValue],
         flags: u32,
         (start_unix_nano, time_unix_nano): (u64, u64),
-        sample: Option<Sample<'_>>,
+        sample: Result<Sample<'_>, OtlpRejection>,
     ) {
         if no_value(flags) {
+            self.report.accepted += 1;
+            self.report.no_value += 1;
             return;
         }
-        let Some(sample) = sample else {
-            self.malformed(1);
-            return;
+        let sample = match sample {
+            Ok(s) => s,
+            Err(reason) => return self.report.reject(reason, 1),
         };
         let labels = point_labels(attrs, self.base);
         let view: Vec<(&str, &str)> = labels
@@ -289,25 +414,32 @@ impl Target<'_> {
             .record_since(self.name, &view, sample, time, start)
         {
             Ok(()) => self.report.accepted += 1,
-            Err(_) => self.report.rejected += 1,
+            Err(_) => self.report.reject(OtlpRejection::Aggregator, 1),
         }
     }
 
-    fn malformed(&mut self, n: usize) {
-        self.report.rejected += n as u64;
-        self.report.malformed += n as u64;
+    /// Refuses a whole metric: each of its `n` points, or one when it has none.
+    fn reject_metric(&mut self, reason: OtlpRejection, n: usize) {
+        self.report.reject(reason, n.max(1) as u64);
     }
 }
 
-fn number(p: &metrics::NumberDataPoint) -> Option<f64> {
-    match p.value? {
-        number_data_point::Value::AsDouble(d) => Some(d),
-        number_data_point::Value::AsInt(i) => Some(i as f64),
+fn number(p: &metrics::NumberDataPoint) -> Result<f64, OtlpRejection> {
+    match p.value.ok_or(OtlpRejection::MissingValue)? {
+        number_data_point::Value::AsDouble(d) => Ok(d),
+        number_data_point::Value::AsInt(i) => Ok(i as f64),
     }
 }
 
-/// An explicit-bounds histogram point as weir's histogram, if consistent.
-fn explicit(p: &metrics::HistogramDataPoint) -> Option<HistogramValue> {
+/// An explicit-bounds histogram point as weir's histogram, if consistent and within
+/// [`MAX_HISTOGRAM_BUCKETS`].
+fn explicit(p: &metrics::HistogramDataPoint) -> Result<HistogramValue, OtlpRejection> {
+    // Checked before anything is copied: the count of buckets is the sender's choice.
+    if p.explicit_bounds.len() > MAX_HISTOGRAM_BUCKETS
+        || p.bucket_counts.len() > MAX_HISTOGRAM_BUCKETS + 1
+    {
+        return Err(OtlpRejection::TooManyBuckets);
+    }
     // No buckets at all is allowed: count and sum only, one +Inf bucket.
     let (bounds, counts) = if p.bucket_counts.is_empty() {
         (Vec::new(), vec![p.count])
@@ -315,7 +447,24 @@ fn explicit(p: &metrics::HistogramDataPoint) -> Option<HistogramValue> {
         (p.explicit_bounds.clone(), p.bucket_counts.clone())
     };
     let value = histogram(bounds, counts, p.sum, p.count, p.min, p.max);
-    value.is_well_formed().then_some(value)
+    if value.is_well_formed() {
+        Ok(value)
+    } else {
+        Err(OtlpRejection::MalformedHistogram)
+    }
+}
+
+/// An exponential histogram point as weir's histogram (see the module doc).
+fn exponential(
+    p: &metrics::ExponentialHistogramDataPoint,
+) -> Result<HistogramValue, OtlpRejection> {
+    let positive = p.positive.as_ref().map_or(0, |b| b.bucket_counts.len());
+    if positive > MAX_HISTOGRAM_BUCKETS {
+        return Err(OtlpRejection::TooManyBuckets);
+    }
+    exponential_to_explicit(p)
+        .filter(HistogramValue::is_well_formed)
+        .ok_or(OtlpRejection::MalformedHistogram)
 }
 
 fn summary(p: &metrics::SummaryDataPoint) -> SummaryValue {
@@ -346,10 +495,21 @@ fn apply_metric(
         base,
         report,
     };
+    let points = match &m.data {
+        Some(Data::Sum(s)) => s.data_points.len(),
+        Some(Data::Gauge(g)) => g.data_points.len(),
+        Some(Data::Histogram(h)) => h.data_points.len(),
+        Some(Data::ExponentialHistogram(e)) => e.data_points.len(),
+        Some(Data::Summary(s)) => s.data_points.len(),
+        None => return to.reject_metric(OtlpRejection::MissingData, 1),
+    };
+    if points == 0 {
+        return to.reject_metric(OtlpRejection::NoDataPoints, 1);
+    }
     match &m.data {
         Some(Data::Sum(sum)) => {
             let Some(t) = temporality(sum.aggregation_temporality) else {
-                return to.malformed(sum.data_points.len());
+                return to.reject_metric(OtlpRejection::InvalidTemporality, points);
             };
             for p in &sum.data_points {
                 let sample = number(p).map(|v| match (sum.is_monotonic, t) {
@@ -378,11 +538,14 @@ fn apply_metric(
         }
         Some(Data::Histogram(h)) => {
             let Some(t) = temporality(h.aggregation_temporality) else {
-                return to.malformed(h.data_points.len());
+                return to.reject_metric(OtlpRejection::InvalidTemporality, points);
             };
             for p in &h.data_points {
                 let value = explicit(p);
-                let sample = value.as_ref().map(|v| Sample::Histogram(v, t));
+                let sample = value
+                    .as_ref()
+                    .map(|v| Sample::Histogram(v, t))
+                    .map_err(|e| *e);
                 to.point(
                     &p.attributes,
                     p.flags,
@@ -393,11 +556,14 @@ fn apply_metric(
         }
         Some(Data::ExponentialHistogram(e)) => {
             let Some(t) = temporality(e.aggregation_temporality) else {
-                return to.malformed(e.data_points.len());
+                return to.reject_metric(OtlpRejection::InvalidTemporality, points);
             };
             for p in &e.data_points {
-                let value = exponential_to_explicit(p).filter(HistogramValue::is_well_formed);
-                let sample = value.as_ref().map(|v| Sample::Histogram(v, t));
+                let value = exponential(p);
+                let sample = value
+                    .as_ref()
+                    .map(|v| Sample::Histogram(v, t))
+                    .map_err(|e| *e);
                 to.point(
                     &p.attributes,
                     p.flags,
@@ -413,10 +579,11 @@ fn apply_metric(
                     &p.attributes,
                     p.flags,
                     (p.start_time_unix_nano, p.time_unix_nano),
-                    Some(Sample::Summary(&value)),
+                    Ok(Sample::Summary(&value)),
                 );
             }
         }
+        // Counted above.
         None => {}
     }
 }
@@ -557,15 +724,10 @@ mod tests {
             ),
         ]);
         let r = apply_export(&req, &mut w);
-        assert_eq!(
-            r,
-            ExportReport {
-                accepted: 6,
-                rejected: 2,
-                unsupported: 0,
-                malformed: 2
-            }
-        );
+        assert_eq!((r.accepted, r.rejected, r.no_value), (6, 2, 0));
+        assert_eq!(r.rejected_for(OtlpRejection::MalformedHistogram), 1);
+        assert_eq!(r.rejected_for(OtlpRejection::InvalidTemporality), 1);
+        assert_eq!(data_points(&req), 8);
         let b = agg.flush();
         let base = [("instance", "pod-1"), ("job", "shop/api")];
         let k = |name: &str, extra: &[(&'static str, &'static str)]| {
@@ -773,7 +935,7 @@ mod tests {
         let huge = ExponentialHistogramDataPoint {
             positive: Some(Buckets {
                 offset: 0,
-                bucket_counts: vec![0; MAX_EXPONENTIAL_BUCKETS + 1],
+                bucket_counts: vec![0; MAX_HISTOGRAM_BUCKETS + 1],
             }),
             ..Default::default()
         };
@@ -783,5 +945,165 @@ mod tests {
             ..Default::default()
         };
         assert!(exponential_to_explicit(&scale).is_none());
+    }
+
+    fn explicit_point(buckets: usize) -> HistogramDataPoint {
+        HistogramDataPoint {
+            count: buckets as u64 + 1,
+            bucket_counts: vec![1; buckets + 1],
+            explicit_bounds: (0..buckets).map(|b| b as f64).collect(),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn explicit_histograms_past_the_bucket_cap_are_refused_as_too_many_buckets() {
+        let agg = Aggregator::default();
+        let mut w = agg.writer();
+        let delta = AggregationTemporality::Delta as i32;
+        let huge: Vec<HistogramDataPoint> = (0..8)
+            .map(|i| HistogramDataPoint {
+                attributes: vec![kv("i", &i.to_string())],
+                ..explicit_point(100_000)
+            })
+            .collect();
+        let req = request(vec![
+            metric(
+                "huge",
+                Data::Histogram(Histogram {
+                    data_points: huge,
+                    aggregation_temporality: delta,
+                }),
+            ),
+            metric(
+                "at_cap",
+                Data::Histogram(Histogram {
+                    data_points: vec![explicit_point(MAX_HISTOGRAM_BUCKETS)],
+                    aggregation_temporality: delta,
+                }),
+            ),
+            metric(
+                "past_cap",
+                Data::Histogram(Histogram {
+                    data_points: vec![explicit_point(MAX_HISTOGRAM_BUCKETS + 1)],
+                    aggregation_temporality: delta,
+                }),
+            ),
+        ]);
+        let r = apply_export(&req, &mut w);
+        assert_eq!((r.accepted, r.rejected), (1, 9));
+        assert_eq!(r.rejected_for(OtlpRejection::TooManyBuckets), 9);
+        assert_eq!(
+            r.message().as_deref(),
+            Some("9 of 10 data points refused: too_many_buckets 9")
+        );
+        let b = agg.flush();
+        assert_eq!(b.series.len(), 1, "only the point at the cap is stored");
+    }
+
+    #[test]
+    fn exponential_histograms_past_the_bucket_cap_are_refused_as_too_many_buckets() {
+        use weir_proto::metrics::exponential_histogram_data_point::Buckets;
+        let agg = Aggregator::default();
+        let point = |n: usize| ExponentialHistogramDataPoint {
+            count: n as u64,
+            positive: Some(Buckets {
+                offset: 0,
+                bucket_counts: vec![1; n],
+            }),
+            scale: -2,
+            ..Default::default()
+        };
+        let req = request(vec![metric(
+            "exp",
+            Data::ExponentialHistogram(ExponentialHistogram {
+                data_points: vec![point(MAX_HISTOGRAM_BUCKETS + 1), point(4)],
+                aggregation_temporality: AggregationTemporality::Cumulative as i32,
+            }),
+        )]);
+        let r = apply_export(&req, &mut agg.writer());
+        assert_eq!((r.accepted, r.rejected), (1, 1));
+        assert_eq!(r.rejected_for(OtlpRejection::TooManyBuckets), 1);
+    }
+
+    #[test]
+    fn every_point_is_taken_or_refused_with_a_reason_never_skipped_silently() {
+        let agg = Aggregator::default();
+        let mut w = agg.writer();
+        let no_value_point = NumberDataPoint {
+            flags: 1,
+            ..Default::default()
+        };
+        let req = request(vec![
+            // No data field: what a data kind newer than this version decodes to.
+            Metric {
+                name: "future_kind".into(),
+                ..Default::default()
+            },
+            metric("empty_gauge", Data::Gauge(Gauge::default())),
+            metric(
+                "empty_sum",
+                Data::Sum(Sum {
+                    aggregation_temporality: 0,
+                    ..Default::default()
+                }),
+            ),
+            metric(
+                "unknown_temporality",
+                Data::Histogram(Histogram {
+                    data_points: vec![explicit_point(1), explicit_point(2)],
+                    aggregation_temporality: 9,
+                }),
+            ),
+            metric(
+                "no_values",
+                Data::Gauge(Gauge {
+                    data_points: vec![NumberDataPoint::default(), no_value_point, num(1.0, vec![])],
+                }),
+            ),
+            // A negative counter increment: the aggregator refuses it.
+            metric(
+                "negative",
+                Data::Sum(Sum {
+                    data_points: vec![num(-1.0, vec![])],
+                    aggregation_temporality: AggregationTemporality::Delta as i32,
+                    is_monotonic: true,
+                }),
+            ),
+        ]);
+        let r = apply_export(&req, &mut w);
+        assert_eq!(data_points(&req), 9, "{r:?}");
+        assert_eq!((r.accepted, r.rejected, r.no_value), (2, 7, 1));
+        let by = |reason| r.rejected_for(reason);
+        assert_eq!(by(OtlpRejection::MissingData), 1);
+        assert_eq!(by(OtlpRejection::NoDataPoints), 2);
+        assert_eq!(by(OtlpRejection::InvalidTemporality), 2);
+        assert_eq!(by(OtlpRejection::MissingValue), 1);
+        assert_eq!(by(OtlpRejection::Aggregator), 1);
+        assert_eq!(r.reasons.iter().sum::<u64>(), r.rejected);
+        let msg = r.message().unwrap();
+        assert_eq!(
+            msg,
+            "7 of 9 data points refused: missing_data 1, no_data_points 2, \
+             invalid_temporality 2, missing_value 1, aggregator 1"
+        );
+        // Nothing refused, nothing said.
+        let ok = request(vec![metric(
+            "g",
+            Data::Gauge(Gauge {
+                data_points: vec![num(2.0, vec![])],
+            }),
+        )]);
+        assert_eq!(apply_export(&ok, &mut w).message(), None);
+    }
+
+    #[test]
+    fn rejection_reasons_have_distinct_stable_names() {
+        let names: std::collections::HashSet<&str> =
+            OtlpRejection::ALL.iter().map(|r| r.as_str()).collect();
+        assert_eq!(names.len(), OtlpRejection::ALL.len());
+        for (i, r) in OtlpRejection::ALL.iter().enumerate() {
+            assert_eq!(r.index(), i);
+        }
     }
 }

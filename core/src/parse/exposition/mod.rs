@@ -10,7 +10,8 @@
 //! counted by a stable reason; only a broken protobuf length prefix ends a body, since
 //! nothing after it can be framed), allocate by a size the body claims rather than
 //! by what it holds, or trust a body's shape (a histogram missing its `+Inf` bucket or
-//! with decreasing buckets is refused).
+//! with decreasing buckets is refused, and one with more than
+//! [`crate::parse::MAX_HISTOGRAM_BUCKETS`] buckets is refused as `too_many_buckets`).
 //!
 //! # Mapping (all formats)
 //! | family type | sample |
@@ -68,11 +69,15 @@ pub enum ExpositionError {
     UnsupportedType,
     /// An OpenMetrics body that does not end with `# EOF` (what it held is kept).
     MissingEof,
+    /// A histogram with more than [`crate::parse::MAX_HISTOGRAM_BUCKETS`] finite
+    /// buckets (classic) or bucket indices (native), or a gauge histogram with more
+    /// than that many buckets.
+    TooManyBuckets,
 }
 
 impl ExpositionError {
     /// All reasons, in a stable order.
-    pub const ALL: [ExpositionError; 10] = [
+    pub const ALL: [ExpositionError; 11] = [
         ExpositionError::InvalidUtf8,
         ExpositionError::MalformedLine,
         ExpositionError::MalformedLabels,
@@ -83,6 +88,7 @@ impl ExpositionError {
         ExpositionError::MalformedProtobuf,
         ExpositionError::UnsupportedType,
         ExpositionError::MissingEof,
+        ExpositionError::TooManyBuckets,
     ];
 
     /// Short, stable reason label.
@@ -98,6 +104,7 @@ impl ExpositionError {
             ExpositionError::MalformedProtobuf => "malformed_protobuf",
             ExpositionError::UnsupportedType => "unsupported_type",
             ExpositionError::MissingEof => "missing_eof",
+            ExpositionError::TooManyBuckets => "too_many_buckets",
         }
     }
 

@@ -19,8 +19,10 @@
 //! `(b^(i-1), b^i]` with `b = 2^(2^-s)`, so it keeps its exact upper bound `b^i`; the
 //! zero bucket and every negative observation go into one first bucket with upper
 //! bound `zero_threshold`. A native histogram spanning more than
-//! [`crate::parse::otlp::MAX_EXPONENTIAL_BUCKETS`] bucket indices, with a schema outside
-//! -10..=20, or whose spans and counts disagree is counted `malformed_group`.
+//! [`MAX_HISTOGRAM_BUCKETS`] bucket indices, or a classic (or gauge) histogram with
+//! more than [`MAX_HISTOGRAM_BUCKETS`] finite buckets, is counted `too_many_buckets`;
+//! one with a schema outside -10..=20, or whose spans and counts disagree, is counted
+//! `malformed_group`.
 //! Float histograms (`*_count_float`) are read when their counts are whole numbers.
 //! Exemplars and created timestamps are decoded and ignored.
 
@@ -30,7 +32,8 @@ use weir_proto::metrics::ExponentialHistogramDataPoint;
 use weir_proto::metrics::exponential_histogram_data_point::Buckets;
 
 use super::{Emit, ExpositionError, ParseReport, cumulative_histogram, summary_value, whole_count};
-use crate::parse::otlp::{MAX_EXPONENTIAL_BUCKETS, exponential_to_explicit};
+use crate::parse::MAX_HISTOGRAM_BUCKETS;
+use crate::parse::otlp::exponential_to_explicit;
 use crate::point::{HistogramValue, Sample, SummaryValue, Temporality};
 
 /// Parses a protobuf exposition body (delimited `MetricFamily` messages), calling
@@ -128,6 +131,7 @@ fn family(f: &MetricFamily, emit: &mut Emit<'_>, report: &mut ParseReport) {
         let ts = m.timestamp_ms.unwrap_or(0);
         if kind == MetricType::GaugeHistogram {
             match &m.histogram {
+                Some(h) if too_many_classic(h) => report.count(ExpositionError::TooManyBuckets),
                 Some(h) => gauge_histogram(name, &labels, h, ts, emit, report),
                 None => report.count(ExpositionError::MalformedValue),
             }
@@ -192,9 +196,7 @@ fn value(kind: MetricType, m: &pb::Metric) -> Result<Value, ExpositionError> {
                 summary_value(&points, s.sample_sum.unwrap_or(0.0), count).ok_or(malformed)?,
             )
         }
-        MetricType::Histogram => {
-            Value::Histogram(histogram(m.histogram.as_ref().ok_or(missing)?).ok_or(malformed)?)
-        }
+        MetricType::Histogram => Value::Histogram(histogram(m.histogram.as_ref().ok_or(missing)?)?),
     })
 }
 
@@ -207,15 +209,30 @@ fn count_of(int: Option<u64>, float: Option<f64>) -> f64 {
     }
 }
 
-/// A histogram message as weir's histogram (see the module doc); `None` when
-/// malformed.
-fn histogram(h: &pb::Histogram) -> Option<HistogramValue> {
+/// True when a histogram message has more than [`MAX_HISTOGRAM_BUCKETS`] finite
+/// classic buckets.
+fn too_many_classic(h: &pb::Histogram) -> bool {
+    let finite = h
+        .bucket
+        .iter()
+        .filter(|b| b.upper_bound != Some(f64::INFINITY))
+        .count();
+    finite > MAX_HISTOGRAM_BUCKETS
+}
+
+/// A histogram message as weir's histogram (see the module doc): `too_many_buckets`
+/// past [`MAX_HISTOGRAM_BUCKETS`], `malformed_group` when inconsistent.
+fn histogram(h: &pb::Histogram) -> Result<HistogramValue, ExpositionError> {
     let native = h.bucket.is_empty() && !(h.positive_span.is_empty() && h.negative_span.is_empty());
     if native {
         return native_histogram(h);
     }
+    if too_many_classic(h) {
+        return Err(ExpositionError::TooManyBuckets);
+    }
     let mut points = classic_buckets(h);
     cumulative_histogram(&mut points, h.sample_sum.unwrap_or(0.0))
+        .ok_or(ExpositionError::MalformedGroup)
 }
 
 /// The classic buckets as cumulative `(le, count)`, with `+Inf` added from
@@ -271,9 +288,20 @@ fn gauge_histogram(
 }
 
 /// A native histogram converted to explicit bounds (see the module doc).
-fn native_histogram(h: &pb::Histogram) -> Option<HistogramValue> {
+fn native_histogram(h: &pb::Histogram) -> Result<HistogramValue, ExpositionError> {
     let (first, positive) = dense_buckets(&h.positive_span, &h.positive_delta, &h.positive_count)?;
     let (_, negative) = dense_buckets(&h.negative_span, &h.negative_delta, &h.negative_count)?;
+    native_point(h, first, positive, &negative).ok_or(ExpositionError::MalformedGroup)
+}
+
+/// The OTLP exponential point a native histogram's dense buckets make, converted to
+/// explicit bounds; `None` when inconsistent.
+fn native_point(
+    h: &pb::Histogram,
+    first: i64,
+    positive: Vec<u64>,
+    negative: &[u64],
+) -> Option<HistogramValue> {
     let negative_total = negative.iter().try_fold(0u64, |a, c| a.checked_add(*c))?;
     let point = ExponentialHistogramDataPoint {
         count: whole_count(count_of(h.sample_count, h.sample_count_float))?,
@@ -296,14 +324,16 @@ fn native_histogram(h: &pb::Histogram) -> Option<HistogramValue> {
 }
 
 /// The buckets of one side of a native histogram as a dense run of absolute counts
-/// and the index of its first bucket; `None` when the spans and counts disagree, a
-/// count is negative or fractional, or the run is longer than
-/// [`MAX_EXPONENTIAL_BUCKETS`] (checked before anything is allocated for it).
+/// and the index of its first bucket; `too_many_buckets` when the run is longer than
+/// [`MAX_HISTOGRAM_BUCKETS`] (checked before anything is allocated for it),
+/// `malformed_group` when the spans and counts disagree or a count is negative or
+/// fractional.
 fn dense_buckets(
     spans: &[pb::BucketSpan],
     deltas: &[i64],
     floats: &[f64],
-) -> Option<(i64, Vec<u64>)> {
+) -> Result<(i64, Vec<u64>), ExpositionError> {
+    let malformed = ExpositionError::MalformedGroup;
     let values = if deltas.is_empty() {
         floats.len()
     } else {
@@ -311,7 +341,7 @@ fn dense_buckets(
     };
     let total: u64 = spans.iter().map(|s| u64::from(s.length.unwrap_or(0))).sum();
     if total != values as u64 {
-        return None;
+        return Err(malformed);
     }
     // Indices of every bucket, in order: a span starts `offset` after the previous
     // span's end (the first span at `offset`).
@@ -325,25 +355,39 @@ fn dense_buckets(
         })
     };
     let (Some(first), Some(last)) = (positions().next(), positions().last()) else {
-        return Some((1, Vec::new()));
+        return Ok((1, Vec::new()));
     };
-    let width = last.checked_sub(first)?.checked_add(1)?;
-    if width <= 0 || width > MAX_EXPONENTIAL_BUCKETS as i64 {
-        return None;
+    let width = last
+        .checked_sub(first)
+        .and_then(|w| w.checked_add(1))
+        .ok_or(malformed)?;
+    if width <= 0 {
+        return Err(malformed);
+    }
+    if width > MAX_HISTOGRAM_BUCKETS as i64 {
+        return Err(ExpositionError::TooManyBuckets);
     }
     let mut dense = vec![0u64; width as usize];
     let mut running = 0i64;
     for (k, at) in positions().enumerate() {
         let count = if deltas.is_empty() {
-            whole_count(*floats.get(k)?)?
+            floats.get(k).and_then(|f| whole_count(*f))
         } else {
-            running = running.checked_add(*deltas.get(k)?)?;
-            u64::try_from(running).ok()?
-        };
-        let slot = dense.get_mut(usize::try_from(at.checked_sub(first)?).ok()?)?;
-        *slot = slot.checked_add(count)?;
+            deltas
+                .get(k)
+                .and_then(|d| running.checked_add(*d))
+                .inspect(|r| running = *r)
+                .and_then(|r| u64::try_from(r).ok())
+        }
+        .ok_or(malformed)?;
+        let slot = at
+            .checked_sub(first)
+            .and_then(|i| usize::try_from(i).ok())
+            .and_then(|i| dense.get_mut(i))
+            .ok_or(malformed)?;
+        *slot = slot.checked_add(count).ok_or(malformed)?;
     }
-    Some((first, dense))
+    Ok((first, dense))
 }
 
 #[cfg(test)]
@@ -630,7 +674,7 @@ mod tests {
         float.negative_delta.clear();
         float.positive_count = vec![3.0, 2.0, 4.0];
         float.negative_count = vec![2.0];
-        assert_eq!(histogram(&float), Some(v));
+        assert_eq!(histogram(&float), Ok(v));
 
         // A no-op span only: an empty native histogram.
         let empty = pb::Histogram {
@@ -648,19 +692,79 @@ mod tests {
             f(&mut b);
             histogram(&b)
         };
+        let malformed = Err(ExpositionError::MalformedGroup);
         assert_eq!(
             bad(&|b| b.positive_delta.push(1)),
-            None,
+            malformed,
             "more counts than spans"
         );
-        assert_eq!(bad(&|b| b.positive_delta[1] = -5), None, "negative count");
-        assert_eq!(bad(&|b| b.schema = Some(-53)), None, "custom buckets");
-        assert_eq!(bad(&|b| b.sample_count = Some(11)), None, "counts disagree");
+        assert_eq!(
+            bad(&|b| b.positive_delta[1] = -5),
+            malformed,
+            "negative count"
+        );
+        assert_eq!(bad(&|b| b.schema = Some(-53)), malformed, "custom buckets");
+        assert_eq!(
+            bad(&|b| b.sample_count = Some(11)),
+            malformed,
+            "counts disagree"
+        );
         assert_eq!(
             bad(&|b| b.positive_span[1].offset = Some(i32::MAX)),
-            None,
+            Err(ExpositionError::TooManyBuckets),
             "too wide: refused before allocating"
         );
+    }
+
+    #[test]
+    fn histograms_past_the_bucket_cap_are_refused_as_too_many_buckets() {
+        let buckets =
+            |n: usize| -> Vec<(f64, u64)> { (0..n).map(|i| (i as f64, i as u64)).collect() };
+        let series = |n: usize| Metric {
+            histogram: Some(classic(n as u64, 1.0, &buckets(n))),
+            ..Default::default()
+        };
+        for kind in [MetricType::Histogram, MetricType::GaugeHistogram] {
+            let (got, r) = parse(&body(&[fam("h", kind, vec![series(100_000)])]));
+            assert_eq!((r.samples, got.len()), (0, 0), "{kind:?}");
+            assert_eq!(r.errors(ExpositionError::TooManyBuckets), 1, "{kind:?}");
+            assert_eq!(r.total_errors(), 1, "{kind:?}");
+            let (_, r) = parse(&body(&[fam(
+                "h",
+                kind,
+                vec![series(MAX_HISTOGRAM_BUCKETS + 1)],
+            )]));
+            assert_eq!(r.errors(ExpositionError::TooManyBuckets), 1, "{kind:?}");
+            let (_, r) = parse(&body(&[fam(
+                "h",
+                kind,
+                vec![series(MAX_HISTOGRAM_BUCKETS)],
+            )]));
+            assert_eq!(r.total_errors(), 0, "{kind:?}: {r:?}");
+        }
+        // Native: spanning more bucket indices than the cap, however few are set.
+        let native = pb::Histogram {
+            sample_count: Some(2),
+            schema: Some(0),
+            positive_span: vec![
+                BucketSpan {
+                    offset: Some(0),
+                    length: Some(1),
+                },
+                BucketSpan {
+                    offset: Some(MAX_HISTOGRAM_BUCKETS as i32),
+                    length: Some(1),
+                },
+            ],
+            positive_delta: vec![1, 0],
+            ..Default::default()
+        };
+        let m = Metric {
+            histogram: Some(native),
+            ..Default::default()
+        };
+        let (_, r) = parse(&body(&[fam("n", MetricType::Histogram, vec![m])]));
+        assert_eq!(r.errors(ExpositionError::TooManyBuckets), 1, "{r:?}");
     }
 
     #[test]

@@ -5,7 +5,9 @@
 //! [timestamp]`, with `\\`, `\"` and `\n` escapes, `NaN`, `+Inf`, `-Inf`), and the
 //! grouping of histogram (`_bucket{le}`, `_sum`, `_count`) and summary (`{quantile}`,
 //! `_sum`, `_count`) lines into whole values. Must never: panic or stop at a bad line
-//! (it is skipped and counted by a stable reason).
+//! (it is skipped and counted by a stable reason), or keep more than
+//! [`MAX_HISTOGRAM_BUCKETS`] finite buckets of a histogram (the group is refused as
+//! `too_many_buckets`).
 //!
 //! # Where OpenMetrics differs
 //! - The body ends with `# EOF`; without it `missing_eof` is counted (the samples
@@ -23,6 +25,7 @@
 use std::borrow::Cow;
 
 use super::{Emit, ExpositionError, ParseReport, cumulative_histogram, summary_value};
+use crate::parse::MAX_HISTOGRAM_BUCKETS;
 use crate::point::{Sample, Temporality};
 
 /// Which text format a body is in.
@@ -76,6 +79,8 @@ struct Group {
     count: Option<f64>,
     timestamp_ms: i64,
     malformed: bool,
+    /// More buckets than [`MAX_HISTOGRAM_BUCKETS`]: later ones are not kept.
+    too_many: bool,
 }
 
 /// Parses a Prometheus text format (0.0.4) body, calling `emit` for every sample
@@ -234,6 +239,7 @@ fn add_to_group(groups: &mut Vec<Group>, kind: Family, family: &str, s: SampleLi
                 count: None,
                 timestamp_ms: s.timestamp_ms,
                 malformed: false,
+                too_many: false,
             });
             groups.len() - 1
         }
@@ -250,6 +256,11 @@ fn add_to_group(groups: &mut Vec<Group>, kind: Family, family: &str, s: SampleLi
                 .find(|(k, _)| *k == special)
                 .and_then(|(_, v)| parse_float(v));
             match at {
+                // At most MAX_HISTOGRAM_BUCKETS finite buckets and +Inf are kept: a
+                // group's memory does not grow with what a body repeats.
+                Some(_) if kind == Family::Histogram && g.points.len() > MAX_HISTOGRAM_BUCKETS => {
+                    g.too_many = true
+                }
                 Some(at) if (kind == Family::Histogram) == (suffix == "_bucket") => {
                     g.points.push((at, s.value))
                 }
@@ -277,6 +288,10 @@ fn finish(
             .map(|(k, v)| (k.as_str(), v.as_str()))
             .collect();
         let sum = g.sum.unwrap_or(0.0);
+        if g.too_many {
+            report.count(ExpositionError::TooManyBuckets);
+            continue;
+        }
         let emitted = match kind {
             _ if g.malformed => false,
             Family::Histogram => match cumulative_histogram(&mut g.points, sum) {
@@ -799,5 +814,40 @@ thing 9
             2,
             "a `_created` line is a gauge in 0.0.4: {got:?}"
         );
+    }
+
+    /// A histogram family of `n` finite buckets and `+Inf`, with a second, small
+    /// series after it.
+    fn histogram_body(n: usize, eof: bool) -> String {
+        let mut b = String::from("# TYPE h histogram\n");
+        for i in 0..n {
+            b.push_str(&format!("h_bucket{{s=\"big\",le=\"{i}\"}} {i}\n"));
+        }
+        b.push_str(&format!("h_bucket{{s=\"big\",le=\"+Inf\"}} {n}\nh_count{{s=\"big\"}} {n}\nh_sum{{s=\"big\"}} 1\n"));
+        b.push_str("h_bucket{s=\"small\",le=\"1\"} 1\nh_bucket{s=\"small\",le=\"+Inf\"} 1\nh_count{s=\"small\"} 1\n");
+        if eof {
+            b.push_str("# EOF\n");
+        }
+        b
+    }
+
+    #[test]
+    fn histograms_past_the_bucket_cap_are_refused_as_too_many_buckets() {
+        for (dialect, eof) in [(Dialect::Prometheus, false), (Dialect::OpenMetrics, true)] {
+            let (got, r) = parse_as(&histogram_body(100_000, eof), dialect);
+            assert_eq!(r.samples, 1, "{dialect:?}: {r:?}");
+            assert_eq!(r.errors(ExpositionError::TooManyBuckets), 1, "{dialect:?}");
+            assert_eq!(r.total_errors(), 1, "{dialect:?}: {r:?}");
+            assert_eq!(got[0].labels, vec![("s".into(), "small".into())]);
+            // At the cap: taken.
+            let (got, r) = parse_as(&histogram_body(MAX_HISTOGRAM_BUCKETS, eof), dialect);
+            assert_eq!((r.samples, r.total_errors()), (2, 0), "{dialect:?}: {r:?}");
+            assert_eq!(got.len(), 2);
+            let (_, r) = parse_as(&histogram_body(MAX_HISTOGRAM_BUCKETS + 1, eof), dialect);
+            assert_eq!(
+                (r.samples, r.errors(ExpositionError::TooManyBuckets)),
+                (1, 1)
+            );
+        }
     }
 }
