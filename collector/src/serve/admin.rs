@@ -31,7 +31,7 @@ use weir_core::parse::statsd::LineError;
 
 use crate::control::{FlushRequest, FlushSummary, ReloadRequest};
 use crate::pipeline::{Pipeline, PipelineCounters, PipelineStatus};
-use crate::serve::{Body, plain};
+use crate::serve::{Body, Limits, ListenerCounters, plain};
 use crate::sources::otlp::OtlpIngest;
 use crate::sources::scrape::TargetCounters;
 use crate::sources::statsd::StatsdCounters;
@@ -66,37 +66,54 @@ pub struct AdminState {
 pub struct AdminServer {
     /// The bound address.
     pub addr: SocketAddr,
+    /// The listener's connection counters.
+    pub counters: Arc<ListenerCounters>,
     task: JoinHandle<()>,
 }
 
 impl AdminServer {
-    /// Binds and serves. Must be called inside a tokio runtime.
+    /// Binds and serves within [`Limits::INTERNAL`]. Must be called inside a tokio
+    /// runtime.
     ///
     /// # Errors
     /// The listener could not be bound.
     pub async fn start(address: SocketAddr, state: Arc<AdminState>) -> std::io::Result<Self> {
         let listener = TcpListener::bind(address).await?;
         let addr = listener.local_addr()?;
-        let task = tokio::spawn(crate::serve::serve(listener, "admin", move |req| {
-            let state = state.clone();
-            async move {
-                let mutating = req.method() == Method::POST;
-                if mutating && !authorized(req.headers(), state.token.as_deref()) {
-                    let mut r = plain(
-                        StatusCode::UNAUTHORIZED,
-                        "this endpoint needs Authorization: Bearer <admin.token>\n",
-                    );
-                    r.headers_mut().insert(
-                        hyper::header::WWW_AUTHENTICATE,
-                        hyper::header::HeaderValue::from_static("Bearer"),
-                    );
-                    return r;
+        let counters = Arc::new(ListenerCounters::default());
+        let own = counters.clone();
+        let limits = Limits::INTERNAL;
+        let task = tokio::spawn(crate::serve::serve_within(
+            listener,
+            "admin",
+            limits,
+            counters.clone(),
+            move |req| {
+                let state = state.clone();
+                let own = own.clone();
+                async move {
+                    let mutating = req.method() == Method::POST;
+                    if mutating && !authorized(req.headers(), state.token.as_deref()) {
+                        let mut r = plain(
+                            StatusCode::UNAUTHORIZED,
+                            "this endpoint needs Authorization: Bearer <admin.token>\n",
+                        );
+                        r.headers_mut().insert(
+                            hyper::header::WWW_AUTHENTICATE,
+                            hyper::header::HeaderValue::from_static("Bearer"),
+                        );
+                        return r;
+                    }
+                    handle(req.method(), req.uri().path(), &state, &own).await
                 }
-                handle(req.method(), req.uri().path(), &state).await
-            }
-        }));
+            },
+        ));
         info!(address = %addr, "admin API listening (/health, /status, /metrics, POST /flush)");
-        Ok(AdminServer { addr, task })
+        Ok(AdminServer {
+            addr,
+            counters,
+            task,
+        })
     }
 
     /// Stops serving.
@@ -135,7 +152,12 @@ fn with_type(body: String, content_type: &'static str) -> Response<Body> {
     r
 }
 
-async fn handle(method: &Method, path: &str, state: &AdminState) -> Response<Body> {
+async fn handle(
+    method: &Method,
+    path: &str,
+    state: &AdminState,
+    own: &ListenerCounters,
+) -> Response<Body> {
     match (method, path) {
         (&Method::GET, "/health") => {
             // Acquire: pairs with the daemon's Release store when shutdown begins.
@@ -146,7 +168,7 @@ async fn handle(method: &Method, path: &str, state: &AdminState) -> Response<Bod
             }
         }
         (&Method::GET, "/metrics") => with_type(
-            self_metrics(state),
+            self_metrics(state, own),
             "text/plain; version=0.0.4; charset=utf-8",
         ),
         (&Method::GET, "/status") => with_type(status(state).to_string(), "application/json"),
@@ -320,8 +342,9 @@ fn esc(v: &str) -> String {
         .replace('\n', "\\n")
 }
 
-/// weir's own metrics in the Prometheus text format.
-pub fn self_metrics(state: &AdminState) -> String {
+/// weir's own metrics in the Prometheus text format; `admin` is the admin listener's
+/// own counters.
+pub fn self_metrics(state: &AdminState, admin: &ListenerCounters) -> String {
     let mut o = String::new();
     let mut metric = |name: &str, kind: &str, help: &str, samples: &[(String, f64)]| {
         let _ = writeln!(o, "# HELP {name} {help}\n# TYPE {name} {kind}");
@@ -473,7 +496,48 @@ pub fn self_metrics(state: &AdminState) -> String {
             "OTLP data points refused (reported in partial_success).",
             &one(load(&c.rejected)),
         );
+        metric(
+            "weir_otlp_overloaded_total",
+            "counter",
+            "OTLP requests answered \"retry later\" (HTTP 503 + Retry-After, gRPC UNAVAILABLE) because max_requests_in_flight were being handled.",
+            &one(load(&c.overloaded)),
+        );
+        metric(
+            "weir_otlp_body_timeouts_total",
+            "counter",
+            "OTLP/HTTP requests whose body did not arrive within body_read_timeout (answered 408, connection closed).",
+            &one(load(&c.body_timeouts)),
+        );
     }
+    let mut listeners: Vec<(&str, &ListenerCounters)> = vec![("admin", admin)];
+    if let Some(o) = &state.otlp {
+        listeners.push(("otlp_http", &*o.http_listener));
+        listeners.push(("otlp_grpc", &*o.grpc_listener));
+    }
+    let per_listener = |get: fn(&ListenerCounters) -> u64| {
+        listeners
+            .iter()
+            .map(|(l, c)| (format!("{{listener=\"{l}\"}}"), get(c) as f64))
+            .collect::<Vec<_>>()
+    };
+    metric(
+        "weir_listener_connections_accepted_total",
+        "counter",
+        "TCP connections accepted and served, by listener.",
+        &per_listener(|c| c.accepted.load(Ordering::Relaxed)),
+    );
+    metric(
+        "weir_listener_connections_refused_total",
+        "counter",
+        "TCP connections closed at once because the listener's connection cap was reached.",
+        &per_listener(|c| c.refused.load(Ordering::Relaxed)),
+    );
+    metric(
+        "weir_listener_header_timeouts_total",
+        "counter",
+        "HTTP connections closed because no complete request head arrived in time (stalled, or idle between requests).",
+        &per_listener(|c| c.header_timeouts.load(Ordering::Relaxed)),
+    );
     pipeline_metrics(state, &mut metric);
     process_metrics(state, &mut metric);
     let scrape = state
