@@ -665,4 +665,265 @@ mod tests {
         assert_eq!(again, req);
         assert!(decode(b"{\"resourceMetrics\": 7}", true).is_err());
     }
+
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+    use weir_proto::metrics_service::metrics_service_client::MetricsServiceClient;
+
+    /// Generous bound for "the server answered / closed it": many times any timeout
+    /// under test.
+    const BOUND: Duration = Duration::from_secs(10);
+
+    fn test_config() -> OtlpConfig {
+        OtlpConfig {
+            grpc_address: "127.0.0.1:0".parse().unwrap(),
+            http_address: "127.0.0.1:0".parse().unwrap(),
+            ..OtlpConfig::default()
+        }
+    }
+
+    /// Reads until the peer closes (EOF or reset), within [`BOUND`]; `None` if the
+    /// connection was still open at the bound.
+    async fn read_until_closed(s: &mut TcpStream) -> Option<String> {
+        let mut got = Vec::new();
+        let read = tokio::time::timeout(BOUND, async {
+            let mut buf = [0u8; 4096];
+            loop {
+                match s.read(&mut buf).await {
+                    Ok(0) | Err(_) => return,
+                    Ok(n) => got.extend_from_slice(&buf[..n]),
+                }
+            }
+        })
+        .await;
+        read.ok()
+            .map(|()| String::from_utf8_lossy(&got).into_owned())
+    }
+
+    /// Reads until `needle` has arrived, within [`BOUND`].
+    async fn read_until(s: &mut TcpStream, needle: &str) -> String {
+        let mut got = Vec::new();
+        let read = tokio::time::timeout(BOUND, async {
+            let mut buf = [0u8; 4096];
+            while !String::from_utf8_lossy(&got).contains(needle) {
+                match s.read(&mut buf).await {
+                    Ok(0) | Err(_) => return,
+                    Ok(n) => got.extend_from_slice(&buf[..n]),
+                }
+            }
+        })
+        .await;
+        let text = String::from_utf8_lossy(&got).into_owned();
+        assert!(
+            read.is_ok() && text.contains(needle),
+            "{needle:?} not in {text:?}"
+        );
+        text
+    }
+
+    /// A request head for `POST /v1/metrics` of `len` protobuf bytes.
+    fn export_head(len: usize, extra: &str) -> String {
+        format!(
+            "POST /v1/metrics HTTP/1.1\r\nHost: x\r\nContent-Type: application/x-protobuf\r\nContent-Length: {len}\r\n{extra}\r\n"
+        )
+    }
+
+    #[tokio::test]
+    async fn requests_beyond_the_in_flight_cap_are_told_to_retry_later() {
+        let config = OtlpConfig {
+            max_requests_in_flight: 1,
+            ..test_config()
+        };
+        let r = OtlpReceiver::start(&config, &Aggregator::default())
+            .await
+            .unwrap();
+        let http = r.http_addr.unwrap();
+        // The only slot: a request whose body is still to come. The 100 Continue says
+        // its handler holds the slot and waits for the body.
+        let mut held = TcpStream::connect(http).await.unwrap();
+        held.write_all(export_head(10, "Expect: 100-continue\r\n").as_bytes())
+            .await
+            .unwrap();
+        read_until(&mut held, "HTTP/1.1 100 Continue\r\n\r\n").await;
+
+        let mut over = TcpStream::connect(http).await.unwrap();
+        over.write_all(export_head(0, "Connection: close\r\n").as_bytes())
+            .await
+            .unwrap();
+        let answer = read_until_closed(&mut over).await.unwrap().to_lowercase();
+        assert!(answer.starts_with("http/1.1 503"), "{answer}");
+        assert!(answer.contains("\r\nretry-after: 1\r\n"), "{answer}");
+
+        let channel =
+            tonic::transport::Endpoint::from_shared(format!("http://{}", r.grpc_addr.unwrap()))
+                .unwrap()
+                .connect()
+                .await
+                .unwrap();
+        let status = MetricsServiceClient::new(channel)
+            .export(ExportMetricsServiceRequest::default())
+            .await
+            .unwrap_err();
+        assert_eq!(status.code(), tonic::Code::Unavailable, "{status:?}");
+        assert_eq!(r.ingest.counters.overloaded.load(Ordering::Relaxed), 2);
+
+        // Once the held request is answered, the slot serves the next one.
+        held.write_all(&[0u8; 10]).await.unwrap();
+        read_until(&mut held, "HTTP/1.1 400").await;
+        let mut next = TcpStream::connect(http).await.unwrap();
+        next.write_all(export_head(0, "Connection: close\r\n").as_bytes())
+            .await
+            .unwrap();
+        let answer = read_until_closed(&mut next).await.unwrap();
+        assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+        r.stop();
+    }
+
+    #[tokio::test]
+    async fn a_body_that_trickles_in_is_cut_at_the_deadline() {
+        let config = OtlpConfig {
+            body_read_timeout: Duration::from_millis(100),
+            ..test_config()
+        };
+        let r = OtlpReceiver::start(&config, &Aggregator::default())
+            .await
+            .unwrap();
+        let mut s = TcpStream::connect(r.http_addr.unwrap()).await.unwrap();
+        s.write_all(export_head(1000, "").as_bytes()).await.unwrap();
+        s.write_all(&[0u8; 10]).await.unwrap();
+        let answer = read_until_closed(&mut s)
+            .await
+            .expect("the connection was still open");
+        assert!(answer.starts_with("HTTP/1.1 408"), "{answer}");
+        assert_eq!(r.ingest.counters.body_timeouts.load(Ordering::Relaxed), 1);
+        r.stop();
+    }
+
+    /// The HTTP/2 client preface and an empty SETTINGS frame.
+    const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n\0\0\0\x04\0\0\0\0\0";
+
+    /// Opens an HTTP/2 connection and waits for the server's SETTINGS frame: it was
+    /// accepted and is being served.
+    async fn h2_connect(addr: SocketAddr) -> TcpStream {
+        let mut s = TcpStream::connect(addr).await.unwrap();
+        s.write_all(H2_PREFACE).await.unwrap();
+        let mut head = [0u8; 9];
+        tokio::time::timeout(BOUND, s.read_exact(&mut head))
+            .await
+            .expect("no SETTINGS from the server")
+            .unwrap();
+        assert_eq!(head[3], 0x4, "a SETTINGS frame: {head:?}");
+        s
+    }
+
+    #[tokio::test]
+    async fn grpc_connections_beyond_the_cap_are_closed_and_counted() {
+        let config = OtlpConfig {
+            max_connections: 1,
+            ..test_config()
+        };
+        let r = OtlpReceiver::start(&config, &Aggregator::default())
+            .await
+            .unwrap();
+        let grpc = r.grpc_addr.unwrap();
+        let _first = h2_connect(grpc).await;
+        let mut second = TcpStream::connect(grpc).await.unwrap();
+        let _ = second.write_all(H2_PREFACE).await;
+        assert_eq!(read_until_closed(&mut second).await.as_deref(), Some(""));
+        let c = &r.ingest.grpc_listener;
+        assert_eq!(c.refused.load(Ordering::Relaxed), 1);
+        assert_eq!(c.accepted.load(Ordering::Relaxed), 1);
+        r.stop();
+    }
+
+    #[tokio::test]
+    async fn an_idle_grpc_connection_is_closed() {
+        let config = OtlpConfig {
+            header_read_timeout: Duration::from_millis(50),
+            body_read_timeout: Duration::from_millis(50),
+            ..test_config()
+        };
+        let r = OtlpReceiver::start(&config, &Aggregator::default())
+            .await
+            .unwrap();
+        let mut s = h2_connect(r.grpc_addr.unwrap()).await;
+        assert!(
+            read_until_closed(&mut s).await.is_some(),
+            "the connection was still open after {BOUND:?}"
+        );
+        r.stop();
+    }
+
+    /// The admin API's `/health` answers while an OTLP body is being decoded: the
+    /// decode is held (by the hook, on the thread that decodes) until `/health` has
+    /// answered. The runtime has one worker thread, so a decode on it would stall
+    /// `/health` and the hook's wait would run out instead of being released.
+    #[tokio::test(flavor = "current_thread")]
+    async fn health_answers_while_a_body_is_being_decoded() {
+        use std::sync::Mutex;
+        use std::sync::atomic::AtomicBool;
+
+        let (entered_tx, entered_rx) = tokio::sync::oneshot::channel::<()>();
+        let (release_tx, release_rx) = std::sync::mpsc::channel::<()>();
+        let released = Arc::new(AtomicBool::new(false));
+        let config = test_config();
+        let aggregator = Aggregator::default();
+        let mut ingest = OtlpIngest::new(&config, &aggregator);
+        let entered_tx = Mutex::new(Some(entered_tx));
+        let release_rx = Mutex::new(release_rx);
+        let flag = released.clone();
+        ingest.decode_hook = Some(Box::new(move || {
+            if let Some(tx) = entered_tx.lock().unwrap().take() {
+                let _ = tx.send(());
+            }
+            let ok = release_rx.lock().unwrap().recv_timeout(BOUND).is_ok();
+            flag.store(ok, Ordering::SeqCst);
+        }));
+        let r = OtlpReceiver::start_with(&config, ingest).await.unwrap();
+        let (flush_requests, _f) = tokio::sync::mpsc::channel(1);
+        let (reload_requests, _r) = tokio::sync::mpsc::channel(1);
+        let state = Arc::new(crate::serve::admin::AdminState {
+            aggregator,
+            statsd: None,
+            otlp: Some(r.ingest.clone()),
+            scrape: Mutex::new(Vec::new()),
+            last_flush: Mutex::new(None),
+            flush_requests,
+            reload_requests,
+            stopping: AtomicBool::new(false),
+            started: std::time::Instant::now(),
+            pipelines: Vec::new(),
+            token: None,
+        });
+        let admin = crate::serve::admin::AdminServer::start("127.0.0.1:0".parse().unwrap(), state)
+            .await
+            .unwrap();
+
+        let http = r.http_addr.unwrap();
+        let export = tokio::spawn(async move {
+            let mut s = TcpStream::connect(http).await.unwrap();
+            s.write_all(export_head(0, "Connection: close\r\n").as_bytes())
+                .await
+                .unwrap();
+            read_until_closed(&mut s).await
+        });
+        tokio::time::timeout(BOUND, entered_rx)
+            .await
+            .expect("the decode never started")
+            .unwrap();
+        let mut s = TcpStream::connect(admin.addr).await.unwrap();
+        s.write_all(b"GET /health HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+            .await
+            .unwrap();
+        let health = read_until_closed(&mut s).await.unwrap();
+        assert!(health.starts_with("HTTP/1.1 200"), "{health}");
+        release_tx.send(()).unwrap();
+        let answer = export.await.unwrap().unwrap();
+        assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+        assert!(
+            released.load(Ordering::SeqCst),
+            "the decode was held until its wait ran out: /health could not answer meanwhile"
+        );
+        admin.stop();
+        r.stop();
+    }
 }
