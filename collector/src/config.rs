@@ -170,7 +170,30 @@ pub struct OtlpConfig {
     /// Largest request after decompression, in bytes (against gzip bombs). Default
     /// 16 MiB; at least `max_request_bytes`.
     pub max_decompressed_bytes: usize,
+    /// Connections open at once, per listener (gRPC and HTTP each); a connection
+    /// beyond it is accepted and closed at once, and counted. Default 1024; at least 1.
+    pub max_connections: usize,
+    /// Export requests handled at once over both transports, from the request head
+    /// to the answer (body read, decompression, decoding, aggregation); a request
+    /// beyond it is answered "retry later" (HTTP 503 with `Retry-After`, gRPC
+    /// `UNAVAILABLE`) and counted. It bounds the memory of requests in flight at
+    /// about this many times `max_request_bytes + max_decompressed_bytes` plus their
+    /// decoded form. Default 32; at least 1.
+    pub max_requests_in_flight: usize,
+    /// Time an HTTP connection has to send a complete request head, from its accept
+    /// or its previous response; so also the keep-alive idle timeout. Default 10s;
+    /// between 1ms and 10m.
+    #[serde(with = "humantime_serde")]
+    pub header_read_timeout: Duration,
+    /// Time a request has to arrive whole once its head is in: over HTTP the body
+    /// (too slow: 408 and the connection closed); over gRPC the whole call. Default
+    /// 30s; between 1ms and 10m.
+    #[serde(with = "humantime_serde")]
+    pub body_read_timeout: Duration,
 }
+
+/// Largest accepted `receivers.otlp.header_read_timeout` and `body_read_timeout`.
+pub const MAX_OTLP_TIMEOUT: Duration = Duration::from_secs(600);
 
 impl Default for OtlpConfig {
     fn default() -> Self {
@@ -180,6 +203,10 @@ impl Default for OtlpConfig {
             http_address: std::net::SocketAddr::from(([127, 0, 0, 1], 4318)),
             max_request_bytes: 4 << 20,
             max_decompressed_bytes: 16 << 20,
+            max_connections: 1024,
+            max_requests_in_flight: 32,
+            header_read_timeout: Duration::from_secs(10),
+            body_read_timeout: Duration::from_secs(30),
         }
     }
 }
@@ -608,6 +635,32 @@ impl Config {
                 keys(&["receivers", "otlp", "max_decompressed_bytes"]),
                 "must be at least max_request_bytes".to_owned(),
             ));
+        }
+        for (k, n) in [
+            ("max_connections", o.max_connections),
+            ("max_requests_in_flight", o.max_requests_in_flight),
+        ] {
+            if n == 0 {
+                return Err((
+                    keys(&["receivers", "otlp", k]),
+                    "must be greater than 0".to_owned(),
+                ));
+            }
+        }
+        for (k, t) in [
+            ("header_read_timeout", o.header_read_timeout),
+            ("body_read_timeout", o.body_read_timeout),
+        ] {
+            if t < Duration::from_millis(1) || t > MAX_OTLP_TIMEOUT {
+                return Err((
+                    keys(&["receivers", "otlp", k]),
+                    format!(
+                        "must be between 1ms and {}, got {}",
+                        fmt_duration(MAX_OTLP_TIMEOUT),
+                        fmt_duration(t)
+                    ),
+                ));
+            }
         }
         let rb = self.receivers.statsd.recv_buffer_bytes;
         if !(MIN_RECV_BUFFER..=MAX_RECV_BUFFER).contains(&rb) {

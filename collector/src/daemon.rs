@@ -27,6 +27,7 @@ use weir_core::Aggregator;
 use crate::config::{Config, fmt_duration};
 use crate::control::{FlushRequest, FlushSummary, ReloadReport, ReloadRequest, ReloadResult};
 use crate::pipeline::{Pipeline, PipelineSet};
+use crate::serve::Listeners;
 use crate::serve::admin::{AdminServer, AdminState};
 use crate::serve::exposition::{ExpositionServer, Page};
 use crate::sources::{Source, SourceError};
@@ -420,6 +421,15 @@ impl Daemon {
             token: self.config.admin.token.clone(),
         });
         let admin = self.start_admin(admin_state.clone()).await?;
+        let mut listeners: Vec<_> = sources.iter().flat_map(|s| s.listeners()).collect();
+        listeners.extend(admin.as_ref().map(|a| ("admin", a.counters.clone())));
+        listeners.extend(
+            exposition
+                .as_ref()
+                .map(|e| ("exposition", e.counters.clone())),
+        );
+        self.telemetry
+            .register("listeners", Arc::new(Listeners(listeners)));
         let period = self.config.aggregation.flush_interval;
         let mut ticker = tokio::time::interval_at(tokio::time::Instant::now() + period, period);
         ticker.set_missed_tick_behavior(MissedTickBehavior::Delay);

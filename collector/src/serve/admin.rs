@@ -28,7 +28,7 @@ use tracing::info;
 
 use crate::control::{FlushRequest, ReloadRequest};
 use crate::pipeline::Pipeline;
-use crate::serve::{Body, plain};
+use crate::serve::{Body, Limits, ListenerCounters, plain};
 use crate::telemetry::{MetricsPage, Telemetry};
 
 /// What the admin API serves, shared with the daemon.
@@ -51,37 +51,52 @@ pub struct AdminState {
 pub struct AdminServer {
     /// The bound address.
     pub addr: SocketAddr,
+    /// The listener's connection counters.
+    pub counters: Arc<ListenerCounters>,
     task: JoinHandle<()>,
 }
 
 impl AdminServer {
-    /// Binds and serves. Must be called inside a tokio runtime.
+    /// Binds and serves within [`Limits::INTERNAL`]. Must be called inside a tokio
+    /// runtime.
     ///
     /// # Errors
     /// The listener could not be bound.
     pub async fn start(address: SocketAddr, state: Arc<AdminState>) -> std::io::Result<Self> {
         let listener = TcpListener::bind(address).await?;
         let addr = listener.local_addr()?;
-        let task = tokio::spawn(crate::serve::serve(listener, "admin", move |req| {
-            let state = state.clone();
-            async move {
-                let mutating = req.method() == Method::POST;
-                if mutating && !authorized(req.headers(), state.token.as_deref()) {
-                    let mut r = plain(
-                        StatusCode::UNAUTHORIZED,
-                        "this endpoint needs Authorization: Bearer <admin.token>\n",
-                    );
-                    r.headers_mut().insert(
-                        hyper::header::WWW_AUTHENTICATE,
-                        hyper::header::HeaderValue::from_static("Bearer"),
-                    );
-                    return r;
+        let counters = Arc::new(ListenerCounters::default());
+        let limits = Limits::INTERNAL;
+        let task = tokio::spawn(crate::serve::serve_within(
+            listener,
+            "admin",
+            limits,
+            counters.clone(),
+            move |req| {
+                let state = state.clone();
+                async move {
+                    let mutating = req.method() == Method::POST;
+                    if mutating && !authorized(req.headers(), state.token.as_deref()) {
+                        let mut r = plain(
+                            StatusCode::UNAUTHORIZED,
+                            "this endpoint needs Authorization: Bearer <admin.token>\n",
+                        );
+                        r.headers_mut().insert(
+                            hyper::header::WWW_AUTHENTICATE,
+                            hyper::header::HeaderValue::from_static("Bearer"),
+                        );
+                        return r;
+                    }
+                    handle(req.method(), req.uri().path(), &state).await
                 }
-                handle(req.method(), req.uri().path(), &state).await
-            }
-        }));
+            },
+        ));
         info!(address = %addr, "admin API listening (/health, /status, /metrics, POST /flush)");
-        Ok(AdminServer { addr, task })
+        Ok(AdminServer {
+            addr,
+            counters,
+            task,
+        })
     }
 
     /// Stops serving.

@@ -37,6 +37,12 @@ pub trait Source: Send {
     /// again after a reload).
     fn metrics(&self) -> Arc<dyn StageMetrics>;
 
+    /// The connection counters of its listeners, if it has any (reported with the
+    /// other listeners' under `weir_listener_*{listener}`).
+    fn listeners(&self) -> Vec<(&'static str, Arc<crate::serve::ListenerCounters>)> {
+        Vec::new()
+    }
+
     /// Called after every periodic flush, for rate-limited warnings.
     fn after_flush(&mut self) {}
 

@@ -3,28 +3,63 @@
 //! mapping ([`weir_core::parse::otlp`]).
 //!
 //! Owns: the two listeners, request size limits (compressed and decompressed, against
-//! gzip bombs), the pool of writers requests borrow, and the answers: points the
-//! aggregator refused are reported in `partial_success` with their count, never by
-//! holding the request open. Must never: block a request on anything but the
-//! aggregator (which does not block), or panic on a body.
+//! gzip bombs), the limits against hostile or overloading clients, the pool of writers
+//! requests borrow, and the answers: points the aggregator refused are reported in
+//! `partial_success` with their count, never by holding the request open. Must never:
+//! block a request on anything but the aggregator (which does not block), queue
+//! requests without bound, run a request's CPU work on an async worker, or panic on a
+//! body.
 //!
 //! Bodies are protobuf or OTLP/JSON (`application/json`), answered in the same
 //! encoding.
+//!
+//! Limits (`[receivers.otlp]`):
+//! - `max_connections` per listener: the HTTP listener's cap is [`crate::serve`]'s; the
+//!   gRPC listener's is checked as connections are accepted ([`admitted`]). Beyond it
+//!   a connection is closed at once and counted.
+//! - `max_requests_in_flight` over both transports (one semaphore, taken without
+//!   waiting when a request's head arrives and held until it is answered): beyond it
+//!   the request is answered "retry later" as the OTLP specification says, HTTP 503
+//!   with `Retry-After` and gRPC `UNAVAILABLE` (retryable; `RESOURCE_EXHAUSTED` would
+//!   be retried only with `RetryInfo`), and counted in
+//!   [`OtlpCounters::overloaded`]. The gRPC check wraps the generated service
+//!   ([`Admission`]), so it runs before tonic reads and decodes the message.
+//! - `header_read_timeout`: HTTP, see [`crate::serve`]. gRPC connections that read
+//!   nothing for `header_read_timeout + body_read_timeout` are closed ([`Admitted`]):
+//!   a call ends within `body_read_timeout` of its last byte, so only an idle or
+//!   stalled connection hits it.
+//! - `body_read_timeout`: an HTTP body must arrive whole within it (else 408 and the
+//!   connection closed, [`OtlpCounters::body_timeouts`]); a gRPC call must end within
+//!   it (tonic's server timeout).
+//!
+//! Blocking work: decompression, decoding and aggregation of an HTTP body, and the
+//! aggregation of a gRPC request, run on tokio's blocking pool (`spawn_blocking`), so
+//! a large request never holds an async worker that other listeners (the admin API's
+//! `/health`) need; the in-flight cap bounds how many use the pool. tonic itself
+//! decompresses and decodes gRPC messages on the async worker, within
+//! `max_decompressed_bytes`.
 
+use std::convert::Infallible;
+use std::future::Future;
 use std::io::Read as _;
 use std::net::SocketAddr;
+use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::task::{Context, Poll};
+use std::time::Duration;
 
 use crossbeam_queue::ArrayQueue;
 use http_body_util::{BodyExt, Full, Limited};
 use hyper::body::{Bytes, Incoming};
 use hyper::{Request, Response, StatusCode};
-use tokio::net::TcpListener;
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio::task::JoinHandle;
 use tracing::{info, warn};
 
-use crate::serve::plain;
+use crate::serve::{Limits, ListenerCounters, plain};
 use weir_core::parse::otlp::{ExportReport, apply_export};
 use weir_core::{Aggregator, Writer};
 use weir_proto::Message;
@@ -49,19 +84,62 @@ pub struct OtlpCounters {
     pub accepted: AtomicU64,
     /// Data points refused (reported back in `partial_success`).
     pub rejected: AtomicU64,
+    /// Requests answered "retry later" because `max_requests_in_flight` were being
+    /// handled (HTTP 503, gRPC `UNAVAILABLE`).
+    pub overloaded: AtomicU64,
+    /// HTTP requests whose body did not arrive within `body_read_timeout`.
+    pub body_timeouts: AtomicU64,
 }
 
-/// What both transports share: the aggregator and a pool of writers.
+/// What both transports share: the aggregator, a pool of writers and the in-flight
+/// cap.
 pub struct OtlpIngest {
     aggregator: Aggregator,
     writers: ArrayQueue<Writer>,
     max_request_bytes: usize,
     max_decompressed_bytes: usize,
+    body_read_timeout: Duration,
+    /// One permit per request being handled, over both transports.
+    in_flight: Arc<Semaphore>,
     /// Counters since start.
     pub counters: OtlpCounters,
+    /// The HTTP listener's connection counters.
+    pub http_listener: Arc<ListenerCounters>,
+    /// The gRPC listener's connection counters.
+    pub grpc_listener: Arc<ListenerCounters>,
+    /// Called on the thread that decodes an HTTP body, before decoding (tests hold a
+    /// decode there).
+    #[cfg(test)]
+    decode_hook: Option<Box<dyn Fn() + Send + Sync>>,
 }
 
 impl OtlpIngest {
+    fn new(config: &OtlpConfig, aggregator: &Aggregator) -> Self {
+        OtlpIngest {
+            aggregator: aggregator.clone(),
+            writers: ArrayQueue::new(WRITER_POOL),
+            max_request_bytes: config.max_request_bytes,
+            max_decompressed_bytes: config.max_decompressed_bytes,
+            body_read_timeout: config.body_read_timeout,
+            in_flight: Arc::new(Semaphore::new(config.max_requests_in_flight.max(1))),
+            counters: OtlpCounters::default(),
+            http_listener: Arc::new(ListenerCounters::default()),
+            grpc_listener: Arc::new(ListenerCounters::default()),
+            #[cfg(test)]
+            decode_hook: None,
+        }
+    }
+
+    /// A slot for one request, or `None` (counted) when `max_requests_in_flight` are
+    /// being handled. Never waits.
+    fn admit(&self) -> Option<OwnedSemaphorePermit> {
+        let permit = self.in_flight.clone().try_acquire_owned().ok();
+        if permit.is_none() {
+            self.counters.overloaded.fetch_add(1, Ordering::Relaxed);
+        }
+        permit
+    }
+
     fn export(&self, req: &ExportMetricsServiceRequest) -> ExportMetricsServiceResponse {
         let mut w = self
             .writers
@@ -113,22 +191,30 @@ impl OtlpReceiver {
     /// # Errors
     /// A listener could not be bound.
     pub async fn start(config: &OtlpConfig, aggregator: &Aggregator) -> std::io::Result<Self> {
-        let ingest = Arc::new(OtlpIngest {
-            aggregator: aggregator.clone(),
-            writers: ArrayQueue::new(WRITER_POOL),
-            max_request_bytes: config.max_request_bytes,
-            max_decompressed_bytes: config.max_decompressed_bytes,
-            counters: OtlpCounters::default(),
-        });
+        Self::start_with(config, OtlpIngest::new(config, aggregator)).await
+    }
+
+    async fn start_with(config: &OtlpConfig, ingest: OtlpIngest) -> std::io::Result<Self> {
+        let ingest = Arc::new(ingest);
         let mut tasks = Vec::new();
         let grpc = TcpListener::bind(config.grpc_address).await?;
         let grpc_addr = grpc.local_addr()?;
-        let service = MetricsServiceServer::new(Grpc(ingest.clone()))
-            .max_decoding_message_size(config.max_decompressed_bytes)
-            .accept_compressed(tonic::codec::CompressionEncoding::Gzip);
+        let service = Admission {
+            inner: MetricsServiceServer::new(Grpc(ingest.clone()))
+                .max_decoding_message_size(config.max_decompressed_bytes)
+                .accept_compressed(tonic::codec::CompressionEncoding::Gzip),
+            ingest: ingest.clone(),
+        };
+        let incoming = admitted(
+            grpc,
+            config.max_connections,
+            config.header_read_timeout + config.body_read_timeout,
+            ingest.grpc_listener.clone(),
+        );
+        let call_timeout = config.body_read_timeout;
         tasks.push(tokio::spawn(async move {
-            let incoming = nodelay(grpc);
             if let Err(e) = tonic::transport::Server::builder()
+                .timeout(call_timeout)
                 .add_service(service)
                 .serve_with_incoming(incoming)
                 .await
@@ -139,9 +225,15 @@ impl OtlpReceiver {
         let http = TcpListener::bind(config.http_address).await?;
         let http_addr = http.local_addr()?;
         let handler_ingest = ingest.clone();
-        tasks.push(tokio::spawn(crate::serve::serve(
+        let limits = Limits {
+            max_connections: config.max_connections,
+            header_read_timeout: config.header_read_timeout,
+        };
+        tasks.push(tokio::spawn(crate::serve::serve_within(
             http,
             "otlp http",
+            limits,
+            ingest.http_listener.clone(),
             move |req| {
                 let ingest = handler_ingest.clone();
                 async move { handle_http(req, &ingest).await }
@@ -177,6 +269,167 @@ pub fn nodelay(
     })
 }
 
+/// gRPC connections as accepted, within `max` open at once (beyond it a connection
+/// is closed at once and counted in `counters.refused`), each closed once it has read
+/// nothing for `idle`, with Nagle's algorithm off (see [`nodelay`]).
+pub fn admitted(
+    listener: TcpListener,
+    max: usize,
+    idle: Duration,
+    counters: Arc<ListenerCounters>,
+) -> impl tokio_stream::Stream<Item = std::io::Result<Admitted>> {
+    use tokio_stream::StreamExt as _;
+    let slots = Arc::new(Semaphore::new(max.max(1)));
+    tokio_stream::wrappers::TcpListenerStream::new(listener).filter_map(move |s| {
+        let stream = match s {
+            Ok(s) => s,
+            // tonic logs and goes on accepting.
+            Err(e) => return Some(Err(e)),
+        };
+        let Ok(slot) = slots.clone().try_acquire_owned() else {
+            let peer = stream
+                .peer_addr()
+                .unwrap_or_else(|_| SocketAddr::from(([0, 0, 0, 0], 0)));
+            crate::serve::refuse("otlp grpc", &counters, max, peer);
+            return None;
+        };
+        counters.accepted.fetch_add(1, Ordering::Relaxed);
+        if let Err(e) = stream.set_nodelay(true) {
+            tracing::debug!(error = %e, "otlp grpc: cannot set TCP_NODELAY");
+        }
+        Some(Ok(Admitted {
+            stream,
+            _slot: slot,
+            idle,
+            deadline: Box::pin(tokio::time::sleep(idle)),
+        }))
+    })
+}
+
+/// An accepted gRPC connection: holds its slot of the connection cap until dropped,
+/// and fails its reads once nothing was read for `idle` (so hyper closes it).
+pub struct Admitted {
+    stream: TcpStream,
+    _slot: OwnedSemaphorePermit,
+    idle: Duration,
+    /// When the connection counts as idle; pushed back by every read that returns
+    /// bytes.
+    deadline: Pin<Box<tokio::time::Sleep>>,
+}
+
+impl AsyncRead for Admitted {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        let this = &mut *self;
+        let before = buf.filled().len();
+        match Pin::new(&mut this.stream).poll_read(cx, buf) {
+            Poll::Ready(Ok(())) => {
+                if buf.filled().len() > before {
+                    let next = tokio::time::Instant::now() + this.idle;
+                    this.deadline.as_mut().reset(next);
+                }
+                Poll::Ready(Ok(()))
+            }
+            Poll::Pending => match this.deadline.as_mut().poll(cx) {
+                Poll::Ready(()) => Poll::Ready(Err(std::io::Error::new(
+                    std::io::ErrorKind::TimedOut,
+                    "nothing read for the idle timeout",
+                ))),
+                Poll::Pending => Poll::Pending,
+            },
+            other => other,
+        }
+    }
+}
+
+impl AsyncWrite for Admitted {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.stream).poll_write(cx, buf)
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[std::io::IoSlice<'_>],
+    ) -> Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.stream).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.stream.is_write_vectored()
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.stream).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.stream).poll_shutdown(cx)
+    }
+}
+
+impl tonic::transport::server::Connected for Admitted {
+    type ConnectInfo = <TcpStream as tonic::transport::server::Connected>::ConnectInfo;
+
+    fn connect_info(&self) -> Self::ConnectInfo {
+        self.stream.connect_info()
+    }
+}
+
+/// The gRPC service behind the in-flight cap: a call beyond `max_requests_in_flight`
+/// is answered `UNAVAILABLE` before tonic reads or decodes its message; an admitted
+/// call holds its slot until its answer is ready.
+#[derive(Clone)]
+struct Admission<S> {
+    inner: S,
+    ingest: Arc<OtlpIngest>,
+}
+
+type GrpcRequest = tonic::codegen::http::Request<tonic::body::Body>;
+type GrpcResponse = tonic::codegen::http::Response<tonic::body::Body>;
+
+impl<S> tonic::codegen::Service<GrpcRequest> for Admission<S>
+where
+    S: tonic::codegen::Service<GrpcRequest, Response = GrpcResponse, Error = Infallible>,
+    S::Future: Send + 'static,
+{
+    type Response = GrpcResponse;
+    type Error = Infallible;
+    type Future = Pin<Box<dyn Future<Output = Result<GrpcResponse, Infallible>> + Send>>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, req: GrpcRequest) -> Self::Future {
+        match self.ingest.admit() {
+            Some(slot) => {
+                let answer = self.inner.call(req);
+                Box::pin(async move {
+                    let r = answer.await;
+                    drop(slot);
+                    r
+                })
+            }
+            None => Box::pin(std::future::ready(Ok(tonic::Status::unavailable(
+                "weir is handling max_requests_in_flight requests; retry later",
+            )
+            .into_http()))),
+        }
+    }
+}
+
+impl<S: tonic::server::NamedService> tonic::server::NamedService for Admission<S> {
+    const NAME: &'static str = S::NAME;
+}
+
 struct Grpc(Arc<OtlpIngest>);
 
 #[tonic::async_trait]
@@ -185,11 +438,23 @@ impl MetricsService for Grpc {
         &self,
         request: tonic::Request<ExportMetricsServiceRequest>,
     ) -> Result<tonic::Response<ExportMetricsServiceResponse>, tonic::Status> {
-        Ok(tonic::Response::new(self.0.export(request.get_ref())))
+        // Aggregating a large request takes milliseconds: off the async worker.
+        let ingest = self.0.clone();
+        let request = request.into_inner();
+        tokio::task::spawn_blocking(move || ingest.export(&request))
+            .await
+            .map(tonic::Response::new)
+            .map_err(|e| {
+                warn!(error = %e, "otlp: an export failed");
+                tonic::Status::internal("the export failed")
+            })
     }
 }
 
-async fn handle_http(req: Request<Incoming>, ingest: &OtlpIngest) -> Response<Full<Bytes>> {
+/// How long a client told "retry later" should wait, in seconds.
+const RETRY_AFTER_SECONDS: &str = "1";
+
+async fn handle_http(req: Request<Incoming>, ingest: &Arc<OtlpIngest>) -> Response<Full<Bytes>> {
     if req.uri().path() != "/v1/metrics" {
         return plain(
             StatusCode::NOT_FOUND,
@@ -230,69 +495,125 @@ async fn handle_http(req: Request<Incoming>, ingest: &OtlpIngest) -> Response<Fu
             );
         }
     };
-    let body = match Limited::new(req.into_body(), ingest.max_request_bytes)
-        .collect()
-        .await
-    {
-        Ok(b) => b.to_bytes(),
-        Err(_) => {
+    let Some(slot) = ingest.admit() else {
+        let mut r = plain(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "weir is handling max_requests_in_flight requests; retry later\n",
+        );
+        r.headers_mut().insert(
+            hyper::header::RETRY_AFTER,
+            hyper::header::HeaderValue::from_static(RETRY_AFTER_SECONDS),
+        );
+        return r;
+    };
+    let read = Limited::new(req.into_body(), ingest.max_request_bytes).collect();
+    let body = match tokio::time::timeout(ingest.body_read_timeout, read).await {
+        Ok(Ok(b)) => b.to_bytes(),
+        Ok(Err(e)) if e.is::<http_body_util::LengthLimitError>() => {
             ingest.counters.bad_requests.fetch_add(1, Ordering::Relaxed);
             return plain(
                 StatusCode::PAYLOAD_TOO_LARGE,
                 &format!("request body over {} bytes\n", ingest.max_request_bytes),
             );
         }
-    };
-    let body = if gzip {
-        let mut out = Vec::new();
-        let limit = ingest.max_decompressed_bytes as u64;
-        // One byte past the limit tells "too large" from "exactly at the limit".
-        let read = flate2::read::GzDecoder::new(&body[..])
-            .take(limit + 1)
-            .read_to_end(&mut out);
-        match read {
-            Ok(n) if n as u64 > limit => {
-                ingest.counters.bad_requests.fetch_add(1, Ordering::Relaxed);
-                return plain(
-                    StatusCode::PAYLOAD_TOO_LARGE,
-                    &format!("decompressed body over {limit} bytes\n"),
-                );
-            }
-            Ok(_) => Bytes::from(out),
-            Err(e) => {
-                ingest.counters.bad_requests.fetch_add(1, Ordering::Relaxed);
-                return plain(StatusCode::BAD_REQUEST, &format!("bad gzip body: {e}\n"));
-            }
-        }
-    } else {
-        body
-    };
-    let request = match decode(&body, json) {
-        Ok(r) => r,
-        Err(e) => {
+        Ok(Err(e)) => {
             ingest.counters.bad_requests.fetch_add(1, Ordering::Relaxed);
             return plain(
                 StatusCode::BAD_REQUEST,
-                &format!("not an ExportMetricsServiceRequest: {e}\n"),
+                &format!("reading the body failed: {e}\n"),
             );
         }
+        Err(_) => {
+            ingest
+                .counters
+                .body_timeouts
+                .fetch_add(1, Ordering::Relaxed);
+            let mut r = plain(
+                StatusCode::REQUEST_TIMEOUT,
+                "the body did not arrive within body_read_timeout\n",
+            );
+            r.headers_mut().insert(
+                hyper::header::CONNECTION,
+                hyper::header::HeaderValue::from_static("close"),
+            );
+            return r;
+        }
     };
-    let answer = ingest.export(&request);
-    // The answer in the request's encoding, as OTLP/HTTP requires.
-    let (bytes, content_type) = if json {
-        (
-            serde_json::to_vec(&answer).unwrap_or_else(|_| b"{}".to_vec()),
-            "application/json",
-        )
-    } else {
-        (answer.encode_to_vec(), "application/x-protobuf")
-    };
-    let mut r = Response::new(Full::new(Bytes::from(bytes)));
-    r.headers_mut().insert(
-        hyper::header::CONTENT_TYPE,
-        hyper::header::HeaderValue::from_static(content_type),
-    );
+    // Inflating, decoding and aggregating take milliseconds for a large body: on the
+    // blocking pool, so this worker goes on serving other connections.
+    let work = ingest.clone();
+    let answer = tokio::task::spawn_blocking(move || work.decode_and_export(&body, gzip, json));
+    let r = answer.await.unwrap_or_else(|e| {
+        warn!(error = %e, "otlp: an export failed");
+        plain(StatusCode::INTERNAL_SERVER_ERROR, "the export failed\n")
+    });
+    drop(slot);
     r
+}
+
+impl OtlpIngest {
+    /// Decompresses (if `gzip`), decodes and aggregates one HTTP body, and encodes the
+    /// answer. Blocking: runs on the blocking pool.
+    fn decode_and_export(&self, body: &Bytes, gzip: bool, json: bool) -> Response<Full<Bytes>> {
+        #[cfg(test)]
+        if let Some(hook) = &self.decode_hook {
+            hook();
+        }
+        let inflated;
+        let body: &[u8] = if gzip {
+            let mut out = Vec::new();
+            let limit = self.max_decompressed_bytes as u64;
+            // One byte past the limit tells "too large" from "exactly at the limit".
+            let read = flate2::read::GzDecoder::new(&body[..])
+                .take(limit + 1)
+                .read_to_end(&mut out);
+            match read {
+                Ok(n) if n as u64 > limit => {
+                    self.counters.bad_requests.fetch_add(1, Ordering::Relaxed);
+                    return plain(
+                        StatusCode::PAYLOAD_TOO_LARGE,
+                        &format!("decompressed body over {limit} bytes\n"),
+                    );
+                }
+                Ok(_) => {
+                    inflated = out;
+                    &inflated
+                }
+                Err(e) => {
+                    self.counters.bad_requests.fetch_add(1, Ordering::Relaxed);
+                    return plain(StatusCode::BAD_REQUEST, &format!("bad gzip body: {e}\n"));
+                }
+            }
+        } else {
+            body
+        };
+        let request = match decode(body, json) {
+            Ok(r) => r,
+            Err(e) => {
+                self.counters.bad_requests.fetch_add(1, Ordering::Relaxed);
+                return plain(
+                    StatusCode::BAD_REQUEST,
+                    &format!("not an ExportMetricsServiceRequest: {e}\n"),
+                );
+            }
+        };
+        let answer = self.export(&request);
+        // The answer in the request's encoding, as OTLP/HTTP requires.
+        let (bytes, content_type) = if json {
+            (
+                serde_json::to_vec(&answer).unwrap_or_else(|_| b"{}".to_vec()),
+                "application/json",
+            )
+        } else {
+            (answer.encode_to_vec(), "application/x-protobuf")
+        };
+        let mut r = Response::new(Full::new(Bytes::from(bytes)));
+        r.headers_mut().insert(
+            hyper::header::CONTENT_TYPE,
+            hyper::header::HeaderValue::from_static(content_type),
+        );
+        r
+    }
 }
 
 /// An export request from protobuf or OTLP/JSON bytes.
@@ -343,6 +664,14 @@ impl crate::sources::Source for OtlpSource {
         self.receiver.ingest.clone()
     }
 
+    fn listeners(&self) -> Vec<(&'static str, Arc<crate::serve::ListenerCounters>)> {
+        let ingest = &self.receiver.ingest;
+        vec![
+            ("otlp_http", ingest.http_listener.clone()),
+            ("otlp_grpc", ingest.grpc_listener.clone()),
+        ]
+    }
+
     fn stop(self: Box<Self>) -> crate::sources::StopFuture {
         Box::pin(async move {
             let c = &self.receiver.ingest.counters;
@@ -387,6 +716,18 @@ impl crate::telemetry::StageMetrics for OtlpIngest {
             "OTLP data points refused (reported in partial_success).",
             load(&c.rejected),
         );
+        page.single(
+            "weir_otlp_overloaded_total",
+            Counter,
+            "OTLP requests answered \"retry later\" (HTTP 503 + Retry-After, gRPC UNAVAILABLE) because max_requests_in_flight were being handled.",
+            load(&c.overloaded),
+        );
+        page.single(
+            "weir_otlp_body_timeouts_total",
+            Counter,
+            "OTLP/HTTP requests whose body did not arrive within body_read_timeout (answered 408, connection closed).",
+            load(&c.body_timeouts),
+        );
     }
 }
 
@@ -425,5 +766,261 @@ mod tests {
         let again = decode(&req.encode_to_vec(), false).unwrap();
         assert_eq!(again, req);
         assert!(decode(b"{\"resourceMetrics\": 7}", true).is_err());
+    }
+
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+    use weir_proto::metrics_service::metrics_service_client::MetricsServiceClient;
+
+    /// Generous bound for "the server answered / closed it": many times any timeout
+    /// under test.
+    const BOUND: Duration = Duration::from_secs(10);
+
+    fn test_config() -> OtlpConfig {
+        OtlpConfig {
+            grpc_address: "127.0.0.1:0".parse().unwrap(),
+            http_address: "127.0.0.1:0".parse().unwrap(),
+            ..OtlpConfig::default()
+        }
+    }
+
+    /// Reads until the peer closes (EOF or reset), within [`BOUND`]; `None` if the
+    /// connection was still open at the bound.
+    async fn read_until_closed(s: &mut TcpStream) -> Option<String> {
+        let mut got = Vec::new();
+        let read = tokio::time::timeout(BOUND, async {
+            let mut buf = [0u8; 4096];
+            loop {
+                match s.read(&mut buf).await {
+                    Ok(0) | Err(_) => return,
+                    Ok(n) => got.extend_from_slice(&buf[..n]),
+                }
+            }
+        })
+        .await;
+        read.ok()
+            .map(|()| String::from_utf8_lossy(&got).into_owned())
+    }
+
+    /// Reads until `needle` has arrived, within [`BOUND`].
+    async fn read_until(s: &mut TcpStream, needle: &str) -> String {
+        let mut got = Vec::new();
+        let read = tokio::time::timeout(BOUND, async {
+            let mut buf = [0u8; 4096];
+            while !String::from_utf8_lossy(&got).contains(needle) {
+                match s.read(&mut buf).await {
+                    Ok(0) | Err(_) => return,
+                    Ok(n) => got.extend_from_slice(&buf[..n]),
+                }
+            }
+        })
+        .await;
+        let text = String::from_utf8_lossy(&got).into_owned();
+        assert!(
+            read.is_ok() && text.contains(needle),
+            "{needle:?} not in {text:?}"
+        );
+        text
+    }
+
+    /// A request head for `POST /v1/metrics` of `len` protobuf bytes.
+    fn export_head(len: usize, extra: &str) -> String {
+        format!(
+            "POST /v1/metrics HTTP/1.1\r\nHost: x\r\nContent-Type: application/x-protobuf\r\nContent-Length: {len}\r\n{extra}\r\n"
+        )
+    }
+
+    #[tokio::test]
+    async fn requests_beyond_the_in_flight_cap_are_told_to_retry_later() {
+        let config = OtlpConfig {
+            max_requests_in_flight: 1,
+            ..test_config()
+        };
+        let r = OtlpReceiver::start(&config, &Aggregator::default())
+            .await
+            .unwrap();
+        let http = r.http_addr.unwrap();
+        // The only slot: a request whose body is still to come. The 100 Continue says
+        // its handler holds the slot and waits for the body.
+        let mut held = TcpStream::connect(http).await.unwrap();
+        held.write_all(export_head(10, "Expect: 100-continue\r\n").as_bytes())
+            .await
+            .unwrap();
+        read_until(&mut held, "HTTP/1.1 100 Continue\r\n\r\n").await;
+
+        let mut over = TcpStream::connect(http).await.unwrap();
+        over.write_all(export_head(0, "Connection: close\r\n").as_bytes())
+            .await
+            .unwrap();
+        let answer = read_until_closed(&mut over).await.unwrap().to_lowercase();
+        assert!(answer.starts_with("http/1.1 503"), "{answer}");
+        assert!(answer.contains("\r\nretry-after: 1\r\n"), "{answer}");
+
+        let channel =
+            tonic::transport::Endpoint::from_shared(format!("http://{}", r.grpc_addr.unwrap()))
+                .unwrap()
+                .connect()
+                .await
+                .unwrap();
+        let status = MetricsServiceClient::new(channel)
+            .export(ExportMetricsServiceRequest::default())
+            .await
+            .unwrap_err();
+        assert_eq!(status.code(), tonic::Code::Unavailable, "{status:?}");
+        assert_eq!(r.ingest.counters.overloaded.load(Ordering::Relaxed), 2);
+
+        // Once the held request is answered, the slot serves the next one.
+        held.write_all(&[0u8; 10]).await.unwrap();
+        read_until(&mut held, "HTTP/1.1 400").await;
+        let mut next = TcpStream::connect(http).await.unwrap();
+        next.write_all(export_head(0, "Connection: close\r\n").as_bytes())
+            .await
+            .unwrap();
+        let answer = read_until_closed(&mut next).await.unwrap();
+        assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+        r.stop();
+    }
+
+    #[tokio::test]
+    async fn a_body_that_trickles_in_is_cut_at_the_deadline() {
+        let config = OtlpConfig {
+            body_read_timeout: Duration::from_millis(100),
+            ..test_config()
+        };
+        let r = OtlpReceiver::start(&config, &Aggregator::default())
+            .await
+            .unwrap();
+        let mut s = TcpStream::connect(r.http_addr.unwrap()).await.unwrap();
+        s.write_all(export_head(1000, "").as_bytes()).await.unwrap();
+        s.write_all(&[0u8; 10]).await.unwrap();
+        let answer = read_until_closed(&mut s)
+            .await
+            .expect("the connection was still open");
+        assert!(answer.starts_with("HTTP/1.1 408"), "{answer}");
+        assert_eq!(r.ingest.counters.body_timeouts.load(Ordering::Relaxed), 1);
+        r.stop();
+    }
+
+    /// The HTTP/2 client preface and an empty SETTINGS frame.
+    const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n\0\0\0\x04\0\0\0\0\0";
+
+    /// Opens an HTTP/2 connection and waits for the server's SETTINGS frame: it was
+    /// accepted and is being served.
+    async fn h2_connect(addr: SocketAddr) -> TcpStream {
+        let mut s = TcpStream::connect(addr).await.unwrap();
+        s.write_all(H2_PREFACE).await.unwrap();
+        let mut head = [0u8; 9];
+        tokio::time::timeout(BOUND, s.read_exact(&mut head))
+            .await
+            .expect("no SETTINGS from the server")
+            .unwrap();
+        assert_eq!(head[3], 0x4, "a SETTINGS frame: {head:?}");
+        s
+    }
+
+    #[tokio::test]
+    async fn grpc_connections_beyond_the_cap_are_closed_and_counted() {
+        let config = OtlpConfig {
+            max_connections: 1,
+            ..test_config()
+        };
+        let r = OtlpReceiver::start(&config, &Aggregator::default())
+            .await
+            .unwrap();
+        let grpc = r.grpc_addr.unwrap();
+        let _first = h2_connect(grpc).await;
+        let mut second = TcpStream::connect(grpc).await.unwrap();
+        let _ = second.write_all(H2_PREFACE).await;
+        assert_eq!(read_until_closed(&mut second).await.as_deref(), Some(""));
+        let c = &r.ingest.grpc_listener;
+        assert_eq!(c.refused.load(Ordering::Relaxed), 1);
+        assert_eq!(c.accepted.load(Ordering::Relaxed), 1);
+        r.stop();
+    }
+
+    #[tokio::test]
+    async fn an_idle_grpc_connection_is_closed() {
+        let config = OtlpConfig {
+            header_read_timeout: Duration::from_millis(50),
+            body_read_timeout: Duration::from_millis(50),
+            ..test_config()
+        };
+        let r = OtlpReceiver::start(&config, &Aggregator::default())
+            .await
+            .unwrap();
+        let mut s = h2_connect(r.grpc_addr.unwrap()).await;
+        assert!(
+            read_until_closed(&mut s).await.is_some(),
+            "the connection was still open after {BOUND:?}"
+        );
+        r.stop();
+    }
+
+    /// The admin API's `/health` answers while an OTLP body is being decoded: the
+    /// decode is held (by the hook, on the thread that decodes) until `/health` has
+    /// answered. The runtime has one worker thread, so a decode on it would stall
+    /// `/health` and the hook's wait would run out instead of being released.
+    #[tokio::test(flavor = "current_thread")]
+    async fn health_answers_while_a_body_is_being_decoded() {
+        use std::sync::Mutex;
+        use std::sync::atomic::AtomicBool;
+
+        let (entered_tx, entered_rx) = tokio::sync::oneshot::channel::<()>();
+        let (release_tx, release_rx) = std::sync::mpsc::channel::<()>();
+        let released = Arc::new(AtomicBool::new(false));
+        let config = test_config();
+        let aggregator = Aggregator::default();
+        let mut ingest = OtlpIngest::new(&config, &aggregator);
+        let entered_tx = Mutex::new(Some(entered_tx));
+        let release_rx = Mutex::new(release_rx);
+        let flag = released.clone();
+        ingest.decode_hook = Some(Box::new(move || {
+            if let Some(tx) = entered_tx.lock().unwrap().take() {
+                let _ = tx.send(());
+            }
+            let ok = release_rx.lock().unwrap().recv_timeout(BOUND).is_ok();
+            flag.store(ok, Ordering::SeqCst);
+        }));
+        let r = OtlpReceiver::start_with(&config, ingest).await.unwrap();
+        let (flush_requests, _f) = tokio::sync::mpsc::channel(1);
+        let (reload_requests, _r) = tokio::sync::mpsc::channel(1);
+        let state = Arc::new(crate::serve::admin::AdminState {
+            telemetry: Arc::new(crate::telemetry::Telemetry::new()),
+            flush_requests,
+            reload_requests,
+            stopping: AtomicBool::new(false),
+            pipelines: Vec::new(),
+            token: None,
+        });
+        let admin = crate::serve::admin::AdminServer::start("127.0.0.1:0".parse().unwrap(), state)
+            .await
+            .unwrap();
+
+        let http = r.http_addr.unwrap();
+        let export = tokio::spawn(async move {
+            let mut s = TcpStream::connect(http).await.unwrap();
+            s.write_all(export_head(0, "Connection: close\r\n").as_bytes())
+                .await
+                .unwrap();
+            read_until_closed(&mut s).await
+        });
+        tokio::time::timeout(BOUND, entered_rx)
+            .await
+            .expect("the decode never started")
+            .unwrap();
+        let mut s = TcpStream::connect(admin.addr).await.unwrap();
+        s.write_all(b"GET /health HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+            .await
+            .unwrap();
+        let health = read_until_closed(&mut s).await.unwrap();
+        assert!(health.starts_with("HTTP/1.1 200"), "{health}");
+        release_tx.send(()).unwrap();
+        let answer = export.await.unwrap().unwrap();
+        assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+        assert!(
+            released.load(Ordering::SeqCst),
+            "the decode was held until its wait ran out: /health could not answer meanwhile"
+        );
+        admin.stop();
+        r.stop();
     }
 }

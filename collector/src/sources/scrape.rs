@@ -24,6 +24,11 @@
 //! added or changed ones start. Shutdown ([`Scraper::stop`]) lets scrapes in flight
 //! finish for a bounded time.
 //!
+//! Blocking work: decompressing, parsing and aggregating a body take milliseconds for a
+//! large one, so they run on tokio's blocking pool (`spawn_blocking`), never on the
+//! async workers the listeners share; at most `concurrency` scrapes use it at once.
+//! Only the HTTP exchange runs on the async workers.
+//!
 //! Not yet: TLS, other content encodings than gzip.
 
 use std::hash::{Hash, Hasher};
@@ -81,6 +86,9 @@ pub enum ScrapeError {
     /// The body came in a content encoding weir did not ask for.
     #[error("unsupported content encoding {0:?}")]
     Encoding(String),
+    /// The task that parses the body failed (a bug: parsing does not panic).
+    #[error("parsing failed: {0}")]
+    Parse(String),
 }
 
 impl ScrapeError {
@@ -94,6 +102,7 @@ impl ScrapeError {
             ScrapeError::Body(_) => "body_read_failed",
             ScrapeError::Decompress(_) => "decompress_failed",
             ScrapeError::Encoding(_) => "unsupported_encoding",
+            ScrapeError::Parse(_) => "parse_failed",
         }
     }
 }
@@ -225,13 +234,14 @@ impl Scraper {
         let counters = Arc::new(TargetCounters::default());
         let (stop, stopped) = watch::channel(false);
         let run = TargetRun {
-            labels: target_labels(t, &uri),
+            labels: Arc::new(target_labels(t, &uri)),
             uri,
             target: t.clone(),
             body_limit: self.body_limit,
             client: self.client.clone(),
             permits: self.permits.clone(),
-            writer: aggregator.writer(),
+            writer: Some(aggregator.writer()),
+            aggregator: aggregator.clone(),
             counters: counters.clone(),
             format: None,
         };
@@ -294,22 +304,26 @@ pub fn jitter(url: &str, interval: Duration) -> Duration {
 struct TargetRun {
     target: ScrapeTarget,
     uri: hyper::Uri,
-    labels: Vec<(String, String)>,
+    /// Shared with the parsing task on the blocking pool.
+    labels: Arc<Vec<(String, String)>>,
     body_limit: usize,
     client: Client<HttpConnector, Empty<Bytes>>,
     permits: Arc<Semaphore>,
-    writer: Writer,
+    /// `None` only while a parsing task has it (or if that task failed: then a new
+    /// one is made from `aggregator`).
+    writer: Option<Writer>,
+    aggregator: Aggregator,
     counters: Arc<TargetCounters>,
     /// The format of the last body, to log when it changes.
     format: Option<Format>,
 }
 
-/// A body as fetched: decompressed, with the format its content type names.
+/// A body as fetched: as sent, with its `Content-Encoding` and the format its content
+/// type names.
 struct Fetched {
     body: Bytes,
+    encoding: Option<String>,
     format: Format,
-    /// True if it came gzip-compressed.
-    gzip: bool,
 }
 
 impl TargetRun {
@@ -342,19 +356,8 @@ impl TargetRun {
         let started = Instant::now();
         self.counters.scrapes.fetch_add(1, Ordering::Relaxed);
         let result = tokio::time::timeout(self.target.timeout, self.fetch()).await;
-        let body = match result {
-            Ok(Ok(fetched)) => {
-                if self.format != Some(fetched.format) {
-                    self.format = Some(fetched.format);
-                    *self
-                        .counters
-                        .format
-                        .lock()
-                        .unwrap_or_else(|p| p.into_inner()) = Some(fetched.format.as_str());
-                    info!(url = %self.target.url, format = fetched.format.as_str(), gzip = fetched.gzip, "scrape format");
-                }
-                Some(fetched)
-            }
+        let fetched = match result {
+            Ok(Ok(fetched)) => Some(fetched),
             Ok(Err(e)) => {
                 self.fail(&e);
                 None
@@ -364,9 +367,28 @@ impl TargetRun {
                 None
             }
         };
+        let format = fetched.as_ref().map(|f| f.format);
+        let parsed = match fetched {
+            Some(f) => match self.ingest(f).await {
+                Ok(parsed) => Some(parsed),
+                Err(e) => {
+                    self.fail(&e);
+                    None
+                }
+            },
+            None => None,
+        };
         let mut samples = 0u64;
-        if let Some(fetched) = &body {
-            let report = self.ingest(fetched.format, &fetched.body);
+        if let (Some((report, gzip)), Some(format)) = (&parsed, format) {
+            if self.format != Some(format) {
+                self.format = Some(format);
+                *self
+                    .counters
+                    .format
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner()) = Some(format.as_str());
+                info!(url = %self.target.url, format = format.as_str(), gzip, "scrape format");
+            }
             samples = report.samples;
             let errors: u64 = report.errors.iter().sum();
             self.counters.samples.fetch_add(samples, Ordering::Relaxed);
@@ -383,11 +405,11 @@ impl TargetRun {
             }
         }
         // As Prometheus: a body that yields nothing at all is not a healthy target.
-        let up = body.is_some() && samples > 0;
+        let up = parsed.is_some() && samples > 0;
         self.counters.up.store(u64::from(up), Ordering::Relaxed);
         if up {
             self.counters.set_last_error(None);
-        } else if body.is_some() {
+        } else if parsed.is_some() {
             self.counters
                 .set_last_error(Some("the body held no samples".to_owned()));
         }
@@ -403,12 +425,13 @@ impl TargetRun {
             .iter()
             .map(|(k, v)| (k.as_str(), v.as_str()))
             .collect();
+        let writer = self.writer.get_or_insert_with(|| self.aggregator.writer());
         for (name, value) in [
             ("up", if up { 1.0 } else { 0.0 }),
             ("scrape_duration_seconds", duration),
             ("scrape_samples_scraped", samples as f64),
         ] {
-            let _ = self.writer.record(name, &labels, Sample::Gauge(value), 0);
+            let _ = writer.record(name, &labels, Sample::Gauge(value), 0);
         }
         debug!(url = %self.target.url, up, samples, duration, "scraped");
     }
@@ -454,26 +477,65 @@ impl TargetRun {
             }
             Err(e) => return Err(ScrapeError::Body(e.to_string())),
         };
-        let (body, gzip) = decode_body(body, encoding.as_deref(), self.body_limit)?;
-        Ok(Fetched { body, format, gzip })
-    }
-
-    /// Parses a body in `format` into the aggregator with the target's labels applied.
-    fn ingest(&mut self, format: Format, body: &[u8]) -> weir_core::parse::exposition::ParseReport {
-        let (writer, target_labels, honor) =
-            (&mut self.writer, &self.labels, self.target.honor_labels);
-        let mut merged: Vec<(String, String)> = Vec::new();
-        format.parse(body, &mut |name, labels, sample, ts| {
-            merged.clear();
-            merge_labels(target_labels, labels, honor, &mut merged);
-            let view: Vec<(&str, &str)> = merged
-                .iter()
-                .map(|(k, v)| (k.as_str(), v.as_str()))
-                .collect();
-            // Refusals are counted by the aggregator by reason.
-            let _ = writer.record(name, &view, sample, ts);
+        Ok(Fetched {
+            body,
+            encoding,
+            format,
         })
     }
+
+    /// Decompresses `fetched` and parses it into the aggregator with the target's
+    /// labels applied, on the blocking pool; the bool says whether it came
+    /// gzip-compressed.
+    async fn ingest(
+        &mut self,
+        fetched: Fetched,
+    ) -> Result<(weir_core::parse::exposition::ParseReport, bool), ScrapeError> {
+        let mut writer = self
+            .writer
+            .take()
+            .unwrap_or_else(|| self.aggregator.writer());
+        let labels = self.labels.clone();
+        let (honor, limit) = (self.target.honor_labels, self.body_limit);
+        let job = tokio::task::spawn_blocking(move || {
+            let parsed = decode_body(fetched.body, fetched.encoding.as_deref(), limit).map(
+                |(body, gzip)| {
+                    let report = parse_into(&mut writer, &labels, honor, fetched.format, &body);
+                    (report, gzip)
+                },
+            );
+            (writer, parsed)
+        });
+        match job.await {
+            Ok((writer, parsed)) => {
+                self.writer = Some(writer);
+                parsed
+            }
+            Err(e) => Err(ScrapeError::Parse(e.to_string())),
+        }
+    }
+}
+
+/// Parses a body in `format` into `writer` with the target's labels applied.
+/// Blocking (CPU-bound): called on the blocking pool.
+fn parse_into(
+    writer: &mut Writer,
+    target_labels: &[(String, String)],
+    honor: bool,
+    format: Format,
+    body: &[u8],
+) -> weir_core::parse::exposition::ParseReport {
+    let mut merged: Vec<(String, String)> = Vec::new();
+    format.parse(body, &mut |name, labels, sample, ts| {
+        merged.clear();
+        merge_labels(target_labels, labels, honor, &mut merged);
+        let view: Vec<(&str, &str)> = merged
+            .iter()
+            .map(|(k, v)| (k.as_str(), v.as_str()))
+            .collect();
+        // Refusals are counted by the aggregator by reason.
+        let _ = writer.record(name, &view, sample, ts);
+    })
 }
 
 /// The body as its `Content-Encoding` says: as is for none or `identity`,
