@@ -6,10 +6,11 @@
 use std::fs;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
 
 use proptest::prelude::*;
 use weir_core::wal::{
-    FRAME_HEADER_BYTES, HEADER_BYTES, Wal, WalConfig, WalError, WalPosition, WalRecord,
+    FRAME_HEADER_BYTES, HEADER_BYTES, SyncPolicy, Wal, WalConfig, WalError, WalPosition, WalRecord,
 };
 
 /// A fresh directory under the system temp dir, removed on drop.
@@ -41,9 +42,13 @@ const PAYLOAD: usize = 50;
 /// One frame of a `PAYLOAD`-byte record.
 const FRAME: u64 = FRAME_HEADER_BYTES + PAYLOAD as u64;
 /// Two frames fit in a segment (28 + 2 × 58 = 144), a third would not (202 > 200).
+/// Every acknowledgement is persisted at once, so a drop (a crash) keeps all of them.
 const SMALL: WalConfig = WalConfig {
     segment_bytes: 200,
     cap_bytes: 1 << 30,
+    sync: SyncPolicy::Fsync,
+    ack_every: 1,
+    ack_interval: Duration::MAX,
 };
 /// A full segment of the `SMALL` layout.
 const FULL_SEGMENT: u64 = HEADER_BYTES + 2 * FRAME;
@@ -496,8 +501,8 @@ fn ack_cursor_past_a_cut_tail_is_lowered_so_new_records_are_not_lost() {
 fn cap_drops_exactly_the_oldest_segments_and_reads_continue_at_the_oldest_left() {
     let dir = TempDir::new("cap");
     let config = WalConfig {
-        segment_bytes: 200,
         cap_bytes: 1000,
+        ..SMALL
     };
     let mut wal = Wal::open(dir.path(), config.clone()).unwrap();
     append_range(&mut wal, 0, 5);
@@ -536,8 +541,8 @@ fn cap_drops_exactly_the_oldest_segments_and_reads_continue_at_the_oldest_left()
 fn cap_never_deletes_the_active_segment() {
     let dir = TempDir::new("cap-active");
     let config = WalConfig {
-        segment_bytes: 200,
         cap_bytes: 10,
+        ..SMALL
     };
     let mut wal = Wal::open(dir.path(), config).unwrap();
     append_range(&mut wal, 0, 5);
@@ -730,7 +735,7 @@ fn full_disk_keeps_earlier_records_and_appends_resume_once_space_is_freed() {
     let wal_dir = fs_guard.0.join("wal");
     let config = WalConfig {
         segment_bytes: 64 << 10,
-        cap_bytes: 1 << 30,
+        ..SMALL
     };
     let mut wal = Wal::open(&wal_dir, config.clone()).unwrap();
     let record = vec![0x5au8; 10_000];
@@ -928,14 +933,14 @@ proptest! {
     fn random_operations_never_lose_an_unacked_intact_record(
         ops in proptest::collection::vec(op(), 1..60)
     ) {
-        run_model(&ops, WalConfig { segment_bytes: 300, cap_bytes: 1 << 30 })?;
+        run_model(&ops, WalConfig { segment_bytes: 300, ..SMALL })?;
     }
 
     #[test]
     fn random_operations_under_a_small_cap_drop_only_what_they_count(
         ops in proptest::collection::vec(op(), 1..60)
     ) {
-        run_model(&ops, WalConfig { segment_bytes: 300, cap_bytes: 1200 })?;
+        run_model(&ops, WalConfig { segment_bytes: 300, cap_bytes: 1200, ..SMALL })?;
     }
 
     /// The CI stand-in for the `wal` fuzz target: arbitrary bytes as segment files and
