@@ -814,7 +814,7 @@ impl Wal {
                 self.sync_errors += 1;
                 let from = self.durable.max(WalPosition {
                     segment: id,
-                    offset: 0,
+                    offset: HEADER_BYTES,
                 });
                 lost = Some((from, segment_path(&self.dir, id), source));
             }
@@ -832,7 +832,7 @@ impl Wal {
             self.sync_errors += 1;
             let from = self.durable.max(WalPosition {
                 segment: active_id,
-                offset: 0,
+                offset: HEADER_BYTES,
             });
             lost = Some((from, segment_path(&self.dir, active_id), source));
         }
@@ -851,7 +851,7 @@ impl Wal {
                         Some(id) => {
                             let from = WalPosition {
                                 segment: id,
-                                offset: 0,
+                                offset: HEADER_BYTES,
                             };
                             if lost.as_ref().is_none_or(|(f, _, _)| from < *f) {
                                 lost = Some((from, path, source));
