@@ -12,7 +12,18 @@
 //! The ring only saves reading bodies back from disk: when it is full the record is
 //! still in the WAL and the forwarder reads it from there, and after a restart the
 //! forwarder starts at the WAL's acknowledgement cursor, so everything not
-//! acknowledged is sent again (at least once).
+//! acknowledged is sent again (at least once). The WAL persists that cursor in
+//! batches while a backlog drains, at once when it catches up, and on
+//! [`Pipeline::shutdown`] (see `weir_core::wal`, "Crash semantics").
+//!
+//! When the WAL fails: a record whose append failed is queued as memory-only (sent,
+//! never acknowledged, lost on a restart) and sent in its place in WAL order, after
+//! every older record even if those are in the WAL only (the ring overflowed). A
+//! failed sync takes the flush's unsynced records out of the WAL; `accept` still
+//! holds their bodies and appends them again, and after a second failure sends them
+//! as memory-only. Records are queued on the ring before the WAL lock is released,
+//! which is what lets the forwarder place memory-only records (see
+//! `Forwarder::next`).
 //!
 //! Owns: the record framing inside the WAL ([`Record`]), the forwarder loop (order,
 //! retries, acknowledgement, drain on shutdown) and the per-pipeline counters.
@@ -121,7 +132,7 @@ struct Queued {
     /// only, never acknowledged).
     position: Option<WalPosition>,
     /// The WAL head before the append: the forwarder's cursor right after it sent
-    /// the previous record.
+    /// the previous record. A memory-only record is sent once the cursor is there.
     before: WalPosition,
     /// The WAL head after the append: the cursor once this record is acknowledged.
     next: WalPosition,

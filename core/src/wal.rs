@@ -18,8 +18,8 @@
 //! 3. Once a backend accepted a record, [`Wal::ack`] with its `next` moves the cursor;
 //!    every segment all of whose records lie before the cursor is deleted (the active
 //!    segment is kept). The cursor reaches the ack file in batches
-//!    ([`WalConfig::ack_every`], [`WalConfig::ack_interval`]) and on
-//!    [`Wal::persist_ack`] / [`Wal::close`].
+//!    ([`WalConfig::ack_every`], [`WalConfig::ack_interval`]), whenever it reaches the
+//!    head (nothing left unacknowledged), and on [`Wal::persist_ack`] / [`Wal::close`].
 //! 4. After a crash or restart, [`Wal::open`] recovers and replay starts at
 //!    [`Wal::acked`] again: at-least-once, duplicates possible, loss not.
 //!
@@ -121,9 +121,11 @@
 //!   tail). With [`SyncPolicy::Never`] nothing is fsynced: a machine crash may lose
 //!   the records of the last seconds.
 //! - Acknowledgements: the ack file lags the cursor by fewer than
-//!   [`WalConfig::ack_every`] acknowledgements (unless writing it failed). After a
-//!   crash, replay starts at the ack file's cursor, so the records acknowledged after
-//!   it are sent again: at-least-once, duplicates possible, loss not. Fully
+//!   [`WalConfig::ack_every`] acknowledgements (unless writing it failed), and not at
+//!   all once everything appended is acknowledged, so only a backlog being worked
+//!   off has a window. After a crash, replay starts at the ack file's cursor, so the
+//!   records acknowledged after it are sent again: at-least-once, duplicates
+//!   possible, loss not. Fully
 //!   acknowledged segments are deleted without waiting for the ack file: a cursor
 //!   that points into a deleted segment replays from the oldest segment left, which
 //!   is all at-least-once needs; persisting first would cost two fsyncs per deleted
@@ -209,7 +211,8 @@ pub struct WalConfig {
     /// Whether the WAL calls fsync. Default [`SyncPolicy::Fsync`].
     pub sync: SyncPolicy,
     /// [`Wal::ack`] writes the ack file once this many acknowledgements (calls that
-    /// moved the cursor) accumulated since it was last written; 0 counts as 1 (every
+    /// moved the cursor) accumulated since it was last written, and whenever the
+    /// cursor reaches the head (everything acknowledged); 0 counts as 1 (every
     /// acknowledgement). After a crash, the acknowledgements not yet written are
     /// undone: their records are sent again. Default 64.
     pub ack_every: u32,
@@ -948,7 +951,8 @@ impl Wal {
 
     /// Acknowledges every record before `upto` (a [`WalRecord::next`], usually): moves
     /// the cursor, persists it in the ack file when the batch is due
-    /// ([`WalConfig::ack_every`], [`WalConfig::ack_interval`]; written atomically:
+    /// ([`WalConfig::ack_every`], [`WalConfig::ack_interval`], or the cursor reached
+    /// the head; written atomically:
     /// temporary file, fsync, rename, directory fsync, the fsyncs left out with
     /// [`SyncPolicy::Never`]) and deletes every segment whose records are all
     /// acknowledged, except the active one (the ack file may still name an older
@@ -968,7 +972,10 @@ impl Wal {
             self.cursor = upto;
             self.acks_pending = self.acks_pending.saturating_add(1);
         }
+        // Caught up: nothing is left to send, so a crash from here on would replay
+        // only duplicates; this write is also the one a steady trickle pays for.
         let due = self.acks_pending >= self.config.ack_every.max(1)
+            || self.cursor >= self.head()
             || self.persisted_at.elapsed() >= self.config.ack_interval;
         let persisted = if due { self.persist_ack() } else { Ok(()) };
         self.delete_acked()?;

@@ -901,8 +901,9 @@ fn a_failed_ack_file_sync_keeps_the_old_cursor_and_the_next_ack_writes_it() {
     assert_eq!(numbers(&read_all(&wal, wal.acked())), vec![2, 3]);
 }
 
-/// `n` records in one segment, synced, then each acknowledged on its own; returns
-/// the fsync calls the acknowledgements made, and those a clean close added.
+/// `n` records in one segment, synced, then each but the last acknowledged on its
+/// own (so the cursor never catches up with the head); returns the fsync calls the
+/// acknowledgements made, and those a clean close added.
 fn syncs_for_acks(config: WalConfig, n: u64) -> (u64, u64) {
     let dir = TempDir::new("ack-syncs");
     let mut wal = Wal::open(dir.path(), config).unwrap();
@@ -910,7 +911,7 @@ fn syncs_for_acks(config: WalConfig, n: u64) -> (u64, u64) {
     wal.sync().unwrap();
     let records = read_all(&wal, wal.acked());
     let before = wal.stats().syncs;
-    for r in &records {
+    for r in &records[..records.len() - 1] {
         wal.ack(r.next).unwrap();
     }
     let after_acks = wal.stats().syncs;
@@ -928,14 +929,25 @@ fn acks_are_persisted_in_batches_and_never_fsynced_with_sync_never() {
     };
     // Every acknowledgement written: an fsync of the temporary file and one of the
     // directory, each time.
-    assert_eq!(syncs_for_acks(one_segment.clone(), 30), (60, 0));
-    // One write per 8 acknowledgements (after the 8th, 16th, 24th), and the 6 left
+    assert_eq!(syncs_for_acks(one_segment.clone(), 30), (58, 0));
+    // One write per 8 acknowledgements (after the 8th, 16th, 24th), and the 5 left
     // on the clean close.
     let batched = WalConfig {
         ack_every: 8,
         ..one_segment.clone()
     };
     assert_eq!(syncs_for_acks(batched.clone(), 30), (6, 2));
+    // An acknowledgement that catches up with the head is written at once.
+    let dir = TempDir::new("caught-up");
+    let mut wal = Wal::open(dir.path(), batched.clone()).unwrap();
+    append_range(&mut wal, 0, 3);
+    wal.sync().unwrap();
+    let syncs = wal.stats().syncs;
+    wal.ack(wal.head()).unwrap();
+    assert_eq!(wal.stats().syncs, syncs + 2);
+    drop(wal);
+    let wal = Wal::open(dir.path(), batched.clone()).unwrap();
+    assert_eq!(wal.stats().unacked_records, 0);
     // No fsync of any kind: not for acknowledgements, records or the directory.
     let never = WalConfig {
         sync: SyncPolicy::Never,
