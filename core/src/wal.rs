@@ -76,8 +76,9 @@
 //! # Recovery ([`Wal::open`])
 //! Every segment is scanned from its header. Its good part ends at the first frame whose
 //! length field runs past the end of the file, exceeds [`MAX_RECORD_BYTES`], or whose
-//! CRC does not match; anything after that point is cut (`set_len` + fsync) and counted
-//! in [`WalStats::corrupt_tails`] and [`WalStats::truncated_bytes`]. This applies to
+//! CRC does not match; anything after that point is cut (`set_len`, then fsync unless
+//! [`SyncPolicy::Never`]) and counted in [`WalStats::corrupt_tails`] and
+//! [`WalStats::truncated_bytes`]. This applies to
 //! every segment, not only the last: a bit flip in an older segment cuts that segment at
 //! the flip and keeps the later segments whole. A segment whose header is short, has the
 //! wrong magic or names another id is removed and counted the same way (nothing of it
@@ -647,7 +648,7 @@ impl Wal {
         for id in ids {
             max_id = max_id.max(id);
             let path = segment_path(dir, id);
-            match scan_segment(&path, id)? {
+            match scan_segment(&path, id, config.sync)? {
                 Scanned::Intact { segment, file, cut } => {
                     if cut > 0 {
                         corrupt_tails += 1;
@@ -1397,8 +1398,8 @@ fn create_segment(dir: &Path, id: u64, faults: &mut Faults) -> Result<(Segment, 
 }
 
 /// Checks a segment's header and every frame, cutting the file after the last intact
-/// one.
-fn scan_segment(path: &Path, id: u64) -> Result<Scanned, WalError> {
+/// one (and syncing the cut, unless `sync` is [`SyncPolicy::Never`]).
+fn scan_segment(path: &Path, id: u64, sync: SyncPolicy) -> Result<Scanned, WalError> {
     let file = OpenOptions::new()
         .read(true)
         .write(true)
@@ -1470,7 +1471,9 @@ fn scan_segment(path: &Path, id: u64) -> Result<Scanned, WalError> {
             source,
         };
         file.set_len(pos).map_err(cut_err)?;
-        file.sync_data().map_err(cut_err)?;
+        if sync == SyncPolicy::Fsync {
+            file.sync_data().map_err(cut_err)?;
+        }
     }
     let segment = Segment {
         id,
