@@ -27,11 +27,15 @@ enum Answer {
     BadRequest,
     /// Wait, then 204.
     Slow(Duration),
+    /// Wait until the test calls `release`, then 204.
+    Hold,
 }
 
 #[derive(Default)]
 struct Backend {
     script: Mutex<VecDeque<Answer>>,
+    /// Releases one held request (or the next one to be held).
+    gate: tokio::sync::Notify,
     /// Batch numbers taken (204), in arrival order.
     taken: Mutex<Vec<u64>>,
     /// Requests seen, whatever the answer.
@@ -59,6 +63,7 @@ impl Backend {
                     }
                     Some(Answer::BadRequest) => return plain(StatusCode::BAD_REQUEST, "bad line"),
                     Some(Answer::Slow(d)) => tokio::time::sleep(d).await,
+                    Some(Answer::Hold) => b.gate.notified().await,
                     None => {}
                 }
                 let text = String::from_utf8(body.to_vec()).unwrap();
@@ -82,6 +87,20 @@ impl Backend {
 
     fn taken(&self) -> Vec<u64> {
         self.taken.lock().unwrap().clone()
+    }
+
+    /// Lets one held request go on.
+    fn release(&self) {
+        self.gate.notify_one();
+    }
+
+    /// Waits (bounded) until `n` requests arrived, whatever their answer.
+    async fn wait_requests(&self, n: u64) {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while *self.requests.lock().unwrap() < n {
+            assert!(Instant::now() < deadline, "request {n} never came");
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
     }
 
     /// Waits (bounded) until `n` batches were taken.
@@ -305,5 +324,78 @@ async fn the_wal_cap_drops_exactly_the_oldest_batches_and_counts_them() {
     let taken = backend.wait_taken(expected.len()).await;
     assert_eq!(taken, expected);
     p.shutdown(Duration::from_secs(1)).await;
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+fn load(a: &std::sync::atomic::AtomicU64) -> u64 {
+    a.load(std::sync::atomic::Ordering::Relaxed)
+}
+
+#[tokio::test]
+async fn a_batch_whose_append_failed_waits_for_older_batches_only_the_wal_holds() {
+    let (backend, addr, _server) = Backend::start().await;
+    backend.script(&[Answer::Hold, Answer::Hold]);
+    let dir = temp_dir("overflow-order");
+    let p = start(
+        &pipeline_config(&addr.to_string(), "queue_capacity = 1"),
+        &dir,
+    )
+    .await;
+    // Batch 1 goes through the ring; the backend holds it.
+    p.accept(&batch(1));
+    backend.wait_requests(1).await;
+    // Batch 2 fills the ring; batch 3 overflows it and is in the WAL only.
+    p.accept(&batch(2));
+    p.accept(&batch(3));
+    // The forwarder takes batch 2 off the ring; the backend holds it.
+    backend.release();
+    backend.wait_requests(2).await;
+    // Batch 4's append fails: it is in the ring only, and must wait for batch 3.
+    p.inject_wal_write_failures(1);
+    p.accept(&batch(4));
+    backend.release();
+    assert_eq!(backend.wait_taken(4).await, vec![1, 2, 3, 4]);
+    let c = p.counters();
+    assert_eq!(load(&c.queue_full), 1);
+    assert_eq!(load(&c.wal_errors), 1);
+    assert_eq!(load(&c.dropped_batches), 0);
+    assert_eq!(*backend.requests.lock().unwrap(), 4);
+    p.shutdown(Duration::from_secs(1)).await;
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[tokio::test]
+async fn a_failed_wal_sync_appends_the_flush_again_and_nothing_is_lost_or_sent_twice() {
+    let (backend, addr, _server) = Backend::start().await;
+    let dir = temp_dir("sync-failure");
+    let config = pipeline_config(&addr.to_string(), "");
+    let p = start(&config, &dir).await;
+    p.accept(&batch(1));
+    // Batch 2's sync fails: it is taken out of the WAL and appended again.
+    p.inject_wal_sync_failures(1);
+    p.accept(&batch(2));
+    let wal = p.status().wal;
+    assert_eq!((wal.sync_errors, wal.sync_lost_records), (1, 1));
+    // Batch 3's sync fails twice: it goes from memory only, still in its turn.
+    p.inject_wal_sync_failures(2);
+    p.accept(&batch(3));
+    let head = p.accept(&batch(4));
+    let wal = p.status().wal;
+    assert_eq!((wal.sync_errors, wal.sync_lost_records), (3, 3));
+    assert!(
+        p.wait_delivered(head, Duration::from_secs(20))
+            .await
+            .delivered
+    );
+    assert_eq!(backend.wait_taken(4).await, vec![1, 2, 3, 4]);
+    assert_eq!(load(&p.counters().wal_errors), 3);
+    p.shutdown(Duration::from_secs(1)).await;
+    drop(p);
+
+    // Nothing left to replay: every batch in the WAL was acknowledged.
+    let p = start(&config, &dir).await;
+    assert_eq!(p.status().wal.unacked_records, 0);
+    p.shutdown(Duration::from_secs(1)).await;
+    assert_eq!(backend.taken(), vec![1, 2, 3, 4]);
     let _ = std::fs::remove_dir_all(&dir);
 }

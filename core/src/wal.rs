@@ -4,18 +4,22 @@
 //! (opaque payloads) as checksummed records, reading them back in order, the ack cursor,
 //! recovery after a crash, and the size cap. Must never: panic on what it finds on disk,
 //! alter or delete anything before a corruption point, delete a record that was not
-//! acknowledged except through the size cap (and then count it), or hand out a record
-//! whose checksum does not match.
+//! acknowledged except through the size cap (and then count it) or a failed sync (and
+//! then count it and tell the caller which, so it can append them again), call a record
+//! durable that a failed sync may have lost, or hand out a record whose checksum does
+//! not match.
 //!
 //! # Life of a record
 //! 1. [`Wal::append`] writes the record at the end of the active segment and returns its
 //!    [`WalPosition`]. [`Wal::sync`] makes it durable (the pipeline decides when: by
-//!    default once per flush).
+//!    default once per flush; with [`SyncPolicy::Never`] it does nothing).
 //! 2. A forwarder walks the log with [`Wal::read`], starting at [`Wal::acked`] and
 //!    passing each [`WalRecord::next`] to the following call.
-//! 3. Once a backend accepted a record, [`Wal::ack`] with its `next` persists the
-//!    cursor; every segment all of whose records lie before the cursor is deleted (the
-//!    active segment is kept).
+//! 3. Once a backend accepted a record, [`Wal::ack`] with its `next` moves the cursor;
+//!    every segment all of whose records lie before the cursor is deleted (the active
+//!    segment is kept). The cursor reaches the ack file in batches
+//!    ([`WalConfig::ack_every`], [`WalConfig::ack_interval`]), whenever it reaches the
+//!    head (nothing left unacknowledged), and on [`Wal::persist_ack`] / [`Wal::close`].
 //! 4. After a crash or restart, [`Wal::open`] recovers and replay starts at
 //!    [`Wal::acked`] again: at-least-once, duplicates possible, loss not.
 //!
@@ -27,11 +31,16 @@
 //!   `Segment::len`.
 //! - A record is acknowledged exactly when its position is below the cursor. The cursor
 //!   is never above the head: open lowers it to the head (and persists that) if the
-//!   files end before it, so a new append can never land behind it.
+//!   files end before it, so a new append can never land behind it. The ack file's
+//!   cursor is at or below the cursor in memory, never above it.
+//! - Every record before `durable` (the head at the last successful sync) is on disk;
+//!   a record at or after it is never called durable, and after a failed sync it is
+//!   no longer in the log at all.
 //! - The size cap (`cap_bytes`, over all segment files) is enforced after each append by
 //!   deleting the oldest segments, never the active one; unacknowledged records deleted
 //!   that way are counted in [`WalStats::dropped_records`] and
-//!   [`WalStats::dropped_bytes`]. It is the only place data is dropped.
+//!   [`WalStats::dropped_bytes`]. It is the only place the WAL drops data for good (a
+//!   failed sync takes records out but hands them back: see "Failed syncs").
 //!
 //! # On-disk format (all integers little-endian)
 //! A directory holds segment files named `<id as 20 zero-padded digits>.wal` (e.g.
@@ -59,14 +68,17 @@
 //!
 //! Ack file `ack` (28 bytes): magic `b"WEIRACK\0"`, cursor segment u64, cursor offset
 //! u64, CRC32C of those 24 bytes u32. It is written as `ack.tmp`, fsynced, renamed over
-//! `ack`, and the directory fsynced. A missing or damaged ack file means "nothing
-//! acknowledged": replay starts at the oldest segment.
+//! `ack`, and the directory fsynced (both fsyncs left out with [`SyncPolicy::Never`]).
+//! A missing or damaged ack file means "nothing acknowledged": replay starts at the
+//! oldest segment. A cursor in a segment that no longer exists means the same for the
+//! segments left: replay starts at the oldest one.
 //!
 //! # Recovery ([`Wal::open`])
 //! Every segment is scanned from its header. Its good part ends at the first frame whose
 //! length field runs past the end of the file, exceeds [`MAX_RECORD_BYTES`], or whose
-//! CRC does not match; anything after that point is cut (`set_len` + fsync) and counted
-//! in [`WalStats::corrupt_tails`] and [`WalStats::truncated_bytes`]. This applies to
+//! CRC does not match; anything after that point is cut (`set_len`, then fsync unless
+//! [`SyncPolicy::Never`]) and counted in [`WalStats::corrupt_tails`] and
+//! [`WalStats::truncated_bytes`]. This applies to
 //! every segment, not only the last: a bit flip in an older segment cuts that segment at
 //! the flip and keeps the later segments whole. A segment whose header is short, has the
 //! wrong magic or names another id is removed and counted the same way (nothing of it
@@ -78,11 +90,54 @@
 //! # Failures while running
 //! A failed write (disk full, EIO) cuts the active segment back to its last good length,
 //! so earlier records stay intact, counts [`WalStats::write_errors`] and returns the
-//! error. If even the cut fails, or an fdatasync fails (after which the kernel may have
-//! dropped the dirty pages), the segment is no longer written to: the next append starts
-//! a fresh one. A record that no longer checksums when read (damaged on disk after
-//! open) is skipped and counted in [`WalStats::corrupt_reads`].
+//! error. If even the cut fails the segment is no longer written to: the next append
+//! starts a fresh one. A record that no longer checksums when read (damaged on disk
+//! after open) is skipped and counted in [`WalStats::corrupt_reads`].
 //!
+//! # Failed syncs
+//! After an fdatasync error Linux may already have marked the pages it could not write
+//! clean (and dropped them), and it reports the error once: a second fdatasync, or one
+//! through a new handle, can succeed while the data is gone. So a failed sync is never
+//! retried. Instead every record that sync should have made durable is taken out of
+//! the log: from the first record after `durable` in the failed segment, through every
+//! later record (later segments too, so the order of what is left and what comes
+//! back stays the order of the appends). The index forgets them (they are never read,
+//! acknowledged or reported durable), the files are cut back (best effort), the next
+//! append starts a new segment, and [`Wal::sync`] returns [`WalError::SyncLost`] with
+//! the first lost position. The WAL does not keep payloads in memory; the caller does
+//! (the pipeline holds the bodies of the flush it is syncing) and appends the records
+//! from `lost_from` on again, in order, then syncs again. A failed directory fsync is
+//! treated the same when a segment was created since the last one succeeded (from
+//! that segment's first record on). Counted in [`WalStats::sync_errors`],
+//! [`WalStats::sync_lost_records`] and [`WalStats::sync_lost_bytes`]. Syncs of
+//! segments rotated away from go through the handle that wrote them, never a file
+//! opened anew. A failed fsync of the ack file fails that ack file write only (the
+//! next write uses a new temporary file).
+//!
+//! # Crash semantics
+//! What a crash (kill -9, or a machine crash) leaves, and what [`Wal::open`] makes of it:
+//! - Records: with [`SyncPolicy::Fsync`], every record appended before the last
+//!   successful [`Wal::sync`] survives; later ones survive a process crash (the page
+//!   cache does) and may be lost, whole, to a machine crash (recovery cuts a torn
+//!   tail). With [`SyncPolicy::Never`] nothing is fsynced: a machine crash may lose
+//!   the records of the last seconds.
+//! - Acknowledgements: the ack file lags the cursor by fewer than
+//!   [`WalConfig::ack_every`] acknowledgements (unless writing it failed), and not at
+//!   all once everything appended is acknowledged, so only a backlog being worked
+//!   off has a window. After a crash, replay starts at the ack file's cursor, so the
+//!   records acknowledged after it are sent again: at-least-once, duplicates
+//!   possible, loss not. Fully
+//!   acknowledged segments are deleted without waiting for the ack file: a cursor
+//!   that points into a deleted segment replays from the oldest segment left, which
+//!   is all at-least-once needs; persisting first would cost two fsyncs per deleted
+//!   segment and save only duplicates. With [`SyncPolicy::Never`] the ack file is
+//!   written without fsyncs, so a machine crash may also lose its last writes (more
+//!   duplicates), or keep an ack file whose cursor lies past records the crash lost
+//!   (open then lowers it to the head).
+//! - [`Wal::close`] (or [`Wal::sync`] then [`Wal::persist_ack`]) is a clean stop: after
+//!   it a restart replays exactly the unacknowledged records.
+//!
+//! # Limits
 //! The WAL is not safe against two processes opening the same directory; the collector
 //! gives each pipeline a directory of its own. Unix only (positioned reads and writes).
 
@@ -93,7 +148,7 @@ use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 /// The first 8 bytes of every segment file.
 pub const SEGMENT_MAGIC: [u8; 8] = *b"WEIRWAL\0";
@@ -126,7 +181,24 @@ pub struct WalPosition {
     pub offset: u64,
 }
 
-/// Sizes of one WAL. Fixed once the WAL is open.
+/// Whether the WAL calls fsync at all.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub enum SyncPolicy {
+    /// [`Wal::sync`] fdatasyncs the segments written since the last sync (and fsyncs
+    /// the directory after a segment was created or deleted); the ack file is fsynced
+    /// before it is renamed into place, and the directory after. A record is durable
+    /// once a [`Wal::sync`] after its append returned `Ok`.
+    #[default]
+    Fsync,
+    /// No fsync or fdatasync of any kind: [`Wal::sync`] does nothing, and the ack
+    /// file is written and renamed without one. A crash of the process loses nothing
+    /// (the page cache outlives it); a crash of the machine may lose the records and
+    /// the acknowledgements of the last seconds (lost acknowledgements mean records
+    /// sent again).
+    Never,
+}
+
+/// Sizes and durability of one WAL. Fixed once the WAL is open.
 #[derive(Clone, Debug)]
 pub struct WalConfig {
     /// Rotate to a new segment when the active one would grow beyond this many bytes
@@ -137,6 +209,19 @@ pub struct WalConfig {
     /// it, the oldest segments are deleted (never the active one) and their
     /// unacknowledged records counted as dropped. Default 512 MiB.
     pub cap_bytes: u64,
+    /// Whether the WAL calls fsync. Default [`SyncPolicy::Fsync`].
+    pub sync: SyncPolicy,
+    /// [`Wal::ack`] writes the ack file once this many acknowledgements (calls that
+    /// moved the cursor) accumulated since it was last written, and whenever the
+    /// cursor reaches the head (everything acknowledged); 0 counts as 1 (every
+    /// acknowledgement). After a crash, the acknowledgements not yet written are
+    /// undone: their records are sent again. Default 64.
+    pub ack_every: u32,
+    /// [`Wal::ack`] also writes the ack file when this long passed since it was last
+    /// written (checked on each acknowledgement; nothing runs in the background), so
+    /// a slow trickle of acknowledgements is persisted one by one. `Duration::MAX`:
+    /// only `ack_every` counts. Default 1 s.
+    pub ack_interval: Duration,
 }
 
 impl Default for WalConfig {
@@ -144,6 +229,9 @@ impl Default for WalConfig {
         WalConfig {
             segment_bytes: 64 << 20,
             cap_bytes: 512 << 20,
+            sync: SyncPolicy::Fsync,
+            ack_every: 64,
+            ack_interval: Duration::from_secs(1),
         }
     }
 }
@@ -184,8 +272,19 @@ pub struct WalStats {
     pub corrupt_tails: u64,
     /// Bytes cut off or removed during open.
     pub truncated_bytes: u64,
-    /// Failed writes, segment creations and syncs since open.
+    /// Failed writes and segment creations since open.
     pub write_errors: u64,
+    /// fsync and fdatasync calls since open (segments, ack file, directory): 0 with
+    /// [`SyncPolicy::Never`].
+    pub syncs: u64,
+    /// Failed fsync and fdatasync calls since open.
+    pub sync_errors: u64,
+    /// Unacknowledged records taken out of the log since open because a sync that
+    /// should have made them durable failed (see the module doc, "Failed syncs"):
+    /// the caller got them back in [`WalError::SyncLost`] to append again.
+    pub sync_lost_records: u64,
+    /// Payload bytes of those records.
+    pub sync_lost_bytes: u64,
     /// Times [`Wal::read`] skipped a record that no longer checksums (damaged on disk
     /// after open), since open. A damaged record read again is counted again.
     pub corrupt_reads: u64,
@@ -259,13 +358,35 @@ pub enum WalError {
         /// The I/O error.
         source: io::Error,
     },
-    /// fdatasync of a segment or fsync of the directory failed.
+    /// fsync of the directory failed while no record depended on it (only deleted
+    /// segments were not yet synced: at worst a crash brings acknowledged records
+    /// back). The next [`Wal::sync`] tries again.
     #[error("cannot sync {path}: {source}")]
     Sync {
+        /// The directory.
+        path: PathBuf,
+        /// The I/O error.
+        source: io::Error,
+    },
+    /// fdatasync of a segment failed, or fsync of the directory while it held a new
+    /// segment: the kernel may have dropped the pages it could not write, so every
+    /// record from `lost_from` on was taken out of the log (never reported durable,
+    /// never read again) and the next append starts a new segment. The caller still
+    /// holds those payloads and appends them again (or counts them lost).
+    #[error(
+        "cannot sync {path}: {source}; {lost_records} unacknowledged records from segment {} offset {} on were taken out of the log",
+        lost_from.segment,
+        lost_from.offset
+    )]
+    SyncLost {
         /// The segment file or the directory.
         path: PathBuf,
         /// The I/O error.
         source: io::Error,
+        /// The first position taken out: every record at or after it is gone.
+        lost_from: WalPosition,
+        /// How many of them were not acknowledged.
+        lost_records: u64,
     },
     /// The ack file could not be written, synced or renamed into place.
     #[error("cannot write WAL ack file {path}: {source}")]
@@ -335,14 +456,40 @@ impl Segment {
     }
 }
 
-/// Faults injected by tests: how many upcoming writes and cuts fail.
+/// The one door of every segment write, cut and sync: injects the faults tests ask
+/// for (how many upcoming writes, cuts and syncs fail) and counts the syncs.
 #[derive(Debug, Default)]
 struct Faults {
     write_failures: u32,
     truncate_failures: u32,
+    sync_failures: u32,
+    /// fsync and fdatasync calls made (failed ones included).
+    syncs: u64,
+}
+
+/// What a sync must make durable.
+#[derive(Clone, Copy)]
+enum SyncWhat {
+    /// The file's data (fdatasync): segments.
+    Data,
+    /// Data and metadata (fsync): the ack file and the directory.
+    All,
 }
 
 impl Faults {
+    /// fdatasync or fsync of `file`, unless a failure is injected.
+    fn sync(&mut self, file: &File, what: SyncWhat) -> io::Result<()> {
+        self.syncs += 1;
+        if self.sync_failures > 0 {
+            self.sync_failures -= 1;
+            return Err(io::Error::other("injected sync failure"));
+        }
+        match what {
+            SyncWhat::Data => file.sync_data(),
+            SyncWhat::All => file.sync_all(),
+        }
+    }
+
     /// Writes `parts` back to back at `offset`. An injected failure writes the first
     /// half of the bytes (a torn write) and then fails as a full disk would.
     fn write_parts(&mut self, file: &File, offset: u64, parts: &[&[u8]]) -> io::Result<()> {
@@ -418,23 +565,39 @@ pub struct Wal {
     /// The active segment is no longer written to (a failed cut or sync): the next
     /// append starts a new segment.
     active_broken: bool,
-    /// The persisted ack cursor: records below it are acknowledged. May point into a
-    /// segment that no longer exists (then every remaining record is above it).
+    /// The ack cursor: records below it are acknowledged. May point into a segment
+    /// that no longer exists (then every remaining record is above it).
     cursor: WalPosition,
-    /// The ack file holds `cursor` (false after a failed write: the next ack retries).
-    ack_persisted: bool,
+    /// The cursor the ack file holds: at or below `cursor`. After a crash replay
+    /// starts there.
+    persisted: WalPosition,
+    /// Acknowledgements that moved `cursor` since the ack file was last written.
+    acks_pending: u32,
+    /// When the ack file was last written (or the WAL opened).
+    persisted_at: Instant,
     /// Read handle of the last non-active segment read, by segment id.
     reader: Mutex<Option<(u64, File)>>,
-    /// Ids of segments rotated away from since the last sync: their last writes still
-    /// need an fdatasync.
-    unsynced: Vec<u64>,
+    /// Segments rotated away from since the last sync, ascending, with the handle
+    /// that wrote them: their last writes still need an fdatasync, through that
+    /// handle (a file opened anew may not see an error the kernel already reported
+    /// or dropped). Always empty with [`SyncPolicy::Never`].
+    unsynced: Vec<(u64, File)>,
+    /// Every record before this position is durable: the head at the last successful
+    /// [`Wal::sync`] (or at open, for what recovery found).
+    durable: WalPosition,
     /// A segment file was created or deleted since the last directory fsync.
     dir_dirty: bool,
+    /// The oldest segment created since the last directory fsync: its records (and
+    /// those of every later segment) are not durable before the next one.
+    created_since_dir_sync: Option<u64>,
     dropped_records: u64,
     dropped_bytes: u64,
     corrupt_tails: u64,
     truncated_bytes: u64,
     write_errors: u64,
+    sync_errors: u64,
+    sync_lost_records: u64,
+    sync_lost_bytes: u64,
     /// Counted from `read(&self)`; Relaxed: a counter read only for stats.
     corrupt_reads: AtomicU64,
     faults: Faults,
@@ -481,10 +644,11 @@ impl Wal {
         let mut corrupt_tails = 0u64;
         let mut truncated_bytes = 0u64;
         let mut dir_dirty = false;
+        let mut created_since_dir_sync = None;
         for id in ids {
             max_id = max_id.max(id);
             let path = segment_path(dir, id);
-            match scan_segment(&path, id)? {
+            match scan_segment(&path, id, config.sync)? {
                 Scanned::Intact { segment, file, cut } => {
                     if cut > 0 {
                         corrupt_tails += 1;
@@ -511,12 +675,14 @@ impl Wal {
                 let id = next_id(dir, max_id)?;
                 let (segment, file) = create_segment(dir, id, &mut Faults::default())?;
                 dir_dirty = true;
+                created_since_dir_sync = Some(id);
                 (file, Some(segment))
             }
         };
         if let Some(segment) = created {
             segments.push_back(segment);
         }
+        let cursor = read_ack(dir);
 
         let mut wal = Wal {
             dir: dir.to_path_buf(),
@@ -524,25 +690,33 @@ impl Wal {
             segments,
             active,
             active_broken: false,
-            cursor: read_ack(dir),
-            ack_persisted: true,
+            cursor,
+            persisted: cursor,
+            acks_pending: 0,
+            persisted_at: Instant::now(),
             reader: Mutex::new(None),
             unsynced: Vec::new(),
+            durable: WalPosition::default(),
             dir_dirty,
+            created_since_dir_sync,
             dropped_records: 0,
             dropped_bytes: 0,
             corrupt_tails,
             truncated_bytes,
             write_errors: 0,
+            sync_errors: 0,
+            sync_lost_records: 0,
+            sync_lost_bytes: 0,
             corrupt_reads: AtomicU64::new(0),
             faults: Faults::default(),
         };
         // Files ending before the cursor (a cut tail, a removed segment): lower it to
         // the head and persist that, or the next appends would land behind it.
         let head = wal.head();
+        wal.durable = head;
         if wal.cursor > head {
             wal.cursor = head;
-            write_ack(&wal.dir, head)?;
+            wal.persist_ack()?;
         }
         wal.delete_acked()?;
         Ok(wal)
@@ -619,38 +793,130 @@ impl Wal {
     }
 
     /// Makes every appended record durable: fdatasync of the segments rotated away from
-    /// since the last sync and of the active segment, and fsync of the directory if a
-    /// segment was created or deleted since the last sync.
+    /// since the last sync and of the active segment (each through the handle that
+    /// wrote it), and fsync of the directory if a segment was created or deleted since
+    /// the last sync. Does nothing with [`SyncPolicy::Never`].
     ///
     /// # Errors
-    /// [`WalError::Sync`]. A failed fdatasync of the active segment is counted in
-    /// [`WalStats::write_errors`] and the next append starts a new segment (the kernel
-    /// may have dropped the pages it could not write).
+    /// [`WalError::SyncLost`] when an fdatasync fails, or the directory fsync while it
+    /// held a new segment: the records that sync should have made durable were taken
+    /// out of the log (see the module doc), counted in [`WalStats::sync_errors`],
+    /// [`WalStats::sync_lost_records`] and [`WalStats::sync_lost_bytes`], and the next
+    /// append starts a new segment. [`WalError::Sync`] when only the directory fsync
+    /// failed and no record depended on it.
     pub fn sync(&mut self) -> Result<(), WalError> {
-        while let Some(&id) = self.unsynced.last() {
-            if self.segments.iter().any(|s| s.id == id) {
-                let path = segment_path(&self.dir, id);
-                let synced = File::open(&path).and_then(|f| f.sync_data());
-                if let Err(source) = synced {
-                    self.write_errors += 1;
-                    return Err(WalError::Sync { path, source });
-                }
-            }
-            self.unsynced.pop();
+        if self.config.sync == SyncPolicy::Never {
+            return Ok(());
         }
-        if let Err(source) = self.active.sync_data() {
-            self.write_errors += 1;
-            self.active_broken = true;
-            return Err(WalError::Sync {
-                path: segment_path(&self.dir, self.active_segment().id),
-                source,
+        // The first record that may not be on disk, and the failure that says so.
+        let mut lost: Option<(WalPosition, PathBuf, io::Error)> = None;
+        for (id, file) in std::mem::take(&mut self.unsynced) {
+            if lost.is_some() {
+                break; // everything after the first failure goes anyway
+            }
+            if let Err(source) = self.faults.sync(&file, SyncWhat::Data) {
+                self.sync_errors += 1;
+                let from = self.durable.max(WalPosition {
+                    segment: id,
+                    offset: HEADER_BYTES,
+                });
+                lost = Some((from, segment_path(&self.dir, id), source));
+            }
+        }
+        let active = self.active_segment();
+        let (active_id, active_end) = (active.id, active.len);
+        let active_pending = WalPosition {
+            segment: active_id,
+            offset: active_end,
+        } > self.durable;
+        if lost.is_none()
+            && active_pending
+            && let Err(source) = self.faults.sync(&self.active, SyncWhat::Data)
+        {
+            self.sync_errors += 1;
+            let from = self.durable.max(WalPosition {
+                segment: active_id,
+                offset: HEADER_BYTES,
             });
+            lost = Some((from, segment_path(&self.dir, active_id), source));
         }
         if self.dir_dirty {
-            sync_dir(&self.dir)?;
-            self.dir_dirty = false;
+            match self.sync_dir() {
+                Ok(()) => {
+                    self.dir_dirty = false;
+                    self.created_since_dir_sync = None;
+                }
+                Err(source) => {
+                    self.sync_errors += 1;
+                    let path = self.dir.clone();
+                    match self.created_since_dir_sync {
+                        // A new segment's name may not survive a crash: its records
+                        // and every later one's are not durable.
+                        Some(id) => {
+                            let from = WalPosition {
+                                segment: id,
+                                offset: HEADER_BYTES,
+                            };
+                            if lost.as_ref().is_none_or(|(f, _, _)| from < *f) {
+                                lost = Some((from, path, source));
+                            }
+                        }
+                        None if lost.is_none() => {
+                            self.durable = self.head();
+                            return Err(WalError::Sync { path, source });
+                        }
+                        None => {}
+                    }
+                }
+            }
         }
+        match lost {
+            None => {
+                self.durable = self.head();
+                Ok(())
+            }
+            Some((lost_from, path, source)) => {
+                let (lost_records, lost_bytes) = self.take_out_from(lost_from);
+                self.sync_lost_records += lost_records;
+                self.sync_lost_bytes += lost_bytes;
+                Err(WalError::SyncLost {
+                    path,
+                    source,
+                    lost_from,
+                    lost_records,
+                })
+            }
+        }
+    }
+
+    /// Persists the ack cursor now if the ack file lags behind it (a clean stop calls
+    /// this; [`Wal::ack`] does when its batch is due).
+    ///
+    /// # Errors
+    /// [`WalError::WriteAck`]: the ack file keeps its older cursor (a crash would
+    /// replay more, never less); the next call tries again.
+    pub fn persist_ack(&mut self) -> Result<(), WalError> {
+        if self.cursor == self.persisted {
+            return Ok(());
+        }
+        self.write_ack(self.cursor)?;
+        self.persisted = self.cursor;
+        self.acks_pending = 0;
+        self.persisted_at = Instant::now();
         Ok(())
+    }
+
+    /// A clean stop: [`Wal::sync`], then [`Wal::persist_ack`]. Dropping the WAL
+    /// without it is a crash as far as the files are concerned: appends since the last
+    /// sync may be lost to a machine crash, and acknowledgements since the last ack
+    /// file write are undone (their records are sent again).
+    ///
+    /// # Errors
+    /// The first error of the two steps (both are tried).
+    pub fn close(mut self) -> Result<(), WalError> {
+        let synced = self.sync();
+        let persisted = self.persist_ack();
+        synced.and(persisted)
     }
 
     /// The first intact record at or after `from`, moving on to the next segment at a
@@ -684,12 +950,16 @@ impl Wal {
         Ok(None)
     }
 
-    /// Acknowledges every record before `upto` (a [`WalRecord::next`], usually):
-    /// persists the cursor in the ack file (written atomically: temporary file, fsync,
-    /// rename, directory fsync) and deletes every segment whose records are all
-    /// acknowledged, except the active one. Acknowledging at or before [`Wal::acked`] is
-    /// a no-op (unless the last ack file write failed: then it is retried); a position
-    /// past the head counts as the head.
+    /// Acknowledges every record before `upto` (a [`WalRecord::next`], usually): moves
+    /// the cursor, persists it in the ack file when the batch is due
+    /// ([`WalConfig::ack_every`], [`WalConfig::ack_interval`], or the cursor reached
+    /// the head; written atomically:
+    /// temporary file, fsync, rename, directory fsync, the fsyncs left out with
+    /// [`SyncPolicy::Never`]) and deletes every segment whose records are all
+    /// acknowledged, except the active one (the ack file may still name an older
+    /// cursor then: see the module doc, "Crash semantics"). Acknowledging at or before
+    /// [`Wal::acked`] does not move the cursor (but retries a due ack file write that
+    /// failed); a position past the head counts as the head.
     ///
     /// # Errors
     /// [`WalError::WriteAck`]: the cursor moved in memory and the acknowledged segments
@@ -701,12 +971,14 @@ impl Wal {
         let upto = upto.min(self.head());
         if upto > self.acked() {
             self.cursor = upto;
-            self.ack_persisted = false;
-        } else if self.ack_persisted {
-            return Ok(());
+            self.acks_pending = self.acks_pending.saturating_add(1);
         }
-        let persisted = write_ack(&self.dir, self.cursor);
-        self.ack_persisted = persisted.is_ok();
+        // Caught up: nothing is left to send, so a crash from here on would replay
+        // only duplicates; this write is also the one a steady trickle pays for.
+        let due = self.acks_pending >= self.config.ack_every.max(1)
+            || self.cursor >= self.head()
+            || self.persisted_at.elapsed() >= self.config.ack_interval;
+        let persisted = if due { self.persist_ack() } else { Ok(()) };
         self.delete_acked()?;
         persisted
     }
@@ -751,6 +1023,10 @@ impl Wal {
             corrupt_tails: self.corrupt_tails,
             truncated_bytes: self.truncated_bytes,
             write_errors: self.write_errors,
+            syncs: self.faults.syncs,
+            sync_errors: self.sync_errors,
+            sync_lost_records: self.sync_lost_records,
+            sync_lost_bytes: self.sync_lost_bytes,
             corrupt_reads: self.corrupt_reads.load(Ordering::Relaxed),
             ..WalStats::default()
         };
@@ -785,6 +1061,13 @@ impl Wal {
         self.faults.truncate_failures = n;
     }
 
+    /// Makes the next `n` fsync or fdatasync calls fail (segments, ack file or
+    /// directory, whichever comes next). For fault-injection tests only.
+    #[doc(hidden)]
+    pub fn inject_sync_failures(&mut self, n: u32) {
+        self.faults.sync_failures = n;
+    }
+
     fn active_segment(&self) -> &Segment {
         // `segments` is never empty after open.
         &self.segments[self.segments.len() - 1]
@@ -813,12 +1096,67 @@ impl Wal {
             create_segment(&self.dir, id, faults)
         });
         let (segment, file) = created.inspect_err(|_| self.write_errors += 1)?;
-        self.unsynced.push(old);
-        self.active = file;
+        let new_id = segment.id;
+        let old_file = std::mem::replace(&mut self.active, file);
+        let old_end = WalPosition {
+            segment: old,
+            offset: self.active_segment().len,
+        };
+        // Only a segment with writes since the last sync needs one (not one whose
+        // failed sync took its unsynced records out of the log).
+        if self.config.sync == SyncPolicy::Fsync && old_end > self.durable {
+            self.unsynced.push((old, old_file));
+        }
         self.active_broken = false;
         self.segments.push_back(segment);
         self.dir_dirty = true;
+        self.created_since_dir_sync.get_or_insert(new_id);
         Ok(())
+    }
+
+    /// Takes every record at or after `from` out of the log after a failed sync: cuts
+    /// the index of each segment concerned back to before it, cuts the files too (best
+    /// effort, not synced: a file that cannot be cut, or a crash before the cut reaches
+    /// the disk, brings them back on open as duplicates of what the caller appends
+    /// again), and marks the active segment broken so the next append starts a new
+    /// one. Everything left is durable. Returns the unacknowledged records and payload
+    /// bytes taken out.
+    fn take_out_from(&mut self, from: WalPosition) -> (u64, u64) {
+        let (mut records, mut bytes) = (0, 0);
+        let last = self.segments.len() - 1;
+        for i in 0..self.segments.len() {
+            let segment = &self.segments[i];
+            let keep = match segment.id.cmp(&from.segment) {
+                std::cmp::Ordering::Less => continue,
+                std::cmp::Ordering::Equal => segment.first_at_or_after(from.offset),
+                std::cmp::Ordering::Greater => 0,
+            };
+            if keep >= segment.starts.len() {
+                continue;
+            }
+            let (r, b) = segment.records_from(self.first_unacked(segment).max(keep));
+            records += r;
+            bytes += b;
+            let new_len = segment.starts[keep];
+            let cut = if i == last {
+                self.faults.set_len(&self.active, new_len)
+            } else {
+                OpenOptions::new()
+                    .write(true)
+                    .open(segment_path(&self.dir, segment.id))
+                    .and_then(|f| f.set_len(new_len))
+            };
+            let segment = &mut self.segments[i];
+            segment.starts.truncate(keep);
+            segment.len = new_len;
+            if cut.is_ok() {
+                segment.file_bytes = new_len;
+            }
+        }
+        self.unsynced.clear();
+        self.active_broken = true;
+        self.durable = self.head();
+        (records, bytes)
     }
 
     /// Deletes the oldest segments while the files exceed the cap, never the active
@@ -854,6 +1192,47 @@ impl Wal {
         Ok(())
     }
 
+    /// Writes the ack file atomically: temporary file, fsync, rename, directory fsync
+    /// (the fsyncs left out with [`SyncPolicy::Never`]). The temporary file is a new
+    /// file each time, so a failed fsync taints nothing that a later write reuses.
+    fn write_ack(&mut self, cursor: WalPosition) -> Result<(), WalError> {
+        let mut bytes = [0u8; ACK_BYTES];
+        bytes[..8].copy_from_slice(&ACK_MAGIC);
+        bytes[8..16].copy_from_slice(&cursor.segment.to_le_bytes());
+        bytes[16..24].copy_from_slice(&cursor.offset.to_le_bytes());
+        let crc = crc32c::crc32c(&bytes[..24]);
+        bytes[24..].copy_from_slice(&crc.to_le_bytes());
+        let fsync = self.config.sync == SyncPolicy::Fsync;
+        let tmp = self.dir.join(ACK_TMP_FILE);
+        let ack_err = |path: &Path| {
+            let path = path.to_path_buf();
+            move |source| WalError::WriteAck { path, source }
+        };
+        let file = File::create(&tmp).map_err(ack_err(&tmp))?;
+        file.write_all_at(&bytes, 0).map_err(ack_err(&tmp))?;
+        if fsync && let Err(source) = self.faults.sync(&file, SyncWhat::All) {
+            self.sync_errors += 1;
+            return Err(WalError::WriteAck { path: tmp, source });
+        }
+        drop(file);
+        let path = self.dir.join(ACK_FILE);
+        fs::rename(&tmp, &path).map_err(ack_err(&path))?;
+        if fsync && let Err(source) = self.sync_dir() {
+            self.sync_errors += 1;
+            return Err(WalError::WriteAck {
+                path: self.dir.clone(),
+                source,
+            });
+        }
+        Ok(())
+    }
+
+    /// fsync of the directory, so created, renamed and deleted entries are durable.
+    fn sync_dir(&mut self) -> io::Result<()> {
+        let dir = File::open(&self.dir)?;
+        self.faults.sync(&dir, SyncWhat::All)
+    }
+
     /// Removes a (non-active) segment's file and forgets what refers to it.
     fn remove_segment_file(&mut self, id: u64) -> Result<(), WalError> {
         let path = segment_path(&self.dir, id);
@@ -863,7 +1242,7 @@ impl Wal {
             Err(source) => return Err(WalError::RemoveSegment { path, source }),
         }
         self.dir_dirty = true;
-        self.unsynced.retain(|&u| u != id);
+        self.unsynced.retain(|(u, _)| *u != id);
         let reader = self.reader.get_mut().unwrap_or_else(|e| e.into_inner());
         if reader.as_ref().is_some_and(|(cached, _)| *cached == id) {
             *reader = None;
@@ -1019,8 +1398,8 @@ fn create_segment(dir: &Path, id: u64, faults: &mut Faults) -> Result<(Segment, 
 }
 
 /// Checks a segment's header and every frame, cutting the file after the last intact
-/// one.
-fn scan_segment(path: &Path, id: u64) -> Result<Scanned, WalError> {
+/// one (and syncing the cut, unless `sync` is [`SyncPolicy::Never`]).
+fn scan_segment(path: &Path, id: u64, sync: SyncPolicy) -> Result<Scanned, WalError> {
     let file = OpenOptions::new()
         .read(true)
         .write(true)
@@ -1092,7 +1471,9 @@ fn scan_segment(path: &Path, id: u64) -> Result<Scanned, WalError> {
             source,
         };
         file.set_len(pos).map_err(cut_err)?;
-        file.sync_data().map_err(cut_err)?;
+        if sync == SyncPolicy::Fsync {
+            file.sync_data().map_err(cut_err)?;
+        }
     }
     let segment = Segment {
         id,
@@ -1126,41 +1507,6 @@ fn read_ack(dir: &Path) -> WalPosition {
         segment: word(8),
         offset: word(16),
     }
-}
-
-/// Persists the ack cursor atomically: temporary file, fsync, rename, directory fsync.
-fn write_ack(dir: &Path, cursor: WalPosition) -> Result<(), WalError> {
-    let mut bytes = [0u8; ACK_BYTES];
-    bytes[..8].copy_from_slice(&ACK_MAGIC);
-    bytes[8..16].copy_from_slice(&cursor.segment.to_le_bytes());
-    bytes[16..24].copy_from_slice(&cursor.offset.to_le_bytes());
-    let crc = crc32c::crc32c(&bytes[..24]);
-    bytes[24..].copy_from_slice(&crc.to_le_bytes());
-    let tmp = dir.join(ACK_TMP_FILE);
-    let written = File::create(&tmp).and_then(|f| {
-        f.write_all_at(&bytes, 0)?;
-        f.sync_all()
-    });
-    written.map_err(|source| WalError::WriteAck {
-        path: tmp.clone(),
-        source,
-    })?;
-    let path = dir.join(ACK_FILE);
-    fs::rename(&tmp, &path).map_err(|source| WalError::WriteAck {
-        path: path.clone(),
-        source,
-    })?;
-    sync_dir(dir)
-}
-
-/// fsync of the directory, so created, renamed and deleted entries are durable.
-fn sync_dir(dir: &Path) -> Result<(), WalError> {
-    File::open(dir)
-        .and_then(|d| d.sync_all())
-        .map_err(|source| WalError::Sync {
-            path: dir.to_path_buf(),
-            source,
-        })
 }
 
 #[cfg(test)]
@@ -1232,15 +1578,15 @@ mod tests {
     #[test]
     fn ack_file_round_trips_and_rejects_damage() {
         let dir = TempDir::new("ackfile");
-        fs::create_dir_all(&dir.0).unwrap();
-        let at = WalPosition {
-            segment: 3,
-            offset: 99,
-        };
-        write_ack(&dir.0, at).unwrap();
+        let mut wal = Wal::open(&dir.0, WalConfig::default()).unwrap();
+        wal.append(b"abc").unwrap();
+        let at = wal.head();
+        wal.ack(at).unwrap();
+        wal.persist_ack().unwrap();
         assert_eq!(read_ack(&dir.0), at);
         let path = dir.0.join(ACK_FILE);
         let mut bytes = fs::read(&path).unwrap();
+        assert_eq!(bytes.len(), ACK_BYTES);
         bytes[10] ^= 1;
         fs::write(&path, &bytes).unwrap();
         assert_eq!(read_ack(&dir.0), WalPosition::default());

@@ -49,7 +49,7 @@ impl StageMetrics for PipelineSet {
 type Get = fn(&PipelineStatus, &PipelineCounters) -> f64;
 
 /// The families, one sample per pipeline.
-const FAMILIES: [(&str, Kind, &str, Get); 17] = [
+const FAMILIES: [(&str, Kind, &str, Get); 19] = [
     (
         "weir_pipeline_sent_batches_total",
         Kind::Counter,
@@ -145,6 +145,18 @@ const FAMILIES: [(&str, Kind, &str, Get); 17] = [
         Kind::Counter,
         "Unsent batches deleted because the WAL reached its size cap.",
         |s, _| s.wal.dropped_records as f64,
+    ),
+    (
+        "weir_wal_sync_errors_total",
+        Kind::Counter,
+        "WAL fsyncs that failed (their unsynced records were appended again, or sent from memory only).",
+        |s, _| s.wal.sync_errors as f64,
+    ),
+    (
+        "weir_wal_sync_lost_records_total",
+        Kind::Counter,
+        "Records a failed fsync took out of the WAL (the pipeline appends them again from memory).",
+        |s, _| s.wal.sync_lost_records as f64,
     ),
     (
         "weir_wal_dropped_bytes_total",

@@ -12,7 +12,18 @@
 //! The ring only saves reading bodies back from disk: when it is full the record is
 //! still in the WAL and the forwarder reads it from there, and after a restart the
 //! forwarder starts at the WAL's acknowledgement cursor, so everything not
-//! acknowledged is sent again (at least once).
+//! acknowledged is sent again (at least once). The WAL persists that cursor in
+//! batches while a backlog drains, at once when it catches up, and on
+//! [`Pipeline::shutdown`] (see `weir_core::wal`, "Crash semantics").
+//!
+//! When the WAL fails: a record whose append failed is queued as memory-only (sent,
+//! never acknowledged, lost on a restart) and sent in its place in WAL order, after
+//! every older record even if those are in the WAL only (the ring overflowed). A
+//! failed sync takes the flush's unsynced records out of the WAL; `accept` still
+//! holds their bodies and appends them again, and after a second failure sends them
+//! as memory-only. Records are queued on the ring before the WAL lock is released,
+//! which is what lets the forwarder place memory-only records (see
+//! `Forwarder::next`).
 //!
 //! Owns: the record framing inside the WAL ([`Record`]), the forwarder loop (order,
 //! retries, acknowledgement, drain on shutdown) and the per-pipeline counters.
@@ -30,7 +41,7 @@ use tokio::task::JoinHandle;
 use tracing::{error, info, warn};
 use weir_core::FlushBatch;
 use weir_core::encode::{EncodeOptions, EncodedRequest, NameFilter};
-use weir_core::wal::{Wal, WalConfig, WalPosition, WalStats};
+use weir_core::wal::{SyncPolicy, Wal, WalConfig, WalError, WalPosition, WalStats};
 
 use crate::backends::{Backend, SendError};
 
@@ -127,7 +138,7 @@ struct Queued {
     /// only, never acknowledged).
     position: Option<WalPosition>,
     /// The WAL head before the append: the forwarder's cursor right after it sent
-    /// the previous record.
+    /// the previous record. A memory-only record is sent once the cursor is there.
     before: WalPosition,
     /// The WAL head after the append: the cursor once this record is acknowledged.
     next: WalPosition,
@@ -296,6 +307,11 @@ impl Pipeline {
         let wal_config = WalConfig {
             segment_bytes: common.wal.segment_bytes,
             cap_bytes: common.wal.max_bytes,
+            sync: match common.wal.sync {
+                WalSyncConfig::Flush => SyncPolicy::Fsync,
+                WalSyncConfig::Never => SyncPolicy::Never,
+            },
+            ..WalConfig::default()
         };
         let open_dir = dir.clone();
         let opened = tokio::task::spawn_blocking(move || Wal::open(&open_dir, wal_config))
@@ -372,6 +388,20 @@ impl Pipeline {
         self.shared.counters.clone()
     }
 
+    /// Makes the WAL's next `n` writes fail (a full disk). For fault-injection tests
+    /// only.
+    #[doc(hidden)]
+    pub fn inject_wal_write_failures(&self, n: u32) {
+        lock(&self.shared.wal).inject_write_failures(n);
+    }
+
+    /// Makes the WAL's next `n` fsync or fdatasync calls fail. For fault-injection
+    /// tests only.
+    #[doc(hidden)]
+    pub fn inject_wal_sync_failures(&self, n: u32) {
+        lock(&self.shared.wal).inject_sync_failures(n);
+    }
+
     /// Encodes `batch`, appends it to the WAL (synced per `wal.sync`) and queues it
     /// for the forwarder. Blocking (encoding and disk I/O): call it on a blocking
     /// thread. Returns the WAL head after the append: the flush is delivered once
@@ -413,34 +443,86 @@ impl Pipeline {
                     record,
                 });
             }
-            if self.config.common().wal.sync == WalSyncConfig::Flush
-                && !queued.is_empty()
-                && let Err(e) = wal.sync()
-            {
-                c.wal_errors.fetch_add(1, Ordering::Relaxed);
-                error!(pipeline = %self.config.name(), error = %e, "WAL sync failed");
+            if self.config.common().wal.sync == WalSyncConfig::Flush && !queued.is_empty() {
+                self.sync_flush(&mut wal, &mut queued);
             }
             let stats = wal.stats();
             self.shared.log_wal_drops(&stats);
+            // Queued while the WAL is still locked: the forwarder reads the WAL under
+            // this lock, so once it has read a record, every memory-only record
+            // appended before it is in the ring (see `Forwarder::next`).
+            let mut producer = lock(&self.producer);
+            for q in queued {
+                let memory_only = q.position.is_none();
+                if producer.push(q).is_err() {
+                    if memory_only {
+                        c.dropped_batches.fetch_add(1, Ordering::Relaxed);
+                        error!(
+                            pipeline = %self.config.name(),
+                            "batch dropped: the WAL failed and the forwarder queue is full"
+                        );
+                    } else {
+                        c.queue_full.fetch_add(1, Ordering::Relaxed);
+                    }
+                }
+            }
             wal.head()
         };
-        let mut producer = lock(&self.producer);
-        for q in queued {
-            let memory_only = q.position.is_none();
-            if producer.push(q).is_err() {
-                if memory_only {
-                    c.dropped_batches.fetch_add(1, Ordering::Relaxed);
-                    error!(
-                        pipeline = %self.config.name(),
-                        "batch dropped: the WAL failed and the forwarder queue is full"
-                    );
-                } else {
-                    c.queue_full.fetch_add(1, Ordering::Relaxed);
+        self.shared.wake.notify_one();
+        head
+    }
+
+    /// Syncs the WAL after a flush's appends. A failed sync takes the records it should
+    /// have made durable out of the log (`weir_core::wal`, "Failed syncs"); this flush
+    /// still holds their bodies, so they are appended again, in order, and synced once
+    /// more. What a second failed sync takes out is sent from memory only (not
+    /// durable across a restart), after every record left in the WAL.
+    fn sync_flush(&self, wal: &mut Wal, queued: &mut [Queued]) {
+        let c = &self.shared.counters;
+        for attempt in 0..2 {
+            let lost_from = match wal.sync() {
+                Ok(()) => return,
+                Err(e) => {
+                    c.wal_errors.fetch_add(1, Ordering::Relaxed);
+                    error!(pipeline = %self.config.name(), error = %e, "WAL sync failed");
+                    match e {
+                        WalError::SyncLost { lost_from, .. } => lost_from,
+                        _ => return,
+                    }
+                }
+            };
+            // Queued entries are in append order; those from `lost_from` on (and
+            // memory-only ones placed there) are a suffix.
+            let first = queued.partition_point(|q| q.position.unwrap_or(q.before) < lost_from);
+            let lost = &mut queued[first..];
+            if attempt == 0 {
+                for q in lost {
+                    q.before = wal.head();
+                    q.position = match wal.append(&q.record.to_payload()) {
+                        Ok(p) => Some(p),
+                        Err(e) => {
+                            c.wal_errors.fetch_add(1, Ordering::Relaxed);
+                            error!(pipeline = %self.config.name(), error = %e, "WAL append failed");
+                            None
+                        }
+                    };
+                    q.next = wal.head();
+                }
+            } else {
+                error!(
+                    pipeline = %self.config.name(),
+                    batches = lost.len(),
+                    "WAL sync failed twice: these batches are sent from memory only \
+                     (not durable across a restart)"
+                );
+                let head = wal.head();
+                for q in lost {
+                    q.position = None;
+                    q.before = head;
+                    q.next = head;
                 }
             }
         }
-        self.shared.wake.notify_one();
-        head
     }
 
     /// Waits until the forwarder acknowledged everything before `head`, or made an
@@ -527,8 +609,16 @@ impl Pipeline {
             let p = *self.shared.progress.borrow();
             delivered = p.cursor >= head && p.refused == refused_before;
         }
-        if let Err(e) = lock(&self.shared.wal).sync() {
-            error!(pipeline = %self.config.name(), error = %e, "WAL sync at shutdown failed");
+        {
+            // A clean stop: the ack file catches up with the forwarder (acks are
+            // persisted in batches), so the next start replays only what is unsent.
+            let mut wal = lock(&self.shared.wal);
+            if let Err(e) = wal.sync() {
+                error!(pipeline = %self.config.name(), error = %e, "WAL sync at shutdown failed");
+            }
+            if let Err(e) = wal.persist_ack() {
+                error!(pipeline = %self.config.name(), error = %e, "WAL ack file write at shutdown failed");
+            }
         }
         let stats = lock(&self.shared.wal).stats();
         info!(
@@ -556,6 +646,15 @@ impl Drop for Pipeline {
         if let Some(task) = lock(&self.forwarder).take() {
             task.abort();
         }
+    }
+}
+
+/// Where a ring entry goes in WAL order: at its position, or, memory-only, just
+/// before the position its append would have taken (ties keep ring order).
+fn order(q: &Queued) -> (WalPosition, u8) {
+    match q.position {
+        Some(p) => (p, 1),
+        None => (q.before, 0),
     }
 }
 
@@ -622,35 +721,76 @@ impl Forwarder {
         }
     }
 
-    /// The next record in order: from the ring when it is the one at the cursor,
-    /// otherwise from the WAL.
+    /// The next record in WAL order: the ring's front when nothing in the WAL comes
+    /// before it, otherwise the WAL's record at the cursor. A memory-only record (its
+    /// append failed) goes where its append would have gone: after every WAL record
+    /// before its `before`, ahead of the record appended after it (which may have
+    /// taken that very position).
     async fn next(&mut self) -> Next {
-        loop {
-            let Some(q) = self.stash.take().or_else(|| self.consumer.pop().ok()) else {
-                return self.read_wal().await;
+        let front = match self.stash.take() {
+            Some(q) => Some(q),
+            None => self.pop_unsent(),
+        };
+        if let Some(q) = front {
+            let in_turn = match q.position {
+                Some(p) => p == self.cursor || q.before == self.cursor,
+                // At or (only if the WAL was read ahead of it) past its place.
+                None => q.before <= self.cursor,
             };
-            let Some(position) = q.position else {
-                // The WAL could not take it: send it from memory.
-                return Next::Send(Outgoing {
-                    position: None,
-                    next: self.cursor,
-                    record: q.record,
-                });
-            };
-            if position == self.cursor || q.before == self.cursor {
-                return Next::Send(Outgoing {
-                    position: Some(position),
-                    next: q.next,
-                    record: q.record,
-                });
-            }
-            if position < self.cursor {
-                continue; // already read from the WAL and sent
+            if in_turn {
+                return Next::Send(self.outgoing(q));
             }
             // Records between the cursor and this one (the ring was full, or they
             // predate this process): read them from the WAL first.
             self.stash = Some(q);
-            return self.read_wal().await;
+        }
+        let read = self.read_wal().await;
+        // `accept` queues its records before it lets go of the WAL lock, under
+        // which the read ran: every memory-only record appended before the one
+        // just read is in the ring now.
+        if self.stash.is_none() {
+            self.stash = self.pop_unsent();
+        }
+        match read {
+            Next::Send(out) => {
+                let key = (out.position.unwrap_or(self.cursor), 1);
+                match self.stash.take_if(|q| order(q) <= key) {
+                    // A memory-only record that comes first, or the ring's copy
+                    // of a record the WAL skipped or just returned.
+                    Some(q) => Next::Send(self.outgoing(q)),
+                    None => Next::Send(out),
+                }
+            }
+            // Nothing in the WAL from the cursor on, yet the ring holds a record:
+            // a memory-only one, or one the size cap deleted meanwhile.
+            Next::Idle => match self.stash.take() {
+                Some(q) => Next::Send(self.outgoing(q)),
+                None => Next::Idle,
+            },
+            Next::ReadError => Next::ReadError,
+        }
+    }
+
+    /// The ring's next entry not already sent (one read from the WAL before).
+    fn pop_unsent(&mut self) -> Option<Queued> {
+        while let Ok(q) = self.consumer.pop() {
+            if q.position.is_none_or(|p| p >= self.cursor) {
+                return Some(q);
+            }
+        }
+        None
+    }
+
+    fn outgoing(&self, q: Queued) -> Outgoing {
+        Outgoing {
+            position: q.position,
+            // A memory-only record is never acknowledged: the cursor stays.
+            next: if q.position.is_some() {
+                q.next
+            } else {
+                self.cursor
+            },
+            record: q.record,
         }
     }
 
