@@ -399,3 +399,88 @@ async fn a_failed_wal_sync_appends_the_flush_again_and_nothing_is_lost_or_sent_t
     assert_eq!(backend.taken(), vec![1, 2, 3, 4]);
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// Sends like a backend that takes everything, but panics on its first send, as a
+/// bug in a backend or the forwarder would.
+struct PanicsOnce {
+    panicked: bool,
+    taken: Arc<Mutex<Vec<bytes::Bytes>>>,
+}
+
+impl weir_collector::backends::Backend for PanicsOnce {
+    fn send(&mut self, body: bytes::Bytes) -> weir_collector::backends::SendFuture<'_> {
+        Box::pin(async move {
+            if !self.panicked {
+                self.panicked = true;
+                panic!("injected backend panic");
+            }
+            self.taken.lock().unwrap().push(body);
+            Ok(weir_collector::backends::Sent::default())
+        })
+    }
+}
+
+#[tokio::test]
+async fn a_forwarder_that_panics_is_restarted_and_delivers_everything_once_counted() {
+    let (refusing, addr) = refusing_address();
+    let dir = temp_dir("panic");
+    let taken = Arc::new(Mutex::new(Vec::new()));
+    let backend = PanicsOnce {
+        panicked: false,
+        taken: taken.clone(),
+    };
+    let p = Pipeline::start_with_backend(
+        &pipeline_config(&addr.to_string(), ""),
+        &dir,
+        Box::new(backend),
+    )
+    .await
+    .unwrap();
+    p.accept(&batch(1));
+    let head = p.accept(&batch(2));
+    // Before supervision, the forwarder task died with the panic and this waited
+    // out its whole timeout: nothing was ever sent again.
+    let outcome = p.wait_delivered(head, Duration::from_secs(20)).await;
+    assert!(outcome.delivered, "{outcome:?}");
+    let bodies: Vec<String> = taken
+        .lock()
+        .unwrap()
+        .iter()
+        .map(|b| String::from_utf8_lossy(b).into_owned())
+        .collect();
+    assert_eq!(bodies.len(), 2, "{bodies:?}");
+    assert!(
+        bodies[0].contains("value=1") && bodies[1].contains("value=2"),
+        "{bodies:?}"
+    );
+    let c = p.counters();
+    assert_eq!(load(&c.forwarder_restarts), 1);
+    assert_eq!(load(&c.sent_batches), 2);
+    assert_eq!(p.status().wal.unacked_records, 0);
+    p.shutdown(Duration::from_secs(1)).await;
+    drop(refusing);
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[tokio::test]
+async fn status_answers_while_the_wal_is_busy() {
+    let (refusing, addr) = refusing_address();
+    let dir = temp_dir("busy");
+    let p = Arc::new(start(&pipeline_config(&addr.to_string(), ""), &dir).await);
+    p.accept(&batch(1));
+    // `status` runs on another thread while this one holds the WAL, as an append
+    // with its fsync does. Before the snapshot, it waited for the lock: here, for
+    // ever (the bound below makes that a failure, not a hang).
+    let answered = p.while_wal_is_busy(|| {
+        let (tx, rx) = std::sync::mpsc::channel();
+        let q = p.clone();
+        std::thread::spawn(move || {
+            let _ = tx.send(q.status().wal.unacked_records);
+        });
+        rx.recv_timeout(Duration::from_secs(10))
+    });
+    assert_eq!(answered, Ok(1), "status waited for the WAL");
+    p.shutdown(Duration::from_millis(100)).await;
+    drop(refusing);
+    let _ = std::fs::remove_dir_all(&dir);
+}

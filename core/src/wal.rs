@@ -250,7 +250,7 @@ pub struct WalRecord {
 
 /// Counters and gauges of one WAL. Byte counts of records are payload bytes (frame
 /// headers not included); `bytes` is file sizes.
-#[derive(Clone, Debug, Default, PartialEq)]
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
 pub struct WalStats {
     /// Total size of the segment files on disk.
     pub bytes: u64,

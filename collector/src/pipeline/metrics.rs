@@ -49,7 +49,7 @@ impl StageMetrics for PipelineSet {
 type Get = fn(&PipelineStatus, &PipelineCounters) -> f64;
 
 /// The families, one sample per pipeline.
-const FAMILIES: [(&str, Kind, &str, Get); 19] = [
+const FAMILIES: [(&str, Kind, &str, Get); 20] = [
     (
         "weir_pipeline_sent_batches_total",
         Kind::Counter,
@@ -109,6 +109,12 @@ const FAMILIES: [(&str, Kind, &str, Get); 19] = [
         Kind::Counter,
         "Batches lost because the WAL failed and the queue was full.",
         |_, c| c.dropped_batches.load(Ordering::Relaxed) as f64,
+    ),
+    (
+        "weir_pipeline_forwarder_restarts_total",
+        Kind::Counter,
+        "Times the forwarder task stopped unexpectedly (a panic) and was restarted from the WAL.",
+        |_, c| c.forwarder_restarts.load(Ordering::Relaxed) as f64,
     ),
     (
         "weir_pipeline_last_success_timestamp_seconds",

@@ -32,6 +32,9 @@
 //! pipeline, or lose a record silently (every drop is a counter and a log line).
 
 use std::sync::atomic::{AtomicU64, Ordering};
+
+use crossbeam_utils::atomic::AtomicCell;
+use std::future::Future;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -173,6 +176,8 @@ pub struct PipelineCounters {
     pub queue_full: AtomicU64,
     /// WAL appends, syncs, reads or acknowledgements that failed.
     pub wal_errors: AtomicU64,
+    /// Times the forwarder task stopped unexpectedly (a panic) and was restarted.
+    pub forwarder_restarts: AtomicU64,
     /// Records lost because the WAL failed *and* the ring was full.
     pub dropped_batches: AtomicU64,
     /// Time of the last successful send, ms since the Unix epoch (0: never).
@@ -242,6 +247,27 @@ struct Shared {
     /// epoch; 0 while it is idle): records go out in order, so this is the oldest
     /// unsent one. Relaxed: a statistic, read for reporting only.
     sending_since_ms: std::sync::atomic::AtomicI64,
+    /// The WAL's stats and head as of the last operation on it, stored by whoever
+    /// held the WAL lock, read without it: `/status` and `/metrics` never wait for
+    /// an append or an fsync in progress. `AtomicCell` of a type this size is a
+    /// seqlock: readers retry while a store is under way, they never block it.
+    wal_snapshot: AtomicCell<WalSnapshot>,
+}
+
+/// What status reads of the WAL: copied out under the WAL lock after each operation.
+#[derive(Debug, Clone, Copy, Default)]
+struct WalSnapshot {
+    stats: WalStats,
+    head: WalPosition,
+}
+
+impl WalSnapshot {
+    fn of(wal: &Wal) -> WalSnapshot {
+        WalSnapshot {
+            stats: wal.stats(),
+            head: wal.head(),
+        }
+    }
 }
 
 impl Shared {
@@ -284,6 +310,24 @@ impl Pipeline {
         config: &PipelineConfig,
         data_dir: &std::path::Path,
     ) -> Result<Pipeline, PipelineError> {
+        let backend = config.connect().map_err(|reason| PipelineError::Config {
+            name: config.name().to_owned(),
+            reason,
+        })?;
+        Pipeline::start_with_backend(config, data_dir, backend).await
+    }
+
+    /// As [`Pipeline::start`], sending through `backend` instead of the one the
+    /// config's `type` names (the config still sets the encoding, WAL, queue and
+    /// retries): for embedding weir with a backend of one's own, and for tests.
+    ///
+    /// # Errors
+    /// [`PipelineError`] if the WAL cannot be opened or the config cannot be used.
+    pub async fn start_with_backend(
+        config: &PipelineConfig,
+        data_dir: &std::path::Path,
+        backend: Box<dyn Backend>,
+    ) -> Result<Pipeline, PipelineError> {
         let common = config.common();
         let name = common.name.clone();
         let config_error = |reason: String| PipelineError::Config {
@@ -302,7 +346,6 @@ impl Pipeline {
             max_request_bytes: common.max_request_bytes,
             temporality: config.temporality().to_core(),
         };
-        let backend = config.connect().map_err(config_error)?;
         let dir = config.wal_dir(data_dir);
         let wal_config = WalConfig {
             segment_bytes: common.wal.segment_bytes,
@@ -341,6 +384,7 @@ impl Pipeline {
             "pipeline started"
         );
         let cursor = wal.acked();
+        let snapshot = WalSnapshot::of(&wal);
         let (progress, _) = watch::channel(Progress {
             cursor,
             attempts: 0,
@@ -357,6 +401,7 @@ impl Pipeline {
             last_error: Mutex::new(None),
             drops_logged: AtomicU64::new(0),
             sending_since_ms: std::sync::atomic::AtomicI64::new(0),
+            wal_snapshot: AtomicCell::new(snapshot),
         });
         let (producer, consumer) = rtrb::RingBuffer::new(common.queue_capacity);
         let forwarder = Forwarder {
@@ -368,7 +413,7 @@ impl Pipeline {
             cursor,
             stash: None,
         };
-        let task = tokio::spawn(forwarder.run());
+        let task = tokio::spawn(forwarder.supervise());
         Ok(Pipeline {
             config: config.clone(),
             options,
@@ -386,6 +431,14 @@ impl Pipeline {
     /// The pipeline's counters.
     pub fn counters(&self) -> Arc<PipelineCounters> {
         self.shared.counters.clone()
+    }
+
+    /// Runs `f` while holding the WAL's lock, as an append or an fsync in progress
+    /// does. For tests of what must not wait for the WAL.
+    #[doc(hidden)]
+    pub fn while_wal_is_busy<R>(&self, f: impl FnOnce() -> R) -> R {
+        let _wal = lock(&self.shared.wal);
+        f()
     }
 
     /// Makes the WAL's next `n` writes fail (a full disk). For fault-injection tests
@@ -446,8 +499,9 @@ impl Pipeline {
             if self.config.common().wal.sync == WalSyncConfig::Flush && !queued.is_empty() {
                 self.sync_flush(&mut wal, &mut queued);
             }
-            let stats = wal.stats();
-            self.shared.log_wal_drops(&stats);
+            let snapshot = WalSnapshot::of(&wal);
+            self.shared.wal_snapshot.store(snapshot);
+            self.shared.log_wal_drops(&snapshot.stats);
             // Queued while the WAL is still locked: the forwarder reads the WAL under
             // this lock, so once it has read a record, every memory-only record
             // appended before it is in the ring (see `Forwarder::next`).
@@ -466,7 +520,7 @@ impl Pipeline {
                     }
                 }
             }
-            wal.head()
+            snapshot.head
         };
         self.shared.wake.notify_one();
         head
@@ -570,9 +624,11 @@ impl Pipeline {
         }
     }
 
-    /// The pipeline's state for `/status` and `/metrics`.
+    /// The pipeline's state for `/status` and `/metrics`. Never waits for the WAL
+    /// (an append or fsync in progress): it reads the snapshot taken after the WAL's
+    /// latest operation.
     pub fn status(&self) -> PipelineStatus {
-        let wal = lock(&self.shared.wal).stats();
+        let wal = self.shared.wal_snapshot.load().stats;
         self.shared.log_wal_drops(&wal);
         let since = self.shared.sending_since_ms.load(Ordering::Relaxed);
         let lag_seconds = if since > 0 && wal.unacked_records > 0 {
@@ -593,7 +649,7 @@ impl Pipeline {
     /// Lets the forwarder send what the WAL holds for up to `grace`, then stops it.
     /// Whatever is not acknowledged by then stays in the WAL for the next start.
     pub async fn shutdown(&self, grace: Duration) -> ForwardOutcome {
-        let head = lock(&self.shared.wal).head();
+        let head = self.shared.wal_snapshot.load().head;
         let refused_before = self.shared.progress.borrow().refused;
         self.shared.mode.send_replace(DRAIN);
         let task = lock(&self.forwarder).take();
@@ -609,18 +665,18 @@ impl Pipeline {
             let p = *self.shared.progress.borrow();
             delivered = p.cursor >= head && p.refused == refused_before;
         }
-        {
-            // A clean stop: the ack file catches up with the forwarder (acks are
-            // persisted in batches), so the next start replays only what is unsent.
-            let mut wal = lock(&self.shared.wal);
-            if let Err(e) = wal.sync() {
-                error!(pipeline = %self.config.name(), error = %e, "WAL sync at shutdown failed");
-            }
-            if let Err(e) = wal.persist_ack() {
-                error!(pipeline = %self.config.name(), error = %e, "WAL ack file write at shutdown failed");
-            }
+        // A clean stop: the ack file catches up with the forwarder (acks are
+        // persisted in batches), so the next start replays only what is unsent.
+        // fsyncs: on the blocking pool.
+        let (synced, persisted) =
+            with_wal(self.shared.clone(), |wal| (wal.sync(), wal.persist_ack())).await;
+        if let Err(e) = synced {
+            error!(pipeline = %self.config.name(), error = %e, "WAL sync at shutdown failed");
         }
-        let stats = lock(&self.shared.wal).stats();
+        if let Err(e) = persisted {
+            error!(pipeline = %self.config.name(), error = %e, "WAL ack file write at shutdown failed");
+        }
+        let stats = self.shared.wal_snapshot.load().stats;
         info!(
             pipeline = %self.config.name(),
             delivered,
@@ -687,8 +743,48 @@ enum Next {
     ReadError,
 }
 
+/// How long a restarted forwarder waits before it sends again, so a panic that
+/// repeats on every record costs one log line a second, not a hot loop.
+const RESTART_PAUSE: Duration = Duration::from_secs(1);
+
 impl Forwarder {
-    async fn run(mut self) {
+    /// Runs the forwarder until the pipeline stops it. A forwarder that panics, or
+    /// returns while it should run, is restarted after [`RESTART_PAUSE`] from the
+    /// WAL's acknowledgement cursor, with an error log line and
+    /// `weir_pipeline_forwarder_restarts_total`: a pipeline whose forwarder stopped
+    /// would fill its WAL to the cap in silence. (The alternative, exiting the
+    /// daemon, would stop every other pipeline and source with it.) Restarting from
+    /// the cursor may send the record in flight again: at least once, as after a
+    /// crash.
+    async fn supervise(mut self) {
+        loop {
+            let outcome = CatchUnwind(Box::pin(self.run())).await;
+            let reason = match outcome {
+                Ok(()) if *self.mode.borrow() != RUN => return,
+                Ok(()) => "it returned while the pipeline runs".to_owned(),
+                Err(panic) => format!("it panicked: {}", panic_message(panic.as_ref())),
+            };
+            self.shared
+                .counters
+                .forwarder_restarts
+                .fetch_add(1, Ordering::Relaxed);
+            error!(
+                pipeline = %self.shared.name,
+                reason = %reason,
+                "forwarder stopped unexpectedly; restarting it from the WAL's \
+                 acknowledgement cursor (a batch in flight may be sent twice)"
+            );
+            *lock(&self.shared.last_error) = Some(format!("forwarder restarted: {reason}"));
+            if !self.pause(RESTART_PAUSE).await {
+                return;
+            }
+            self.cursor = with_wal(self.shared.clone(), |wal| wal.acked()).await;
+            self.stash = None;
+            self.shared.sending_since_ms.store(0, Ordering::Relaxed);
+        }
+    }
+
+    async fn run(&mut self) {
         loop {
             let mode = *self.mode.borrow_and_update();
             if mode == STOP {
@@ -980,11 +1076,47 @@ impl Forwarder {
 
 /// Runs `f` on the WAL on a blocking thread (disk reads, fsyncs of the ack file:
 /// never on an async worker, which the receivers share).
+/// A future that turns a panic inside `poll` into an `Err`, so the supervisor can
+/// restart what panicked.
+struct CatchUnwind<F>(std::pin::Pin<Box<F>>);
+
+impl<F: Future> Future for CatchUnwind<F> {
+    type Output = Result<F::Output, Box<dyn std::any::Any + Send>>;
+
+    fn poll(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Self::Output> {
+        let inner = self.get_mut().0.as_mut();
+        // AssertUnwindSafe: after a panic the future is dropped, never polled again,
+        // and the state it shared (the forwarder) is reset from the WAL.
+        match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| inner.poll(cx))) {
+            Ok(std::task::Poll::Ready(v)) => std::task::Poll::Ready(Ok(v)),
+            Ok(std::task::Poll::Pending) => std::task::Poll::Pending,
+            Err(panic) => std::task::Poll::Ready(Err(panic)),
+        }
+    }
+}
+
+/// The message of a panic payload, when it has one.
+fn panic_message(panic: &(dyn std::any::Any + Send)) -> &str {
+    panic
+        .downcast_ref::<&str>()
+        .copied()
+        .or_else(|| panic.downcast_ref::<String>().map(String::as_str))
+        .unwrap_or("(no message)")
+}
+
 async fn with_wal<T: Send + 'static>(
     shared: Arc<Shared>,
     f: impl FnOnce(&mut Wal) -> T + Send + 'static,
 ) -> T {
-    let run = move || f(&mut lock(&shared.wal));
+    let run = move || {
+        let mut wal = lock(&shared.wal);
+        let out = f(&mut wal);
+        shared.wal_snapshot.store(WalSnapshot::of(&wal));
+        out
+    };
     match tokio::task::spawn_blocking(run).await {
         Ok(v) => v,
         Err(e) => std::panic::resume_unwind(e.into_panic()),
