@@ -1,11 +1,36 @@
-//! The daemon's configuration: the TOML schema, its defaults, and validation.
+//! The daemon's configuration: the whole file, composed of the sections each stage
+//! owns, loaded and checked.
 //!
-//! Owns: turning config text into a checked [`Config`], the embedded default file
+//! Owns: the top-level [`Config`] and the daemon's own sections (`[aggregation]`,
+//! `[shutdown]`, the `[receivers]` table), turning config text into a checked
+//! [`Config`] ([`Config::from_file`], [`Config::from_toml`]), the errors and their
+//! rendering (key paths with indices, line and column), the embedded default file
 //! ([`DEFAULT_CONFIG_TOML`]), and the mapping onto [`weir_core::AggregatorConfig`].
 //! Every error names the key it is about (`aggregation.flush_interval`) and, when the
 //! key is in the file, its line.
 //!
-//! Must never: accept a key it does not know (every struct is
+//! Every other section's schema, defaults, limits and validation live with the stage
+//! that uses it, and are re-exported here:
+//!
+//! | section | type | module |
+//! |---|---|---|
+//! | `[receivers.statsd]` | [`StatsdConfig`] | [`crate::sources::statsd`] |
+//! | `[receivers.otlp]` | [`OtlpReceiverConfig`] | [`crate::sources::otlp`] |
+//! | `[scrape]`, `[[scrape.targets]]` | [`ScrapeConfig`], [`ScrapeTarget`] | [`crate::sources::scrape`] |
+//! | `[exposition]` | [`ExpositionConfig`] | [`crate::serve::exposition`] |
+//! | `[admin]` | [`AdminConfig`] | [`crate::serve::admin`] |
+//! | `[log]` | [`LogConfig`] | [`crate::logging`] |
+//! | `[[pipelines]]` | [`PipelineConfig`] | [`crate::pipeline`] (variants in [`crate::backends`]) |
+//!
+//! A section checks itself with a `validate` that returns the key path inside the
+//! section (`Step`s, built with `keys`) and the reason; `Config::validate` puts
+//! the section's own path in front (`within`), so errors name the full key
+//! (`receivers.statsd.sockets`, `scrape.targets[2].url`). Adding a section: its struct
+//! (`deny_unknown_fields`, `default`) and `validate` in its stage's module, a field in
+//! [`Config`] (or [`ReceiversConfig`]), one line in `Config::validate`, and its keys
+//! in `default.toml` and `docs/configuration.md`.
+//!
+//! Must never: accept a key it does not know (every section's struct is
 //! `deny_unknown_fields`), panic on any input (config files are untrusted), or let a
 //! value through that would make the daemon misbehave later (zero limits, a zero
 //! flush interval, unordered buckets); nor do I/O beyond reading the one file.
@@ -20,9 +45,17 @@ use serde::Deserialize;
 use toml::de::{DeTable, DeValue};
 use weir_core::AggregatorConfig;
 
+pub use crate::logging::{LogConfig, LogFormat};
 pub use crate::pipeline::{
     CompressionConfig, PipelineCommon, PipelineConfig, PipelineWalConfig, RetryConfig,
     TemporalityConfig, WalSyncConfig,
+};
+pub use crate::serve::admin::AdminConfig;
+pub use crate::serve::exposition::ExpositionConfig;
+pub use crate::sources::otlp::{MAX_OTLP_TIMEOUT, OtlpReceiverConfig};
+pub use crate::sources::scrape::{ScrapeConfig, ScrapeTarget};
+pub use crate::sources::statsd::{
+    MAX_RECV_BATCH, MAX_RECV_BUFFER, MAX_STATSD_SOCKETS, MIN_RECV_BUFFER, StatsdConfig,
 };
 
 /// The embedded default configuration, with a comment on every key. `weir
@@ -97,6 +130,19 @@ impl Default for ShutdownConfig {
     }
 }
 
+/// Longest accepted `shutdown.grace_period`.
+pub const MAX_GRACE_PERIOD: Duration = Duration::from_secs(600);
+
+impl ShutdownConfig {
+    /// Checks the section; on error returns the key inside it and the reason.
+    fn validate(&self) -> Result<(), (Vec<Step>, String)> {
+        if self.grace_period > MAX_GRACE_PERIOD {
+            return Err((keys(&["grace_period"]), "must be at most 10m".to_owned()));
+        }
+        Ok(())
+    }
+}
+
 /// `[aggregation]`: the flush cadence and the aggregator's limits.
 #[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -128,6 +174,55 @@ pub struct AggregationConfig {
     pub kept_totals_ttl: Duration,
 }
 
+impl AggregationConfig {
+    /// Checks the section; on error returns the key inside it and the reason.
+    fn validate(&self) -> Result<(), (Vec<Step>, String)> {
+        if self.flush_interval < MIN_FLUSH_INTERVAL || self.flush_interval > MAX_FLUSH_INTERVAL {
+            return Err((
+                keys(&["flush_interval"]),
+                format!(
+                    "must be between {} and {}, got {}",
+                    fmt_duration(MIN_FLUSH_INTERVAL),
+                    fmt_duration(MAX_FLUSH_INTERVAL),
+                    fmt_duration(self.flush_interval)
+                ),
+            ));
+        }
+        if self.series_ttl > MAX_SERIES_TTL {
+            return Err((
+                keys(&["series_ttl"]),
+                format!(
+                    "must be at most {} (or \"0s\" to disable eviction), got {}",
+                    fmt_duration(MAX_SERIES_TTL),
+                    fmt_duration(self.series_ttl)
+                ),
+            ));
+        }
+        self.aggregator_config().validate().map_err(|e| {
+            // The core's field names are the config keys, except for the buckets.
+            let field = match e.field {
+                "histogram_bounds" => "histogram_buckets",
+                f => f,
+            };
+            (keys(&[field]), e.reason)
+        })
+    }
+
+    /// The aggregator settings this section asks for.
+    pub fn aggregator_config(&self) -> AggregatorConfig {
+        AggregatorConfig {
+            series_ttl: self.series_ttl,
+            max_series_per_metric: self.max_series_per_metric,
+            max_series: self.max_series,
+            writer_cache_capacity: self.writer_cache_capacity,
+            max_tracked_metric_names: self.max_tracked_metric_names,
+            histogram_bounds: Arc::from(&self.histogram_buckets[..]),
+            kept_totals_capacity: self.kept_totals_capacity,
+            kept_totals_ttl: self.kept_totals_ttl,
+        }
+    }
+}
+
 impl Default for AggregationConfig {
     fn default() -> Self {
         let core = AggregatorConfig::default();
@@ -152,248 +247,15 @@ pub struct ReceiversConfig {
     /// The `[receivers.statsd]` section.
     pub statsd: StatsdConfig,
     /// The `[receivers.otlp]` section.
-    pub otlp: OtlpConfig,
+    pub otlp: OtlpReceiverConfig,
 }
 
-/// `[receivers.otlp]`: OTLP metrics over gRPC and HTTP.
-#[derive(Debug, Clone, PartialEq, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct OtlpConfig {
-    /// Whether to listen at all. Default true.
-    pub enabled: bool,
-    /// gRPC listener. Default `127.0.0.1:4317`.
-    pub grpc_address: std::net::SocketAddr,
-    /// HTTP listener (`POST /v1/metrics`). Default `127.0.0.1:4318`.
-    pub http_address: std::net::SocketAddr,
-    /// Largest request body as sent (compressed or not), in bytes. Default 4 MiB.
-    pub max_request_bytes: usize,
-    /// Largest request after decompression, in bytes (against gzip bombs). Default
-    /// 16 MiB; at least `max_request_bytes`.
-    pub max_decompressed_bytes: usize,
-    /// Connections open at once, per listener (gRPC and HTTP each); a connection
-    /// beyond it is accepted and closed at once, and counted. Default 1024; at least 1.
-    pub max_connections: usize,
-    /// Export requests handled at once over both transports, from the request head
-    /// to the answer (body read, decompression, decoding, aggregation); a request
-    /// beyond it is answered "retry later" (HTTP 503 with `Retry-After`, gRPC
-    /// `UNAVAILABLE`) and counted. It bounds the memory of requests in flight at
-    /// about this many times `max_request_bytes + max_decompressed_bytes` plus their
-    /// decoded form. Default 32; at least 1.
-    pub max_requests_in_flight: usize,
-    /// Time an HTTP connection has to send a complete request head, from its accept
-    /// or its previous response; so also the keep-alive idle timeout. Default 10s;
-    /// between 1ms and 10m.
-    #[serde(with = "humantime_serde")]
-    pub header_read_timeout: Duration,
-    /// Time a request has to arrive whole once its head is in: over HTTP the body
-    /// (too slow: 408 and the connection closed); over gRPC the whole call. Default
-    /// 30s; between 1ms and 10m.
-    #[serde(with = "humantime_serde")]
-    pub body_read_timeout: Duration,
-}
-
-/// Largest accepted `receivers.otlp.header_read_timeout` and `body_read_timeout`.
-pub const MAX_OTLP_TIMEOUT: Duration = Duration::from_secs(600);
-
-impl Default for OtlpConfig {
-    fn default() -> Self {
-        OtlpConfig {
-            enabled: true,
-            grpc_address: std::net::SocketAddr::from(([127, 0, 0, 1], 4317)),
-            http_address: std::net::SocketAddr::from(([127, 0, 0, 1], 4318)),
-            max_request_bytes: 4 << 20,
-            max_decompressed_bytes: 16 << 20,
-            max_connections: 1024,
-            max_requests_in_flight: 32,
-            header_read_timeout: Duration::from_secs(10),
-            body_read_timeout: Duration::from_secs(30),
-        }
-    }
-}
-
-/// `[receivers.statsd]`: the StatsD/DogStatsD UDP receiver.
-#[derive(Debug, Clone, PartialEq, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct StatsdConfig {
-    /// Whether to listen at all. Default true.
-    pub enabled: bool,
-    /// UDP address to bind. Default `127.0.0.1:8125`.
-    pub address: std::net::SocketAddr,
-    /// Socket receive buffer to ask the kernel for, in bytes (it caps the request at
-    /// `net.core.rmem_max`). A large buffer absorbs scheduling pauses without loss.
-    /// Default 8 MiB; between [`MIN_RECV_BUFFER`] and [`MAX_RECV_BUFFER`].
-    pub recv_buffer_bytes: usize,
-    /// Sockets bound to `address`, one receive thread each. Above 1 they share the
-    /// address with `SO_REUSEPORT` and the kernel spreads senders over them by a hash
-    /// of each sender's address and port, so the datagrams of one sender (one source
-    /// port) all reach one socket. Default 1; between 1 and [`MAX_STATSD_SOCKETS`].
-    pub sockets: usize,
-    /// Datagrams read per receive call, at most (`recvmmsg` on Linux; 1 reads one
-    /// datagram per call). Default 64; between 1 and [`MAX_RECV_BATCH`].
-    pub recv_batch: usize,
-}
-
-/// Smallest accepted `receivers.statsd.recv_buffer_bytes`.
-pub const MIN_RECV_BUFFER: usize = 4096;
-/// Largest accepted `receivers.statsd.recv_buffer_bytes`.
-pub const MAX_RECV_BUFFER: usize = 1 << 30;
-/// Largest accepted `receivers.statsd.sockets`.
-pub const MAX_STATSD_SOCKETS: usize = 64;
-/// Largest accepted `receivers.statsd.recv_batch`.
-pub const MAX_RECV_BATCH: usize = 256;
-
-impl Default for StatsdConfig {
-    fn default() -> Self {
-        StatsdConfig {
-            enabled: true,
-            address: std::net::SocketAddr::from(([127, 0, 0, 1], 8125)),
-            recv_buffer_bytes: 8 << 20,
-            sockets: 1,
-            recv_batch: 64,
-        }
-    }
-}
-
-/// `[exposition]`: `GET /metrics` with the latest flush, for Prometheus to scrape.
-#[derive(Debug, Clone, PartialEq, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct ExpositionConfig {
-    /// Whether to serve it. Default true.
-    pub enabled: bool,
-    /// Listener. Default `127.0.0.1:9102` (statsd_exporter's port).
-    pub address: std::net::SocketAddr,
-}
-
-impl Default for ExpositionConfig {
-    fn default() -> Self {
-        ExpositionConfig {
-            enabled: true,
-            address: std::net::SocketAddr::from(([127, 0, 0, 1], 9102)),
-        }
-    }
-}
-
-/// `[admin]`: the admin API.
-#[derive(Debug, Clone, PartialEq, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct AdminConfig {
-    /// Whether to serve it. Default true.
-    pub enabled: bool,
-    /// Listener. Default `127.0.0.1:8686`. A non-loopback address needs `token`.
-    pub address: std::net::SocketAddr,
-    /// Bearer token the mutating endpoints (`POST /flush`, `POST /config/reload`)
-    /// require (`Authorization: Bearer <token>`). Default none; required when
-    /// `address` is not a loopback address. At least 16 characters.
-    pub token: Option<String>,
-}
-
-impl Default for AdminConfig {
-    fn default() -> Self {
-        AdminConfig {
-            enabled: true,
-            address: std::net::SocketAddr::from(([127, 0, 0, 1], 8686)),
-            token: None,
-        }
-    }
-}
-
-/// `[scrape]`: the Prometheus scraper.
-#[derive(Debug, Clone, PartialEq, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct ScrapeConfig {
-    /// Most scrapes running at once. Default 8.
-    pub concurrency: usize,
-    /// Largest scrape body accepted, in bytes; a larger one fails the scrape
-    /// (`body_too_large`, `up 0`). Default 10 MiB.
-    pub body_limit_bytes: usize,
-    /// The `[[scrape.targets]]` entries. Default none.
-    pub targets: Vec<ScrapeTarget>,
-}
-
-impl Default for ScrapeConfig {
-    fn default() -> Self {
-        ScrapeConfig {
-            concurrency: 8,
-            body_limit_bytes: 10 << 20,
-            targets: Vec::new(),
-        }
-    }
-}
-
-/// One `[[scrape.targets]]` entry.
-#[derive(Debug, Clone, PartialEq, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct ScrapeTarget {
-    /// `http://host:port/path` (path usually `/metrics`). Required.
-    pub url: String,
-    /// The `job` label. Default `"scrape"`.
-    #[serde(default = "default_job")]
-    pub job: String,
-    /// How often to scrape. Default 15 s.
-    #[serde(default = "default_scrape_interval", with = "humantime_serde")]
-    pub interval: Duration,
-    /// How long one scrape may take. Default 10 s; at most `interval`.
-    #[serde(default = "default_scrape_timeout", with = "humantime_serde")]
-    pub timeout: Duration,
-    /// Extra labels for every series of this target.
-    #[serde(default)]
-    pub labels: std::collections::BTreeMap<String, String>,
-    /// On a clash between a scraped label and a target label: true keeps the scraped
-    /// value, false (the default, as Prometheus) keeps the target's and renames the
-    /// scraped one `exported_<name>`.
-    #[serde(default)]
-    pub honor_labels: bool,
-}
-
-fn default_job() -> String {
-    "scrape".to_owned()
-}
-
-fn default_scrape_interval() -> Duration {
-    Duration::from_secs(15)
-}
-
-fn default_scrape_timeout() -> Duration {
-    Duration::from_secs(10)
-}
-
-/// `[log]`: what the daemon logs and how.
-#[derive(Debug, Clone, PartialEq, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct LogConfig {
-    /// A tracing filter: a level (`info`) or directives (`info,weir_collector=debug`).
-    /// `RUST_LOG`, when set, overrides it. Default `info`.
-    pub level: String,
-    /// Line format. Default [`LogFormat::Text`].
-    pub format: LogFormat,
-}
-
-impl Default for LogConfig {
-    fn default() -> Self {
-        LogConfig {
-            level: "info".to_owned(),
-            format: LogFormat::Text,
-        }
-    }
-}
-
-/// How log lines are written.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum LogFormat {
-    /// One human-readable line per event.
-    Text,
-    /// One JSON object per line.
-    Json,
-}
-
-impl LogFormat {
-    /// The name used in the config file.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            LogFormat::Text => "text",
-            LogFormat::Json => "json",
-        }
+impl ReceiversConfig {
+    /// Checks both receivers (OTLP first); on error returns the key inside
+    /// `[receivers]` (`statsd.sockets`) and the reason.
+    fn validate(&self) -> Result<(), (Vec<Step>, String)> {
+        within(&["otlp"], self.otlp.validate())?;
+        within(&["statsd"], self.statsd.validate())
     }
 }
 
@@ -518,177 +380,14 @@ impl Config {
         Config::default()
     }
 
-    /// Checks every value; on error returns the key path and the reason.
+    /// Checks every section, in a fixed order (so a file with several errors always
+    /// gets the same one first); on error returns the full key path and the reason.
     fn validate(&self) -> Result<(), (Vec<Step>, String)> {
-        let a = &self.aggregation;
-        let key = |k: &'static str| keys(&["aggregation", k]);
-        if a.flush_interval < MIN_FLUSH_INTERVAL || a.flush_interval > MAX_FLUSH_INTERVAL {
-            return Err((
-                key("flush_interval"),
-                format!(
-                    "must be between {} and {}, got {}",
-                    fmt_duration(MIN_FLUSH_INTERVAL),
-                    fmt_duration(MAX_FLUSH_INTERVAL),
-                    fmt_duration(a.flush_interval)
-                ),
-            ));
-        }
-        if a.series_ttl > MAX_SERIES_TTL {
-            return Err((
-                key("series_ttl"),
-                format!(
-                    "must be at most {} (or \"0s\" to disable eviction), got {}",
-                    fmt_duration(MAX_SERIES_TTL),
-                    fmt_duration(a.series_ttl)
-                ),
-            ));
-        }
-        self.aggregator_config().validate().map_err(|e| {
-            // The core's field names are the config keys, except for the buckets.
-            let field = match e.field {
-                "histogram_bounds" => "histogram_buckets",
-                f => f,
-            };
-            (key(field), e.reason)
-        })?;
-        if self.admin.enabled
-            && !self.admin.address.ip().is_loopback()
-            && self.admin.token.is_none()
-        {
-            return Err((
-                keys(&["admin", "address"]),
-                "is not a loopback address: set admin.token too (mutating endpoints \
-                 would be open to the network)"
-                    .to_owned(),
-            ));
-        }
-        if let Some(t) = &self.admin.token
-            && (t.len() < 16 || t.chars().any(|c| c.is_whitespace() || c.is_control()))
-        {
-            return Err((
-                keys(&["admin", "token"]),
-                "must be at least 16 characters, without spaces".to_owned(),
-            ));
-        }
-        if self.scrape.concurrency == 0 {
-            return Err((
-                keys(&["scrape", "concurrency"]),
-                "must be greater than 0".to_owned(),
-            ));
-        }
-        if self.scrape.body_limit_bytes < 1024 {
-            return Err((
-                keys(&["scrape", "body_limit_bytes"]),
-                "must be at least 1024".to_owned(),
-            ));
-        }
-        for (i, t) in self.scrape.targets.iter().enumerate() {
-            let key = |k: &'static str| {
-                vec![
-                    Step::Key("scrape".to_owned()),
-                    Step::Key("targets".to_owned()),
-                    Step::Index(i),
-                    Step::Key(k.to_owned()),
-                ]
-            };
-            let uri: Result<hyper::Uri, _> = t.url.parse();
-            let ok = uri.as_ref().is_ok_and(|u| {
-                u.scheme_str() == Some("http")
-                    && u.authority().is_some_and(|a| a.port_u16().is_some())
-            });
-            if !ok {
-                return Err((
-                    key("url"),
-                    format!(
-                        "{:?} is not an http://host:port/path URL (https is not supported yet)",
-                        t.url
-                    ),
-                ));
-            }
-            if t.interval < MIN_FLUSH_INTERVAL {
-                return Err((
-                    key("interval"),
-                    format!("must be at least {}", fmt_duration(MIN_FLUSH_INTERVAL)),
-                ));
-            }
-            if t.timeout.is_zero() || t.timeout > t.interval {
-                return Err((
-                    key("timeout"),
-                    "must be above 0 and at most the interval".to_owned(),
-                ));
-            }
-            for name in t.labels.keys() {
-                if !weir_core::key::is_valid_label_name(name) {
-                    return Err((key("labels"), format!("{name:?} is not a valid label name")));
-                }
-            }
-        }
-        let o = &self.receivers.otlp;
-        if o.max_request_bytes < 1024 {
-            return Err((
-                keys(&["receivers", "otlp", "max_request_bytes"]),
-                "must be at least 1024".to_owned(),
-            ));
-        }
-        if o.max_decompressed_bytes < o.max_request_bytes {
-            return Err((
-                keys(&["receivers", "otlp", "max_decompressed_bytes"]),
-                "must be at least max_request_bytes".to_owned(),
-            ));
-        }
-        for (k, n) in [
-            ("max_connections", o.max_connections),
-            ("max_requests_in_flight", o.max_requests_in_flight),
-        ] {
-            if n == 0 {
-                return Err((
-                    keys(&["receivers", "otlp", k]),
-                    "must be greater than 0".to_owned(),
-                ));
-            }
-        }
-        for (k, t) in [
-            ("header_read_timeout", o.header_read_timeout),
-            ("body_read_timeout", o.body_read_timeout),
-        ] {
-            if t < Duration::from_millis(1) || t > MAX_OTLP_TIMEOUT {
-                return Err((
-                    keys(&["receivers", "otlp", k]),
-                    format!(
-                        "must be between 1ms and {}, got {}",
-                        fmt_duration(MAX_OTLP_TIMEOUT),
-                        fmt_duration(t)
-                    ),
-                ));
-            }
-        }
-        let rb = self.receivers.statsd.recv_buffer_bytes;
-        if !(MIN_RECV_BUFFER..=MAX_RECV_BUFFER).contains(&rb) {
-            return Err((
-                keys(&["receivers", "statsd", "recv_buffer_bytes"]),
-                format!("must be between {MIN_RECV_BUFFER} and {MAX_RECV_BUFFER}, got {rb}"),
-            ));
-        }
-        let n = self.receivers.statsd.sockets;
-        if !(1..=MAX_STATSD_SOCKETS).contains(&n) {
-            return Err((
-                keys(&["receivers", "statsd", "sockets"]),
-                format!("must be between 1 and {MAX_STATSD_SOCKETS}, got {n}"),
-            ));
-        }
-        let n = self.receivers.statsd.recv_batch;
-        if !(1..=MAX_RECV_BATCH).contains(&n) {
-            return Err((
-                keys(&["receivers", "statsd", "recv_batch"]),
-                format!("must be between 1 and {MAX_RECV_BATCH}, got {n}"),
-            ));
-        }
-        if self.shutdown.grace_period > Duration::from_secs(600) {
-            return Err((
-                keys(&["shutdown", "grace_period"]),
-                "must be at most 10m".to_owned(),
-            ));
-        }
+        within(&["aggregation"], self.aggregation.validate())?;
+        within(&["admin"], self.admin.validate())?;
+        within(&["scrape"], self.scrape.validate())?;
+        within(&["receivers"], self.receivers.validate())?;
+        within(&["shutdown"], self.shutdown.validate())?;
         let mut names = std::collections::HashSet::new();
         for (i, p) in self.pipelines.iter().enumerate() {
             let at = |inner: Vec<&'static str>| {
@@ -705,34 +404,12 @@ impl Config {
                 ));
             }
         }
-        if self.log.level.trim().is_empty() {
-            return Err((keys(&["log", "level"]), "must not be empty".to_owned()));
-        }
-        if let Err(e) = tracing_subscriber::EnvFilter::try_new(&self.log.level) {
-            return Err((
-                keys(&["log", "level"]),
-                format!(
-                    "{:?} is not a level (error, warn, info, debug, trace) or filter: {e}",
-                    self.log.level
-                ),
-            ));
-        }
-        Ok(())
+        within(&["log"], self.log.validate())
     }
 
     /// The aggregator settings this config asks for.
     pub fn aggregator_config(&self) -> AggregatorConfig {
-        let a = &self.aggregation;
-        AggregatorConfig {
-            series_ttl: a.series_ttl,
-            max_series_per_metric: a.max_series_per_metric,
-            max_series: a.max_series,
-            writer_cache_capacity: a.writer_cache_capacity,
-            max_tracked_metric_names: a.max_tracked_metric_names,
-            histogram_bounds: Arc::from(&a.histogram_buckets[..]),
-            kept_totals_capacity: a.kept_totals_capacity,
-            kept_totals_ttl: a.kept_totals_ttl,
-        }
+        self.aggregation.aggregator_config()
     }
 }
 
@@ -807,14 +484,30 @@ fn key_span_in(doc: &DeTable<'_>, path: &[Step], field: &str) -> Option<Range<us
         .map(|(k, _)| k.span())
 }
 
-/// A key path of plain keys.
-fn keys(path: &[&str]) -> Vec<Step> {
+/// A key path of plain keys (`keys(&["receivers", "statsd"])`).
+pub(crate) fn keys(path: &[&str]) -> Vec<Step> {
     path.iter().map(|k| Step::Key((*k).to_owned())).collect()
 }
 
-/// One step of a key path.
+/// Puts `section`'s keys in front of the key path a section's `validate` refused, so
+/// a section names its keys relative to itself and the error names the full key.
+pub(crate) fn within(
+    section: &[&str],
+    checked: Result<(), (Vec<Step>, String)>,
+) -> Result<(), (Vec<Step>, String)> {
+    checked.map_err(|(inner, reason)| {
+        let mut path = keys(section);
+        path.extend(inner);
+        (path, reason)
+    })
+}
+
+/// One step of a key path: what a section's `validate` returns, relative to the
+/// section, with the reason a value was refused.
 pub(crate) enum Step {
+    /// A table key.
     Key(String),
+    /// An element of an array of tables (`targets[2]`).
     Index(usize),
 }
 
@@ -1272,6 +965,36 @@ format = "json"
                 "set admin.token",
             ),
             ("[admin]\ntoken = \"short\"\n", "admin.token", "at least 16"),
+            (
+                "[receivers.otlp]\nmax_request_bytes = 10\n",
+                "receivers.otlp.max_request_bytes",
+                "at least 1024",
+            ),
+            (
+                "[receivers.otlp]\nmax_decompressed_bytes = 2048\n",
+                "receivers.otlp.max_decompressed_bytes",
+                "at least max_request_bytes",
+            ),
+            (
+                "[receivers.otlp]\nmax_requests_in_flight = 0\n",
+                "receivers.otlp.max_requests_in_flight",
+                "greater than 0",
+            ),
+            (
+                "[receivers.otlp]\nbody_read_timeout = \"11m\"\n",
+                "receivers.otlp.body_read_timeout",
+                "between 1ms and 10m",
+            ),
+            (
+                "[scrape]\nbody_limit_bytes = 10\n",
+                "scrape.body_limit_bytes",
+                "at least 1024",
+            ),
+            (
+                "[shutdown]\ngrace_period = \"11m\"\n",
+                "shutdown.grace_period",
+                "at most 10m",
+            ),
             ("[log]\nlevel = \"\"\n", "log.level", "empty"),
             ("[log]\nlevel = \"loud=[\"\n", "log.level", "not a level"),
         ];
@@ -1283,6 +1006,24 @@ format = "json"
             assert!(msg.contains(reason), "{text}: {msg}");
             assert!(msg.contains("line 2"), "{text}: {msg}");
         }
+    }
+
+    #[test]
+    fn several_bad_sections_report_the_same_first_one_whatever_their_order_in_the_file() {
+        // Sections are checked in a fixed order (aggregation, admin, scrape, receivers,
+        // shutdown, pipelines, log), not in the file's.
+        let bad = [
+            "[log]\nlevel = \"\"\n",
+            "[receivers.statsd]\nsockets = 0\n",
+            "[admin]\ntoken = \"short\"\n",
+            "[shutdown]\ngrace_period = \"1h\"\n",
+        ];
+        for first in 0..bad.len() {
+            let text: String = bad[first..].iter().chain(&bad[..first]).copied().collect();
+            assert_eq!(err(&text).key(), Some("admin.token"), "{text}");
+        }
+        let e = err("[receivers.statsd]\nsockets = 0\n[receivers.otlp]\nmax_connections = 0\n");
+        assert_eq!(e.key(), Some("receivers.otlp.max_connections"), "{e}");
     }
 
     #[test]

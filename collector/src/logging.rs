@@ -1,15 +1,77 @@
 //! Process-wide log setup: tracing-subscriber writing text or JSON lines to standard
 //! error.
 //!
-//! Owns: choosing the filter (`RUST_LOG` over `[log] level`) and the line format.
+//! Owns: the `[log]` section ([`LogConfig`]: schema, defaults, validation), choosing
+//! the filter (`RUST_LOG` over `[log] level`) and the line format.
 //! Must never: write to standard output (it belongs to commands such as
 //! `weir --print-default-config`), or be installed twice in one process.
 
 use std::io::IsTerminal;
 
+use serde::Deserialize;
 use tracing_subscriber::EnvFilter;
 
-use crate::config::{LogConfig, LogFormat};
+use crate::config::{Step, keys};
+
+/// `[log]`: what the daemon logs and how.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LogConfig {
+    /// A tracing filter: a level (`info`) or directives (`info,weir_collector=debug`).
+    /// `RUST_LOG`, when set, overrides it. Default `info`.
+    pub level: String,
+    /// Line format. Default [`LogFormat::Text`].
+    pub format: LogFormat,
+}
+
+impl Default for LogConfig {
+    fn default() -> Self {
+        LogConfig {
+            level: "info".to_owned(),
+            format: LogFormat::Text,
+        }
+    }
+}
+
+/// How log lines are written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    /// One human-readable line per event.
+    Text,
+    /// One JSON object per line.
+    Json,
+}
+
+impl LogFormat {
+    /// The name used in the config file.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            LogFormat::Text => "text",
+            LogFormat::Json => "json",
+        }
+    }
+}
+
+impl LogConfig {
+    /// Checks the section; on error returns the key inside it (`level`) and the
+    /// reason.
+    pub(crate) fn validate(&self) -> Result<(), (Vec<Step>, String)> {
+        if self.level.trim().is_empty() {
+            return Err((keys(&["level"]), "must not be empty".to_owned()));
+        }
+        if let Err(e) = EnvFilter::try_new(&self.level) {
+            return Err((
+                keys(&["level"]),
+                format!(
+                    "{:?} is not a level (error, warn, info, debug, trace) or filter: {e}",
+                    self.level
+                ),
+            ));
+        }
+        Ok(())
+    }
+}
 
 /// Why logging could not be set up.
 #[derive(Debug, thiserror::Error)]

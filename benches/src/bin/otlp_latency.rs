@@ -11,7 +11,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use weir_benches::otlp_load::{harness, measure, noop_server, request, row};
-use weir_collector::config::OtlpConfig;
+use weir_collector::config::OtlpReceiverConfig;
 use weir_collector::sources::otlp::OtlpReceiver;
 use weir_core::{Sample, Temporality};
 
@@ -37,10 +37,10 @@ fn main() {
     }
     let req = request();
     rt.block_on(async {
-        let config = OtlpConfig {
+        let config = OtlpReceiverConfig {
             grpc_address: "127.0.0.1:0".parse().expect("addr"),
             http_address: "127.0.0.1:0".parse().expect("addr"),
-            ..OtlpConfig::default()
+            ..OtlpReceiverConfig::default()
         };
         let weir = OtlpReceiver::start(&config, &agg)
             .await

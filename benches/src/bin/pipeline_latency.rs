@@ -17,7 +17,7 @@ use std::time::{Duration, Instant};
 
 use weir_benches::http;
 use weir_benches::otlp_load::{harness, measure, noop_server, request, row};
-use weir_collector::config::{Config, OtlpConfig};
+use weir_collector::config::{Config, OtlpReceiverConfig};
 use weir_collector::pipeline::Pipeline;
 use weir_collector::sources::otlp::OtlpReceiver;
 use weir_core::{Sample, Temporality};
@@ -120,10 +120,10 @@ fn main() {
                 .expect("pipeline"),
         );
         let otlp = OtlpReceiver::start(
-            &OtlpConfig {
+            &OtlpReceiverConfig {
                 grpc_address: "127.0.0.1:0".parse().expect("addr"),
                 http_address: "127.0.0.1:0".parse().expect("addr"),
-                ..OtlpConfig::default()
+                ..OtlpReceiverConfig::default()
             },
             &agg,
         )

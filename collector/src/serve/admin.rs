@@ -8,7 +8,8 @@
 //! /config/reload`) answer 401 unless the request carries `Authorization: Bearer
 //! <token>`; the read-only ones stay open (like a Prometheus target).
 //!
-//! Owns: the endpoint and the rendering of weir's self-metrics. Must never: block the
+//! Owns: the `[admin]` section ([`AdminConfig`]: schema, defaults, and the check that a
+//! non-loopback address has a token), the endpoint and the rendering of weir's self-metrics. Must never: block the
 //! daemon (a flush request is a message to the run loop, answered when that flush is
 //! done), run a mutating endpoint without the token when one is configured, or expose
 //! more than counters and settings (never the token).
@@ -21,15 +22,65 @@ use std::time::Duration;
 use http_body_util::Full;
 use hyper::body::Bytes;
 use hyper::{Method, Response, StatusCode};
+use serde::Deserialize;
 use tokio::net::TcpListener;
 use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinHandle;
 use tracing::info;
 
+use crate::config::{Step, keys};
 use crate::control::{FlushRequest, ReloadRequest};
 use crate::pipeline::Pipeline;
 use crate::serve::{Body, Limits, ListenerCounters, plain};
 use crate::telemetry::{MetricsPage, Telemetry};
+
+/// `[admin]`: the admin API.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AdminConfig {
+    /// Whether to serve it. Default true.
+    pub enabled: bool,
+    /// Listener. Default `127.0.0.1:8686`. A non-loopback address needs `token`.
+    pub address: SocketAddr,
+    /// Bearer token the mutating endpoints (`POST /flush`, `POST /config/reload`)
+    /// require (`Authorization: Bearer <token>`). Default none; required when
+    /// `address` is not a loopback address. At least 16 characters.
+    pub token: Option<String>,
+}
+
+impl Default for AdminConfig {
+    fn default() -> Self {
+        AdminConfig {
+            enabled: true,
+            address: SocketAddr::from(([127, 0, 0, 1], 8686)),
+            token: None,
+        }
+    }
+}
+
+impl AdminConfig {
+    /// Checks the section; on error returns the key inside it (`token`) and the
+    /// reason.
+    pub(crate) fn validate(&self) -> Result<(), (Vec<Step>, String)> {
+        if self.enabled && !self.address.ip().is_loopback() && self.token.is_none() {
+            return Err((
+                keys(&["address"]),
+                "is not a loopback address: set admin.token too (mutating endpoints \
+                 would be open to the network)"
+                    .to_owned(),
+            ));
+        }
+        if let Some(t) = &self.token
+            && (t.len() < 16 || t.chars().any(|c| c.is_whitespace() || c.is_control()))
+        {
+            return Err((
+                keys(&["token"]),
+                "must be at least 16 characters, without spaces".to_owned(),
+            ));
+        }
+        Ok(())
+    }
+}
 
 /// What the admin API serves, shared with the daemon.
 pub struct AdminState {

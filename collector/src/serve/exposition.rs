@@ -2,7 +2,8 @@
 //! Prometheus text format, so any Prometheus can scrape what weir aggregated (the
 //! statsd_exporter role).
 //!
-//! Owns: the listener and the latest encoded page. Must never: make a scrape wait for
+//! Owns: the `[exposition]` section ([`ExpositionConfig`]), the listener and the latest
+//! encoded page. Must never: make a scrape wait for
 //! a flush (the page is encoded once per flush, off the request path, and swapped in
 //! under a lock held only for the swap or a clone of an `Arc`).
 
@@ -12,12 +13,32 @@ use std::sync::{Arc, Mutex};
 use http_body_util::Full;
 use hyper::body::Bytes;
 use hyper::{Response, StatusCode};
+use serde::Deserialize;
 use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
 use tracing::info;
 use weir_core::FlushBatch;
 
 use crate::serve::{Limits, ListenerCounters, plain};
+
+/// `[exposition]`: `GET /metrics` with the latest flush, for Prometheus to scrape.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ExpositionConfig {
+    /// Whether to serve it. Default true.
+    pub enabled: bool,
+    /// Listener. Default `127.0.0.1:9102` (statsd_exporter's port).
+    pub address: SocketAddr,
+}
+
+impl Default for ExpositionConfig {
+    fn default() -> Self {
+        ExpositionConfig {
+            enabled: true,
+            address: SocketAddr::from(([127, 0, 0, 1], 9102)),
+        }
+    }
+}
 
 /// The latest page, shared between the flusher (writer) and the endpoint (readers).
 #[derive(Default, Clone)]

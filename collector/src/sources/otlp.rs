@@ -2,7 +2,8 @@
 //! (`POST /v1/metrics`, protobuf or JSON bodies, gzip accepted), both into weir-core's OTLP
 //! mapping ([`weir_core::parse::otlp`]).
 //!
-//! Owns: the two listeners, request size limits (compressed and decompressed, against
+//! Owns: the `[receivers.otlp]` section ([`OtlpReceiverConfig`]: schema, defaults,
+//! limits, validation), the two listeners, request size limits (compressed and decompressed, against
 //! gzip bombs), the limits against hostile or overloading clients, the pool of writers
 //! requests borrow, and the answers: points the aggregator refused are reported in
 //! `partial_success` with their count, never by holding the request open. Must never:
@@ -53,6 +54,7 @@ use crossbeam_queue::ArrayQueue;
 use http_body_util::{BodyExt, Full, Limited};
 use hyper::body::{Bytes, Incoming};
 use hyper::{Request, Response, StatusCode};
+use serde::Deserialize;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
@@ -68,7 +70,106 @@ use weir_proto::metrics_service::{
     ExportMetricsPartialSuccess, ExportMetricsServiceRequest, ExportMetricsServiceResponse,
 };
 
-use crate::config::OtlpConfig;
+use crate::config::{Step, fmt_duration, keys};
+
+/// `[receivers.otlp]`: OTLP metrics over gRPC and HTTP.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct OtlpReceiverConfig {
+    /// Whether to listen at all. Default true.
+    pub enabled: bool,
+    /// gRPC listener. Default `127.0.0.1:4317`.
+    pub grpc_address: SocketAddr,
+    /// HTTP listener (`POST /v1/metrics`). Default `127.0.0.1:4318`.
+    pub http_address: SocketAddr,
+    /// Largest request body as sent (compressed or not), in bytes. Default 4 MiB.
+    pub max_request_bytes: usize,
+    /// Largest request after decompression, in bytes (against gzip bombs). Default
+    /// 16 MiB; at least `max_request_bytes`.
+    pub max_decompressed_bytes: usize,
+    /// Connections open at once, per listener (gRPC and HTTP each); a connection
+    /// beyond it is accepted and closed at once, and counted. Default 1024; at least 1.
+    pub max_connections: usize,
+    /// Export requests handled at once over both transports, from the request head
+    /// to the answer (body read, decompression, decoding, aggregation); a request
+    /// beyond it is answered "retry later" (HTTP 503 with `Retry-After`, gRPC
+    /// `UNAVAILABLE`) and counted. It bounds the memory of requests in flight at
+    /// about this many times `max_request_bytes + max_decompressed_bytes` plus their
+    /// decoded form. Default 32; at least 1.
+    pub max_requests_in_flight: usize,
+    /// Time an HTTP connection has to send a complete request head, from its accept
+    /// or its previous response; so also the keep-alive idle timeout. Default 10s;
+    /// between 1ms and 10m.
+    #[serde(with = "humantime_serde")]
+    pub header_read_timeout: Duration,
+    /// Time a request has to arrive whole once its head is in: over HTTP the body
+    /// (too slow: 408 and the connection closed); over gRPC the whole call. Default
+    /// 30s; between 1ms and 10m.
+    #[serde(with = "humantime_serde")]
+    pub body_read_timeout: Duration,
+}
+
+/// Largest accepted `receivers.otlp.header_read_timeout` and `body_read_timeout`.
+pub const MAX_OTLP_TIMEOUT: Duration = Duration::from_secs(600);
+
+impl Default for OtlpReceiverConfig {
+    fn default() -> Self {
+        OtlpReceiverConfig {
+            enabled: true,
+            grpc_address: SocketAddr::from(([127, 0, 0, 1], 4317)),
+            http_address: SocketAddr::from(([127, 0, 0, 1], 4318)),
+            max_request_bytes: 4 << 20,
+            max_decompressed_bytes: 16 << 20,
+            max_connections: 1024,
+            max_requests_in_flight: 32,
+            header_read_timeout: Duration::from_secs(10),
+            body_read_timeout: Duration::from_secs(30),
+        }
+    }
+}
+
+impl OtlpReceiverConfig {
+    /// Checks the section; on error returns the key inside it (`max_connections`) and
+    /// the reason.
+    pub(crate) fn validate(&self) -> Result<(), (Vec<Step>, String)> {
+        if self.max_request_bytes < 1024 {
+            return Err((
+                keys(&["max_request_bytes"]),
+                "must be at least 1024".to_owned(),
+            ));
+        }
+        if self.max_decompressed_bytes < self.max_request_bytes {
+            return Err((
+                keys(&["max_decompressed_bytes"]),
+                "must be at least max_request_bytes".to_owned(),
+            ));
+        }
+        for (k, n) in [
+            ("max_connections", self.max_connections),
+            ("max_requests_in_flight", self.max_requests_in_flight),
+        ] {
+            if n == 0 {
+                return Err((keys(&[k]), "must be greater than 0".to_owned()));
+            }
+        }
+        for (k, t) in [
+            ("header_read_timeout", self.header_read_timeout),
+            ("body_read_timeout", self.body_read_timeout),
+        ] {
+            if t < Duration::from_millis(1) || t > MAX_OTLP_TIMEOUT {
+                return Err((
+                    keys(&[k]),
+                    format!(
+                        "must be between 1ms and {}, got {}",
+                        fmt_duration(MAX_OTLP_TIMEOUT),
+                        fmt_duration(t)
+                    ),
+                ));
+            }
+        }
+        Ok(())
+    }
+}
 
 /// Writers kept for reuse between requests (each keeps its label-set cache warm).
 const WRITER_POOL: usize = 16;
@@ -114,7 +215,7 @@ pub struct OtlpIngest {
 }
 
 impl OtlpIngest {
-    fn new(config: &OtlpConfig, aggregator: &Aggregator) -> Self {
+    fn new(config: &OtlpReceiverConfig, aggregator: &Aggregator) -> Self {
         OtlpIngest {
             aggregator: aggregator.clone(),
             writers: ArrayQueue::new(WRITER_POOL),
@@ -190,11 +291,14 @@ impl OtlpReceiver {
     ///
     /// # Errors
     /// A listener could not be bound.
-    pub async fn start(config: &OtlpConfig, aggregator: &Aggregator) -> std::io::Result<Self> {
+    pub async fn start(
+        config: &OtlpReceiverConfig,
+        aggregator: &Aggregator,
+    ) -> std::io::Result<Self> {
         Self::start_with(config, OtlpIngest::new(config, aggregator)).await
     }
 
-    async fn start_with(config: &OtlpConfig, ingest: OtlpIngest) -> std::io::Result<Self> {
+    async fn start_with(config: &OtlpReceiverConfig, ingest: OtlpIngest) -> std::io::Result<Self> {
         let ingest = Arc::new(ingest);
         let mut tasks = Vec::new();
         let grpc = TcpListener::bind(config.grpc_address).await?;
@@ -775,11 +879,11 @@ mod tests {
     /// under test.
     const BOUND: Duration = Duration::from_secs(10);
 
-    fn test_config() -> OtlpConfig {
-        OtlpConfig {
+    fn test_config() -> OtlpReceiverConfig {
+        OtlpReceiverConfig {
             grpc_address: "127.0.0.1:0".parse().unwrap(),
             http_address: "127.0.0.1:0".parse().unwrap(),
-            ..OtlpConfig::default()
+            ..OtlpReceiverConfig::default()
         }
     }
 
@@ -831,7 +935,7 @@ mod tests {
 
     #[tokio::test]
     async fn requests_beyond_the_in_flight_cap_are_told_to_retry_later() {
-        let config = OtlpConfig {
+        let config = OtlpReceiverConfig {
             max_requests_in_flight: 1,
             ..test_config()
         };
@@ -882,7 +986,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_body_that_trickles_in_is_cut_at_the_deadline() {
-        let config = OtlpConfig {
+        let config = OtlpReceiverConfig {
             body_read_timeout: Duration::from_millis(100),
             ..test_config()
         };
@@ -919,7 +1023,7 @@ mod tests {
 
     #[tokio::test]
     async fn grpc_connections_beyond_the_cap_are_closed_and_counted() {
-        let config = OtlpConfig {
+        let config = OtlpReceiverConfig {
             max_connections: 1,
             ..test_config()
         };
@@ -939,7 +1043,7 @@ mod tests {
 
     #[tokio::test]
     async fn an_idle_grpc_connection_is_closed() {
-        let config = OtlpConfig {
+        let config = OtlpReceiverConfig {
             header_read_timeout: Duration::from_millis(50),
             body_read_timeout: Duration::from_millis(50),
             ..test_config()

@@ -1,7 +1,8 @@
 //! The Prometheus scraper: static targets scraped over HTTP on their own schedule,
 //! bodies parsed by weir-core's exposition parsers into the aggregator.
 //!
-//! Owns: the schedule (one task per target, a stable jittered offset inside its
+//! Owns: the `[scrape]` section and its `[[scrape.targets]]` ([`ScrapeConfig`],
+//! [`ScrapeTarget`]: schema, defaults, validation), the schedule (one task per target, a stable jittered offset inside its
 //! interval so targets never scrape in lock-step), the concurrency limit (a
 //! semaphore), the HTTP GET with its timeout and body size limit, target labels
 //! (`job`, `instance`, extra labels, `honor_labels`) and the per-target series
@@ -42,13 +43,138 @@ use hyper::body::Bytes;
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
+use serde::Deserialize;
 use tokio::sync::{Semaphore, watch};
 use tokio::task::JoinHandle;
 use tracing::{debug, info, warn};
 use weir_core::parse::exposition::{ExpositionError, Format};
 use weir_core::{Aggregator, Sample, Writer};
 
-use crate::config::{ScrapeConfig, ScrapeTarget};
+use crate::config::{MIN_FLUSH_INTERVAL, Step, fmt_duration, keys};
+
+/// `[scrape]`: the Prometheus scraper.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ScrapeConfig {
+    /// Most scrapes running at once. Default 8.
+    pub concurrency: usize,
+    /// Largest scrape body accepted, in bytes; a larger one fails the scrape
+    /// (`body_too_large`, `up 0`). Default 10 MiB.
+    pub body_limit_bytes: usize,
+    /// The `[[scrape.targets]]` entries. Default none.
+    pub targets: Vec<ScrapeTarget>,
+}
+
+impl Default for ScrapeConfig {
+    fn default() -> Self {
+        ScrapeConfig {
+            concurrency: 8,
+            body_limit_bytes: 10 << 20,
+            targets: Vec::new(),
+        }
+    }
+}
+
+/// One `[[scrape.targets]]` entry.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ScrapeTarget {
+    /// `http://host:port/path` (path usually `/metrics`). Required.
+    pub url: String,
+    /// The `job` label. Default `"scrape"`.
+    #[serde(default = "default_job")]
+    pub job: String,
+    /// How often to scrape. Default 15 s.
+    #[serde(default = "default_scrape_interval", with = "humantime_serde")]
+    pub interval: Duration,
+    /// How long one scrape may take. Default 10 s; at most `interval`.
+    #[serde(default = "default_scrape_timeout", with = "humantime_serde")]
+    pub timeout: Duration,
+    /// Extra labels for every series of this target.
+    #[serde(default)]
+    pub labels: std::collections::BTreeMap<String, String>,
+    /// On a clash between a scraped label and a target label: true keeps the scraped
+    /// value, false (the default, as Prometheus) keeps the target's and renames the
+    /// scraped one `exported_<name>`.
+    #[serde(default)]
+    pub honor_labels: bool,
+}
+
+fn default_job() -> String {
+    "scrape".to_owned()
+}
+
+fn default_scrape_interval() -> Duration {
+    Duration::from_secs(15)
+}
+
+fn default_scrape_timeout() -> Duration {
+    Duration::from_secs(10)
+}
+
+impl ScrapeConfig {
+    /// Checks the section; on error returns the key inside it (`concurrency`,
+    /// `targets[2].url`) and the reason.
+    pub(crate) fn validate(&self) -> Result<(), (Vec<Step>, String)> {
+        if self.concurrency == 0 {
+            return Err((keys(&["concurrency"]), "must be greater than 0".to_owned()));
+        }
+        if self.body_limit_bytes < 1024 {
+            return Err((
+                keys(&["body_limit_bytes"]),
+                "must be at least 1024".to_owned(),
+            ));
+        }
+        for (i, t) in self.targets.iter().enumerate() {
+            t.validate().map_err(|(inner, reason)| {
+                let mut path = vec![Step::Key("targets".to_owned()), Step::Index(i)];
+                path.extend(inner);
+                (path, reason)
+            })?;
+        }
+        Ok(())
+    }
+}
+
+impl ScrapeTarget {
+    /// Checks the entry; on error returns the key inside it (`url`) and the reason.
+    fn validate(&self) -> Result<(), (Vec<Step>, String)> {
+        let uri: Result<hyper::Uri, _> = self.url.parse();
+        let ok = uri.as_ref().is_ok_and(|u| {
+            u.scheme_str() == Some("http") && u.authority().is_some_and(|a| a.port_u16().is_some())
+        });
+        if !ok {
+            return Err((
+                keys(&["url"]),
+                format!(
+                    "{:?} is not an http://host:port/path URL (https is not supported yet)",
+                    self.url
+                ),
+            ));
+        }
+        if self.interval < MIN_FLUSH_INTERVAL {
+            return Err((
+                keys(&["interval"]),
+                format!("must be at least {}", fmt_duration(MIN_FLUSH_INTERVAL)),
+            ));
+        }
+        if self.timeout.is_zero() || self.timeout > self.interval {
+            return Err((
+                keys(&["timeout"]),
+                "must be above 0 and at most the interval".to_owned(),
+            ));
+        }
+        for name in self.labels.keys() {
+            if !weir_core::key::is_valid_label_name(name) {
+                return Err((
+                    keys(&["labels"]),
+                    format!("{name:?} is not a valid label name"),
+                ));
+            }
+        }
+        Ok(())
+    }
+}
 
 /// The Accept header of every scrape: the protobuf exposition format first, then
 /// OpenMetrics text 1.0, then text 0.0.4, then anything (read as text 0.0.4), in the

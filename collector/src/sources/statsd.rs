@@ -2,7 +2,8 @@
 //! address, each read by a dedicated OS thread that applies the datagrams through
 //! weir-core's [`Decoder`] and a [`weir_core::Writer`] of its own.
 //!
-//! Owns: the sockets (bind, `SO_REUSEPORT` when there are several, receive buffer),
+//! Owns: the `[receivers.statsd]` section ([`StatsdConfig`]: schema, defaults, limits,
+//! validation), the sockets (bind, `SO_REUSEPORT` when there are several, receive buffer),
 //! the receive loops and their counters. Must never: block on anything but its
 //! socket (the aggregator never blocks a writer, so there is no hand-off queue to
 //! fill: a datagram is applied where it is read), allocate per datagram or line in
@@ -58,12 +59,85 @@ use std::sync::{Arc, OnceLock};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
+use serde::Deserialize;
 use socket2::{Domain, Protocol, SockRef, Socket, Type};
 use tracing::{info, warn};
 use weir_core::Aggregator;
 use weir_core::parse::statsd::{DatagramReport, Decoder, LineError};
 
-use crate::config::{MAX_RECV_BATCH, StatsdConfig};
+use crate::config::{Step, keys};
+
+/// `[receivers.statsd]`: the StatsD/DogStatsD UDP receiver.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct StatsdConfig {
+    /// Whether to listen at all. Default true.
+    pub enabled: bool,
+    /// UDP address to bind. Default `127.0.0.1:8125`.
+    pub address: SocketAddr,
+    /// Socket receive buffer to ask the kernel for, in bytes (it caps the request at
+    /// `net.core.rmem_max`). A large buffer absorbs scheduling pauses without loss.
+    /// Default 8 MiB; between [`MIN_RECV_BUFFER`] and [`MAX_RECV_BUFFER`].
+    pub recv_buffer_bytes: usize,
+    /// Sockets bound to `address`, one receive thread each. Above 1 they share the
+    /// address with `SO_REUSEPORT` and the kernel spreads senders over them by a hash
+    /// of each sender's address and port, so the datagrams of one sender (one source
+    /// port) all reach one socket. Default 1; between 1 and [`MAX_STATSD_SOCKETS`].
+    pub sockets: usize,
+    /// Datagrams read per receive call, at most (`recvmmsg` on Linux; 1 reads one
+    /// datagram per call). Default 64; between 1 and [`MAX_RECV_BATCH`].
+    pub recv_batch: usize,
+}
+
+/// Smallest accepted `receivers.statsd.recv_buffer_bytes`.
+pub const MIN_RECV_BUFFER: usize = 4096;
+/// Largest accepted `receivers.statsd.recv_buffer_bytes`.
+pub const MAX_RECV_BUFFER: usize = 1 << 30;
+/// Largest accepted `receivers.statsd.sockets`.
+pub const MAX_STATSD_SOCKETS: usize = 64;
+/// Largest accepted `receivers.statsd.recv_batch`.
+pub const MAX_RECV_BATCH: usize = 256;
+
+impl Default for StatsdConfig {
+    fn default() -> Self {
+        StatsdConfig {
+            enabled: true,
+            address: SocketAddr::from(([127, 0, 0, 1], 8125)),
+            recv_buffer_bytes: 8 << 20,
+            sockets: 1,
+            recv_batch: 64,
+        }
+    }
+}
+
+impl StatsdConfig {
+    /// Checks the section; on error returns the key inside it (`sockets`) and the
+    /// reason.
+    pub(crate) fn validate(&self) -> Result<(), (Vec<Step>, String)> {
+        let rb = self.recv_buffer_bytes;
+        if !(MIN_RECV_BUFFER..=MAX_RECV_BUFFER).contains(&rb) {
+            return Err((
+                keys(&["recv_buffer_bytes"]),
+                format!("must be between {MIN_RECV_BUFFER} and {MAX_RECV_BUFFER}, got {rb}"),
+            ));
+        }
+        let n = self.sockets;
+        if !(1..=MAX_STATSD_SOCKETS).contains(&n) {
+            return Err((
+                keys(&["sockets"]),
+                format!("must be between 1 and {MAX_STATSD_SOCKETS}, got {n}"),
+            ));
+        }
+        let n = self.recv_batch;
+        if !(1..=MAX_RECV_BATCH).contains(&n) {
+            return Err((
+                keys(&["recv_batch"]),
+                format!("must be between 1 and {MAX_RECV_BATCH}, got {n}"),
+            ));
+        }
+        Ok(())
+    }
+}
 
 /// How long a blocked receive waits before checking whether to stop.
 const STOP_POLL: Duration = Duration::from_millis(100);
