@@ -307,20 +307,37 @@ def test_a_client_that_never_finishes_its_request_head_is_closed_at_the_header_d
     half = connect(weir.otlp_http)
     half.sendall(b"POST /v1/metrics HTTP/1.1\r\nHost: weir\r\nContent-Type: application/x-prot")
     silent = connect(weir.otlp_http)
-    with half, silent:
+    # Served once, then kept alive and idle: the deadline runs again from the answer.
+    idle = connect(weir.otlp_http)
+    assert request_on(idle) == "HTTP/1.1 200 OK"
+    with half, silent, idle:
         # Closed by weir (a 408 or nothing before the close), not held open.
-        for sock in (half, silent):
+        for sock in (half, silent, idle):
             answer = read_until_closed(sock)
             assert answer == b"" or answer.startswith(b"HTTP/1.1 408"), answer
+    # A head trickled in a byte every 20 ms (the pause paces the client, it
+    # synchronises nothing): the deadline is for the whole head, not for each byte,
+    # so weir closes the connection long before the head could be complete.
+    with connect(weir.otlp_http) as trickle:
+        trickle.sendall(b"POST /v1/metrics HTTP/1.1\r\nHost: weir\r\nX-Pad: ")
+        deadline = time.monotonic() + SOCKET_WAIT_S
+        while True:
+            try:
+                trickle.sendall(b"a")
+            except OSError:
+                break  # weir closed it: the send after its close is refused
+            if time.monotonic() >= deadline:
+                pytest.fail(f"a head trickled in for {SOCKET_WAIT_S} s was not cut off")
+            time.sleep(0.02)
     poll(
         lambda: weir.metric("weir_listener_header_timeouts_total", listener="otlp_http"),
-        lambda v: v == 2,
-        what="both connections counted as header timeouts",
+        lambda v: v == 4,
+        what="the four connections counted as header timeouts",
     )
     # A client that sends its request in time is served as before.
     with connect(weir.otlp_http) as ok:
         assert request_on(ok) == "HTTP/1.1 200 OK"
-    assert weir.metric("weir_listener_header_timeouts_total", listener="otlp_http") == 2
+    assert weir.metric("weir_listener_header_timeouts_total", listener="otlp_http") == 4
     assert weir.metric("weir_listener_connections_refused_total", listener="otlp_http") == 0
 
 
