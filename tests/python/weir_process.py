@@ -284,10 +284,19 @@ class WeirDaemon:
 
 
 def daemon_config(
-    data_dir, pipelines="", statsd=True, otlp=False, exposition=None, flush_interval="1h", aggregation="", extra=""
+    data_dir,
+    pipelines="",
+    statsd=True,
+    otlp=False,
+    exposition=None,
+    flush_interval="1h",
+    aggregation="",
+    extra="",
+    otlp_keys="",
 ):
     """A config for `WeirDaemon`: `data_dir`, the admin API on a free port, StatsD
-    and/or OTLP (gRPC and HTTP) on port 0 or off, the exposition endpoint off or on
+    and/or OTLP (gRPC and HTTP) on port 0 with `otlp_keys` (more `[receivers.otlp]`
+    keys, TOML lines) or off, the exposition endpoint off or on
     `exposition` ("127.0.0.1:PORT"), flushes every `flush_interval` (`POST /flush`
     flushes at once) with `aggregation` (more `[aggregation]` keys, TOML lines), then
     `extra` (more TOML tables) and `pipelines` (see `pipeline_toml`)."""
@@ -296,7 +305,7 @@ def daemon_config(
         f"[aggregation]\nflush_interval = {toml_value(flush_interval)}\n{aggregation}"
         + ('[receivers.statsd]\naddress = "127.0.0.1:0"\n' if statsd else "[receivers.statsd]\nenabled = false\n")
         + (
-            '[receivers.otlp]\ngrpc_address = "127.0.0.1:0"\nhttp_address = "127.0.0.1:0"\n'
+            '[receivers.otlp]\ngrpc_address = "127.0.0.1:0"\nhttp_address = "127.0.0.1:0"\n' + otlp_keys
             if otlp
             else "[receivers.otlp]\nenabled = false\n"
         )
