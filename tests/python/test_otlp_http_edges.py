@@ -172,6 +172,8 @@ def test_otlp_json_refused_points_are_counted_in_partial_success_and_self_metric
     assert answer.partial_success.error_message == "3 of 4 data points refused: missing_data 1, invalid_temporality 2"
 
     assert weir.metric("weir_otlp_points_rejected_total") == before + 3
+    assert weir.metric("weir_otlp_points_rejected_by_reason_total", reason="missing_data") == 1
+    assert weir.metric("weir_otlp_points_rejected_by_reason_total", reason="invalid_temporality") == 2
     assert weir.metric("weir_otlp_points_accepted_total") == 1
     # Only the good point is stored.
     assert exposition(weir) == {series("shop_kept", job="checkout"): 1.5}

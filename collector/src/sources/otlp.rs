@@ -62,7 +62,7 @@ use tokio::task::JoinHandle;
 use tracing::{info, warn};
 
 use crate::serve::{Limits, ListenerCounters, plain};
-use weir_core::parse::otlp::{ExportReport, apply_export};
+use weir_core::parse::otlp::{ExportReport, OtlpRejection, apply_export};
 use weir_core::{Aggregator, Writer};
 use weir_proto::Message;
 use weir_proto::metrics_service::metrics_service_server::{MetricsService, MetricsServiceServer};
@@ -185,6 +185,8 @@ pub struct OtlpCounters {
     pub accepted: AtomicU64,
     /// Data points refused (reported back in `partial_success`).
     pub rejected: AtomicU64,
+    /// `rejected` by reason, indexed like [`OtlpRejection::ALL`].
+    pub rejected_by_reason: [AtomicU64; OtlpRejection::ALL.len()],
     /// Requests answered "retry later" because `max_requests_in_flight` were being
     /// handled (HTTP 503, gRPC `UNAVAILABLE`).
     pub overloaded: AtomicU64,
@@ -261,6 +263,11 @@ impl OtlpIngest {
         self.counters
             .rejected
             .fetch_add(r.rejected, Ordering::Relaxed);
+        for (counter, n) in self.counters.rejected_by_reason.iter().zip(r.reasons) {
+            if n > 0 {
+                counter.fetch_add(n, Ordering::Relaxed);
+            }
+        }
     }
 }
 
@@ -819,6 +826,15 @@ impl crate::telemetry::StageMetrics for OtlpIngest {
             Counter,
             "OTLP data points refused (reported in partial_success).",
             load(&c.rejected),
+        );
+        page.family(
+            "weir_otlp_points_rejected_by_reason_total",
+            Counter,
+            "OTLP data points refused, by reason (their sum is weir_otlp_points_rejected_total).",
+            OtlpRejection::ALL
+                .iter()
+                .zip(&c.rejected_by_reason)
+                .map(|(r, n)| (crate::telemetry::labels(&[("reason", r.as_str())]), load(n))),
         );
         page.single(
             "weir_otlp_overloaded_total",
