@@ -73,7 +73,7 @@ def test_grpc_delta_export(weir):
     assert flushes(events)[-1]["active_series"] == 4
 
 
-def test_http_cumulative_export_counts_increases_after_the_first(weir):
+def test_http_cumulative_export_counts_a_stream_that_started_after_weir_from_zero(weir):
     def round1(i):
         i["orders"].add(5, {"region": "eu"})
 
@@ -83,9 +83,10 @@ def test_http_cumulative_export_counts_increases_after_the_first(weir):
     exporter = HttpExporter(endpoint=f"http://{weir.http}/v1/metrics")
     export_with(exporter, [round1, round2])  # the SDK's default: cumulative
     events = weir.stop()
-    # The first cumulative value is the baseline of the running total; the increase
-    # after it is the delta.
-    assert sum(e["counter_delta_sum"] for e in flushes(events)) == 3
+    # The SDK's stream starts (start_time_unix_nano) after weir did, so its first
+    # cumulative value is an increase, not a baseline (the OpenTelemetry Collector's
+    # cumulative-to-delta "auto" rule): 5, then 3 more.
+    assert sum(e["counter_delta_sum"] for e in flushes(events)) == 8
     stopped = event(events, "otlp receiver stopped")
     assert stopped["requests"] == 2 and stopped["bad_requests"] == 0
 
