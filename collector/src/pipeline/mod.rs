@@ -25,8 +25,13 @@
 //! which is what lets the forwarder place memory-only records (see
 //! `Forwarder::next`).
 //!
-//! Owns: the record framing inside the WAL ([`Record`]), the forwarder loop (order,
-//! retries, acknowledgement, drain on shutdown) and the per-pipeline counters.
+//! Files: `config.rs` (the `[[pipelines]]` schema), `queue.rs` (the record framing in
+//! the WAL and the ring's entries), `forwarder.rs` (the forwarder task and its
+//! supervisor), `backoff.rs` (pauses between attempts), `metrics.rs` (self-metrics).
+//!
+//! Owns: the flush side (encode, append, sync, queue), the per-pipeline counters and
+//! the status snapshot; the forwarder loop (order, retries, acknowledgement, drain on
+//! shutdown) is in `forwarder.rs`.
 //! Must never: block the flush on a backend (sends happen only on the forwarder
 //! task), acknowledge a record before the backend answered, reorder records of one
 //! pipeline, or lose a record silently (every drop is a counter and a log line).
@@ -34,7 +39,6 @@
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use crossbeam_utils::atomic::AtomicCell;
-use std::future::Future;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -46,10 +50,18 @@ use weir_core::FlushBatch;
 use weir_core::encode::{EncodeOptions, EncodedRequest, NameFilter};
 use weir_core::wal::{SyncPolicy, Wal, WalConfig, WalError, WalPosition, WalStats};
 
-use crate::backends::{Backend, SendError};
+use crate::backends::Backend;
 
+mod backoff;
 mod config;
+mod forwarder;
 mod metrics;
+mod queue;
+
+pub use backoff::backoff;
+use forwarder::Forwarder;
+use queue::Queued;
+pub use queue::Record;
 
 pub use config::{
     CompressionConfig, PipelineCommon, PipelineConfig, PipelineWalConfig, RetryConfig,
@@ -89,63 +101,6 @@ pub enum PipelineError {
         /// Why.
         reason: String,
     },
-}
-
-/// One WAL record as the pipeline frames it: when it was appended, how many points
-/// its body holds, and the body exactly as it is sent.
-#[derive(Debug, Clone, PartialEq)]
-pub struct Record {
-    /// When the record was appended, ms since the Unix epoch.
-    pub appended_ms: i64,
-    /// Points in the body.
-    pub points: u64,
-    /// The request body.
-    pub body: Bytes,
-}
-
-/// Framing version of [`Record`].
-const RECORD_VERSION: u8 = 1;
-const RECORD_HEADER: usize = 1 + 8 + 8;
-
-impl Record {
-    /// The WAL payload: version byte, `appended_ms` and `points` (little endian), body.
-    pub fn to_payload(&self) -> Vec<u8> {
-        let mut out = Vec::with_capacity(RECORD_HEADER + self.body.len());
-        out.push(RECORD_VERSION);
-        out.extend_from_slice(&self.appended_ms.to_le_bytes());
-        out.extend_from_slice(&self.points.to_le_bytes());
-        out.extend_from_slice(&self.body);
-        out
-    }
-
-    /// Parses a WAL payload; `None` if it is not a record of this version (the WAL's
-    /// CRC passed, so this means a newer or foreign format).
-    pub fn from_payload(payload: Vec<u8>) -> Option<Record> {
-        if payload.len() < RECORD_HEADER || payload[0] != RECORD_VERSION {
-            return None;
-        }
-        let appended_ms = i64::from_le_bytes(payload[1..9].try_into().ok()?);
-        let points = u64::from_le_bytes(payload[9..17].try_into().ok()?);
-        let mut body = Bytes::from(payload);
-        Some(Record {
-            appended_ms,
-            points,
-            body: body.split_off(RECORD_HEADER),
-        })
-    }
-}
-
-/// A record handed to the forwarder through the ring.
-struct Queued {
-    /// Where it is in the WAL; `None` if the WAL append failed (sent from memory
-    /// only, never acknowledged).
-    position: Option<WalPosition>,
-    /// The WAL head before the append: the forwarder's cursor right after it sent
-    /// the previous record. A memory-only record is sent once the cursor is there.
-    before: WalPosition,
-    /// The WAL head after the append: the cursor once this record is acknowledged.
-    next: WalPosition,
-    record: Record,
 }
 
 /// Counters of one pipeline since start (all `Relaxed`: each is an independent
@@ -705,408 +660,8 @@ impl Drop for Pipeline {
     }
 }
 
-/// Where a ring entry goes in WAL order: at its position, or, memory-only, just
-/// before the position its append would have taken (ties keep ring order).
-fn order(q: &Queued) -> (WalPosition, u8) {
-    match q.position {
-        Some(p) => (p, 1),
-        None => (q.before, 0),
-    }
-}
-
-/// A record ready to send.
-struct Outgoing {
-    position: Option<WalPosition>,
-    next: WalPosition,
-    record: Record,
-}
-
-/// The forwarder task of one pipeline.
-struct Forwarder {
-    shared: Arc<Shared>,
-    mode: watch::Receiver<u8>,
-    consumer: rtrb::Consumer<Queued>,
-    backend: Box<dyn Backend>,
-    retry: RetryConfig,
-    /// Everything before it is acknowledged (or was sent from the ring).
-    cursor: WalPosition,
-    /// A ring entry that came ahead of the cursor (records in between are read from
-    /// the WAL first).
-    stash: Option<Queued>,
-}
-
-/// What [`Forwarder::next`] found.
-enum Next {
-    Send(Outgoing),
-    Idle,
-    /// Reading the WAL failed; try again after a pause.
-    ReadError,
-}
-
-/// How long a restarted forwarder waits before it sends again, so a panic that
-/// repeats on every record costs one log line a second, not a hot loop.
-const RESTART_PAUSE: Duration = Duration::from_secs(1);
-
-impl Forwarder {
-    /// Runs the forwarder until the pipeline stops it. A forwarder that panics, or
-    /// returns while it should run, is restarted after [`RESTART_PAUSE`] from the
-    /// WAL's acknowledgement cursor, with an error log line and
-    /// `weir_pipeline_forwarder_restarts_total`: a pipeline whose forwarder stopped
-    /// would fill its WAL to the cap in silence. (The alternative, exiting the
-    /// daemon, would stop every other pipeline and source with it.) Restarting from
-    /// the cursor may send the record in flight again: at least once, as after a
-    /// crash.
-    async fn supervise(mut self) {
-        loop {
-            let outcome = CatchUnwind(Box::pin(self.run())).await;
-            let reason = match outcome {
-                Ok(()) if *self.mode.borrow() != RUN => return,
-                Ok(()) => "it returned while the pipeline runs".to_owned(),
-                Err(panic) => format!("it panicked: {}", panic_message(panic.as_ref())),
-            };
-            self.shared
-                .counters
-                .forwarder_restarts
-                .fetch_add(1, Ordering::Relaxed);
-            error!(
-                pipeline = %self.shared.name,
-                reason = %reason,
-                "forwarder stopped unexpectedly; restarting it from the WAL's \
-                 acknowledgement cursor (a batch in flight may be sent twice)"
-            );
-            *lock(&self.shared.last_error) = Some(format!("forwarder restarted: {reason}"));
-            if !self.pause(RESTART_PAUSE).await {
-                return;
-            }
-            self.cursor = with_wal(self.shared.clone(), |wal| wal.acked()).await;
-            self.stash = None;
-            self.shared.sending_since_ms.store(0, Ordering::Relaxed);
-        }
-    }
-
-    async fn run(&mut self) {
-        loop {
-            let mode = *self.mode.borrow_and_update();
-            if mode == STOP {
-                return;
-            }
-            match self.next().await {
-                Next::Send(out) => {
-                    if !self.send(out).await {
-                        return;
-                    }
-                }
-                Next::Idle => {
-                    self.shared.sending_since_ms.store(0, Ordering::Relaxed);
-                    if mode == DRAIN {
-                        return;
-                    }
-                    let shared = self.shared.clone();
-                    tokio::select! {
-                        () = shared.wake.notified() => {}
-                        _ = self.mode.changed() => {}
-                    }
-                }
-                Next::ReadError => {
-                    let pause = self.retry.max_backoff.min(Duration::from_secs(1));
-                    if !self.pause(pause).await {
-                        return;
-                    }
-                }
-            }
-        }
-    }
-
-    /// The next record in WAL order: the ring's front when nothing in the WAL comes
-    /// before it, otherwise the WAL's record at the cursor. A memory-only record (its
-    /// append failed) goes where its append would have gone: after every WAL record
-    /// before its `before`, ahead of the record appended after it (which may have
-    /// taken that very position).
-    async fn next(&mut self) -> Next {
-        let front = match self.stash.take() {
-            Some(q) => Some(q),
-            None => self.pop_unsent(),
-        };
-        if let Some(q) = front {
-            let in_turn = match q.position {
-                Some(p) => p == self.cursor || q.before == self.cursor,
-                // At or (only if the WAL was read ahead of it) past its place.
-                None => q.before <= self.cursor,
-            };
-            if in_turn {
-                return Next::Send(self.outgoing(q));
-            }
-            // Records between the cursor and this one (the ring was full, or they
-            // predate this process): read them from the WAL first.
-            self.stash = Some(q);
-        }
-        let read = self.read_wal().await;
-        // `accept` queues its records before it lets go of the WAL lock, under
-        // which the read ran: every memory-only record appended before the one
-        // just read is in the ring now.
-        if self.stash.is_none() {
-            self.stash = self.pop_unsent();
-        }
-        match read {
-            Next::Send(out) => {
-                let key = (out.position.unwrap_or(self.cursor), 1);
-                match self.stash.take_if(|q| order(q) <= key) {
-                    // A memory-only record that comes first, or the ring's copy
-                    // of a record the WAL skipped or just returned.
-                    Some(q) => Next::Send(self.outgoing(q)),
-                    None => Next::Send(out),
-                }
-            }
-            // Nothing in the WAL from the cursor on, yet the ring holds a record:
-            // a memory-only one, or one the size cap deleted meanwhile.
-            Next::Idle => match self.stash.take() {
-                Some(q) => Next::Send(self.outgoing(q)),
-                None => Next::Idle,
-            },
-            Next::ReadError => Next::ReadError,
-        }
-    }
-
-    /// The ring's next entry not already sent (one read from the WAL before).
-    fn pop_unsent(&mut self) -> Option<Queued> {
-        while let Ok(q) = self.consumer.pop() {
-            if q.position.is_none_or(|p| p >= self.cursor) {
-                return Some(q);
-            }
-        }
-        None
-    }
-
-    fn outgoing(&self, q: Queued) -> Outgoing {
-        Outgoing {
-            position: q.position,
-            // A memory-only record is never acknowledged: the cursor stays.
-            next: if q.position.is_some() {
-                q.next
-            } else {
-                self.cursor
-            },
-            record: q.record,
-        }
-    }
-
-    async fn read_wal(&mut self) -> Next {
-        loop {
-            let cursor = self.cursor;
-            let read = with_wal(self.shared.clone(), move |wal| wal.read(cursor)).await;
-            return match read {
-                Ok(None) => Next::Idle,
-                Ok(Some(r)) => match Record::from_payload(r.payload) {
-                    Some(record) => Next::Send(Outgoing {
-                        position: Some(r.position),
-                        next: r.next,
-                        record,
-                    }),
-                    None => {
-                        self.shared
-                            .counters
-                            .failed_batches
-                            .fetch_add(1, Ordering::Relaxed);
-                        error!(
-                            pipeline = %self.shared.name,
-                            segment = r.position.segment,
-                            offset = r.position.offset,
-                            "WAL record in an unknown format skipped"
-                        );
-                        self.acknowledge(r.next).await;
-                        continue;
-                    }
-                },
-                Err(e) => {
-                    self.shared
-                        .counters
-                        .wal_errors
-                        .fetch_add(1, Ordering::Relaxed);
-                    error!(pipeline = %self.shared.name, error = %e, "WAL read failed");
-                    Next::ReadError
-                }
-            };
-        }
-    }
-
-    async fn acknowledge(&mut self, next: WalPosition) {
-        if next > self.cursor {
-            self.cursor = next;
-            if let Err(e) = with_wal(self.shared.clone(), move |wal| wal.ack(next)).await {
-                self.shared
-                    .counters
-                    .wal_errors
-                    .fetch_add(1, Ordering::Relaxed);
-                error!(pipeline = %self.shared.name, error = %e, "WAL acknowledgement failed");
-            }
-        }
-    }
-
-    /// Publishes an attempt's result; `refused` when the record was dropped.
-    fn publish(&self, ok: bool, refused: bool) {
-        self.shared.progress.send_modify(|p| {
-            p.cursor = self.cursor;
-            p.attempts += 1;
-            p.last_ok = ok;
-            p.refused += u64::from(refused);
-        });
-    }
-
-    /// True while the record at `position` is still in the WAL (the size cap may
-    /// have deleted its segment while the backend was down).
-    async fn still_in_wal(&mut self, position: WalPosition) -> bool {
-        with_wal(
-            self.shared.clone(),
-            move |wal| matches!(wal.read(position), Ok(Some(r)) if r.position == position),
-        )
-        .await
-    }
-
-    /// Sends one record until it is taken or refused for good. Returns false if the
-    /// pipeline was stopped meanwhile.
-    async fn send(&mut self, out: Outgoing) -> bool {
-        let c = self.shared.counters.clone();
-        self.shared
-            .sending_since_ms
-            .store(out.record.appended_ms.max(1), Ordering::Relaxed);
-        let mut failures: u32 = 0;
-        let dropped = |wal: &mut Wal| wal.stats().dropped_records;
-        // WAL cap drops seen when the record was last found in the WAL; read only
-        // once sends fail (the happy path never touches the WAL here).
-        let mut drops_seen: Option<u64> = None;
-        loop {
-            let result = self.backend.send(out.record.body.clone()).await;
-            match result {
-                Ok(sent) => {
-                    c.sent_batches.fetch_add(1, Ordering::Relaxed);
-                    c.sent_points
-                        .fetch_add(out.record.points, Ordering::Relaxed);
-                    c.sent_bytes
-                        .fetch_add(out.record.body.len() as u64, Ordering::Relaxed);
-                    c.last_success_ms
-                        .store(now_ms().max(0) as u64, Ordering::Relaxed);
-                    if sent.rejected_points > 0 {
-                        c.rejected_points
-                            .fetch_add(sent.rejected_points, Ordering::Relaxed);
-                        warn!(
-                            pipeline = %self.shared.name,
-                            rejected_points = sent.rejected_points,
-                            "the backend took the batch but refused some of its points"
-                        );
-                    }
-                    if failures > 0 {
-                        info!(pipeline = %self.shared.name, attempts = failures + 1, "backend reachable again");
-                    }
-                    *lock(&self.shared.last_error) = None;
-                    self.acknowledge(out.next).await;
-                    self.publish(true, false);
-                    return true;
-                }
-                Err(SendError::Permanent(reason)) => {
-                    c.failed_batches.fetch_add(1, Ordering::Relaxed);
-                    c.failed_points
-                        .fetch_add(out.record.points, Ordering::Relaxed);
-                    error!(
-                        pipeline = %self.shared.name,
-                        points = out.record.points,
-                        error = %reason,
-                        "the backend refused a batch for good; it is dropped"
-                    );
-                    *lock(&self.shared.last_error) = Some(reason);
-                    self.acknowledge(out.next).await;
-                    self.publish(false, true);
-                    return true;
-                }
-                Err(SendError::Retry {
-                    reason,
-                    retry_after,
-                }) => {
-                    c.retries.fetch_add(1, Ordering::Relaxed);
-                    failures = failures.saturating_add(1);
-                    // One line when a backend goes away, then one per ten attempts.
-                    if failures == 1 || failures.is_multiple_of(10) {
-                        warn!(
-                            pipeline = %self.shared.name,
-                            attempt = failures,
-                            error = %reason,
-                            "send failed; retrying with backoff (the batch stays in the WAL)"
-                        );
-                    }
-                    *lock(&self.shared.last_error) = Some(reason);
-                    self.publish(false, false);
-                    let pause = backoff(&self.retry, failures, retry_after);
-                    if !self.pause(pause).await {
-                        return false;
-                    }
-                    let drops = with_wal(self.shared.clone(), dropped).await;
-                    if drops_seen != Some(drops) {
-                        drops_seen = Some(drops);
-                        if let Some(p) = out.position
-                            && !self.still_in_wal(p).await
-                        {
-                            // The cap deleted it (counted and logged by the WAL
-                            // side); carry on with the oldest record left.
-                            return true;
-                        }
-                    }
-                }
-            }
-        }
-    }
-
-    /// Sleeps for `d` unless the pipeline is stopped meanwhile (false then). While
-    /// draining, retries go on until the grace period ends.
-    async fn pause(&mut self, d: Duration) -> bool {
-        let deadline = tokio::time::Instant::now() + d;
-        loop {
-            if *self.mode.borrow_and_update() == STOP {
-                return false;
-            }
-            tokio::select! {
-                () = tokio::time::sleep_until(deadline) => return true,
-                changed = self.mode.changed() => {
-                    if changed.is_err() {
-                        return false;
-                    }
-                }
-            }
-        }
-    }
-}
-
 /// Runs `f` on the WAL on a blocking thread (disk reads, fsyncs of the ack file:
 /// never on an async worker, which the receivers share).
-/// A future that turns a panic inside `poll` into an `Err`, so the supervisor can
-/// restart what panicked.
-struct CatchUnwind<F>(std::pin::Pin<Box<F>>);
-
-impl<F: Future> Future for CatchUnwind<F> {
-    type Output = Result<F::Output, Box<dyn std::any::Any + Send>>;
-
-    fn poll(
-        self: std::pin::Pin<&mut Self>,
-        cx: &mut std::task::Context<'_>,
-    ) -> std::task::Poll<Self::Output> {
-        let inner = self.get_mut().0.as_mut();
-        // AssertUnwindSafe: after a panic the future is dropped, never polled again,
-        // and the state it shared (the forwarder) is reset from the WAL.
-        match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| inner.poll(cx))) {
-            Ok(std::task::Poll::Ready(v)) => std::task::Poll::Ready(Ok(v)),
-            Ok(std::task::Poll::Pending) => std::task::Poll::Pending,
-            Err(panic) => std::task::Poll::Ready(Err(panic)),
-        }
-    }
-}
-
-/// The message of a panic payload, when it has one.
-fn panic_message(panic: &(dyn std::any::Any + Send)) -> &str {
-    panic
-        .downcast_ref::<&str>()
-        .copied()
-        .or_else(|| panic.downcast_ref::<String>().map(String::as_str))
-        .unwrap_or("(no message)")
-}
-
 async fn with_wal<T: Send + 'static>(
     shared: Arc<Shared>,
     f: impl FnOnce(&mut Wal) -> T + Send + 'static,
@@ -1120,64 +675,5 @@ async fn with_wal<T: Send + 'static>(
     match tokio::task::spawn_blocking(run).await {
         Ok(v) => v,
         Err(e) => std::panic::resume_unwind(e.into_panic()),
-    }
-}
-
-/// The pause before retry number `failures` (1-based): full jitter over an
-/// exponentially growing bound (`initial_backoff * 2^(failures-1)`, at most
-/// `max_backoff`); a backend's `Retry-After` is honoured up to `max_backoff`.
-pub fn backoff(retry: &RetryConfig, failures: u32, retry_after: Option<Duration>) -> Duration {
-    let exp = failures.saturating_sub(1).min(30);
-    let bound = retry
-        .initial_backoff
-        .saturating_mul(1u32 << exp)
-        .min(retry.max_backoff);
-    let jittered = bound.mul_f64(fastrand::f64());
-    match retry_after {
-        Some(hint) => hint.min(retry.max_backoff).max(jittered),
-        None => jittered,
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn record_round_trips_and_refuses_foreign_payloads() {
-        let r = Record {
-            appended_ms: 1_700_000_000_123,
-            points: 42,
-            body: Bytes::from_static(b"body bytes"),
-        };
-        assert_eq!(Record::from_payload(r.to_payload()), Some(r));
-        assert_eq!(Record::from_payload(vec![1, 2, 3]), None);
-        let mut other = vec![9u8; 40];
-        other[0] = 2;
-        assert_eq!(Record::from_payload(other), None);
-    }
-
-    #[test]
-    fn backoff_grows_with_full_jitter_and_honours_retry_after() {
-        let retry = RetryConfig {
-            initial_backoff: Duration::from_millis(100),
-            max_backoff: Duration::from_secs(2),
-        };
-        for failures in 1..40 {
-            let bound = Duration::from_millis(100)
-                .saturating_mul(1 << (failures - 1).min(30))
-                .min(Duration::from_secs(2));
-            for _ in 0..50 {
-                assert!(backoff(&retry, failures, None) <= bound);
-            }
-        }
-        // Full jitter: not always the bound.
-        let samples: Vec<_> = (0..50).map(|_| backoff(&retry, 5, None)).collect();
-        assert!(samples.iter().any(|d| *d < Duration::from_millis(1500)));
-        assert!(backoff(&retry, 1, Some(Duration::from_secs(1))) >= Duration::from_secs(1));
-        assert_eq!(
-            backoff(&retry, 1, Some(Duration::from_secs(3600))),
-            Duration::from_secs(2)
-        );
     }
 }
