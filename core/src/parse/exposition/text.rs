@@ -166,6 +166,17 @@ struct Group {
     too_many: bool,
 }
 
+impl Group {
+    /// True while no sample line (only a `_created` line) went into the group.
+    fn has_no_samples(&self) -> bool {
+        self.points.is_empty()
+            && self.sum.is_none()
+            && self.count.is_none()
+            && !self.malformed
+            && !self.too_many
+    }
+}
+
 /// Parses a Prometheus text format (0.0.4) body, calling `emit` for every sample
 /// (histograms and summaries once per label set, when their family ends).
 ///
@@ -357,8 +368,8 @@ fn add_to_group(
         g.start_ms = start_ms;
         return;
     }
-    if g.timestamp_ms == 0 {
-        // The group's first sample line (a `_created` line has no timestamp of its own).
+    if g.has_no_samples() {
+        // The group's first sample line (a `_created` line may have come first).
         g.timestamp_ms = s.timestamp_ms;
     }
     let suffix = &s.name[family.len()..];
@@ -408,7 +419,7 @@ fn finish(
             report.count(ExpositionError::TooManyBuckets);
             continue;
         }
-        if !g.malformed && g.points.is_empty() && g.sum.is_none() && g.count.is_none() {
+        if g.has_no_samples() {
             // Only a `_created` line: a start time without samples, nothing to emit.
             continue;
         }
@@ -925,6 +936,18 @@ rpc_duration_seconds_count 2693
         );
         // A `_created` alone (`e`, `z`) is a start time for nothing: no sample, no error.
         assert_eq!(r.samples, 9);
+    }
+
+    #[test]
+    fn a_histogram_created_line_before_its_buckets_gives_the_start_not_the_timestamp() {
+        let body = "# TYPE lat histogram\nlat_created 1700000006\n\
+            lat_bucket{le=\"+Inf\"} 1 1700000007\nlat_count 1 1700000007\n# EOF\n";
+        let (got, r) = parse_om(body);
+        assert_eq!((r.samples, r.total_errors()), (1, 0), "{r:?}");
+        assert_eq!(
+            (got[0].ts, got[0].start),
+            (1_700_000_007_000, 1_700_000_006_000)
+        );
     }
 
     #[test]
