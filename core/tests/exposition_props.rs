@@ -55,7 +55,7 @@ proptest! {
             }
         }
         let mut got = Vec::new();
-        let r = parse_text(body.as_bytes(), &mut |n, l, s, _| {
+        let r = parse_text(body.as_bytes(), &mut |n, l, s, _, _| {
             let owned: Vec<(String, String)> = l.iter().map(|(k, v)| ((*k).to_owned(), (*v).to_owned())).collect();
             got.push((n.to_owned(), owned, s.clone_value()));
         });

@@ -235,14 +235,14 @@ pub fn exposition(c: &mut Criterion) {
     for (format, body) in bodies {
         // Each body yields every point without a skipped line.
         let mut emitted = 0u64;
-        let r = format.parse(body, &mut |_, _, _, _| emitted += 1);
+        let r = format.parse(body, &mut |_, _, _, _, _| emitted += 1);
         assert_eq!(r.total_errors(), 0, "{format:?}: {r:?}");
         assert_eq!(emitted, points, "{format:?}");
         g.throughput(Throughput::Elements(samples));
         g.bench_function(format!("{}_parse_samples", format.as_str()), |b| {
             b.iter(|| {
                 let mut n = 0u64;
-                format.parse(black_box(body), &mut |_, _, _, _| n += 1);
+                format.parse(black_box(body), &mut |_, _, _, _, _| n += 1);
                 n
             })
         });
@@ -253,14 +253,14 @@ pub fn exposition(c: &mut Criterion) {
         let mut w = agg.writer();
         g.bench_function(format!("{}_ingest_samples", format.as_str()), |b| {
             b.iter(|| {
-                format.parse(black_box(body), &mut |n, l, s, ts| {
-                    let _ = w.record(n, l, s, ts);
+                format.parse(black_box(body), &mut |n, l, s, ts, start| {
+                    let _ = w.record_since(n, l, s, ts, start);
                 })
             })
         });
         g.throughput(Throughput::Bytes(body.len() as u64));
         g.bench_function(format!("{}_parse_bytes", format.as_str()), |b| {
-            b.iter(|| format.parse(black_box(body), &mut |_, _, _, _| {}))
+            b.iter(|| format.parse(black_box(body), &mut |_, _, _, _, _| {}))
         });
         eprintln!(
             "exposition {}: {} bytes, {samples} samples, {points} points, {} series",

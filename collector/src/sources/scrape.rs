@@ -652,15 +652,17 @@ fn parse_into(
     body: &[u8],
 ) -> weir_core::parse::exposition::ParseReport {
     let mut merged: Vec<(String, String)> = Vec::new();
-    format.parse(body, &mut |name, labels, sample, ts| {
+    format.parse(body, &mut |name, labels, sample, ts, start| {
         merged.clear();
         merge_labels(target_labels, labels, honor, &mut merged);
         let view: Vec<(&str, &str)> = merged
             .iter()
             .map(|(k, v)| (k.as_str(), v.as_str()))
             .collect();
-        // Refusals are counted by the aggregator by reason.
-        let _ = writer.record(name, &view, sample, ts);
+        // Refusals are counted by the aggregator by reason. The start time (OpenMetrics
+        // `_created`, protobuf `created_timestamp`) lets a counter that started after
+        // weir count its first value, and tells a restart by a new start.
+        let _ = writer.record_since(name, &view, sample, ts, start);
     })
 }
 

@@ -201,7 +201,7 @@ mod tests {
         );
         // What weir writes, weir (and so Prometheus) reads.
         let mut n = 0;
-        let r = parse_text(text.as_bytes(), &mut |_, _, _, _| n += 1);
+        let r = parse_text(text.as_bytes(), &mut |_, _, _, _, _| n += 1);
         assert_eq!(r.errors.iter().sum::<u64>(), 0);
         assert_eq!(n, 4);
     }

@@ -370,9 +370,9 @@ pub fn check_exposition(format: Format, data: &[u8]) -> Result<(), String> {
     let agg = small_aggregator();
     let mut w = agg.writer();
     let (mut emitted, mut taken, mut refused) = (0u64, 0u64, 0u64);
-    let r = format.parse(data, &mut |n, l, s, ts| {
+    let r = format.parse(data, &mut |n, l, s, ts, start| {
         emitted += 1;
-        match w.record(n, l, s, ts) {
+        match w.record_since(n, l, s, ts, start) {
             Ok(()) => taken += 1,
             Err(_) => refused += 1,
         }
@@ -391,7 +391,7 @@ pub fn check_exposition(format: Format, data: &[u8]) -> Result<(), String> {
     if series > taken {
         return Err(format!("{series} series from {taken} samples taken"));
     }
-    let again = format.parse(data, &mut |_, _, _, _| {});
+    let again = format.parse(data, &mut |_, _, _, _, _| {});
     if again != r {
         return Err(format!("a second parse reports {again:?}, the first {r:?}"));
     }

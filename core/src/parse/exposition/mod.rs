@@ -24,7 +24,11 @@
 //!
 //! The same target therefore yields the same series whichever format it answers in.
 //! Scraped counters and histograms are cumulative: the aggregator's reset detection
-//! turns them into deltas. Label sets are allocated per sample (scrapes are parsed
+//! turns them into deltas. Their start time (OpenMetrics `foo_created`, protobuf
+//! `created_timestamp`; text 0.0.4 has none: a `foo_created` line there is a gauge)
+//! goes with each sample to [`Emit`], so that a series which started after weir
+//! counts its first value and a changed start is a reset (see
+//! [`Writer::record_since`](crate::aggregator::Writer::record_since)). Label sets are allocated per sample (scrapes are parsed
 //! once per interval, not per point).
 
 use std::sync::Arc;
@@ -142,8 +146,15 @@ impl ParseReport {
     }
 }
 
-/// Sink for parsed samples: `(name, labels, sample, timestamp_ms)`; 0 means "now".
-pub type Emit<'e> = dyn FnMut(&str, &[(&str, &str)], Sample<'_>, i64) + 'e;
+/// Sink for parsed samples: `(name, labels, sample, timestamp_ms, start_ms)`.
+///
+/// `timestamp_ms` is the sample's own timestamp, 0 for "now". `start_ms` is when a
+/// cumulative counter, histogram or summary began counting (an OpenMetrics
+/// `_created` line, a protobuf `created_timestamp`), in milliseconds since the Unix
+/// epoch, 0 when the body does not say: what [`Writer::record_since`] takes.
+///
+/// [`Writer::record_since`]: crate::aggregator::Writer::record_since
+pub type Emit<'e> = dyn FnMut(&str, &[(&str, &str)], Sample<'_>, i64, i64) + 'e;
 
 /// A scrape body's format, as its `Content-Type` names it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -288,6 +299,37 @@ pub fn summary_value(points: &[(f64, f64)], sum: f64, count: f64) -> Option<Summ
 /// `v` as a count: a whole number in `0..2^63`.
 fn whole_count(v: f64) -> Option<u64> {
     (v >= 0.0 && v.fract() == 0.0 && v < 2f64.powi(63)).then_some(v as u64)
+}
+
+/// weir's start time in the created-time tests: 1_700_000_000 s after the epoch.
+#[cfg(test)]
+const WEIR_START_MS: i64 = 1_700_000_000_000;
+
+/// Parses each of `bodies` in `format` into an aggregator that started at
+/// [`WEIR_START_MS`], flushing after each (one second apart), the way a scrape source
+/// records them; each flush's one series as `(delta, total)`: a counter's values, a
+/// histogram's counts. Panics if a flush has another number of series, or a summary
+/// or gauge (tests only).
+#[cfg(test)]
+fn scrape_each(format: Format, bodies: &[Vec<u8>]) -> Vec<(f64, f64)> {
+    use crate::{Aggregator, AggregatorConfig, FlushedValue};
+    let agg = Aggregator::starting_at(AggregatorConfig::default(), WEIR_START_MS);
+    let mut w = agg.writer();
+    let mut out = Vec::new();
+    for (i, body) in bodies.iter().enumerate() {
+        let r = format.parse(body, &mut |name, labels, sample, ts, start| {
+            w.record_since(name, labels, sample, ts, start).unwrap();
+        });
+        assert_eq!((r.samples, r.total_errors()), (1, 0), "{r:?}");
+        let batch = agg.flush_at(WEIR_START_MS + 1000 * (i as i64 + 1));
+        assert_eq!(batch.series.len(), 1, "{:?}", batch.series);
+        out.push(match &batch.series[0].value {
+            FlushedValue::Counter { delta, total } => (*delta, *total),
+            FlushedValue::Histogram { delta, total } => (delta.count as f64, total.count as f64),
+            other => panic!("{other:?}"),
+        });
+    }
+    out
 }
 
 #[cfg(test)]

@@ -24,7 +24,12 @@
 //! one with a schema outside -10..=20, or whose spans and counts disagree, is counted
 //! `malformed_group`.
 //! Float histograms (`*_count_float`) are read when their counts are whole numbers.
-//! Exemplars and created timestamps are decoded and ignored.
+//!
+//! # Created timestamps
+//! The `created_timestamp` of a counter, histogram or summary is passed to [`Emit`] as
+//! the sample's `start_ms` (seconds and nanoseconds to whole milliseconds, rounded
+//! down); an absent one, or one at or before the epoch, as 0 (unknown). Gauge
+//! histograms are gauges and have none. Exemplars are decoded and ignored.
 
 use weir_proto::Message;
 use weir_proto::client_model::{self as pb, MetricFamily, MetricType};
@@ -56,7 +61,7 @@ use crate::point::{HistogramValue, Sample, SummaryValue, Temporality};
 /// };
 /// let body = family.encode_length_delimited_to_vec();
 /// let mut got = Vec::new();
-/// let report = parse_protobuf(&body, &mut |name, labels, sample, _| {
+/// let report = parse_protobuf(&body, &mut |name, labels, sample, _, _| {
 ///     got.push((name.to_owned(), labels.to_vec() == [("queue", "mail")], sample == Sample::Counter(7.0, Temporality::Cumulative)));
 /// });
 /// assert_eq!((report.samples, report.total_errors()), (1, 0));
@@ -137,21 +142,24 @@ fn family(f: &MetricFamily, emit: &mut Emit<'_>, report: &mut ParseReport) {
             }
             continue;
         }
+        let start = created_ms(kind, m);
         match value(kind, m) {
             Ok(Value::Counter(v)) => emit(
                 name,
                 &labels,
                 Sample::Counter(v, Temporality::Cumulative),
                 ts,
+                start,
             ),
-            Ok(Value::Gauge(v)) => emit(name, &labels, Sample::Gauge(v), ts),
+            Ok(Value::Gauge(v)) => emit(name, &labels, Sample::Gauge(v), ts, 0),
             Ok(Value::Histogram(h)) => emit(
                 name,
                 &labels,
                 Sample::Histogram(&h, Temporality::Cumulative),
                 ts,
+                start,
             ),
-            Ok(Value::Summary(s)) => emit(name, &labels, Sample::Summary(&s), ts),
+            Ok(Value::Summary(s)) => emit(name, &labels, Sample::Summary(&s), ts, start),
             Err(e) => {
                 report.count(e);
                 continue;
@@ -159,6 +167,33 @@ fn family(f: &MetricFamily, emit: &mut Emit<'_>, report: &mut ParseReport) {
         }
         report.samples += 1;
     }
+}
+
+/// The `created_timestamp` of a counter's, histogram's or summary's series in
+/// milliseconds since the epoch; 0 when absent, at or before the epoch, or for any
+/// other type (see the module doc).
+fn created_ms(kind: MetricType, m: &pb::Metric) -> i64 {
+    let created = match kind {
+        MetricType::Counter => m
+            .counter
+            .as_ref()
+            .and_then(|c| c.created_timestamp.as_ref()),
+        MetricType::Histogram => m
+            .histogram
+            .as_ref()
+            .and_then(|h| h.created_timestamp.as_ref()),
+        MetricType::Summary => m
+            .summary
+            .as_ref()
+            .and_then(|s| s.created_timestamp.as_ref()),
+        _ => None,
+    };
+    created.map_or(0, |t| {
+        // nanos is in 0..1e9 by the Timestamp spec; clamped so that a body breaking it
+        // cannot move the time by more than a second.
+        let millis = i64::from(t.nanos.clamp(0, 999_999_999)) / 1_000_000;
+        t.seconds.saturating_mul(1000).saturating_add(millis).max(0)
+    })
 }
 
 /// The value of one series of a counter, gauge, untyped, histogram or summary family.
@@ -273,16 +308,23 @@ fn gauge_histogram(
         };
         let mut with_le: Vec<(&str, &str)> = labels.to_vec();
         with_le.push(("le", &le));
-        emit(&bucket_name, &with_le, Sample::Gauge(count), ts);
+        emit(&bucket_name, &with_le, Sample::Gauge(count), ts, 0);
         report.samples += 1;
     }
     let count = count_of(h.sample_count, h.sample_count_float);
-    emit(&format!("{name}_gcount"), labels, Sample::Gauge(count), ts);
+    emit(
+        &format!("{name}_gcount"),
+        labels,
+        Sample::Gauge(count),
+        ts,
+        0,
+    );
     emit(
         &format!("{name}_gsum"),
         labels,
         Sample::Gauge(h.sample_sum.unwrap_or(0.0)),
         ts,
+        0,
     );
     report.samples += 2;
 }
@@ -392,6 +434,7 @@ fn dense_buckets(
 
 #[cfg(test)]
 mod tests {
+    use super::super::{Format, WEIR_START_MS, scrape_each};
     use super::*;
     use pb::{Bucket, BucketSpan, Counter, Gauge, LabelPair, Metric, Quantile, Summary, Untyped};
     use proptest::prelude::*;
@@ -401,7 +444,7 @@ mod tests {
 
     fn parse(body: &[u8]) -> (Got, ParseReport) {
         let mut got = Vec::new();
-        let r = parse_protobuf(body, &mut |name, labels, sample, ts| {
+        let r = parse_protobuf(body, &mut |name, labels, sample, ts, _| {
             got.push((
                 name.to_owned(),
                 labels
@@ -556,6 +599,130 @@ mod tests {
         ]
     }
 
+    /// A created timestamp `offset_ms` from weir's start (`None`: no timestamp).
+    fn created(offset_ms: Option<i64>) -> Option<pb::Timestamp> {
+        offset_ms.map(|o| {
+            let ms = WEIR_START_MS + o;
+            pb::Timestamp {
+                seconds: ms.div_euclid(1000),
+                nanos: (ms.rem_euclid(1000) * 1_000_000) as i32,
+            }
+        })
+    }
+
+    /// A counter family body: one series at `value`, created at `offset_ms` from
+    /// weir's start.
+    fn counter_body(value: f64, offset_ms: Option<i64>) -> Vec<u8> {
+        let counter = Counter {
+            value: Some(value),
+            created_timestamp: created(offset_ms),
+            ..Default::default()
+        };
+        let metric = Metric {
+            counter: Some(counter),
+            ..Default::default()
+        };
+        body(&[fam("jobs_total", MetricType::Counter, vec![metric])])
+    }
+
+    /// A histogram family body: one series of `count` observations, created at
+    /// `offset_ms` from weir's start.
+    fn histogram_body(count: u64, offset_ms: Option<i64>) -> Vec<u8> {
+        let histogram = pb::Histogram {
+            created_timestamp: created(offset_ms),
+            ..classic(count, 9.0, &[(1.0, 1)])
+        };
+        let metric = Metric {
+            histogram: Some(histogram),
+            ..Default::default()
+        };
+        body(&[fam("lat", MetricType::Histogram, vec![metric])])
+    }
+
+    const AFTER: Option<i64> = Some(10_500);
+    const BEFORE: Option<i64> = Some(-10_000_000);
+
+    #[test]
+    fn a_protobuf_counter_created_after_weir_started_counts_its_first_value() {
+        let bodies = [counter_body(7.0, AFTER), counter_body(10.0, AFTER)];
+        assert_eq!(
+            scrape_each(Format::Protobuf, &bodies),
+            vec![(7.0, 7.0), (3.0, 10.0)]
+        );
+        for offset in [BEFORE, None] {
+            let bodies = [counter_body(7.0, offset), counter_body(10.0, offset)];
+            assert_eq!(
+                scrape_each(Format::Protobuf, &bodies),
+                vec![(0.0, 7.0), (3.0, 10.0)],
+                "a baseline when created {offset:?}"
+            );
+        }
+        let bodies = [counter_body(7.0, BEFORE), counter_body(9.0, AFTER)];
+        assert_eq!(
+            scrape_each(Format::Protobuf, &bodies),
+            vec![(0.0, 7.0), (9.0, 16.0)],
+            "a new created timestamp is a reset even when the value grew"
+        );
+    }
+
+    #[test]
+    fn a_protobuf_histogram_created_after_weir_started_counts_its_first_observations() {
+        let bodies = [histogram_body(3, AFTER), histogram_body(5, AFTER)];
+        assert_eq!(
+            scrape_each(Format::Protobuf, &bodies),
+            vec![(3.0, 3.0), (2.0, 5.0)]
+        );
+        for offset in [BEFORE, None] {
+            let bodies = [histogram_body(3, offset), histogram_body(5, offset)];
+            assert_eq!(
+                scrape_each(Format::Protobuf, &bodies),
+                vec![(0.0, 3.0), (2.0, 5.0)],
+                "a baseline when created {offset:?}"
+            );
+        }
+        let bodies = [histogram_body(3, BEFORE), histogram_body(4, AFTER)];
+        assert_eq!(
+            scrape_each(Format::Protobuf, &bodies),
+            vec![(0.0, 3.0), (4.0, 7.0)],
+            "a new created timestamp is a reset"
+        );
+    }
+
+    #[test]
+    fn created_timestamps_become_start_times_in_milliseconds() {
+        let mut starts = Vec::new();
+        let summary = |t: Option<pb::Timestamp>| Metric {
+            summary: Some(Summary {
+                sample_count: Some(1),
+                created_timestamp: t,
+                ..Default::default()
+            }),
+            ..Default::default()
+        };
+        let t = |seconds, nanos| Some(pb::Timestamp { seconds, nanos });
+        let families = [
+            fam(
+                "s",
+                MetricType::Summary,
+                vec![
+                    summary(t(1_700_000_000, 999_999_999)),
+                    summary(t(0, 0)),
+                    summary(t(-5, 0)),
+                    summary(t(i64::MAX, 2_000_000_000)),
+                    summary(t(1, -1)),
+                ],
+            ),
+            fam("g", MetricType::Gauge, vec![gauge(1.0)]),
+        ];
+        let r = parse_protobuf(&body(&families), &mut |_, _, _, _, start| {
+            starts.push(start)
+        });
+        assert_eq!(r.total_errors(), 0);
+        // Rounded down to the millisecond; at or before the epoch is unknown (0); out
+        // of range saturates; a gauge has none.
+        assert_eq!(starts, vec![1_700_000_000_999, 0, 0, i64::MAX, 1000, 0]);
+    }
+
     #[test]
     fn every_metric_type_parses_like_the_text_format() {
         let (got, r) = parse(&body(&reference()));
@@ -582,7 +749,7 @@ mod tests {
             rpc_duration_seconds_sum 1.7560473e+07\n\
             rpc_duration_seconds_count 2693\n";
         let mut from_text = Vec::new();
-        let tr = super::super::parse_text(text.as_bytes(), &mut |name, labels, sample, ts| {
+        let tr = super::super::parse_text(text.as_bytes(), &mut |name, labels, sample, ts, _| {
             from_text.push((
                 name.to_owned(),
                 labels
@@ -1023,7 +1190,7 @@ mod tests {
         #[test]
         fn arbitrary_bytes_never_panic(data in proptest::collection::vec(any::<u8>(), 0..512)) {
             let mut n = 0u64;
-            let r = parse_protobuf(&data, &mut |_, _, _, _| n += 1);
+            let r = parse_protobuf(&data, &mut |_, _, _, _, _| n += 1);
             prop_assert_eq!(r.samples, n);
             prop_assert!(r.samples <= data.len() as u64);
         }
@@ -1041,7 +1208,7 @@ mod tests {
             b.extend_from_slice(&seed);
             let agg = crate::Aggregator::default();
             let mut w = agg.writer();
-            let r = parse_protobuf(&b, &mut |n, l, s, ts| { let _ = w.record(n, l, s, ts); });
+            let r = parse_protobuf(&b, &mut |n, l, s, ts, start| { let _ = w.record_since(n, l, s, ts, start); });
             prop_assert!(r.samples <= b.len() as u64);
         }
 

@@ -17,8 +17,24 @@
 //! - A sample may end with an exemplar (` # {trace_id="..."} 1.0 [ts]`): stripped.
 //! - Counters are declared without `_total` (`# TYPE foo counter`) and their sample is
 //!   `foo_total` (0.0.4 bodies written by OpenMetrics-aware clients do the same, so
-//!   both dialects accept it); `foo_created` of a counter, histogram or summary is a
-//!   start time, not a series: skipped, neither a sample nor an error.
+//!   both dialects accept it).
+//! - `foo_created` of a counter, histogram or summary is not a series but the start
+//!   time (a float of seconds) of the samples of the same label set in its family:
+//!   it is passed to [`Emit`] as their `start_ms`. One that is not a finite number
+//!   counts `malformed_timestamp` (the samples go on without a start). In 0.0.4 a
+//!   `foo_created` line is a gauge, as Prometheus reads it.
+//!
+//! # Created times arrive after their samples
+//! OpenMetrics writes `foo_created` after `foo_total` (and after a histogram's
+//! buckets, sum and count). Histograms and summaries are grouped until their family
+//! ends anyway, so their `_created` joins their group. A counter's samples are held
+//! only while its *Metric* lasts: the run of lines with one label set, which the
+//! format keeps together (`metric = *sample` in its grammar). The next line of
+//! another label set, type or family, or the body's end, emits them with the run's
+//! `_created` time, if it had one (before or after the `_total` line). The run's lines
+//! are the parsed lines themselves, moved into a buffer reused for the whole body, so
+//! holding them allocates nothing per sample; a `_created` line outside the run of
+//! its label set gives no start (its samples were already emitted).
 //! - Types `unknown`, `info`, `stateset` and `gaugehistogram` are gauges per sample
 //!   (as Prometheus stores them); `# UNIT` and `# HELP` lines are ignored.
 
@@ -70,6 +86,71 @@ struct SampleLine<'a> {
     timestamp_ms: i64,
 }
 
+/// The lines of one counter Metric (one label set, consecutive lines), held until it
+/// ends so that its `_created` line, which comes after `_total`, can give them their
+/// start time (see the module doc).
+#[derive(Default)]
+struct CounterRun<'a> {
+    /// Its `_total` (or bare) sample lines, in arrival order.
+    totals: Vec<SampleLine<'a>>,
+    /// The label set of a `_created` line read before any of `totals`; `None` when
+    /// `totals` has the run's labels, or the run is empty.
+    created_labels: Option<Vec<(&'a str, Cow<'a, str>)>>,
+    /// The run's start time in milliseconds since the epoch; 0 until a `_created` line
+    /// is read.
+    start_ms: i64,
+}
+
+impl<'a> CounterRun<'a> {
+    /// The run's label set; `None` when the run is empty.
+    fn labels(&self) -> Option<&[(&'a str, Cow<'a, str>)]> {
+        match self.totals.first() {
+            Some(first) => Some(&first.labels),
+            None => self.created_labels.as_deref(),
+        }
+    }
+
+    /// True if a line with `labels` continues the run (labels in any order).
+    fn continues(&self, labels: &[(&str, Cow<'_, str>)]) -> bool {
+        self.labels()
+            .is_some_and(|run| run.len() == labels.len() && labels.iter().all(|l| run.contains(l)))
+    }
+
+    /// Takes one line of a counter family: a `_created` line's start time (`created`),
+    /// or a sample. A line of another label set first emits the run it ends.
+    fn push(
+        &mut self,
+        s: SampleLine<'a>,
+        created: Option<i64>,
+        emit: &mut Emit<'_>,
+        report: &mut ParseReport,
+    ) {
+        if !self.continues(&s.labels) {
+            self.emit(emit, report);
+        }
+        match created {
+            Some(start_ms) => {
+                self.start_ms = start_ms;
+                if self.totals.is_empty() && self.created_labels.is_none() {
+                    self.created_labels = Some(s.labels);
+                }
+            }
+            None => self.totals.push(s),
+        }
+    }
+
+    /// Emits the run's samples with its start time and empties it.
+    fn emit(&mut self, emit: &mut Emit<'_>, report: &mut ParseReport) {
+        let start_ms = self.start_ms;
+        for s in self.totals.drain(..) {
+            let sample = Sample::Counter(s.value, Temporality::Cumulative);
+            emit_line(&s, sample, start_ms, emit, report);
+        }
+        self.created_labels = None;
+        self.start_ms = 0;
+    }
+}
+
 /// A histogram or summary being assembled from its lines.
 struct Group {
     labels: Vec<(String, String)>,
@@ -78,9 +159,22 @@ struct Group {
     sum: Option<f64>,
     count: Option<f64>,
     timestamp_ms: i64,
+    /// From the group's `_created` line (milliseconds since the epoch); 0 without one.
+    start_ms: i64,
     malformed: bool,
     /// More buckets than [`MAX_HISTOGRAM_BUCKETS`]: later ones are not kept.
     too_many: bool,
+}
+
+impl Group {
+    /// True while no sample line (only a `_created` line) went into the group.
+    fn has_no_samples(&self) -> bool {
+        self.points.is_empty()
+            && self.sum.is_none()
+            && self.count.is_none()
+            && !self.malformed
+            && !self.too_many
+    }
 }
 
 /// Parses a Prometheus text format (0.0.4) body, calling `emit` for every sample
@@ -91,7 +185,7 @@ struct Group {
 /// use weir_core::point::{Sample, Temporality};
 /// let body = b"# TYPE http_requests_total counter\nhttp_requests_total{code=\"200\"} 1027 1395066363000\n";
 /// let mut got = Vec::new();
-/// let report = parse_text(body, &mut |name, labels, sample, ts| {
+/// let report = parse_text(body, &mut |name, labels, sample, ts, _start| {
 ///     got.push((name.to_owned(), labels.len(), sample == Sample::Counter(1027.0, Temporality::Cumulative), ts));
 /// });
 /// assert_eq!(report.samples, 1);
@@ -107,11 +201,13 @@ pub fn parse_text(body: &[u8], emit: &mut Emit<'_>) -> ParseReport {
 /// ```
 /// use weir_core::parse::exposition::parse_openmetrics;
 /// use weir_core::point::{Sample, Temporality};
-/// let body = b"# TYPE jobs counter\n# UNIT jobs jobs\njobs_total{q=\"a\"} 7 1700000000.5 # {trace_id=\"ab\"} 1\njobs_created{q=\"a\"} 1700000000\n# EOF\n";
+/// let body = b"# TYPE jobs counter\n# UNIT jobs jobs\njobs_total{q=\"a\"} 7 1700000000.5 # {trace_id=\"ab\"} 1\njobs_created{q=\"a\"} 1699999000.25\n# EOF\n";
 /// let mut got = Vec::new();
-/// let report = parse_openmetrics(body, &mut |name, _, sample, ts| got.push((name.to_owned(), sample == Sample::Counter(7.0, Temporality::Cumulative), ts)));
+/// let report = parse_openmetrics(body, &mut |name, _, sample, ts, start| {
+///     got.push((name.to_owned(), sample == Sample::Counter(7.0, Temporality::Cumulative), ts, start))
+/// });
 /// assert_eq!((report.samples, report.total_errors()), (1, 0));
-/// assert_eq!(got, vec![("jobs_total".to_owned(), true, 1_700_000_000_500)]);
+/// assert_eq!(got, vec![("jobs_total".to_owned(), true, 1_700_000_000_500, 1_699_999_000_250)]);
 /// ```
 pub fn parse_openmetrics(body: &[u8], emit: &mut Emit<'_>) -> ParseReport {
     parse(body, Dialect::OpenMetrics, emit)
@@ -125,6 +221,7 @@ fn parse(body: &[u8], dialect: Dialect, emit: &mut Emit<'_>) -> ParseReport {
     };
     let mut family: Option<(&str, Family)> = None;
     let mut groups: Vec<Group> = Vec::new();
+    let mut run = CounterRun::default();
     let mut eof = false;
     for line in body.lines() {
         let line = line.trim_start();
@@ -139,6 +236,7 @@ fn parse(body: &[u8], dialect: Dialect, emit: &mut Emit<'_>) -> ParseReport {
             let mut words = comment.split_whitespace();
             match words.next() {
                 Some("TYPE") => {
+                    run.emit(emit, &mut report);
                     finish(family, &mut groups, emit, &mut report);
                     family = match (words.next(), words.next()) {
                         (Some(name), Some(t)) => Family::from_type(t, dialect).map(|f| (name, f)),
@@ -162,23 +260,33 @@ fn parse(body: &[u8], dialect: Dialect, emit: &mut Emit<'_>) -> ParseReport {
                 continue;
             }
         };
-        match family {
+        let created = match family {
             Some((fam, Family::Counter | Family::Histogram | Family::Summary))
                 if dialect == Dialect::OpenMetrics
-                    && s.name.strip_prefix(fam) == Some("_created") => {}
-            Some((fam, kind @ (Family::Histogram | Family::Summary))) if belongs(s.name, fam) => {
-                add_to_group(&mut groups, kind, fam, s);
-            }
-            Some((fam, Family::Counter))
-                if s.name == fam || s.name.strip_suffix("_total") == Some(fam) =>
+                    && s.name.strip_prefix(fam) == Some("_created") =>
             {
-                emit_line(
-                    &s,
-                    Sample::Counter(s.value, Temporality::Cumulative),
-                    emit,
-                    &mut report,
-                );
+                match seconds_to_ms(s.value) {
+                    Some(start_ms) => Some(start_ms),
+                    None => {
+                        report.count(ExpositionError::MalformedTimestamp);
+                        continue;
+                    }
+                }
             }
+            _ => None,
+        };
+        let counter_line = matches!(family, Some((fam, Family::Counter))
+            if created.is_some() || s.name == fam || s.name.strip_suffix("_total") == Some(fam));
+        if !counter_line {
+            run.emit(emit, &mut report);
+        }
+        match family {
+            Some((fam, kind @ (Family::Histogram | Family::Summary)))
+                if created.is_some() || belongs(s.name, fam) =>
+            {
+                add_to_group(&mut groups, kind, fam, s, created);
+            }
+            Some(_) if counter_line => run.push(s, created, emit, &mut report),
             _ => {
                 if family.is_some_and(|(fam, _)| !belongs(s.name, fam)) {
                     // A sample of another family without a TYPE line: the typed family
@@ -186,10 +294,11 @@ fn parse(body: &[u8], dialect: Dialect, emit: &mut Emit<'_>) -> ParseReport {
                     finish(family, &mut groups, emit, &mut report);
                     family = None;
                 }
-                emit_line(&s, Sample::Gauge(s.value), emit, &mut report);
+                emit_line(&s, Sample::Gauge(s.value), 0, emit, &mut report);
             }
         }
     }
+    run.emit(emit, &mut report);
     finish(family, &mut groups, emit, &mut report);
     if dialect == Dialect::OpenMetrics && !eof {
         report.count(ExpositionError::MissingEof);
@@ -208,15 +317,24 @@ fn belongs(name: &str, family: &str) -> bool {
 fn emit_line(
     s: &SampleLine<'_>,
     sample: Sample<'_>,
+    start_ms: i64,
     emit: &mut Emit<'_>,
     report: &mut ParseReport,
 ) {
     let labels: Vec<(&str, &str)> = s.labels.iter().map(|(k, v)| (*k, v.as_ref())).collect();
-    emit(s.name, &labels, sample, s.timestamp_ms);
+    emit(s.name, &labels, sample, s.timestamp_ms, start_ms);
     report.samples += 1;
 }
 
-fn add_to_group(groups: &mut Vec<Group>, kind: Family, family: &str, s: SampleLine<'_>) {
+/// Adds a line of a histogram or summary family to its group: a sample, or the
+/// group's start time (`created`, from its `_created` line).
+fn add_to_group(
+    groups: &mut Vec<Group>,
+    kind: Family,
+    family: &str,
+    s: SampleLine<'_>,
+    created: Option<i64>,
+) {
     let special = if kind == Family::Histogram {
         "le"
     } else {
@@ -237,7 +355,8 @@ fn add_to_group(groups: &mut Vec<Group>, kind: Family, family: &str, s: SampleLi
                 points: Vec::new(),
                 sum: None,
                 count: None,
-                timestamp_ms: s.timestamp_ms,
+                timestamp_ms: 0,
+                start_ms: 0,
                 malformed: false,
                 too_many: false,
             });
@@ -245,6 +364,14 @@ fn add_to_group(groups: &mut Vec<Group>, kind: Family, family: &str, s: SampleLi
         }
     };
     let g = &mut groups[idx];
+    if let Some(start_ms) = created {
+        g.start_ms = start_ms;
+        return;
+    }
+    if g.has_no_samples() {
+        // The group's first sample line (a `_created` line may have come first).
+        g.timestamp_ms = s.timestamp_ms;
+    }
     let suffix = &s.name[family.len()..];
     match suffix {
         "_sum" => g.sum = Some(s.value),
@@ -292,6 +419,10 @@ fn finish(
             report.count(ExpositionError::TooManyBuckets);
             continue;
         }
+        if g.has_no_samples() {
+            // Only a `_created` line: a start time without samples, nothing to emit.
+            continue;
+        }
         let emitted = match kind {
             _ if g.malformed => false,
             Family::Histogram => match cumulative_histogram(&mut g.points, sum) {
@@ -301,6 +432,7 @@ fn finish(
                         &labels,
                         Sample::Histogram(&h, Temporality::Cumulative),
                         g.timestamp_ms,
+                        g.start_ms,
                     );
                     true
                 }
@@ -308,7 +440,13 @@ fn finish(
             },
             _ => match summary_value(&g.points, sum, g.count.unwrap_or(0.0)) {
                 Some(s) => {
-                    emit(name, &labels, Sample::Summary(&s), g.timestamp_ms);
+                    emit(
+                        name,
+                        &labels,
+                        Sample::Summary(&s),
+                        g.timestamp_ms,
+                        g.start_ms,
+                    );
                     true
                 }
                 None => false,
@@ -336,13 +474,16 @@ fn parse_float(s: &str) -> Option<f64> {
 fn parse_timestamp(t: &str, dialect: Dialect) -> Option<i64> {
     match dialect {
         Dialect::Prometheus => t.parse::<i64>().ok(),
-        Dialect::OpenMetrics => {
-            let seconds: f64 = t.parse().ok()?;
-            let ms = (seconds * 1000.0).round();
-            // i64::MAX as f64 rounds up to 2^63, itself out of range.
-            (ms.is_finite() && ms >= i64::MIN as f64 && ms < i64::MAX as f64).then_some(ms as i64)
-        }
+        Dialect::OpenMetrics => seconds_to_ms(t.parse().ok()?),
     }
+}
+
+/// A float of seconds since the epoch (an OpenMetrics timestamp or `_created` value)
+/// in whole milliseconds; `None` when not finite or out of range.
+fn seconds_to_ms(seconds: f64) -> Option<i64> {
+    let ms = (seconds * 1000.0).round();
+    // i64::MAX as f64 rounds up to 2^63, itself out of range.
+    (ms.is_finite() && ms >= i64::MIN as f64 && ms < i64::MAX as f64).then_some(ms as i64)
 }
 
 fn parse_sample(line: &str, dialect: Dialect) -> Result<SampleLine<'_>, ExpositionError> {
@@ -439,6 +580,7 @@ fn unescape(s: &str) -> Result<(Cow<'_, str>, &str), ExpositionError> {
 
 #[cfg(test)]
 mod tests {
+    use super::super::{Format, WEIR_START_MS, scrape_each};
     use super::*;
 
     /// Everything a body emits, owned.
@@ -448,6 +590,8 @@ mod tests {
         labels: Vec<(String, String)>,
         sample: String,
         ts: i64,
+        /// The start time passed with the sample.
+        start: i64,
     }
 
     fn parse(body: &str) -> (Vec<Got>, ParseReport) {
@@ -460,17 +604,22 @@ mod tests {
 
     fn parse_as(body: &str, dialect: Dialect) -> (Vec<Got>, ParseReport) {
         let mut got = Vec::new();
-        let r = super::parse(body.as_bytes(), dialect, &mut |name, labels, sample, ts| {
-            got.push(Got {
-                name: name.to_owned(),
-                labels: labels
-                    .iter()
-                    .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
-                    .collect(),
-                sample: format!("{sample:?}"),
-                ts,
-            })
-        });
+        let r = super::parse(
+            body.as_bytes(),
+            dialect,
+            &mut |name, labels, sample, ts, start| {
+                got.push(Got {
+                    name: name.to_owned(),
+                    labels: labels
+                        .iter()
+                        .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+                        .collect(),
+                    sample: format!("{sample:?}"),
+                    ts,
+                    start,
+                })
+            },
+        );
         (got, r)
     }
 
@@ -637,7 +786,7 @@ rpc_duration_seconds_count 2693
                 "{body:?}"
             );
         }
-        let r = parse_text(&[0xff, b'\n'], &mut |_, _, _, _| {});
+        let r = parse_text(&[0xff, b'\n'], &mut |_, _, _, _, _| {});
         assert_eq!(r.errors(ExpositionError::InvalidUtf8), 1);
     }
 
@@ -650,8 +799,8 @@ rpc_duration_seconds_count 2693
             "# TYPE c counter\nc_total 130\n",
             "# TYPE c counter\nc_total 4\n",
         ] {
-            parse_text(body.as_bytes(), &mut |name, labels, sample, ts| {
-                w.record(name, labels, sample, ts).unwrap();
+            parse_text(body.as_bytes(), &mut |name, labels, sample, ts, start| {
+                w.record_since(name, labels, sample, ts, start).unwrap();
             });
         }
         let b = agg.flush();
@@ -663,6 +812,162 @@ rpc_duration_seconds_count 2693
             },
             "baseline 100, +30, then a reset to 4"
         );
+    }
+
+    /// An OpenMetrics counter body: `jobs_total` at `value`, with `jobs_created` at
+    /// `created` seconds when given.
+    fn om_counter(value: f64, created: Option<f64>) -> Vec<u8> {
+        let created = created.map_or(String::new(), |c| format!("jobs_created {c}\n"));
+        format!("# TYPE jobs counter\njobs_total {value}\n{created}# EOF\n").into_bytes()
+    }
+
+    /// An OpenMetrics histogram body of `count` observations (one under 1, the rest
+    /// above), with `lat_created` at `created` seconds when given.
+    fn om_histogram(count: u64, created: Option<f64>) -> Vec<u8> {
+        let created = created.map_or(String::new(), |c| format!("lat_created {c}\n"));
+        format!(
+            "# TYPE lat histogram\nlat_bucket{{le=\"1\"}} 1\nlat_bucket{{le=\"+Inf\"}} {count}\n\
+             lat_count {count}\nlat_sum 9\n{created}# EOF\n"
+        )
+        .into_bytes()
+    }
+
+    /// `_created` times, in seconds, after and before weir started.
+    const AFTER: f64 = (WEIR_START_MS / 1000) as f64 + 10.5;
+    const BEFORE: f64 = (WEIR_START_MS / 1000) as f64 - 10_000.0;
+
+    #[test]
+    fn an_openmetrics_counter_created_after_weir_started_counts_its_first_value() {
+        let got = scrape_each(
+            Format::OpenMetrics,
+            &[om_counter(7.0, Some(AFTER)), om_counter(10.0, Some(AFTER))],
+        );
+        assert_eq!(got, vec![(7.0, 7.0), (3.0, 10.0)]);
+    }
+
+    #[test]
+    fn an_openmetrics_counter_created_before_weir_started_or_without_created_gives_a_baseline() {
+        for created in [Some(BEFORE), None] {
+            let got = scrape_each(
+                Format::OpenMetrics,
+                &[om_counter(7.0, created), om_counter(10.0, created)],
+            );
+            assert_eq!(got, vec![(0.0, 7.0), (3.0, 10.0)], "created {created:?}");
+        }
+    }
+
+    #[test]
+    fn an_openmetrics_counter_with_a_new_created_time_is_a_reset_even_when_it_grew() {
+        let got = scrape_each(
+            Format::OpenMetrics,
+            &[
+                om_counter(7.0, Some(BEFORE)),
+                om_counter(8.0, Some(BEFORE)),
+                // Restarted at AFTER and counted 9 since: all of it is new.
+                om_counter(9.0, Some(AFTER)),
+                om_counter(12.0, Some(AFTER)),
+            ],
+        );
+        assert_eq!(got, vec![(0.0, 7.0), (1.0, 8.0), (9.0, 17.0), (3.0, 20.0)]);
+    }
+
+    #[test]
+    fn an_openmetrics_histogram_created_after_weir_started_counts_its_first_observations() {
+        let got = scrape_each(
+            Format::OpenMetrics,
+            &[om_histogram(3, Some(AFTER)), om_histogram(5, Some(AFTER))],
+        );
+        assert_eq!(got, vec![(3.0, 3.0), (2.0, 5.0)]);
+        for created in [Some(BEFORE), None] {
+            let got = scrape_each(
+                Format::OpenMetrics,
+                &[om_histogram(3, created), om_histogram(5, created)],
+            );
+            assert_eq!(got, vec![(0.0, 3.0), (2.0, 5.0)], "created {created:?}");
+        }
+        let got = scrape_each(
+            Format::OpenMetrics,
+            &[om_histogram(3, Some(BEFORE)), om_histogram(4, Some(AFTER))],
+        );
+        assert_eq!(
+            got,
+            vec![(0.0, 3.0), (4.0, 7.0)],
+            "a new created time is a reset"
+        );
+    }
+
+    #[test]
+    fn created_times_go_to_the_samples_of_their_own_label_set() {
+        let body = "# TYPE jobs counter\n\
+            jobs_total{q=\"a\",r=\"1\"} 1\njobs_created{r=\"1\",q=\"a\"} 1700000001\n\
+            jobs_total{q=\"b\"} 2\n\
+            jobs_created{q=\"c\"} 1700000003.25\njobs_total{q=\"c\"} 3\n\
+            jobs_total{q=\"d\"} 4 1700000009\njobs_total{q=\"d\"} 5 1700000010\njobs_created{q=\"d\"} 1700000004\n\
+            jobs_created{q=\"e\"} 1700000005\n\
+            # TYPE lat histogram\n\
+            lat_bucket{p=\"x\",le=\"+Inf\"} 1\nlat_count{p=\"x\"} 1\nlat_created{p=\"x\"} 1700000006\n\
+            lat_bucket{p=\"y\",le=\"+Inf\"} 1\nlat_count{p=\"y\"} 1\n\
+            lat_created{p=\"z\"} 1700000007\n\
+            # TYPE rpc summary\nrpc{quantile=\"0.5\"} 1\nrpc_count 1\nrpc_sum 1\nrpc_created 1700000008\n\
+            # TYPE temp gauge\ntemp 1\n# EOF\n";
+        let (got, r) = parse_om(body);
+        assert_eq!(r.total_errors(), 0, "{r:?}");
+        let starts: Vec<(&str, &str, i64)> = got
+            .iter()
+            .map(|g| {
+                let first = g.labels.first().map_or("", |(_, v)| v.as_str());
+                (g.name.as_str(), first, g.start)
+            })
+            .collect();
+        assert_eq!(
+            starts,
+            vec![
+                ("jobs_total", "a", 1_700_000_001_000), // labels in another order
+                ("jobs_total", "b", 0),                 // none
+                ("jobs_total", "c", 1_700_000_003_250), // before its sample
+                ("jobs_total", "d", 1_700_000_004_000), // both points of the Metric
+                ("jobs_total", "d", 1_700_000_004_000),
+                ("lat", "x", 1_700_000_006_000),
+                ("lat", "y", 0),
+                ("rpc", "", 1_700_000_008_000),
+                ("temp", "", 0),
+            ],
+            "{got:?}"
+        );
+        // A `_created` alone (`e`, `z`) is a start time for nothing: no sample, no error.
+        assert_eq!(r.samples, 9);
+    }
+
+    #[test]
+    fn a_histogram_created_line_before_its_buckets_gives_the_start_not_the_timestamp() {
+        let body = "# TYPE lat histogram\nlat_created 1700000006\n\
+            lat_bucket{le=\"+Inf\"} 1 1700000007\nlat_count 1 1700000007\n# EOF\n";
+        let (got, r) = parse_om(body);
+        assert_eq!((r.samples, r.total_errors()), (1, 0), "{r:?}");
+        assert_eq!(
+            (got[0].ts, got[0].start),
+            (1_700_000_007_000, 1_700_000_006_000)
+        );
+    }
+
+    #[test]
+    fn a_created_time_that_is_not_a_number_is_counted_and_its_samples_go_on_without_it() {
+        for created in ["NaN", "+Inf", "1e400", "soon"] {
+            let body =
+                format!("# TYPE jobs counter\njobs_total 7\njobs_created {created}\n# EOF\n");
+            let (got, r) = parse_om(&body);
+            let reason = if created == "soon" {
+                ExpositionError::MalformedValue
+            } else {
+                ExpositionError::MalformedTimestamp
+            };
+            assert_eq!(
+                (r.errors(reason), r.total_errors()),
+                (1, 1),
+                "{created}: {r:?}"
+            );
+            assert_eq!((got.len(), got[0].start), (1, 0), "{created}");
+        }
     }
 
     /// What `prometheus_client` (Python) serves as OpenMetrics, plus every other
@@ -713,8 +1018,15 @@ thing 9
         assert_eq!(
             short[0],
             ("jobs_total", "Counter(107.0, Cumulative)", 0),
-            "named as its sample, exemplar stripped, _created skipped"
+            "named as its sample, exemplar stripped, _created not a sample"
         );
+        let starts: Vec<i64> = got.iter().map(|g| g.start).collect();
+        assert_eq!(
+            &starts[..3],
+            &[1_700_000_000_000; 3],
+            "from the `_created` lines"
+        );
+        assert!(starts[3..].iter().all(|s| *s == 0), "{starts:?}");
         assert_eq!(got[0].labels, vec![("queue".into(), "mail".into())]);
         assert_eq!(short[1].0, "job_seconds");
         assert!(
@@ -814,6 +1126,7 @@ thing 9
             2,
             "a `_created` line is a gauge in 0.0.4: {got:?}"
         );
+        assert_eq!((got[0].start, got[1].sample.as_str()), (0, "Gauge(5.0)"));
     }
 
     /// A histogram family of `n` finite buckets and `+Inf`, with a second, small
