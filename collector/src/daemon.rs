@@ -26,8 +26,9 @@ use crate::config::{Config, fmt_duration};
 use crate::control::{FlushRequest, FlushSummary, ReloadReport, ReloadRequest, ReloadResult};
 use crate::instance::Instance;
 use crate::serve::Listeners;
-use crate::serve::admin::{AdminServer, AdminState};
-use crate::serve::exposition::{ExpositionServer, Page};
+use crate::serve::Server;
+use crate::serve::admin::AdminState;
+use crate::serve::exposition::Page;
 use crate::sources::{Source, SourceError};
 use crate::telemetry::Telemetry;
 
@@ -269,26 +270,23 @@ impl Daemon {
         last.ok_or(DaemonError::Closed)
     }
 
-    async fn start_admin(
-        &self,
-        state: Arc<AdminState>,
-    ) -> Result<Option<AdminServer>, DaemonError> {
+    async fn start_admin(&self, state: Arc<AdminState>) -> Result<Option<Server>, DaemonError> {
         let c = &self.config.admin;
         if !c.enabled {
             return Ok(None);
         }
-        AdminServer::start(c.address, state)
+        crate::serve::admin::start(c.address, state)
             .await
             .map(Some)
             .map_err(cannot_listen("admin", c.address))
     }
 
-    async fn start_exposition(&self) -> Result<Option<ExpositionServer>, DaemonError> {
+    async fn start_exposition(&self) -> Result<Option<Server>, DaemonError> {
         let c = &self.config.exposition;
         if !c.enabled {
             return Ok(None);
         }
-        ExpositionServer::start(c.address, self.page.clone())
+        crate::serve::exposition::start(c.address, self.page.clone())
             .await
             .map(Some)
             .map_err(cannot_listen("exposition", c.address))

@@ -23,15 +23,13 @@ use http_body_util::Full;
 use hyper::body::Bytes;
 use hyper::{Method, Response, StatusCode};
 use serde::Deserialize;
-use tokio::net::TcpListener;
 use tokio::sync::{mpsc, oneshot};
-use tokio::task::JoinHandle;
 use tracing::info;
 
 use crate::config::{Step, keys};
 use crate::control::{FlushRequest, ReloadRequest};
 use crate::pipeline::Pipeline;
-use crate::serve::{Body, Limits, ListenerCounters, plain};
+use crate::serve::{Body, Server, plain};
 use crate::telemetry::{MetricsPage, Telemetry};
 
 /// `[admin]`: the admin API.
@@ -98,62 +96,32 @@ pub struct AdminState {
     pub token: Option<String>,
 }
 
-/// The running admin API.
-pub struct AdminServer {
-    /// The bound address.
-    pub addr: SocketAddr,
-    /// The listener's connection counters.
-    pub counters: Arc<ListenerCounters>,
-    task: JoinHandle<()>,
-}
-
-impl AdminServer {
-    /// Binds and serves within [`Limits::INTERNAL`]. Must be called inside a tokio
-    /// runtime.
-    ///
-    /// # Errors
-    /// The listener could not be bound.
-    pub async fn start(address: SocketAddr, state: Arc<AdminState>) -> std::io::Result<Self> {
-        let listener = TcpListener::bind(address).await?;
-        let addr = listener.local_addr()?;
-        let counters = Arc::new(ListenerCounters::default());
-        let limits = Limits::INTERNAL;
-        let task = tokio::spawn(crate::serve::serve_within(
-            listener,
-            "admin",
-            limits,
-            counters.clone(),
-            move |req| {
-                let state = state.clone();
-                async move {
-                    let mutating = req.method() == Method::POST;
-                    if mutating && !authorized(req.headers(), state.token.as_deref()) {
-                        let mut r = plain(
-                            StatusCode::UNAUTHORIZED,
-                            "this endpoint needs Authorization: Bearer <admin.token>\n",
-                        );
-                        r.headers_mut().insert(
-                            hyper::header::WWW_AUTHENTICATE,
-                            hyper::header::HeaderValue::from_static("Bearer"),
-                        );
-                        return r;
-                    }
-                    handle(req.method(), req.uri().path(), &state).await
-                }
-            },
-        ));
-        info!(address = %addr, "admin API listening (/health, /status, /metrics, POST /flush)");
-        Ok(AdminServer {
-            addr,
-            counters,
-            task,
-        })
-    }
-
-    /// Stops serving.
-    pub fn stop(self) {
-        self.task.abort();
-    }
+/// Binds and serves the admin API. Must be called inside a tokio runtime.
+///
+/// # Errors
+/// The listener could not be bound.
+pub async fn start(address: SocketAddr, state: Arc<AdminState>) -> std::io::Result<Server> {
+    let server = Server::start(address, "admin", move |req| {
+        let state = state.clone();
+        async move {
+            let mutating = req.method() == Method::POST;
+            if mutating && !authorized(req.headers(), state.token.as_deref()) {
+                let mut r = plain(
+                    StatusCode::UNAUTHORIZED,
+                    "this endpoint needs Authorization: Bearer <admin.token>\n",
+                );
+                r.headers_mut().insert(
+                    hyper::header::WWW_AUTHENTICATE,
+                    hyper::header::HeaderValue::from_static("Bearer"),
+                );
+                return r;
+            }
+            handle(req.method(), req.uri().path(), &state).await
+        }
+    })
+    .await?;
+    info!(address = %server.addr, "admin API listening (/health, /status, /metrics, POST /flush)");
+    Ok(server)
 }
 
 /// True if no token is configured, or the request carries it as a bearer token.

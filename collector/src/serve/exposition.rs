@@ -14,12 +14,10 @@ use http_body_util::Full;
 use hyper::body::Bytes;
 use hyper::{Response, StatusCode};
 use serde::Deserialize;
-use tokio::net::TcpListener;
-use tokio::task::JoinHandle;
 use tracing::info;
 use weir_core::FlushBatch;
 
-use crate::serve::{Limits, ListenerCounters, plain};
+use crate::serve::{Server, plain};
 
 /// `[exposition]`: `GET /metrics` with the latest flush, for Prometheus to scrape.
 #[derive(Debug, Clone, PartialEq, Deserialize)]
@@ -56,62 +54,29 @@ impl Page {
     }
 }
 
-/// The running endpoint.
-pub struct ExpositionServer {
-    /// The bound address.
-    pub addr: SocketAddr,
-    /// The listener's connection counters (refusals are also logged; not yet on the
-    /// admin API's `/metrics`, which does not see this server).
-    pub counters: Arc<ListenerCounters>,
-    task: JoinHandle<()>,
-}
-
-impl ExpositionServer {
-    /// Binds and serves `page` within [`Limits::INTERNAL`]. Must be called inside a
-    /// tokio runtime.
-    ///
-    /// # Errors
-    /// The listener could not be bound.
-    pub async fn start(address: SocketAddr, page: Page) -> std::io::Result<Self> {
-        let listener = TcpListener::bind(address).await?;
-        let addr = listener.local_addr()?;
-        let counters = Arc::new(ListenerCounters::default());
-        let limits = Limits::INTERNAL;
-        let task = tokio::spawn(crate::serve::serve_within(
-            listener,
-            "exposition",
-            limits,
-            counters.clone(),
-            move |req| {
-                let page = page.clone();
-                async move {
-                    if req.uri().path() != "/metrics" {
-                        return plain(StatusCode::NOT_FOUND, "see /metrics\n");
-                    }
-                    if req.method() != hyper::Method::GET && req.method() != hyper::Method::HEAD {
-                        return plain(StatusCode::METHOD_NOT_ALLOWED, "use GET\n");
-                    }
-                    let mut r = Response::new(Full::new(page.get()));
-                    r.headers_mut().insert(
-                        hyper::header::CONTENT_TYPE,
-                        hyper::header::HeaderValue::from_static(
-                            "text/plain; version=0.0.4; charset=utf-8",
-                        ),
-                    );
-                    r
-                }
-            },
-        ));
-        info!(address = %addr, "exposition endpoint listening (GET /metrics)");
-        Ok(ExpositionServer {
-            addr,
-            counters,
-            task,
-        })
-    }
-
-    /// Stops serving.
-    pub fn stop(self) {
-        self.task.abort();
-    }
+/// Binds and serves `page` on `GET /metrics`. Must be called inside a tokio runtime.
+///
+/// # Errors
+/// The listener could not be bound.
+pub async fn start(address: SocketAddr, page: Page) -> std::io::Result<Server> {
+    let server = Server::start(address, "exposition", move |req| {
+        let page = page.clone();
+        async move {
+            if req.uri().path() != "/metrics" {
+                return plain(StatusCode::NOT_FOUND, "see /metrics\n");
+            }
+            if req.method() != hyper::Method::GET && req.method() != hyper::Method::HEAD {
+                return plain(StatusCode::METHOD_NOT_ALLOWED, "use GET\n");
+            }
+            let mut r = Response::new(Full::new(page.get()));
+            r.headers_mut().insert(
+                hyper::header::CONTENT_TYPE,
+                hyper::header::HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"),
+            );
+            r
+        }
+    })
+    .await?;
+    info!(address = %server.addr, "exposition endpoint listening (GET /metrics)");
+    Ok(server)
 }

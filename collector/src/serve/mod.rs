@@ -169,6 +169,54 @@ pub fn plain(status: StatusCode, msg: &str) -> Response<Body> {
     r
 }
 
+/// One of weir's own listeners (admin API, exposition endpoint): a handler served
+/// within [`Limits::INTERNAL`] until stopped.
+pub struct Server {
+    /// The bound address.
+    pub addr: std::net::SocketAddr,
+    /// The listener's connection counters.
+    pub counters: Arc<ListenerCounters>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Server {
+    /// Binds `address` and serves `handler` on it. `what` names the listener in logs.
+    /// Must be called inside a tokio runtime.
+    ///
+    /// # Errors
+    /// The listener could not be bound.
+    pub async fn start<F, Fut>(
+        address: std::net::SocketAddr,
+        what: &'static str,
+        handler: F,
+    ) -> std::io::Result<Server>
+    where
+        F: Fn(Request<Incoming>) -> Fut + Clone + Send + Sync + 'static,
+        Fut: Future<Output = Response<Body>> + Send + 'static,
+    {
+        let listener = TcpListener::bind(address).await?;
+        let addr = listener.local_addr()?;
+        let counters = Arc::new(ListenerCounters::default());
+        let task = tokio::spawn(serve_within(
+            listener,
+            what,
+            Limits::INTERNAL,
+            counters.clone(),
+            handler,
+        ));
+        Ok(Server {
+            addr,
+            counters,
+            task,
+        })
+    }
+
+    /// Stops serving.
+    pub fn stop(self) {
+        self.task.abort();
+    }
+}
+
 /// The listeners' connection counters, as reported (label `listener`).
 pub struct Listeners(pub Vec<(&'static str, Arc<ListenerCounters>)>);
 

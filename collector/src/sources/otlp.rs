@@ -1111,7 +1111,7 @@ mod tests {
             pipelines: Vec::new(),
             token: None,
         });
-        let admin = crate::serve::admin::AdminServer::start("127.0.0.1:0".parse().unwrap(), state)
+        let admin = crate::serve::admin::start("127.0.0.1:0".parse().unwrap(), state)
             .await
             .unwrap();
 

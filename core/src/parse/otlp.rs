@@ -377,6 +377,37 @@ fn no_value(flags: u32) -> bool {
 }
 
 /// What every data point of one metric is recorded with.
+/// What every OTLP data point kind has: its attributes, flags, start and end times.
+trait DataPoint {
+    fn attributes(&self) -> &[KeyValue];
+    fn flags(&self) -> u32;
+    /// `(start_time_unix_nano, time_unix_nano)`.
+    fn times(&self) -> (u64, u64);
+}
+
+macro_rules! data_point {
+    ($($t:ty),*) => {$(
+        impl DataPoint for $t {
+            fn attributes(&self) -> &[KeyValue] {
+                &self.attributes
+            }
+            fn flags(&self) -> u32 {
+                self.flags
+            }
+            fn times(&self) -> (u64, u64) {
+                (self.start_time_unix_nano, self.time_unix_nano)
+            }
+        }
+    )*};
+}
+
+data_point!(
+    metrics::NumberDataPoint,
+    metrics::HistogramDataPoint,
+    metrics::ExponentialHistogramDataPoint,
+    metrics::SummaryDataPoint
+);
+
 struct Target<'a> {
     writer: &'a mut Writer,
     name: &'a str,
@@ -387,13 +418,9 @@ struct Target<'a> {
 impl Target<'_> {
     /// Records one data point: taken as is when flagged "no recorded value" (nothing
     /// to record), refused for `sample`'s reason when it yields no sample.
-    fn point(
-        &mut self,
-        attrs: &[KeyValue],
-        flags: u32,
-        (start_unix_nano, time_unix_nano): (u64, u64),
-        sample: Result<Sample<'_>, OtlpRejection>,
-    ) {
+    fn point(&mut self, p: &impl DataPoint, sample: Result<Sample<'_>, OtlpRejection>) {
+        let (attrs, flags) = (p.attributes(), p.flags());
+        let (start_unix_nano, time_unix_nano) = p.times();
         if no_value(flags) {
             self.report.accepted += 1;
             self.report.no_value += 1;
@@ -517,23 +544,13 @@ fn apply_metric(
                     (false, Temporality::Delta) => Sample::GaugeDelta(v),
                     (false, Temporality::Cumulative) => Sample::Gauge(v),
                 });
-                to.point(
-                    &p.attributes,
-                    p.flags,
-                    (p.start_time_unix_nano, p.time_unix_nano),
-                    sample,
-                );
+                to.point(p, sample);
             }
         }
         Some(Data::Gauge(g)) => {
             for p in &g.data_points {
                 let sample = number(p).map(Sample::Gauge);
-                to.point(
-                    &p.attributes,
-                    p.flags,
-                    (p.start_time_unix_nano, p.time_unix_nano),
-                    sample,
-                );
+                to.point(p, sample);
             }
         }
         Some(Data::Histogram(h)) => {
@@ -546,12 +563,7 @@ fn apply_metric(
                     .as_ref()
                     .map(|v| Sample::Histogram(v, t))
                     .map_err(|e| *e);
-                to.point(
-                    &p.attributes,
-                    p.flags,
-                    (p.start_time_unix_nano, p.time_unix_nano),
-                    sample,
-                );
+                to.point(p, sample);
             }
         }
         Some(Data::ExponentialHistogram(e)) => {
@@ -564,23 +576,13 @@ fn apply_metric(
                     .as_ref()
                     .map(|v| Sample::Histogram(v, t))
                     .map_err(|e| *e);
-                to.point(
-                    &p.attributes,
-                    p.flags,
-                    (p.start_time_unix_nano, p.time_unix_nano),
-                    sample,
-                );
+                to.point(p, sample);
             }
         }
         Some(Data::Summary(s)) => {
             for p in &s.data_points {
                 let value = summary(p);
-                to.point(
-                    &p.attributes,
-                    p.flags,
-                    (p.start_time_unix_nano, p.time_unix_nano),
-                    Ok(Sample::Summary(&value)),
-                );
+                to.point(p, Ok(Sample::Summary(&value)));
             }
         }
         // Counted above.
