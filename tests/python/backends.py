@@ -43,6 +43,9 @@ from opentelemetry.proto.collector.metrics.v1 import metrics_service_pb2, metric
 START_TIMEOUT_S = 30
 STOP_TIMEOUT_S = 10
 HTTP_TIMEOUT_S = 5
+# PromQL over 100k series and a few minutes of samples takes seconds on a busy 2-core
+# machine; the server's own query timeout (2 min) still bounds it.
+QUERY_TIMEOUT_S = 60
 POLL_S = 0.05
 
 
@@ -274,7 +277,7 @@ class BackendProcess:
             return ""
         return "\n".join(text.splitlines()[-lines:])
 
-    def get_json(self, path, params=None, method="GET"):
+    def get_json(self, path, params=None, method="GET", timeout=HTTP_TIMEOUT_S):
         """`path` (with `params` as the query string or form body) parsed as JSON;
         fails the test on a non-2xx answer."""
         encoded = urllib.parse.urlencode(params or {})
@@ -283,7 +286,7 @@ class BackendProcess:
         else:
             url, body = self.url + path, encoded.encode()
             headers = {"Content-Type": "application/x-www-form-urlencoded"}
-        status, data = http(method, url, body, headers)
+        status, data = http(method, url, body, headers, timeout=timeout)
         if not 200 <= status < 300:
             pytest.fail(f"{self.binary} {method} {path} {params}: {status} {data[:500]!r}")
         return json.loads(data)
@@ -304,7 +307,7 @@ class PromQL:
         (VictoriaMetrics rounds a missing `time` down to the second, hiding the newest
         samples)."""
         params = {"query": promql, "time": f"{wall_clock() if time is None else time:.3f}"}
-        answer = self.get_json("/api/v1/query", params)
+        answer = self.get_json("/api/v1/query", params, timeout=QUERY_TIMEOUT_S)
         assert answer["status"] == "success", answer
         return answer["data"]
 
