@@ -663,3 +663,85 @@ fn a_target_removed_by_reload_finishes_its_scrape_in_flight() {
     let (status, _) = weir.wait_exit(TIMEOUT);
     assert!(status.success());
 }
+
+/// Targets from files (`[[scrape.file_sd]]`) follow the files without a restart: a
+/// target written to a file is scraped, one removed from it stops, a broken file keeps
+/// the targets it gave, and the counters say what happened.
+#[test]
+fn file_discovered_targets_follow_their_files_without_a_restart() {
+    let (a, _) = serve(vec!["a_total 1\n".into()], 100_000);
+    let (b, _) = serve(vec!["b_total 1\n".into()], 100_000);
+    let dir = TempDir::new("file-sd");
+    let targets = dir.path().join("targets");
+    std::fs::create_dir_all(&targets).unwrap();
+    let config = format!(
+        "[aggregation]\nflush_interval = \"200ms\"\n[receivers.statsd]\nenabled = false\n\
+         [receivers.otlp]\nenabled = false\n[exposition]\nenabled = false\n\
+         [admin]\naddress = \"127.0.0.1:0\"\n\
+         [[scrape.file_sd]]\nfiles = [\"{}\"]\nrefresh_interval = \"100ms\"\n\
+         interval = \"100ms\"\ntimeout = \"50ms\"\njob = \"discovered\"\n",
+        targets.join("*.json").display()
+    );
+    let file = dir.write("weir.toml", &config);
+    let mut weir = Weir::start(&["--config", file.to_str().unwrap()], dir.path());
+    let admin = weir.wait_for_line("admin", TIMEOUT, |l| l.contains("admin API listening"));
+    let admin = field(&admin, "address").unwrap().to_owned();
+    let wait_for = |what: &str, ok: &dyn Fn(&str) -> bool| {
+        let deadline = std::time::Instant::now() + TIMEOUT;
+        loop {
+            let status = http_get(&admin, "/status");
+            if ok(&status) {
+                return status;
+            }
+            assert!(std::time::Instant::now() < deadline, "{what}: {status}");
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        }
+    };
+    let url_a = format!("\"url\":\"http://{a}/metrics\"");
+    let url_b = format!("\"url\":\"http://{b}/metrics\"");
+    assert!(!http_get(&admin, "/status").contains(&url_a));
+
+    // A JSON file appears: its target is scraped.
+    std::fs::write(
+        targets.join("one.json"),
+        format!(r#"[{{"targets": ["{a}"], "labels": {{"env": "test"}}}}]"#),
+    )
+    .unwrap();
+    wait_for("target a scraped", &|s| {
+        s.split('{')
+            .any(|o| o.contains(&url_a) && o.contains("\"up\":true"))
+    });
+    // The file changes to b: a stops, b starts.
+    std::fs::write(
+        targets.join("one.json"),
+        format!(r#"[{{"targets": ["{b}"]}}]"#),
+    )
+    .unwrap();
+    wait_for("target a replaced by b", &|s| {
+        !s.contains(&url_a)
+            && s.split('{')
+                .any(|o| o.contains(&url_b) && o.contains("\"up\":true"))
+    });
+    // Broken: b stays, and the refusal is counted.
+    std::fs::write(targets.join("one.json"), "[{").unwrap();
+    let deadline = std::time::Instant::now() + TIMEOUT;
+    while !http_get(&admin, "/metrics").contains("weir_scrape_file_sd_read_errors_total 1") {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the broken file was never counted"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    assert!(http_get(&admin, "/status").contains(&url_b));
+    // Gone: its targets stop.
+    std::fs::remove_file(targets.join("one.json")).unwrap();
+    wait_for("targets of a removed file stop", &|s| !s.contains(&url_b));
+    weir.signal("TERM");
+    let (status, lines) = weir.wait_exit(TIMEOUT);
+    assert!(status.success(), "{lines:?}");
+    // Each read of a file is logged.
+    assert!(
+        lines.iter().any(|l| l.contains("file_sd: targets read")),
+        "{lines:?}"
+    );
+}

@@ -102,6 +102,13 @@ fn validate(p: &str) -> Result<(), PatternError> {
     }
 }
 
+/// True if `pattern` (`*` for any run of bytes, `?` for one, everything else
+/// literal) matches all of `name`. Used for metric names here and for file names by
+/// the collector's file-based scrape discovery.
+pub fn glob_matches(pattern: &str, name: &str) -> bool {
+    glob(pattern.as_bytes(), name.as_bytes())
+}
+
 /// Glob match of `pat` (`*`, `?`, literals) against all of `name`.
 ///
 /// The classic two-pointer algorithm: on a mismatch, go back to just after the last

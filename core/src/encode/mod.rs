@@ -49,7 +49,7 @@ pub mod remote_write;
 mod text;
 mod wire;
 
-pub use filter::{NameFilter, PatternError};
+pub use filter::{NameFilter, PatternError, glob_matches};
 pub use text::prometheus_text;
 
 /// The default [`EncodeOptions::max_request_bytes`]: 1 MiB.

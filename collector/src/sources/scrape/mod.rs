@@ -52,6 +52,10 @@ use weir_core::{Aggregator, Sample, Writer};
 
 use crate::config::{MIN_FLUSH_INTERVAL, Step, fmt_duration, keys};
 
+mod file_sd;
+
+pub use file_sd::{FileSd, FileSdConfig, FileSdCounters, FileSdError, read_file};
+
 /// `[scrape]`: the Prometheus scraper.
 #[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -63,6 +67,8 @@ pub struct ScrapeConfig {
     pub body_limit_bytes: usize,
     /// The `[[scrape.targets]]` entries. Default none.
     pub targets: Vec<ScrapeTarget>,
+    /// The `[[scrape.file_sd]]` entries: targets from files. Default none.
+    pub file_sd: Vec<FileSdConfig>,
 }
 
 impl Default for ScrapeConfig {
@@ -71,6 +77,7 @@ impl Default for ScrapeConfig {
             concurrency: 8,
             body_limit_bytes: 10 << 20,
             targets: Vec::new(),
+            file_sd: Vec::new(),
         }
     }
 }
@@ -128,6 +135,13 @@ impl ScrapeConfig {
         for (i, t) in self.targets.iter().enumerate() {
             t.validate().map_err(|(inner, reason)| {
                 let mut path = vec![Step::Key("targets".to_owned()), Step::Index(i)];
+                path.extend(inner);
+                (path, reason)
+            })?;
+        }
+        for (i, f) in self.file_sd.iter().enumerate() {
+            f.validate().map_err(|(inner, reason)| {
+                let mut path = vec![Step::Key("file_sd".to_owned()), Step::Index(i)];
                 path.extend(inner);
                 (path, reason)
             })?;
@@ -718,26 +732,75 @@ pub fn merge_labels(
     }
 }
 
-/// The scrape source: the scraper and the config it runs.
+/// The scrape source: the scraper, the config it runs, and file discovery.
 pub struct ScrapeSource {
-    scraper: Scraper,
-    config: ScrapeConfig,
+    shared: Arc<ScrapeShared>,
+    /// Polls the `[[scrape.file_sd]]` files (none without entries).
+    watcher: Option<JoinHandle<()>>,
+}
+
+/// What the source shares with its file watcher. Lock order: `config`, `file_sd`,
+/// `scraper`, `targets`; none is held across an await.
+struct ScrapeShared {
+    aggregator: Aggregator,
+    config: std::sync::Mutex<ScrapeConfig>,
+    file_sd: std::sync::Mutex<FileSd>,
+    /// `None` once stopped.
+    scraper: std::sync::Mutex<Option<Scraper>>,
+    /// The running targets, as reported.
+    targets: std::sync::Mutex<Vec<(String, Arc<TargetCounters>)>>,
+}
+
+fn locked<T>(m: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+impl ScrapeShared {
+    /// Runs the static targets plus every target the files give (a URL that is both
+    /// runs once, as its static entry): unchanged targets keep running.
+    fn apply(&self) -> ScrapeChanges {
+        let mut config = locked(&self.config).clone();
+        let mut urls: std::collections::HashSet<String> =
+            config.targets.iter().map(|t| t.url.clone()).collect();
+        for t in locked(&self.file_sd).targets() {
+            if urls.insert(t.url.clone()) {
+                config.targets.push(t);
+            }
+        }
+        let mut scraper = locked(&self.scraper);
+        let Some(scraper) = scraper.as_mut() else {
+            return ScrapeChanges::default();
+        };
+        let changes = scraper.reconcile(&config, &self.aggregator);
+        *locked(&self.targets) = scraper.targets.clone();
+        changes
+    }
 }
 
 impl ScrapeSource {
     /// Starts one task per `[[scrape.targets]]` entry (none is fine: a reload may add
-    /// some). Must be called inside a tokio runtime.
+    /// some) and the file watcher of the `[[scrape.file_sd]]` entries, which reads
+    /// the files at once and then every `refresh_interval`. Must be called inside a
+    /// tokio runtime.
     pub fn start(config: &crate::config::Config, aggregator: &Aggregator) -> ScrapeSource {
+        let scraper = Scraper::start(&config.scrape, aggregator);
+        let shared = Arc::new(ScrapeShared {
+            aggregator: aggregator.clone(),
+            config: std::sync::Mutex::new(config.scrape.clone()),
+            file_sd: std::sync::Mutex::new(FileSd::new(&config.scrape.file_sd)),
+            targets: std::sync::Mutex::new(scraper.targets.clone()),
+            scraper: std::sync::Mutex::new(Some(scraper)),
+        });
         let source = ScrapeSource {
-            scraper: Scraper::start(&config.scrape, aggregator),
-            config: config.scrape.clone(),
+            watcher: spawn_watcher(&shared),
+            shared,
         };
         source.log_targets();
         source
     }
 
     fn log_targets(&self) {
-        for t in &self.config.targets {
+        for t in &locked(&self.shared.config).targets {
             info!(
                 url = %t.url,
                 job = %t.job,
@@ -750,6 +813,33 @@ impl ScrapeSource {
     }
 }
 
+/// Polls the files every (shortest) `refresh_interval`, reading them on the blocking
+/// pool; applies the targets when they changed.
+fn spawn_watcher(shared: &Arc<ScrapeShared>) -> Option<JoinHandle<()>> {
+    let every = locked(&shared.file_sd).refresh_interval()?;
+    let shared = shared.clone();
+    Some(tokio::spawn(async move {
+        let mut ticker = tokio::time::interval(every);
+        ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            ticker.tick().await;
+            let reading = shared.clone();
+            let changed = tokio::task::spawn_blocking(move || locked(&reading.file_sd).refresh())
+                .await
+                .unwrap_or(false);
+            if changed {
+                let c = shared.apply();
+                info!(
+                    started = c.started,
+                    stopped = c.stopped,
+                    kept = c.kept,
+                    "scrape targets from files applied (stopped targets finish their scrape in flight)"
+                );
+            }
+        }
+    }))
+}
+
 /// How long stopping waits for scrapes in flight.
 const STOP_WAIT: Duration = Duration::from_secs(2);
 
@@ -759,15 +849,26 @@ impl crate::sources::Source for ScrapeSource {
     }
 
     fn metrics(&self) -> Arc<dyn crate::telemetry::StageMetrics> {
-        Arc::new(ScrapeTargets(self.scraper.targets.clone()))
+        Arc::new(ScrapeMetrics(self.shared.clone()))
     }
 
-    fn reload(&mut self, config: &crate::config::Config, aggregator: &Aggregator) -> bool {
-        if config.scrape == self.config {
+    fn reload(&mut self, config: &crate::config::Config, _aggregator: &Aggregator) -> bool {
+        let mut current = locked(&self.shared.config);
+        let new = &config.scrape;
+        if *new == *current {
             return false;
         }
-        self.config = config.scrape.clone();
-        let changes = self.scraper.reconcile(&self.config, aggregator);
+        let file_sd_changed = new.file_sd != current.file_sd;
+        *current = new.clone();
+        drop(current);
+        if file_sd_changed {
+            *locked(&self.shared.file_sd) = FileSd::new(&new.file_sd);
+            if let Some(w) = self.watcher.take() {
+                w.abort();
+            }
+            self.watcher = spawn_watcher(&self.shared);
+        }
+        let changes = self.shared.apply();
         info!(
             started = changes.started,
             stopped = changes.stopped,
@@ -779,8 +880,61 @@ impl crate::sources::Source for ScrapeSource {
     }
 
     fn stop(self: Box<Self>) -> crate::sources::StopFuture {
+        if let Some(w) = &self.watcher {
+            w.abort();
+        }
+        let scraper = locked(&self.shared.scraper).take();
         // Points of a scrape in flight make the final flush.
-        Box::pin(self.scraper.stop(STOP_WAIT))
+        Box::pin(async move {
+            if let Some(s) = scraper {
+                s.stop(STOP_WAIT).await;
+            }
+        })
+    }
+}
+
+/// The scrape source as reported: its running targets and file discovery.
+struct ScrapeMetrics(Arc<ScrapeShared>);
+
+impl crate::telemetry::StageMetrics for ScrapeMetrics {
+    fn render(&self, page: &mut crate::telemetry::MetricsPage) {
+        use crate::telemetry::Kind::{Counter, Gauge};
+        ScrapeTargets(locked(&self.0.targets).clone()).render(page);
+        let sd = locked(&self.0.file_sd);
+        if sd.configs().is_empty() {
+            return;
+        }
+        let c = sd.counters.clone();
+        drop(sd);
+        let load = |a: &AtomicU64| a.load(Ordering::Relaxed) as f64;
+        page.single(
+            "weir_scrape_file_sd_reads_total",
+            Counter,
+            "Target files read (first time or after a change).",
+            load(&c.reads),
+        );
+        page.single(
+            "weir_scrape_file_sd_read_errors_total",
+            Counter,
+            "Target files refused (unreadable or not a list of target groups); their previous targets stay.",
+            load(&c.read_errors),
+        );
+        page.single(
+            "weir_scrape_file_sd_skipped_targets_total",
+            Counter,
+            "Targets in files skipped as invalid (host:port, label names, scheme).",
+            load(&c.skipped_targets),
+        );
+        page.single(
+            "weir_scrape_file_sd_targets",
+            Gauge,
+            "Targets the files give now.",
+            load(&c.targets),
+        );
+    }
+
+    fn status(&self) -> Vec<(&'static str, serde_json::Value)> {
+        ScrapeTargets(locked(&self.0.targets).clone()).status()
     }
 }
 
