@@ -85,17 +85,15 @@ impl InfluxConfig {
     }
 }
 
-/// Percent-encodes a query parameter value.
+/// Percent-encodes a query parameter value: everything but RFC 3986's unreserved
+/// characters (`A-Z a-z 0-9 - . _ ~`).
 fn query_value(v: &str) -> String {
-    let mut out = String::with_capacity(v.len());
-    for b in v.bytes() {
-        if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b'~') {
-            out.push(b as char);
-        } else {
-            out.push_str(&format!("%{b:02X}"));
-        }
-    }
-    out
+    const RESERVED: &percent_encoding::AsciiSet = &percent_encoding::NON_ALPHANUMERIC
+        .remove(b'-')
+        .remove(b'.')
+        .remove(b'_')
+        .remove(b'~');
+    percent_encoding::utf8_percent_encode(v, RESERVED).to_string()
 }
 
 /// Encodes a flush into line protocol bodies as they go on the wire.
