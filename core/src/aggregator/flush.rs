@@ -189,14 +189,19 @@ impl Aggregator {
             }
             let expired = ttl_ms > 0 && now_ms - e.active_at_ms >= ttl_ms;
             if expired && try_retire(&e.series) {
-                // Counters and histograms keep their totals for a successor. The hint
-                // goes up before the removal (SeqCst, pairs with `Shared::resolve`), and
-                // the lock is held until the totals are in the table, so a successor
-                // created after the removal waits for them.
+                // Counters and histograms keep their totals for a successor. Under the
+                // table's lock, the hint goes above 0 before the removal (SeqCst, pairs
+                // with `Shared::resolve`), and the lock is held until the totals are in
+                // the table, so a successor created after the removal waits for them.
+                // The hint is written only under the lock: were it raised before the
+                // lock, a creator holding the lock could store the table's length over
+                // it, and a creator skipping the lock would then build a fresh series
+                // while these totals are on their way into the table.
                 let keeps = matches!(e.totals, Totals::Counter(_) | Totals::Histogram(_));
                 let mut table = keeps.then(|| {
-                    sh.kept_hint.fetch_add(1, Ordering::SeqCst);
-                    sh.kept.lock().unwrap_or_else(|p| p.into_inner())
+                    let t = sh.kept.lock().unwrap_or_else(|p| p.into_inner());
+                    sh.kept_hint.store(t.len() + 1, Ordering::SeqCst);
+                    t
                 });
                 // Out of the index first, so writers that find the cell sealed resolve
                 // to a successor rather than to this series again.

@@ -136,11 +136,10 @@ impl Shared {
                 return Ok(s.0.clone());
             }
             let family = self.admit(name)?;
-            let kept = table.as_mut().and_then(|t| {
-                let k = t.take(canonical);
-                self.kept_hint.store(t.len(), Ordering::SeqCst);
-                k
-            });
+            // The hint stays up until this series is in the index: a creator that
+            // skipped the lock (hint 0) could otherwise insert a fresh series first,
+            // and this one's resumed totals would go back into the table, orphaned.
+            let kept = table.as_mut().and_then(|t| t.take(canonical));
             let now = self.clock_ms.load(Ordering::Relaxed);
             let cell = match (cell_kind, &kept) {
                 (
@@ -194,6 +193,9 @@ impl Shared {
                 cell,
             });
             if index.try_insert(Indexed(series.clone()), ()).is_ok() {
+                if let Some(t) = &table {
+                    self.kept_hint.store(t.len(), Ordering::SeqCst);
+                }
                 self.created_total.fetch_add(1, Ordering::Relaxed);
                 self.created.push((series.clone(), kept));
                 return Ok(series);
@@ -202,9 +204,11 @@ impl Shared {
             // back our admission and the totals, and use theirs.
             series.family.active.fetch_sub(1, Ordering::AcqRel);
             self.active.fetch_sub(1, Ordering::AcqRel);
-            if let (Some(t), Some(k)) = (table.as_mut(), kept) {
-                self.kept_dropped
-                    .fetch_add(t.insert(series.key.clone(), k, now), Ordering::Relaxed);
+            if let Some(t) = table.as_mut() {
+                if let Some(k) = kept {
+                    self.kept_dropped
+                        .fetch_add(t.insert(series.key.clone(), k, now), Ordering::Relaxed);
+                }
                 self.kept_hint.store(t.len(), Ordering::SeqCst);
             }
         }
