@@ -18,9 +18,11 @@
 //! - A connection's final line without a newline is applied when the peer closes.
 //!
 //! # Stop and drain
-//! On stop the listener closes (the Unix socket file is removed) and each connection
-//! reads what the kernel already holds for it, without waiting for more, for at most
-//! [`DRAIN_TIME`], applies its complete lines (and a final partial one) and closes.
+//! On stop the listener accepts, without waiting, the connections the kernel already
+//! completed (a client may connect, write and close before weir accepts it), then
+//! closes (the Unix socket file is removed). Each connection reads what the kernel
+//! already holds for it, without waiting for more, for at most [`DRAIN_TIME`],
+//! applies its complete lines (and a final partial one) and closes.
 //!
 //! Must never: block a sender beyond TCP's own flow control, let one connection's bad
 //! line end the connection, or keep the daemon from stopping.
@@ -263,6 +265,48 @@ impl Listener {
             Listener::Unix(l) => l.accept().await.map(|(s, _)| Conn::Unix(s)),
         }
     }
+
+    /// Accepts, without waiting, every connection the kernel completed but nobody
+    /// accepted yet (a client that connected, wrote and closed just before the stop),
+    /// and closes the listener.
+    fn accept_queued(self) -> Vec<Conn> {
+        let mut queued = Vec::new();
+        match self {
+            // `into_std` keeps the listener non-blocking: an empty queue says
+            // WouldBlock.
+            Listener::Tcp(l) => {
+                if let Ok(l) = l.into_std() {
+                    while let Ok((s, _)) = l.accept() {
+                        match s
+                            .set_nonblocking(true)
+                            .and_then(|()| tokio::net::TcpStream::from_std(s))
+                        {
+                            Ok(c) => queued.push(Conn::Tcp(c)),
+                            Err(e) => {
+                                warn!(error = %e, "statsd: cannot take a queued connection on stop")
+                            }
+                        }
+                    }
+                }
+            }
+            Listener::Unix(l) => {
+                if let Ok(l) = l.into_std() {
+                    while let Ok((s, _)) = l.accept() {
+                        match s
+                            .set_nonblocking(true)
+                            .and_then(|()| tokio::net::UnixStream::from_std(s))
+                        {
+                            Ok(c) => queued.push(Conn::Unix(c)),
+                            Err(e) => {
+                                warn!(error = %e, "statsd: cannot take a queued connection on stop")
+                            }
+                        }
+                    }
+                }
+            }
+        }
+        queued
+    }
 }
 
 impl Conn {
@@ -278,6 +322,18 @@ impl Conn {
             Conn::Tcp(s) => s.try_read(buf),
             Conn::Unix(s) => s.try_read(buf),
         }
+    }
+
+    /// Reads what the kernel holds now, with a plain `recv` on the (non-blocking)
+    /// socket: unlike `try_read` it does not depend on the runtime having seen the
+    /// socket's readiness yet, so a drain finds what is there.
+    fn read_now(&self, buf: &mut [u8]) -> io::Result<usize> {
+        use std::io::Read as _;
+        let socket = match self {
+            Conn::Tcp(s) => socket2::SockRef::from(s),
+            Conn::Unix(s) => socket2::SockRef::from(s),
+        };
+        (&*socket).read(buf)
     }
 }
 
@@ -450,7 +506,21 @@ async fn accept_loop(
             }
         }
     }
-    drop(listener);
+    for conn in listener.accept_queued() {
+        // They see the stop at once: each drains what it holds and ends.
+        if counters.open() >= max_connections as u64 {
+            counters.connection_refused();
+            continue;
+        }
+        counters.connection_opened();
+        connections.spawn(serve(
+            conn,
+            aggregator.writer(),
+            counters.clone(),
+            stop.clone(),
+            max_line,
+        ));
+    }
     while connections.join_next().await.is_some() {}
 }
 
@@ -499,7 +569,7 @@ fn drain(
 ) {
     let started = Instant::now();
     while started.elapsed() < DRAIN_TIME {
-        match conn.try_read(lines.space()) {
+        match conn.read_now(lines.space()) {
             Ok(0) => return,
             Ok(n) => lines.filled(n, writer, counters),
             Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
@@ -754,6 +824,26 @@ mod tests {
         assert_eq!(agg.flush().counter_delta_sum(), 7.0);
         assert_eq!((stats.connections, stats.connections_open), (1, 0));
         drop(c);
+    }
+
+    /// The defect this covers: connections the kernel completed but weir had not
+    /// accepted yet were dropped, with what they had sent, when the stop came.
+    #[tokio::test]
+    async fn the_stop_accepts_and_drains_connections_not_yet_accepted() {
+        let agg = Aggregator::default();
+        let r = StatsdStreamReceiver::start_tcp(&tcp_config(64), &agg).unwrap();
+        let addr = r.local_addr().unwrap();
+        // Blocking clients: this test's (single-threaded) runtime does not run the
+        // accept task until the stop, so every connection waits in the kernel's queue.
+        for i in 0..20 {
+            use std::io::Write as _;
+            let mut c = std::net::TcpStream::connect(addr).unwrap();
+            c.write_all(format!("queued:1|c|#c:{i}\nqueued:2|c|#c:{i}").as_bytes())
+                .unwrap();
+        }
+        let stats = r.stop().await;
+        assert_eq!(agg.flush().counter_delta_sum(), 60.0);
+        assert_eq!((stats.connections, stats.lines), (20, 40));
     }
 
     #[tokio::test]
