@@ -819,6 +819,33 @@ mod tests {
     }
 
     #[test]
+    fn each_transport_renders_its_own_families_with_the_too_long_reason() {
+        use crate::telemetry::{MetricsPage, StageMetrics as _};
+        let datagram = TransportCounters::new("weir_statsd_unix", false);
+        datagram.add_too_long();
+        let stream = TransportCounters::new("weir_statsd_tcp", true);
+        stream.connection_opened();
+        stream.connection_refused();
+        let mut page = MetricsPage::new();
+        datagram.render(&mut page);
+        stream.render(&mut page);
+        let text = page.into_string();
+        for line in [
+            "weir_statsd_unix_datagrams_total 0",
+            "weir_statsd_unix_parse_errors_total{reason=\"datagram_too_long\"} 1",
+            "weir_statsd_tcp_connections_total 1",
+            "weir_statsd_tcp_connections_refused_total 1",
+            "weir_statsd_tcp_connections_open 1",
+            "weir_statsd_tcp_parse_errors_total{reason=\"line_too_long\"} 0",
+            "weir_statsd_tcp_parse_errors_total{reason=\"missing_value\"} 0",
+        ] {
+            assert!(text.lines().any(|l| l == line), "{line} in\n{text}");
+        }
+        // Never the UDP receiver's families: both can be registered at once.
+        assert!(!text.contains("weir_statsd_lines_total"), "{text}");
+    }
+
+    #[test]
     fn socket_modes_parse_from_octal_strings_only() {
         assert_eq!(
             SocketMode::try_from("0660".to_owned()),
