@@ -16,6 +16,8 @@
 //! |---|---|---|
 //! | `[receivers.statsd]` | [`StatsdConfig`] | [`crate::sources::statsd`] |
 //! | `[receivers.otlp]` | [`OtlpReceiverConfig`] | [`crate::sources::otlp`] |
+//! | `[receivers.statsd_unix]` | [`StatsdUnixConfig`] | [`crate::sources::statsd_unix`] |
+//! | `[receivers.statsd_unix_stream]`, `[receivers.statsd_tcp]` | [`StatsdUnixStreamConfig`], [`StatsdTcpConfig`] | [`crate::sources::statsd_stream`] |
 //! | `[scrape]`, `[[scrape.targets]]` | [`ScrapeConfig`], [`ScrapeTarget`] | [`crate::sources::scrape`] |
 //! | `[exposition]` | [`ExpositionConfig`] | [`crate::serve::exposition`] |
 //! | `[admin]` | [`AdminConfig`] | [`crate::serve::admin`] |
@@ -57,6 +59,8 @@ pub use crate::sources::scrape::{ScrapeConfig, ScrapeTarget};
 pub use crate::sources::statsd::{
     MAX_RECV_BATCH, MAX_RECV_BUFFER, MAX_STATSD_SOCKETS, MIN_RECV_BUFFER, StatsdConfig,
 };
+pub use crate::sources::statsd_stream::{StatsdTcpConfig, StatsdUnixStreamConfig};
+pub use crate::sources::statsd_unix::{SocketMode, StatsdUnixConfig};
 
 /// The embedded default configuration, with a comment on every key. `weir
 /// --print-default-config` prints it; it parses to [`Config::default`].
@@ -248,6 +252,12 @@ pub struct ReceiversConfig {
     pub statsd: StatsdConfig,
     /// The `[receivers.otlp]` section.
     pub otlp: OtlpReceiverConfig,
+    /// The `[receivers.statsd_unix]` section (Unix datagram socket).
+    pub statsd_unix: StatsdUnixConfig,
+    /// The `[receivers.statsd_unix_stream]` section (Unix stream socket).
+    pub statsd_unix_stream: StatsdUnixStreamConfig,
+    /// The `[receivers.statsd_tcp]` section.
+    pub statsd_tcp: StatsdTcpConfig,
 }
 
 impl ReceiversConfig {
@@ -255,7 +265,10 @@ impl ReceiversConfig {
     /// `[receivers]` (`statsd.sockets`) and the reason.
     fn validate(&self) -> Result<(), (Vec<Step>, String)> {
         within(&["otlp"], self.otlp.validate())?;
-        within(&["statsd"], self.statsd.validate())
+        within(&["statsd"], self.statsd.validate())?;
+        within(&["statsd_unix"], self.statsd_unix.validate())?;
+        within(&["statsd_unix_stream"], self.statsd_unix_stream.validate())?;
+        within(&["statsd_tcp"], self.statsd_tcp.validate())
     }
 }
 
@@ -856,6 +869,26 @@ format = "json"
     }
 
     #[test]
+    fn statsd_socket_and_stream_sections_parse_and_bad_modes_name_their_key() {
+        let c = parse(
+            "[receivers.statsd_unix]\nenabled = true\npath = \"/tmp/d.sock\"\nmode = \"0600\"\n\
+             [receivers.statsd_tcp]\nenabled = true\naddress = \"127.0.0.1:9125\"\n",
+        )
+        .unwrap();
+        assert!(c.receivers.statsd_unix.enabled && c.receivers.statsd_tcp.enabled);
+        assert_eq!(c.receivers.statsd_unix.mode, SocketMode(0o600));
+        assert!(!c.receivers.statsd_unix_stream.enabled);
+        let e = err("[receivers.statsd_unix_stream]\nmode = \"0999\"\n");
+        assert_eq!(e.key(), Some("receivers.statsd_unix_stream.mode"), "{e}");
+        assert!(e.to_string().contains("octal"), "{e}");
+        let e = err(&format!(
+            "[receivers.statsd_unix]\npath = \"/{}\"\n",
+            "p".repeat(200)
+        ));
+        assert_eq!(e.key(), Some("receivers.statsd_unix.path"), "{e}");
+    }
+
+    #[test]
     fn statsd_receiver_settings_parse_and_unknown_ones_are_refused() {
         let c = parse("[receivers.statsd]\nenabled = false\naddress = \"0.0.0.0:9125\"\n").unwrap();
         assert!(!c.receivers.statsd.enabled);
@@ -958,6 +991,26 @@ format = "json"
                 "[receivers.statsd]\nrecv_batch = 1000\n",
                 "receivers.statsd.recv_batch",
                 "between 1 and 256, got 1000",
+            ),
+            (
+                "[receivers.statsd_unix]\npath = \"\"\n",
+                "receivers.statsd_unix.path",
+                "must not be empty",
+            ),
+            (
+                "[receivers.statsd_unix]\nrecv_buffer_bytes = 1\n",
+                "receivers.statsd_unix.recv_buffer_bytes",
+                "between 4096",
+            ),
+            (
+                "[receivers.statsd_unix_stream]\nmax_line_bytes = 1\n",
+                "receivers.statsd_unix_stream.max_line_bytes",
+                "between 64",
+            ),
+            (
+                "[receivers.statsd_tcp]\nmax_connections = 0\n",
+                "receivers.statsd_tcp.max_connections",
+                "between 1 and 65536, got 0",
             ),
             (
                 "[admin]\naddress = \"0.0.0.0:8686\"\n",

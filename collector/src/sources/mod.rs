@@ -2,6 +2,10 @@
 //! network into aggregator updates, each behind the same small [`Source`] trait.
 //!
 //! - [`statsd`]: StatsD/DogStatsD over UDP, on dedicated OS threads;
+//! - [`statsd_unix`]: StatsD/DogStatsD over a Unix datagram socket, on a dedicated OS
+//!   thread;
+//! - [`statsd_stream`]: StatsD over TCP and Unix stream sockets, one task per
+//!   connection;
 //! - [`otlp`]: OTLP metrics over gRPC and HTTP;
 //! - [`scrape`]: the Prometheus scraper.
 //!
@@ -15,6 +19,8 @@
 pub mod otlp;
 pub mod scrape;
 pub mod statsd;
+pub mod statsd_stream;
+pub mod statsd_unix;
 
 use std::future::Future;
 use std::pin::Pin;
@@ -98,6 +104,15 @@ pub async fn start(
 ) -> Result<Vec<Box<dyn Source>>, SourceError> {
     let mut sources: Vec<Box<dyn Source>> = Vec::new();
     if let Some(s) = statsd::StatsdSource::start(config, aggregator)? {
+        sources.push(Box::new(s));
+    }
+    if let Some(s) = statsd_unix::StatsdUnixSource::start(config, aggregator)? {
+        sources.push(Box::new(s));
+    }
+    if let Some(s) = statsd_stream::StatsdStreamSource::start_unix(config, aggregator)? {
+        sources.push(Box::new(s));
+    }
+    if let Some(s) = statsd_stream::StatsdStreamSource::start_tcp(config, aggregator)? {
         sources.push(Box::new(s));
     }
     if let Some(s) = otlp::OtlpSource::start(config, aggregator).await? {
