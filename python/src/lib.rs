@@ -19,7 +19,7 @@
 //! never closed there (its threads are gone; closing would wait for them forever).
 
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use pyo3::exceptions::{PyOSError, PyRuntimeError, PyValueError};
@@ -387,77 +387,125 @@ impl Family {
     }
 }
 
-/// Resolves the series of one child: `Ok(None)` when weir's limits refuse it (counted
-/// in the self-metrics; updates are then dropped and not raised).
-fn resolve(family: &Family, values: &Bound<'_, PyTuple>) -> PyResult<Option<SeriesHandle>> {
-    check_fork(family.generation)?;
-    let mut owned = Vec::with_capacity(values.len());
-    for v in values.iter() {
-        owned.push(v.str()?.to_string());
-    }
-    let labels: Vec<(&str, &str)> = family
-        .labelnames
-        .iter()
-        .map(String::as_str)
-        .zip(owned.iter().map(String::as_str))
-        .collect();
-    let agg = &family.aggregator;
-    let result = match (&family.bounds, family.kind) {
-        (Some(b), _) => agg.histogram_handle(&family.name, &labels, b.clone()),
-        (None, Kind::Counter) => agg.handle(&family.name, &labels, MetricKind::Counter),
-        (None, Kind::Gauge) => agg.handle(&family.name, &labels, MetricKind::Gauge),
-        (None, Kind::Histogram | Kind::Summary) => {
-            agg.handle(&family.name, &labels, MetricKind::Histogram)
+/// How to resolve a child's series again while weir's limits refuse it.
+struct Retry {
+    aggregator: Aggregator,
+    name: String,
+    labels: Vec<(String, String)>,
+    kind: Kind,
+    bounds: Option<Arc<[f64]>>,
+}
+
+impl Retry {
+    fn resolve(&self) -> Result<SeriesHandle, Rejected> {
+        let labels: Vec<(&str, &str)> = self
+            .labels
+            .iter()
+            .map(|(k, v)| (k.as_str(), v.as_str()))
+            .collect();
+        let agg = &self.aggregator;
+        match (&self.bounds, self.kind) {
+            (Some(b), _) => agg.histogram_handle(&self.name, &labels, b.clone()),
+            (None, Kind::Counter) => agg.handle(&self.name, &labels, MetricKind::Counter),
+            (None, Kind::Gauge) => agg.handle(&self.name, &labels, MetricKind::Gauge),
+            (None, Kind::Histogram | Kind::Summary) => {
+                agg.handle(&self.name, &labels, MetricKind::Histogram)
+            }
         }
-    };
-    match result {
-        Ok(h) => Ok(Some(h)),
-        Err(Rejected::MetricLimit(_) | Rejected::GlobalLimit | Rejected::EvictedDuringUpdate) => {
-            Ok(None)
-        }
-        Err(e) => Err(PyValueError::new_err(format!("{}: {e}", family.name))),
     }
 }
 
-fn child_parts(
-    family: &Bound<'_, Family>,
-    values: &Bound<'_, PyTuple>,
-    want: &[Kind],
-) -> PyResult<(Option<SeriesHandle>, u64)> {
-    let f = family.get();
-    if !want.contains(&f.kind) {
-        return Err(PyValueError::new_err(
-            "child class does not match the family's kind",
-        ));
+/// One child's series: its handle once resolved. While weir's limits refuse the series
+/// (a series limit), every update tries again, so each dropped update is counted
+/// (`weir_rejected_total`, `weir_cardinality_limit_exceeded_total`) and updates land
+/// as soon as there is room.
+struct Target {
+    handle: OnceLock<SeriesHandle>,
+    retry: Retry,
+    generation: u64,
+}
+
+impl Target {
+    fn new(
+        family: &Bound<'_, Family>,
+        values: &Bound<'_, PyTuple>,
+        want: &[Kind],
+    ) -> PyResult<Self> {
+        let f = family.get();
+        check_fork(f.generation)?;
+        if !want.contains(&f.kind) {
+            return Err(PyValueError::new_err(
+                "child class does not match the family's kind",
+            ));
+        }
+        let mut labels = Vec::with_capacity(values.len());
+        for (k, v) in f.labelnames.iter().zip(values.iter()) {
+            labels.push((k.clone(), v.str()?.to_string()));
+        }
+        let target = Target {
+            handle: OnceLock::new(),
+            retry: Retry {
+                aggregator: f.aggregator.clone(),
+                name: f.name.clone(),
+                labels,
+                kind: f.kind,
+                bounds: f.bounds.clone(),
+            },
+            generation: f.generation,
+        };
+        match target.retry.resolve() {
+            Ok(h) => {
+                let _ = target.handle.set(h);
+            }
+            Err(
+                Rejected::MetricLimit(_) | Rejected::GlobalLimit | Rejected::EvictedDuringUpdate,
+            ) => {}
+            Err(e) => return Err(PyValueError::new_err(format!("{}: {e}", f.name))),
+        }
+        Ok(target)
     }
-    Ok((resolve(f, values)?, f.generation))
+
+    /// The series to update, or `None` while a limit refuses it (counted).
+    #[inline]
+    fn get(&self) -> PyResult<Option<&SeriesHandle>> {
+        check_fork(self.generation)?;
+        if let Some(h) = self.handle.get() {
+            return Ok(Some(h));
+        }
+        Ok(match self.retry.resolve() {
+            Ok(h) => {
+                let _ = self.handle.set(h);
+                self.handle.get()
+            }
+            Err(_) => None,
+        })
+    }
 }
 
 /// A counter's bound child: one series.
 #[pyclass(frozen, subclass, module = "weir._weir")]
 pub struct CounterChild {
-    handle: Option<SeriesHandle>,
-    generation: u64,
+    target: Target,
 }
 
 #[pymethods]
 impl CounterChild {
     #[new]
     fn new(family: &Bound<'_, Family>, values: &Bound<'_, PyTuple>) -> PyResult<Self> {
-        let (handle, generation) = child_parts(family, values, &[Kind::Counter])?;
-        Ok(CounterChild { handle, generation })
+        Ok(CounterChild {
+            target: Target::new(family, values, &[Kind::Counter])?,
+        })
     }
 
     /// Adds `amount` (>= 0; a non-finite amount is refused and counted).
     #[pyo3(signature = (amount=1.0))]
     fn inc(&self, amount: f64) -> PyResult<()> {
-        check_fork(self.generation)?;
         if amount < 0.0 {
             return Err(PyValueError::new_err(
                 "Counters can only be incremented by non-negative amounts.",
             ));
         }
-        if let Some(h) = &self.handle {
+        if let Some(h) = self.target.get()? {
             // A refusal (non-finite amount) is counted by the aggregator.
             let _ = if amount == 1.0 {
                 h.increment(1)
@@ -472,15 +520,13 @@ impl CounterChild {
 /// A gauge's bound child: one series.
 #[pyclass(frozen, subclass, module = "weir._weir")]
 pub struct GaugeChild {
-    handle: Option<SeriesHandle>,
-    generation: u64,
+    target: Target,
 }
 
 impl GaugeChild {
     #[inline]
     fn apply(&self, sample: Sample<'_>) -> PyResult<()> {
-        check_fork(self.generation)?;
-        if let Some(h) = &self.handle {
+        if let Some(h) = self.target.get()? {
             // A refusal (non-finite adjustment) is counted by the aggregator.
             let _ = h.record(sample, 0);
         }
@@ -492,8 +538,9 @@ impl GaugeChild {
 impl GaugeChild {
     #[new]
     fn new(family: &Bound<'_, Family>, values: &Bound<'_, PyTuple>) -> PyResult<Self> {
-        let (handle, generation) = child_parts(family, values, &[Kind::Gauge])?;
-        Ok(GaugeChild { handle, generation })
+        Ok(GaugeChild {
+            target: Target::new(family, values, &[Kind::Gauge])?,
+        })
     }
 
     /// Adds `amount`.
@@ -525,22 +572,21 @@ impl GaugeChild {
 /// A histogram's or summary's bound child: one series.
 #[pyclass(frozen, subclass, module = "weir._weir")]
 pub struct ObserveChild {
-    handle: Option<SeriesHandle>,
-    generation: u64,
+    target: Target,
 }
 
 #[pymethods]
 impl ObserveChild {
     #[new]
     fn new(family: &Bound<'_, Family>, values: &Bound<'_, PyTuple>) -> PyResult<Self> {
-        let (handle, generation) = child_parts(family, values, &[Kind::Histogram, Kind::Summary])?;
-        Ok(ObserveChild { handle, generation })
+        Ok(ObserveChild {
+            target: Target::new(family, values, &[Kind::Histogram, Kind::Summary])?,
+        })
     }
 
     /// Records one observation (NaN is refused and counted).
     fn observe(&self, amount: f64) -> PyResult<()> {
-        check_fork(self.generation)?;
-        if let Some(h) = &self.handle {
+        if let Some(h) = self.target.get()? {
             // A refusal (NaN) is counted by the aggregator.
             let _ = h.observe(amount);
         }
