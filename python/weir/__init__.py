@@ -22,6 +22,10 @@ Differences from prometheus_client, all deliberate:
   histogram with a single ``+Inf`` bucket, so it aggregates and forwards like one.
 - ``generate_latest()`` has no ``# HELP`` lines and no ``_created`` series.
 
+Close the instances you create (``Instance.close()``): an instance that is garbage
+collected without it closes itself (final flush, grace period) with the GIL held. The
+default instance is closed at interpreter exit.
+
 Fork: an instance's threads do not survive ``os.fork()``. In a child process every
 weir object created before the fork (instances, metrics, bound children) raises
 ``RuntimeError`` when used; the child creates its own ``Instance`` (on a data directory
@@ -285,18 +289,20 @@ class _Metric:
             None if _buckets is None else [b for b in _buckets if b != _INF],
         )
         # Bound builtins as instance attributes: no Python frame on the hot path.
-        self.labels = self._family.labels
-        if not labelnames:
+        if labelnames:
+            self.labels = self._family.labels
+        else:
             child = self._family.labels()
             for m in self._child_methods:
                 setattr(self, m, getattr(child, m))
 
+    def labels(self, *labelvalues: Any, **labelkwargs: Any) -> Any:
+        """The child for these label values (``ValueError`` for a wrong count or wrong
+        names). A labelled metric replaces this method by the Rust one in ``__init__``."""
+        raise ValueError(f"No label names were set when constructing {self!r}")
+
     def _exposed_name(self, full: str) -> str:
         return full
-
-    def labels(self, *labelvalues: Any, **labelkwargs: Any) -> Any:
-        """The child for these label values (replaced per instance in ``__init__``)."""
-        raise NotImplementedError
 
     def remove(self, *labelvalues: Any) -> None:
         """Forgets the child of these label values."""
