@@ -79,3 +79,43 @@ def test_the_default_instance_serves_generate_latest_and_http():
     finally:
         server.shutdown()
         server.server_close()
+
+
+def test_flushes_and_scrapes_racing_increments_lose_and_double_nothing(instance):
+    c = weir.Counter("raced", "Raced.", ["k"], instance=instance)
+    h = weir.Histogram("raced_size", "Raced.", buckets=[1], instance=instance)
+    per_thread = 5_000
+
+    def work(k):
+        child = c.labels(k)
+        for _ in range(per_thread):
+            child.inc()
+            h.observe(0.5)
+
+    threads = [threading.Thread(target=work, args=(f"k{i}",)) for i in range(4)]
+    for t in threads:
+        t.start()
+    deltas = 0.0
+    observations = 0
+    # Bounded: at most 200 flushes, and the loop ends once the writers are done.
+    for _ in range(200):
+        instance.generate_latest()
+        for s in instance.flush():
+            if s["kind"] == "counter":
+                deltas += s["delta"]
+            else:
+                observations += s["delta_count"]
+        if not any(t.is_alive() for t in threads):
+            break
+    for t in threads:
+        t.join()
+    for s in instance.flush():
+        if s["kind"] == "counter":
+            deltas += s["delta"]
+        else:
+            observations += s["delta_count"]
+    assert deltas == 4 * per_thread
+    assert observations == 4 * per_thread
+    latest = samples(instance.generate_latest())
+    assert sum(v for (n, _), v in latest.items() if n == "raced_total") == 4 * per_thread
+    assert latest[("raced_size_count", frozenset())] == 4 * per_thread
