@@ -6,7 +6,9 @@
 //! Owns: the Python objects of an instance ([`Instance`]), of a metric family
 //! ([`Family`]: name, kind, label names and the cache of bound children) and of a bound
 //! child ([`CounterChild`], [`GaugeChild`], [`ObserveChild`]: one pre-resolved
-//! [`SeriesHandle`] each, so an update is one call into Rust and one atomic operation).
+//! [`SeriesHandle`] each, so an update is one call into Rust and one atomic operation;
+//! while a series limit refuses the series, each update tries again and each refusal
+//! is counted).
 //! Must never: hold the GIL while flushing, encoding, closing or starting an instance
 //! (all of them may wait for disk or the network), raise on the hot path for a
 //! refusal by weir's limits (those are counted in the instance's self-metrics), or
