@@ -269,6 +269,26 @@ impl CounterCell {
         self.take(0, 0f64.to_bits())
     }
 
+    /// What [`CounterCell::collect`] would take now, without taking it: a read-only
+    /// look for exposition between flushes. Each word is read on its own (Relaxed
+    /// loads), so an add racing the read may or may not be included; the next
+    /// collection still takes every add exactly once.
+    pub fn pending(&self) -> CounterTake {
+        // Relaxed: a read-only look; no other memory depends on it (see above).
+        let int = self.delta_int.load(Ordering::Relaxed);
+        let clean = |bits: u64| {
+            if bits == SEALED_F64 {
+                0.0
+            } else {
+                f64::from_bits(bits)
+            }
+        };
+        CounterTake {
+            delta: int.max(0) as f64 + clean(self.delta_float.load(Ordering::Relaxed)),
+            baseline: clean(self.baseline.load(Ordering::Relaxed)),
+        }
+    }
+
     /// Takes the final delta and baseline and seals the cell (see the module doc).
     pub fn seal(&self) -> CounterTake {
         self.take(SEALED_INT, SEALED_F64)
@@ -687,6 +707,35 @@ impl HistogramCell {
         self.take(false)
     }
 
+    /// What [`HistogramCell::collect`] would take now, without taking it: a read-only
+    /// look for exposition between flushes. Both halves are read (the cold one is empty
+    /// between collections) with Relaxed loads and no flip, so writers are never waited
+    /// for; an observation racing the read may show in some of its words (a bucket)
+    /// and not yet in others (the count). The next collection is unaffected.
+    pub fn pending(&self) -> (HistogramValue, Option<HistogramValue>) {
+        let mut value = HistogramValue::empty(self.bounds.clone());
+        // Relaxed: a read-only look that may be torn by racing writers (see above).
+        for half in &self.halves {
+            for (t, c) in value.counts.iter_mut().zip(half.counts.iter()) {
+                *t += c.load(Ordering::Relaxed);
+            }
+            value.count += half.count.load(Ordering::Relaxed);
+            value.sum += f64::from_bits(half.sum.load(Ordering::Relaxed));
+            value.min = value
+                .min
+                .min(f64::from_bits(half.min.load(Ordering::Relaxed)));
+            value.max = value
+                .max
+                .max(f64::from_bits(half.max.load(Ordering::Relaxed)));
+        }
+        let guard = epoch::pin();
+        // Acquire: pairs with the Release of the swap that stored the baseline.
+        let b = self.baseline.load(Ordering::Acquire, &guard);
+        // SAFETY: loaded under `guard`; freed only after the grace period.
+        let baseline = unsafe { b.as_ref() }.cloned();
+        (value, baseline)
+    }
+
     /// Takes the final share and seals the cell (see the module doc).
     pub fn seal(&self) -> (HistogramValue, Option<HistogramValue>) {
         self.take(true)
@@ -837,6 +886,12 @@ impl SetCell {
     /// The number of distinct members since the previous collection; starts over.
     pub fn collect(&self) -> u64 {
         self.take(false)
+    }
+
+    /// What [`SetCell::collect`] would count now, without taking it (a read-only look;
+    /// a member racing the read may or may not be counted).
+    pub fn pending(&self) -> u64 {
+        self.halves.iter().map(|h| h.pin().len() as u64).sum()
     }
 
     /// As [`SetCell::collect`], and seals the cell.

@@ -758,3 +758,83 @@ fn handle_increments_are_integral_adds() {
     let g = agg.handle("inc_gauge", &[], MetricKind::Gauge).unwrap();
     assert_eq!(g.increment(1).unwrap_err().as_str(), "type_conflict");
 }
+
+#[test]
+fn peek_shows_pending_values_and_takes_nothing_from_the_next_flush() {
+    let agg = Aggregator::default();
+    let c = agg
+        .handle("jobs_total", &[("q", "a")], MetricKind::Counter)
+        .unwrap();
+    let g = agg.handle("depth", &[], MetricKind::Gauge).unwrap();
+    let h = agg
+        .histogram_handle("latency", &[], Arc::from(&[1.0, 10.0][..]))
+        .unwrap();
+    c.increment(3).unwrap();
+    g.set(7.5).unwrap();
+    h.observe(0.5).unwrap();
+    h.observe(5.0).unwrap();
+    agg.flush();
+    c.increment(2).unwrap();
+    h.observe(50.0).unwrap();
+
+    let peeked = agg.peek();
+    let second = agg.peek();
+    let flushed = agg.flush();
+    for batch in [&peeked, &second, &flushed] {
+        assert_eq!(
+            value_of(batch, &key("jobs_total", &[("q", "a")])),
+            FlushedValue::Counter {
+                delta: 2.0,
+                total: 5.0
+            }
+        );
+        let FlushedValue::Histogram { delta, total } = value_of(batch, &key("latency", &[])) else {
+            panic!("not a histogram");
+        };
+        assert_eq!((delta.count, delta.counts.clone()), (1, vec![0, 0, 1]));
+        assert_eq!((total.count, total.counts.clone()), (3, vec![1, 1, 1]));
+        assert_eq!(total.sum, 55.5);
+        let FlushedValue::Gauge { value, .. } = value_of(batch, &key("depth", &[])) else {
+            panic!("not a gauge");
+        };
+        assert_eq!(value, 7.5);
+    }
+    assert_eq!(peeked.sequence, 1, "a peek is not a flush");
+    assert_eq!(flushed.sequence, 2);
+    assert_eq!(agg.flush().counter_delta_sum(), 0.0);
+}
+
+#[test]
+fn peek_sees_series_created_since_the_last_flush() {
+    let agg = Aggregator::default();
+    agg.record("new_total", &[], Sample::Counter(4.0, DELTA), 0)
+        .unwrap();
+    assert_eq!(agg.peek().counter_delta_sum(), 4.0);
+    assert_eq!(agg.flush().counter_delta_sum(), 4.0);
+}
+
+#[test]
+fn histogram_handle_uses_its_own_bounds_and_refuses_unusable_ones() {
+    let agg = Aggregator::default();
+    let h = agg
+        .histogram_handle("size", &[], Arc::from(&[] as &[f64]))
+        .unwrap();
+    h.observe(-3.0).unwrap();
+    let FlushedValue::Histogram { total, .. } = value_of(&agg.flush(), &key("size", &[])) else {
+        panic!("not a histogram");
+    };
+    assert_eq!((total.counts.clone(), total.sum), (vec![1], -3.0));
+    for bad in [
+        &[2.0, 1.0][..],
+        &[1.0, 1.0][..],
+        &[f64::NAN][..],
+        &[f64::INFINITY][..],
+    ] {
+        let err = agg
+            .histogram_handle("bad", &[], Arc::from(bad))
+            .err()
+            .unwrap();
+        assert_eq!(err.as_str(), "invalid_value");
+    }
+    assert_eq!(agg.stats().rejected("invalid_value"), 4);
+}

@@ -132,6 +132,55 @@ impl FlushEntry {
     }
 }
 
+impl FlushEntry {
+    /// What [`FlushEntry::collect`] would report now, without taking anything from the
+    /// cell or moving the running totals: the pending share as the delta, and the
+    /// totals with it added.
+    fn peek(&self, now_ms: i64) -> Option<FlushedSeries> {
+        let value = match (&self.series.cell, &self.totals) {
+            (Cell::Counter(c), Totals::Counter(total)) => {
+                let p = c.pending();
+                FlushedValue::Counter {
+                    delta: p.delta,
+                    total: total + p.delta + p.baseline,
+                }
+            }
+            (Cell::Gauge(g), _) => {
+                let (value, timestamp_ms) = g.read();
+                FlushedValue::Gauge {
+                    value,
+                    timestamp_ms,
+                }
+            }
+            (Cell::Histogram(h), Totals::Histogram(total)) => {
+                let (delta, baseline) = h.pending();
+                let mut total = total.clone();
+                if let Some(b) = &baseline {
+                    add_histogram(&mut total, b);
+                }
+                add_histogram(&mut total, &delta);
+                FlushedValue::Histogram {
+                    delta: Box::new(delta),
+                    total,
+                }
+            }
+            (Cell::Set(s), _) => FlushedValue::Gauge {
+                value: s.pending() as f64,
+                timestamp_ms: now_ms,
+            },
+            (Cell::Summary(s), _) => FlushedValue::Summary(s.read()?),
+            _ => return None,
+        };
+        Some(FlushedSeries {
+            key: self.series.key.clone(),
+            fingerprint: self.series.fingerprint,
+            start_ms: self.series.start_ms,
+            evicted: false,
+            value,
+        })
+    }
+}
+
 /// Adds `d` into `total`; both have the cell's bounds.
 pub(super) fn add_histogram(total: &mut HistogramValue, d: &HistogramValue) {
     for (t, c) in total.counts.iter_mut().zip(&d.counts) {
@@ -154,6 +203,45 @@ impl Aggregator {
     /// Flushes now (wall clock).
     pub fn flush(&self) -> FlushBatch {
         self.flush_at(now_ms())
+    }
+
+    /// The current state of every live series, without flushing: what a flush now
+    /// would report, except that nothing is taken out of the cells, no running total
+    /// moves, nothing is evicted and the flush sequence stays. Counters and histograms
+    /// carry their pending share as the delta and their running totals with it added,
+    /// so [`prometheus_text`](crate::encode::prometheus_text) renders the values a
+    /// scrape expects, while every point still goes into exactly one real flush (the
+    /// exposition of an embedded instance uses this, so scraping never steals from the
+    /// pipelines). The returned batch has the last flush's `sequence`, and `start_ms`
+    /// .. `end_ms` from the last flush to now. Takes the flush lock (a concurrent flush
+    /// waits, writers do not); each cell is read with plain loads, so points racing the
+    /// peek may or may not be included, and a histogram's words may be read mid-update.
+    ///
+    /// ```
+    /// use weir_core::{Aggregator, MetricKind};
+    /// let agg = Aggregator::default();
+    /// let h = agg.handle("hits_total", &[], MetricKind::Counter).unwrap();
+    /// h.increment(2).unwrap();
+    /// assert_eq!(agg.peek().counter_delta_sum(), 2.0);
+    /// assert_eq!(agg.flush().counter_delta_sum(), 2.0);
+    /// ```
+    pub fn peek(&self) -> FlushBatch {
+        let sh = &*self.shared;
+        let mut st = sh.flusher.lock().unwrap_or_else(|p| p.into_inner());
+        let now_ms = now_ms().max(sh.clock_ms.load(Ordering::Relaxed));
+        // New series join the flusher's list here as they would at the next flush,
+        // active as of now: they were created before now, so their idle time still
+        // reaches `series_ttl` before they can be evicted.
+        while let Some((s, kept)) = sh.created.pop() {
+            st.entries.push(FlushEntry::new(s, kept, now_ms));
+        }
+        let series = st.entries.iter().filter_map(|e| e.peek(now_ms)).collect();
+        FlushBatch {
+            sequence: st.sequence,
+            start_ms: st.last_flush_ms,
+            end_ms: now_ms,
+            series,
+        }
     }
 
     /// Takes every series' share since the previous flush, evicts series idle for

@@ -430,6 +430,48 @@ impl Aggregator {
         labels: &[(&str, &str)],
         kind: MetricKind,
     ) -> Result<SeriesHandle, Rejected> {
+        self.handle_with(name, labels, kind, None)
+    }
+
+    /// A handle to one histogram series with its own bucket upper `bounds` (strictly
+    /// increasing and finite; empty: one `+Inf` bucket, a count and a sum) instead of
+    /// [`AggregatorConfig::histogram_bounds`]. The bounds apply when this call creates
+    /// the series; an existing series (or one resuming kept totals) keeps its own.
+    ///
+    /// # Errors
+    /// [`Rejected::InvalidValue`], counted, for unusable bounds; otherwise as
+    /// [`Aggregator::handle`].
+    ///
+    /// ```
+    /// use std::sync::Arc;
+    /// use weir_core::Aggregator;
+    /// let agg = Aggregator::default();
+    /// let h = agg.histogram_handle("latency_seconds", &[], Arc::from(&[0.1, 1.0][..])).unwrap();
+    /// h.observe(0.5).unwrap();
+    /// assert_eq!(agg.peek().series.len(), 1);
+    /// ```
+    pub fn histogram_handle(
+        &self,
+        name: &str,
+        labels: &[(&str, &str)],
+        bounds: Arc<[f64]>,
+    ) -> Result<SeriesHandle, Rejected> {
+        let usable = bounds.len() <= MAX_HISTOGRAM_BOUNDS
+            && bounds.iter().all(|b| b.is_finite())
+            && bounds.windows(2).all(|w| w[0] < w[1]);
+        if !usable {
+            return self.shared.reject(Rejected::InvalidValue("histogram"));
+        }
+        self.handle_with(name, labels, MetricKind::Histogram, Some(&bounds))
+    }
+
+    fn handle_with(
+        &self,
+        name: &str,
+        labels: &[(&str, &str)],
+        kind: MetricKind,
+        bounds: Option<&Arc<[f64]>>,
+    ) -> Result<SeriesHandle, Rejected> {
         let mut scratch = Scratch::default();
         if let Err(e) =
             SeriesKey::canonicalize(name, labels, &mut scratch.canon, &mut scratch.order)
@@ -439,7 +481,7 @@ impl Aggregator {
         for _ in 0..SEALED_RETRIES {
             let series = self
                 .shared
-                .resolve(&scratch.canon, name, CellKind::from(kind), None)?;
+                .resolve(&scratch.canon, name, CellKind::from(kind), bounds)?;
             let existing = kind_of(&series.cell);
             if existing != kind {
                 return self.shared.reject(Rejected::TypeConflict {
