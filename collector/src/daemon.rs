@@ -16,25 +16,20 @@
 //! pipelines get `shutdown.grace_period` to send, then the listeners close.
 
 use std::future::Future;
+use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
 
-use tokio::time::MissedTickBehavior;
 use tracing::{info, warn};
 use weir_core::Aggregator;
 
 use crate::config::{Config, fmt_duration};
 use crate::control::{FlushRequest, FlushSummary, ReloadReport, ReloadRequest, ReloadResult};
-use crate::pipeline::{Pipeline, PipelineSet};
+use crate::instance::Instance;
 use crate::serve::Listeners;
 use crate::serve::admin::{AdminServer, AdminState};
 use crate::serve::exposition::{ExpositionServer, Page};
 use crate::sources::{Source, SourceError};
-use crate::telemetry::{Kind, MetricsPage, ProcessMetrics, StageMetrics, Telemetry, labels};
-
-/// Shortest time between two warnings that the series ceiling refuses points.
-const CEILING_WARN_EVERY: Duration = Duration::from_secs(60);
+use crate::telemetry::Telemetry;
 
 /// Why the daemon stopped with an error.
 #[derive(Debug, thiserror::Error)]
@@ -58,6 +53,9 @@ pub enum DaemonError {
     /// A pipeline could not start (its WAL directory unusable, say).
     #[error(transparent)]
     Pipeline(#[from] crate::pipeline::PipelineError),
+    /// The instance was closed before the daemon's own shutdown (a bug).
+    #[error("the instance was already closed")]
+    Closed,
 }
 
 /// The error for a listener that could not start.
@@ -72,218 +70,33 @@ fn cannot_listen(
     }
 }
 
-/// The aggregator and the flushes, as reported in `/metrics` and `/status`.
-struct AggregationMetrics {
-    aggregator: Aggregator,
-    last_flush: Mutex<Option<FlushSummary>>,
-}
-
-impl AggregationMetrics {
-    fn last_flush(&self) -> Option<FlushSummary> {
-        self.last_flush
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .clone()
-    }
-}
-
-impl StageMetrics for AggregationMetrics {
-    fn render(&self, page: &mut MetricsPage) {
-        let stats = self.aggregator.stats();
-        page.single(
-            "weir_active_series",
-            Kind::Gauge,
-            "Series held by the aggregator.",
-            stats.active_series as f64,
-        );
-        page.single(
-            "weir_series_limit",
-            Kind::Gauge,
-            "The global series ceiling.",
-            stats.max_series as f64,
-        );
-        page.single(
-            "weir_series_ceiling_reached",
-            Kind::Gauge,
-            "1 while the global ceiling refuses new series.",
-            f64::from(u8::from(stats.ceiling_reached)),
-        );
-        page.single(
-            "weir_series_created_total",
-            Kind::Counter,
-            "Series created.",
-            stats.created_series as f64,
-        );
-        page.single(
-            "weir_series_evicted_total",
-            Kind::Counter,
-            "Series evicted after series_ttl without updates.",
-            stats.evicted_series as f64,
-        );
-        page.single(
-            "weir_kept_totals",
-            Kind::Gauge,
-            "Evicted counters and histograms whose running totals are kept for their return.",
-            stats.kept_totals as f64,
-        );
-        page.single(
-            "weir_kept_totals_dropped_total",
-            Kind::Counter,
-            "Kept totals dropped because aggregation.kept_totals_capacity was reached; such a series restarts at 0 with a new start time.",
-            stats.kept_totals_dropped as f64,
-        );
-        page.family(
-            "weir_rejected_total",
-            Kind::Counter,
-            "Points the aggregator refused, by reason.",
-            stats
-                .rejected
-                .iter()
-                .map(|(r, n)| (labels(&[("reason", r)]), *n as f64)),
-        );
-        page.family(
-            "weir_cardinality_limit_exceeded_total",
-            Kind::Counter,
-            "Points refused by the per-metric series limit, by metric (bounded; the rest as other).",
-            self.aggregator
-                .cardinality_limit_exceeded()
-                .into_iter()
-                .map(|(m, n)| (labels(&[("metric", &m)]), n as f64)),
-        );
-        page.single(
-            "weir_flushes_total",
-            Kind::Counter,
-            "Flushes.",
-            stats.flushes as f64,
-        );
-        if let Some(last) = self.last_flush() {
-            page.single(
-                "weir_last_flush_duration_seconds",
-                Kind::Gauge,
-                "How long the latest flush took.",
-                last.duration.as_secs_f64(),
-            );
-        }
-    }
-
-    fn status(&self) -> Vec<(&'static str, serde_json::Value)> {
-        let stats = self.aggregator.stats();
-        vec![
-            ("active_series", stats.active_series.into()),
-            ("max_series", stats.max_series.into()),
-            ("ceiling_reached", stats.ceiling_reached.into()),
-            (
-                "top_metrics",
-                self.aggregator
-                    .top_metrics(10)
-                    .into_iter()
-                    .map(|(name, n)| serde_json::json!({"metric": name, "series": n}))
-                    .collect::<Vec<_>>()
-                    .into(),
-            ),
-            (
-                "rejected",
-                stats
-                    .rejected
-                    .iter()
-                    .map(|(r, n)| (r.to_string(), serde_json::json!(n)))
-                    .collect::<serde_json::Map<_, _>>()
-                    .into(),
-            ),
-            (
-                "last_flush",
-                self.last_flush()
-                    .map_or(serde_json::Value::Null, |s| s.to_json()),
-            ),
-        ]
-    }
-}
-
-/// Warns, at most once per [`CEILING_WARN_EVERY`], while the global series ceiling
-/// refuses points: reaching it is a loss of data the operator must hear of, as the
-/// WAL cap's drops are.
-#[derive(Default)]
-struct CeilingWarning {
-    /// Ceiling refusals already reported.
-    reported: u64,
-    last_warned: Option<Instant>,
-}
-
-impl CeilingWarning {
-    /// Looks at the refusals after a flush; returns true if it warned.
-    fn check(&mut self, aggregator: &Aggregator) -> bool {
-        let stats = aggregator.stats();
-        let refused = stats
-            .rejected
-            .iter()
-            .find(|(r, _)| *r == weir_core::Rejected::GlobalLimit.as_str())
-            .map_or(0, |(_, n)| *n);
-        let due = self
-            .last_warned
-            .is_none_or(|t| t.elapsed() >= CEILING_WARN_EVERY);
-        if refused > self.reported && due {
-            warn!(
-                refused_points = refused - self.reported,
-                refused_points_total = refused,
-                active_series = stats.active_series,
-                max_series = stats.max_series,
-                "series ceiling reached: points of new series are refused (raise \
-                 aggregation.max_series, or find the label that explodes in /status top_metrics)"
-            );
-            self.reported = refused;
-            self.last_warned = Some(Instant::now());
-            return true;
-        }
-        false
-    }
-}
-
-/// The running collector: an aggregator and its flush loop.
+/// The running collector: an [`Instance`] (aggregator, flush loop, pipelines) with
+/// the sources and listeners around it.
 pub struct Daemon {
     config: Config,
     config_source: String,
-    aggregator: Aggregator,
+    instance: Instance,
     /// The exposition endpoint's page, replaced after every flush.
     page: Page,
-    rejected_seen: u64,
     /// The file the config came from, for reloads (none for the embedded default).
     config_path: Option<std::path::PathBuf>,
-    /// The forwarding pipelines, in config order (started by [`Daemon::run`]).
-    pipelines: Vec<Arc<Pipeline>>,
-    /// What every stage reports.
-    telemetry: Arc<Telemetry>,
-    aggregation: Arc<AggregationMetrics>,
-    ceiling: CeilingWarning,
 }
 
 impl Daemon {
-    /// Builds the aggregator for `config`. `config_source` says where the config came
+    /// Builds the instance for `config`. `config_source` says where the config came
     /// from (a path, or "embedded default") for the startup line.
     pub fn new(config: Config, config_source: impl Into<String>) -> Daemon {
-        let aggregator = Aggregator::new(config.aggregator_config());
-        let telemetry = Arc::new(Telemetry::new());
-        telemetry.register(
-            "process",
-            Arc::new(ProcessMetrics {
-                started: Instant::now(),
-            }),
-        );
-        let aggregation = Arc::new(AggregationMetrics {
-            aggregator: aggregator.clone(),
-            last_flush: Mutex::new(None),
-        });
-        telemetry.register("aggregation", aggregation.clone());
+        let instance = Instance::new(&config);
+        let page = Page::default();
+        if config.exposition.enabled {
+            instance.publish_to(page.clone());
+        }
         Daemon {
             config,
             config_source: config_source.into(),
-            aggregator,
-            page: Page::default(),
-            rejected_seen: 0,
+            instance,
+            page,
             config_path: None,
-            pipelines: Vec::new(),
-            telemetry,
-            aggregation,
-            ceiling: CeilingWarning::default(),
         }
     }
 
@@ -324,8 +137,8 @@ impl Daemon {
             applied.push("shutdown");
         }
         for s in sources.iter_mut() {
-            if s.reload(&new, &self.aggregator) {
-                self.telemetry.register(s.name(), s.metrics());
+            if s.reload(&new, self.instance.aggregator()) {
+                self.instance.telemetry().register(s.name(), s.metrics());
                 applied.push(s.name());
             }
         }
@@ -342,46 +155,20 @@ impl Daemon {
 
     /// The aggregator sources write into (through [`Aggregator::writer`]).
     pub fn aggregator(&self) -> &Aggregator {
-        &self.aggregator
+        self.instance.aggregator()
     }
 
     /// What every stage reports (the admin API renders it).
     pub fn telemetry(&self) -> Arc<Telemetry> {
-        self.telemetry.clone()
+        self.instance.telemetry()
     }
 
-    /// Flushes once on a blocking thread and returns the summary (not logged).
+    /// Flushes once on a blocking thread and returns the summary (logged).
     ///
     /// # Errors
     /// [`DaemonError::FlushFailed`] if the flush panicked.
     pub async fn flush(&mut self) -> Result<FlushSummary, DaemonError> {
-        let aggregator = self.aggregator.clone();
-        let previous = self.rejected_seen;
-        let page = self.config.exposition.enabled.then(|| self.page.clone());
-        let pipelines = self.pipelines.clone();
-        let summary = tokio::task::spawn_blocking(move || {
-            let started = Instant::now();
-            let batch = aggregator.flush();
-            let duration = started.elapsed();
-            // Every pipeline reads the same batch: encode, append to its WAL, queue
-            // for its forwarder (never waiting on a backend).
-            let heads = pipelines.iter().map(|p| p.accept(&batch)).collect();
-            if let Some(page) = page {
-                page.publish(&batch);
-            }
-            let mut summary = FlushSummary::new(&batch, &aggregator.stats(), previous, duration);
-            summary.pipeline_heads = heads;
-            summary
-        })
-        .await?;
-        self.rejected_seen = summary.rejected_total;
-        *self
-            .aggregation
-            .last_flush
-            .lock()
-            .unwrap_or_else(|p| p.into_inner()) = Some(summary.clone());
-        self.ceiling.check(&self.aggregator);
-        Ok(summary)
+        Ok(self.instance.flush_async("flush (requested)").await?)
     }
 
     /// Runs until `shutdown` completes: logs the startup line, flushes every
@@ -397,27 +184,22 @@ impl Daemon {
     {
         self.log_startup();
         // Pipelines first: they begin replaying their WALs while sources start.
-        for p in self.config.pipelines.clone() {
-            let data_dir = self.config.data_dir.clone();
-            let pipeline = Pipeline::start(&p, &data_dir).await?;
-            self.pipelines.push(Arc::new(pipeline));
-        }
-        self.telemetry
-            .register("pipelines", Arc::new(PipelineSet(self.pipelines.clone())));
-        let mut sources = crate::sources::start(&self.config, &self.aggregator).await?;
+        self.instance.start_pipelines().await?;
+        let telemetry = self.instance.telemetry();
+        let mut sources = crate::sources::start(&self.config, self.instance.aggregator()).await?;
         for s in &sources {
-            self.telemetry.register(s.name(), s.metrics());
+            telemetry.register(s.name(), s.metrics());
         }
         let exposition = self.start_exposition().await?;
         let (flush_tx, mut flush_rx) = tokio::sync::mpsc::channel::<FlushRequest>(16);
         let (reload_tx, mut reload_rx) = tokio::sync::mpsc::channel::<ReloadRequest>(4);
         let mut hangups = Hangups::install();
         let admin_state = Arc::new(AdminState {
-            telemetry: self.telemetry.clone(),
+            telemetry: telemetry.clone(),
             reload_requests: reload_tx,
             flush_requests: flush_tx,
             stopping: AtomicBool::new(false),
-            pipelines: self.pipelines.clone(),
+            pipelines: self.instance.pipelines(),
             token: self.config.admin.token.clone(),
         });
         let admin = self.start_admin(admin_state.clone()).await?;
@@ -428,11 +210,9 @@ impl Daemon {
                 .as_ref()
                 .map(|e| ("exposition", e.counters.clone())),
         );
-        self.telemetry
-            .register("listeners", Arc::new(Listeners(listeners)));
-        let period = self.config.aggregation.flush_interval;
-        let mut ticker = tokio::time::interval_at(tokio::time::Instant::now() + period, period);
-        ticker.set_missed_tick_behavior(MissedTickBehavior::Delay);
+        telemetry.register("listeners", Arc::new(Listeners(listeners)));
+        let mut flushes = self.instance.flushes();
+        self.instance.spawn_flush_loop();
         let mut shutdown = std::pin::pin!(shutdown);
         let reason = loop {
             tokio::select! {
@@ -452,12 +232,9 @@ impl Daemon {
                 }
                 Some(reply) = flush_rx.recv() => {
                     let summary = self.flush().await?;
-                    summary.log("flush (requested)");
                     let _ = reply.send(summary);
                 }
-                _ = ticker.tick() => {
-                    let summary = self.flush().await?;
-                    summary.log("flush");
+                Ok(()) = flushes.changed() => {
                     for s in &mut sources {
                         s.after_flush();
                     }
@@ -481,34 +258,15 @@ impl Daemon {
         for stop in stops {
             let _ = stop.await;
         }
-        let last = self.flush().await?;
-        last.log("final flush");
-        self.stop_pipelines().await;
+        let last = self
+            .instance
+            .close_async(self.config.shutdown.grace_period)
+            .await?;
         if let Some(a) = admin {
             a.stop();
         }
         info!("weir stopped");
-        Ok(last)
-    }
-
-    /// Gives every pipeline the grace period (concurrently) to send what its WAL
-    /// holds, then stops it; what is left goes out after the next start.
-    async fn stop_pipelines(&mut self) {
-        let grace = self.config.shutdown.grace_period;
-        if !self.pipelines.is_empty() {
-            info!(
-                grace_period = %fmt_duration(grace),
-                "forwarding what the WALs hold before exiting"
-            );
-        }
-        let tasks: Vec<_> = self
-            .pipelines
-            .drain(..)
-            .map(|p| tokio::spawn(async move { p.shutdown(grace).await }))
-            .collect();
-        for t in tasks {
-            let _ = t.await;
-        }
+        last.ok_or(DaemonError::Closed)
     }
 
     async fn start_admin(
@@ -662,6 +420,7 @@ impl StopSignals {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::time::Duration;
     use weir_core::{Sample, Temporality};
 
     fn config(flush: Duration) -> Config {
@@ -733,29 +492,6 @@ mod tests {
         // Three interval flushes (100, 200, 300 ms), then the final one.
         assert_eq!(last.sequence, 4);
         assert_eq!(agg.stats().flushes, 4);
-    }
-
-    #[test]
-    fn reaching_the_series_ceiling_warns_once_per_period_with_the_count() {
-        let mut c = config(Duration::from_secs(10));
-        c.aggregation.max_series = 1;
-        let agg = Aggregator::new(c.aggregator_config());
-        let mut warning = CeilingWarning::default();
-        agg.record("a", &[], Sample::Gauge(1.0), 0).unwrap();
-        assert!(!warning.check(&agg), "no refusal yet: no warning");
-        assert!(agg.record("b", &[], Sample::Gauge(1.0), 0).is_err());
-        assert!(warning.check(&agg), "the first refusal warns");
-        assert_eq!(warning.reported, 1);
-        assert!(agg.record("c", &[], Sample::Gauge(1.0), 0).is_err());
-        assert!(
-            !warning.check(&agg),
-            "a second refusal within the period is not warned again"
-        );
-        // Once the period is over, the refusals since the last warning are reported.
-        warning.last_warned = Instant::now().checked_sub(CEILING_WARN_EVERY);
-        assert!(warning.check(&agg));
-        assert_eq!(warning.reported, 2);
-        assert!(!warning.check(&agg), "nothing new: no warning");
     }
 
     #[tokio::test]

@@ -3,10 +3,12 @@
 //!
 //! - [`sources`]: where points come in (StatsD over UDP, OTLP over gRPC and HTTP, the
 //!   Prometheus scraper), each behind the [`sources::Source`] trait;
-//! - [`daemon`]: the run loop that owns the [`weir_core::Aggregator`], flushes it every
-//!   interval into one [`weir_core::FlushBatch`] and hands that to every pipeline and
-//!   the exposition endpoint; on SIGINT/SIGTERM it drains the sources, flushes once
-//!   more and lets the pipelines send;
+//! - [`instance`]: the embeddable runtime: the [`weir_core::Aggregator`], its flush
+//!   loop (every interval one [`weir_core::FlushBatch`] for every pipeline and the
+//!   exposition page) and the pipelines; the C ABI and the Python module embed it;
+//! - [`daemon`]: the run loop around an instance: sources, listeners, flush and reload
+//!   requests; on SIGINT/SIGTERM it drains the sources, then closes the instance
+//!   (final flush, grace period for the pipelines);
 //! - [`pipeline`]: one per `[[pipelines]]` entry: encode, WAL, queue, forwarder task
 //!   with retries;
 //! - [`backends`]: what a pipeline sends to (remote write, OTLP, InfluxDB), each
@@ -25,6 +27,7 @@ pub mod backends;
 pub mod config;
 pub mod control;
 pub mod daemon;
+pub mod instance;
 pub mod logging;
 pub mod pipeline;
 pub mod serve;
