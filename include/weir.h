@@ -197,7 +197,12 @@ extern "C" {
  * Creates an instance and stores it in `*out`.
  *
  * `config_toml` is NULL (all defaults) or NUL-terminated TOML text with the daemon's
- * schema; see docs/configuration.md.
+ * schema (docs/configuration.md). Only `data_dir`, `[aggregation]`, `[[pipelines]]`,
+ * `[shutdown]` and `[log]` apply; a receivers, scrape, exposition or admin section
+ * that differs from its default is refused. The instance starts its pipelines (each
+ * first sends what its write-ahead log still holds from an earlier run on the same
+ * `data_dir`) and flushes every `aggregation.flush_interval` on a background thread.
+ * Two live instances must not share a `data_dir` with pipelines.
  *
  * Returns `WEIR_STATUS_OK`, `WEIR_STATUS_NULL_ARGUMENT` (`out` NULL),
  * `WEIR_STATUS_INVALID_UTF8` or `WEIR_STATUS_INVALID_CONFIG`. `*out` is set only on
@@ -221,8 +226,9 @@ weir_status weir_instance_new(const char *config_toml, weir_instance **out);
 weir_status weir_instance_close(const weir_instance *instance, uint64_t grace_ms);
 
 /**
- * Closes the instance (as `weir_instance_close` with no grace period, if it was not
- * closed already) and frees it. NULL is ignored.
+ * Closes the instance (as `weir_instance_close` with the configured
+ * `shutdown.grace_period`, default 5 s, if it was not closed already) and frees it.
+ * NULL is ignored.
  *
  * Handles made from the instance stay memory-safe to use and to free afterwards, but
  * their updates reach no flush. Freeing an instance twice, or using it after this call,

@@ -48,6 +48,29 @@ int main(void) {
     expect("out NULL", weir_instance_new(NULL, NULL), WEIR_STATUS_NULL_ARGUMENT, "out is NULL");
     expect("config not UTF-8", weir_instance_new("\xff\xfe", &w), WEIR_STATUS_INVALID_UTF8,
            "not valid UTF-8");
+    expect("unknown config key", weir_instance_new("[aggregation]\nflush_every = \"1s\"\n", &w),
+           WEIR_STATUS_INVALID_CONFIG, "flush_every");
+    expect("config value out of range", weir_instance_new("[aggregation]\nmax_series = 0\n", &w),
+           WEIR_STATUS_INVALID_CONFIG, "max_series");
+    expect("receiver section in an embedded config",
+           weir_instance_new("[receivers.statsd]\naddress = \"127.0.0.1:9\"\n", &w), WEIR_STATUS_INVALID_CONFIG,
+           "an embedded weir instance has no receivers");
+    if (w != NULL) {
+        fprintf(stderr, "FAIL: a refused config made an instance\n");
+        failures++;
+    }
+
+    /* The global series limit from the configuration: the next new series is refused. */
+    expect("small instance", weir_instance_new("[aggregation]\nmax_series = 2\n", &w), WEIR_STATUS_OK, "");
+    if (w == NULL) return 1;
+    expect("series 1", weir_record_gauge(w, "a", NULL, 0, 1.0), WEIR_STATUS_OK, "");
+    expect("series 2", weir_counter_new(w, "b_total", NULL, 0, &c), WEIR_STATUS_OK, "");
+    expect("series 3", weir_gauge_new(w, "c", NULL, 0, &g), WEIR_STATUS_SERIES_LIMIT, "global series limit reached");
+    expect("existing series at the limit", weir_counter_add(c, 1), WEIR_STATUS_OK, "");
+    weir_counter_free(c);
+    c = NULL;
+    weir_instance_free(w);
+
     expect("instance", weir_instance_new(NULL, &w), WEIR_STATUS_OK, "");
     if (w == NULL) return 1;
 

@@ -60,7 +60,12 @@ pub const WEIR_FORMAT_REMOTE_WRITE: weir_format = 3;
 /// Creates an instance and stores it in `*out`.
 ///
 /// `config_toml` is NULL (all defaults) or NUL-terminated TOML text with the daemon's
-/// schema; see docs/configuration.md.
+/// schema (docs/configuration.md). Only `data_dir`, `[aggregation]`, `[[pipelines]]`,
+/// `[shutdown]` and `[log]` apply; a receivers, scrape, exposition or admin section
+/// that differs from its default is refused. The instance starts its pipelines (each
+/// first sends what its write-ahead log still holds from an earlier run on the same
+/// `data_dir`) and flushes every `aggregation.flush_interval` on a background thread.
+/// Two live instances must not share a `data_dir` with pipelines.
 ///
 /// Returns `WEIR_STATUS_OK`, `WEIR_STATUS_NULL_ARGUMENT` (`out` NULL),
 /// `WEIR_STATUS_INVALID_UTF8` or `WEIR_STATUS_INVALID_CONFIG`. `*out` is set only on
@@ -117,8 +122,9 @@ pub unsafe extern "C" fn weir_instance_close(
     })
 }
 
-/// Closes the instance (as `weir_instance_close` with no grace period, if it was not
-/// closed already) and frees it. NULL is ignored.
+/// Closes the instance (as `weir_instance_close` with the configured
+/// `shutdown.grace_period`, default 5 s, if it was not closed already) and frees it.
+/// NULL is ignored.
 ///
 /// Handles made from the instance stay memory-safe to use and to free afterwards, but
 /// their updates reach no flush. Freeing an instance twice, or using it after this call,
@@ -133,8 +139,8 @@ pub unsafe extern "C" fn weir_instance_free(instance: *mut weir_instance) {
         if !instance.is_null() {
             // SAFETY: made by `Box::into_raw` in `weir_instance_new` and not freed yet
             // (the caller's contract), so this is its only owner.
-            let inst = unsafe { Box::from_raw(instance) };
-            inst.runtime.close(Duration::ZERO);
+            // Dropping the instance closes it with its configured grace period.
+            drop(unsafe { Box::from_raw(instance) });
         }
         Ok(())
     });

@@ -2,6 +2,10 @@
 //! these doc comments by cbindgen in `build.rs`; `tests/header.rs` fails when the
 //! committed copy is stale).
 //!
+//! A `weir_instance` is the collector's embeddable runtime
+//! (`weir_collector::instance::Instance`): the aggregator, the periodic flush and the
+//! configured pipelines with their write-ahead logs, the same code the daemon runs.
+//!
 //! # Contract (what every exported function keeps)
 //! - **Results**: every fallible function returns a [`weir_status`] with stable
 //!   numeric codes; on failure [`weir_last_error`] gives a one-line message on the same

@@ -1,75 +1,57 @@
-//! The embeddable runtime under a `weir_instance`.
+//! The embeddable runtime under a `weir_instance`: the collector's
+//! [`Instance`] (aggregator, periodic flush, pipelines with their WALs), the same code
+//! the daemon runs on.
 //!
-//! Owns: nothing of its own; it adapts the runtime the C ABI is built on. Today that
-//! is a bare [`Aggregator`] (flushes happen only when the caller asks, and nothing is
-//! forwarded); the collector's `Instance` (pipelines, WAL, periodic flush) replaces it
-//! behind this same interface. Must never: hold a lock across a caller's update.
+//! Owns: the gate that makes `weir_flush` refuse once the instance is closed (the
+//! pipelines are shut down by then). Must never: hold a lock across a caller's update
+//! (updates go straight to the aggregator).
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
+use weir_collector::instance::Instance;
 use weir_core::{Aggregator, FlushBatch};
 
-/// A running aggregator and what the C ABI asks of it.
+/// A running instance and what the C ABI asks of it.
 pub(crate) struct Runtime {
-    aggregator: Aggregator,
+    instance: Instance,
     closed: AtomicBool,
 }
 
 impl Runtime {
-    /// Starts from configuration text. Only the defaults are supported by this runtime:
-    /// any non-blank text is refused.
+    /// Starts from TOML text with the daemon's schema (empty: the defaults).
     pub(crate) fn from_toml(text: &str) -> Result<Runtime, String> {
-        if !text.trim().is_empty() {
-            return Err(
-                "configuration text is not supported by this build (only the defaults)".into(),
-            );
-        }
+        let instance = Instance::from_toml(text).map_err(|e| e.to_string())?;
         Ok(Runtime {
-            aggregator: Aggregator::default(),
+            instance,
             closed: AtomicBool::new(false),
         })
     }
 
     pub(crate) fn aggregator(&self) -> &Aggregator {
-        &self.aggregator
+        self.instance.aggregator()
     }
 
-    /// Flushes now; `None` once closed.
+    /// Flushes now (into every pipeline too); `None` once closed.
     pub(crate) fn flush(&self) -> Option<Arc<FlushBatch>> {
-        // Relaxed: the flag only gates later flushes; the aggregator orders its own data.
+        // Relaxed: the flag only gates later flushes; the instance orders its own
+        // flushes with its flush mutex.
         if self.closed.load(Ordering::Relaxed) {
             return None;
         }
-        Some(Arc::new(self.aggregator.flush()))
+        Some(self.instance.flush())
     }
 
-    /// The aggregator's own counters in the Prometheus text format.
+    /// The instance's self-metrics in the Prometheus text format.
     pub(crate) fn self_metrics(&self) -> String {
-        use std::fmt::Write as _;
-        let s = self.aggregator.stats();
-        let mut out = String::new();
-        let _ = writeln!(
-            out,
-            "# TYPE weir_series_active gauge\nweir_series_active {}",
-            s.active_series
-        );
-        let _ = writeln!(out, "# TYPE weir_rejected_total counter");
-        for (reason, n) in &s.rejected {
-            let _ = writeln!(out, "weir_rejected_total{{reason=\"{reason}\"}} {n}");
-        }
-        let _ = writeln!(
-            out,
-            "# TYPE weir_flushes_total counter\nweir_flushes_total {}",
-            s.flushes
-        );
-        out
+        self.instance.self_metrics()
     }
 
-    /// Stops flushing. Idempotent.
-    pub(crate) fn close(&self, _grace: Duration) {
+    /// Final flush into the WALs, then up to `grace` for sending. Idempotent.
+    pub(crate) fn close(&self, grace: Duration) {
         // Relaxed: see `flush`.
         self.closed.store(true, Ordering::Relaxed);
+        self.instance.close(grace);
     }
 }
