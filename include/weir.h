@@ -391,7 +391,9 @@ void weir_histogram_free(weir_histogram *histogram);
 
 /**
  * One-shot: adds `v` to the counter `name` with `labels` (any order), creating the
- * series if needed. Costs a lookup per call; resolve a `weir_counter` for hot paths.
+ * series if needed. Each thread keeps a cache from the label set as given to its
+ * series, so a repeated call costs one hash of the name and labels (no allocation);
+ * a handle (`weir_counter_new`) is still cheaper on hot paths.
  * Statuses as `weir_counter_new`, plus `WEIR_STATUS_INVALID_VALUE`.
  *
  * # Safety

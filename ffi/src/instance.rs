@@ -7,6 +7,7 @@
 //! or block an update on a flush.
 
 use std::ffi::c_char;
+use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
@@ -29,6 +30,9 @@ use crate::status::{Failure, guard, weir_status};
 /// `data_dir`. The parent's instance keeps working.
 pub struct weir_instance {
     pub(crate) runtime: Runtime,
+    /// Liveness token: the per-thread writers of the one-shot calls hold a `Weak` to it
+    /// (see `series::ThreadWriter`).
+    pub(crate) alive: Arc<()>,
     /// Arguments refused before they reached the aggregator, by [`InputRefusal`].
     refused: [AtomicU64; InputRefusal::ALL.len()],
 }
@@ -93,6 +97,7 @@ pub unsafe extern "C" fn weir_instance_new(
             Runtime::from_toml(text).map_err(|m| Failure::new(weir_status::InvalidConfig, m))?;
         let instance = Box::new(weir_instance {
             runtime,
+            alive: Arc::new(()),
             refused: Default::default(),
         });
         // SAFETY: `out` is non-NULL and writable (the caller's contract).

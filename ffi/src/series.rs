@@ -4,9 +4,11 @@
 //! Owns: the mapping of each C update onto a [`weir_core::Sample`]. Must never:
 //! allocate or lock on a handle update, or accept a label array it has not checked.
 
+use std::cell::RefCell;
 use std::ffi::c_char;
+use std::sync::{Arc, Weak};
 
-use weir_core::{MetricKind, Sample, SeriesHandle, Temporality};
+use weir_core::{MetricKind, Sample, SeriesHandle, Temporality, Writer};
 
 use crate::input::{labels_arg, str_arg, weir_label};
 use crate::instance::weir_instance;
@@ -35,6 +37,56 @@ unsafe fn resolve(
         .handle(name, labels.as_slice(), kind)?)
 }
 
+/// A [`Writer`] of one instance, private to the thread that made it.
+struct ThreadWriter {
+    /// The instance's liveness token: identifies the instance (a `Weak` keeps the
+    /// token's allocation, so its address is not reused while this entry lives) and
+    /// tells when the instance is gone.
+    owner: Weak<()>,
+    writer: Writer,
+}
+
+thread_local! {
+    /// This thread's writers, one per instance it recorded into by name (usually one).
+    /// Entries of freed instances are dropped when the thread meets a new instance, or
+    /// at thread exit.
+    static WRITERS: RefCell<Vec<ThreadWriter>> = const { RefCell::new(Vec::new()) };
+}
+
+/// Records through this thread's writer for `inst`: its cache maps the label set as
+/// given to the series, so a repeated one-shot call allocates nothing and skips the
+/// validation, sorting and shared-index lookup. Falls back to the uncached path while
+/// the thread is being torn down.
+fn record_cached(
+    inst: &weir_instance,
+    name: &str,
+    labels: &[(&str, &str)],
+    sample: Sample<'_>,
+) -> Result<(), weir_core::Rejected> {
+    let token = Arc::as_ptr(&inst.alive);
+    let cached = WRITERS.try_with(|writers| {
+        let Ok(mut writers) = writers.try_borrow_mut() else {
+            return None;
+        };
+        let i = match writers.iter().position(|w| w.owner.as_ptr() == token) {
+            Some(i) => i,
+            None => {
+                writers.retain(|w| w.owner.strong_count() > 0);
+                writers.push(ThreadWriter {
+                    owner: Arc::downgrade(&inst.alive),
+                    writer: inst.runtime.aggregator().writer(),
+                });
+                writers.len() - 1
+            }
+        };
+        Some(writers[i].writer.record(name, labels, sample, 0))
+    });
+    match cached {
+        Ok(Some(result)) => result,
+        _ => inst.runtime.aggregator().record(name, labels, sample, 0),
+    }
+}
+
 /// Applies one sample by name and labels.
 ///
 /// # Safety
@@ -52,10 +104,7 @@ unsafe fn record(
     let name = unsafe { str_arg(name, "name") }.map_err(|b| inst.refuse(b))?;
     // SAFETY: `labels_len` readable labels or NULL (the caller's contract).
     let labels = unsafe { labels_arg(labels, labels_len) }.map_err(|b| inst.refuse(b))?;
-    Ok(inst
-        .runtime
-        .aggregator()
-        .record(name, labels.as_slice(), sample, 0)?)
+    Ok(record_cached(inst, name, labels.as_slice(), sample)?)
 }
 
 /// Stores a new handle in `*out`.
@@ -290,7 +339,9 @@ pub unsafe extern "C" fn weir_histogram_free(histogram: *mut weir_histogram) {
 }
 
 /// One-shot: adds `v` to the counter `name` with `labels` (any order), creating the
-/// series if needed. Costs a lookup per call; resolve a `weir_counter` for hot paths.
+/// series if needed. Each thread keeps a cache from the label set as given to its
+/// series, so a repeated call costs one hash of the name and labels (no allocation);
+/// a handle (`weir_counter_new`) is still cheaper on hot paths.
 /// Statuses as `weir_counter_new`, plus `WEIR_STATUS_INVALID_VALUE`.
 ///
 /// # Safety
