@@ -263,8 +263,10 @@ weir_status weir_flush(const weir_instance *instance,
 /**
  * weir's own metrics for this instance (series, refusals by reason, flushes, pipelines)
  * in the Prometheus text format, in a new buffer freed with `weir_buffer_free`.
- * Arguments refused by the C ABI itself are in
- * `weir_ffi_rejected_total{reason="null_argument"|"invalid_utf8"|"too_many_labels"}`.
+ * Arguments refused by the C ABI itself in calls that name this instance (a NULL,
+ * non-UTF-8 name or label, too many labels) are in
+ * `weir_ffi_rejected_total{reason="null_argument"|"invalid_utf8"|"too_many_labels"}`;
+ * a NULL instance or handle has no instance to be counted in and only gets its status.
  *
  * # Safety
  * `instance` is NULL or live; `out_buf` and `out_len` are NULL or writable.

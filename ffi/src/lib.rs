@@ -16,7 +16,8 @@
 //!   UTF-8, invalid metric or label names, more than [`WEIR_MAX_LABELS`] labels and a
 //!   full series limit each have a status. Refusals are counted: the aggregator's under
 //!   `weir_rejected_total{reason}`, the ABI's own (NULL, UTF-8, too many labels) under
-//!   `weir_ffi_rejected_total{reason}` (see [`weir_self_metrics`]). What C cannot be
+//!   `weir_ffi_rejected_total{reason}` (see [`weir_self_metrics`]; a NULL instance or
+//!   handle has nowhere to be counted and only gets its status). What C cannot be
 //!   protected from stays undefined, as with `free`: dangling or wrong-typed pointers,
 //!   freeing twice, strings without a NUL.
 //! - **Types**: opaque, each a `Box` owned by C between its `_new` and `_free`;

@@ -10,7 +10,7 @@ use std::sync::{Arc, Weak};
 
 use weir_core::{MetricKind, Sample, SeriesHandle, Temporality, Writer};
 
-use crate::input::{labels_arg, str_arg, weir_label};
+use crate::input::{str_arg, weir_label, with_labels};
 use crate::instance::weir_instance;
 use crate::status::{Failure, guard, weir_status};
 
@@ -29,12 +29,11 @@ unsafe fn resolve(
     let inst = unsafe { instance.as_ref() }.ok_or_else(|| Failure::null("instance"))?;
     // SAFETY: NULL or NUL-terminated, read only during this call (the caller's contract).
     let name = unsafe { str_arg(name, "name") }.map_err(|b| inst.refuse(b))?;
+    let aggregator = inst.runtime.aggregator();
     // SAFETY: `labels_len` readable labels or NULL (the caller's contract).
-    let labels = unsafe { labels_arg(labels, labels_len) }.map_err(|b| inst.refuse(b))?;
-    Ok(inst
-        .runtime
-        .aggregator()
-        .handle(name, labels.as_slice(), kind)?)
+    let handle = unsafe { with_labels(labels, labels_len, |l| aggregator.handle(name, l, kind)) }
+        .map_err(|b| inst.refuse(b))?;
+    Ok(handle?)
 }
 
 /// A [`Writer`] of one instance, private to the thread that made it.
@@ -103,8 +102,9 @@ unsafe fn record(
     // SAFETY: NULL or NUL-terminated, read only during this call (the caller's contract).
     let name = unsafe { str_arg(name, "name") }.map_err(|b| inst.refuse(b))?;
     // SAFETY: `labels_len` readable labels or NULL (the caller's contract).
-    let labels = unsafe { labels_arg(labels, labels_len) }.map_err(|b| inst.refuse(b))?;
-    Ok(record_cached(inst, name, labels.as_slice(), sample)?)
+    let done = unsafe { with_labels(labels, labels_len, |l| record_cached(inst, name, l, sample)) }
+        .map_err(|b| inst.refuse(b))?;
+    Ok(done?)
 }
 
 /// Stores a new handle in `*out`.
