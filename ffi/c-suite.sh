@@ -10,7 +10,9 @@
 #   - the multi-threaded ones (threads.c, threads.cpp) under ThreadSanitizer, with
 #     ffi/tsan.supp (why: see that file);
 # links threads.c once more through the pkg-config file (ffi/pkgconfig/weir.pc), and
-# runs examples/cpp/remote_write.cpp end to end against a real Prometheus (see below).
+# runs examples/cpp/remote_write.cpp end to end: against a real Prometheus (remote
+# write, with a replay after kill -9) and against the weir daemon (otlp_http; the
+# binary at $WEIR_BIN or target/debug/weir).
 # Ends with "C suite: N passed, 0 failed", N counting the program runs; exits non-zero on the first failure.
 set -euo pipefail
 
@@ -23,8 +25,19 @@ if [ -z "${WEIR_FFI_SKIP_BUILD:-}" ]; then
 fi
 lib="$root/target/debug/libweir_ffi.a"
 out="$(mktemp -d "${TMPDIR:-/tmp}/weir-c-suite.XXXXXX")"
+# Backends this script starts (by their process id), stopped on any exit.
 prom_pid=""
-trap 'if [ -n "$prom_pid" ]; then kill "$prom_pid" 2>/dev/null || true; wait "$prom_pid" 2>/dev/null || true; fi; rm -rf "$out"' EXIT
+daemon_pid=""
+stop_backends() {
+    local pid
+    for pid in "$prom_pid" "$daemon_pid"; do
+        if [ -n "$pid" ]; then
+            kill "$pid" 2>/dev/null || true
+            wait "$pid" 2>/dev/null || true
+        fi
+    done
+}
+trap 'stop_backends; rm -rf "$out"' EXIT
 
 passed=0
 # run LABEL COMMAND...: a build step; check LABEL COMMAND...: a program run, counted.
@@ -151,6 +164,72 @@ TOML
         'e2e_jobs_total{run="live"}=42' 'e2e_queue_depth{run="live"}=5.5' 'e2e_job_seconds_count{run="live"}=3'
 else
     echo "end-to-end part skipped: no prometheus binary (scripts/test installs it before this step)"
+fi
+
+# End to end through otlp_http (delta) to a weir daemon: exact values in its exposition.
+weir_bin="${WEIR_BIN:-$root/target/debug/weir}"
+if [ -x "$weir_bin" ] && [ -x "$out/remote_write" ]; then
+    free_port() { python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'; }
+    otlp_port="$(free_port)"
+    expo_port="$(free_port)"
+    mkdir -p "$out/daemon-data" "$out/otlp-data"
+    cat >"$out/daemon.toml" <<TOML
+data_dir = "$out/daemon-data"
+[aggregation]
+flush_interval = "1s"
+[receivers.statsd]
+enabled = false
+[receivers.otlp]
+grpc_address = "127.0.0.1:$(free_port)"
+http_address = "127.0.0.1:$otlp_port"
+[exposition]
+address = "127.0.0.1:$expo_port"
+[admin]
+enabled = false
+TOML
+    cat >"$out/otlp.toml" <<TOML
+data_dir = "$out/otlp-data"
+[[pipelines]]
+name = "daemon"
+type = "otlp_http"
+endpoint = "http://127.0.0.1:$otlp_port"
+temporality = "delta"
+TOML
+    "$weir_bin" --config "$out/daemon.toml" >"$out/daemon.log" 2>&1 &
+    daemon_pid=$!
+    listening() {
+        for _ in $(seq 1 120); do
+            curl -s -o /dev/null "http://127.0.0.1:$expo_port/metrics" && return 0
+            sleep 0.5
+        done
+        cat "$out/daemon.log"
+        return 1
+    }
+    run "weir daemon: listening (OTLP/HTTP on $otlp_port)" listening
+    check "remote_write (otlp_http pipeline): aggregate, flush, close" \
+        "$out/remote_write" "$out/otlp.toml" send otlp
+    # The daemon's exposition shows the series after its next flush (every 1 s).
+    exposed() {
+        local body
+        for _ in $(seq 1 60); do
+            body="$(curl -sf "http://127.0.0.1:$expo_port/metrics" || true)"
+            if grep -qE '^e2e_jobs_total\{.*run="otlp".*\} 42$' <<<"$body" &&
+                grep -qE '^e2e_queue_depth\{.*run="otlp".*\} 5.5$' <<<"$body" &&
+                grep -qE '^e2e_job_seconds_count\{.*run="otlp".*\} 3$' <<<"$body"; then
+                return 0
+            fi
+            sleep 0.5
+        done
+        grep e2e_ <<<"$body" || echo "no e2e_ series exposed"
+        cat "$out/daemon.log"
+        return 1
+    }
+    check "weir daemon exposes the values sent over OTLP" exposed
+    kill "$daemon_pid" 2>/dev/null || true
+    wait "$daemon_pid" 2>/dev/null || true
+    daemon_pid=""
+else
+    echo "OTLP end-to-end part skipped: no weir binary at $weir_bin (build the workspace first)"
 fi
 
 printf 'C suite: %s passed, 0 failed\n' "$passed"
