@@ -838,3 +838,24 @@ fn histogram_handle_uses_its_own_bounds_and_refuses_unusable_ones() {
     }
     assert_eq!(agg.stats().rejected("invalid_value"), 4);
 }
+
+#[test]
+fn handle_observations_land_in_their_buckets_and_nan_is_refused_and_counted() {
+    let agg = Aggregator::default();
+    let h = agg
+        .histogram_handle("lat_seconds", &[], Arc::from(&[0.1, 1.0][..]))
+        .unwrap();
+    for v in [0.05, 0.5, 0.5, 5.0, f64::INFINITY] {
+        h.observe(v).unwrap();
+    }
+    assert_eq!(h.observe(f64::NAN).unwrap_err().as_str(), "invalid_value");
+    assert_eq!(agg.stats().rejected("invalid_value"), 1);
+    let batch = agg.flush();
+    let FlushedValue::Histogram { delta, .. } = &batch.series[0].value else {
+        panic!("{batch:?}");
+    };
+    assert_eq!(delta.counts, vec![1, 2, 2]);
+    assert_eq!(delta.count, 5);
+    assert_eq!(delta.min, 0.05);
+    assert_eq!(delta.max, f64::INFINITY);
+}

@@ -83,7 +83,13 @@ impl SeriesHandle {
     /// not a histogram.
     #[inline]
     pub fn observe(&self, v: f64) -> Result<(), Rejected> {
-        self.record(Sample::Observe { value: v, count: 1 }, 0)
+        // The hot path, as `increment`'s: straight into the cell (a bucket search and
+        // the cell's atomics), no sample check or dispatch. NaN, another kind or a
+        // sealed cell take the general path, which refuses and counts.
+        match &self.series.cell {
+            Cell::Histogram(h) if !v.is_nan() && h.observe(v, 1).is_ok() => Ok(()),
+            _ => self.record(Sample::Observe { value: v, count: 1 }, 0),
+        }
     }
 
     /// Applies any sample.
