@@ -16,6 +16,7 @@
 //! - [`serve`]: weir's own HTTP listeners: the admin API and the exposition endpoint;
 //! - [`control`]: flush and reload requests between the admin API and the run loop;
 //! - [`telemetry`]: the self-metrics registry each stage reports into;
+//! - [`tls`]: certificate, key and CA files for every TLS client and server;
 //! - [`config`] and [`logging`]: the TOML configuration and the log setup.
 //!
 //! The `weir` binary (`src/main.rs`) only parses the command line and wires these
@@ -33,6 +34,7 @@ pub mod pipeline;
 pub mod serve;
 pub mod sources;
 pub mod telemetry;
+pub mod tls;
 
 pub use config::{Config, ConfigError, DEFAULT_CONFIG_TOML};
 pub use control::FlushSummary;
