@@ -17,6 +17,7 @@
 //! - [`control`]: flush and reload requests between the admin API and the run loop;
 //! - [`telemetry`]: the self-metrics registry each stage reports into;
 //! - [`tls`]: certificate, key and CA files for every TLS client and server;
+//! - [`health`]: the `weir health` probe of a running weir's `GET /health`;
 //! - [`config`] and [`logging`]: the TOML configuration and the log setup.
 //!
 //! The `weir` binary (`src/main.rs`) only parses the command line and wires these
@@ -28,6 +29,7 @@ pub mod backends;
 pub mod config;
 pub mod control;
 pub mod daemon;
+pub mod health;
 pub mod instance;
 pub mod logging;
 pub mod pipeline;

@@ -36,6 +36,16 @@ enum Command {
         #[arg(long, short = 'c', value_name = "FILE")]
         config: Option<PathBuf>,
     },
+    /// Probe a running weir: GET its admin `/health` over plain HTTP; exits 0 on a
+    /// 2xx, 1 otherwise (the container image's HEALTHCHECK; no curl needed).
+    Health {
+        /// The URL to probe.
+        #[arg(long, default_value = "http://127.0.0.1:8686/health")]
+        url: String,
+        /// How long the whole probe may take.
+        #[arg(long, default_value = "3s", value_parser = humantime::parse_duration)]
+        timeout: std::time::Duration,
+    },
 }
 
 fn main() -> ExitCode {
@@ -57,6 +67,18 @@ fn main() -> ExitCode {
             match Config::from_file(&path) {
                 Ok(_) => {
                     println!("config OK");
+                    ExitCode::SUCCESS
+                }
+                Err(e) => {
+                    eprintln!("weir: {e}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
+        Some(Command::Health { url, timeout }) => {
+            match weir_collector::health::probe(&url, timeout) {
+                Ok(status) => {
+                    println!("healthy: {status}");
                     ExitCode::SUCCESS
                 }
                 Err(e) => {

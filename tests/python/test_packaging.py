@@ -1,11 +1,15 @@
 """The deployment files in packaging/: the systemd unit passes `systemd-analyze verify`
-with no warning, and every configuration shipped with the unit or embedded in the
-Kubernetes manifests is one weir accepts and agrees with the manifests around it
-(ports, probe path, config path, state directory)."""
+with no warning, every configuration shipped with the unit, the image or embedded in the
+Kubernetes manifests is one weir accepts and agrees with the files around it (ports,
+probe path, config path, state directory), and the container image builds from scratch
+with podman (a static binary, a non-root user, its ports and health check declared)."""
 
+import json
+import os
 import pathlib
 import shutil
 import subprocess
+import tarfile
 import tomllib
 
 import pytest
@@ -138,3 +142,87 @@ def test_the_kubernetes_manifests_agree_with_the_config_they_mount(tmp_path, nam
     for service in by_kind.get("Service", []):
         for port in service["spec"]["ports"]:
             assert port["targetPort"] in names, port
+
+
+def layer_files(archive, workdir):
+    """Path -> tar member of every file in the layers of a `docker-archive` image save."""
+    files = {}
+    with tarfile.open(archive) as outer:
+        outer.extractall(workdir, filter="data")
+    manifest = json.loads((workdir / "manifest.json").read_text())
+    for layer in manifest[0]["Layers"]:
+        with tarfile.open(workdir / layer) as inner:
+            for member in inner.getmembers():
+                files[member.name.rstrip("/")] = member
+                if member.name == "usr/bin/weir":
+                    inner.extract(member, workdir / "rootfs", filter="data")
+    return files
+
+
+@pytest.mark.skipif(shutil.which("podman") is None, reason="podman is not installed")
+def test_the_container_image_is_a_static_weir_from_scratch_run_by_a_non_root_user(tmp_path):
+    text = (PACKAGING / "container" / "weir.toml").read_text()
+    validate(tmp_path, text)
+    config = tomllib.loads(text)
+    tag = f"localhost/weir-packaging-test:{os.getpid()}"
+    build = subprocess.run(
+        [PACKAGING / "container" / "build.sh", "--tag", tag],
+        capture_output=True,
+        text=True,
+        timeout=1800,
+    )
+    assert build.returncode == 0, build.stdout[-4000:] + build.stderr[-4000:]
+    try:
+        inspect = subprocess.run(["podman", "image", "inspect", tag], capture_output=True, text=True, timeout=60)
+        assert inspect.returncode == 0, inspect.stderr
+        (image,) = json.loads(inspect.stdout)
+        declared = image["Config"]
+        assert declared["Entrypoint"] == ["/usr/bin/weir"]
+        assert declared["Cmd"] == ["--config", "/etc/weir/weir.toml"]
+        assert declared["User"] == "10001:10001"
+        assert declared["WorkingDir"] == "/var/lib/weir"
+        assert "/var/lib/weir" in declared["Volumes"]
+        assert config["data_dir"] == "/var/lib/weir"
+
+        # Exposed: every listener the image's config opens beyond loopback, no more.
+        listening = {}
+        for key, protocol in (("statsd", "udp"), ("statsd_tcp", "tcp")):
+            address = config["receivers"][key]["address"]
+            listening[f"{address.rsplit(':', 1)[1]}/{protocol}"] = address
+        for key in ("grpc_address", "http_address"):
+            address = config["receivers"]["otlp"][key]
+            listening[f"{address.rsplit(':', 1)[1]}/tcp"] = address
+        listening[f"{config['exposition']['address'].rsplit(':', 1)[1]}/tcp"] = config["exposition"]["address"]
+        assert all(a.startswith("0.0.0.0:") for a in listening.values()), listening
+        assert set(declared["ExposedPorts"]) == set(listening)
+
+        # The health check asks the admin API on the container's loopback, with weir itself.
+        # podman lists it beside Config, docker inside it.
+        check = image.get("Healthcheck") or image["Config"].get("Healthcheck")
+        assert check["Test"] == ["CMD", "/usr/bin/weir", "health", "--url", f"http://{config['admin']['address']}/health"]
+        assert config["admin"]["address"].startswith("127.0.0.1:")
+
+        # The layers hold the binary, its config, the user's files and the WAL directory
+        # owned by that user: nothing else (no base image).
+        archive = tmp_path / "image.tar"
+        save = subprocess.run(
+            ["podman", "save", "--format", "docker-archive", "-o", archive, tag],
+            capture_output=True,
+            text=True,
+            timeout=300,
+        )
+        assert save.returncode == 0, save.stderr
+        files = layer_files(archive, tmp_path / "image")
+        regular = {name for name, m in files.items() if m.isfile()}
+        assert regular == {"usr/bin/weir", "etc/weir/weir.toml", "etc/passwd", "etc/group"}
+        assert files["var/lib/weir"].isdir() and (files["var/lib/weir"].uid, files["var/lib/weir"].gid) == (10001, 10001)
+
+        # The binary has no dynamic loader to need: it runs on its own.
+        binary = tmp_path / "image" / "rootfs" / "usr" / "bin" / "weir"
+        elf = binary.read_bytes()
+        assert elf[:4] == b"\x7fELF"
+        assert b"/lib64/ld-linux" not in elf[:4096], "the binary asks for a dynamic loader"
+        version = subprocess.run([binary, "--version"], capture_output=True, text=True, timeout=30)
+        assert version.returncode == 0 and version.stdout.startswith("weir "), version.stdout + version.stderr
+    finally:
+        subprocess.run(["podman", "rmi", "--force", tag], capture_output=True, timeout=120)
