@@ -169,16 +169,18 @@ pub enum HandshakeFailure {
     NoClientCert,
     /// The client's certificate was refused (another CA, expired, not for a client).
     BadCertificate,
-    /// The client ended the handshake with an alert: most often it does not trust
-    /// weir's certificate (wrong CA, expired, name mismatch).
-    ClientAlert,
+    /// The client ended the handshake after weir sent its certificate, with an alert
+    /// or by closing the connection: most often it does not trust the certificate
+    /// (wrong CA, expired, name mismatch).
+    ClientRefused,
     /// Not TLS, or nothing in common (version, cipher suite, ALPN protocol), or a
     /// malformed message.
     Protocol,
     /// The handshake did not complete within the listener's header read timeout (a
     /// client that connects and sends nothing, say).
     Timeout,
-    /// The client closed or reset the connection mid-handshake.
+    /// The client closed or reset the connection before its first TLS message (a TCP
+    /// health check, say).
     Closed,
 }
 
@@ -187,7 +189,7 @@ impl HandshakeFailure {
     pub const ALL: [HandshakeFailure; 6] = [
         HandshakeFailure::NoClientCert,
         HandshakeFailure::BadCertificate,
-        HandshakeFailure::ClientAlert,
+        HandshakeFailure::ClientRefused,
         HandshakeFailure::Protocol,
         HandshakeFailure::Timeout,
         HandshakeFailure::Closed,
@@ -198,37 +200,49 @@ impl HandshakeFailure {
         match self {
             HandshakeFailure::NoClientCert => "no_client_cert",
             HandshakeFailure::BadCertificate => "bad_certificate",
-            HandshakeFailure::ClientAlert => "client_alert",
+            HandshakeFailure::ClientRefused => "client_refused",
             HandshakeFailure::Protocol => "protocol",
             HandshakeFailure::Timeout => "timeout",
             HandshakeFailure::Closed => "closed",
         }
     }
 
-    /// The reason of a handshake's I/O error: tokio-rustls hands rustls' own error
-    /// inside an `InvalidData` error.
-    fn of(error: &std::io::Error) -> HandshakeFailure {
-        use std::io::ErrorKind;
-        if let Some(tls) = error
-            .get_ref()
-            .and_then(|inner| inner.downcast_ref::<rustls::Error>())
-        {
-            return match tls {
-                rustls::Error::NoCertificatesPresented => HandshakeFailure::NoClientCert,
-                rustls::Error::InvalidCertificate(_) => HandshakeFailure::BadCertificate,
-                rustls::Error::AlertReceived(_) => HandshakeFailure::ClientAlert,
-                _ => HandshakeFailure::Protocol,
-            };
-        }
-        match error.kind() {
-            ErrorKind::InvalidData => HandshakeFailure::Protocol,
-            _ => HandshakeFailure::Closed,
-        }
+    /// The reason of an error while reading the client's first message (its
+    /// ClientHello).
+    fn before_hello(error: &std::io::Error, text: String) -> (HandshakeFailure, String) {
+        let reason = match rustls_error(error) {
+            Some(_) => HandshakeFailure::Protocol,
+            None if error.kind() == std::io::ErrorKind::InvalidData => HandshakeFailure::Protocol,
+            None => HandshakeFailure::Closed,
+        };
+        (reason, text)
+    }
+
+    /// The reason of an error after the ClientHello, once weir answered with its
+    /// certificate.
+    fn after_hello(error: &std::io::Error, text: String) -> (HandshakeFailure, String) {
+        let reason = match rustls_error(error) {
+            Some(rustls::Error::NoCertificatesPresented) => HandshakeFailure::NoClientCert,
+            Some(rustls::Error::InvalidCertificate(_)) => HandshakeFailure::BadCertificate,
+            Some(rustls::Error::AlertReceived(_)) => HandshakeFailure::ClientRefused,
+            Some(_) => HandshakeFailure::Protocol,
+            None if error.kind() == std::io::ErrorKind::InvalidData => HandshakeFailure::Protocol,
+            None => HandshakeFailure::ClientRefused,
+        };
+        (reason, text)
     }
 
     fn index(self) -> usize {
         self as usize
     }
+}
+
+/// rustls' own error inside a handshake's I/O error (tokio-rustls wraps it in an
+/// `InvalidData` error).
+fn rustls_error(error: &std::io::Error) -> Option<&rustls::Error> {
+    error
+        .get_ref()
+        .and_then(|inner| inner.downcast_ref::<rustls::Error>())
 }
 
 /// Counters of one TLS listener since start. Relaxed: independent counters, read only
@@ -338,13 +352,26 @@ impl ServerTls {
     where
         S: AsyncRead + AsyncWrite + Unpin,
     {
-        let accept = tokio_rustls::TlsAcceptor::from(self.current()).accept(stream);
+        // In two steps, so a failure says whether the client got as far as weir's
+        // certificate: first its ClientHello, then the rest with the configuration
+        // current at that point.
+        let accept = async {
+            let hello =
+                tokio_rustls::LazyConfigAcceptor::new(rustls::server::Acceptor::default(), stream);
+            let start = hello
+                .await
+                .map_err(|e| HandshakeFailure::before_hello(&e, e.to_string()))?;
+            start
+                .into_stream(self.current())
+                .await
+                .map_err(|e| HandshakeFailure::after_hello(&e, e.to_string()))
+        };
         let (reason, error) = match tokio::time::timeout(timeout, accept).await {
             Ok(Ok(stream)) => {
                 self.counters.handshakes.fetch_add(1, Ordering::Relaxed);
                 return Some(stream);
             }
-            Ok(Err(e)) => (HandshakeFailure::of(&e), e.to_string()),
+            Ok(Err(failure)) => failure,
             Err(_) => (
                 HandshakeFailure::Timeout,
                 format!("no complete handshake within {timeout:?}"),
@@ -425,7 +452,7 @@ impl crate::telemetry::StageMetrics for TlsListeners {
         page.family(
             "weir_tls_handshakes_failed_total",
             Counter,
-            "TLS handshakes that failed, by listener and reason (no_client_cert, bad_certificate, client_alert, protocol, timeout, closed).",
+            "TLS handshakes that failed, by listener and reason (no_client_cert, bad_certificate, client_refused, protocol, timeout, closed).",
             self.0.iter().flat_map(|t| {
                 HandshakeFailure::ALL.iter().map(move |r| {
                     (
@@ -776,7 +803,7 @@ mod tests {
             .expect_err("an unknown issuer");
         assert!(err.to_string().contains("UnknownIssuer"), "{err}");
         assert!(
-            eventually(|| tls.failed(HandshakeFailure::ClientAlert) == 1).await,
+            eventually(|| tls.failed(HandshakeFailure::ClientRefused) == 1).await,
             "not counted"
         );
         assert_eq!(tls.handshakes(), 0);
@@ -795,7 +822,7 @@ mod tests {
                 .is_err()
         );
         assert!(
-            eventually(|| grpc_tls.failed(HandshakeFailure::ClientAlert) >= 1).await,
+            eventually(|| grpc_tls.failed(HandshakeFailure::ClientRefused) >= 1).await,
             "not counted"
         );
         receiver.stop();
@@ -964,6 +991,12 @@ mod tests {
         assert!(closed_within_bound(&mut silent).await, "still open");
         assert!(
             eventually(|| tls.failed(HandshakeFailure::Timeout) == 1).await,
+            "not counted"
+        );
+        // A connection closed before its ClientHello (a TCP health check) is `closed`.
+        drop(TcpStream::connect(addr).await.unwrap());
+        assert!(
+            eventually(|| tls.failed(HandshakeFailure::Closed) == 1).await,
             "not counted"
         );
         task.abort();
