@@ -341,7 +341,7 @@ impl ServerTls {
     }
 
     /// Runs the server side of the handshake on `stream` within `timeout`, with the
-    /// configuration current when it starts. `None` when it failed: counted under its
+    /// configuration current when the client's ClientHello has arrived. `None` when it failed: counted under its
     /// reason, logged at debug, and the connection dropped (closed).
     pub async fn handshake<S>(
         &self,
