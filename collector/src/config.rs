@@ -398,6 +398,7 @@ impl Config {
     fn validate(&self) -> Result<(), (Vec<Step>, String)> {
         within(&["aggregation"], self.aggregation.validate())?;
         within(&["admin"], self.admin.validate())?;
+        within(&["exposition"], self.exposition.validate())?;
         within(&["scrape"], self.scrape.validate())?;
         within(&["receivers"], self.receivers.validate())?;
         within(&["shutdown"], self.shutdown.validate())?;

@@ -14,13 +14,18 @@ use weir_core::{AggregatorStats, FlushBatch, FlushedValue};
 /// A request for a flush: the run loop answers on the channel.
 pub type FlushRequest = oneshot::Sender<FlushSummary>;
 
-/// What a reload did: sections applied, and changed sections that need a restart.
+/// What a reload did: sections applied, changed sections that need a restart, and
+/// what failed to apply.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ReloadReport {
     /// Sections applied (only `scrape` can be).
     pub applied: Vec<&'static str>,
     /// Sections that changed but take effect only after a restart.
     pub needs_restart: Vec<&'static str>,
+    /// What could not be applied while the rest was: a listener's certificate files
+    /// that did not load (the listener keeps serving its previous certificate), each
+    /// naming the `tls` table and the file.
+    pub errors: Vec<String>,
 }
 
 /// A reload's outcome: the report, or why the file was refused.

@@ -31,6 +31,9 @@ use crate::serve::admin::AdminState;
 use crate::serve::exposition::Page;
 use crate::sources::{Source, SourceError};
 use crate::telemetry::Telemetry;
+use crate::tls::server::{
+    Alpn, ServerTls, TlsListeners, tables as tls_tables, tables_mut as tls_tables_mut,
+};
 
 /// Why the daemon stopped with an error.
 #[derive(Debug, thiserror::Error)]
@@ -54,6 +57,9 @@ pub enum DaemonError {
     /// A pipeline could not start (its WAL directory unusable, say).
     #[error(transparent)]
     Pipeline(#[from] crate::pipeline::PipelineError),
+    /// A listener's `tls` table names a file that could not be loaded.
+    #[error(transparent)]
+    Tls(#[from] crate::tls::server::ServerTlsError),
     /// The instance was closed before the daemon's own shutdown (a bug).
     #[error("the instance was already closed")]
     Closed,
@@ -81,6 +87,8 @@ pub struct Daemon {
     page: Page,
     /// The file the config came from, for reloads (none for the embedded default).
     config_path: Option<std::path::PathBuf>,
+    /// The listeners served over TLS (their certificates are re-read on reload).
+    tls: Vec<Arc<ServerTls>>,
 }
 
 impl Daemon {
@@ -98,6 +106,7 @@ impl Daemon {
             instance,
             page,
             config_path: None,
+            tls: Vec::new(),
         }
     }
 
@@ -109,9 +118,13 @@ impl Daemon {
 
     /// Re-reads the config file and applies what can change at run time: what the
     /// sources take on reload (the scrape section: targets added, removed or changed;
-    /// unchanged targets keep running, stopped ones finish their scrape in flight)
-    /// and the shutdown grace period. Other changed sections are reported as needing
-    /// a restart and left as they are. An invalid file changes nothing.
+    /// unchanged targets keep running, stopped ones finish their scrape in flight),
+    /// the shutdown grace period, and every TLS listener's certificate, key and
+    /// client CA files (re-read each time, so replaced files take effect; a table's
+    /// new paths too). A TLS file that does not load leaves that listener on its
+    /// previous certificate and is reported in [`ReloadReport::errors`]. Other
+    /// changed sections (a `tls` table added or removed among them) are reported as
+    /// needing a restart and left as they are. An invalid file changes nothing.
     fn reload(&mut self, sources: &mut [Box<dyn Source>]) -> ReloadResult {
         let Some(path) = &self.config_path else {
             return Err(
@@ -119,7 +132,14 @@ impl Daemon {
             );
         };
         let new = Config::from_file(path).map_err(|e| e.to_string())?;
-        let old = &self.config;
+        // A listener's `tls` table is re-read on every reload, so a change inside it
+        // is applied, not a reason to restart; adding or removing one is.
+        let mut old = self.config.clone();
+        for (running, (_, _, table)) in tls_tables_mut(&mut old).into_iter().zip(tls_tables(&new)) {
+            if running.is_some() && table.is_some() {
+                *running = table.cloned();
+            }
+        }
         let needs_restart: Vec<&'static str> = [
             ("data_dir", new.data_dir == old.data_dir),
             ("aggregation", new.aggregation == old.aggregation),
@@ -143,14 +163,43 @@ impl Daemon {
                 applied.push(s.name());
             }
         }
+        let mut errors = Vec::new();
+        let mut tls_reloaded = false;
+        for tls in &self.tls {
+            let table = tls_tables(&new)
+                .into_iter()
+                .find_map(|(listener, _, table)| (listener == tls.listener()).then_some(table))
+                .flatten();
+            // None: the table was removed, which takes a restart (reported above).
+            let Some(table) = table else { continue };
+            match tls.reload(table) {
+                Ok(()) => tls_reloaded = true,
+                Err(e) => {
+                    warn!(error = %e, "TLS certificate reload failed; the listener keeps its previous certificate");
+                    errors.push(e.to_string());
+                }
+            }
+        }
+        if tls_reloaded {
+            applied.push("tls");
+        }
         // Only the sections applied above differ from the running config now, or
         // they are reported as needing a restart (and take effect after it).
         self.config.shutdown = new.shutdown.clone();
-        self.config.scrape = new.scrape;
-        info!(?applied, ?needs_restart, "config reloaded");
+        self.config.scrape = new.scrape.clone();
+        for (running, (_, _, table)) in tls_tables_mut(&mut self.config)
+            .into_iter()
+            .zip(tls_tables(&new))
+        {
+            if running.is_some() && table.is_some() {
+                *running = table.cloned();
+            }
+        }
+        info!(?applied, ?needs_restart, ?errors, "config reloaded");
         Ok(ReloadReport {
             applied,
             needs_restart,
+            errors,
         })
     }
 
@@ -190,6 +239,7 @@ impl Daemon {
         let mut sources = crate::sources::start(&self.config, self.instance.aggregator()).await?;
         for s in &sources {
             telemetry.register(s.name(), s.metrics());
+            self.tls.extend(s.tls());
         }
         let exposition = self.start_exposition().await?;
         let (flush_tx, mut flush_rx) = tokio::sync::mpsc::channel::<FlushRequest>(16);
@@ -212,6 +262,9 @@ impl Daemon {
                 .map(|e| ("exposition", e.counters.clone())),
         );
         telemetry.register("listeners", Arc::new(Listeners(listeners)));
+        if !self.tls.is_empty() {
+            telemetry.register("tls", Arc::new(TlsListeners(self.tls.clone())));
+        }
         let mut flushes = self.instance.flushes();
         self.instance.spawn_flush_loop();
         let mut shutdown = std::pin::pin!(shutdown);
@@ -270,23 +323,27 @@ impl Daemon {
         last.ok_or(DaemonError::Closed)
     }
 
-    async fn start_admin(&self, state: Arc<AdminState>) -> Result<Option<Server>, DaemonError> {
+    async fn start_admin(&mut self, state: Arc<AdminState>) -> Result<Option<Server>, DaemonError> {
         let c = &self.config.admin;
         if !c.enabled {
             return Ok(None);
         }
-        crate::serve::admin::start(c.address, state)
+        let tls = ServerTls::for_listener(&self.config, "admin", Alpn::Http1)?;
+        self.tls.extend(tls.clone());
+        crate::serve::admin::start(c.address, tls, state)
             .await
             .map(Some)
             .map_err(cannot_listen("admin", c.address))
     }
 
-    async fn start_exposition(&self) -> Result<Option<Server>, DaemonError> {
+    async fn start_exposition(&mut self) -> Result<Option<Server>, DaemonError> {
         let c = &self.config.exposition;
         if !c.enabled {
             return Ok(None);
         }
-        crate::serve::exposition::start(c.address, self.page.clone())
+        let tls = ServerTls::for_listener(&self.config, "exposition", Alpn::Http1)?;
+        self.tls.extend(tls.clone());
+        crate::serve::exposition::start(c.address, tls, self.page.clone())
             .await
             .map(Some)
             .map_err(cannot_listen("exposition", c.address))

@@ -585,7 +585,7 @@ fn reload_adds_and_removes_targets_and_refuses_a_broken_file() {
     dir.write("weir.toml", &format!("{base}{}{}", target(&a), target(&b)));
     let answer = http(&admin, "POST", "/config/reload");
     assert_eq!(
-        answer, "{\"applied\":[\"scrape\"],\"needs_restart\":[]}",
+        answer, "{\"applied\":[\"scrape\"],\"errors\":[],\"needs_restart\":[]}",
         "{answer}"
     );
     assert_eq!(urls(&http_get(&admin, "/status")), 2);

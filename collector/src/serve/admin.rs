@@ -1,8 +1,10 @@
 //! The admin API (default `127.0.0.1:8686`): `GET /health`, `GET /status` (JSON),
 //! `GET /metrics` (weir's own metrics, `weir_` prefix, Prometheus text),
 //! `POST /flush` (flush now; answers with the flush's summary) and
-//! `POST /config/reload` (re-read the config file; scrape changes are applied,
-//! others reported as needing a restart; an invalid file answers 400).
+//! `POST /config/reload` (re-read the config file; scrape changes and the TLS
+//! listeners' certificate files are applied, others reported as needing a restart,
+//! certificate files that did not load listed in `errors`; an invalid file answers
+//! 400).
 //!
 //! With `admin.token` set, the mutating endpoints (`POST /flush`, `POST
 //! /config/reload`) answer 401 unless the request carries `Authorization: Bearer
@@ -26,11 +28,12 @@ use serde::Deserialize;
 use tokio::sync::{mpsc, oneshot};
 use tracing::info;
 
-use crate::config::{Step, keys};
+use crate::config::{Step, keys, within};
 use crate::control::{FlushRequest, ReloadRequest};
 use crate::pipeline::Pipeline;
 use crate::serve::{Body, Server, plain};
 use crate::telemetry::{MetricsPage, Telemetry};
+use crate::tls::server::{ServerTls, TlsServerConfig};
 
 /// `[admin]`: the admin API.
 #[derive(Debug, Clone, PartialEq, Deserialize)]
@@ -44,6 +47,8 @@ pub struct AdminConfig {
     /// require (`Authorization: Bearer <token>`). Default none; required when
     /// `address` is not a loopback address. At least 16 characters.
     pub token: Option<String>,
+    /// TLS (`[admin.tls]`). Default none (plain HTTP).
+    pub tls: Option<TlsServerConfig>,
 }
 
 impl Default for AdminConfig {
@@ -52,6 +57,7 @@ impl Default for AdminConfig {
             enabled: true,
             address: SocketAddr::from(([127, 0, 0, 1], 8686)),
             token: None,
+            tls: None,
         }
     }
 }
@@ -76,6 +82,9 @@ impl AdminConfig {
                 "must be at least 16 characters, without spaces".to_owned(),
             ));
         }
+        if let Some(tls) = &self.tls {
+            within(&["tls"], tls.validate())?;
+        }
         Ok(())
     }
 }
@@ -96,12 +105,18 @@ pub struct AdminState {
     pub token: Option<String>,
 }
 
-/// Binds and serves the admin API. Must be called inside a tokio runtime.
+/// Binds and serves the admin API, over TLS when `tls` is given. Must be called inside
+/// a tokio runtime.
 ///
 /// # Errors
 /// The listener could not be bound.
-pub async fn start(address: SocketAddr, state: Arc<AdminState>) -> std::io::Result<Server> {
-    let server = Server::start(address, "admin", move |req| {
+pub async fn start(
+    address: SocketAddr,
+    tls: Option<Arc<ServerTls>>,
+    state: Arc<AdminState>,
+) -> std::io::Result<Server> {
+    let https = tls.is_some();
+    let server = Server::start(address, "admin", tls, move |req| {
         let state = state.clone();
         async move {
             let mutating = req.method() == Method::POST;
@@ -120,7 +135,7 @@ pub async fn start(address: SocketAddr, state: Arc<AdminState>) -> std::io::Resu
         }
     })
     .await?;
-    info!(address = %server.addr, "admin API listening (/health, /status, /metrics, POST /flush)");
+    info!(address = %server.addr, tls = https, "admin API listening (/health, /status, /metrics, POST /flush)");
     Ok(server)
 }
 
@@ -219,8 +234,12 @@ async fn handle(method: &Method, path: &str, state: &AdminState) -> Response<Bod
             }
             match tokio::time::timeout(Duration::from_secs(60), rx).await {
                 Ok(Ok(Ok(r))) => with_type(
-                    serde_json::json!({"applied": r.applied, "needs_restart": r.needs_restart})
-                        .to_string(),
+                    serde_json::json!({
+                        "applied": r.applied,
+                        "needs_restart": r.needs_restart,
+                        "errors": r.errors,
+                    })
+                    .to_string(),
                     "application/json",
                 ),
                 Ok(Ok(Err(e))) => plain(StatusCode::BAD_REQUEST, &format!("{e}\n")),

@@ -17,7 +17,9 @@ use serde::Deserialize;
 use tracing::info;
 use weir_core::FlushBatch;
 
+use crate::config::{Step, within};
 use crate::serve::{Server, plain};
+use crate::tls::server::{ServerTls, TlsServerConfig};
 
 /// `[exposition]`: `GET /metrics` with the latest flush, for Prometheus to scrape.
 #[derive(Debug, Clone, PartialEq, Deserialize)]
@@ -27,6 +29,8 @@ pub struct ExpositionConfig {
     pub enabled: bool,
     /// Listener. Default `127.0.0.1:9102` (statsd_exporter's port).
     pub address: SocketAddr,
+    /// TLS (`[exposition.tls]`). Default none (plain HTTP).
+    pub tls: Option<TlsServerConfig>,
 }
 
 impl Default for ExpositionConfig {
@@ -34,6 +38,17 @@ impl Default for ExpositionConfig {
         ExpositionConfig {
             enabled: true,
             address: SocketAddr::from(([127, 0, 0, 1], 9102)),
+            tls: None,
+        }
+    }
+}
+
+impl ExpositionConfig {
+    /// Checks the section; on error returns the key inside it and the reason.
+    pub(crate) fn validate(&self) -> Result<(), (Vec<Step>, String)> {
+        match &self.tls {
+            Some(tls) => within(&["tls"], tls.validate()),
+            None => Ok(()),
         }
     }
 }
@@ -54,12 +69,18 @@ impl Page {
     }
 }
 
-/// Binds and serves `page` on `GET /metrics`. Must be called inside a tokio runtime.
+/// Binds and serves `page` on `GET /metrics`, over TLS when `tls` is given. Must be
+/// called inside a tokio runtime.
 ///
 /// # Errors
 /// The listener could not be bound.
-pub async fn start(address: SocketAddr, page: Page) -> std::io::Result<Server> {
-    let server = Server::start(address, "exposition", move |req| {
+pub async fn start(
+    address: SocketAddr,
+    tls: Option<Arc<ServerTls>>,
+    page: Page,
+) -> std::io::Result<Server> {
+    let https = tls.is_some();
+    let server = Server::start(address, "exposition", tls, move |req| {
         let page = page.clone();
         async move {
             if req.uri().path() != "/metrics" {
@@ -77,6 +98,6 @@ pub async fn start(address: SocketAddr, page: Page) -> std::io::Result<Server> {
         }
     })
     .await?;
-    info!(address = %server.addr, "exposition endpoint listening (GET /metrics)");
+    info!(address = %server.addr, tls = https, "exposition endpoint listening (GET /metrics)");
     Ok(server)
 }

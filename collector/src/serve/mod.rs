@@ -3,7 +3,10 @@
 //! request, and the limits that keep a hostile or broken client from holding the
 //! listener.
 //!
-//! Owns: the accept loop, connection tasks and the per-listener [`Limits`]:
+//! Owns: the accept loop ([`accept_loop`], which the OTLP gRPC listener shares),
+//! connection tasks, TLS on a listener whose `tls` table is set (the handshake runs on
+//! the connection's task, within `header_read_timeout`, see
+//! [`crate::tls::server`]), and the per-listener [`Limits`]:
 //! - **Connection cap** (`max_connections`, a semaphore): a connection accepted while
 //!   the cap is reached is closed at once and counted in
 //!   [`ListenerCounters::refused`]. Closing, rather than leaving it in the kernel's
@@ -15,17 +18,21 @@
 //!   its previous response. So it is also the keep-alive idle timeout: hyper starts the
 //!   timer whenever the connection waits for a request head, and a connection that
 //!   sends nothing for that long is closed ([`ListenerCounters::header_timeouts`]).
+//!   Over TLS the handshake has its own `header_read_timeout` from the accept (a
+//!   failure counted in `weir_tls_handshakes_failed_total`), and the request head's
+//!   starts after it.
 //! - Request bodies are read by the handlers, which bound them in time themselves (the
 //!   OTLP receiver's `body_read_timeout`); a handler that does not read the body lets
 //!   hyper close the connection after the response instead of draining it.
 //!
-//! Must never: stop accepting because one accept or connection failed, or hold more
-//! connections than the cap.
+//! Must never: stop accepting because one accept, handshake or connection failed, wait
+//! for a handshake on the accept loop, or hold more connections than the cap.
 
 pub mod admin;
 pub mod exposition;
 
 use std::future::Future;
+use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
@@ -34,9 +41,11 @@ use http_body_util::Full;
 use hyper::body::{Bytes, Incoming};
 use hyper::{Request, Response, StatusCode};
 use hyper_util::rt::{TokioIo, TokioTimer};
-use tokio::net::TcpListener;
-use tokio::sync::Semaphore;
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tracing::{debug, warn};
+
+use crate::tls::server::ServerTls;
 
 /// A response body of the server.
 pub type Body = Full<Bytes>;
@@ -73,34 +82,102 @@ pub struct ListenerCounters {
     pub header_timeouts: AtomicU64,
 }
 
-/// Serves `handler` on `listener` within [`Limits::INTERNAL`] until the task is
-/// aborted; see [`serve_within`].
+/// Serves `handler` on `listener` within [`Limits::INTERNAL`], in plain text, until
+/// the task is aborted; see [`serve_within`].
 pub async fn serve<F, Fut>(listener: TcpListener, what: &'static str, handler: F)
 where
     F: Fn(Request<Incoming>) -> Fut + Clone + Send + Sync + 'static,
     Fut: Future<Output = Response<Body>> + Send + 'static,
 {
     let counters = Arc::new(ListenerCounters::default());
-    serve_within(listener, what, Limits::INTERNAL, counters, handler).await;
+    serve_within(listener, what, Limits::INTERNAL, counters, None, handler).await;
 }
 
 /// Serves `handler` on `listener` within `limits` until the task is aborted, counting
-/// into `counters`. `what` names the server in logs.
+/// into `counters`; over TLS when `tls` is given (the handshake on the connection's
+/// task, within `limits.header_read_timeout`). `what` names the server in logs.
 pub async fn serve_within<F, Fut>(
     listener: TcpListener,
     what: &'static str,
     limits: Limits,
     counters: Arc<ListenerCounters>,
+    tls: Option<Arc<ServerTls>>,
     handler: F,
 ) where
     F: Fn(Request<Incoming>) -> Fut + Clone + Send + Sync + 'static,
     Fut: Future<Output = Response<Body>> + Send + 'static,
 {
-    let slots = Arc::new(Semaphore::new(limits.max_connections.max(1)));
     let mut builder = hyper::server::conn::http1::Builder::new();
     builder
         .timer(TokioTimer::new())
         .header_read_timeout(limits.header_read_timeout);
+    let conn_counters = counters.clone();
+    accept_loop(
+        listener,
+        what,
+        limits.max_connections,
+        counters,
+        move |stream, peer, slot| {
+            let handler = handler.clone();
+            let builder = builder.clone();
+            let counters = conn_counters.clone();
+            let tls = tls.clone();
+            tokio::spawn(async move {
+                let service = hyper::service::service_fn(move |req| {
+                    let fut = handler(req);
+                    async move { Ok::<_, std::convert::Infallible>(fut.await) }
+                });
+                match tls {
+                    None => serve_connection(&builder, stream, service, &counters, what).await,
+                    Some(tls) => {
+                        let handshake = tls.handshake(stream, peer, limits.header_read_timeout);
+                        if let Some(stream) = handshake.await {
+                            serve_connection(&builder, stream, service, &counters, what).await;
+                        }
+                    }
+                }
+                drop(slot);
+            });
+        },
+    )
+    .await;
+}
+
+/// Serves one connection until it ends, counting a header timeout.
+async fn serve_connection<I, S>(
+    builder: &hyper::server::conn::http1::Builder,
+    io: I,
+    service: S,
+    counters: &ListenerCounters,
+    what: &'static str,
+) where
+    I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+    S: hyper::service::HttpService<Incoming, ResBody = Body>,
+    S::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    let conn = builder.serve_connection(TokioIo::new(io), service);
+    // Pinned here so the socket closes only after the outcome is counted.
+    let mut conn = std::pin::pin!(conn);
+    if let Err(e) = conn.as_mut().await {
+        if e.is_timeout() {
+            counters.header_timeouts.fetch_add(1, Ordering::Relaxed);
+        }
+        debug!(error = %e, "{what}: connection ended");
+    }
+}
+
+/// Accepts connections on `listener` forever: each is given to `admit` with its peer
+/// and a slot of the `max` connections allowed at once (held until dropped), with
+/// Nagle's algorithm off. Beyond `max` a connection is closed at once and counted in
+/// `counters.refused`. `admit` must not wait: it spawns what the connection needs.
+pub async fn accept_loop(
+    listener: TcpListener,
+    what: &'static str,
+    max: usize,
+    counters: Arc<ListenerCounters>,
+    mut admit: impl FnMut(TcpStream, SocketAddr, OwnedSemaphorePermit),
+) {
+    let slots = Arc::new(Semaphore::new(max.max(1)));
     loop {
         let (stream, peer) = match listener.accept().await {
             Ok(c) => c,
@@ -111,7 +188,7 @@ pub async fn serve_within<F, Fut>(
             }
         };
         let Ok(slot) = slots.clone().try_acquire_owned() else {
-            refuse(what, &counters, limits.max_connections, peer);
+            refuse(what, &counters, max, peer);
             drop(stream);
             continue;
         };
@@ -120,25 +197,7 @@ pub async fn serve_within<F, Fut>(
         if let Err(e) = stream.set_nodelay(true) {
             debug!(error = %e, "{what}: cannot set TCP_NODELAY");
         }
-        let handler = handler.clone();
-        let builder = builder.clone();
-        let counters = counters.clone();
-        tokio::spawn(async move {
-            let service = hyper::service::service_fn(move |req| {
-                let fut = handler(req);
-                async move { Ok::<_, std::convert::Infallible>(fut.await) }
-            });
-            let conn = builder.serve_connection(TokioIo::new(stream), service);
-            // Pinned here so the socket closes only after the outcome is counted.
-            let mut conn = std::pin::pin!(conn);
-            if let Err(e) = conn.as_mut().await {
-                if e.is_timeout() {
-                    counters.header_timeouts.fetch_add(1, Ordering::Relaxed);
-                }
-                debug!(error = %e, "{what}: connection ended");
-            }
-            drop(slot);
-        });
+        admit(stream, peer, slot);
     }
 }
 
@@ -180,14 +239,15 @@ pub struct Server {
 }
 
 impl Server {
-    /// Binds `address` and serves `handler` on it. `what` names the listener in logs.
-    /// Must be called inside a tokio runtime.
+    /// Binds `address` and serves `handler` on it, over TLS when `tls` is given.
+    /// `what` names the listener in logs. Must be called inside a tokio runtime.
     ///
     /// # Errors
     /// The listener could not be bound.
     pub async fn start<F, Fut>(
         address: std::net::SocketAddr,
         what: &'static str,
+        tls: Option<Arc<ServerTls>>,
         handler: F,
     ) -> std::io::Result<Server>
     where
@@ -202,6 +262,7 @@ impl Server {
             what,
             Limits::INTERNAL,
             counters.clone(),
+            tls,
             handler,
         ));
         Ok(Server {
@@ -270,6 +331,7 @@ mod tests {
             "test",
             limits,
             counters.clone(),
+            None,
             |_req| async { plain(StatusCode::OK, "ok\n") },
         ));
         (addr, counters)

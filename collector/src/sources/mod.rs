@@ -49,6 +49,12 @@ pub trait Source: Send {
         Vec::new()
     }
 
+    /// The TLS of its listeners, if any: the daemon reloads their certificates on
+    /// every config reload and reports their handshakes.
+    fn tls(&self) -> Vec<Arc<crate::tls::server::ServerTls>> {
+        Vec::new()
+    }
+
     /// Called after every periodic flush, for rate-limited warnings.
     fn after_flush(&mut self) {}
 

@@ -14,6 +14,11 @@
 //! Bodies are protobuf or OTLP/JSON (`application/json`), answered in the same
 //! encoding.
 //!
+//! TLS: each listener over TLS when its table is set (`grpc_tls`, `http_tls`; see
+//! [`crate::tls::server`]): the gRPC listener offers ALPN `h2`, the HTTP one
+//! `http/1.1`. Handshakes run on a task per connection, never on the accept loop, and
+//! must complete within `header_read_timeout`.
+//!
 //! Limits (`[receivers.otlp]`):
 //! - `max_connections` per listener: the HTTP listener's cap is [`crate::serve`]'s; the
 //!   gRPC listener's is checked as connections are accepted ([`admitted`]). Beyond it
@@ -25,7 +30,8 @@
 //!   be retried only with `RetryInfo`), and counted in
 //!   [`OtlpCounters::overloaded`]. The gRPC check wraps the generated service
 //!   ([`Admission`]), so it runs before tonic reads and decodes the message.
-//! - `header_read_timeout`: HTTP, see [`crate::serve`]. gRPC connections that read
+//! - `header_read_timeout`: HTTP, see [`crate::serve`]; over TLS also the time a
+//!   handshake may take (both listeners). gRPC connections that read
 //!   nothing for `header_read_timeout + body_read_timeout` are closed ([`Admitted`]):
 //!   a call ends within `body_read_timeout` of its last byte, so only an idle or
 //!   stalled connection hits it.
@@ -56,12 +62,13 @@ use hyper::body::{Bytes, Incoming};
 use hyper::{Request, Response, StatusCode};
 use serde::Deserialize;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::TcpListener;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio::task::JoinHandle;
 use tracing::{info, warn};
 
 use crate::serve::{Limits, ListenerCounters, plain};
+use crate::tls::server::{Alpn, ServerTls, ServerTlsError, TlsServerConfig};
 use weir_core::parse::otlp::{ExportReport, OtlpRejection, apply_export};
 use weir_core::{Aggregator, Writer};
 use weir_proto::Message;
@@ -107,6 +114,10 @@ pub struct OtlpReceiverConfig {
     /// 30s; between 1ms and 10m.
     #[serde(with = "humantime_serde")]
     pub body_read_timeout: Duration,
+    /// TLS on the gRPC listener (`[receivers.otlp.grpc_tls]`). Default none (plain).
+    pub grpc_tls: Option<TlsServerConfig>,
+    /// TLS on the HTTP listener (`[receivers.otlp.http_tls]`). Default none (plain).
+    pub http_tls: Option<TlsServerConfig>,
 }
 
 /// Largest accepted `receivers.otlp.header_read_timeout` and `body_read_timeout`.
@@ -124,6 +135,8 @@ impl Default for OtlpReceiverConfig {
             max_requests_in_flight: 32,
             header_read_timeout: Duration::from_secs(10),
             body_read_timeout: Duration::from_secs(30),
+            grpc_tls: None,
+            http_tls: None,
         }
     }
 }
@@ -165,6 +178,11 @@ impl OtlpReceiverConfig {
                         fmt_duration(t)
                     ),
                 ));
+            }
+        }
+        for (k, tls) in [("grpc_tls", &self.grpc_tls), ("http_tls", &self.http_tls)] {
+            if let Some(tls) = tls {
+                crate::config::within(&[k], tls.validate())?;
             }
         }
         Ok(())
@@ -282,6 +300,44 @@ fn response(r: &ExportReport) -> ExportMetricsServiceResponse {
     }
 }
 
+/// The TLS of the two listeners; `None` for a plain one.
+#[derive(Default, Clone)]
+pub struct ListenerTls {
+    /// The gRPC listener's (`receivers.otlp.grpc_tls`).
+    pub grpc: Option<Arc<ServerTls>>,
+    /// The HTTP listener's (`receivers.otlp.http_tls`).
+    pub http: Option<Arc<ServerTls>>,
+}
+
+impl ListenerTls {
+    /// Loads the `grpc_tls` and `http_tls` tables of `config`.
+    ///
+    /// # Errors
+    /// A file of a table could not be loaded; the error names the table and the file.
+    pub fn load(config: &OtlpReceiverConfig) -> Result<ListenerTls, ServerTlsError> {
+        let load = |listener, key, table: &Option<TlsServerConfig>, alpn| {
+            table
+                .as_ref()
+                .map(|t| ServerTls::new(listener, key, t, alpn))
+                .transpose()
+        };
+        Ok(ListenerTls {
+            grpc: load(
+                "otlp_grpc",
+                "receivers.otlp.grpc_tls",
+                &config.grpc_tls,
+                Alpn::Grpc,
+            )?,
+            http: load(
+                "otlp_http",
+                "receivers.otlp.http_tls",
+                &config.http_tls,
+                Alpn::Http1,
+            )?,
+        })
+    }
+}
+
 /// The running OTLP listeners.
 pub struct OtlpReceiver {
     /// The gRPC listener's address, if enabled.
@@ -290,22 +346,31 @@ pub struct OtlpReceiver {
     pub http_addr: Option<SocketAddr>,
     /// What both share (counters included).
     pub ingest: Arc<OtlpIngest>,
+    /// The listeners' TLS, where configured.
+    pub tls: ListenerTls,
     tasks: Vec<JoinHandle<()>>,
 }
 
 impl OtlpReceiver {
-    /// Binds both listeners and starts serving. Must be called inside a tokio runtime.
+    /// Loads the listeners' TLS files (if configured), binds both listeners and
+    /// starts serving. Must be called inside a tokio runtime.
     ///
     /// # Errors
-    /// A listener could not be bound.
+    /// A listener could not be bound, or a `tls` table's file loaded (an
+    /// `InvalidInput` error naming the table and the file).
     pub async fn start(
         config: &OtlpReceiverConfig,
         aggregator: &Aggregator,
     ) -> std::io::Result<Self> {
-        Self::start_with(config, OtlpIngest::new(config, aggregator)).await
+        let tls = ListenerTls::load(config)?;
+        Self::start_with(config, OtlpIngest::new(config, aggregator), tls).await
     }
 
-    async fn start_with(config: &OtlpReceiverConfig, ingest: OtlpIngest) -> std::io::Result<Self> {
+    async fn start_with(
+        config: &OtlpReceiverConfig,
+        ingest: OtlpIngest,
+        tls: ListenerTls,
+    ) -> std::io::Result<Self> {
         let ingest = Arc::new(ingest);
         let mut tasks = Vec::new();
         let grpc = TcpListener::bind(config.grpc_address).await?;
@@ -316,12 +381,17 @@ impl OtlpReceiver {
                 .accept_compressed(tonic::codec::CompressionEncoding::Gzip),
             ingest: ingest.clone(),
         };
-        let incoming = admitted(
+        let (incoming, accepting) = admitted(
             grpc,
             config.max_connections,
-            config.header_read_timeout + config.body_read_timeout,
+            GrpcDeadlines {
+                handshake: config.header_read_timeout,
+                idle: config.header_read_timeout + config.body_read_timeout,
+            },
             ingest.grpc_listener.clone(),
+            tls.grpc.clone(),
         );
+        tasks.push(accepting);
         let call_timeout = config.body_read_timeout;
         tasks.push(tokio::spawn(async move {
             if let Err(e) = tonic::transport::Server::builder()
@@ -345,16 +415,24 @@ impl OtlpReceiver {
             "otlp http",
             limits,
             ingest.http_listener.clone(),
+            tls.http.clone(),
             move |req| {
                 let ingest = handler_ingest.clone();
                 async move { handle_http(req, &ingest).await }
             },
         )));
-        info!(grpc = %grpc_addr, http = %http_addr, "otlp receiver listening (gRPC, HTTP /v1/metrics)");
+        info!(
+            grpc = %grpc_addr,
+            http = %http_addr,
+            grpc_tls = tls.grpc.is_some(),
+            http_tls = tls.http.is_some(),
+            "otlp receiver listening (gRPC, HTTP /v1/metrics)"
+        );
         Ok(OtlpReceiver {
             grpc_addr: Some(grpc_addr),
             http_addr: Some(http_addr),
             ingest,
+            tls,
             tasks,
         })
     }
@@ -380,52 +458,104 @@ pub fn nodelay(
     })
 }
 
-/// gRPC connections as accepted, within `max` open at once (beyond it a connection
-/// is closed at once and counted in `counters.refused`), each closed once it has read
-/// nothing for `idle`, with Nagle's algorithm off (see [`nodelay`]).
+/// The deadlines of a gRPC connection.
+#[derive(Debug, Clone, Copy)]
+pub struct GrpcDeadlines {
+    /// For the TLS handshake, from the accept.
+    pub handshake: Duration,
+    /// For a read that returns nothing, once connected (see [`Admitted`]).
+    pub idle: Duration,
+}
+
+/// gRPC connections as accepted by [`crate::serve::accept_loop`] (within `max` open at
+/// once, beyond it closed at once and counted in `counters.refused`; Nagle's algorithm
+/// off), over TLS when `tls` is given (each handshake on a task of its own, within
+/// `deadlines.handshake`), each closed once it has read nothing for `deadlines.idle`.
+/// The second value is the accept loop's task, which ends when the stream is dropped.
 pub fn admitted(
     listener: TcpListener,
     max: usize,
-    idle: Duration,
+    deadlines: GrpcDeadlines,
     counters: Arc<ListenerCounters>,
-) -> impl tokio_stream::Stream<Item = std::io::Result<Admitted>> {
+    tls: Option<Arc<ServerTls>>,
+) -> (
+    impl tokio_stream::Stream<Item = std::io::Result<Admitted>>,
+    JoinHandle<()>,
+) {
     use tokio_stream::StreamExt as _;
-    let slots = Arc::new(Semaphore::new(max.max(1)));
-    tokio_stream::wrappers::TcpListenerStream::new(listener).filter_map(move |s| {
-        let stream = match s {
-            Ok(s) => s,
-            // tonic logs and goes on accepting.
-            Err(e) => return Some(Err(e)),
-        };
-        let Ok(slot) = slots.clone().try_acquire_owned() else {
-            let peer = stream
-                .peer_addr()
-                .unwrap_or_else(|_| SocketAddr::from(([0, 0, 0, 0], 0)));
-            crate::serve::refuse("otlp grpc", &counters, max, peer);
-            return None;
-        };
-        counters.accepted.fetch_add(1, Ordering::Relaxed);
-        if let Err(e) = stream.set_nodelay(true) {
-            tracing::debug!(error = %e, "otlp grpc: cannot set TCP_NODELAY");
+    use tonic::transport::server::Connected as _;
+    // At most `max` connections hold a slot, and each sends once: never full.
+    let (tx, rx) = tokio::sync::mpsc::channel::<Admitted>(max.max(1));
+    let closed = tx.clone();
+    let accept = crate::serve::accept_loop(
+        listener,
+        "otlp grpc",
+        max,
+        counters,
+        move |stream, peer, slot| {
+            let info = stream.connect_info();
+            match &tls {
+                None => {
+                    let _ =
+                        tx.try_send(Admitted::new(Box::new(stream), info, slot, deadlines.idle));
+                }
+                Some(tls) => {
+                    let (tls, tx) = (tls.clone(), tx.clone());
+                    tokio::spawn(async move {
+                        if let Some(stream) = tls.handshake(stream, peer, deadlines.handshake).await
+                        {
+                            let conn = Admitted::new(Box::new(stream), info, slot, deadlines.idle);
+                            let _ = tx.send(conn).await;
+                        }
+                    });
+                }
+            }
+        },
+    );
+    let task = tokio::spawn(async move {
+        tokio::select! {
+            () = accept => {}
+            () = closed.closed() => {}
         }
-        Some(Ok(Admitted {
-            stream,
-            _slot: slot,
-            idle,
-            deadline: Box::pin(tokio::time::sleep(idle)),
-        }))
-    })
+    });
+    (
+        tokio_stream::wrappers::ReceiverStream::new(rx).map(Ok),
+        task,
+    )
 }
+
+/// What a gRPC connection reads and writes: a TCP stream, or a TLS stream over one.
+pub trait ConnIo: AsyncRead + AsyncWrite + Send + Unpin {}
+
+impl<T: AsyncRead + AsyncWrite + Send + Unpin> ConnIo for T {}
 
 /// An accepted gRPC connection: holds its slot of the connection cap until dropped,
 /// and fails its reads once nothing was read for `idle` (so hyper closes it).
 pub struct Admitted {
-    stream: TcpStream,
+    stream: Box<dyn ConnIo>,
+    info: tonic::transport::server::TcpConnectInfo,
     _slot: OwnedSemaphorePermit,
     idle: Duration,
     /// When the connection counts as idle; pushed back by every read that returns
     /// bytes.
     deadline: Pin<Box<tokio::time::Sleep>>,
+}
+
+impl Admitted {
+    fn new(
+        stream: Box<dyn ConnIo>,
+        info: tonic::transport::server::TcpConnectInfo,
+        slot: OwnedSemaphorePermit,
+        idle: Duration,
+    ) -> Admitted {
+        Admitted {
+            stream,
+            info,
+            _slot: slot,
+            idle,
+            deadline: Box::pin(tokio::time::sleep(idle)),
+        }
+    }
 }
 
 impl AsyncRead for Admitted {
@@ -487,10 +617,10 @@ impl AsyncWrite for Admitted {
 }
 
 impl tonic::transport::server::Connected for Admitted {
-    type ConnectInfo = <TcpStream as tonic::transport::server::Connected>::ConnectInfo;
+    type ConnectInfo = tonic::transport::server::TcpConnectInfo;
 
     fn connect_info(&self) -> Self::ConnectInfo {
-        self.stream.connect_info()
+        self.info.clone()
     }
 }
 
@@ -746,7 +876,7 @@ impl OtlpSource {
     /// tokio runtime.
     ///
     /// # Errors
-    /// A listener could not be bound.
+    /// A listener could not be bound, or a `tls` table's file loaded.
     pub async fn start(
         config: &crate::config::Config,
         aggregator: &Aggregator,
@@ -781,6 +911,11 @@ impl crate::sources::Source for OtlpSource {
             ("otlp_http", ingest.http_listener.clone()),
             ("otlp_grpc", ingest.grpc_listener.clone()),
         ]
+    }
+
+    fn tls(&self) -> Vec<Arc<ServerTls>> {
+        let tls = &self.receiver.tls;
+        tls.grpc.iter().chain(&tls.http).cloned().collect()
     }
 
     fn stop(self: Box<Self>) -> crate::sources::StopFuture {
@@ -889,6 +1024,7 @@ mod tests {
     }
 
     use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+    use tokio::net::TcpStream;
     use weir_proto::metrics_service::metrics_service_client::MetricsServiceClient;
 
     /// Generous bound for "the server answered / closed it": many times any timeout
@@ -1100,7 +1236,9 @@ mod tests {
             let ok = release_rx.lock().unwrap().recv_timeout(BOUND).is_ok();
             flag.store(ok, Ordering::SeqCst);
         }));
-        let r = OtlpReceiver::start_with(&config, ingest).await.unwrap();
+        let r = OtlpReceiver::start_with(&config, ingest, ListenerTls::default())
+            .await
+            .unwrap();
         let (flush_requests, _f) = tokio::sync::mpsc::channel(1);
         let (reload_requests, _r) = tokio::sync::mpsc::channel(1);
         let state = Arc::new(crate::serve::admin::AdminState {
@@ -1111,7 +1249,7 @@ mod tests {
             pipelines: Vec::new(),
             token: None,
         });
-        let admin = crate::serve::admin::start("127.0.0.1:0".parse().unwrap(), state)
+        let admin = crate::serve::admin::start("127.0.0.1:0".parse().unwrap(), None, state)
             .await
             .unwrap();
 

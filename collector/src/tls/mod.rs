@@ -13,6 +13,8 @@ use rustls::crypto::CryptoProvider;
 use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::{CertificateDer, PrivateKeyDer};
 
+pub mod server;
+
 /// Why TLS material could not be loaded. Each names the file it is about.
 #[derive(Debug, thiserror::Error)]
 pub enum TlsError {
@@ -36,6 +38,17 @@ pub enum TlsError {
         /// The file.
         path: PathBuf,
         /// Why rustls refused it.
+        reason: String,
+    },
+    /// A private key that rustls cannot use with its certificate (it belongs to
+    /// another certificate, or its algorithm is not supported).
+    #[error("{key}: cannot be used with the certificate of {cert}: {reason}")]
+    CertKey {
+        /// The certificate file.
+        cert: PathBuf,
+        /// The key file.
+        key: PathBuf,
+        /// Why rustls refused the pair.
         reason: String,
     },
     /// The system has no root certificate weir can use.
