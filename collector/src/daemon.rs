@@ -54,6 +54,9 @@ pub enum DaemonError {
     /// A pipeline could not start (its WAL directory unusable, say).
     #[error(transparent)]
     Pipeline(#[from] crate::pipeline::PipelineError),
+    /// A TLS or credentials file of the config cannot be used.
+    #[error("{0}")]
+    Security(String),
     /// The instance was closed before the daemon's own shutdown (a bug).
     #[error("the instance was already closed")]
     Closed,
@@ -119,6 +122,7 @@ impl Daemon {
             );
         };
         let new = Config::from_file(path).map_err(|e| e.to_string())?;
+        new.check_security_files()?;
         let old = &self.config;
         let needs_restart: Vec<&'static str> = [
             ("data_dir", new.data_dir == old.data_dir),
@@ -136,6 +140,20 @@ impl Daemon {
         let mut applied = Vec::new();
         if new.shutdown != old.shutdown {
             applied.push("shutdown");
+        }
+        // The running pipelines read their TLS and credentials files again (their
+        // other settings take a restart).
+        let mut reread = false;
+        for p in self.instance.pipelines() {
+            if p.has_security_files() {
+                reread = true;
+                if let Err(e) = p.reload_security() {
+                    warn!(pipeline = %p.name(), error = %e, "reload could not use the pipeline's TLS or credentials files; what was in use stays");
+                }
+            }
+        }
+        if reread {
+            applied.push("pipeline_credentials");
         }
         for s in sources.iter_mut() {
             if s.reload(&new, self.instance.aggregator()) {
@@ -184,6 +202,9 @@ impl Daemon {
         F: Future<Output = &'static str>,
     {
         self.log_startup();
+        self.config
+            .check_security_files()
+            .map_err(DaemonError::Security)?;
         // Pipelines first: they begin replaying their WALs while sources start.
         self.instance.start_pipelines().await?;
         let telemetry = self.instance.telemetry();

@@ -13,6 +13,8 @@ use rustls::crypto::CryptoProvider;
 use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::{CertificateDer, PrivateKeyDer};
 
+pub mod client;
+
 /// Why TLS material could not be loaded. Each names the file it is about.
 #[derive(Debug, thiserror::Error)]
 pub enum TlsError {
