@@ -421,6 +421,40 @@ impl Config {
         within(&["log"], self.log.validate())
     }
 
+    /// Reads every TLS and credentials file the config names (pipelines, scrape
+    /// targets, file discovery entries), as starting or reloading would: for
+    /// `weir validate`, the daemon's start and every reload, so a missing or
+    /// unreadable file is refused before anything changes.
+    ///
+    /// # Errors
+    /// The full key of the file and why it cannot be used
+    /// (`pipelines[0].bearer_token_file: cannot read /etc/weir/token: ...`).
+    pub fn check_security_files(&self) -> Result<(), String> {
+        let https = |url: &str| url.starts_with("https://");
+        let mut entries: Vec<(String, &crate::tls::client::ClientSecurityConfig, bool)> =
+            Vec::new();
+        for (i, p) in self.pipelines.iter().enumerate() {
+            entries.push((format!("pipelines[{i}]"), p.security(), p.is_https()));
+        }
+        for (i, t) in self.scrape.targets.iter().enumerate() {
+            entries.push((format!("scrape.targets[{i}]"), &t.security, https(&t.url)));
+        }
+        for (i, f) in self.scrape.file_sd.iter().enumerate() {
+            entries.push((
+                format!("scrape.file_sd[{i}]"),
+                &f.security,
+                f.scheme == "https" || f.security.tls.is_some(),
+            ));
+        }
+        for (at, security, https) in entries {
+            if *security == crate::tls::client::ClientSecurityConfig::default() {
+                continue;
+            }
+            security.load(https).map_err(|e| format!("{at}.{e}"))?;
+        }
+        Ok(())
+    }
+
     /// The aggregator settings this config asks for.
     pub fn aggregator_config(&self) -> AggregatorConfig {
         self.aggregation.aggregator_config()
@@ -747,7 +781,7 @@ format = "json"
         assert!(!t.honor_labels);
         for (text, key, reason) in [
             (
-                "[[scrape.targets]]\nurl = \"https://h:1/m\"\n",
+                "[[scrape.targets]]\nurl = \"ftp://h:1/m\"\n",
                 "scrape.targets[0].url",
                 "not an http",
             ),
@@ -818,7 +852,7 @@ format = "json"
             (p("database = \"a\"\nbucket = \"b\""), "pipelines[0].database", "not both"),
             (p("bucket = \"b\""), "pipelines[0].org", "needs `org`"),
             (
-                p("database = \"a\"\n[[pipelines]]\nname = \"q\"\ntype = \"otlp_http\"\nendpoint = \"https://h:1\""),
+                p("database = \"a\"\n[[pipelines]]\nname = \"q\"\ntype = \"otlp_http\"\nendpoint = \"ftp://h:1\""),
                 "pipelines[1].endpoint",
                 "not an http",
             ),
@@ -828,9 +862,39 @@ format = "json"
                 "letters, digits",
             ),
             (
-                "[[pipelines]]\nname = \"a\"\ntype = \"otlp_http\"\nendpoint = \"https://h:1\"\n".to_owned(),
+                "[[pipelines]]\nname = \"a\"\ntype = \"otlp_http\"\nendpoint = \"http://u:p@h:1\"\n".to_owned(),
                 "pipelines[0].endpoint",
-                "not an http",
+                "credentials inside",
+            ),
+            (
+                p("database = \"d\"\nbearer_token = \"t\"\nbasic_auth = { username = \"u\", password = \"p\" }"),
+                "pipelines[0].basic_auth",
+                "mutually exclusive",
+            ),
+            (
+                p("database = \"d\"\ntoken = \"t\"\nbearer_token_file = \"/t\""),
+                "pipelines[0].token",
+                "set one",
+            ),
+            (
+                p("database = \"d\"\ntls = { ca_file = \"/ca.pem\" }"),
+                "pipelines[0].endpoint",
+                "use https://",
+            ),
+            (
+                "[[pipelines]]\nname = \"a\"\ntype = \"otlp_grpc\"\nendpoint = \"https://h:1\"\ntls = { ca = \"/x\" }\n".to_owned(),
+                "pipelines[0]",
+                "unknown field `ca`",
+            ),
+            (
+                "[[pipelines]]\nname = \"a\"\ntype = \"otlp_http\"\nendpoint = \"https://h:1\"\nbearer_token = \"t\"\nheaders = { authorization = \"x\" }\n".to_owned(),
+                "pipelines[0].headers",
+                "also set by",
+            ),
+            (
+                "[[scrape.targets]]\nurl = \"https://h:1/m\"\nbasic_auth = { username = \"u\" }\n".to_owned(),
+                "scrape.targets[0].basic_auth",
+                "exactly one",
             ),
             (
                 "[[pipelines]]\nname = \"a\"\ntype = \"kafka\"\nendpoint = \"http://h:1\"\n".to_owned(),

@@ -18,7 +18,8 @@ pub type FlushRequest = oneshot::Sender<FlushSummary>;
 /// what failed to apply.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ReloadReport {
-    /// Sections applied (only `scrape` can be).
+    /// Sections applied (`scrape`, `shutdown`, and `pipeline_credentials` when
+    /// pipelines read their TLS and credentials files again).
     pub applied: Vec<&'static str>,
     /// Sections that changed but take effect only after a restart.
     pub needs_restart: Vec<&'static str>,

@@ -60,6 +60,9 @@ pub enum DaemonError {
     /// A listener's `tls` table names a file that could not be loaded.
     #[error(transparent)]
     Tls(#[from] crate::tls::server::ServerTlsError),
+    /// A TLS or credentials file of the config cannot be used.
+    #[error("{0}")]
+    Security(String),
     /// The instance was closed before the daemon's own shutdown (a bug).
     #[error("the instance was already closed")]
     Closed,
@@ -132,6 +135,7 @@ impl Daemon {
             );
         };
         let new = Config::from_file(path).map_err(|e| e.to_string())?;
+        new.check_security_files()?;
         // A listener's `tls` table is re-read on every reload, so a change inside it
         // is applied, not a reason to restart; adding or removing one is.
         let mut old = self.config.clone();
@@ -156,6 +160,20 @@ impl Daemon {
         let mut applied = Vec::new();
         if new.shutdown != old.shutdown {
             applied.push("shutdown");
+        }
+        // The running pipelines read their TLS and credentials files again (their
+        // other settings take a restart).
+        let mut reread = false;
+        for p in self.instance.pipelines() {
+            if p.has_security_files() {
+                reread = true;
+                if let Err(e) = p.reload_security() {
+                    warn!(pipeline = %p.name(), error = %e, "reload could not use the pipeline's TLS or credentials files; what was in use stays");
+                }
+            }
+        }
+        if reread {
+            applied.push("pipeline_credentials");
         }
         for s in sources.iter_mut() {
             if s.reload(&new, self.instance.aggregator()) {
@@ -233,6 +251,9 @@ impl Daemon {
         F: Future<Output = &'static str>,
     {
         self.log_startup();
+        self.config
+            .check_security_files()
+            .map_err(DaemonError::Security)?;
         // Pipelines first: they begin replaying their WALs while sources start.
         self.instance.start_pipelines().await?;
         let telemetry = self.instance.telemetry();

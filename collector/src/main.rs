@@ -64,7 +64,12 @@ fn main() -> ExitCode {
                 eprintln!("weir: validate needs --config FILE");
                 return ExitCode::from(2);
             };
-            match Config::from_file(&path) {
+            match Config::from_file(&path)
+                .map_err(|e| e.to_string())
+                .and_then(|c| {
+                    c.check_security_files()?;
+                    Ok(c)
+                }) {
                 Ok(_) => {
                     println!("config OK");
                     ExitCode::SUCCESS

@@ -20,6 +20,7 @@ This module owns the backend processes it starts and nothing else: it never touc
 system service, a default port or a path outside the test's directory.
 """
 
+import base64
 import collections
 import dataclasses
 import json
@@ -27,6 +28,7 @@ import pathlib
 import shutil
 import signal
 import socket
+import ssl
 import struct
 import subprocess
 import threading
@@ -57,12 +59,13 @@ def free_port():
         return s.getsockname()[1]
 
 
-def http(method, url, body=None, headers=None, timeout=HTTP_TIMEOUT_S):
+def http(method, url, body=None, headers=None, timeout=HTTP_TIMEOUT_S, context=None):
     """One HTTP request: `(status, body bytes)`, error statuses included. Connection
-    errors raise (OSError / urllib.error.URLError)."""
+    errors raise (OSError / urllib.error.URLError). `context`: an `ssl.SSLContext`
+    for https URLs."""
     request = urllib.request.Request(url, data=body, headers=headers or {}, method=method)
     try:
-        with urllib.request.urlopen(request, timeout=timeout) as response:
+        with urllib.request.urlopen(request, timeout=timeout, context=context) as response:
             return response.status, response.read()
     except urllib.error.HTTPError as e:
         return e.code, e.read()
@@ -186,11 +189,44 @@ class BackendProcess:
         self.port = free_port()
         self.proc = None
         self.starts = 0
+        # Set by `serve_tls`: the server's web config (Prometheus exporter-toolkit
+        # format, `--web.config.file`), and how the tests' own requests reach it.
+        self.web_config = None
+        self.web_config_path = self.dir / "web-config.yml"
+        self.ssl_context = None
+        self.auth_headers = {}
 
     @property
     def url(self):
-        """`http://127.0.0.1:PORT`, the base of every endpoint."""
-        return f"http://127.0.0.1:{self.port}"
+        """`http://127.0.0.1:PORT` (`https://` once `serve_tls` was called), the base
+        of every endpoint."""
+        scheme = "https" if self.ssl_context else "http"
+        return f"{scheme}://127.0.0.1:{self.port}"
+
+    def serve_tls(self, cert_file, key_file, ca_file, basic_auth=None):
+        """Serves HTTPS with `cert_file`/`key_file` (and, with `basic_auth` =
+        `(user, password)`, only to that user) through `--web.config.file`, the
+        exporter-toolkit config Prometheus and node_exporter share. The tests'
+        requests verify the server against `ca_file` and send the credentials. Call
+        before `start()` (for binaries whose `web_args` adds the flag)."""
+        self.web_config = {"tls_server_config": {"cert_file": str(cert_file), "key_file": str(key_file)}}
+        if basic_auth:
+            import bcrypt  # only these tests need it
+
+            user, password = basic_auth
+            hashed = bcrypt.hashpw(password.encode(), bcrypt.gensalt(rounds=4)).decode()
+            self.web_config["basic_auth_users"] = {user: hashed}
+            token = base64.b64encode(f"{user}:{password}".encode()).decode()
+            self.auth_headers = {"Authorization": f"Basic {token}"}
+        self.ssl_context = ssl.create_default_context(cafile=str(ca_file))
+        return self
+
+    def web_args(self):
+        """`--web.config.file=...` when `serve_tls` set a web config (written here)."""
+        if self.web_config is None:
+            return []
+        self.web_config_path.write_text(json.dumps(self.web_config))  # JSON is YAML
+        return [f"--web.config.file={self.web_config_path}"]
 
     @property
     def running(self):
@@ -236,7 +272,7 @@ class BackendProcess:
     def ready(self):
         """Whether the readiness endpoint answers 2xx now."""
         try:
-            status, _ = http("GET", self.url + self.ready_path, timeout=1)
+            status, _ = http("GET", self.url + self.ready_path, headers=self.auth_headers, timeout=1, context=self.ssl_context)
         except OSError:
             return False
         return 200 <= status < 300
@@ -282,11 +318,11 @@ class BackendProcess:
         fails the test on a non-2xx answer."""
         encoded = urllib.parse.urlencode(params or {})
         if method == "GET":
-            url, body, headers = self.url + path + ("?" + encoded if encoded else ""), None, {}
+            url, body, headers = self.url + path + ("?" + encoded if encoded else ""), None, dict(self.auth_headers)
         else:
             url, body = self.url + path, encoded.encode()
-            headers = {"Content-Type": "application/x-www-form-urlencoded"}
-        status, data = http(method, url, body, headers, timeout=timeout)
+            headers = {"Content-Type": "application/x-www-form-urlencoded", **self.auth_headers}
+        status, data = http(method, url, body, headers, timeout=timeout, context=self.ssl_context)
         if not 200 <= status < 300:
             pytest.fail(f"{self.binary} {method} {path} {params}: {status} {data[:500]!r}")
         return json.loads(data)
@@ -373,6 +409,7 @@ class Prometheus(PromQL, BackendProcess):
             f"--web.listen-address=127.0.0.1:{self.port}",
             "--web.enable-remote-write-receiver",
             "--log.level=info",
+            *self.web_args(),
         ]
 
     def prepare(self):

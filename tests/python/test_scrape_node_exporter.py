@@ -50,6 +50,7 @@ class NodeExporter(BackendProcess):
             "--collector.disable-defaults",
             "--collector.textfile",
             f"--collector.textfile.directory={self.textfile_dir}",
+            *self.web_args(),
         ]
 
     def write_textfile(self, **values):

@@ -1,21 +1,28 @@
 //! The HTTP/1.1 client the HTTP backends share: one keep-alive pool per pipeline, a
 //! POST with fixed headers and a deadline, and the status rule all of them follow.
+//! `https://` endpoints speak TLS as the pipeline's `tls` table says, and the
+//! credentials' headers (`basic_auth`, bearer token, `headers_from_files`) go on
+//! every request; when a reload re-reads them, the pool is rebuilt with the new
+//! material (connections of the old pool close once idle).
 //!
 //! Owns: connecting, the deadline and reading the answer. Must never: follow
-//! redirects, retry, or change a body.
+//! redirects, retry, change a body, or put a credential in an error message.
 
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
 use hyper::header::{HeaderMap, HeaderName, HeaderValue};
 use hyper::{Method, Request, StatusCode, Uri};
+use hyper_rustls::HttpsConnector;
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
 
-use super::{SendError, quote};
+use super::{FailureCause, SendError, quote};
 use crate::pipeline::PipelineCommon;
+use crate::tls::client::{Alpn, LiveSecurity};
 
 /// An answer as it came back.
 pub(super) struct Answer {
@@ -36,6 +43,7 @@ impl Answer {
             return Ok(());
         }
         let reason = format!("HTTP {status}: {}", quote(&self.body));
+        let cause = FailureCause::HttpStatus;
         if status.is_server_error()
             || status == StatusCode::TOO_MANY_REQUESTS
             || status == StatusCode::REQUEST_TIMEOUT
@@ -43,19 +51,33 @@ impl Answer {
             Err(SendError::Retry {
                 reason,
                 retry_after: self.retry_after,
+                cause,
             })
         } else {
-            Err(SendError::Permanent(reason))
+            Err(SendError::Permanent { reason, cause })
         }
     }
 }
 
 /// A POST client for one URL with fixed headers.
 pub(super) struct HttpClient {
-    client: Client<HttpConnector, Full<Bytes>>,
     uri: Uri,
+    /// The backend's and the pipeline's headers (the credentials' are added per
+    /// generation of `security`).
     headers: HeaderMap,
     timeout: Duration,
+    security: Arc<LiveSecurity>,
+    /// The pool and the full headers for the security generation they were built
+    /// for. Locked only to clone them out, never across an await.
+    pool: Mutex<Option<Pool>>,
+}
+
+/// A connection pool and the request headers for one generation of credentials.
+#[derive(Clone)]
+struct Pool {
+    generation: u64,
+    client: Client<HttpsConnector<HttpConnector>, Full<Bytes>>,
+    headers: HeaderMap,
 }
 
 /// A header from a name and a value known to be valid (values from config are
@@ -87,7 +109,12 @@ impl HttpClient {
     ///
     /// # Errors
     /// A message if the URL or a configured header cannot be used.
-    pub fn new(url: &str, mut headers: HeaderMap, common: &PipelineCommon) -> Result<Self, String> {
+    pub fn new(
+        url: &str,
+        mut headers: HeaderMap,
+        common: &PipelineCommon,
+        security: Arc<LiveSecurity>,
+    ) -> Result<Self, String> {
         let uri: Uri = url
             .parse()
             .map_err(|e| format!("bad endpoint {url:?}: {e}"))?;
@@ -98,18 +125,39 @@ impl HttpClient {
             let value: HeaderValue = value.parse().map_err(|e| format!("header {name}: {e}"))?;
             headers.insert(name, value);
         }
-        let mut connector = HttpConnector::new();
-        connector.set_nodelay(true);
-        connector.set_connect_timeout(Some(common.timeout));
-        let client = Client::builder(TokioExecutor::new())
-            .pool_idle_timeout(Duration::from_secs(90))
-            .build(connector);
         Ok(HttpClient {
-            client,
             uri,
             headers,
             timeout: common.timeout,
+            security,
+            pool: Mutex::new(None),
         })
+    }
+
+    /// The pool for the credentials in use, rebuilt when a reload changed them.
+    fn pool(&self) -> Pool {
+        let (generation, security) = self.security.current();
+        let mut slot = self.pool.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(pool) = slot.as_ref()
+            && pool.generation == generation
+        {
+            return pool.clone();
+        }
+        let connector = security.connector(Alpn::Http1, Some(self.timeout));
+        let client = Client::builder(TokioExecutor::new())
+            .pool_idle_timeout(Duration::from_secs(90))
+            .build(connector);
+        let mut headers = self.headers.clone();
+        for (name, value) in security.headers() {
+            headers.insert(name.clone(), value.clone());
+        }
+        let pool = Pool {
+            generation,
+            client,
+            headers,
+        };
+        *slot = Some(pool.clone());
+        pool
     }
 
     /// POSTs `body` and reads the whole answer, within the pipeline's `timeout`.
@@ -118,21 +166,22 @@ impl HttpClient {
     /// [`SendError::Retry`] when the backend cannot be reached or does not answer in
     /// time.
     pub async fn post(&self, body: Bytes) -> Result<Answer, SendError> {
+        let pool = self.pool();
         let mut request = Request::builder()
             .method(Method::POST)
             .uri(self.uri.clone())
             .body(Full::new(body))
-            .map_err(|e| SendError::Permanent(format!("cannot build the request: {e}")))?;
-        *request.headers_mut() = self.headers.clone();
+            .map_err(|e| SendError::Permanent {
+                reason: format!("cannot build the request: {e}"),
+                cause: FailureCause::Request,
+            })?;
+        *request.headers_mut() = pool.headers;
         let exchange = async {
-            let response = self
+            let response = pool
                 .client
                 .request(request)
                 .await
-                .map_err(|e| SendError::Retry {
-                    reason: format!("cannot reach {}: {e}", self.uri),
-                    retry_after: None,
-                })?;
+                .map_err(|e| SendError::unreachable(&self.uri.to_string(), &e))?;
             let status = response.status();
             let retry_after = response
                 .headers()
@@ -157,6 +206,7 @@ impl HttpClient {
             .map_err(|_| SendError::Retry {
                 reason: format!("no answer from {} within {:?}", self.uri, self.timeout),
                 retry_after: None,
+                cause: FailureCause::Timeout,
             })?
     }
 }
@@ -203,7 +253,7 @@ mod tests {
         }
         for code in [400, 401, 403, 404, 413] {
             assert!(
-                matches!(answer(code, None).status_outcome(), Err(SendError::Permanent(m)) if m.contains("no")),
+                matches!(answer(code, None).status_outcome(), Err(SendError::Permanent { reason, .. }) if reason.contains("no")),
                 "{code}"
             );
         }

@@ -7,6 +7,8 @@
 //! a send that went through with N points refused, not a failed batch, since sending
 //! it again would store the good lines twice and the bad ones never.
 
+use std::sync::Arc;
+
 use bytes::Bytes;
 use hyper::StatusCode;
 use hyper::header::HeaderMap;
@@ -17,6 +19,7 @@ use weir_core::encode::{EncodeOptions, EncodedRequest};
 use super::http::{Answer, HttpClient, header, with_default_path};
 use super::{Backend, SendError, SendFuture, Sent, gzip};
 use crate::pipeline::{CompressionConfig, PipelineCommon, TemporalityConfig};
+use crate::tls::client::{LiveSecurity, Secret};
 
 /// `type = "influxdb"`: `database` (1.x) or `org` + `bucket` (2.x).
 #[derive(Debug, Clone, PartialEq, Deserialize)]
@@ -39,11 +42,15 @@ pub struct InfluxConfig {
     pub bucket: Option<String>,
     /// InfluxDB 2.x: the API token (`Authorization: Token ...`).
     #[serde(default)]
-    pub token: Option<String>,
+    pub token: Option<Secret>,
     /// The keys every pipeline has. `endpoint`: the base URL (`/write` or
     /// `/api/v2/write` is appended when it has no path).
     #[serde(flatten)]
     pub common: PipelineCommon,
+    /// TLS and credentials (`tls`, `basic_auth`, `bearer_token`,
+    /// `bearer_token_file`, `headers_from_files`).
+    #[serde(flatten)]
+    pub security: crate::tls::client::ClientSecurityConfig,
 }
 
 impl InfluxConfig {
@@ -59,6 +66,18 @@ impl InfluxConfig {
                 ));
             }
             _ => {}
+        }
+        if self.token.is_some()
+            && self
+                .security
+                .header_names()
+                .iter()
+                .any(|h| h == "authorization")
+        {
+            return Err((
+                "token",
+                "token, basic_auth and the bearer token all set Authorization: set one".to_owned(),
+            ));
         }
         if self.bucket.is_some() && self.org.is_none() {
             return Err(("org", "InfluxDB 2.x needs `org` with `bucket`".to_owned()));
@@ -121,16 +140,18 @@ impl Influx {
     ///
     /// # Errors
     /// A message if the endpoint or a header cannot be used.
-    pub fn new(config: &InfluxConfig) -> Result<Self, String> {
+    pub fn new(config: &InfluxConfig, security: Arc<LiveSecurity>) -> Result<Self, String> {
         let mut headers = HeaderMap::new();
         headers.extend([header("content-type", "text/plain; charset=utf-8")]);
         if let Some(token) = &config.token {
-            headers.extend([header("authorization", &format!("Token {token}"))]);
+            let (name, mut value) = header("authorization", &format!("Token {}", token.expose()));
+            value.set_sensitive(true);
+            headers.insert(name, value);
         }
         if config.compression == CompressionConfig::Gzip {
             headers.extend([header("content-encoding", "gzip")]);
         }
-        let http = HttpClient::new(&config.url(), headers, &config.common)?;
+        let http = HttpClient::new(&config.url(), headers, &config.common, security)?;
         Ok(Influx { http })
     }
 }
@@ -212,7 +233,7 @@ mod tests {
                 400,
                 r#"{"error":"unable to parse 'x': missing fields"}"#
             )),
-            Err(SendError::Permanent(_))
+            Err(SendError::Permanent { .. })
         ));
         assert!(matches!(
             outcome(&answer(503, "")),
@@ -220,7 +241,7 @@ mod tests {
         ));
         assert!(matches!(
             outcome(&answer(404, r#"{"error":"database not found: \"x\""}"#)),
-            Err(SendError::Permanent(_))
+            Err(SendError::Permanent { .. })
         ));
     }
 

@@ -44,6 +44,54 @@ pub struct Sent {
     pub rejected_points: u64,
 }
 
+/// Why a send failed, as a stable label (`reason` of
+/// `weir_pipeline_send_failures_total`): dashboards depend on these names.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FailureCause {
+    /// The TLS handshake failed (unknown issuer, expired certificate, wrong name,
+    /// client certificate refused).
+    Tls,
+    /// The backend could not be reached (connection refused, DNS, reset).
+    Connect,
+    /// No complete answer within the pipeline's `timeout`.
+    Timeout,
+    /// The backend answered with an HTTP error status.
+    HttpStatus,
+    /// The backend answered with a gRPC error status.
+    GrpcStatus,
+    /// The request could not be built.
+    Request,
+}
+
+impl FailureCause {
+    /// Every cause, in label order.
+    pub const ALL: [FailureCause; 6] = [
+        FailureCause::Tls,
+        FailureCause::Connect,
+        FailureCause::Timeout,
+        FailureCause::HttpStatus,
+        FailureCause::GrpcStatus,
+        FailureCause::Request,
+    ];
+
+    /// The label value.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            FailureCause::Tls => "tls",
+            FailureCause::Connect => "connect",
+            FailureCause::Timeout => "timeout",
+            FailureCause::HttpStatus => "http_status",
+            FailureCause::GrpcStatus => "grpc_status",
+            FailureCause::Request => "request",
+        }
+    }
+
+    /// Its index in [`FailureCause::ALL`].
+    pub fn index(self) -> usize {
+        self as usize
+    }
+}
+
 /// A send that did not go through.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum SendError {
@@ -54,10 +102,62 @@ pub enum SendError {
         reason: String,
         /// HTTP `Retry-After`, when the backend sent one in seconds.
         retry_after: Option<Duration>,
+        /// Why, as a stable label.
+        cause: FailureCause,
     },
     /// The backend refused these bytes for good; sending them again cannot help.
-    #[error("{0}")]
-    Permanent(String),
+    #[error("{reason}")]
+    Permanent {
+        /// What happened, for the log.
+        reason: String,
+        /// Why, as a stable label.
+        cause: FailureCause,
+    },
+}
+
+impl SendError {
+    /// Why, as a stable label.
+    pub fn cause(&self) -> FailureCause {
+        match self {
+            SendError::Retry { cause, .. } | SendError::Permanent { cause, .. } => *cause,
+        }
+    }
+
+    /// A failure to connect or exchange with `peer`: a TLS failure when the error
+    /// chain holds one (with the handshake's reason in words), else a connection
+    /// failure. Both are worth a retry (a certificate may be renewed, a CA file
+    /// reloaded).
+    pub fn unreachable(peer: &str, error: &(dyn std::error::Error + 'static)) -> SendError {
+        match crate::tls::client::TlsFailure::find(error) {
+            Some(tls) => SendError::Retry {
+                reason: format!("cannot reach {peer}: {tls}"),
+                retry_after: None,
+                cause: FailureCause::Tls,
+            },
+            None => SendError::Retry {
+                reason: format!("cannot reach {peer}: {}", error_chain(error)),
+                retry_after: None,
+                cause: FailureCause::Connect,
+            },
+        }
+    }
+}
+
+/// An error and its sources, joined with ": " (hyper's own message is often just
+/// "client error (Connect)").
+fn error_chain(error: &(dyn std::error::Error + 'static)) -> String {
+    let mut out = error.to_string();
+    let mut at = error.source();
+    for _ in 0..8 {
+        let Some(e) = at else { break };
+        let text = e.to_string();
+        if !out.contains(&text) {
+            out.push_str(": ");
+            out.push_str(&text);
+        }
+        at = e.source();
+    }
+    out
 }
 
 /// The future of one send.

@@ -6,6 +6,7 @@
 //! `partial_success` from answers. Must never: re-encode a body (the gRPC codec sends
 //! the WAL's bytes as the message).
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::{Buf, BufMut, Bytes};
@@ -18,8 +19,9 @@ use weir_proto::Message as _;
 use weir_proto::metrics_service::ExportMetricsServiceResponse;
 
 use super::http::{HttpClient, header, with_default_path};
-use super::{Backend, SendError, SendFuture, Sent, gzip};
+use super::{Backend, FailureCause, SendError, SendFuture, Sent, gzip};
 use crate::pipeline::{CompressionConfig, PipelineCommon, TemporalityConfig};
+use crate::tls::client::{Alpn, LiveSecurity, TlsFailure};
 
 /// The gRPC method OTLP metrics are exported to.
 const OTLP_EXPORT_PATH: &str = "/opentelemetry.proto.collector.metrics.v1.MetricsService/Export";
@@ -39,6 +41,10 @@ pub struct OtlpConfig {
     /// HTTP base URL (`/v1/metrics` is appended when it has no path).
     #[serde(flatten)]
     pub common: PipelineCommon,
+    /// TLS and credentials (`tls`, `basic_auth`, `bearer_token`,
+    /// `bearer_token_file`, `headers_from_files`).
+    #[serde(flatten)]
+    pub security: crate::tls::client::ClientSecurityConfig,
 }
 
 /// Which OTLP transport a body is for.
@@ -84,14 +90,14 @@ impl OtlpHttp {
     ///
     /// # Errors
     /// A message if the endpoint or a header cannot be used.
-    pub fn new(config: &OtlpConfig) -> Result<Self, String> {
+    pub fn new(config: &OtlpConfig, security: Arc<LiveSecurity>) -> Result<Self, String> {
         let url = with_default_path(&config.common.endpoint, "/v1/metrics");
         let mut headers = HeaderMap::new();
         headers.extend([header("content-type", "application/x-protobuf")]);
         if config.compression == CompressionConfig::Gzip {
             headers.extend([header("content-encoding", "gzip")]);
         }
-        let http = HttpClient::new(&url, headers, &config.common)?;
+        let http = HttpClient::new(&url, headers, &config.common, security)?;
         Ok(OtlpHttp { http })
     }
 }
@@ -110,12 +116,23 @@ impl Backend for OtlpHttp {
     }
 }
 
-/// OTLP over gRPC: one lazily connected channel, reconnected by tonic as needed.
+/// OTLP over gRPC: one lazily connected channel (TLS for `https://` endpoints),
+/// reconnected by tonic as needed and rebuilt when a reload changed the credentials.
 pub struct OtlpGrpc {
-    client: tonic::client::Grpc<tonic::transport::Channel>,
+    endpoint: tonic::transport::Endpoint,
+    gzip: bool,
+    /// The pipeline's `headers` as metadata (the credentials' are added per
+    /// generation of `security`).
     metadata: tonic::metadata::MetadataMap,
+    security: Arc<LiveSecurity>,
+    /// The channel and the full metadata for one generation of credentials.
+    channel: Option<(
+        u64,
+        tonic::client::Grpc<tonic::transport::Channel>,
+        tonic::metadata::MetadataMap,
+    )>,
     timeout: Duration,
-    endpoint: String,
+    endpoint_url: String,
 }
 
 impl OtlpGrpc {
@@ -123,7 +140,7 @@ impl OtlpGrpc {
     ///
     /// # Errors
     /// A message if the endpoint or a header cannot be used.
-    pub fn new(config: &OtlpConfig) -> Result<Self, String> {
+    pub fn new(config: &OtlpConfig, security: Arc<LiveSecurity>) -> Result<Self, String> {
         let c = &config.common;
         let endpoint = tonic::transport::Endpoint::from_shared(c.endpoint.clone())
             .map_err(|e| format!("bad endpoint {:?}: {e}", c.endpoint))?
@@ -132,10 +149,6 @@ impl OtlpGrpc {
             .http2_keep_alive_interval(Duration::from_secs(30))
             .keep_alive_timeout(Duration::from_secs(10))
             .keep_alive_while_idle(true);
-        let mut client = tonic::client::Grpc::new(endpoint.connect_lazy());
-        if config.compression == CompressionConfig::Gzip {
-            client = client.send_compressed(tonic::codec::CompressionEncoding::Gzip);
-        }
         let mut metadata = tonic::metadata::MetadataMap::new();
         for (name, value) in &c.headers {
             let key =
@@ -145,27 +158,65 @@ impl OtlpGrpc {
             metadata.insert(key, value);
         }
         Ok(OtlpGrpc {
-            client,
+            endpoint,
+            gzip: config.compression == CompressionConfig::Gzip,
             metadata,
+            security,
+            channel: None,
             timeout: c.timeout,
-            endpoint: c.endpoint.clone(),
+            endpoint_url: c.endpoint.clone(),
         })
+    }
+
+    /// The client and metadata for the credentials in use (a new lazy channel when
+    /// a reload changed them).
+    fn client(
+        &mut self,
+    ) -> (
+        tonic::client::Grpc<tonic::transport::Channel>,
+        tonic::metadata::MetadataMap,
+    ) {
+        let (generation, security) = self.security.current();
+        if let Some((g, client, metadata)) = &self.channel
+            && *g == generation
+        {
+            return (client.clone(), metadata.clone());
+        }
+        let connector = security.connector(Alpn::H2, None);
+        let mut client =
+            tonic::client::Grpc::new(self.endpoint.connect_with_connector_lazy(connector));
+        if self.gzip {
+            client = client.send_compressed(tonic::codec::CompressionEncoding::Gzip);
+        }
+        let mut metadata = self.metadata.clone();
+        for (name, value) in security.headers() {
+            // Header names and values were checked when loaded; one that is not
+            // valid metadata is skipped rather than sent broken.
+            if let (Ok(key), Ok(value)) = (
+                tonic::metadata::MetadataKey::from_bytes(name.as_str().as_bytes()),
+                tonic::metadata::MetadataValue::try_from(value.as_bytes()),
+            ) {
+                metadata.insert(key, value);
+            }
+        }
+        self.channel = Some((generation, client.clone(), metadata.clone()));
+        (client, metadata)
     }
 }
 
 impl Backend for OtlpGrpc {
     fn send(&mut self, body: Bytes) -> SendFuture<'_> {
         Box::pin(async move {
+            let (mut client, metadata) = self.client();
             let mut request = tonic::Request::new(body);
-            *request.metadata_mut() = self.metadata.clone();
+            *request.metadata_mut() = metadata;
             request.set_timeout(self.timeout);
-            let endpoint = &self.endpoint;
-            let client = &mut self.client;
+            let endpoint = &self.endpoint_url;
             let call = async {
-                client.ready().await.map_err(|e| SendError::Retry {
-                    reason: format!("cannot reach {endpoint}: {e}"),
-                    retry_after: None,
-                })?;
+                client
+                    .ready()
+                    .await
+                    .map_err(|e| SendError::unreachable(endpoint, &e))?;
                 let path = hyper::http::uri::PathAndQuery::from_static(OTLP_EXPORT_PATH);
                 client
                     .unary(request, path, PreEncoded)
@@ -176,8 +227,12 @@ impl Backend for OtlpGrpc {
             let response = tokio::time::timeout(self.timeout + Duration::from_secs(1), call)
                 .await
                 .map_err(|_| SendError::Retry {
-                    reason: format!("no answer from {} within {:?}", self.endpoint, self.timeout),
+                    reason: format!(
+                        "no answer from {} within {:?}",
+                        self.endpoint_url, self.timeout
+                    ),
                     retry_after: None,
+                    cause: FailureCause::Timeout,
                 })??;
             Ok(Sent {
                 rejected_points: rejected_points(response.get_ref()),
@@ -191,7 +246,20 @@ impl Backend for OtlpGrpc {
 /// connections).
 fn classify_status(status: tonic::Status) -> SendError {
     use tonic::Code;
+    if let Some(tls) = TlsFailure::find(&status) {
+        return SendError::Retry {
+            reason: format!("gRPC {:?}: {tls}", status.code()),
+            retry_after: None,
+            cause: FailureCause::Tls,
+        };
+    }
     let reason = format!("gRPC {:?}: {}", status.code(), status.message());
+    // A status made by the transport (the connection failed) carries its error.
+    let cause = if std::error::Error::source(&status).is_some() {
+        FailureCause::Connect
+    } else {
+        FailureCause::GrpcStatus
+    };
     match status.code() {
         Code::Unavailable
         | Code::ResourceExhausted
@@ -203,8 +271,9 @@ fn classify_status(status: tonic::Status) -> SendError {
         | Code::Unknown => SendError::Retry {
             reason,
             retry_after: None,
+            cause,
         },
-        _ => SendError::Permanent(reason),
+        _ => SendError::Permanent { reason, cause },
     }
 }
 
@@ -290,7 +359,7 @@ mod tests {
         ] {
             assert!(matches!(
                 classify_status(Status::new(code, "x")),
-                SendError::Permanent(_)
+                SendError::Permanent { .. }
             ));
         }
     }

@@ -8,6 +8,7 @@
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::Duration;
 
 use serde::Deserialize;
@@ -18,6 +19,7 @@ use crate::backends::influx::InfluxConfig;
 use crate::backends::otlp::{OtlpConfig, OtlpTransport};
 use crate::backends::remote_write::RemoteWriteConfig;
 use crate::backends::{self, Backend};
+use crate::tls::client::{ClientSecurityConfig, LiveSecurity};
 
 /// One `[[pipelines]]` entry, by `type`.
 #[derive(Debug, Clone, PartialEq, Deserialize)]
@@ -40,6 +42,18 @@ impl PipelineConfig {
             PipelineConfig::PrometheusRemoteWrite(c) => &c.common,
             PipelineConfig::OtlpGrpc(c) | PipelineConfig::OtlpHttp(c) => &c.common,
             PipelineConfig::Influxdb(c) => &c.common,
+        }
+    }
+
+    /// `tls`, `basic_auth`, `bearer_token`, `bearer_token_file`,
+    /// `headers_from_files`: how the backend is verified and how weir
+    /// authenticates. (A sibling of `common` in each variant, not inside it: serde
+    /// cannot refuse unknown keys through two levels of `flatten`.)
+    pub fn security(&self) -> &ClientSecurityConfig {
+        match self {
+            PipelineConfig::PrometheusRemoteWrite(c) => &c.security,
+            PipelineConfig::OtlpGrpc(c) | PipelineConfig::OtlpHttp(c) => &c.security,
+            PipelineConfig::Influxdb(c) => &c.security,
         }
     }
 
@@ -96,19 +110,39 @@ impl PipelineConfig {
         }
     }
 
-    /// The sender of this backend (no connection is made until the first send).
+    /// Whether the endpoint is an `https://` one.
+    pub fn is_https(&self) -> bool {
+        self.common().endpoint.starts_with("https://")
+    }
+
+    /// Reads the entry's TLS and credentials files (see
+    /// [`ClientSecurityConfig::load`]).
+    ///
+    /// # Errors
+    /// A message naming the key and the file that cannot be used.
+    pub fn load_security(&self) -> Result<LiveSecurity, String> {
+        LiveSecurity::new(
+            format!("pipeline {}", self.name()),
+            self.security(),
+            self.is_https(),
+        )
+        .map_err(|e| e.to_string())
+    }
+
+    /// The sender of this backend, using `security`'s TLS material and credentials
+    /// (no connection is made until the first send).
     ///
     /// # Errors
     /// A message if the endpoint cannot be used (validation normally catches this
     /// first).
-    pub fn connect(&self) -> Result<Box<dyn Backend>, String> {
+    pub fn connect(&self, security: Arc<LiveSecurity>) -> Result<Box<dyn Backend>, String> {
         Ok(match self {
             PipelineConfig::PrometheusRemoteWrite(c) => {
-                Box::new(backends::remote_write::RemoteWrite::new(c)?)
+                Box::new(backends::remote_write::RemoteWrite::new(c, security)?)
             }
-            PipelineConfig::OtlpGrpc(c) => Box::new(backends::otlp::OtlpGrpc::new(c)?),
-            PipelineConfig::OtlpHttp(c) => Box::new(backends::otlp::OtlpHttp::new(c)?),
-            PipelineConfig::Influxdb(c) => Box::new(backends::influx::Influx::new(c)?),
+            PipelineConfig::OtlpGrpc(c) => Box::new(backends::otlp::OtlpGrpc::new(c, security)?),
+            PipelineConfig::OtlpHttp(c) => Box::new(backends::otlp::OtlpHttp::new(c, security)?),
+            PipelineConfig::Influxdb(c) => Box::new(backends::influx::Influx::new(c, security)?),
         })
     }
 
@@ -119,7 +153,7 @@ impl PipelineConfig {
             self,
             PipelineConfig::OtlpGrpc(_) | PipelineConfig::OtlpHttp(_)
         );
-        self.common().validate(attribute_keys)?;
+        self.common().validate(attribute_keys, self.security())?;
         match self {
             PipelineConfig::PrometheusRemoteWrite(_) => Ok(()),
             PipelineConfig::OtlpGrpc(_) | PipelineConfig::OtlpHttp(_) => Ok(()),
@@ -178,7 +212,7 @@ pub struct PipelineCommon {
     /// Unique name: letters, digits, `_` and `-`. Names the WAL directory and the
     /// `pipeline` label of the self-metrics. Required.
     pub name: String,
-    /// `http://host:port[/path]`. Remote write: the full write URL. OTLP/HTTP and
+    /// `http[s]://host:port[/path]`. Remote write: the full write URL. OTLP/HTTP and
     /// InfluxDB: the base URL (`/v1/metrics`, `/write` or `/api/v2/write` is
     /// appended when the path is empty). OTLP/gRPC: the server's address. Required.
     pub endpoint: String,
@@ -229,7 +263,11 @@ fn default_queue_capacity() -> usize {
 impl PipelineCommon {
     /// Checks the common keys. `attribute_keys`: external labels become OTLP
     /// resource attributes, whose keys may be dotted.
-    fn validate(&self, attribute_keys: bool) -> Result<(), (Vec<&'static str>, String)> {
+    fn validate(
+        &self,
+        attribute_keys: bool,
+        security: &ClientSecurityConfig,
+    ) -> Result<(), (Vec<&'static str>, String)> {
         let key = |k: &'static str| vec![k];
         let name_ok = !self.name.is_empty()
             && self.name.len() <= 64
@@ -246,19 +284,9 @@ impl PipelineCommon {
                 ),
             ));
         }
-        let uri: Result<hyper::Uri, _> = self.endpoint.parse();
-        let ok = uri.as_ref().is_ok_and(|u| {
-            u.scheme_str() == Some("http") && u.authority().is_some_and(|a| a.port_u16().is_some())
-        });
-        if !ok {
-            return Err((
-                key("endpoint"),
-                format!(
-                    "{:?} is not an http://host:port[/path] URL (https is not supported yet)",
-                    self.endpoint
-                ),
-            ));
-        }
+        crate::tls::client::check_url(&self.endpoint, security)
+            .map_err(|reason| (key("endpoint"), reason))?;
+        security.validate().map_err(|(k, m)| (key(k), m))?;
         for name in self.external_labels.keys() {
             let ok = if attribute_keys {
                 !name.is_empty() && !name.chars().any(char::is_control)
@@ -277,6 +305,14 @@ impl PipelineCommon {
                 || value.parse::<hyper::header::HeaderValue>().is_err()
             {
                 return Err((key("headers"), format!("{name:?} is not a valid header")));
+            }
+            if security.header_names().contains(&name.to_ascii_lowercase()) {
+                return Err((
+                    key("headers"),
+                    format!(
+                        "{name:?} is also set by basic_auth, the bearer token or headers_from_files"
+                    ),
+                ));
             }
         }
         if let Err(e) = weir_core::encode::NameFilter::new(&self.include, &self.exclude) {

@@ -284,6 +284,9 @@ impl Forwarder {
         let mut drops_seen: Option<u64> = None;
         loop {
             let result = self.backend.send(out.record.body.clone()).await;
+            if let Err(e) = &result {
+                c.send_failures[e.cause().index()].fetch_add(1, Ordering::Relaxed);
+            }
             match result {
                 Ok(sent) => {
                     c.sent_batches.fetch_add(1, Ordering::Relaxed);
@@ -310,13 +313,14 @@ impl Forwarder {
                     self.publish(true, false);
                     return true;
                 }
-                Err(SendError::Permanent(reason)) => {
+                Err(SendError::Permanent { reason, cause }) => {
                     c.failed_batches.fetch_add(1, Ordering::Relaxed);
                     c.failed_points
                         .fetch_add(out.record.points, Ordering::Relaxed);
                     error!(
                         pipeline = %self.shared.name,
                         points = out.record.points,
+                        reason = cause.as_str(),
                         error = %reason,
                         "the backend refused a batch for good; it is dropped"
                     );
@@ -328,6 +332,7 @@ impl Forwarder {
                 Err(SendError::Retry {
                     reason,
                     retry_after,
+                    cause,
                 }) => {
                     c.retries.fetch_add(1, Ordering::Relaxed);
                     failures = failures.saturating_add(1);
@@ -336,6 +341,7 @@ impl Forwarder {
                         warn!(
                             pipeline = %self.shared.name,
                             attempt = failures,
+                            reason = cause.as_str(),
                             error = %reason,
                             "send failed; retrying with backoff (the batch stays in the WAL)"
                         );

@@ -7,6 +7,7 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
 use super::{Pipeline, PipelineCounters, PipelineStatus};
+use crate::backends::FailureCause;
 use crate::telemetry::{Kind, MetricsPage, StageMetrics, labels};
 
 /// Every running pipeline, as reported.
@@ -22,6 +23,20 @@ impl StageMetrics for PipelineSet {
             .iter()
             .map(|p| (labels(&[("pipeline", p.name())]), p.status(), p.counters()))
             .collect();
+        page.family(
+            "weir_pipeline_send_failures_total",
+            Kind::Counter,
+            "Send attempts that failed, by cause (tls, connect, timeout, http_status, grpc_status, request).",
+            self.0.iter().flat_map(|p| {
+                let c = p.counters();
+                FailureCause::ALL.map(|cause| {
+                    (
+                        labels(&[("pipeline", p.name()), ("reason", cause.as_str())]),
+                        c.send_failures[cause.index()].load(Ordering::Relaxed) as f64,
+                    )
+                })
+            }),
+        );
         for (name, kind, help, get) in FAMILIES {
             page.family(
                 name,
@@ -192,6 +207,11 @@ fn pipeline_json(p: &Pipeline) -> serde_json::Value {
         "sent_points": load(&c.sent_points),
         "failed_batches": load(&c.failed_batches),
         "retries": load(&c.retries),
+        "send_failures": FailureCause::ALL
+            .iter()
+            .filter(|f| load(&c.send_failures[f.index()]) > 0)
+            .map(|f| (f.as_str().to_owned(), load(&c.send_failures[f.index()]).into()))
+            .collect::<serde_json::Map<String, serde_json::Value>>(),
         "last_success_unix_ms": (last_success > 0).then_some(last_success),
         "last_error": s.last_error,
     })

@@ -50,7 +50,8 @@ use weir_core::FlushBatch;
 use weir_core::encode::{EncodeOptions, EncodedRequest, NameFilter};
 use weir_core::wal::{SyncPolicy, Wal, WalConfig, WalError, WalPosition, WalStats};
 
-use crate::backends::Backend;
+use crate::backends::{Backend, FailureCause};
+use crate::tls::client::LiveSecurity;
 
 mod backoff;
 mod config;
@@ -127,6 +128,9 @@ pub struct PipelineCounters {
     pub failed_points: AtomicU64,
     /// Attempts that will be retried.
     pub retries: AtomicU64,
+    /// Failed attempts (retried or not) by cause, indexed by
+    /// [`FailureCause::index`].
+    pub send_failures: [AtomicU64; FailureCause::ALL.len()],
     /// Records that did not fit the ring and are read back from the WAL instead.
     pub queue_full: AtomicU64,
     /// WAL appends, syncs, reads or acknowledgements that failed.
@@ -251,6 +255,9 @@ pub struct Pipeline {
     shared: Arc<Shared>,
     producer: Mutex<rtrb::Producer<Queued>>,
     forwarder: Mutex<Option<JoinHandle<()>>>,
+    /// The backend's TLS material and credentials (none for a backend given by the
+    /// embedder), re-read on reload.
+    security: Option<Arc<LiveSecurity>>,
 }
 
 impl Pipeline {
@@ -265,11 +272,33 @@ impl Pipeline {
         config: &PipelineConfig,
         data_dir: &std::path::Path,
     ) -> Result<Pipeline, PipelineError> {
-        let backend = config.connect().map_err(|reason| PipelineError::Config {
+        let config_error = |reason| PipelineError::Config {
             name: config.name().to_owned(),
             reason,
-        })?;
-        Pipeline::start_with_backend(config, data_dir, backend).await
+        };
+        let security = Arc::new(config.load_security().map_err(config_error)?);
+        let backend = config.connect(security.clone()).map_err(config_error)?;
+        let mut pipeline = Pipeline::start_with_backend(config, data_dir, backend).await?;
+        pipeline.security = Some(security);
+        Ok(pipeline)
+    }
+
+    /// True if the pipeline's config names TLS or credentials settings.
+    pub fn has_security_files(&self) -> bool {
+        *self.config.security() != crate::tls::client::ClientSecurityConfig::default()
+    }
+
+    /// Re-reads the pipeline's TLS and credentials files (on a config reload); the
+    /// next request uses them, on new connections. On error the material in use
+    /// stays.
+    ///
+    /// # Errors
+    /// A message naming the key and the file that cannot be used.
+    pub fn reload_security(&self) -> Result<(), String> {
+        match &self.security {
+            Some(s) => s.reload().map_err(|e| e.to_string()),
+            None => Ok(()),
+        }
     }
 
     /// As [`Pipeline::start`], sending through `backend` instead of the one the
@@ -375,6 +404,7 @@ impl Pipeline {
             shared,
             producer: Mutex::new(producer),
             forwarder: Mutex::new(Some(task)),
+            security: None,
         })
     }
 

@@ -13,6 +13,7 @@ use rustls::crypto::CryptoProvider;
 use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::{CertificateDer, PrivateKeyDer};
 
+pub mod client;
 pub mod server;
 
 /// Why TLS material could not be loaded. Each names the file it is about.

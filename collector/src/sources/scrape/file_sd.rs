@@ -26,6 +26,7 @@ use tracing::{info, warn};
 
 use super::ScrapeTarget;
 use crate::config::{MIN_FLUSH_INTERVAL, Step, fmt_duration, keys};
+use crate::tls::client::ClientSecurityConfig;
 
 /// Shortest accepted `refresh_interval`.
 const MIN_REFRESH: Duration = Duration::from_millis(50);
@@ -49,7 +50,7 @@ pub struct FileSdConfig {
     /// How long one scrape may take. Default 10 s; at most `interval`.
     #[serde(default = "super::default_scrape_timeout", with = "humantime_serde")]
     pub timeout: Duration,
-    /// `http` (a group's `__scheme__` label overrides it). Default `http`.
+    /// `http` or `https` (a group's `__scheme__` label overrides it). Default `http`.
     #[serde(default = "default_scheme")]
     pub scheme: String,
     /// The path scraped (a group's `__metrics_path__` label overrides it). Default
@@ -59,6 +60,11 @@ pub struct FileSdConfig {
     /// As for `[[scrape.targets]]`.
     #[serde(default)]
     pub honor_labels: bool,
+    /// `tls`, `basic_auth`, `bearer_token`, `bearer_token_file`,
+    /// `headers_from_files`, for every target of the files, as for
+    /// `[[scrape.targets]]` (`tls` applies to the `https` ones).
+    #[serde(flatten)]
+    pub security: ClientSecurityConfig,
 }
 
 fn default_refresh() -> Duration {
@@ -113,12 +119,15 @@ impl FileSdConfig {
                 "must be above 0 and at most the interval".to_owned(),
             ));
         }
-        if self.scheme != "http" {
+        if !matches!(self.scheme.as_str(), "http" | "https") {
             return Err((
                 keys(&["scheme"]),
-                format!("{:?}: only http is supported (no TLS yet)", self.scheme),
+                format!("{:?}: http or https", self.scheme),
             ));
         }
+        self.security
+            .validate()
+            .map_err(|(key, reason)| (keys(&[key]), reason))?;
         if !self.metrics_path.starts_with('/') {
             return Err((keys(&["metrics_path"]), "must start with '/'".to_owned()));
         }
@@ -216,7 +225,7 @@ fn group_targets(
             }
         }
     }
-    if scheme != "http" || !path.starts_with('/') {
+    if !matches!(scheme.as_str(), "http" | "https") || !path.starts_with('/') {
         warn!(%scheme, %path, "file_sd: a group with an unsupported scheme or path skipped");
         *skipped += group.targets.len().max(1) as u64;
         return;
@@ -239,6 +248,7 @@ fn group_targets(
             timeout: config.timeout,
             labels: labels.clone(),
             honor_labels: config.honor_labels,
+            security: config.security.clone(),
         });
     }
 }
@@ -410,6 +420,7 @@ mod tests {
             scheme: "http".to_owned(),
             metrics_path: "/metrics".to_owned(),
             honor_labels: false,
+            security: ClientSecurityConfig::default(),
         }
     }
 
@@ -469,12 +480,14 @@ mod tests {
             &file,
             r#"[{"targets": ["ok:1", "no-port", "a/b:2"]},
                 {"targets": ["x:1", "y:2"], "labels": {"bad-name": "v"}},
-                {"targets": ["z:1"], "labels": {"__scheme__": "https"}}]"#,
+                {"targets": ["z:1"], "labels": {"__scheme__": "ftp"}},
+                {"targets": ["s:1"], "labels": {"__scheme__": "https"}}]"#,
         )
         .unwrap();
         let (t, skipped) = read_file(&file, &config(&[])).unwrap();
-        assert_eq!(t.len(), 1);
+        assert_eq!(t.len(), 2);
         assert_eq!(t[0].url, "http://ok:1/metrics");
+        assert_eq!(t[1].url, "https://s:1/metrics");
         assert_eq!(skipped, 2 + 2 + 1);
         std::fs::write(&file, "{not json").unwrap();
         assert!(matches!(

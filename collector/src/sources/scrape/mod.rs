@@ -30,7 +30,16 @@
 //! async workers the listeners share; at most `concurrency` scrapes use it at once.
 //! Only the HTTP exchange runs on the async workers.
 //!
-//! Not yet: TLS, other content encodings than gzip.
+//! TLS and credentials: each target has its own connection pool, built from its
+//! `tls` table and credentials ([`ClientSecurityConfig`]); `https://` targets are
+//! verified against the system roots or `tls.ca_file`. A handshake refused (unknown
+//! issuer, expired certificate, wrong name) fails the scrape as `tls` (`up 0`, the
+//! reason in words in the log and `/status`); credentials files that cannot be read
+//! fail every scrape of the target as `credentials` until a reload reads them.
+//! [`Scraper::reload_security`] re-reads every running target's files (on each
+//! config reload); the target's pool is rebuilt on its next scrape.
+//!
+//! Not yet: other content encodings than gzip.
 
 use std::hash::{Hash, Hasher};
 use std::io::Read as _;
@@ -40,6 +49,7 @@ use std::time::{Duration, Instant};
 
 use http_body_util::{BodyExt, Empty, Limited};
 use hyper::body::Bytes;
+use hyper_rustls::HttpsConnector;
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
@@ -51,6 +61,7 @@ use weir_core::parse::exposition::{ExpositionError, Format};
 use weir_core::{Aggregator, Sample, Writer};
 
 use crate::config::{MIN_FLUSH_INTERVAL, Step, fmt_duration, keys};
+use crate::tls::client::{Alpn, ClientSecurityConfig, LiveSecurity, TlsFailure, check_url};
 
 mod file_sd;
 
@@ -86,7 +97,7 @@ impl Default for ScrapeConfig {
 #[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ScrapeTarget {
-    /// `http://host:port/path` (path usually `/metrics`). Required.
+    /// `http[s]://host:port/path` (path usually `/metrics`). Required.
     pub url: String,
     /// The `job` label. Default `"scrape"`.
     #[serde(default = "default_job")]
@@ -105,6 +116,10 @@ pub struct ScrapeTarget {
     /// scraped one `exported_<name>`.
     #[serde(default)]
     pub honor_labels: bool,
+    /// `tls`, `basic_auth`, `bearer_token`, `bearer_token_file`,
+    /// `headers_from_files`: how the target is verified and how weir authenticates.
+    #[serde(flatten)]
+    pub security: ClientSecurityConfig,
 }
 
 fn default_job() -> String {
@@ -153,19 +168,10 @@ impl ScrapeConfig {
 impl ScrapeTarget {
     /// Checks the entry; on error returns the key inside it (`url`) and the reason.
     fn validate(&self) -> Result<(), (Vec<Step>, String)> {
-        let uri: Result<hyper::Uri, _> = self.url.parse();
-        let ok = uri.as_ref().is_ok_and(|u| {
-            u.scheme_str() == Some("http") && u.authority().is_some_and(|a| a.port_u16().is_some())
-        });
-        if !ok {
-            return Err((
-                keys(&["url"]),
-                format!(
-                    "{:?} is not an http://host:port/path URL (https is not supported yet)",
-                    self.url
-                ),
-            ));
-        }
+        check_url(&self.url, &self.security).map_err(|reason| (keys(&["url"]), reason))?;
+        self.security
+            .validate()
+            .map_err(|(key, reason)| (keys(&[key]), reason))?;
         if self.interval < MIN_FLUSH_INTERVAL {
             return Err((
                 keys(&["interval"]),
@@ -229,6 +235,13 @@ pub enum ScrapeError {
     /// The task that parses the body failed (a bug: parsing does not panic).
     #[error("parsing failed: {0}")]
     Parse(String),
+    /// The TLS handshake failed (unknown issuer, expired certificate, wrong name,
+    /// client certificate refused).
+    #[error("{0}")]
+    Tls(TlsFailure),
+    /// The target's TLS or credentials files could not be used.
+    #[error("credentials: {0}")]
+    Credentials(String),
 }
 
 impl ScrapeError {
@@ -243,6 +256,44 @@ impl ScrapeError {
             ScrapeError::Decompress(_) => "decompress_failed",
             ScrapeError::Encoding(_) => "unsupported_encoding",
             ScrapeError::Parse(_) => "parse_failed",
+            ScrapeError::Tls(_) => "tls",
+            ScrapeError::Credentials(_) => "credentials",
+        }
+    }
+
+    /// Every reason label, in the order of [`ScrapeError::index`].
+    pub const REASONS: [&'static str; 10] = [
+        "request_failed",
+        "timeout",
+        "http_status",
+        "body_too_large",
+        "body_read_failed",
+        "decompress_failed",
+        "unsupported_encoding",
+        "parse_failed",
+        "tls",
+        "credentials",
+    ];
+
+    /// The reason's index in [`ScrapeError::REASONS`].
+    pub fn index(&self) -> usize {
+        Self::REASONS
+            .iter()
+            .position(|r| *r == self.as_str())
+            .unwrap_or(0)
+    }
+
+    /// A failed request: `Tls` when the error chain holds a TLS failure.
+    fn request(e: &(dyn std::error::Error + 'static)) -> ScrapeError {
+        match TlsFailure::find(e) {
+            Some(tls) => ScrapeError::Tls(tls),
+            None => {
+                let mut text = e.to_string();
+                if let Some(source) = e.source() {
+                    text = format!("{text}: {source}");
+                }
+                ScrapeError::Request(text)
+            }
         }
     }
 }
@@ -255,6 +306,8 @@ pub struct TargetCounters {
     pub scrapes: AtomicU64,
     /// Scrapes that failed (no body parsed).
     pub failures: AtomicU64,
+    /// Failed scrapes by reason, indexed by [`ScrapeError::index`].
+    pub errors: [AtomicU64; ScrapeError::REASONS.len()],
     /// Samples emitted by the parser over all scrapes.
     pub samples: AtomicU64,
     /// Lines or groups the parser skipped over all scrapes.
@@ -278,7 +331,6 @@ impl TargetCounters {
 /// The running scraper: one task per target.
 pub struct Scraper {
     running: Vec<Running>,
-    client: Client<HttpConnector, Empty<Bytes>>,
     permits: Arc<Semaphore>,
     concurrency: usize,
     body_limit: usize,
@@ -289,6 +341,7 @@ pub struct Scraper {
 /// One target's running task.
 struct Running {
     target: ScrapeTarget,
+    security: Arc<TargetSecurity>,
     counters: Arc<TargetCounters>,
     stop: watch::Sender<bool>,
     task: JoinHandle<()>,
@@ -316,13 +369,8 @@ pub struct ScrapeChanges {
 impl Scraper {
     /// Starts one task per target. Must be called inside a tokio runtime.
     pub fn start(config: &ScrapeConfig, aggregator: &Aggregator) -> Scraper {
-        let mut connector = HttpConnector::new();
-        connector.set_nodelay(true);
-        let client: Client<HttpConnector, Empty<Bytes>> =
-            Client::builder(TokioExecutor::new()).build(connector);
         let mut scraper = Scraper {
             running: Vec::new(),
-            client,
             permits: Arc::new(Semaphore::new(config.concurrency)),
             concurrency: config.concurrency,
             body_limit: config.body_limit_bytes,
@@ -373,12 +421,14 @@ impl Scraper {
         };
         let counters = Arc::new(TargetCounters::default());
         let (stop, stopped) = watch::channel(false);
+        let security = Arc::new(TargetSecurity::load(t));
         let run = TargetRun {
             labels: Arc::new(target_labels(t, &uri)),
             uri,
             target: t.clone(),
             body_limit: self.body_limit,
-            client: self.client.clone(),
+            security: security.clone(),
+            pool: None,
             permits: self.permits.clone(),
             writer: Some(aggregator.writer()),
             aggregator: aggregator.clone(),
@@ -387,10 +437,26 @@ impl Scraper {
         };
         Some(Running {
             target: t.clone(),
+            security,
             counters,
             stop,
             task: tokio::spawn(run.run(stopped)),
         })
+    }
+
+    /// Re-reads the TLS and credentials files of every running target (a target
+    /// whose files failed to load before gets another try). A file that cannot be
+    /// used now is logged and leaves that target's material as it was. Returns how
+    /// many targets have such files.
+    pub fn reload_security(&self) -> usize {
+        let mut with_files = 0;
+        for r in &self.running {
+            if r.target.security != ClientSecurityConfig::default() {
+                with_files += 1;
+                r.security.reload();
+            }
+        }
+        with_files
     }
 
     /// Stops every target: scrapes in flight may finish for up to `wait` (their
@@ -440,6 +506,60 @@ pub fn jitter(url: &str, interval: Duration) -> Duration {
     Duration::from_nanos((u128::from(h.finish()) % nanos) as u64)
 }
 
+/// One target's TLS material and credentials: loaded, or why not (then every scrape
+/// fails as `credentials` until a reload loads them).
+struct TargetSecurity {
+    target: ScrapeTarget,
+    live: std::sync::Mutex<Result<Arc<LiveSecurity>, String>>,
+}
+
+impl TargetSecurity {
+    fn make(t: &ScrapeTarget) -> Result<Arc<LiveSecurity>, String> {
+        LiveSecurity::new(
+            format!("scrape {}", t.url),
+            &t.security,
+            t.url.starts_with("https://"),
+        )
+        .map(Arc::new)
+        .map_err(|e| e.to_string())
+    }
+
+    fn load(t: &ScrapeTarget) -> TargetSecurity {
+        let live = TargetSecurity::make(t);
+        if let Err(e) = &live {
+            warn!(url = %t.url, error = %e, "scrape: the target's TLS or credentials files cannot be used; its scrapes fail until a reload reads them");
+        }
+        TargetSecurity {
+            target: t.clone(),
+            live: std::sync::Mutex::new(live),
+        }
+    }
+
+    /// Re-reads the files; on error the material in use (if any) stays.
+    fn reload(&self) {
+        let mut live = locked(&self.live);
+        let result = match &*live {
+            Ok(l) => l.reload().map_err(|e| e.to_string()),
+            Err(_) => TargetSecurity::make(&self.target).map(|l| *live = Ok(l)),
+        };
+        if let Err(e) = result {
+            warn!(url = %self.target.url, error = %e, "scrape: reload could not use the target's TLS or credentials files; what was in use stays");
+        }
+    }
+
+    fn current(&self) -> Result<Arc<LiveSecurity>, String> {
+        locked(&self.live).clone()
+    }
+}
+
+/// A target's connection pool and request headers for one generation of its
+/// credentials.
+struct TargetPool {
+    generation: u64,
+    client: Client<HttpsConnector<HttpConnector>, Empty<Bytes>>,
+    headers: hyper::HeaderMap,
+}
+
 /// One target's task state.
 struct TargetRun {
     target: ScrapeTarget,
@@ -447,7 +567,9 @@ struct TargetRun {
     /// Shared with the parsing task on the blocking pool.
     labels: Arc<Vec<(String, String)>>,
     body_limit: usize,
-    client: Client<HttpConnector, Empty<Bytes>>,
+    security: Arc<TargetSecurity>,
+    /// Rebuilt when the credentials' generation changes.
+    pool: Option<TargetPool>,
     permits: Arc<Semaphore>,
     /// `None` only while a parsing task has it (or if that task failed: then a new
     /// one is made from `aggregator`).
@@ -578,13 +700,40 @@ impl TargetRun {
 
     fn fail(&self, e: &ScrapeError) {
         self.counters.failures.fetch_add(1, Ordering::Relaxed);
+        self.counters.errors[e.index()].fetch_add(1, Ordering::Relaxed);
         self.counters
             .set_last_error(Some(format!("{}: {e}", e.as_str())));
         warn!(url = %self.target.url, reason = e.as_str(), error = %e, "scrape failed");
     }
 
-    async fn fetch(&self) -> Result<Fetched, ScrapeError> {
-        let req = hyper::Request::get(self.uri.clone())
+    /// The pool for the target's credentials in use (rebuilt after a reload
+    /// changed them).
+    fn pool(&mut self) -> Result<&TargetPool, ScrapeError> {
+        let live = self.security.current().map_err(ScrapeError::Credentials)?;
+        let (generation, security) = live.current();
+        if self
+            .pool
+            .as_ref()
+            .is_none_or(|p| p.generation != generation)
+        {
+            let client =
+                Client::builder(TokioExecutor::new()).build(security.connector(Alpn::Http1, None));
+            self.pool = Some(TargetPool {
+                generation,
+                client,
+                headers: security.headers().clone(),
+            });
+        }
+        self.pool
+            .as_ref()
+            .ok_or_else(|| ScrapeError::Credentials("no connection pool".to_owned()))
+    }
+
+    async fn fetch(&mut self) -> Result<Fetched, ScrapeError> {
+        let uri = self.uri.clone();
+        let body_limit = self.body_limit;
+        let pool = self.pool()?;
+        let mut req = hyper::Request::get(uri)
             .header(hyper::header::ACCEPT, ACCEPT)
             .header(hyper::header::ACCEPT_ENCODING, ACCEPT_ENCODING)
             .header(
@@ -593,11 +742,14 @@ impl TargetRun {
             )
             .body(Empty::<Bytes>::new())
             .map_err(|e| ScrapeError::Request(e.to_string()))?;
-        let resp = self
+        for (name, value) in &pool.headers {
+            req.headers_mut().insert(name.clone(), value.clone());
+        }
+        let resp = pool
             .client
             .request(req)
             .await
-            .map_err(|e| ScrapeError::Request(e.to_string()))?;
+            .map_err(|e| ScrapeError::request(&e))?;
         if !resp.status().is_success() {
             return Err(ScrapeError::Status(resp.status().as_u16()));
         }
@@ -609,11 +761,11 @@ impl TargetRun {
         };
         let format = Format::from_content_type(header(hyper::header::CONTENT_TYPE).as_deref());
         let encoding = header(hyper::header::CONTENT_ENCODING);
-        let limited = Limited::new(resp.into_body(), self.body_limit);
+        let limited = Limited::new(resp.into_body(), body_limit);
         let body = match limited.collect().await {
             Ok(c) => c.to_bytes(),
             Err(e) if e.is::<http_body_util::LengthLimitError>() => {
-                return Err(ScrapeError::BodyTooLarge(self.body_limit));
+                return Err(ScrapeError::BodyTooLarge(body_limit));
             }
             Err(e) => return Err(ScrapeError::Body(e.to_string())),
         };
@@ -853,10 +1005,22 @@ impl crate::sources::Source for ScrapeSource {
     }
 
     fn reload(&mut self, config: &crate::config::Config, _aggregator: &Aggregator) -> bool {
+        // Files are read again on every reload, whether the config changed or not
+        // (a rotated token, a renewed certificate). Targets the reload starts read
+        // theirs as they start.
+        let with_files = locked(&self.shared.scraper)
+            .as_ref()
+            .map_or(0, Scraper::reload_security);
+        if with_files > 0 {
+            info!(
+                targets = with_files,
+                "scrape: TLS and credentials files read again"
+            );
+        }
         let mut current = locked(&self.shared.config);
         let new = &config.scrape;
         if *new == *current {
-            return false;
+            return with_files > 0;
         }
         let file_sd_changed = new.file_sd != current.file_sd;
         *current = new.clone();
@@ -964,6 +1128,25 @@ impl crate::telemetry::StageMetrics for ScrapeTargets {
             Counter,
             "Scrapes that failed, by target.",
             per(&|c| c.failures.load(Ordering::Relaxed) as f64),
+        );
+        page.family(
+            "weir_scrape_errors_total",
+            Counter,
+            "Scrapes that failed, by target and reason (tls, timeout, http_status, credentials, ...).",
+            self.0
+                .iter()
+                .flat_map(|(url, c)| {
+                    ScrapeError::REASONS
+                        .iter()
+                        .enumerate()
+                        .map(move |(i, reason)| {
+                            (
+                                crate::telemetry::labels(&[("target", url), ("reason", reason)]),
+                                c.errors[i].load(Ordering::Relaxed) as f64,
+                            )
+                        })
+                })
+                .collect::<Vec<_>>(),
         );
         page.family(
             "weir_scrape_up",
