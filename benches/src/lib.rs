@@ -1,5 +1,5 @@
-//! weir-benches: shared helpers for the criterion benchmarks in `benches/benches/` and
-//! the `memory` binary.
+//! weir-benches: shared helpers for the criterion benchmarks in `benches/benches/`,
+//! and [`harness`], the library of the `weir-bench` binary.
 //!
 //! - [`label_sets`] / [`labels_of`]: the series shape every benchmark uses: the metric
 //!   [`METRIC`] with four labels given *unsorted*, for a canonical key of ~80 bytes.
@@ -7,10 +7,9 @@
 //!   They do the same job as a [`weir_core::Writer`] cache hit (find a counter by the
 //!   label set encoded in arrival order, add to it) behind one lock, or behind one of
 //!   256 locks.
-//! - [`otlp_load`]: the OTLP export load and latency table of the latency harnesses.
-//! - [`http`]: a minimal HTTP/1.1 request for the harnesses that drive servers.
+//! - [`harness`]: weir-bench's load generators, peers, scenarios and reports.
 
-pub mod otlp_load;
+pub mod harness;
 
 use std::collections::HashMap;
 use std::fmt::Write as _;
@@ -252,28 +251,6 @@ pub fn mean_key_len(sets: &[Labels]) -> f64 {
         .map(|l| weir_core::SeriesKey::new(METRIC, l).map_or(0, |k| k.as_bytes().len()))
         .sum();
     total as f64 / sets.len().max(1) as f64
-}
-
-/// One HTTP/1.1 request (`Connection: close`, empty body) to `addr`; the response
-/// body, or an empty string if the server cannot be reached or does not answer 2xx.
-pub fn http(addr: &str, method: &str, path: &str) -> String {
-    use std::io::{Read, Write};
-    let Ok(mut conn) = std::net::TcpStream::connect(addr) else {
-        return String::new();
-    };
-    let _ = conn.set_read_timeout(Some(std::time::Duration::from_secs(30)));
-    let _ = write!(
-        conn,
-        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
-    );
-    let mut out = String::new();
-    let _ = conn.read_to_string(&mut out);
-    if !out.starts_with("HTTP/1.1 2") {
-        return String::new();
-    }
-    out.split_once("\r\n\r\n")
-        .map(|(_, body)| body.to_owned())
-        .unwrap_or_default()
 }
 
 #[cfg(test)]

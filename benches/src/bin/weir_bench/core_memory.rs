@@ -1,4 +1,6 @@
-//! Memory per series of weir-core's aggregator, measured with a counting allocator.
+//! `weir-bench memory-core` (was `src/bin/memory.rs`): memory per series of
+//! weir-core's aggregator, measured with a counting allocator (the binary's global
+//! allocator; it adds a few relaxed atomic adds per allocation to every subcommand).
 //!
 //! Creates N counter series (`http_requests_total` + 4 labels given unsorted, canonical
 //! key ~80 bytes) through one `Writer`, flushes once (so the flusher holds its dense
@@ -9,7 +11,7 @@
 //! "requested" counts the bytes asked of the allocator; "glibc est." adds glibc
 //! malloc's per-block overhead (8-byte header, 16-byte rounding, 32-byte minimum).
 //!
-//! Run: `cargo run --release -p weir-benches --bin memory [N ...]` (default 100000 1000000).
+//! Run: `weir-bench memory-core [N ...]` (default 100000 1000000).
 
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::sync::atomic::{AtomicIsize, Ordering};
@@ -177,15 +179,12 @@ fn layout() {
     );
 }
 
-fn main() {
-    let ns: Vec<usize> = std::env::args()
-        .skip(1)
-        .filter_map(|a| a.replace('_', "").parse().ok())
-        .collect();
+/// Prints the table for each series count in `ns` (default 100k and 1M).
+pub fn run(ns: &[usize]) {
     let ns = if ns.is_empty() {
         vec![100_000, 1_000_000]
     } else {
-        ns
+        ns.to_vec()
     };
     let mut parts: [String; 4] = Default::default();
     labels_of(0, &mut parts);

@@ -1,6 +1,9 @@
-//! OTLP load for the latency harnesses (`otlp_latency`, `pipeline_latency`): a
-//! 1,000-point export request, a no-op server of the same tonic stack as a baseline,
-//! a client loop measuring latency at the client, and percentile table rows.
+//! OTLP load (was `src/otlp_load.rs`): 1,000-point export requests, a no-op server of
+//! the same tonic stack as a baseline, a client loop measuring latency at the client,
+//! and percentiles.
+//!
+//! Owns: the request shapes and the client-side timing. Must never: time a request
+//! that weir refused in part as if it were accepted (a partial success is an error).
 
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
@@ -18,9 +21,15 @@ use weir_proto::metrics_service::{ExportMetricsServiceRequest, ExportMetricsServ
 
 /// 1,000 delta counter points over 1,000 series (10 metrics x 100 label values).
 pub fn request() -> ExportMetricsServiceRequest {
+    request_named("app.requests")
+}
+
+/// Like [`request`], with metric names `<prefix>.<0..10>`: distinct prefixes give
+/// distinct series (the background series of the latency scenario).
+pub fn request_named(prefix: &str) -> ExportMetricsServiceRequest {
     let metrics = (0..10)
         .map(|m| Metric {
-            name: format!("app.requests.{m}"),
+            name: format!("{prefix}.{m}"),
             data: Some(Data::Sum(Sum {
                 data_points: (0..100)
                     .map(|i| NumberDataPoint {
@@ -66,80 +75,74 @@ impl MetricsService for Noop {
 }
 
 /// Starts a [`Noop`] server on a free 127.0.0.1 port.
-pub async fn noop_server() -> SocketAddr {
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-        .await
-        .expect("bind");
-    let addr = listener.local_addr().expect("addr");
+pub async fn noop_server() -> std::io::Result<SocketAddr> {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let addr = listener.local_addr()?;
     tokio::spawn(async move {
         let _ = tonic::transport::Server::builder()
             .add_service(MetricsServiceServer::new(Noop))
             .serve_with_incoming(weir_collector::sources::otlp::nodelay(listener))
             .await;
     });
-    addr
+    Ok(addr)
 }
 
-/// Sends `n` exports (after 100 warm-up ones) and returns the sorted latencies.
+/// Sends `n` exports (after `warm_up` ones) and returns the sorted latencies.
+///
+/// # Errors
+/// When the server cannot be reached, fails an export or refuses points in one.
 pub async fn measure(
     addr: SocketAddr,
     n: usize,
+    warm_up: usize,
     req: &ExportMetricsServiceRequest,
-) -> Vec<Duration> {
-    let channel = tonic::transport::Endpoint::from_shared(format!("http://{addr}"))
-        .expect("endpoint")
+) -> anyhow::Result<Vec<Duration>> {
+    let channel = tonic::transport::Endpoint::from_shared(format!("http://{addr}"))?
         .tcp_nodelay(true)
         .connect()
-        .await
-        .expect("connect");
+        .await?;
     let mut client = MetricsServiceClient::new(channel);
-    for _ in 0..100 {
-        client.export(req.clone()).await.expect("warm-up export");
+    for _ in 0..warm_up {
+        client.export(req.clone()).await?;
     }
     let mut lat = Vec::with_capacity(n);
     for _ in 0..n {
         let r = req.clone();
         let t = Instant::now();
-        let resp = client.export(r).await.expect("export");
+        let resp = client.export(r).await?;
         lat.push(t.elapsed());
-        assert!(resp.get_ref().partial_success.is_none(), "points refused");
+        if let Some(p) = &resp.get_ref().partial_success {
+            anyhow::bail!(
+                "{} points refused: {}",
+                p.rejected_data_points,
+                p.error_message
+            );
+        }
     }
     lat.sort();
-    lat
+    Ok(lat)
 }
 
-/// The `p` percentile of sorted latencies, in microseconds.
+/// The `p` percentile of sorted latencies, in microseconds (0 if there are none).
 pub fn pct(lat: &[Duration], p: f64) -> f64 {
+    if lat.is_empty() {
+        return 0.0;
+    }
     let i = ((lat.len() as f64 * p).ceil() as usize).clamp(1, lat.len()) - 1;
     lat[i].as_secs_f64() * 1e6
 }
 
-/// Prints one markdown table row: p50, p99, p99.9 and the difference to `base`.
-pub fn row(name: &str, lat: &[Duration], base: Option<&[Duration]>) {
-    let (p50, p99, p999) = (pct(lat, 0.5), pct(lat, 0.99), pct(lat, 0.999));
-    match base {
-        Some(b) => println!(
-            "| {name} | {p50:.0} | {p99:.0} | {p999:.0} | {:+.0} / {:+.0} / {:+.0} |",
-            p50 - pct(b, 0.5),
-            p99 - pct(b, 0.99),
-            p999 - pct(b, 0.999)
-        ),
-        None => println!("| {name} | {p50:.0} | {p99:.0} | {p999:.0} | (baseline) |"),
-    }
-}
-
 /// The harnesses' runtime (two workers, as on the 2-core target machine) and an
 /// aggregator without eviction or a per-metric limit in the way of 100k series.
-pub fn harness() -> (tokio::runtime::Runtime, Aggregator) {
+pub fn harness() -> std::io::Result<(tokio::runtime::Runtime, Aggregator)> {
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
-        .build()
-        .expect("runtime");
+        .build()?;
     let agg = Aggregator::new(AggregatorConfig {
         series_ttl: Duration::ZERO,
         max_series_per_metric: 1_000_000,
         ..AggregatorConfig::default()
     });
-    (rt, agg)
+    Ok((rt, agg))
 }

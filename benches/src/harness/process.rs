@@ -1,0 +1,311 @@
+//! The processes weir-bench measures: started on free 127.0.0.1 ports with a
+//! generated config in a temporary directory, read through `/proc`, and always
+//! stopped.
+//!
+//! Owns: spawning, readiness waits (bounded), `/proc` CPU and memory readings, the
+//! kernel receive buffer a UDP socket was given (from `ss`), and the Ctrl-C / SIGTERM
+//! clean-up. Must never: leave a child running or a temporary directory behind, on
+//! success, error or interrupt ([`Proc`] kills on drop; [`install_cleanup`] kills what
+//! is still registered when the harness is interrupted).
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, bail};
+
+/// Pids of running children and temporary directories, for the interrupt handler.
+static LIVE: Mutex<(Vec<u32>, Vec<PathBuf>)> = Mutex::new((Vec::new(), Vec::new()));
+
+fn live() -> std::sync::MutexGuard<'static, (Vec<u32>, Vec<PathBuf>)> {
+    LIVE.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// Kills every registered child and removes every registered directory when the
+/// harness gets SIGINT or SIGTERM, then exits with status 130.
+pub fn install_cleanup() {
+    std::thread::spawn(|| {
+        let Ok(rt) = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+        else {
+            return;
+        };
+        rt.block_on(async {
+            let Ok(mut term) =
+                tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+            else {
+                return;
+            };
+            tokio::select! {
+                _ = tokio::signal::ctrl_c() => {}
+                _ = term.recv() => {}
+            }
+        });
+        let (pids, dirs) = std::mem::take(&mut *live());
+        for pid in pids {
+            let _ = Command::new("kill").args(["-9", &pid.to_string()]).status();
+        }
+        for d in dirs {
+            let _ = std::fs::remove_dir_all(d);
+        }
+        eprintln!("weir-bench: interrupted; stopped every process it started");
+        std::process::exit(130);
+    });
+}
+
+/// A temporary directory for one process' config and data, removed on drop (and by
+/// the interrupt handler).
+pub struct WorkDir(tempfile::TempDir);
+
+impl WorkDir {
+    /// A fresh directory under the system's temporary directory.
+    pub fn new(what: &str) -> Result<WorkDir> {
+        let d = tempfile::Builder::new()
+            .prefix(&format!("weir-bench-{what}-"))
+            .tempdir()
+            .context("create a temporary directory")?;
+        live().1.push(d.path().to_path_buf());
+        Ok(WorkDir(d))
+    }
+
+    /// Its path.
+    pub fn path(&self) -> &Path {
+        self.0.path()
+    }
+
+    /// Writes `text` to `name` inside it and returns the file's path.
+    pub fn write(&self, name: &str, text: &str) -> Result<PathBuf> {
+        let p = self.path().join(name);
+        std::fs::write(&p, text).with_context(|| format!("write {}", p.display()))?;
+        Ok(p)
+    }
+}
+
+impl Drop for WorkDir {
+    fn drop(&mut self) {
+        let p = self.0.path().to_path_buf();
+        live().1.retain(|d| *d != p);
+    }
+}
+
+/// A started process, killed (SIGKILL) and reaped on drop.
+pub struct Proc {
+    child: Child,
+    name: String,
+    log: PathBuf,
+}
+
+impl Proc {
+    /// Starts `cmd` in its own process group (a Ctrl-C at the terminal reaches the
+    /// harness, which then stops it), stdout and stderr to `<dir>/<name>.log`.
+    pub fn spawn(name: &str, mut cmd: Command, dir: &WorkDir) -> Result<Proc> {
+        use std::os::unix::process::CommandExt;
+        let log = dir.path().join(format!("{name}.log"));
+        let out = std::fs::File::create(&log)?;
+        let err = out.try_clone()?;
+        cmd.stdin(Stdio::null())
+            .stdout(out)
+            .stderr(err)
+            .current_dir(dir.path())
+            .process_group(0);
+        let child = cmd.spawn().with_context(|| {
+            format!("start {name} ({cmd:?}); is it installed? see benches/setup-peers.sh")
+        })?;
+        live().0.push(child.id());
+        Ok(Proc {
+            child,
+            name: name.to_owned(),
+            log,
+        })
+    }
+
+    /// Its pid.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Polls `ready` every 50 ms until it holds, for at most `limit`; fails with the
+    /// tail of the process' log if the process exits or the time is up.
+    pub fn wait_ready(&mut self, limit: Duration, mut ready: impl FnMut() -> bool) -> Result<()> {
+        let deadline = Instant::now() + limit;
+        loop {
+            if ready() {
+                return Ok(());
+            }
+            if let Ok(Some(status)) = self.child.try_wait() {
+                bail!(
+                    "{} exited ({status}) before it was ready:\n{}",
+                    self.name,
+                    self.log_tail()
+                );
+            }
+            if Instant::now() > deadline {
+                bail!(
+                    "{} not ready after {limit:?}:\n{}",
+                    self.name,
+                    self.log_tail()
+                );
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// The last 2 KB of the process' output.
+    pub fn log_tail(&self) -> String {
+        let s = std::fs::read_to_string(&self.log).unwrap_or_default();
+        s[s.len().saturating_sub(2048)..].to_owned()
+    }
+
+    /// CPU, RSS and peak RSS now.
+    pub fn stats(&self) -> ProcStats {
+        ProcStats::of(self.pid())
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        let pid = self.child.id();
+        live().0.retain(|p| *p != pid);
+    }
+}
+
+/// What `/proc` says about a process at one moment.
+#[derive(Clone, Copy, Debug, Default, serde::Serialize)]
+pub struct ProcStats {
+    /// User + system CPU seconds since it started.
+    pub cpu_seconds: f64,
+    /// Resident set size now, bytes (`VmRSS`).
+    pub rss_bytes: u64,
+    /// Peak resident set size, bytes (`VmHWM`).
+    pub peak_rss_bytes: u64,
+}
+
+impl ProcStats {
+    /// Reads `/proc/<pid>/stat` and `/proc/<pid>/status`; zeros if the process is gone.
+    pub fn of(pid: u32) -> ProcStats {
+        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+        let fields: Vec<&str> = stat
+            .rsplit_once(')')
+            .map(|(_, r)| r.split_whitespace().collect())
+            .unwrap_or_default();
+        let num = |i: usize| {
+            fields
+                .get(i)
+                .and_then(|f| f.parse::<f64>().ok())
+                .unwrap_or(0.0)
+        };
+        // utime and stime are fields 14 and 15, in clock ticks (100 per second on Linux).
+        let cpu_seconds = (num(11) + num(12)) / 100.0;
+        let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+        let kib = |key: &str| {
+            status
+                .lines()
+                .find_map(|l| l.strip_prefix(key))
+                .and_then(|v| v.split_whitespace().next())
+                .and_then(|v| v.parse::<u64>().ok())
+                .unwrap_or(0)
+                * 1024
+        };
+        ProcStats {
+            cpu_seconds,
+            rss_bytes: kib("VmRSS:"),
+            peak_rss_bytes: kib("VmHWM:"),
+        }
+    }
+}
+
+/// A free TCP port on 127.0.0.1 (bound, then released: the caller's process binds it
+/// next).
+pub fn free_port() -> Result<u16> {
+    Ok(std::net::TcpListener::bind("127.0.0.1:0")?
+        .local_addr()?
+        .port())
+}
+
+/// A free UDP port on 127.0.0.1.
+pub fn free_udp_port() -> Result<u16> {
+    Ok(std::net::UdpSocket::bind("127.0.0.1:0")?
+        .local_addr()?
+        .port())
+}
+
+/// The kernel receive buffer (`rb` of `ss -m`, bytes) and the datagrams the kernel
+/// dropped (`d`) of the UDP socket bound to 127.0.0.1:`port`, when `ss` shows it.
+pub fn udp_socket_memory(port: u16) -> Option<(u64, u64)> {
+    let out = Command::new("ss")
+        .args(["-u", "-a", "-m", "-n", "sport", "=", &format!(":{port}")])
+        .output()
+        .ok()?;
+    let text = String::from_utf8_lossy(&out.stdout);
+    let skmem = text.split("skmem:(").nth(1)?.split(')').next()?;
+    let mut fields = BTreeMap::new();
+    for f in skmem.split(',') {
+        let k: String = f.chars().take_while(|c| c.is_ascii_alphabetic()).collect();
+        if let Ok(v) = f[k.len()..].parse::<u64>() {
+            fields.insert(k, v);
+        }
+    }
+    Some((*fields.get("rb")?, *fields.get("d").unwrap_or(&0)))
+}
+
+/// One HTTP/1.1 request with an optional body (`Connection: close`); the status code
+/// and the response body, or `None` if the server cannot be reached.
+pub fn http_request(addr: &str, method: &str, path: &str, body: &[u8]) -> Option<(u16, Vec<u8>)> {
+    use std::io::{Read, Write};
+    let mut conn = std::net::TcpStream::connect(addr).ok()?;
+    let _ = conn.set_read_timeout(Some(Duration::from_secs(60)));
+    let head = format!(
+        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+        body.len()
+    );
+    conn.write_all(head.as_bytes()).ok()?;
+    conn.write_all(body).ok()?;
+    let mut out = Vec::new();
+    conn.read_to_end(&mut out).ok()?;
+    let split = out.windows(4).position(|w| w == b"\r\n\r\n")?;
+    let status_line = std::str::from_utf8(&out[..split])
+        .ok()?
+        .lines()
+        .next()?
+        .to_owned();
+    let code = status_line.split_whitespace().nth(1)?.parse().ok()?;
+    let mut payload = out[split + 4..].to_vec();
+    if std::str::from_utf8(&out[..split])
+        .ok()?
+        .to_ascii_lowercase()
+        .contains("transfer-encoding: chunked")
+    {
+        payload = dechunk(&payload);
+    }
+    Some((code, payload))
+}
+
+/// Decodes a chunked transfer-encoded body (what is well-formed of it).
+fn dechunk(mut b: &[u8]) -> Vec<u8> {
+    let mut out = Vec::new();
+    while let Some(eol) = b.windows(2).position(|w| w == b"\r\n") {
+        let size = std::str::from_utf8(&b[..eol])
+            .ok()
+            .and_then(|s| usize::from_str_radix(s.split(';').next().unwrap_or("").trim(), 16).ok());
+        let Some(size) = size else { break };
+        if size == 0 || b.len() < eol + 2 + size {
+            break;
+        }
+        out.extend_from_slice(&b[eol + 2..eol + 2 + size]);
+        b = &b[(eol + 4 + size).min(b.len())..];
+    }
+    out
+}
+
+/// GET `path` from `addr`: the body when the answer is 2xx.
+pub fn http_get(addr: &str, path: &str) -> Option<String> {
+    match http_request(addr, "GET", path, b"")? {
+        (200..=299, body) => Some(String::from_utf8_lossy(&body).into_owned()),
+        _ => None,
+    }
+}

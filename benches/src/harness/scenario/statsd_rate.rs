@@ -1,0 +1,210 @@
+//! Scenario 1: the highest StatsD rate each daemon takes with 0 % loss, at 10k, 100k
+//! and 1M series (quick: 1k), and the loss at every offered rate tried.
+//!
+//! Per daemon and series count: start it, send every series once (so they all
+//! exist), then probe rates: double from the start rate until a probe loses a line,
+//! then bisect between the best loss-free rate and the first lossy one. A probe sends
+//! for a fixed time, then reads the daemon's running totals once they have settled:
+//! the lines it aggregated, against the lines sent, is the loss.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Result;
+use serde_json::json;
+
+use super::Settings;
+use crate::harness::peers::{StatsdPeer, StatsdPeerKind};
+use crate::harness::report::{Line, Plot, Section, mib, thousands};
+use crate::harness::statsd::{Load, Shape, datagrams, send_rounds};
+
+/// One probe's outcome.
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct Probe {
+    /// Offered lines/s.
+    pub offered: f64,
+    /// Lines/s the senders reached.
+    pub sent_rate: f64,
+    /// Lines sent.
+    pub sent: u64,
+    /// Lines the daemon aggregated.
+    pub received: f64,
+    /// 1 - received / sent.
+    pub loss: f64,
+    /// CPU seconds the daemon used during the probe and its settling.
+    pub cpu_seconds: f64,
+}
+
+/// Runs the scenario for `series_counts` (default: 10k, 100k, 1M; quick: 1k) and
+/// `peers` (default: all installed).
+pub fn run(s: &Settings, series_counts: &[usize], peers: &[StatsdPeerKind]) -> Result<Section> {
+    let probe_time = if s.quick {
+        Duration::from_secs(1)
+    } else {
+        Duration::from_secs(5)
+    };
+    let start_rate = if s.quick { 20_000.0 } else { 100_000.0 };
+    let max_probes = if s.quick { 2 } else { 9 };
+    let mut sec = Section {
+        scenario: "statsd-rate".into(),
+        title: "StatsD: highest rate at 0 % loss".into(),
+        columns: [
+            "daemon",
+            "series",
+            "highest 0 % loss rate (lines/s)",
+            "first lossy rate: loss",
+            "CPU s per M lines",
+            "peak RSS",
+            "receive buffer (ss rb)",
+            "kernel drops",
+        ]
+        .map(String::from)
+        .to_vec(),
+        ..Section::default()
+    };
+    sec.notes.push(format!(
+        "Plain StatsD counters `bench.requests.s<i>:1|c` (one name per series: the shape every daemon reads), \
+         ~{} lines per 1400-byte datagram, {} sender thread(s), {:?} per probe; rates double from {} lines/s \
+         until a probe loses a line, then bisect (at most {max_probes} probes).",
+        1000 / datagrams(1000, Shape::Names).len().max(1),
+        s.threads,
+        probe_time,
+        thousands(start_rate)
+    ));
+    let mut data = Vec::new();
+    let mut lines_by_series: Vec<Line> = Vec::new();
+    for &n in series_counts {
+        let payloads = Arc::new(datagrams(n, Shape::Names));
+        for &kind in peers {
+            if !kind.installed(&s.benches_dir) {
+                sec.notes.push(format!(
+                    "{} skipped: not installed (benches/setup-peers.sh)",
+                    kind.label()
+                ));
+                continue;
+            }
+            let peer = StatsdPeer::start(kind, &s.weir_bin, &s.benches_dir)?;
+            // Create every series first, slowly enough for every daemon.
+            let preload = send_rounds(peer.port, &payloads, 1, 50_000.0)?;
+            let (held, _) = peer.settled_total(preload as f64, Duration::from_secs(60))?;
+            let pb = s.bar(
+                max_probes as u64,
+                format!("{} @ {} series", kind.label(), thousands(n as f64)),
+            );
+            let mut probes: Vec<Probe> = Vec::new();
+            let (mut good, mut bad): (Option<f64>, Option<f64>) = (None, None);
+            let mut rate = start_rate;
+            for _ in 0..max_probes {
+                let (_, before) = peer.settled_total(f64::INFINITY, Duration::from_secs(0))?;
+                let cpu0 = peer.proc().stats().cpu_seconds;
+                let load = Load::start(peer.port, payloads.clone(), rate, s.threads, probe_time)?;
+                while load.running() {
+                    std::thread::sleep(Duration::from_millis(200));
+                    pb.set_message(format!(
+                        "{} @ {} series: offering {} lines/s, {} sent",
+                        kind.label(),
+                        thousands(n as f64),
+                        thousands(rate),
+                        thousands(load.sent() as f64)
+                    ));
+                }
+                let sent = load.finish();
+                let limit = Duration::from_secs(30) + probe_time * 2;
+                let (_, after) = peer.settled_total(before + sent as f64, limit)?;
+                let received = after - before;
+                let p = Probe {
+                    offered: rate,
+                    sent_rate: sent as f64 / probe_time.as_secs_f64(),
+                    sent,
+                    received,
+                    loss: 1.0 - received / sent.max(1) as f64,
+                    cpu_seconds: peer.proc().stats().cpu_seconds - cpu0,
+                };
+                pb.inc(1);
+                pb.set_message(format!(
+                    "{} lines/s: loss {:.3} %",
+                    thousands(rate),
+                    p.loss * 100.0
+                ));
+                if p.loss <= 0.0 {
+                    good = Some(good.map_or(rate, |g: f64| g.max(rate)));
+                } else {
+                    bad = Some(bad.map_or(rate, |b: f64| b.min(rate)));
+                }
+                probes.push(p);
+                rate = match (good, bad) {
+                    (Some(g), None) => g * 2.0,
+                    (None, Some(b)) => b / 2.0,
+                    (Some(g), Some(b)) => (g + b) / 2.0,
+                    (None, None) => rate,
+                };
+                if let (Some(g), Some(b)) = (good, bad)
+                    && b - g < g * 0.1
+                {
+                    break;
+                }
+            }
+            pb.finish_and_clear();
+            let stats = peer.proc().stats();
+            let mem = peer.socket_memory();
+            let ok_probes: Vec<&Probe> = probes.iter().filter(|p| p.loss <= 0.0).collect();
+            let cpu_per_m = {
+                let (c, l) = probes
+                    .iter()
+                    .fold((0.0, 0.0), |(c, l), p| (c + p.cpu_seconds, l + p.received));
+                c / (l / 1e6).max(1e-9)
+            };
+            let best = ok_probes
+                .iter()
+                .map(|p| p.sent_rate)
+                .fold(None, |a: Option<f64>, r| Some(a.map_or(r, |a| a.max(r))));
+            let first_bad = probes
+                .iter()
+                .filter(|p| p.loss > 0.0)
+                .min_by(|a, b| a.offered.total_cmp(&b.offered));
+            sec.rows.push(vec![
+                kind.label().into(),
+                thousands(n as f64),
+                best.map_or("none".into(), thousands),
+                first_bad.map_or("none tried".into(), |p| {
+                    format!("{}: {:.2} %", thousands(p.sent_rate), p.loss * 100.0)
+                }),
+                format!("{cpu_per_m:.2}"),
+                mib(stats.peak_rss_bytes),
+                mem.map_or("?".into(), |(rb, _)| format!("{} B", thousands(rb as f64))),
+                mem.map_or("?".into(), |(_, d)| thousands(d as f64)),
+            ]);
+            let mut pts: Vec<(f64, f64)> = probes
+                .iter()
+                .map(|p| (p.sent_rate, p.loss * 100.0))
+                .collect();
+            pts.sort_by(|a, b| a.0.total_cmp(&b.0));
+            lines_by_series.push(Line {
+                label: format!("{} @ {} series", kind.label(), thousands(n as f64)),
+                points: pts,
+            });
+            data.push(json!({
+                "daemon": kind.label(), "series": n, "series_held_after_preload": held,
+                "highest_zero_loss_rate": best, "probes": probes, "cpu_seconds_per_million_lines": cpu_per_m,
+                "peak_rss_bytes": stats.peak_rss_bytes, "receive_buffer_bytes": mem.map(|m| m.0),
+                "kernel_drops": mem.map(|m| m.1),
+            }));
+        }
+    }
+    sec.notes.push(
+        "The receive buffer is what `ss -m` shows for each daemon's socket (`rb`): weir asks for 8 MiB \
+         (granted to root through SO_RCVBUFFORCE; the kernel doubles it); collectd and etsy StatsD cannot \
+         configure theirs and get `net.core.rmem_default`; \"weir (default rcvbuf)\" asks for the same."
+            .into(),
+    );
+    sec.data = json!(data);
+    sec.plots.push(Plot {
+        name: "statsd_loss".into(),
+        title: "StatsD: loss vs sent rate".into(),
+        x: "lines/s sent".into(),
+        y: "loss %".into(),
+        log_x: true,
+        lines: lines_by_series,
+    });
+    Ok(sec)
+}
