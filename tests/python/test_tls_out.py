@@ -7,49 +7,25 @@ not sign refused and counted (`reason="tls"`).
 The certificates are made by the test with the `openssl` CLI in its tmp dir: a CA,
 a server certificate for 127.0.0.1 and localhost signed by it, and an unrelated CA."""
 
-import subprocess
-
 import pytest
 import statsd
 
+from certs import Pki
 from backends import Prometheus, http, poll
 from test_scrape_node_exporter import NodeExporter
 from weir_process import FAST_RETRY, daemon_config, daemons, parse_exposition, pipeline_toml  # noqa: F401 (daemons: a fixture)
 
 
-def openssl(*args, cwd):
-    subprocess.run(["openssl", *args], cwd=cwd, check=True, capture_output=True)
-
-
 class Certs:
-    """PEM files under `dir`: `ca`, `server_cert` + `server_key` (127.0.0.1 and
-    localhost, signed by `ca`), and `other_ca` (signs nothing the peers show)."""
+    """`ca`, `server_cert` + `server_key` (127.0.0.1 and localhost, signed by `ca`),
+    and `other_ca` (signs nothing the peers show), under `dir`."""
 
     def __init__(self, tmp_path):
-        d = tmp_path / "certs"
-        d.mkdir()
-        self.dir = d
-        for name in ("ca", "other-ca"):
-            openssl(
-                "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1",
-                "-nodes", "-days", "2", "-subj", f"/CN=weir test {name}",
-                "-keyout", f"{name}.key", "-out", f"{name}.pem", cwd=d,
-            )  # fmt: skip
-        openssl(
-            "req", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes",
-            "-subj", "/CN=127.0.0.1", "-keyout", "server.key", "-out", "server.csr", cwd=d,
-        )  # fmt: skip
-        (d / "server.ext").write_text(
-            "subjectAltName=IP:127.0.0.1,DNS:localhost\nextendedKeyUsage=serverAuth\nbasicConstraints=CA:FALSE\n"
-        )
-        openssl(
-            "x509", "-req", "-in", "server.csr", "-CA", "ca.pem", "-CAkey", "ca.key",
-            "-CAcreateserial", "-days", "2", "-extfile", "server.ext", "-out", "server.pem", cwd=d,
-        )  # fmt: skip
-        self.ca = d / "ca.pem"
-        self.other_ca = d / "other-ca.pem"
-        self.server_cert = d / "server.pem"
-        self.server_key = d / "server.key"
+        self.pki = Pki(tmp_path / "certs")
+        self.dir = self.pki.dir
+        self.ca = self.pki.ca
+        self.other_ca = Pki(tmp_path / "certs", "other-ca").ca
+        self.server_cert, self.server_key = self.pki.server("server")
 
 
 @pytest.fixture
@@ -196,3 +172,68 @@ def test_scrape_over_https_of_a_real_node_exporter_and_a_wrong_ca_is_down(tmp_pa
         assert "unknown issuer" in targets[bad]["last_error"], targets
     finally:
         exporter.stop()
+
+
+def test_an_agent_forwards_over_otlp_grpc_with_a_client_certificate_to_a_gateway_weir(tmp_path, daemons):
+    """The Kubernetes layout (packaging/kubernetes): a node agent's otlp_grpc pipeline
+    to a gateway weir whose gRPC listener requires client certificates. An agent with
+    the certificate delivers exactly; one without it is refused by the gateway, and
+    both sides count the refusal."""
+    pki = Pki(tmp_path / "pki")
+    server_cert, server_key = pki.server("gateway")
+    client_cert, client_key = pki.client("agent")
+    gateway = daemons(
+        tmp_path / "gateway",
+        daemon_config(
+            tmp_path / "gateway-data",
+            statsd=False,
+            otlp=True,
+            exposition="127.0.0.1:0",
+            extra=(
+                "[receivers.otlp.grpc_tls]\n"
+                f'cert_file = "{server_cert}"\nkey_file = "{server_key}"\nclient_ca_file = "{pki.ca}"\n'
+            ),
+        ),
+    )
+    endpoint = f"https://localhost:{gateway.otlp_grpc.rsplit(':', 1)[1]}"
+
+    def agent(name, tls):
+        return daemons(
+            tmp_path / name,
+            daemon_config(
+                tmp_path / f"{name}-data",
+                pipeline_toml("gateway", "otlp_grpc", endpoint, tls=tls, retry=FAST_RETRY),
+            ),
+        )
+
+    def gateway_page():
+        status, body = http("GET", f"http://{gateway.exposition}/metrics")
+        assert status == 200, body
+        return parse_exposition(body.decode())
+
+    good = agent("agent", {"ca_file": str(pki.ca), "cert_file": str(client_cert), "key_file": str(client_key)})
+    send_counter(good, "mtls.orders", 42)
+    answer = good.flush()
+    assert answer["pipelines"][0]["delivered"] is True, answer
+    gateway.flush()
+    orders = {k: v for k, v in gateway_page().items() if k[0].startswith("mtls_orders")}
+    assert list(orders.values()) == [42.0], orders
+
+    anonymous = agent("anonymous", {"ca_file": str(pki.ca)})
+    send_counter(anonymous, "mtls.orders", 1)
+    answer = anonymous.flush()
+    assert answer["pipelines"][0]["delivered"] is False, answer
+    # Under TLS 1.3 the client finishes its handshake before the gateway checks the
+    # (missing) certificate, so over gRPC the agent sees the stream cancelled, not a
+    # TLS alert; the gateway's counter names the reason.
+    failures = {
+        dict(labels)["reason"]: v
+        for (name, labels), v in anonymous.self_metrics().items()
+        if name == "weir_pipeline_send_failures_total" and dict(labels).get("pipeline") == "gateway"
+    }
+    assert sum(failures.values()) >= 1, failures
+    gateway.wait_metric(
+        "weir_tls_handshakes_failed_total", lambda v: v >= 1, listener="otlp_grpc", reason="no_client_cert"
+    )
+    gateway.flush()
+    assert [v for k, v in gateway_page().items() if k[0].startswith("mtls_orders")] == [42.0]
