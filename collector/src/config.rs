@@ -455,6 +455,22 @@ impl Config {
         Ok(())
     }
 
+    /// Loads every listener `tls` table's certificate, key and client CA files, as the
+    /// listeners will at start, so `weir validate` catches a missing or mismatched file
+    /// (a reload re-reads them per listener instead, keeping the old ones on failure).
+    ///
+    /// # Errors
+    /// The first table whose files do not load, naming its key and the file.
+    pub fn check_listener_tls_files(&self) -> Result<(), String> {
+        use crate::tls::server::{Alpn, ServerTls, tables};
+        for (listener, key, table) in tables(self) {
+            if let Some(table) = table {
+                ServerTls::new(listener, key, table, Alpn::Http1).map_err(|e| e.to_string())?;
+            }
+        }
+        Ok(())
+    }
+
     /// The aggregator settings this config asks for.
     pub fn aggregator_config(&self) -> AggregatorConfig {
         self.aggregation.aggregator_config()

@@ -68,6 +68,7 @@ fn main() -> ExitCode {
                 .map_err(|e| e.to_string())
                 .and_then(|c| {
                     c.check_security_files()?;
+                    c.check_listener_tls_files()?;
                     Ok(c)
                 }) {
                 Ok(_) => {

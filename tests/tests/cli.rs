@@ -109,3 +109,25 @@ fn every_example_config_validates() {
     }
     assert!(n >= 3, "examples found: {n}");
 }
+
+#[test]
+fn validate_loads_a_listeners_tls_files_and_names_the_table_and_file() {
+    let dir = TempDir::new("listener-tls");
+    let missing = dir.path().join("missing-cert.pem");
+    let file = dir.write(
+        "weir.toml",
+        &format!(
+            "[exposition.tls]\ncert_file = {:?}\nkey_file = {:?}\n",
+            missing.display().to_string(),
+            missing.display().to_string()
+        ),
+    );
+    let out = run_weir(
+        &["validate", "--config", file.to_str().unwrap()],
+        dir.path(),
+    );
+    assert_eq!(out.status.code(), Some(1), "{out:?}");
+    assert!(out.stderr.contains("exposition.tls"), "{}", out.stderr);
+    assert!(out.stderr.contains("missing-cert.pem"), "{}", out.stderr);
+    assert!(!out.stdout.contains("config OK"), "{out:?}");
+}
