@@ -8,8 +8,16 @@
 //! the loss, the kernel's drop count and weir's CPU time per line (from
 //! `/proc/<pid>/stat`). The sender shares the 2 cores with weir.
 //!
-//! Run: `cargo run --release -p weir-benches --bin statsd_load [rates] [seconds]`,
-//! e.g. `statsd_load 500000,1000000,2000000,4000000 10` (the defaults).
+//! Run: `cargo run --release -p weir-benches --bin statsd_load [rates] [seconds] [series]`,
+//! e.g. `statsd_load 500000,1000000,2000000,4000000 10 10000` (the defaults). Each series
+//! is one tag value (`load.requests:1|c|#series:sN`), sent in turn; the daemon's
+//! `max_series_per_metric` is raised to the series count, every other setting is the
+//! default.
+//!
+//! `WEIR_BINS=/tmp/weir-baseline,target/release/weir` runs every rate against each
+//! binary in turn (one row each, side by side in one run) instead of
+//! `target/release/weir`. The RSS column is the daemon's `VmRSS` at the end of the
+//! sending (before the final flush).
 
 use std::net::UdpSocket;
 use std::path::PathBuf;
@@ -18,16 +26,15 @@ use std::time::{Duration, Instant};
 
 use weir_benches::http;
 
-const SERIES: usize = 10_000;
 /// Datagram payload budget (fits a 1500-byte MTU with headers).
 const DATAGRAM: usize = 1400;
 
 /// Every series once, packed into datagrams of many lines; and the line count of each.
-fn datagrams() -> Vec<(Vec<u8>, u64)> {
+fn datagrams(series: usize) -> Vec<(Vec<u8>, u64)> {
     let mut out = Vec::new();
     let mut cur = Vec::with_capacity(DATAGRAM);
     let mut lines = 0u64;
-    for i in 0..SERIES {
+    for i in 0..series {
         let line = format!("load.requests:1|c|#series:s{i}\n");
         if cur.len() + line.len() > DATAGRAM {
             out.push((std::mem::take(&mut cur), lines));
@@ -63,6 +70,16 @@ fn cpu_seconds(pid: u32) -> f64 {
     (num(11) + num(12)) / 100.0
 }
 
+/// Resident set size of process `pid` in MiB (`VmRSS` of `/proc/<pid>/status`).
+fn rss_mib(pid: u32) -> f64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .unwrap_or_default()
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<f64>().ok())
+        .map_or(f64::NAN, |kib| kib / 1024.0)
+}
+
 /// The value of an unlabelled metric in a text exposition page.
 fn metric(page: &str, name: &str) -> Option<f64> {
     page.lines()
@@ -77,9 +94,16 @@ struct Outcome {
     aggregated: f64,
     kernel_drops: f64,
     cpu_ns_per_line: f64,
+    rss_mib: f64,
 }
 
-fn run(weir: &PathBuf, rate: u64, seconds: u64, payloads: &[(Vec<u8>, u64)]) -> Outcome {
+fn run(
+    weir: &PathBuf,
+    rate: u64,
+    seconds: u64,
+    series: usize,
+    payloads: &[(Vec<u8>, u64)],
+) -> Outcome {
     let statsd_port = {
         let s = UdpSocket::bind("127.0.0.1:0").expect("udp");
         s.local_addr().expect("addr").port()
@@ -88,10 +112,13 @@ fn run(weir: &PathBuf, rate: u64, seconds: u64, payloads: &[(Vec<u8>, u64)]) -> 
     let dir = std::env::temp_dir().join(format!("weir-statsd-load-{}-{rate}", std::process::id()));
     std::fs::create_dir_all(&dir).expect("dir");
     let config = dir.join("weir.toml");
+    // Every series has the one metric name: lift the per-metric limit (default 10,000)
+    // so it admits them all. Every other setting is the default.
+    let per_metric = series.max(10_000);
     std::fs::write(
         &config,
         format!(
-            "[aggregation]\nflush_interval = \"1s\"\n[receivers.statsd]\naddress = \"127.0.0.1:{statsd_port}\"\n\
+            "[aggregation]\nflush_interval = \"1s\"\nmax_series_per_metric = {per_metric}\n[receivers.statsd]\naddress = \"127.0.0.1:{statsd_port}\"\n\
              [receivers.otlp]\nenabled = false\n[exposition]\nenabled = false\n\
              [admin]\naddress = \"{admin}\"\n[log]\nlevel = \"warn\"\n"
         ),
@@ -130,6 +157,7 @@ fn run(weir: &PathBuf, rate: u64, seconds: u64, payloads: &[(Vec<u8>, u64)]) -> 
         std::thread::sleep(Duration::from_micros(200));
     }
     let elapsed = started.elapsed().as_secs_f64();
+    let rss = rss_mib(child.id());
     // Let the socket drain, then take everything out in one more flush.
     std::thread::sleep(Duration::from_millis(1500));
     let cpu = cpu_seconds(child.id()) - cpu_before;
@@ -145,6 +173,7 @@ fn run(weir: &PathBuf, rate: u64, seconds: u64, payloads: &[(Vec<u8>, u64)]) -> 
         aggregated: metric(&page, "weir_statsd_samples_total").unwrap_or(0.0),
         kernel_drops: metric(&page, "weir_statsd_kernel_drops_total").unwrap_or(f64::NAN),
         cpu_ns_per_line: cpu * 1e9 / sent_lines.max(1) as f64,
+        rss_mib: rss,
     }
 }
 
@@ -159,34 +188,48 @@ fn main() {
         .nth(2)
         .and_then(|s| s.parse().ok())
         .unwrap_or(10);
-    let weir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../target/release/weir");
-    assert!(
-        weir.exists(),
-        "build the daemon first: cargo build --release -p weir-collector"
-    );
-    let payloads = datagrams();
-    let per_datagram = SERIES as f64 / payloads.len() as f64;
+    let series: usize = std::env::args()
+        .nth(3)
+        .and_then(|s| s.replace('_', "").parse().ok())
+        .unwrap_or(10_000);
+    let bins: Vec<PathBuf> = match std::env::var("WEIR_BINS") {
+        Ok(list) => list.split(',').map(PathBuf::from).collect(),
+        Err(_) => vec![PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../target/release/weir")],
+    };
+    for weir in &bins {
+        assert!(
+            weir.exists(),
+            "{}: build the daemon first: cargo build --release -p weir-collector",
+            weir.display()
+        );
+    }
+    let payloads = datagrams(series);
+    let per_datagram = series as f64 / payloads.len() as f64;
     println!(
-        "{SERIES} counter series, {per_datagram:.0} lines per datagram, {seconds} s per rate, \
+        "{series} counter series, {per_datagram:.0} lines per datagram, {seconds} s per rate, \
          default receive buffer settings"
     );
     println!();
     println!(
-        "| target lines/s | sent lines/s | lines sent | aggregated | loss | kernel drops (datagrams) | weir CPU per line |"
+        "| binary | target lines/s | sent lines/s | lines sent | aggregated | loss | kernel drops (datagrams) | weir CPU per line | RSS |"
     );
-    println!("|---|---|---|---|---|---|---|");
+    println!("|---|---|---|---|---|---|---|---|---|");
     for rate in rates {
-        let o = run(&weir, rate, seconds, &payloads);
-        let loss = 1.0 - o.aggregated / o.sent_lines as f64;
-        println!(
-            "| {} | {:.0} | {} | {} | {:.3} % | {} | {:.0} ns |",
-            o.rate,
-            o.achieved,
-            o.sent_lines,
-            o.aggregated,
-            loss * 100.0,
-            o.kernel_drops,
-            o.cpu_ns_per_line
-        );
+        for weir in &bins {
+            let o = run(weir, rate, seconds, series, &payloads);
+            let loss = 1.0 - o.aggregated / o.sent_lines as f64;
+            println!(
+                "| {} | {} | {:.0} | {} | {} | {:.3} % | {} | {:.0} ns | {:.1} MiB |",
+                weir.display(),
+                o.rate,
+                o.achieved,
+                o.sent_lines,
+                o.aggregated,
+                loss * 100.0,
+                o.kernel_drops,
+                o.cpu_ns_per_line,
+                o.rss_mib
+            );
+        }
     }
 }
