@@ -8,16 +8,21 @@ use weir_core::parse::statsd::{Decoder, StatsdType, Value, parse_line};
 use weir_core::testing::fuzz::check_statsd;
 use weir_core::{Aggregator, AggregatorConfig, FlushBatch};
 
-/// Applies `datagrams` through one decoder and writer (whose cache holds `cache`
+/// Applies `datagrams` through one decoder (batching lines from the first if
+/// `batched`) and one writer (whose cache holds `cache`
 /// label sets) and flushes at a fixed time, for comparisons.
-fn apply(datagrams: &[Vec<u8>], cache: usize) -> FlushBatch {
+fn apply(datagrams: &[Vec<u8>], cache: usize, batched: bool) -> FlushBatch {
     let config = AggregatorConfig {
         writer_cache_capacity: cache,
         ..AggregatorConfig::default()
     };
     let agg = Aggregator::starting_at(config, 1_000);
     let mut w = agg.writer();
-    let mut d = Decoder::default();
+    let mut d = if batched {
+        Decoder::default().batching_from(0)
+    } else {
+        Decoder::default()
+    };
     for g in datagrams {
         d.ingest(g, &mut w);
     }
@@ -93,9 +98,9 @@ proptest! {
                 format!("m{kind}:{sign}{v}|{kind}|#s:{series}")
             })
             .collect();
-        let whole = apply(&[text.join("\n").into_bytes()], cache);
+        let whole = apply(&[text.join("\n").into_bytes()], cache, true);
         let single: Vec<Vec<u8>> = text.iter().map(|l| l.clone().into_bytes()).collect();
-        let one_by_one = apply(&single, cache);
+        let one_by_one = apply(&single, cache, false);
         // Keys and values: start times come from the wall clock.
         let view = |b: &FlushBatch| -> Vec<_> { b.series.iter().map(|s| (s.key.clone(), s.value.clone())).collect() };
         prop_assert_eq!(view(&whole), view(&one_by_one));

@@ -156,6 +156,12 @@ impl Writer {
         RawHash(hash)
     }
 
+    /// The hash under which this writer caches `raw`, without a prefetch.
+    #[inline]
+    pub(crate) fn raw_hash(&self, raw: &[u8]) -> RawHash {
+        RawHash(self.cache.hash(raw))
+    }
+
     /// Asks the CPU to load the key bytes and the series in the slot `hash` points
     /// at, best some lines after [`Writer::prefetch_slot`] gave `hash`. Only a hint.
     #[inline]
