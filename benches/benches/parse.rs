@@ -162,5 +162,73 @@ fn statsd(c: &mut Criterion) {
     );
 }
 
-criterion_group!(benches, statsd, exposition_bench::exposition);
+/// `n` series of the `statsd_load` harness's shape (`load.requests:1|c|#series:sN`),
+/// every series once, 42 lines per datagram.
+fn scale_datagrams(n: usize) -> Vec<Vec<u8>> {
+    let mut out = Vec::new();
+    let mut cur = String::new();
+    for i in 0..n {
+        let line = format!("load.requests:1|c|#series:s{i}\n");
+        if cur.len() + line.len() > 1400 {
+            out.push(std::mem::take(&mut cur).into_bytes());
+        }
+        cur.push_str(&line);
+    }
+    out.push(cur.into_bytes());
+    out
+}
+
+/// Issue 13: the decoder with every series already created, at 10k, 100k and 1M
+/// series, lines/s on one thread. `cache_all` rows size the writer cache to hold every
+/// series (so a change shows the cost of a hit alone); the `default_cache` row keeps
+/// the default `writer_cache_capacity`, whatever it is at the commit measured.
+fn statsd_scale(c: &mut Criterion) {
+    let mut g = c.benchmark_group("statsd_scale");
+    g.sample_size(10)
+        .warm_up_time(Duration::from_secs(1))
+        .measurement_time(Duration::from_secs(3));
+    let rows: [(&str, usize, bool); 4] = [
+        ("cache_all_10k", 10_000, true),
+        ("cache_all_100k", 100_000, true),
+        ("default_cache_100k", 100_000, false),
+        ("cache_all_1m", 1_000_000, true),
+    ];
+    for (name, n, cache_all) in rows {
+        let grams = scale_datagrams(n);
+        let defaults = AggregatorConfig::default();
+        let agg = Aggregator::new(AggregatorConfig {
+            series_ttl: Duration::ZERO,
+            max_series: n,
+            max_series_per_metric: n,
+            writer_cache_capacity: if cache_all {
+                n
+            } else {
+                defaults.writer_cache_capacity
+            },
+            ..defaults
+        });
+        let mut w = agg.writer();
+        let mut decoder = Decoder::default();
+        for d in &grams {
+            decoder.ingest(d, &mut w); // create every series
+        }
+        drop(agg.flush()); // a full cache refills after a flush, as in the daemon
+        for d in &grams {
+            decoder.ingest(d, &mut w);
+        }
+        g.throughput(Throughput::Elements(n as u64));
+        g.bench_function(name, |b| {
+            b.iter(|| {
+                let mut samples = 0;
+                for d in &grams {
+                    samples += decoder.ingest(black_box(d), &mut w).samples;
+                }
+                samples
+            })
+        });
+    }
+    g.finish();
+}
+
+criterion_group!(benches, statsd, statsd_scale, exposition_bench::exposition);
 criterion_main!(benches);

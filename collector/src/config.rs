@@ -163,7 +163,8 @@ pub struct AggregationConfig {
     pub max_series_per_metric: usize,
     /// Most series in all. Default 1,000,000.
     pub max_series: usize,
-    /// Most label sets one ingest writer caches. Default 65,536.
+    /// Most label sets one ingest writer caches. Default 1,000,000 (the default
+    /// `max_series`).
     pub writer_cache_capacity: usize,
     /// Most metric names with their own count of per-metric limit drops. Default 1,000.
     pub max_tracked_metric_names: usize,
@@ -685,7 +686,7 @@ mod tests {
         assert_eq!(a.series_ttl, Duration::from_secs(300));
         assert_eq!(a.max_series_per_metric, 10_000);
         assert_eq!(a.max_series, 1_000_000);
-        assert_eq!(a.writer_cache_capacity, 65_536);
+        assert_eq!(a.writer_cache_capacity, 1_000_000);
         assert_eq!(a.max_tracked_metric_names, 1_000);
         assert_eq!(
             a.histogram_buckets,

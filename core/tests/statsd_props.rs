@@ -4,8 +4,32 @@
 //! taken or refused exactly once, and well-formed lines round-trip.
 
 use proptest::prelude::*;
-use weir_core::parse::statsd::{StatsdType, Value, parse_line};
+use weir_core::parse::statsd::{Decoder, StatsdType, Value, parse_line};
 use weir_core::testing::fuzz::check_statsd;
+use weir_core::{Aggregator, AggregatorConfig, FlushBatch};
+
+/// Applies `datagrams` through one decoder (batching lines from the first if
+/// `batched`) and one writer (whose cache holds `cache`
+/// label sets) and flushes at a fixed time, for comparisons.
+fn apply(datagrams: &[Vec<u8>], cache: usize, batched: bool) -> FlushBatch {
+    let config = AggregatorConfig {
+        writer_cache_capacity: cache,
+        ..AggregatorConfig::default()
+    };
+    let agg = Aggregator::starting_at(config, 1_000);
+    let mut w = agg.writer();
+    let mut d = if batched {
+        Decoder::default().batching_from(0)
+    } else {
+        Decoder::default()
+    };
+    for g in datagrams {
+        d.ingest(g, &mut w);
+    }
+    let mut batch = agg.flush_at(2_000);
+    batch.series.sort_by(|a, b| a.key.cmp(&b.key));
+    batch
+}
 
 proptest! {
     #![proptest_config(ProptestConfig { cases: 512, ..ProptestConfig::default() })]
@@ -52,5 +76,33 @@ proptest! {
         let got: Vec<Value> = l.values().collect();
         let want: Vec<Value> = values.iter().map(|v| Value::Number(f64::from(*v))).collect();
         prop_assert_eq!(got, want);
+    }
+
+    /// The decoder applies a datagram's lines in batches (parse and prefetch ahead,
+    /// then apply): the result must be that of applying the lines one by one, in
+    /// order (a gauge keeps the last value; adjustments and sets land on the state
+    /// the earlier lines left), with a writer cache that holds everything or almost
+    /// nothing (misses and inserts in the middle of a batch).
+    #[test]
+    fn a_datagram_aggregates_like_its_lines_one_at_a_time(
+        lines in proptest::collection::vec(
+            (0usize..5, prop_oneof![Just("c"), Just("g"), Just("s"), Just("ms")], prop_oneof![Just(""), Just("+"), Just("-")], 0u32..100),
+            1..80,
+        ),
+        cache in prop_oneof![Just(1usize), Just(2), Just(1_000)],
+    ) {
+        let text: Vec<String> = lines
+            .iter()
+            .map(|(series, kind, sign, v)| {
+                let sign = if *kind == "g" { *sign } else { "" };
+                format!("m{kind}:{sign}{v}|{kind}|#s:{series}")
+            })
+            .collect();
+        let whole = apply(&[text.join("\n").into_bytes()], cache, true);
+        let single: Vec<Vec<u8>> = text.iter().map(|l| l.clone().into_bytes()).collect();
+        let one_by_one = apply(&single, cache, false);
+        // Keys and values: start times come from the wall clock.
+        let view = |b: &FlushBatch| -> Vec<_> { b.series.iter().map(|s| (s.key.clone(), s.value.clone())).collect() };
+        prop_assert_eq!(view(&whole), view(&one_by_one));
     }
 }

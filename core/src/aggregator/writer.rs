@@ -4,20 +4,23 @@
 //! Owns: the per-writer cache and its bound. Must never: share the cache with another
 //! thread, or grow it past `writer_cache_capacity`.
 
-use std::collections::HashMap;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
-
-use foldhash::fast::RandomState;
 
 use crate::cell::CumulativeStart;
 use crate::key::encode_raw;
 use crate::point::{MetricPoint, Sample};
 
+use super::cache::RawCache;
 use super::index::{Scratch, Shared};
-use super::series::{Refusal, Series};
+use super::series::Refusal;
 
 use super::Rejected;
+
+/// The hash a [`Writer`] files a raw identity under (see [`Writer::prefetch_slot`]);
+/// only meaningful to the writer that gave it.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct RawHash(u64);
 
 /// Records points with a private fingerprint cache. One per receiving thread or task;
 /// `Send` but used through `&mut self`.
@@ -29,7 +32,7 @@ use super::Rejected;
 pub struct Writer {
     pub(super) shared: Arc<Shared>,
     /// Raw (arrival-order) identity bytes to series; at most `writer_cache_capacity`.
-    pub(super) cache: HashMap<Box<[u8]>, Arc<Series>, RandomState>,
+    pub(super) cache: RawCache,
     /// The flush count when the cache was last cleared: a full cache is cleared at
     /// most once per flush.
     pub(super) cleared_at_flush: u64,
@@ -95,9 +98,12 @@ impl Writer {
         let start = self.shared.since(start_ms);
         let mut raw = std::mem::take(&mut self.raw);
         encode_raw(&mut raw, name, labels);
-        let result = match self.apply_cached(&raw, sample, timestamp_ms, start) {
+        let hash = self.cache.hash(&raw);
+        let result = match self.apply_cached(&raw, hash, sample, timestamp_ms, start) {
             Ok(true) => Ok(()),
-            Ok(false) => self.resolve_and_cache(&raw, name, labels, sample, timestamp_ms, start),
+            Ok(false) => {
+                self.resolve_and_cache(&raw, hash, name, labels, sample, timestamp_ms, start)
+            }
             Err(e) => Err(e),
         };
         self.raw = raw;
@@ -136,20 +142,77 @@ impl Writer {
         sample: Sample<'_>,
         timestamp_ms: i64,
     ) -> Result<bool, Rejected> {
-        self.apply_cached(raw, sample, timestamp_ms, CumulativeStart::default())
+        let hash = self.cache.hash(raw);
+        self.apply_cached(raw, hash, sample, timestamp_ms, CumulativeStart::default())
     }
 
-    /// [`Writer::record_cached`] with a cumulative start.
+    /// The hash under which this writer caches `raw`, for the batch path of a
+    /// receiver (see [`Writer::prefetch_entry`]); also asks the CPU to load the cache
+    /// slot `raw` would be in. Only a hint: nothing changes.
+    #[inline]
+    pub(crate) fn prefetch_slot(&self, raw: &[u8]) -> RawHash {
+        let hash = self.cache.hash(raw);
+        self.cache.prefetch_slot(hash);
+        RawHash(hash)
+    }
+
+    /// The hash under which this writer caches `raw`, without a prefetch.
+    #[inline]
+    pub(crate) fn raw_hash(&self, raw: &[u8]) -> RawHash {
+        RawHash(self.cache.hash(raw))
+    }
+
+    /// Asks the CPU to load the key bytes and the series in the slot `hash` points
+    /// at, best some lines after [`Writer::prefetch_slot`] gave `hash`. Only a hint.
+    #[inline]
+    pub(crate) fn prefetch_entry(&self, hash: RawHash) {
+        self.cache.prefetch_entry(hash.0);
+    }
+
+    /// [`Writer::record_cached`] with the hash [`Writer::prefetch_slot`] gave for `raw`.
+    #[inline]
+    pub(crate) fn record_cached_hashed(
+        &mut self,
+        raw: &[u8],
+        hash: RawHash,
+        sample: Sample<'_>,
+        timestamp_ms: i64,
+    ) -> Result<bool, Rejected> {
+        self.apply_cached(
+            raw,
+            hash.0,
+            sample,
+            timestamp_ms,
+            CumulativeStart::default(),
+        )
+    }
+
+    /// [`Writer::record_with_raw`] with the hash [`Writer::prefetch_slot`] gave.
+    pub(crate) fn record_with_raw_hashed(
+        &mut self,
+        raw: &[u8],
+        hash: RawHash,
+        name: &str,
+        labels: &[(&str, &str)],
+        sample: Sample<'_>,
+        timestamp_ms: i64,
+    ) -> Result<(), Rejected> {
+        let start = CumulativeStart::default();
+        self.resolve_and_cache(raw, hash.0, name, labels, sample, timestamp_ms, start)
+    }
+
+    /// [`Writer::record_cached`] with the cache hash and a cumulative start.
     #[inline]
     fn apply_cached(
         &mut self,
         raw: &[u8],
+        hash: u64,
         sample: Sample<'_>,
         timestamp_ms: i64,
         start: CumulativeStart,
     ) -> Result<bool, Rejected> {
         self.shared.check(&sample)?;
-        let Some(series) = self.cache.get(raw) else {
+        let Some(series) = self.cache.get(raw, hash) else {
             self.misses += 1;
             return Ok(false);
         };
@@ -159,7 +222,7 @@ impl Writer {
             Err(Refusal::Rejected(e)) => self.shared.reject(e),
             Err(Refusal::Sealed) => {
                 // Evicted: forget it; the caller goes through the index to its successor.
-                self.cache.remove(raw);
+                self.cache.remove(raw, hash);
                 self.misses += 1;
                 Ok(false)
             }
@@ -181,13 +244,16 @@ impl Writer {
         timestamp_ms: i64,
     ) -> Result<(), Rejected> {
         let start = CumulativeStart::default();
-        self.resolve_and_cache(raw, name, labels, sample, timestamp_ms, start)
+        let hash = self.cache.hash(raw);
+        self.resolve_and_cache(raw, hash, name, labels, sample, timestamp_ms, start)
     }
 
-    /// [`Writer::record_with_raw`] with a cumulative start.
+    /// [`Writer::record_with_raw`] with the cache hash and a cumulative start.
+    #[allow(clippy::too_many_arguments)]
     fn resolve_and_cache(
         &mut self,
         raw: &[u8],
+        hash: u64,
         name: &str,
         labels: &[(&str, &str)],
         sample: Sample<'_>,
@@ -210,7 +276,7 @@ impl Writer {
             self.cache.clear();
             self.cleared_at_flush = flushes;
         }
-        self.cache.insert(raw.into(), series);
+        self.cache.insert(raw, hash, series);
         Ok(())
     }
 

@@ -11,6 +11,9 @@
 //! "requested" counts the bytes asked of the allocator; "glibc est." adds glibc
 //! malloc's per-block overhead (8-byte header, 16-byte rounding, 32-byte minimum).
 //!
+//! Also times one steady-state flush per N (every series updated once since the
+//! previous flush; one sample, so a rough figure next to the criterion `flush` group).
+//!
 //! Run: `weir-bench memory-core [N ...]` (default 100000 1000000).
 
 use std::alloc::{GlobalAlloc, Layout, System};
@@ -115,7 +118,7 @@ fn row(what: &str, n: usize, (bytes, chunk, blocks): (f64, f64, f64)) {
     println!("| {n:>9} | {what:<50} | {bytes:>18.1} | {chunk:>19.1} | {blocks:>13.2} |");
 }
 
-fn measure(n: usize) {
+fn measure(n: usize, flush_times: &mut Vec<(usize, usize, Duration)>) {
     let mut parts: [String; 4] = Default::default();
     let base = live();
     let agg = Aggregator::new(AggregatorConfig {
@@ -145,6 +148,20 @@ fn measure(n: usize) {
         n,
         per_series(live(), base, n),
     );
+    // A steady-state flush: every series updated once since the previous one.
+    for i in 0..n {
+        labels_of(i, &mut parts);
+        let labels: [(&str, &str); 4] =
+            std::array::from_fn(|j| (LABEL_NAMES[j], parts[j].as_str()));
+        w.record(METRIC, &labels, Sample::Counter(1.0, Temporality::Delta), 0)
+            .expect("series admitted");
+    }
+    let started = std::time::Instant::now();
+    let batch = agg.flush();
+    let took = started.elapsed();
+    let flushed = batch.series.len();
+    drop(batch);
+    flush_times.push((n, flushed, took));
     drop(w);
     row(
         "index + series + flusher list (writer dropped)",
@@ -201,7 +218,16 @@ pub fn run(ns: &[usize]) {
         "|{:-<11}|{:-<52}|{:-<20}|{:-<21}|{:-<15}|",
         "", "", "", "", ""
     );
+    let mut flush_times = Vec::new();
     for n in ns {
-        measure(n);
+        measure(n, &mut flush_times);
+    }
+    println!();
+    for (n, flushed, took) in flush_times {
+        println!(
+            "flush of {n} series, each updated once since the previous flush: {:.1} ms \
+             ({flushed} series in the batch)",
+            took.as_secs_f64() * 1e3
+        );
     }
 }

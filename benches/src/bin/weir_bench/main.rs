@@ -6,6 +6,7 @@
 //! exits non-zero if weir lost a point where it must not.
 
 mod core_memory;
+mod statsd_load;
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -64,6 +65,29 @@ enum Cmd {
         /// Daemons [default: every installed one].
         #[arg(long, value_delimiter = ',', value_enum)]
         peers: Vec<StatsdPeerKind>,
+    },
+    /// weir only, fixed StatsD rates (DogStatsD tags), several binaries side by side:
+    /// loss, CPU per line and RSS (the issue 13 scale tables).
+    StatsdLoad {
+        /// Offered rates, lines/s.
+        #[arg(
+            long,
+            value_delimiter = ',',
+            default_value = "500000,1000000,2000000,4000000"
+        )]
+        rates: Vec<u64>,
+        /// Seconds per rate.
+        #[arg(long, default_value_t = 10)]
+        seconds: u64,
+        /// Distinct series (tag values).
+        #[arg(long, default_value_t = 10_000)]
+        series: usize,
+        /// weir binaries to run each rate against, in turn [default: --weir].
+        #[arg(long, value_delimiter = ',')]
+        bins: Vec<PathBuf>,
+        /// Send every series once first and leave it out of the counts (steady state).
+        #[arg(long)]
+        warmup: bool,
     },
     /// weir-core's aggregator alone: heap bytes per series (counting allocator).
     MemoryCore {
@@ -143,6 +167,22 @@ fn main() -> Result<()> {
         .weir
         .clone()
         .unwrap_or_else(|| root.join("target/release/weir"));
+    if let Cmd::StatsdLoad {
+        rates,
+        seconds,
+        series,
+        bins,
+        warmup,
+    } = &cli.cmd
+    {
+        let bins = if bins.is_empty() {
+            vec![weir_bin]
+        } else {
+            bins.clone()
+        };
+        statsd_load::run(rates, *seconds, *series, *warmup, &bins);
+        return Ok(());
+    }
     if !weir_bin.is_file() {
         bail!(
             "{} not found: build it first (cargo build --release --locked -p weir-collector) or pass --weir",
@@ -177,7 +217,7 @@ fn main() -> Result<()> {
     let mut machine = Machine::now();
     let secs = |o: &Option<u64>| o.map(Duration::from_secs);
     let sections: Vec<Section> = match &cli.cmd {
-        Cmd::Setup | Cmd::MemoryCore { .. } => Vec::new(),
+        Cmd::Setup | Cmd::MemoryCore { .. } | Cmd::StatsdLoad { .. } => Vec::new(),
         Cmd::StatsdRate { series, peers } => vec![scenario::statsd_rate::run(
             &s,
             &counts(series),
