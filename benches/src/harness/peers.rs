@@ -6,7 +6,8 @@
 //! Owns: the peers' configs, how to read back what each one aggregated (as a running
 //! total per series, whatever the peer's own output temporality), and which kernel
 //! receive buffer each got. Must never: read a total the peer has not finished
-//! flushing as final ([`StatsdPeer::settled_total`] waits until it stops moving).
+//! flushing as final ([`StatsdPeer::settled_total`] waits until it stops moving, and
+//! says so when it had to give up first), or wait without a bound.
 
 use std::collections::HashMap;
 use std::io::{BufRead, BufReader};
@@ -168,6 +169,32 @@ pub fn rmem_default() -> u64 {
         .unwrap_or(212_992)
 }
 
+/// How a wait for a daemon's running totals ended ([`StatsdPeer::settled_total`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
+pub enum SettleEnd {
+    /// The totals reached what was expected: nothing lost.
+    Reached,
+    /// The totals stopped moving (three flush intervals without a change) short of what
+    /// was expected: the difference is lost.
+    Still,
+    /// The totals were still moving when the time limit ran out: the daemon is behind
+    /// (aggregating, or flushing a backlog) and what it has not shown yet counts as lost.
+    TimedOut,
+}
+
+/// A daemon's running totals over the bench series, and how the wait for them ended.
+#[derive(Clone, Copy, Debug, serde::Serialize)]
+pub struct Totals {
+    /// Bench series it holds.
+    pub series: u64,
+    /// The sum of their running totals (lines aggregated).
+    pub sum: f64,
+    /// Why the wait ended.
+    pub end: SettleEnd,
+    /// How long the wait took.
+    pub waited: Duration,
+}
+
 /// Running totals per series, summed from etsy StatsD's graphite lines
 /// (`stats.counters.<name>.count <delta> <ts>`, one per counter per flush).
 type GraphiteTotals = Arc<Mutex<HashMap<String, f64>>>;
@@ -217,8 +244,14 @@ impl StatsdPeer {
                 let dir = WorkDir::new("collectd")?;
                 let port = free_udp_port()?;
                 let prom = free_port()?;
+                // `Timeout`: collectd calls a value "missing" after `Timeout` intervals
+                // without an update (default 2), and write_prometheus then deletes the
+                // series from its page until the next update. With thousands of series
+                // dispatched every 1 s interval on a busy machine, many arrive late, so
+                // series flap in and out of the page and its total never settles. The
+                // bench reads running totals: no series may go missing during a run.
                 let conf = format!(
-                    "Hostname \"bench\"\nFQDNLookup false\nInterval 1\nBaseDir \"{d}\"\nPIDFile \"{d}/collectd.pid\"\n\
+                    "Hostname \"bench\"\nFQDNLookup false\nInterval 1\nTimeout 100000\nBaseDir \"{d}\"\nPIDFile \"{d}/collectd.pid\"\n\
                      PluginDir \"/usr/lib/collectd\"\nTypesDB \"/usr/share/collectd/types.db\"\n\
                      LoadPlugin statsd\nLoadPlugin write_prometheus\n\
                      <Plugin statsd>\n  Host \"127.0.0.1\"\n  Port \"{port}\"\n  DeleteCounters false\n</Plugin>\n\
@@ -311,23 +344,40 @@ impl StatsdPeer {
         }
     }
 
-    /// [`StatsdPeer::total`] once it has reached `expected` or stopped changing over
-    /// three flush intervals (bounded: at most `limit`).
-    pub fn settled_total(&self, expected: f64, limit: Duration) -> Result<(u64, f64)> {
-        let deadline = Instant::now() + limit;
-        let mut last = self.total()?;
+    /// [`StatsdPeer::total`] once it has reached `expected`, or stopped changing over
+    /// three flush intervals in a row, or `limit` ran out, whichever comes first; which
+    /// one it was is in [`Totals::end`]. Never waits longer than `limit` plus one read
+    /// (a read is itself bounded by [`super::process::HTTP_LIMIT`]).
+    pub fn settled_total(&self, expected: f64, limit: Duration) -> Result<Totals> {
+        let started = Instant::now();
+        let deadline = started + limit;
+        let (mut series, mut sum) = self.total()?;
         let mut still = 0;
-        while last.1 < expected && still < 3 && Instant::now() < deadline {
-            std::thread::sleep(self.flush_interval);
+        let end = loop {
+            if sum >= expected {
+                break SettleEnd::Reached;
+            }
+            if still >= 3 {
+                break SettleEnd::Still;
+            }
+            if Instant::now() >= deadline {
+                break SettleEnd::TimedOut;
+            }
+            std::thread::sleep(self.flush_interval.min(deadline - Instant::now()));
             let now = self.total()?;
-            if now == last {
+            if now == (series, sum) {
                 still += 1;
             } else {
                 still = 0;
             }
-            last = now;
-        }
-        Ok(last)
+            (series, sum) = now;
+        };
+        Ok(Totals {
+            series,
+            sum,
+            end,
+            waited: started.elapsed(),
+        })
     }
 
     /// The receive buffer its StatsD socket got and the kernel's drop count on it.
