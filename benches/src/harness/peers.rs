@@ -349,41 +349,56 @@ impl StatsdPeer {
     /// one it was is in [`Totals::end`]. Never waits longer than `limit` plus one read
     /// (a read is itself bounded by [`super::process::HTTP_LIMIT`]).
     pub fn settled_total(&self, expected: f64, limit: Duration) -> Result<Totals> {
-        let started = Instant::now();
-        let deadline = started + limit;
-        let (mut series, mut sum) = self.total()?;
-        let mut still = 0;
-        let end = loop {
-            if sum >= expected {
-                break SettleEnd::Reached;
-            }
-            if still >= 3 {
-                break SettleEnd::Still;
-            }
-            if Instant::now() >= deadline {
-                break SettleEnd::TimedOut;
-            }
-            std::thread::sleep(self.flush_interval.min(deadline - Instant::now()));
-            let now = self.total()?;
-            if now == (series, sum) {
-                still += 1;
-            } else {
-                still = 0;
-            }
-            (series, sum) = now;
-        };
-        Ok(Totals {
-            series,
-            sum,
-            end,
-            waited: started.elapsed(),
-        })
+        settle(|| self.total(), self.flush_interval, expected, limit)
     }
 
     /// The receive buffer its StatsD socket got and the kernel's drop count on it.
     pub fn socket_memory(&self) -> Option<(u64, u64)> {
         super::process::udp_socket_memory(self.port)
     }
+}
+
+/// Reads `read` every `interval` until its sum reaches `expected`, or it returned the
+/// same reading three times in a row, or `limit` ran out (checked before every wait, so
+/// the whole takes at most `limit` plus one read).
+fn settle(
+    mut read: impl FnMut() -> Result<(u64, f64)>,
+    interval: Duration,
+    expected: f64,
+    limit: Duration,
+) -> Result<Totals> {
+    let started = Instant::now();
+    let deadline = started + limit;
+    let (mut series, mut sum) = read()?;
+    let mut still = 0;
+    let end = loop {
+        if sum >= expected {
+            break SettleEnd::Reached;
+        }
+        if still >= 3 {
+            break SettleEnd::Still;
+        }
+        let Some(left) = deadline.checked_duration_since(Instant::now()) else {
+            break SettleEnd::TimedOut;
+        };
+        if left.is_zero() {
+            break SettleEnd::TimedOut;
+        }
+        std::thread::sleep(interval.min(left));
+        let now = read()?;
+        if now == (series, sum) {
+            still += 1;
+        } else {
+            still = 0;
+        }
+        (series, sum) = now;
+    };
+    Ok(Totals {
+        series,
+        sum,
+        end,
+        waited: started.elapsed(),
+    })
 }
 
 /// A graphite plaintext listener on a free port, summing `stats.counters.<bench
@@ -418,4 +433,56 @@ fn graphite_listener() -> Result<(u16, GraphiteTotals)> {
         }
     });
     Ok((port, totals))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_total_that_never_stops_moving_ends_the_wait_at_the_limit() {
+        // collectd's write_prometheus dropping and re-adding late series: the page's
+        // total goes up and down forever, short of what was sent.
+        let mut flap = 0u64;
+        let got = settle(
+            || {
+                flap += 1;
+                Ok((flap % 2, (flap % 2) as f64))
+            },
+            Duration::from_millis(1),
+            10.0,
+            Duration::from_millis(50),
+        )
+        .unwrap();
+        assert_eq!(got.end, SettleEnd::TimedOut);
+        assert!(flap > 3, "it read more than once before giving up");
+    }
+
+    #[test]
+    fn a_total_that_stops_short_of_the_expected_sum_is_still() {
+        let got = settle(
+            || Ok((5, 5.0)),
+            Duration::from_millis(1),
+            10.0,
+            Duration::from_secs(60),
+        )
+        .unwrap();
+        assert_eq!((got.end, got.series, got.sum), (SettleEnd::Still, 5, 5.0));
+    }
+
+    #[test]
+    fn a_total_that_reaches_the_expected_sum_ends_the_wait_at_once() {
+        let mut reads = 0;
+        let got = settle(
+            || {
+                reads += 1;
+                Ok((reads, reads as f64 * 5.0))
+            },
+            Duration::from_millis(1),
+            10.0,
+            Duration::from_secs(60),
+        )
+        .unwrap();
+        assert_eq!((got.end, got.sum, reads), (SettleEnd::Reached, 10.0, 2));
+    }
 }
