@@ -31,7 +31,13 @@ fn no_failures(sec: &Section) {
 
 #[test]
 fn statsd_rate_smoke_reads_back_every_line_weir_aggregated() {
-    let sec = statsd_rate::run(&settings(), &[1_000], &[StatsdPeerKind::Weir]).unwrap();
+    let sec = statsd_rate::run(
+        &settings(),
+        &[1_000],
+        &[StatsdPeerKind::Weir],
+        &statsd_rate::Probing::defaults(true),
+    )
+    .unwrap();
     no_failures(&sec);
     let probes = sec.data[0]["probes"].as_array().unwrap();
     assert!(!probes.is_empty());

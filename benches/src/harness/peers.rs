@@ -6,7 +6,8 @@
 //! Owns: the peers' configs, how to read back what each one aggregated (as a running
 //! total per series, whatever the peer's own output temporality), and which kernel
 //! receive buffer each got. Must never: read a total the peer has not finished
-//! flushing as final ([`StatsdPeer::settled_total`] waits until it stops moving).
+//! flushing as final ([`StatsdPeer::settled_total`] waits until it stops moving, and
+//! says so when it had to give up first), or wait without a bound.
 
 use std::collections::HashMap;
 use std::io::{BufRead, BufReader};
@@ -168,6 +169,32 @@ pub fn rmem_default() -> u64 {
         .unwrap_or(212_992)
 }
 
+/// How a wait for a daemon's running totals ended ([`StatsdPeer::settled_total`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
+pub enum SettleEnd {
+    /// The totals reached what was expected: nothing lost.
+    Reached,
+    /// The totals stopped moving (three flush intervals without a change) short of what
+    /// was expected: the difference is lost.
+    Still,
+    /// The totals were still moving when the time limit ran out: the daemon is behind
+    /// (aggregating, or flushing a backlog) and what it has not shown yet counts as lost.
+    TimedOut,
+}
+
+/// A daemon's running totals over the bench series, and how the wait for them ended.
+#[derive(Clone, Copy, Debug, serde::Serialize)]
+pub struct Totals {
+    /// Bench series it holds.
+    pub series: u64,
+    /// The sum of their running totals (lines aggregated).
+    pub sum: f64,
+    /// Why the wait ended.
+    pub end: SettleEnd,
+    /// How long the wait took.
+    pub waited: Duration,
+}
+
 /// Running totals per series, summed from etsy StatsD's graphite lines
 /// (`stats.counters.<name>.count <delta> <ts>`, one per counter per flush).
 type GraphiteTotals = Arc<Mutex<HashMap<String, f64>>>;
@@ -217,8 +244,14 @@ impl StatsdPeer {
                 let dir = WorkDir::new("collectd")?;
                 let port = free_udp_port()?;
                 let prom = free_port()?;
+                // `Timeout`: collectd calls a value "missing" after `Timeout` intervals
+                // without an update (default 2), and write_prometheus then deletes the
+                // series from its page until the next update. With thousands of series
+                // dispatched every 1 s interval on a busy machine, many arrive late, so
+                // series flap in and out of the page and its total never settles. The
+                // bench reads running totals: no series may go missing during a run.
                 let conf = format!(
-                    "Hostname \"bench\"\nFQDNLookup false\nInterval 1\nBaseDir \"{d}\"\nPIDFile \"{d}/collectd.pid\"\n\
+                    "Hostname \"bench\"\nFQDNLookup false\nInterval 1\nTimeout 100000\nBaseDir \"{d}\"\nPIDFile \"{d}/collectd.pid\"\n\
                      PluginDir \"/usr/lib/collectd\"\nTypesDB \"/usr/share/collectd/types.db\"\n\
                      LoadPlugin statsd\nLoadPlugin write_prometheus\n\
                      <Plugin statsd>\n  Host \"127.0.0.1\"\n  Port \"{port}\"\n  DeleteCounters false\n</Plugin>\n\
@@ -311,29 +344,61 @@ impl StatsdPeer {
         }
     }
 
-    /// [`StatsdPeer::total`] once it has reached `expected` or stopped changing over
-    /// three flush intervals (bounded: at most `limit`).
-    pub fn settled_total(&self, expected: f64, limit: Duration) -> Result<(u64, f64)> {
-        let deadline = Instant::now() + limit;
-        let mut last = self.total()?;
-        let mut still = 0;
-        while last.1 < expected && still < 3 && Instant::now() < deadline {
-            std::thread::sleep(self.flush_interval);
-            let now = self.total()?;
-            if now == last {
-                still += 1;
-            } else {
-                still = 0;
-            }
-            last = now;
-        }
-        Ok(last)
+    /// [`StatsdPeer::total`] once it has reached `expected`, or stopped changing over
+    /// three flush intervals in a row, or `limit` ran out, whichever comes first; which
+    /// one it was is in [`Totals::end`]. Never waits longer than `limit` plus one read
+    /// (a read is itself bounded by [`super::process::HTTP_LIMIT`]).
+    pub fn settled_total(&self, expected: f64, limit: Duration) -> Result<Totals> {
+        settle(|| self.total(), self.flush_interval, expected, limit)
     }
 
     /// The receive buffer its StatsD socket got and the kernel's drop count on it.
     pub fn socket_memory(&self) -> Option<(u64, u64)> {
         super::process::udp_socket_memory(self.port)
     }
+}
+
+/// Reads `read` every `interval` until its sum reaches `expected`, or it returned the
+/// same reading three times in a row, or `limit` ran out (checked before every wait, so
+/// the whole takes at most `limit` plus one read).
+fn settle(
+    mut read: impl FnMut() -> Result<(u64, f64)>,
+    interval: Duration,
+    expected: f64,
+    limit: Duration,
+) -> Result<Totals> {
+    let started = Instant::now();
+    let deadline = started + limit;
+    let (mut series, mut sum) = read()?;
+    let mut still = 0;
+    let end = loop {
+        if sum >= expected {
+            break SettleEnd::Reached;
+        }
+        if still >= 3 {
+            break SettleEnd::Still;
+        }
+        let Some(left) = deadline.checked_duration_since(Instant::now()) else {
+            break SettleEnd::TimedOut;
+        };
+        if left.is_zero() {
+            break SettleEnd::TimedOut;
+        }
+        std::thread::sleep(interval.min(left));
+        let now = read()?;
+        if now == (series, sum) {
+            still += 1;
+        } else {
+            still = 0;
+        }
+        (series, sum) = now;
+    };
+    Ok(Totals {
+        series,
+        sum,
+        end,
+        waited: started.elapsed(),
+    })
 }
 
 /// A graphite plaintext listener on a free port, summing `stats.counters.<bench
@@ -368,4 +433,56 @@ fn graphite_listener() -> Result<(u16, GraphiteTotals)> {
         }
     });
     Ok((port, totals))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_total_that_never_stops_moving_ends_the_wait_at_the_limit() {
+        // collectd's write_prometheus dropping and re-adding late series: the page's
+        // total goes up and down forever, short of what was sent.
+        let mut flap = 0u64;
+        let got = settle(
+            || {
+                flap += 1;
+                Ok((flap % 2, (flap % 2) as f64))
+            },
+            Duration::from_millis(1),
+            10.0,
+            Duration::from_millis(50),
+        )
+        .unwrap();
+        assert_eq!(got.end, SettleEnd::TimedOut);
+        assert!(flap > 3, "it read more than once before giving up");
+    }
+
+    #[test]
+    fn a_total_that_stops_short_of_the_expected_sum_is_still() {
+        let got = settle(
+            || Ok((5, 5.0)),
+            Duration::from_millis(1),
+            10.0,
+            Duration::from_secs(60),
+        )
+        .unwrap();
+        assert_eq!((got.end, got.series, got.sum), (SettleEnd::Still, 5, 5.0));
+    }
+
+    #[test]
+    fn a_total_that_reaches_the_expected_sum_ends_the_wait_at_once() {
+        let mut reads = 0;
+        let got = settle(
+            || {
+                reads += 1;
+                Ok((reads, reads as f64 * 5.0))
+            },
+            Duration::from_millis(1),
+            10.0,
+            Duration::from_secs(60),
+        )
+        .unwrap();
+        assert_eq!((got.end, got.sum, reads), (SettleEnd::Reached, 10.0, 2));
+    }
 }

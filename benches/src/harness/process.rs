@@ -253,12 +253,21 @@ pub fn udp_socket_memory(port: u16) -> Option<(u64, u64)> {
     Some((*fields.get("rb")?, *fields.get("d").unwrap_or(&0)))
 }
 
+/// The most one HTTP request of the harness may take, connect to last byte (a 1M-series
+/// exposition page is ~100 MB).
+pub const HTTP_LIMIT: Duration = Duration::from_secs(60);
+
 /// One HTTP/1.1 request with an optional body (`Connection: close`); the status code
-/// and the response body, or `None` if the server cannot be reached.
+/// and the response body, or `None` if the server cannot be reached or the whole
+/// exchange takes longer than [`HTTP_LIMIT`].
 pub fn http_request(addr: &str, method: &str, path: &str, body: &[u8]) -> Option<(u16, Vec<u8>)> {
     use std::io::{Read, Write};
-    let mut conn = std::net::TcpStream::connect(addr).ok()?;
-    let _ = conn.set_read_timeout(Some(Duration::from_secs(60)));
+    let deadline = Instant::now() + HTTP_LIMIT;
+    let sock = std::net::ToSocketAddrs::to_socket_addrs(addr)
+        .ok()?
+        .next()?;
+    let mut conn = std::net::TcpStream::connect_timeout(&sock, HTTP_LIMIT).ok()?;
+    let _ = conn.set_write_timeout(Some(HTTP_LIMIT));
     let head = format!(
         "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
         body.len()
@@ -266,7 +275,20 @@ pub fn http_request(addr: &str, method: &str, path: &str, body: &[u8]) -> Option
     conn.write_all(head.as_bytes()).ok()?;
     conn.write_all(body).ok()?;
     let mut out = Vec::new();
-    conn.read_to_end(&mut out).ok()?;
+    let mut buf = vec![0u8; 1 << 16];
+    loop {
+        // Each read waits at most until the deadline: a server that trickles or stalls
+        // cannot hold the harness longer than HTTP_LIMIT.
+        let left = deadline.checked_duration_since(Instant::now())?;
+        conn.set_read_timeout(Some(left.max(Duration::from_millis(1))))
+            .ok()?;
+        match conn.read(&mut buf) {
+            Ok(0) => break,
+            Ok(n) => out.extend_from_slice(&buf[..n]),
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(_) => return None,
+        }
+    }
     let split = out.windows(4).position(|w| w == b"\r\n\r\n")?;
     let status_line = std::str::from_utf8(&out[..split])
         .ok()?

@@ -16,7 +16,7 @@ use clap::{Parser, Subcommand};
 
 use weir_benches::harness::peers::StatsdPeerKind;
 use weir_benches::harness::report::{self, Machine, Section};
-use weir_benches::harness::scenario::{self, Settings, scrape::Scraper};
+use weir_benches::harness::scenario::{self, Settings, scrape::Scraper, statsd_rate::Probing};
 
 #[derive(Parser)]
 #[command(
@@ -56,6 +56,16 @@ enum Cmd {
         /// Daemons [default: every installed one].
         #[arg(long, value_delimiter = ',', value_enum)]
         peers: Vec<StatsdPeerKind>,
+        /// Seconds each probe sends [default 5; quick 1].
+        #[arg(long)]
+        probe_secs: Option<u64>,
+        /// Probes per daemon and series count, at most [default 9; quick 2].
+        #[arg(long)]
+        max_probes: Option<usize>,
+        /// Seconds a daemon's totals get to settle after a probe before what they do
+        /// not show counts as lost [default 30; quick 10].
+        #[arg(long)]
+        settle_secs: Option<u64>,
     },
     /// 2. Memory (RSS) at N active StatsD series per daemon.
     Memory {
@@ -218,11 +228,30 @@ fn main() -> Result<()> {
     let secs = |o: &Option<u64>| o.map(Duration::from_secs);
     let sections: Vec<Section> = match &cli.cmd {
         Cmd::Setup | Cmd::MemoryCore { .. } | Cmd::StatsdLoad { .. } => Vec::new(),
-        Cmd::StatsdRate { series, peers } => vec![scenario::statsd_rate::run(
-            &s,
-            &counts(series),
-            &statsd_peers(peers),
-        )?],
+        Cmd::StatsdRate {
+            series,
+            peers,
+            probe_secs,
+            max_probes,
+            settle_secs,
+        } => {
+            let mut probing = Probing::defaults(s.quick);
+            if let Some(d) = secs(probe_secs) {
+                probing.probe_time = d;
+            }
+            if let Some(m) = max_probes {
+                probing.max_probes = *m;
+            }
+            if let Some(d) = secs(settle_secs) {
+                probing.settle_limit = d;
+            }
+            vec![scenario::statsd_rate::run(
+                &s,
+                &counts(series),
+                &statsd_peers(peers),
+                &probing,
+            )?]
+        }
         Cmd::Memory { series, peers } => vec![scenario::memory::run(
             &s,
             &counts(series),
@@ -261,7 +290,9 @@ fn main() -> Result<()> {
             let steps: Vec<Step> = vec![
                 (
                     "statsd-rate",
-                    Box::new(|| scenario::statsd_rate::run(&s, &c, &p)),
+                    Box::new(|| {
+                        scenario::statsd_rate::run(&s, &c, &p, &Probing::defaults(s.quick))
+                    }),
                 ),
                 ("memory", Box::new(|| scenario::memory::run(&s, &c, &p))),
                 ("otlp", Box::new(|| scenario::otlp::run(&s, None))),

@@ -12,7 +12,7 @@ use anyhow::Result;
 use serde_json::json;
 
 use super::Settings;
-use crate::harness::peers::{StatsdPeer, StatsdPeerKind};
+use crate::harness::peers::{SettleEnd, StatsdPeer, StatsdPeerKind};
 use crate::harness::report::{Line, Plot, Section, mib, thousands};
 use crate::harness::statsd::{Shape, datagrams, send_rounds};
 
@@ -61,7 +61,16 @@ pub fn run(s: &Settings, series_counts: &[usize], peers: &[StatsdPeerKind]) -> R
             std::thread::sleep(Duration::from_millis(500));
             let idle = peer.proc().stats();
             let sent = send_rounds(peer.port, &payloads, 2, rate)?;
-            let (held, total) = peer.settled_total(sent as f64, Duration::from_secs(120))?;
+            let settled = peer.settled_total(sent as f64, Duration::from_secs(120))?;
+            let (held, total) = (settled.series, settled.sum);
+            if settled.end == SettleEnd::TimedOut {
+                sec.notes.push(format!(
+                    "{} @ {} series: its totals were still moving after {:.0} s; RSS read then.",
+                    kind.label(),
+                    thousands(n as f64),
+                    settled.waited.as_secs_f64()
+                ));
+            }
             let st = peer.proc().stats();
             let per = st.rss_bytes.saturating_sub(idle.rss_bytes) as f64 / held.max(1) as f64;
             pb.finish_and_clear();

@@ -68,8 +68,17 @@ pub fn run(s: &Settings, outage: Option<Duration>) -> Result<Section> {
     let t0 = Instant::now();
     let mut refusing = false;
     let mut outage_end_ms = 0;
-    let mut outage_ended = None;
+    let mut outage_ended: Option<Instant> = None;
+    // Drain: from the outage's end to the first sample stamped after it. Watched while
+    // the load still runs too, so the drain time is not floored at the load's tail.
+    let mut drained = None;
     while load.running() {
+        if let Some(ended) = outage_ended
+            && drained.is_none()
+            && rx.with(|r| r.max_timestamp_ms) > outage_end_ms
+        {
+            drained = Some(ended.elapsed());
+        }
         let el = t0.elapsed();
         if !refusing && el >= before && el < before + outage {
             rx.set_refusing(true);
@@ -91,11 +100,10 @@ pub fn run(s: &Settings, outage: Option<Duration>) -> Result<Section> {
         outage_ended = Some(Instant::now());
     }
     let sent = load.finish();
-    // Drain: the first sample stamped after the outage's end.
+    // Not drained while the load ran: wait for it (bounded).
     let deadline = Instant::now() + Duration::from_secs(300);
-    let mut drained = None;
     let ended = outage_ended.unwrap_or_else(Instant::now);
-    while Instant::now() < deadline {
+    while drained.is_none() && Instant::now() < deadline {
         if rx.with(|r| r.max_timestamp_ms) > outage_end_ms {
             drained = Some(ended.elapsed());
             break;

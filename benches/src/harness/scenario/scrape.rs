@@ -340,7 +340,9 @@ pub fn run(
                 },
             )
         });
-        let per_m = cpu / ((scraped * m as u64) as f64 / 1e6).max(1e-9);
+        // No scrape counted in the window (a scraper that stalled) has no per-sample
+        // cost: it shows as "n/a" rather than as CPU divided by nothing.
+        let per_m = (scraped > 0).then(|| cpu / ((scraped * m as u64) as f64 / 1e6));
         sec.rows.push(vec![
             scraper.label().into(),
             thousands(scraped as f64),
@@ -352,7 +354,7 @@ pub fn run(
                 format!("{:.1} ms", mean_dur * 1e3)
             },
             format!("{cpu:.2}"),
-            format!("{per_m:.2}"),
+            per_m.map_or("n/a".into(), |p| format!("{p:.2}")),
             mib(st.peak_rss_bytes),
         ]);
         if scraper == Scraper::Weir && ok < n * m {
@@ -362,7 +364,9 @@ pub fn run(
                 n * m
             ));
         }
-        cpu_line.push((idx as f64 + 1.0, per_m));
+        if let Some(p) = per_m {
+            cpu_line.push((idx as f64 + 1.0, p));
+        }
         data.push(json!({
             "scraper": scraper.label(), "targets": n, "series_per_target": m, "interval_s": interval.as_secs_f64(),
             "scrapes_served": scraped, "samples_delivered": samples, "series_exact": ok,

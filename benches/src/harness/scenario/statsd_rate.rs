@@ -6,6 +6,13 @@
 //! then bisect between the best loss-free rate and the first lossy one. A probe sends
 //! for a fixed time, then reads the daemon's running totals once they have settled:
 //! the lines it aggregated, against the lines sent, is the loss.
+//!
+//! Every wait is bounded ([`Probing`]): a daemon whose totals have not settled within
+//! the settle limit after a probe is charged what it has not shown as loss (the probe
+//! is marked "not settled"), and a daemon still digesting the previous probe when the
+//! next one is due is probed no further (the notes say so), since its next reading
+//! would mix two probes. So a daemon that cannot keep up ends its probing early
+//! instead of holding the run.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -14,9 +21,48 @@ use anyhow::Result;
 use serde_json::json;
 
 use super::Settings;
-use crate::harness::peers::{StatsdPeer, StatsdPeerKind};
+use crate::harness::peers::{SettleEnd, StatsdPeer, StatsdPeerKind};
 use crate::harness::report::{Line, Plot, Section, mib, thousands};
 use crate::harness::statsd::{Load, Shape, datagrams, send_rounds};
+
+/// The rate every series is first sent at, slow enough for every daemon.
+const PRELOAD_RATE: f64 = 50_000.0;
+
+/// How long and how often to probe.
+#[derive(Clone, Copy, Debug, serde::Serialize)]
+pub struct Probing {
+    /// How long each probe sends.
+    pub probe_time: Duration,
+    /// The first offered rate, lines/s.
+    pub start_rate: f64,
+    /// Probes per daemon and series count, at most.
+    pub max_probes: usize,
+    /// How long to wait for the totals to settle after a probe (and for the daemon to
+    /// go quiet before the next one).
+    pub settle_limit: Duration,
+}
+
+impl Probing {
+    /// The defaults: 5 s probes from 100k lines/s, at most 9, 30 s to settle (quick:
+    /// 1 s probes from 20k lines/s, at most 2, 10 s to settle).
+    pub fn defaults(quick: bool) -> Probing {
+        if quick {
+            Probing {
+                probe_time: Duration::from_secs(1),
+                start_rate: 20_000.0,
+                max_probes: 2,
+                settle_limit: Duration::from_secs(10),
+            }
+        } else {
+            Probing {
+                probe_time: Duration::from_secs(5),
+                start_rate: 100_000.0,
+                max_probes: 9,
+                settle_limit: Duration::from_secs(30),
+            }
+        }
+    }
+}
 
 /// One probe's outcome.
 #[derive(Clone, Debug, serde::Serialize)]
@@ -33,18 +79,34 @@ pub struct Probe {
     pub loss: f64,
     /// CPU seconds the daemon used during the probe and its settling.
     pub cpu_seconds: f64,
+    /// How the wait for its totals ended (`TimedOut`: not settled; the lines not
+    /// shown yet count as lost).
+    pub settle: SettleEnd,
+    /// Seconds from the end of sending until the totals settled (or the limit).
+    pub settle_seconds: f64,
+}
+
+impl Probe {
+    /// Nothing lost, and the totals settled in time.
+    pub fn lossless(&self) -> bool {
+        self.loss <= 0.0 && self.settle != SettleEnd::TimedOut
+    }
 }
 
 /// Runs the scenario for `series_counts` (default: 10k, 100k, 1M; quick: 1k) and
-/// `peers` (default: all installed).
-pub fn run(s: &Settings, series_counts: &[usize], peers: &[StatsdPeerKind]) -> Result<Section> {
-    let probe_time = if s.quick {
-        Duration::from_secs(1)
-    } else {
-        Duration::from_secs(5)
-    };
-    let start_rate = if s.quick { 20_000.0 } else { 100_000.0 };
-    let max_probes = if s.quick { 2 } else { 9 };
+/// `peers` (default: all installed), probing as `probing` says.
+pub fn run(
+    s: &Settings,
+    series_counts: &[usize],
+    peers: &[StatsdPeerKind],
+    probing: &Probing,
+) -> Result<Section> {
+    let Probing {
+        probe_time,
+        start_rate,
+        max_probes,
+        settle_limit,
+    } = *probing;
     let mut sec = Section {
         scenario: "statsd-rate".into(),
         title: "StatsD: highest rate at 0 % loss".into(),
@@ -65,11 +127,13 @@ pub fn run(s: &Settings, series_counts: &[usize], peers: &[StatsdPeerKind]) -> R
     sec.notes.push(format!(
         "Plain StatsD counters `bench.requests.s<i>:1|c` (one name per series: the shape every daemon reads), \
          ~{} lines per 1400-byte datagram, {} sender thread(s), {:?} per probe; rates double from {} lines/s \
-         until a probe loses a line, then bisect (at most {max_probes} probes).",
+         until a probe loses a line, then bisect (at most {max_probes} probes); after each probe the totals \
+         get {:?} to settle, else what is not shown counts as lost (\"not settled\").",
         1000 / datagrams(1000, Shape::Names).len().max(1),
         s.threads,
         probe_time,
-        thousands(start_rate)
+        thousands(start_rate),
+        settle_limit
     ));
     let mut data = Vec::new();
     let mut lines_by_series: Vec<Line> = Vec::new();
@@ -85,8 +149,8 @@ pub fn run(s: &Settings, series_counts: &[usize], peers: &[StatsdPeerKind]) -> R
             }
             let peer = StatsdPeer::start(kind, &s.weir_bin, &s.benches_dir)?;
             // Create every series first, slowly enough for every daemon.
-            let preload = send_rounds(peer.port, &payloads, 1, 50_000.0)?;
-            let (held, _) = peer.settled_total(preload as f64, Duration::from_secs(60))?;
+            let preload = send_rounds(peer.port, &payloads, 1, PRELOAD_RATE)?;
+            let held = peer.settled_total(preload as f64, settle_limit * 2)?.series;
             let pb = s.bar(
                 max_probes as u64,
                 format!("{} @ {} series", kind.label(), thousands(n as f64)),
@@ -94,8 +158,28 @@ pub fn run(s: &Settings, series_counts: &[usize], peers: &[StatsdPeerKind]) -> R
             let mut probes: Vec<Probe> = Vec::new();
             let (mut good, mut bad): (Option<f64>, Option<f64>) = (None, None);
             let mut rate = start_rate;
+            let mut stopped = None;
             for _ in 0..max_probes {
-                let (_, before) = peer.settled_total(f64::INFINITY, Duration::from_secs(0))?;
+                // The baseline: the totals once the daemon has gone quiet. A daemon
+                // still digesting the previous probe is probed no further.
+                let quiet = peer.settled_total(f64::INFINITY, settle_limit)?;
+                if quiet.end == SettleEnd::TimedOut {
+                    let after = probes.last().map_or(
+                        format!(
+                            "sending every series once at {} lines/s",
+                            thousands(PRELOAD_RATE)
+                        ),
+                        |p| format!("the probe at {} lines/s", thousands(p.offered)),
+                    );
+                    stopped = Some(format!(
+                        "{} @ {} series: totals still moving {:.0} s after {after}; probing stopped there.",
+                        kind.label(),
+                        thousands(n as f64),
+                        quiet.waited.as_secs_f64(),
+                    ));
+                    break;
+                }
+                let before = quiet.sum;
                 let cpu0 = peer.proc().stats().cpu_seconds;
                 let load = Load::start(peer.port, payloads.clone(), rate, s.threads, probe_time)?;
                 while load.running() {
@@ -109,9 +193,8 @@ pub fn run(s: &Settings, series_counts: &[usize], peers: &[StatsdPeerKind]) -> R
                     ));
                 }
                 let sent = load.finish();
-                let limit = Duration::from_secs(30) + probe_time * 2;
-                let (_, after) = peer.settled_total(before + sent as f64, limit)?;
-                let received = after - before;
+                let after = peer.settled_total(before + sent as f64, settle_limit)?;
+                let received = after.sum - before;
                 let p = Probe {
                     offered: rate,
                     sent_rate: sent as f64 / probe_time.as_secs_f64(),
@@ -119,6 +202,8 @@ pub fn run(s: &Settings, series_counts: &[usize], peers: &[StatsdPeerKind]) -> R
                     received,
                     loss: 1.0 - received / sent.max(1) as f64,
                     cpu_seconds: peer.proc().stats().cpu_seconds - cpu0,
+                    settle: after.end,
+                    settle_seconds: after.waited.as_secs_f64(),
                 };
                 pb.inc(1);
                 pb.set_message(format!(
@@ -126,7 +211,7 @@ pub fn run(s: &Settings, series_counts: &[usize], peers: &[StatsdPeerKind]) -> R
                     thousands(rate),
                     p.loss * 100.0
                 ));
-                if p.loss <= 0.0 {
+                if p.lossless() {
                     good = Some(good.map_or(rate, |g: f64| g.max(rate)));
                 } else {
                     bad = Some(bad.map_or(rate, |b: f64| b.min(rate)));
@@ -145,9 +230,10 @@ pub fn run(s: &Settings, series_counts: &[usize], peers: &[StatsdPeerKind]) -> R
                 }
             }
             pb.finish_and_clear();
+            sec.notes.extend(stopped);
             let stats = peer.proc().stats();
             let mem = peer.socket_memory();
-            let ok_probes: Vec<&Probe> = probes.iter().filter(|p| p.loss <= 0.0).collect();
+            let ok_probes: Vec<&Probe> = probes.iter().filter(|p| p.lossless()).collect();
             let cpu_per_m = {
                 let (c, l) = probes
                     .iter()
@@ -160,14 +246,19 @@ pub fn run(s: &Settings, series_counts: &[usize], peers: &[StatsdPeerKind]) -> R
                 .fold(None, |a: Option<f64>, r| Some(a.map_or(r, |a| a.max(r))));
             let first_bad = probes
                 .iter()
-                .filter(|p| p.loss > 0.0)
+                .filter(|p| !p.lossless())
                 .min_by(|a, b| a.offered.total_cmp(&b.offered));
             sec.rows.push(vec![
                 kind.label().into(),
                 thousands(n as f64),
                 best.map_or("none".into(), thousands),
                 first_bad.map_or("none tried".into(), |p| {
-                    format!("{}: {:.2} %", thousands(p.sent_rate), p.loss * 100.0)
+                    let late = if p.settle == SettleEnd::TimedOut {
+                        " (not settled)"
+                    } else {
+                        ""
+                    };
+                    format!("{}: {:.2} %{late}", thousands(p.sent_rate), p.loss * 100.0)
                 }),
                 format!("{cpu_per_m:.2}"),
                 mib(stats.peak_rss_bytes),
