@@ -27,7 +27,7 @@ use std::path::PathBuf;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use weir_benches::harness::process::http_request;
+use weir_benches::harness::process::{ProcStats, http_request};
 
 /// One admin API request; the body as text (empty when the request failed).
 fn http(addr: &str, method: &str, path: &str) -> String {
@@ -66,18 +66,7 @@ fn free_port() -> u16 {
 
 /// CPU seconds (user + system) of process `pid` so far.
 fn cpu_seconds(pid: u32) -> f64 {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
-    let fields: Vec<&str> = stat
-        .rsplit_once(')')
-        .map(|(_, r)| r.split_whitespace().collect())
-        .unwrap_or_default();
-    let num = |i: usize| {
-        fields
-            .get(i)
-            .and_then(|f| f.parse::<f64>().ok())
-            .unwrap_or(0.0)
-    };
-    (num(11) + num(12)) / 100.0
+    ProcStats::of(pid).cpu_seconds
 }
 
 /// Sends every series once at ~200k lines/s, so that the measured run finds them all
@@ -100,12 +89,7 @@ fn warm_up(sock: &UdpSocket, payloads: &[(Vec<u8>, u64)], admin: &str) -> f64 {
 
 /// Resident set size of process `pid` in MiB (`VmRSS` of `/proc/<pid>/status`).
 fn rss_mib(pid: u32) -> f64 {
-    std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .unwrap_or_default()
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<f64>().ok())
-        .map_or(f64::NAN, |kib| kib / 1024.0)
+    ProcStats::of(pid).rss_bytes as f64 / (1024.0 * 1024.0)
 }
 
 /// The value of an unlabelled metric in a text exposition page.
