@@ -261,7 +261,6 @@ impl Aggregator {
             let mut table = sh.kept.lock().unwrap_or_else(|p| p.into_inner());
             if table.len() > 0 {
                 table.expire(now_ms);
-                sh.kept_hint.store(table.len(), Ordering::SeqCst);
             }
         }
         let mut out = Vec::with_capacity(st.entries.len());
@@ -277,20 +276,13 @@ impl Aggregator {
             }
             let expired = ttl_ms > 0 && now_ms - e.active_at_ms >= ttl_ms;
             if expired && try_retire(&e.series) {
-                // Counters and histograms keep their totals for a successor. Under the
-                // table's lock, the hint goes above 0 before the removal (SeqCst, pairs
-                // with `Shared::resolve`), and the lock is held until the totals are in
-                // the table, so a successor created after the removal waits for them.
-                // The hint is written only under the lock: were it raised before the
-                // lock, a creator holding the lock could store the table's length over
-                // it, and a creator skipping the lock would then build a fresh series
-                // while these totals are on their way into the table.
+                // Counters and histograms keep their totals for a successor. The table's
+                // lock is held from before the removal until the totals are in the table,
+                // and creators of counters and histograms hold it from their second index
+                // lookup until their insert (`Shared::resolve`), so a successor created
+                // after the removal waits for the totals and resumes them.
                 let keeps = matches!(e.totals, Totals::Counter(_) | Totals::Histogram(_));
-                let mut table = keeps.then(|| {
-                    let t = sh.kept.lock().unwrap_or_else(|p| p.into_inner());
-                    sh.kept_hint.store(t.len() + 1, Ordering::SeqCst);
-                    t
-                });
+                let mut table = keeps.then(|| sh.kept.lock().unwrap_or_else(|p| p.into_inner()));
                 // Out of the index first, so writers that find the cell sealed resolve
                 // to a successor rather than to this series again.
                 index.remove(e.series.key.as_bytes());
@@ -299,9 +291,7 @@ impl Aggregator {
                     let dropped = t.insert(e.series.key.clone(), k, now_ms);
                     sh.kept_dropped.fetch_add(dropped, Ordering::Relaxed);
                 }
-                if let Some(t) = table {
-                    sh.kept_hint.store(t.len(), Ordering::SeqCst);
-                }
+                drop(table);
                 let e = st.entries.swap_remove(i);
                 e.series.family.active.fetch_sub(1, Ordering::AcqRel);
                 sh.active.fetch_sub(1, Ordering::AcqRel);

@@ -60,11 +60,8 @@ pub(super) struct Shared {
     /// With the totals it resumed, if any (see `kept`).
     pub(super) created: SegQueue<(Arc<Series>, Option<Kept>)>,
     /// Totals of evicted counters and histograms (see `kept`). Locked only by the
-    /// creation of a counter or histogram while `kept_hint` is above 0, and by eviction.
+    /// creation of a counter or histogram, by eviction and by the flush's expiry.
     pub(super) kept: Mutex<KeptTable>,
-    /// Entries in `kept` plus evictions in progress: 0 lets creators skip the lock.
-    /// SeqCst: see `resolve` and the eviction in `flush_at`.
-    pub(super) kept_hint: AtomicUsize,
     /// Kept totals dropped because the table was full. Relaxed: a statistic.
     pub(super) kept_dropped: AtomicU64,
     /// Series held (the global ceiling counts these). AcqRel RMWs; see `admit`.
@@ -124,21 +121,21 @@ impl Shared {
                 return Ok(s.0.clone());
             }
             // Counters and histograms may resume an evicted predecessor's totals (see
-            // `kept`). SeqCst: pairs with the flusher's SeqCst increment made before it
-            // removes a series from the index; a creator that saw the removal sees the
-            // increment and takes the lock.
+            // `kept`). Their creator holds the table's lock from its second lookup until
+            // its series is in the index, and the flusher holds it from removing a series
+            // until its totals are in the table: so a successor either finds the totals
+            // or is found by the lookup. A creator that skipped the lock while the table
+            // was empty (an earlier design) could be overtaken in that window by a
+            // predecessor's creation *and* eviction, then insert a fresh series beside
+            // the predecessor's orphaned totals (caught by the eviction stress test).
             let resumable = matches!(cell_kind, CellKind::Counter | CellKind::Histogram);
-            let mut table = (resumable && self.kept_hint.load(Ordering::SeqCst) > 0)
-                .then(|| self.kept.lock().unwrap_or_else(|p| p.into_inner()));
+            let mut table = resumable.then(|| self.kept.lock().unwrap_or_else(|p| p.into_inner()));
             if table.is_some()
                 && let Some((s, ())) = index.get_key_value(canonical)
             {
                 return Ok(s.0.clone());
             }
             let family = self.admit(name)?;
-            // The hint stays up until this series is in the index: a creator that
-            // skipped the lock (hint 0) could otherwise insert a fresh series first,
-            // and this one's resumed totals would go back into the table, orphaned.
             let kept = table.as_mut().and_then(|t| t.take(canonical));
             let now = self.clock_ms.load(Ordering::Relaxed);
             let cell = match (cell_kind, &kept) {
@@ -193,23 +190,18 @@ impl Shared {
                 cell,
             });
             if index.try_insert(Indexed(series.clone()), ()).is_ok() {
-                if let Some(t) = &table {
-                    self.kept_hint.store(t.len(), Ordering::SeqCst);
-                }
                 self.created_total.fetch_add(1, Ordering::Relaxed);
                 self.created.push((series.clone(), kept));
                 return Ok(series);
             }
-            // Lost the race to another creator (one that did not need the table): give
-            // back our admission and the totals, and use theirs.
+            // Lost the race to another creator (a gauge, set or summary of the same key,
+            // which does not take the table's lock): give back our admission and the
+            // totals, and use theirs.
             series.family.active.fetch_sub(1, Ordering::AcqRel);
             self.active.fetch_sub(1, Ordering::AcqRel);
-            if let Some(t) = table.as_mut() {
-                if let Some(k) = kept {
-                    self.kept_dropped
-                        .fetch_add(t.insert(series.key.clone(), k, now), Ordering::Relaxed);
-                }
-                self.kept_hint.store(t.len(), Ordering::SeqCst);
+            if let (Some(t), Some(k)) = (table.as_mut(), kept) {
+                self.kept_dropped
+                    .fetch_add(t.insert(series.key.clone(), k, now), Ordering::Relaxed);
             }
         }
         self.reject(Rejected::EvictedDuringUpdate)

@@ -32,8 +32,8 @@
 //!
 //! # Concurrency
 //! The table sits behind a mutex that only series creation (of counters and
-//! histograms, and only while the table holds entries or an eviction is in progress,
-//! see [`KeptTable::hint`]) and eviction take. The flusher holds it from removing a
+//! histograms), eviction and the flush's expiry take; updates of existing series never
+//! do. The flusher holds it from removing a
 //! series from the index until the series' totals are in the table, and a creator holds
 //! it from its second index lookup until its series is in the index, so a successor
 //! created at any time after the removal finds the totals.

@@ -361,7 +361,6 @@ impl Aggregator {
                 limit_drops: papaya::HashMap::with_hasher(RandomState::default()),
                 created: SegQueue::new(),
                 kept: Mutex::new(kept),
-                kept_hint: AtomicUsize::new(0),
                 kept_dropped: AtomicU64::new(0),
                 active: AtomicUsize::new(0),
                 clock_ms: AtomicI64::new(now),
