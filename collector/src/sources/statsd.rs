@@ -165,10 +165,7 @@ const SLOT_STRIDE: usize = 65_536 + 192;
 pub struct StatsdCounters {
     datagrams: AtomicU64,
     bytes: AtomicU64,
-    lines: AtomicU64,
-    samples: AtomicU64,
-    rejected: AtomicU64,
-    parse_errors: [AtomicU64; LineError::ALL.len()],
+    lines: LineCounters,
     /// The receiver's sockets in bind order, set once they are all bound.
     sockets: OnceLock<Vec<SocketEntry>>,
 }
@@ -261,15 +258,7 @@ impl StatsdCounters {
     fn add(&self, t: &Tally) {
         self.datagrams.fetch_add(t.datagrams, Ordering::Relaxed);
         self.bytes.fetch_add(t.bytes, Ordering::Relaxed);
-        self.lines.fetch_add(t.report.lines, Ordering::Relaxed);
-        self.samples.fetch_add(t.report.samples, Ordering::Relaxed);
-        self.rejected
-            .fetch_add(t.report.rejected, Ordering::Relaxed);
-        for (c, n) in self.parse_errors.iter().zip(t.report.parse_errors) {
-            if n > 0 {
-                c.fetch_add(n, Ordering::Relaxed);
-            }
-        }
+        self.lines.add(&t.report);
     }
 
     /// A snapshot, with the kernel's drop count summed over the receiver's sockets
@@ -280,17 +269,14 @@ impl StatsdCounters {
 
     /// A snapshot with the given kernel drop count.
     fn snapshot(&self, kernel_drops: Option<u64>) -> StatsdStats {
+        let lines = self.lines.snapshot();
         StatsdStats {
             datagrams: self.datagrams.load(Ordering::Relaxed),
             bytes: self.bytes.load(Ordering::Relaxed),
-            lines: self.lines.load(Ordering::Relaxed),
-            samples: self.samples.load(Ordering::Relaxed),
-            rejected: self.rejected.load(Ordering::Relaxed),
-            parse_errors: LineError::ALL
-                .iter()
-                .zip(&self.parse_errors)
-                .map(|(r, n)| (r.as_str(), n.load(Ordering::Relaxed)))
-                .collect(),
+            lines: lines.lines,
+            samples: lines.samples,
+            rejected: lines.rejected,
+            parse_errors: lines.parse_errors,
             kernel_drops,
             socket_datagrams: self
                 .sockets()
@@ -342,12 +328,7 @@ impl Tally {
     fn add(&mut self, bytes: usize, r: &DatagramReport) {
         self.datagrams += 1;
         self.bytes += bytes as u64;
-        self.report.lines += r.lines;
-        self.report.samples += r.samples;
-        self.report.rejected += r.rejected;
-        for (sum, n) in self.report.parse_errors.iter_mut().zip(r.parse_errors) {
-            *sum += n;
-        }
+        self.report.merge(r);
     }
 
     /// Adds what was read to the shared counters and to this socket's datagram
@@ -1021,18 +1002,6 @@ impl crate::telemetry::StageMetrics for StatsdCounters {
             "StatsD datagrams read.",
             s.datagrams as f64,
         );
-        page.single(
-            "weir_statsd_lines_total",
-            Counter,
-            "StatsD lines that parsed.",
-            s.lines as f64,
-        );
-        page.single(
-            "weir_statsd_samples_total",
-            Counter,
-            "StatsD samples aggregated.",
-            s.samples as f64,
-        );
         if let Some(drops) = s.kernel_drops {
             page.single(
                 "weir_statsd_kernel_drops_total",
@@ -1041,15 +1010,88 @@ impl crate::telemetry::StageMetrics for StatsdCounters {
                 drops as f64,
             );
         }
-        page.family(
-            "weir_statsd_parse_errors_total",
-            Counter,
-            "StatsD lines skipped, by reason.",
-            s.parse_errors
-                .iter()
-                .map(|(r, n)| (crate::telemetry::labels(&[("reason", r)]), *n as f64)),
-        );
+        render_lines(page, "weir_statsd", s.lines, s.samples, &s.parse_errors);
     }
+}
+
+/// What the lines of one StatsD transport did: parsed, aggregated, refused by the
+/// aggregator, skipped by the parser (by reason). Every StatsD transport (UDP, Unix
+/// datagram and stream, TCP) counts its lines with one. Relaxed: independent counters,
+/// read only for reporting.
+#[derive(Debug, Default)]
+pub(crate) struct LineCounters {
+    lines: AtomicU64,
+    samples: AtomicU64,
+    rejected: AtomicU64,
+    parse_errors: [AtomicU64; LineError::ALL.len()],
+}
+
+/// A snapshot of [`LineCounters`].
+pub(crate) struct LineTotals {
+    pub(crate) lines: u64,
+    pub(crate) samples: u64,
+    pub(crate) rejected: u64,
+    /// Every parse error reason, in [`LineError::ALL`] order.
+    pub(crate) parse_errors: Vec<(&'static str, u64)>,
+}
+
+impl LineCounters {
+    /// Adds what one or more decoded datagrams (or stream chunks) did.
+    pub(crate) fn add(&self, r: &DatagramReport) {
+        self.lines.fetch_add(r.lines, Ordering::Relaxed);
+        self.samples.fetch_add(r.samples, Ordering::Relaxed);
+        self.rejected.fetch_add(r.rejected, Ordering::Relaxed);
+        for (c, n) in self.parse_errors.iter().zip(r.parse_errors) {
+            if n > 0 {
+                c.fetch_add(n, Ordering::Relaxed);
+            }
+        }
+    }
+
+    pub(crate) fn snapshot(&self) -> LineTotals {
+        LineTotals {
+            lines: self.lines.load(Ordering::Relaxed),
+            samples: self.samples.load(Ordering::Relaxed),
+            rejected: self.rejected.load(Ordering::Relaxed),
+            parse_errors: LineError::ALL
+                .iter()
+                .zip(&self.parse_errors)
+                .map(|(r, n)| (r.as_str(), n.load(Ordering::Relaxed)))
+                .collect(),
+        }
+    }
+}
+
+/// Renders a StatsD transport's line counters as `<prefix>_lines_total`,
+/// `<prefix>_samples_total` and `<prefix>_parse_errors_total{reason}`.
+pub(crate) fn render_lines(
+    page: &mut crate::telemetry::MetricsPage,
+    prefix: &str,
+    lines: u64,
+    samples: u64,
+    parse_errors: &[(&'static str, u64)],
+) {
+    use crate::telemetry::Kind::Counter;
+    page.single(
+        &format!("{prefix}_lines_total"),
+        Counter,
+        "StatsD lines that parsed.",
+        lines as f64,
+    );
+    page.single(
+        &format!("{prefix}_samples_total"),
+        Counter,
+        "StatsD samples aggregated.",
+        samples as f64,
+    );
+    page.family(
+        &format!("{prefix}_parse_errors_total"),
+        Counter,
+        "StatsD lines (or datagrams) skipped, by reason.",
+        parse_errors
+            .iter()
+            .map(|(r, n)| (crate::telemetry::labels(&[("reason", r)]), *n as f64)),
+    );
 }
 
 #[cfg(test)]

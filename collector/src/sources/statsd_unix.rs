@@ -39,9 +39,9 @@ use serde::Deserialize;
 use socket2::SockRef;
 use tracing::{info, warn};
 use weir_core::Aggregator;
-use weir_core::parse::statsd::{DatagramReport, Decoder, LineError};
+use weir_core::parse::statsd::{DatagramReport, Decoder};
 
-use super::statsd::{DRAIN_TIME, MAX_RECV_BUFFER, MIN_RECV_BUFFER};
+use super::statsd::{DRAIN_TIME, LineCounters, MAX_RECV_BUFFER, MIN_RECV_BUFFER, render_lines};
 use crate::config::{Step, keys};
 
 /// Largest Unix datagram applied; a longer one is skipped and counted.
@@ -238,10 +238,7 @@ pub struct TransportCounters {
     stream: bool,
     datagrams: AtomicU64,
     bytes: AtomicU64,
-    lines: AtomicU64,
-    samples: AtomicU64,
-    rejected: AtomicU64,
-    parse_errors: [AtomicU64; LineError::ALL.len()],
+    lines: LineCounters,
     /// Datagrams or lines over the size limit, skipped.
     too_long: AtomicU64,
     connections: AtomicU64,
@@ -297,10 +294,7 @@ impl TransportCounters {
             stream,
             datagrams: AtomicU64::new(0),
             bytes: AtomicU64::new(0),
-            lines: AtomicU64::new(0),
-            samples: AtomicU64::new(0),
-            rejected: AtomicU64::new(0),
-            parse_errors: Default::default(),
+            lines: LineCounters::default(),
             too_long: AtomicU64::new(0),
             connections: AtomicU64::new(0),
             connections_refused: AtomicU64::new(0),
@@ -318,14 +312,7 @@ impl TransportCounters {
 
     /// Adds what one decoded chunk did.
     pub(crate) fn add_report(&self, r: &DatagramReport) {
-        self.lines.fetch_add(r.lines, Ordering::Relaxed);
-        self.samples.fetch_add(r.samples, Ordering::Relaxed);
-        self.rejected.fetch_add(r.rejected, Ordering::Relaxed);
-        for (c, n) in self.parse_errors.iter().zip(r.parse_errors) {
-            if n > 0 {
-                c.fetch_add(n, Ordering::Relaxed);
-            }
-        }
+        self.lines.add(r);
     }
 
     pub(crate) fn add_bytes(&self, n: usize) {
@@ -356,22 +343,18 @@ impl TransportCounters {
 
     /// A snapshot.
     pub fn stats(&self) -> TransportStats {
-        let mut parse_errors: Vec<(&'static str, u64)> = LineError::ALL
-            .iter()
-            .zip(&self.parse_errors)
-            .map(|(r, n)| (r.as_str(), n.load(Ordering::Relaxed)))
-            .collect();
-        parse_errors.push((
+        let mut lines = self.lines.snapshot();
+        lines.parse_errors.push((
             self.too_long_reason(),
             self.too_long.load(Ordering::Relaxed),
         ));
         TransportStats {
             datagrams: self.datagrams.load(Ordering::Relaxed),
             bytes: self.bytes.load(Ordering::Relaxed),
-            lines: self.lines.load(Ordering::Relaxed),
-            samples: self.samples.load(Ordering::Relaxed),
-            rejected: self.rejected.load(Ordering::Relaxed),
-            parse_errors,
+            lines: lines.lines,
+            samples: lines.samples,
+            rejected: lines.rejected,
+            parse_errors: lines.parse_errors,
             connections: self.connections.load(Ordering::Relaxed),
             connections_refused: self.connections_refused.load(Ordering::Relaxed),
             connections_open: self.connections_open.load(Ordering::Relaxed),
@@ -417,26 +400,7 @@ impl crate::telemetry::StageMetrics for TransportCounters {
             "StatsD bytes read.",
             s.bytes as f64,
         );
-        page.single(
-            &format!("{p}_lines_total"),
-            Counter,
-            "StatsD lines that parsed.",
-            s.lines as f64,
-        );
-        page.single(
-            &format!("{p}_samples_total"),
-            Counter,
-            "StatsD samples aggregated.",
-            s.samples as f64,
-        );
-        page.family(
-            &format!("{p}_parse_errors_total"),
-            Counter,
-            "StatsD lines (or datagrams) skipped, by reason.",
-            s.parse_errors
-                .iter()
-                .map(|(r, n)| (crate::telemetry::labels(&[("reason", r)]), *n as f64)),
-        );
+        render_lines(page, p, s.lines, s.samples, &s.parse_errors);
     }
 }
 

@@ -673,6 +673,16 @@ pub struct DatagramReport {
 }
 
 impl DatagramReport {
+    /// Adds `other`'s counts to this one's.
+    pub fn merge(&mut self, other: &DatagramReport) {
+        self.lines += other.lines;
+        self.samples += other.samples;
+        self.rejected += other.rejected;
+        for (sum, n) in self.parse_errors.iter_mut().zip(other.parse_errors) {
+            *sum += n;
+        }
+    }
+
     /// The count for one parse error reason.
     pub fn parse_errors(&self, reason: LineError) -> u64 {
         self.parse_errors[reason.index()]
