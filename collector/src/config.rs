@@ -803,7 +803,7 @@ format = "json"
                 "not an http",
             ),
             (
-                "[[scrape.targets]]\nurl = \"http://h/m\"\n",
+                "[[scrape.targets]]\nurl = \"http:///m\"\n",
                 "scrape.targets[0].url",
                 "not an http",
             ),

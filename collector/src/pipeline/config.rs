@@ -212,7 +212,7 @@ pub struct PipelineCommon {
     /// Unique name: letters, digits, `_` and `-`. Names the WAL directory and the
     /// `pipeline` label of the self-metrics. Required.
     pub name: String,
-    /// `http[s]://host:port[/path]`. Remote write: the full write URL. OTLP/HTTP and
+    /// `http[s]://host[:port][/path]` (the port defaults to the scheme's). Remote write: the full write URL. OTLP/HTTP and
     /// InfluxDB: the base URL (`/v1/metrics`, `/write` or `/api/v2/write` is
     /// appended when the path is empty). OTLP/gRPC: the server's address. Required.
     pub endpoint: String,

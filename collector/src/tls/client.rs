@@ -365,8 +365,9 @@ impl ClientSecurityConfig {
 }
 
 /// Checks an outgoing URL against its entry's security keys: `http` or `https` with
-/// a host and a port, no credentials inside the URL (they would show in logs and
-/// `/status`: use `basic_auth`), and a `tls` table only for `https`.
+/// a host (the port defaults to the scheme's, 80 or 443), no credentials inside the
+/// URL (they would show in logs and `/status`: use `basic_auth`), and a `tls` table
+/// only for `https`.
 ///
 /// # Errors
 /// The reason, for the URL's key.
@@ -374,11 +375,12 @@ pub fn check_url(url: &str, security: &ClientSecurityConfig) -> Result<(), Strin
     let uri: Result<hyper::Uri, _> = url.parse();
     let scheme = uri.as_ref().ok().and_then(|u| u.scheme_str());
     let ok = uri.as_ref().is_ok_and(|u| {
-        matches!(scheme, Some("http" | "https"))
-            && u.authority().is_some_and(|a| a.port_u16().is_some())
+        matches!(scheme, Some("http" | "https")) && u.host().is_some_and(|h| !h.is_empty())
     });
     if !ok {
-        return Err(format!("{url:?} is not an http[s]://host:port[/path] URL"));
+        return Err(format!(
+            "{url:?} is not an http[s]://host[:port][/path] URL"
+        ));
     }
     if uri
         .as_ref()
@@ -761,6 +763,33 @@ mod tests {
 
     fn parse(text: &str) -> ClientSecurityConfig {
         toml::from_str(text).expect("parses")
+    }
+
+    #[test]
+    fn urls_need_a_scheme_and_host_and_take_the_schemes_port_by_default() {
+        let none = ClientSecurityConfig::default();
+        for ok in [
+            "http://127.0.0.1:9090/api/v1/write",
+            "https://metrics.example.com/api/v1/push",
+            "http://[::1]/write",
+            "https://host:443",
+        ] {
+            assert_eq!(check_url(ok, &none), Ok(()), "{ok}");
+        }
+        for bad in [
+            "127.0.0.1:9090",
+            "ftp://host/x",
+            "http:///path",
+            "/api/v1/write",
+            "",
+        ] {
+            assert!(check_url(bad, &none).is_err(), "{bad}");
+        }
+        assert!(
+            check_url("https://user:pw@host/x", &none)
+                .unwrap_err()
+                .contains("basic_auth")
+        );
     }
 
     #[test]

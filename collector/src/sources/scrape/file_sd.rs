@@ -5,7 +5,7 @@
 //! [{"targets": ["10.0.0.1:9100", "10.0.0.2:9100"], "labels": {"env": "prod"}}]
 //! ```
 //!
-//! each target a `host:port` scraped at `<scheme>://<host:port><metrics_path>`. The
+//! each target a `host[:port]` scraped at `<scheme>://<host[:port]><metrics_path>`. The
 //! labels go on every series of the group's targets; `job` overrides the entry's job,
 //! `__scheme__` and `__metrics_path__` override its scheme and path, and other labels
 //! starting with `__` are dropped (as Prometheus drops them after relabelling).
@@ -165,7 +165,7 @@ pub enum FileSdError {
 }
 
 /// The targets of one file's groups under `config`, and how many targets or groups
-/// were skipped (a bad `host:port`, a bad label name, an unsupported scheme).
+/// were skipped (a bad `host[:port]`, a bad label name, an unsupported scheme).
 ///
 /// # Errors
 /// [`FileSdError`] if the file cannot be read or parsed as a list of groups.
@@ -232,12 +232,13 @@ fn group_targets(
     }
     for t in &group.targets {
         let url = format!("{scheme}://{t}{path}");
+        // A target without a port gets the scheme's (the `instance` label says which).
         let ok = url.parse::<hyper::Uri>().is_ok_and(|u| {
             u.authority()
-                .is_some_and(|a| a.port_u16().is_some() && a.as_str() == t.as_str())
+                .is_some_and(|a| !a.host().is_empty() && a.as_str() == t.as_str())
         });
         if !ok {
-            warn!(target = %t, "file_sd: not a host:port target, skipped");
+            warn!(target = %t, "file_sd: not a host[:port] target, skipped");
             *skipped += 1;
             continue;
         }
@@ -485,10 +486,11 @@ mod tests {
         )
         .unwrap();
         let (t, skipped) = read_file(&file, &config(&[])).unwrap();
-        assert_eq!(t.len(), 2);
+        assert_eq!(t.len(), 3);
         assert_eq!(t[0].url, "http://ok:1/metrics");
-        assert_eq!(t[1].url, "https://s:1/metrics");
-        assert_eq!(skipped, 2 + 2 + 1);
+        assert_eq!(t[1].url, "http://no-port/metrics", "the scheme's port");
+        assert_eq!(t[2].url, "https://s:1/metrics");
+        assert_eq!(skipped, 1 + 2 + 1);
         std::fs::write(&file, "{not json").unwrap();
         assert!(matches!(
             read_file(&file, &config(&[])),

@@ -97,7 +97,8 @@ impl Default for ScrapeConfig {
 #[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ScrapeTarget {
-    /// `http[s]://host:port/path` (path usually `/metrics`). Required.
+    /// `http[s]://host[:port]/path` (path usually `/metrics`; the port defaults to the
+    /// scheme's). Required.
     pub url: String,
     /// The `job` label. Default `"scrape"`.
     #[serde(default = "default_job")]
@@ -480,11 +481,21 @@ impl Scraper {
     }
 }
 
-/// `job`, `instance` (host:port of the URL) and the target's extra labels, sorted.
+/// `job`, `instance` (host:port of the URL, with the scheme's default port when the
+/// URL has none, as Prometheus 2 does) and the target's extra labels, sorted.
 fn target_labels(t: &ScrapeTarget, uri: &hyper::Uri) -> Vec<(String, String)> {
-    let instance = uri
-        .authority()
-        .map_or_else(String::new, |a| a.as_str().to_owned());
+    let instance = match uri.authority() {
+        Some(a) if a.port_u16().is_none() => {
+            let port = if uri.scheme_str() == Some("https") {
+                443
+            } else {
+                80
+            };
+            format!("{}:{port}", a.as_str())
+        }
+        Some(a) => a.as_str().to_owned(),
+        None => String::new(),
+    };
     let mut labels = vec![
         ("job".to_owned(), t.job.clone()),
         ("instance".to_owned(), instance),
@@ -1213,6 +1224,33 @@ mod tests {
             out,
             s(&[("instance", "h:1"), ("job", "app"), ("path", "/")])
         );
+    }
+
+    #[test]
+    fn the_instance_label_carries_the_schemes_port_when_the_url_has_none() {
+        let target = |url: &str| ScrapeTarget {
+            url: url.to_owned(),
+            job: "node".to_owned(),
+            interval: default_scrape_interval(),
+            timeout: default_scrape_timeout(),
+            labels: Default::default(),
+            honor_labels: false,
+            security: ClientSecurityConfig::default(),
+        };
+        for (url, instance) in [
+            ("http://h:9100/metrics", "h:9100"),
+            ("http://h/metrics", "h:80"),
+            ("https://h/metrics", "h:443"),
+            ("https://[::1]/metrics", "[::1]:443"),
+        ] {
+            let t = target(url);
+            let labels = target_labels(&t, &url.parse().unwrap());
+            assert_eq!(
+                labels,
+                s(&[("instance", instance), ("job", "node")]),
+                "{url}"
+            );
+        }
     }
 
     #[test]
