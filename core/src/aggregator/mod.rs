@@ -374,6 +374,7 @@ impl Aggregator {
                     entries: Vec::new(),
                     sequence: 0,
                     last_flush_ms: now,
+                    spare: Vec::new(),
                 }),
             }),
         }
