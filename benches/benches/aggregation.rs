@@ -426,7 +426,7 @@ fn key(c: &mut Criterion) {
 
 /// 6: flush of N counter series, each updated once since the previous flush. Updates
 /// go through pre-resolved handles, untimed; only `flush()` is timed (the returned
-/// batch is dropped untimed).
+/// batch is dropped, or in `counters_recycled` handed back for reuse, untimed).
 fn flush(c: &mut Criterion) {
     let mut g = c.benchmark_group("flush");
     g.sample_size(10)
@@ -453,6 +453,24 @@ fn flush(c: &mut Criterion) {
                     total += start.elapsed();
                     assert_eq!(batch.series.len(), n);
                     drop(black_box(batch));
+                }
+                total
+            })
+        });
+        // The same with the batch handed back (`Aggregator::recycle`, untimed, as the
+        // daemon's flush loop does), so the flush fills the previous batch's allocation.
+        g.bench_function(format!("counters_recycled/{label}"), |b| {
+            b.iter_custom(|iters| {
+                let mut total = Duration::ZERO;
+                for _ in 0..iters {
+                    for h in &handles {
+                        h.add(1.0).expect("counter");
+                    }
+                    let start = Instant::now();
+                    let batch = agg.flush();
+                    total += start.elapsed();
+                    assert_eq!(batch.series.len(), n);
+                    agg.recycle(black_box(batch));
                 }
                 total
             })

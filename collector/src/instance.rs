@@ -428,17 +428,28 @@ impl Instance {
     }
 
     /// Starts the periodic flush (every `aggregation.flush_interval`) on the current
-    /// tokio runtime. Each flush runs on the blocking pool.
+    /// tokio runtime. Each flush runs on the blocking pool, and hands its batch back
+    /// to the aggregator ([`Aggregator::recycle`]) for the next one to fill.
     pub fn spawn_flush_loop(&self) {
         let period = self.config.aggregation.flush_interval;
         let inner = self.inner.clone();
+        let aggregator = self.aggregator.clone();
         let task = tokio::spawn(async move {
             let mut ticker = tokio::time::interval_at(tokio::time::Instant::now() + period, period);
             ticker.set_missed_tick_behavior(MissedTickBehavior::Delay);
             loop {
                 ticker.tick().await;
                 let inner = inner.clone();
-                if let Err(e) = tokio::task::spawn_blocking(move || inner.flush("flush")).await {
+                let aggregator = aggregator.clone();
+                let flush = move || {
+                    let (_, batch) = inner.flush("flush");
+                    // Every pipeline has encoded it and the page is rendered, so
+                    // nobody else holds it: its allocation goes to the next flush.
+                    if let Ok(batch) = Arc::try_unwrap(batch) {
+                        aggregator.recycle(batch);
+                    }
+                };
+                if let Err(e) = tokio::task::spawn_blocking(flush).await {
                     // A panicking flush is a bug; the next tick tries again.
                     tracing::error!(error = %e, "flush failed");
                 }

@@ -9,7 +9,7 @@
 //! - **Counter**: the delta since the last collection lives in two words, an integer
 //!   word for integral values below 2^32 (one `fetch_add`, the common StatsD case) and
 //!   an f64 word (a CAS loop) for the rest. [`CounterCell::collect`] `swap`s both to
-//!   zero. Every add is one read-modify-write of one word, and the swap is too, so each
+//!   zero (skipping the swap of a word it reads as zero already: the same step). Every add is one read-modify-write of one word, and the swap is too, so each
 //!   add is ordered entirely before or after the swap: it lands in exactly one
 //!   collection. Cumulative inputs `swap` the last seen value in and add the difference
 //!   (or, after a reset, the new value) as a delta; the first one becomes the
@@ -68,6 +68,20 @@ const SEALED_INT: i64 = i64::MIN;
 /// belongs to the series' successor.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Sealed;
+
+/// `word.swap(fill)`, skipped when the word already holds `fill`: a swap of a value
+/// with itself changes nothing, so a load that reads `fill` is that swap, taking
+/// effect at the load (an RMW racing it is ordered after it, as it would be after the
+/// swap, and lands in a later collection). A collection of a counter that only had
+/// integral adds so reads its f64 and baseline words instead of writing them: two
+/// locked instructions fewer per series at 1M series. Relaxed: see the module doc.
+#[inline]
+fn swap_unless_equal(word: &AtomicU64, fill: u64) -> u64 {
+    match word.load(Ordering::Relaxed) {
+        cur if cur == fill => cur,
+        _ => word.swap(fill, Ordering::Relaxed),
+    }
+}
 
 /// Adds `v` to an f64 word unless it is sealed. Relaxed: a single-word RMW lands in
 /// exactly one collection by itself (module doc).
@@ -296,9 +310,14 @@ impl CounterCell {
 
     fn take(&self, int_fill: i64, float_fill: u64) -> CounterTake {
         // Relaxed: single-word swaps; see the module doc.
-        let int = self.delta_int.swap(int_fill, Ordering::Relaxed);
-        let float = self.delta_float.swap(float_fill, Ordering::Relaxed);
-        let baseline = self.baseline.swap(float_fill, Ordering::Relaxed);
+        // An idle series' integer word is skipped like the f64 words below (see
+        // `swap_unless_equal`).
+        let int = match self.delta_int.load(Ordering::Relaxed) {
+            cur if cur == int_fill => cur,
+            _ => self.delta_int.swap(int_fill, Ordering::Relaxed),
+        };
+        let float = swap_unless_equal(&self.delta_float, float_fill);
+        let baseline = swap_unless_equal(&self.baseline, float_fill);
         // Taking from a sealed cell is a caller bug; report zeros, not sentinels.
         let clean = |bits: u64| {
             if bits == SEALED_F64 {

@@ -3,7 +3,9 @@
 //!
 //! Owns: the shape of what a flush yields. Built only by
 //! [`Aggregator::flush`](crate::aggregator::Aggregator::flush); must never be mutated
-//! after that (pipelines read it concurrently).
+//! after that (pipelines read it concurrently). Once every reader is done, its owner
+//! may hand it back with [`Aggregator::recycle`](crate::aggregator::Aggregator::recycle)
+//! so the next flush fills the same allocation.
 
 use crate::key::SeriesKey;
 use crate::point::{HistogramValue, SummaryValue};

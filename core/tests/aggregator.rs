@@ -159,6 +159,43 @@ fn counters_report_delta_and_running_total() {
 }
 
 #[test]
+fn a_recycled_batch_allocation_is_refilled_with_only_the_next_interval() {
+    let agg = Aggregator::default();
+    let mut w = agg.writer();
+    let names: Vec<String> = (0..100).map(|i| i.to_string()).collect();
+    for n in &names {
+        w.record("c_total", &[("n", n)], Sample::Counter(1.0, DELTA), 0)
+            .unwrap();
+    }
+    let first = agg.flush();
+    assert_eq!(first.counter_delta_sum(), 100.0);
+    let allocation = first.series.as_ptr();
+    agg.recycle(first);
+    w.record("c_total", &[("n", "7")], Sample::Counter(2.0, DELTA), 0)
+        .unwrap();
+    let second = agg.flush();
+    assert_eq!(
+        second.series.as_ptr(),
+        allocation,
+        "the allocation was reused"
+    );
+    assert_eq!(second.series.len(), 100);
+    assert_eq!(second.counter_delta_sum(), 2.0);
+    assert_eq!(
+        value_of(&second, &key("c_total", &[("n", "7")])),
+        FlushedValue::Counter {
+            delta: 2.0,
+            total: 3.0
+        }
+    );
+    agg.recycle(second);
+    let third = agg.flush();
+    assert_eq!(third.series.as_ptr(), allocation);
+    assert_eq!(third.series.len(), 100);
+    assert_eq!(third.counter_delta_sum(), 0.0);
+}
+
+#[test]
 fn cumulative_counters_become_deltas_with_reset_detection() {
     let agg = Aggregator::default();
     let mut w = agg.writer();

@@ -26,12 +26,18 @@ fn counter_scenario() {
                 cell.add(0.5 + t as f64).unwrap(); // float word
             })
         })
+        .chain(std::iter::once({
+            // A first cumulative value: the baseline word.
+            let cell = cell.clone();
+            thread::spawn(move || cell.add_cumulative(7.0).unwrap())
+        }))
         .collect();
     let collector = {
         let (cell, collected) = (cell.clone(), collected.clone());
         thread::spawn(move || {
             for _ in 0..2 {
-                *collected.lock().unwrap() += cell.collect().delta;
+                let take = cell.collect();
+                *collected.lock().unwrap() += take.delta + take.baseline;
             }
         })
     };
@@ -39,8 +45,9 @@ fn counter_scenario() {
         w.join().unwrap();
     }
     collector.join().unwrap();
-    let total = *collected.lock().unwrap() + cell.collect().delta;
-    assert_eq!(total, 1.0 + 0.5 + 1.0 + 1.5);
+    let last = cell.collect();
+    let total = *collected.lock().unwrap() + last.delta + last.baseline;
+    assert_eq!(total, 1.0 + 0.5 + 1.0 + 1.5 + 7.0);
 }
 
 fn histogram_scenario() {

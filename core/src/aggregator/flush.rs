@@ -1,8 +1,14 @@
 //! The flush walk: every series' share since the previous flush, TTL eviction, and the
 //! running totals that only the flusher touches.
 //!
-//! Owns: [`Aggregator::flush_at`] and the flusher's list of series. Must never: take
-//! one update into two flushes or into none, or retire a series a handle holds.
+//! Owns: [`Aggregator::flush_at`], the flusher's list of series and the spare batch
+//! allocation ([`Aggregator::recycle`]). Must never: take one update into two flushes
+//! or into none, retire a series a handle holds, or hold the flush lock while dropping
+//! a recycled batch's entries.
+//!
+//! The walk gives its core away every `YIELD_EVERY` series (see there), so that on
+//! a busy machine a flush of 1M series does not keep a woken receiver waiting for a
+//! whole scheduler time slice.
 
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
@@ -192,11 +198,21 @@ pub(super) fn add_histogram(total: &mut HistogramValue, d: &HistogramValue) {
     total.max = total.max.max(d.max);
 }
 
+/// Series walked between two offers of the flusher's core to other threads (a few
+/// hundred microseconds of walk). On a machine whose cores are all busy, a receiver
+/// woken during a flush of 1M series then waits for at most one such chunk instead of
+/// the scheduler's full time slice. Writers never wait for the flush lock, so nothing
+/// else is held up by the yield.
+const YIELD_EVERY: usize = 8192;
+
 /// What only the flusher touches.
 pub(super) struct FlusherState {
     pub(super) entries: Vec<FlushEntry>,
     pub(super) sequence: u64,
     pub(super) last_flush_ms: i64,
+    /// An empty batch vector handed back by [`Aggregator::recycle`], which the next
+    /// flush fills instead of allocating (and page-faulting in) a fresh one.
+    pub(super) spare: Vec<FlushedSeries>,
 }
 
 impl Aggregator {
@@ -244,6 +260,37 @@ impl Aggregator {
         }
     }
 
+    /// Hands a batch back once its consumers are done with it, so that the next flush
+    /// fills its allocation instead of a fresh one. At 1M series a batch is ~80 MB,
+    /// and a fresh one costs the kernel's zeroing of every page as the flush first
+    /// writes it (about a third of the flush); a reused one is already resident. The
+    /// entries are dropped here, on the caller's thread, before the flush lock is
+    /// taken. The aggregator keeps one spare, the larger, so its memory stays resident
+    /// between flushes: the price of the faster flush. A caller that never recycles
+    /// gets a fresh allocation per flush, as before.
+    ///
+    /// ```
+    /// use weir_core::{Aggregator, MetricKind};
+    /// let agg = Aggregator::default();
+    /// let h = agg.handle("hits_total", &[], MetricKind::Counter).unwrap();
+    /// h.increment(2).unwrap();
+    /// agg.recycle(agg.flush());
+    /// h.increment(3).unwrap();
+    /// assert_eq!(agg.flush().counter_delta_sum(), 3.0);
+    /// ```
+    pub fn recycle(&self, batch: FlushBatch) {
+        let mut series = batch.series;
+        series.clear();
+        let mut st = self
+            .shared
+            .flusher
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        if series.capacity() > st.spare.capacity() {
+            st.spare = series;
+        }
+    }
+
     /// Takes every series' share since the previous flush, evicts series idle for
     /// `series_ttl` (their last share is in this batch, marked `evicted`), and returns
     /// the batch. `now_ms` is the flush time (milliseconds since the Unix epoch); tests
@@ -263,7 +310,8 @@ impl Aggregator {
                 table.expire(now_ms);
             }
         }
-        let mut out = Vec::with_capacity(st.entries.len());
+        let mut out = std::mem::take(&mut st.spare);
+        out.reserve(st.entries.len());
         let ttl_ms = i64::try_from(sh.config.series_ttl.as_millis()).unwrap_or(i64::MAX);
         let index = sh.index.pin();
         let mut i = 0;
@@ -300,6 +348,9 @@ impl Aggregator {
             }
             out.extend(e.collect(false, now_ms));
             i += 1;
+            if i % YIELD_EVERY == 0 {
+                std::thread::yield_now();
+            }
         }
         drop(index);
         // Families whose series are all gone are dropped so churning names do not

@@ -373,6 +373,7 @@ impl Aggregator {
                     entries: Vec::new(),
                     sequence: 0,
                     last_flush_ms: now,
+                    spare: Vec::new(),
                 }),
             }),
         }
