@@ -88,6 +88,19 @@ pub enum FlushedValue {
         /// All observations since the series started.
         total: Box<HistogramValue>,
     },
-    /// A summary's latest state as its source reported it.
-    Summary(SummaryValue),
+    /// A summary's latest state as its source reported it. Boxed, as histograms are,
+    /// so that an entry of the batch stays at 64 bytes.
+    Summary(Box<SummaryValue>),
+}
+
+#[cfg(all(test, target_pointer_width = "64"))]
+mod tests {
+    use super::*;
+
+    /// A flush of 1M series holds one entry per series: every byte here is 1 MB there.
+    #[test]
+    fn a_batch_entry_is_64_bytes() {
+        assert_eq!(std::mem::size_of::<FlushedValue>(), 24);
+        assert_eq!(std::mem::size_of::<FlushedSeries>(), 64);
+    }
 }

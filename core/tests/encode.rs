@@ -60,14 +60,14 @@ fn hist(bounds: &[f64], counts: &[u64], sum: f64, min: f64, max: f64) -> Box<His
 }
 
 fn summary(quantiles: &[(f64, f64)], sum: f64, count: u64) -> FlushedValue {
-    FlushedValue::Summary(SummaryValue {
+    FlushedValue::Summary(Box::new(SummaryValue {
         quantiles: quantiles
             .iter()
             .map(|&(quantile, value)| Quantile { quantile, value })
             .collect(),
         sum,
         count,
-    })
+    }))
 }
 
 fn batch(series: Vec<FlushedSeries>) -> FlushBatch {

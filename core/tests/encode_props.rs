@@ -75,14 +75,16 @@ fn value() -> impl Strategy<Value = FlushedValue> {
             float(),
             any::<u64>()
         )
-            .prop_map(|(q, sum, count)| FlushedValue::Summary(SummaryValue {
-                quantiles: q
-                    .into_iter()
-                    .map(|(quantile, value)| Quantile { quantile, value })
-                    .collect(),
-                sum,
-                count,
-            })),
+            .prop_map(
+                |(q, sum, count)| FlushedValue::Summary(Box::new(SummaryValue {
+                    quantiles: q
+                        .into_iter()
+                        .map(|(quantile, value)| Quantile { quantile, value })
+                        .collect(),
+                    sum,
+                    count,
+                }))
+            ),
     ]
 }
 

@@ -124,7 +124,7 @@ impl FlushEntry {
                 timestamp_ms: now_ms,
             },
             (Cell::Summary(s), _) => {
-                FlushedValue::Summary(if evicted { s.seal() } else { s.read() }?)
+                FlushedValue::Summary(Box::new(if evicted { s.seal() } else { s.read() }?))
             }
             _ => return None,
         };
@@ -174,7 +174,7 @@ impl FlushEntry {
                 value: s.pending() as f64,
                 timestamp_ms: now_ms,
             },
-            (Cell::Summary(s), _) => FlushedValue::Summary(s.read()?),
+            (Cell::Summary(s), _) => FlushedValue::Summary(Box::new(s.read()?)),
             _ => return None,
         };
         Some(FlushedSeries {
