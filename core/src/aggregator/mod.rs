@@ -47,7 +47,10 @@
 //! or one that found it in the index just before the removal, gets `Sealed` back from
 //! its update instead of a silent loss, and records the point again through the index,
 //! which by then creates the successor series. Writers thus need no pin, lock or flag
-//! check on the hot path. A series with live [`SeriesHandle`]s is never retired: the
+//! check on the hot path. Creating a counter or histogram series (not updating one)
+//! takes the kept-totals table's mutex (module `kept`), which the flusher holds only
+//! while it evicts one series or expires old totals, so that a successor always
+//! resumes its predecessor's running total. A series with live [`SeriesHandle`]s is never retired: the
 //! handle count and the retired bit share one atomic word, so taking a handle and
 //! retiring are ordered by that word alone.
 //!
