@@ -300,6 +300,46 @@ impl fmt::Debug for SeriesKey {
     }
 }
 
+/// A reusable vector of borrowed label pairs, for callers that build a label set per
+/// point from borrowed strings (a scraped line's labels merged with its target's) and
+/// must not allocate per point: the allocation outlives every borrow it held.
+///
+/// ```
+/// use weir_core::key::LabelBuf;
+/// let mut buf = LabelBuf::default();
+/// for line in ["a=1", "b=2"] {
+///     let owned = line.to_owned(); // a borrow that lives for this iteration only
+///     let n = buf.with(|labels| {
+///         labels.push(owned.split_once('=').unwrap());
+///         labels.len()
+///     });
+///     assert_eq!(n, 1); // emptied between uses
+/// }
+/// ```
+#[derive(Default)]
+pub struct LabelBuf(Vec<(&'static str, &'static str)>);
+
+impl LabelBuf {
+    /// Runs `fill` on the buffer, empty, with borrows of any lifetime; empties it again
+    /// afterwards and keeps its allocation.
+    pub fn with<'x, R>(&mut self, fill: impl FnOnce(&mut Vec<(&'x str, &'x str)>) -> R) -> R {
+        let mut v = relabel(std::mem::take(&mut self.0));
+        let r = fill(&mut v);
+        self.0 = relabel(v);
+        r
+    }
+}
+
+/// `v` emptied, with its allocation, as a vector of borrows of another lifetime. The
+/// standard library collects a `vec::IntoIter` of a type into a `Vec` of a type of the
+/// same size and alignment in place, so this does not allocate (checked by a test).
+// `filter` cannot change the element type, which is the point here.
+#[allow(clippy::unnecessary_filter_map)]
+fn relabel<'x, 'y>(mut v: Vec<(&'x str, &'x str)>) -> Vec<(&'y str, &'y str)> {
+    v.clear();
+    v.into_iter().filter_map(|_| None).collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -368,5 +408,23 @@ mod tests {
         assert_eq!(raw, k.as_bytes());
         assert!(!encode_raw(&mut raw, "m", &[("b", "2"), ("a", "1")]));
         assert!(!encode_raw(&mut raw, "m", &[("a", "2"), ("a", "1")]));
+    }
+
+    #[test]
+    fn a_label_buffer_keeps_its_allocation_between_uses() {
+        let mut buf = LabelBuf::default();
+        let first = buf.with(|v| {
+            v.extend([("a", "1"); 8]);
+            v.as_ptr() as usize
+        });
+        for round in 0..3 {
+            let owned = format!("{round}");
+            let (ptr, len) = buf.with(|v| {
+                let len = v.len();
+                v.extend([("a", owned.as_str()); 8]);
+                (v.as_ptr() as usize, len)
+            });
+            assert_eq!((ptr, len), (first, 0), "round {round}");
+        }
     }
 }

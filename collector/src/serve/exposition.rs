@@ -3,9 +3,14 @@
 //! statsd_exporter role).
 //!
 //! Owns: the `[exposition]` section ([`ExpositionConfig`]), the listener and the latest
-//! encoded page. Must never: make a scrape wait for
-//! a flush (the page is encoded once per flush, off the request path, and swapped in
-//! under a lock held only for the swap or a clone of an `Arc`).
+//! page. Must never: make a scrape wait for a flush, or a flush wait for an encoding.
+//!
+//! The page is encoded at most once per flush, by the first request after it, on the
+//! blocking pool: a flush only swaps in its batch (an `Arc`) under a lock held for the
+//! swap, and later requests of the same interval get the encoded bytes. Encoding on
+//! every flush instead cost weir about half its CPU when it scraped 100k series and
+//! forwarded them by remote write with nobody reading this page (sorting and encoding
+//! every series, every interval; see `benches/README.md`, "The scrape path").
 
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
@@ -55,17 +60,54 @@ impl ExpositionConfig {
 
 /// The latest page, shared between the flusher (writer) and the endpoint (readers).
 #[derive(Default, Clone)]
-pub struct Page(Arc<Mutex<Bytes>>);
+pub struct Page(Arc<PageState>);
+
+#[derive(Default)]
+struct PageState {
+    latest: Mutex<Latest>,
+    /// Held by a request while it encodes, so that requests racing after a flush
+    /// encode its batch once; never taken by the flusher.
+    encoding: Mutex<()>,
+}
+
+/// What the page holds: the latest batch until a request encodes it, then its text.
+enum Latest {
+    Batch(Arc<FlushBatch>),
+    Encoded(Bytes),
+}
+
+impl Default for Latest {
+    fn default() -> Self {
+        Latest::Encoded(Bytes::new())
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
 
 impl Page {
-    /// Encodes `batch` and makes it the page served from now on.
-    pub fn publish(&self, batch: &FlushBatch) {
-        let text = Bytes::from(weir_core::encode::prometheus_text(batch));
-        *self.0.lock().unwrap_or_else(|p| p.into_inner()) = text;
+    /// Makes `batch` the page served from now on; it is encoded when first requested.
+    pub fn publish(&self, batch: &Arc<FlushBatch>) {
+        *lock(&self.0.latest) = Latest::Batch(batch.clone());
     }
 
-    fn get(&self) -> Bytes {
-        self.0.lock().unwrap_or_else(|p| p.into_inner()).clone()
+    /// The latest batch in the Prometheus text format, encoded now if no request did
+    /// since it was published. Blocking (an encoding takes milliseconds per 10k
+    /// series): call it on the blocking pool.
+    pub fn get(&self) -> Bytes {
+        let _one = lock(&self.0.encoding);
+        let batch = match &*lock(&self.0.latest) {
+            Latest::Encoded(text) => return text.clone(),
+            Latest::Batch(batch) => batch.clone(),
+        };
+        let text = Bytes::from(weir_core::encode::prometheus_text(&batch));
+        let mut latest = lock(&self.0.latest);
+        // A flush may have published a newer batch meanwhile: that one stays pending.
+        if matches!(&*latest, Latest::Batch(b) if Arc::ptr_eq(b, &batch)) {
+            *latest = Latest::Encoded(text.clone());
+        }
+        text
     }
 }
 
@@ -89,7 +131,10 @@ pub async fn start(
             if req.method() != hyper::Method::GET && req.method() != hyper::Method::HEAD {
                 return plain(StatusCode::METHOD_NOT_ALLOWED, "use GET\n");
             }
-            let mut r = Response::new(Full::new(page.get()));
+            let Ok(text) = tokio::task::spawn_blocking(move || page.get()).await else {
+                return plain(StatusCode::INTERNAL_SERVER_ERROR, "encoding failed\n");
+            };
+            let mut r = Response::new(Full::new(text));
             r.headers_mut().insert(
                 hyper::header::CONTENT_TYPE,
                 hyper::header::HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"),
@@ -100,4 +145,30 @@ pub async fn start(
     .await?;
     info!(address = %server.addr, tls = https, "exposition endpoint listening (GET /metrics)");
     Ok(server)
+}
+
+#[cfg(test)]
+mod tests {
+    use weir_core::{Aggregator, Sample};
+
+    use super::*;
+
+    #[test]
+    fn the_page_is_the_latest_batch_encoded_once_per_flush() {
+        let agg = Aggregator::default();
+        let page = Page::default();
+        assert!(page.get().is_empty(), "nothing flushed yet");
+        let flush_with = |v: f64| {
+            agg.record("temp", &[("room", "a")], Sample::Gauge(v), 0)
+                .unwrap();
+            page.publish(&Arc::new(agg.flush()));
+        };
+        flush_with(1.0);
+        let first = page.get();
+        assert_eq!(&first[..], b"# TYPE temp gauge\ntemp{room=\"a\"} 1\n");
+        // The second request of the interval gets the same bytes, not a new encoding.
+        assert_eq!(page.get().as_ptr(), first.as_ptr());
+        flush_with(2.0);
+        assert_eq!(&page.get()[..], b"# TYPE temp gauge\ntemp{room=\"a\"} 2\n");
+    }
 }

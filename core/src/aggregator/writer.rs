@@ -142,8 +142,26 @@ impl Writer {
         sample: Sample<'_>,
         timestamp_ms: i64,
     ) -> Result<bool, Rejected> {
+        self.record_cached_since(raw, sample, timestamp_ms, 0)
+    }
+
+    /// [`Writer::record_cached`] for a cumulative sample whose running total began at
+    /// `start_ms` (0: unknown), as [`Writer::record_since`] takes it. On a miss the
+    /// caller calls [`Writer::record_with_raw_since`] with the same `raw`.
+    ///
+    /// # Errors
+    /// As [`Writer::record_cached`].
+    #[inline]
+    pub fn record_cached_since(
+        &mut self,
+        raw: &[u8],
+        sample: Sample<'_>,
+        timestamp_ms: i64,
+        start_ms: i64,
+    ) -> Result<bool, Rejected> {
+        let start = self.shared.since(start_ms);
         let hash = self.cache.hash(raw);
-        self.apply_cached(raw, hash, sample, timestamp_ms, CumulativeStart::default())
+        self.apply_cached(raw, hash, sample, timestamp_ms, start)
     }
 
     /// The hash under which this writer caches `raw`, for the batch path of a
@@ -243,7 +261,24 @@ impl Writer {
         sample: Sample<'_>,
         timestamp_ms: i64,
     ) -> Result<(), Rejected> {
-        let start = CumulativeStart::default();
+        self.record_with_raw_since(raw, name, labels, sample, timestamp_ms, 0)
+    }
+
+    /// [`Writer::record_with_raw`] for a cumulative sample whose running total began
+    /// at `start_ms` (0: unknown), the miss path of [`Writer::record_cached_since`].
+    ///
+    /// # Errors
+    /// As [`Writer::record_with_raw`].
+    pub fn record_with_raw_since(
+        &mut self,
+        raw: &[u8],
+        name: &str,
+        labels: &[(&str, &str)],
+        sample: Sample<'_>,
+        timestamp_ms: i64,
+        start_ms: i64,
+    ) -> Result<(), Rejected> {
+        let start = self.shared.since(start_ms);
         let hash = self.cache.hash(raw);
         self.resolve_and_cache(raw, hash, name, labels, sample, timestamp_ms, start)
     }

@@ -86,17 +86,18 @@ fn type_name(v: &FlushedValue) -> &'static str {
 /// assert_eq!(text, "# TYPE jobs_total counter\njobs_total{queue=\"mail\"} 3\n");
 /// ```
 pub fn prometheus_text(batch: &FlushBatch) -> String {
-    let mut series: Vec<&FlushedSeries> = batch.series.iter().filter(|s| !s.evicted).collect();
-    series.sort_by(|a, b| {
-        a.key
-            .name()
-            .cmp(b.key.name())
-            .then_with(|| a.key.cmp(&b.key))
-    });
+    // Each name found once, not twice per comparison: the sort made ~20 comparisons
+    // per series, and finding a name scans and validates the key's bytes.
+    let mut series: Vec<(&str, &FlushedSeries)> = batch
+        .series
+        .iter()
+        .filter(|s| !s.evicted)
+        .map(|s| (s.key.name(), s))
+        .collect();
+    series.sort_by(|a, b| a.0.cmp(b.0).then_with(|| a.1.key.cmp(&b.1.key)));
     let mut out = String::with_capacity(series.len() * 64);
     let mut current: Option<&str> = None;
-    for s in series {
-        let name = s.key.name();
+    for (name, s) in series {
         if current != Some(name) {
             let _ = writeln!(out, "# TYPE {name} {}", type_name(&s.value));
             current = Some(name);

@@ -28,7 +28,8 @@
 //! Blocking work: decompressing, parsing and aggregating a body take milliseconds for a
 //! large one, so they run on tokio's blocking pool (`spawn_blocking`), never on the
 //! async workers the listeners share; at most `concurrency` scrapes use it at once.
-//! Only the HTTP exchange runs on the async workers.
+//! Only the HTTP exchange runs on the async workers. Each target records through its
+//! own writer, finding a text line's series by the line's bytes (module `ingest`).
 //!
 //! TLS and credentials: each target has its own connection pool, built from its
 //! `tls` table and credentials ([`ClientSecurityConfig`]); `https://` targets are
@@ -58,12 +59,15 @@ use tokio::sync::{Semaphore, watch};
 use tokio::task::JoinHandle;
 use tracing::{debug, info, warn};
 use weir_core::parse::exposition::{ExpositionError, Format};
+
+use ingest::{TargetLabels, parse_into};
 use weir_core::{Aggregator, Sample, Writer};
 
 use crate::config::{MIN_FLUSH_INTERVAL, Step, fmt_duration, keys};
 use crate::tls::client::{Alpn, ClientSecurityConfig, LiveSecurity, TlsFailure, check_url};
 
 mod file_sd;
+mod ingest;
 
 pub use file_sd::{FileSd, FileSdConfig, FileSdCounters, FileSdError, read_file};
 
@@ -424,7 +428,7 @@ impl Scraper {
         let (stop, stopped) = watch::channel(false);
         let security = Arc::new(TargetSecurity::load(t));
         let run = TargetRun {
-            labels: Arc::new(target_labels(t, &uri)),
+            labels: Arc::new(TargetLabels::new(target_labels(t, &uri), t.honor_labels)),
             uri,
             target: t.clone(),
             body_limit: self.body_limit,
@@ -576,7 +580,7 @@ struct TargetRun {
     target: ScrapeTarget,
     uri: hyper::Uri,
     /// Shared with the parsing task on the blocking pool.
-    labels: Arc<Vec<(String, String)>>,
+    labels: Arc<TargetLabels>,
     body_limit: usize,
     security: Arc<TargetSecurity>,
     /// Rebuilt when the credentials' generation changes.
@@ -693,11 +697,7 @@ impl TargetRun {
             .last_scrape_ms
             .store(now_ms, Ordering::Relaxed);
         let duration = started.elapsed().as_secs_f64();
-        let labels: Vec<(&str, &str)> = self
-            .labels
-            .iter()
-            .map(|(k, v)| (k.as_str(), v.as_str()))
-            .collect();
+        let labels = self.labels.pairs();
         let writer = self.writer.get_or_insert_with(|| self.aggregator.writer());
         for (name, value) in [
             ("up", if up { 1.0 } else { 0.0 }),
@@ -799,11 +799,11 @@ impl TargetRun {
             .take()
             .unwrap_or_else(|| self.aggregator.writer());
         let labels = self.labels.clone();
-        let (honor, limit) = (self.target.honor_labels, self.body_limit);
+        let limit = self.body_limit;
         let job = tokio::task::spawn_blocking(move || {
             let parsed = decode_body(fetched.body, fetched.encoding.as_deref(), limit).map(
                 |(body, gzip)| {
-                    let report = parse_into(&mut writer, &labels, honor, fetched.format, &body);
+                    let report = parse_into(&mut writer, &labels, fetched.format, &body);
                     (report, gzip)
                 },
             );
@@ -817,30 +817,6 @@ impl TargetRun {
             Err(e) => Err(ScrapeError::Parse(e.to_string())),
         }
     }
-}
-
-/// Parses a body in `format` into `writer` with the target's labels applied.
-/// Blocking (CPU-bound): called on the blocking pool.
-fn parse_into(
-    writer: &mut Writer,
-    target_labels: &[(String, String)],
-    honor: bool,
-    format: Format,
-    body: &[u8],
-) -> weir_core::parse::exposition::ParseReport {
-    let mut merged: Vec<(String, String)> = Vec::new();
-    format.parse(body, &mut |name, labels, sample, ts, start| {
-        merged.clear();
-        merge_labels(target_labels, labels, honor, &mut merged);
-        let view: Vec<(&str, &str)> = merged
-            .iter()
-            .map(|(k, v)| (k.as_str(), v.as_str()))
-            .collect();
-        // Refusals are counted by the aggregator by reason. The start time (OpenMetrics
-        // `_created`, protobuf `created_timestamp`) lets a counter that started after
-        // weir count its first value, and tells a restart by a new start.
-        let _ = writer.record_since(name, &view, sample, ts, start);
-    })
 }
 
 /// The body as its `Content-Encoding` says: as is for none or `identity`,
@@ -868,30 +844,6 @@ pub fn decode_body(
         Ok(n) if n > limit => Err(ScrapeError::BodyTooLarge(limit)),
         Ok(_) => Ok((Bytes::from(out), true)),
         Err(e) => Err(ScrapeError::Decompress(e.to_string())),
-    }
-}
-
-/// Prometheus' rule for target labels against scraped ones: with `honor_labels` the
-/// scraped value wins; otherwise the target's does and the scraped one is kept as
-/// `exported_<name>`.
-pub fn merge_labels(
-    target: &[(String, String)],
-    scraped: &[(&str, &str)],
-    honor: bool,
-    out: &mut Vec<(String, String)>,
-) {
-    for (k, v) in scraped {
-        let clash = target.iter().any(|(tk, _)| tk == k);
-        if clash && !honor {
-            out.push((format!("exported_{k}"), (*v).to_owned()));
-        } else {
-            out.push(((*k).to_owned(), (*v).to_owned()));
-        }
-    }
-    for (k, v) in target {
-        if !out.iter().any(|(ok, _)| ok == k) {
-            out.push((k.clone(), v.clone()));
-        }
     }
 }
 
@@ -1193,38 +1145,6 @@ impl crate::telemetry::StageMetrics for ScrapeTargets {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn s(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
-        pairs
-            .iter()
-            .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
-            .collect()
-    }
-
-    #[test]
-    fn clashing_labels_follow_honor_labels() {
-        let target = s(&[("instance", "h:1"), ("job", "node")]);
-        let scraped = [("job", "app"), ("path", "/")];
-        let mut out = Vec::new();
-        merge_labels(&target, &scraped, false, &mut out);
-        out.sort();
-        assert_eq!(
-            out,
-            s(&[
-                ("exported_job", "app"),
-                ("instance", "h:1"),
-                ("job", "node"),
-                ("path", "/")
-            ])
-        );
-        out.clear();
-        merge_labels(&target, &scraped, true, &mut out);
-        out.sort();
-        assert_eq!(
-            out,
-            s(&[("instance", "h:1"), ("job", "app"), ("path", "/")])
-        );
-    }
 
     #[test]
     fn the_instance_label_carries_the_schemes_port_when_the_url_has_none() {

@@ -28,8 +28,15 @@
 //! `created_timestamp`; text 0.0.4 has none: a `foo_created` line there is a gauge)
 //! goes with each sample to [`Emit`], so that a series which started after weir
 //! counts its first value and a changed start is a reset (see
-//! [`Writer::record_since`](crate::aggregator::Writer::record_since)). Label sets are allocated per sample (scrapes are parsed
-//! once per interval, not per point).
+//! [`Writer::record_since`](crate::aggregator::Writer::record_since)).
+//!
+//! # Allocation
+//! The text parsers allocate nothing per sample line once the first lines of a body
+//! have sized their reused label vectors (a label value with escapes is unescaped into
+//! its own string); histogram and summary groups own their label sets until their
+//! family ends. [`Format::parse_identified`] also hands over each text sample line's
+//! identity as the body spells it, so that a scraper can find the line's series by
+//! those bytes alone and skip merging and encoding its labels.
 
 use std::sync::Arc;
 
@@ -156,6 +163,18 @@ impl ParseReport {
 /// [`Writer::record_since`]: crate::aggregator::Writer::record_since
 pub type Emit<'e> = dyn FnMut(&str, &[(&str, &str)], Sample<'_>, i64, i64) + 'e;
 
+/// [`Emit`] with the sample's identity first: `(identity, name, labels, sample,
+/// timestamp_ms, start_ms)`.
+///
+/// `identity` is the name and label set of a text sample line exactly as the body
+/// spells them (`name{a="1"}`, without the value). Equal identity bytes always come
+/// with equal `name` and `labels`, in either text dialect (a different spelling of the
+/// same set, such as another label order, is another identity). It is `None` for a
+/// sample with no such spelling: a histogram or summary, assembled from several lines,
+/// and every protobuf sample.
+pub type EmitIdentified<'e> =
+    dyn FnMut(Option<&[u8]>, &str, &[(&str, &str)], Sample<'_>, i64, i64) + 'e;
+
 /// A scrape body's format, as its `Content-Type` names it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Format {
@@ -244,6 +263,27 @@ impl Format {
             Format::Text => parse_text(body, emit),
             Format::OpenMetrics => parse_openmetrics(body, emit),
             Format::Protobuf => parse_protobuf(body, emit),
+        }
+    }
+
+    /// [`Format::parse`], with each sample's identity as [`EmitIdentified`] describes.
+    ///
+    /// ```
+    /// use weir_core::parse::exposition::Format;
+    /// let body = b"up{job=\"a\"} 1\n# TYPE rpc summary\nrpc_sum 2\nrpc_count 1\n";
+    /// let mut ids = Vec::new();
+    /// Format::Text.parse_identified(body, &mut |id, name, _, _, _, _| {
+    ///     ids.push((id.map(<[u8]>::to_vec), name.to_owned()));
+    /// });
+    /// assert_eq!(ids, [(Some(b"up{job=\"a\"}".to_vec()), "up".into()), (None, "rpc".into())]);
+    /// ```
+    pub fn parse_identified(self, body: &[u8], emit: &mut EmitIdentified<'_>) -> ParseReport {
+        match self {
+            Format::Text => text::parse_text_identified(body, emit),
+            Format::OpenMetrics => text::parse_openmetrics_identified(body, emit),
+            Format::Protobuf => {
+                parse_protobuf(body, &mut |n, l, s, t, st| emit(None, n, l, s, t, st))
+            }
         }
     }
 }

@@ -40,7 +40,10 @@
 
 use std::borrow::Cow;
 
-use super::{Emit, ExpositionError, ParseReport, cumulative_histogram, summary_value};
+use super::{
+    Emit, EmitIdentified, ExpositionError, ParseReport, cumulative_histogram, summary_value,
+};
+use crate::key::LabelBuf;
 use crate::parse::MAX_HISTOGRAM_BUCKETS;
 use crate::point::{Sample, Temporality};
 
@@ -78,10 +81,27 @@ impl Family {
     }
 }
 
+/// The labels of one line as parsed: names and values borrowed from the body (values
+/// with escapes unescaped into their own string).
+type Labels<'a> = Vec<(&'a str, Cow<'a, str>)>;
+
+/// Label vectors of lines already used, for the next lines of the body: once the first
+/// lines have sized them, a line allocates nothing (unless a value has escapes).
+type Spare<'a> = Vec<Labels<'a>>;
+
+/// Gives `labels`, emptied, back to `spare`.
+fn recycle<'a>(spare: &mut Spare<'a>, mut labels: Labels<'a>) {
+    labels.clear();
+    spare.push(labels);
+}
+
 /// One sample line, parsed.
 struct SampleLine<'a> {
+    /// The name and label set as the line spells them (`name{a="1"}`): what
+    /// [`EmitIdentified`] passes as the identity.
+    ident: &'a str,
     name: &'a str,
-    labels: Vec<(&'a str, Cow<'a, str>)>,
+    labels: Labels<'a>,
     value: f64,
     timestamp_ms: i64,
 }
@@ -95,7 +115,7 @@ struct CounterRun<'a> {
     totals: Vec<SampleLine<'a>>,
     /// The label set of a `_created` line read before any of `totals`; `None` when
     /// `totals` has the run's labels, or the run is empty.
-    created_labels: Option<Vec<(&'a str, Cow<'a, str>)>>,
+    created_labels: Option<Labels<'a>>,
     /// The run's start time in milliseconds since the epoch; 0 until a `_created` line
     /// is read.
     start_ms: i64,
@@ -118,21 +138,17 @@ impl<'a> CounterRun<'a> {
 
     /// Takes one line of a counter family: a `_created` line's start time (`created`),
     /// or a sample. A line of another label set first emits the run it ends.
-    fn push(
-        &mut self,
-        s: SampleLine<'a>,
-        created: Option<i64>,
-        emit: &mut Emit<'_>,
-        report: &mut ParseReport,
-    ) {
+    fn push(&mut self, s: SampleLine<'a>, created: Option<i64>, out: &mut Out<'a, '_, '_>) {
         if !self.continues(&s.labels) {
-            self.emit(emit, report);
+            self.emit(out);
         }
         match created {
             Some(start_ms) => {
                 self.start_ms = start_ms;
                 if self.totals.is_empty() && self.created_labels.is_none() {
                     self.created_labels = Some(s.labels);
+                } else {
+                    recycle(&mut out.spare, s.labels);
                 }
             }
             None => self.totals.push(s),
@@ -140,13 +156,15 @@ impl<'a> CounterRun<'a> {
     }
 
     /// Emits the run's samples with its start time and empties it.
-    fn emit(&mut self, emit: &mut Emit<'_>, report: &mut ParseReport) {
+    fn emit(&mut self, out: &mut Out<'a, '_, '_>) {
         let start_ms = self.start_ms;
         for s in self.totals.drain(..) {
             let sample = Sample::Counter(s.value, Temporality::Cumulative);
-            emit_line(&s, sample, start_ms, emit, report);
+            out.line(s, sample, start_ms);
         }
-        self.created_labels = None;
+        if let Some(labels) = self.created_labels.take() {
+            recycle(&mut out.spare, labels);
+        }
         self.start_ms = 0;
     }
 }
@@ -192,7 +210,9 @@ impl Group {
 /// assert_eq!(got, vec![("http_requests_total".to_owned(), 1, true, 1395066363000)]);
 /// ```
 pub fn parse_text(body: &[u8], emit: &mut Emit<'_>) -> ParseReport {
-    parse(body, Dialect::Prometheus, emit)
+    parse(body, Dialect::Prometheus, &mut |_, n, l, s, t, st| {
+        emit(n, l, s, t, st)
+    })
 }
 
 /// Parses an OpenMetrics text 1.0 body (see the module doc for how it differs from
@@ -210,14 +230,65 @@ pub fn parse_text(body: &[u8], emit: &mut Emit<'_>) -> ParseReport {
 /// assert_eq!(got, vec![("jobs_total".to_owned(), true, 1_700_000_000_500, 1_699_999_000_250)]);
 /// ```
 pub fn parse_openmetrics(body: &[u8], emit: &mut Emit<'_>) -> ParseReport {
+    parse(body, Dialect::OpenMetrics, &mut |_, n, l, s, t, st| {
+        emit(n, l, s, t, st)
+    })
+}
+
+/// [`parse_text`], passing each sample line's identity as the body spells it (see
+/// [`EmitIdentified`]).
+pub(super) fn parse_text_identified(body: &[u8], emit: &mut EmitIdentified<'_>) -> ParseReport {
+    parse(body, Dialect::Prometheus, emit)
+}
+
+/// [`parse_openmetrics`], passing each sample line's identity as the body spells it
+/// (see [`EmitIdentified`]).
+pub(super) fn parse_openmetrics_identified(
+    body: &[u8],
+    emit: &mut EmitIdentified<'_>,
+) -> ParseReport {
     parse(body, Dialect::OpenMetrics, emit)
 }
 
-fn parse(body: &[u8], dialect: Dialect, emit: &mut Emit<'_>) -> ParseReport {
-    let mut report = ParseReport::default();
+/// Where the samples of a body go, with the buffers its lines reuse.
+struct Out<'a, 'e, 'x> {
+    emit: &'e mut EmitIdentified<'x>,
+    report: ParseReport,
+    spare: Spare<'a>,
+    /// The labels of the line being emitted as `&str` pairs.
+    view: LabelBuf,
+}
+
+impl<'a> Out<'a, '_, '_> {
+    /// Emits one sample line as `sample` and keeps its label vector for the next line.
+    fn line(&mut self, s: SampleLine<'a>, sample: Sample<'_>, start_ms: i64) {
+        let emit = &mut *self.emit;
+        self.view.with(|view| {
+            view.extend(s.labels.iter().map(|(k, v)| (*k, v.as_ref())));
+            emit(
+                Some(s.ident.as_bytes()),
+                s.name,
+                view,
+                sample,
+                s.timestamp_ms,
+                start_ms,
+            );
+        });
+        self.report.samples += 1;
+        recycle(&mut self.spare, s.labels);
+    }
+}
+
+fn parse(body: &[u8], dialect: Dialect, emit: &mut EmitIdentified<'_>) -> ParseReport {
+    let mut out = Out {
+        emit,
+        report: ParseReport::default(),
+        spare: Vec::new(),
+        view: LabelBuf::default(),
+    };
     let Ok(body) = std::str::from_utf8(body) else {
-        report.count(ExpositionError::InvalidUtf8);
-        return report;
+        out.report.count(ExpositionError::InvalidUtf8);
+        return out.report;
     };
     let mut family: Option<(&str, Family)> = None;
     let mut groups: Vec<Group> = Vec::new();
@@ -229,21 +300,21 @@ fn parse(body: &[u8], dialect: Dialect, emit: &mut Emit<'_>) -> ParseReport {
             continue;
         }
         if eof {
-            report.count(ExpositionError::MalformedLine);
+            out.report.count(ExpositionError::MalformedLine);
             break;
         }
         if let Some(comment) = line.strip_prefix('#') {
             let mut words = comment.split_whitespace();
             match words.next() {
                 Some("TYPE") => {
-                    run.emit(emit, &mut report);
-                    finish(family, &mut groups, emit, &mut report);
+                    run.emit(&mut out);
+                    finish(family, &mut groups, &mut out);
                     family = match (words.next(), words.next()) {
                         (Some(name), Some(t)) => Family::from_type(t, dialect).map(|f| (name, f)),
                         _ => None,
                     };
                     if family.is_none() {
-                        report.count(ExpositionError::MalformedType);
+                        out.report.count(ExpositionError::MalformedType);
                     }
                 }
                 Some("EOF") if dialect == Dialect::OpenMetrics && words.next().is_none() => {
@@ -253,10 +324,11 @@ fn parse(body: &[u8], dialect: Dialect, emit: &mut Emit<'_>) -> ParseReport {
             }
             continue;
         }
-        let s = match parse_sample(line, dialect) {
+        let labels = out.spare.pop().unwrap_or_default();
+        let s = match parse_sample(line, dialect, labels) {
             Ok(s) => s,
             Err(e) => {
-                report.count(e);
+                out.report.count(e);
                 continue;
             }
         };
@@ -268,7 +340,8 @@ fn parse(body: &[u8], dialect: Dialect, emit: &mut Emit<'_>) -> ParseReport {
                 match seconds_to_ms(s.value) {
                     Some(start_ms) => Some(start_ms),
                     None => {
-                        report.count(ExpositionError::MalformedTimestamp);
+                        out.report.count(ExpositionError::MalformedTimestamp);
+                        recycle(&mut out.spare, s.labels);
                         continue;
                     }
                 }
@@ -278,32 +351,34 @@ fn parse(body: &[u8], dialect: Dialect, emit: &mut Emit<'_>) -> ParseReport {
         let counter_line = matches!(family, Some((fam, Family::Counter))
             if created.is_some() || s.name == fam || s.name.strip_suffix("_total") == Some(fam));
         if !counter_line {
-            run.emit(emit, &mut report);
+            run.emit(&mut out);
         }
         match family {
             Some((fam, kind @ (Family::Histogram | Family::Summary)))
                 if created.is_some() || belongs(s.name, fam) =>
             {
-                add_to_group(&mut groups, kind, fam, s, created);
+                add_to_group(&mut groups, kind, fam, &s, created);
+                recycle(&mut out.spare, s.labels);
             }
-            Some(_) if counter_line => run.push(s, created, emit, &mut report),
+            Some(_) if counter_line => run.push(s, created, &mut out),
             _ => {
                 if family.is_some_and(|(fam, _)| !belongs(s.name, fam)) {
                     // A sample of another family without a TYPE line: the typed family
                     // ended.
-                    finish(family, &mut groups, emit, &mut report);
+                    finish(family, &mut groups, &mut out);
                     family = None;
                 }
-                emit_line(&s, Sample::Gauge(s.value), 0, emit, &mut report);
+                let value = s.value;
+                out.line(s, Sample::Gauge(value), 0);
             }
         }
     }
-    run.emit(emit, &mut report);
-    finish(family, &mut groups, emit, &mut report);
+    run.emit(&mut out);
+    finish(family, &mut groups, &mut out);
     if dialect == Dialect::OpenMetrics && !eof {
-        report.count(ExpositionError::MissingEof);
+        out.report.count(ExpositionError::MissingEof);
     }
-    report
+    out.report
 }
 
 /// True if `name` is `family` or one of its histogram/summary/counter series.
@@ -314,25 +389,13 @@ fn belongs(name: &str, family: &str) -> bool {
     )
 }
 
-fn emit_line(
-    s: &SampleLine<'_>,
-    sample: Sample<'_>,
-    start_ms: i64,
-    emit: &mut Emit<'_>,
-    report: &mut ParseReport,
-) {
-    let labels: Vec<(&str, &str)> = s.labels.iter().map(|(k, v)| (*k, v.as_ref())).collect();
-    emit(s.name, &labels, sample, s.timestamp_ms, start_ms);
-    report.samples += 1;
-}
-
 /// Adds a line of a histogram or summary family to its group: a sample, or the
 /// group's start time (`created`, from its `_created` line).
 fn add_to_group(
     groups: &mut Vec<Group>,
     kind: Family,
     family: &str,
-    s: SampleLine<'_>,
+    s: &SampleLine<'_>,
     created: Option<i64>,
 ) {
     let special = if kind == Family::Histogram {
@@ -340,16 +403,22 @@ fn add_to_group(
     } else {
         "quantile"
     };
-    let mut key: Vec<(String, String)> = s
-        .labels
+    // Newest first: a group's lines come together in every client library's output,
+    // so the line's group is nearly always the last one (and a family of many label
+    // sets costs one comparison per line, not one per group).
+    let idx = match groups
         .iter()
-        .filter(|(k, _)| *k != special)
-        .map(|(k, v)| ((*k).to_owned(), v.to_string()))
-        .collect();
-    key.sort();
-    let idx = match groups.iter().position(|g| g.labels == key) {
+        .rposition(|g| same_labels(&g.labels, &s.labels, special))
+    {
         Some(i) => i,
         None => {
+            let mut key: Vec<(String, String)> = s
+                .labels
+                .iter()
+                .filter(|(k, _)| *k != special)
+                .map(|(k, v)| ((*k).to_owned(), v.to_string()))
+                .collect();
+            key.sort();
             groups.push(Group {
                 labels: key,
                 points: Vec::new(),
@@ -397,13 +466,21 @@ fn add_to_group(
     }
 }
 
+/// True if `group` holds the labels of `line` other than `special`, as multisets
+/// (equal to comparing both sorted), without allocating.
+fn same_labels(group: &[(String, String)], line: &[(&str, Cow<'_, str>)], special: &str) -> bool {
+    let rest = || line.iter().filter(|(k, _)| *k != special);
+    rest().count() == group.len()
+        && rest().all(|(k, v)| {
+            let in_line = rest().filter(|(k2, v2)| k2 == k && v2 == v).count();
+            let in_group = group.iter().filter(|(gk, gv)| gk == k && gv == v).count();
+            in_line == in_group
+        })
+}
+
 /// Emits every group of the family that just ended.
-fn finish(
-    family: Option<(&str, Family)>,
-    groups: &mut Vec<Group>,
-    emit: &mut Emit<'_>,
-    report: &mut ParseReport,
-) {
+fn finish(family: Option<(&str, Family)>, groups: &mut Vec<Group>, out: &mut Out<'_, '_, '_>) {
+    let (emit, report) = (&mut *out.emit, &mut out.report);
     let Some((name, kind)) = family else {
         groups.clear();
         return;
@@ -428,6 +505,7 @@ fn finish(
             Family::Histogram => match cumulative_histogram(&mut g.points, sum) {
                 Some(h) => {
                     emit(
+                        None,
                         name,
                         &labels,
                         Sample::Histogram(&h, Temporality::Cumulative),
@@ -441,6 +519,7 @@ fn finish(
             _ => match summary_value(&g.points, sum, g.count.unwrap_or(0.0)) {
                 Some(s) => {
                     emit(
+                        None,
                         name,
                         &labels,
                         Sample::Summary(&s),
@@ -486,7 +565,12 @@ fn seconds_to_ms(seconds: f64) -> Option<i64> {
     (ms.is_finite() && ms >= i64::MIN as f64 && ms < i64::MAX as f64).then_some(ms as i64)
 }
 
-fn parse_sample(line: &str, dialect: Dialect) -> Result<SampleLine<'_>, ExpositionError> {
+/// Parses one sample line into `labels` (empty), which the line then holds.
+fn parse_sample<'a>(
+    line: &'a str,
+    dialect: Dialect,
+    mut labels: Labels<'a>,
+) -> Result<SampleLine<'a>, ExpositionError> {
     let name_end = line
         .find(|c: char| c == '{' || c.is_whitespace())
         .unwrap_or(line.len());
@@ -495,10 +579,10 @@ fn parse_sample(line: &str, dialect: Dialect) -> Result<SampleLine<'_>, Expositi
         return Err(ExpositionError::MalformedLine);
     }
     let mut rest = &line[name_end..];
-    let mut labels = Vec::new();
     if let Some(after) = rest.strip_prefix('{') {
         rest = parse_labels(after, &mut labels)?;
     }
+    let ident = &line[..line.len() - rest.len()];
     if dialect == Dialect::OpenMetrics {
         // An exemplar follows ` # `; label values (where a `#` may appear) are behind.
         if let Some(hash) = rest.find('#') {
@@ -516,6 +600,7 @@ fn parse_sample(line: &str, dialect: Dialect) -> Result<SampleLine<'_>, Expositi
         return Err(ExpositionError::MalformedLine);
     }
     Ok(SampleLine {
+        ident,
         name,
         labels,
         value,
@@ -524,10 +609,7 @@ fn parse_sample(line: &str, dialect: Dialect) -> Result<SampleLine<'_>, Expositi
 }
 
 /// Parses `a="1",b="x\"y"}` (after the `{`) into `out`; returns what follows the `}`.
-fn parse_labels<'a>(
-    mut s: &'a str,
-    out: &mut Vec<(&'a str, Cow<'a, str>)>,
-) -> Result<&'a str, ExpositionError> {
+fn parse_labels<'a>(mut s: &'a str, out: &mut Labels<'a>) -> Result<&'a str, ExpositionError> {
     loop {
         s = s.trim_start();
         if let Some(rest) = s.strip_prefix('}') {
@@ -607,7 +689,7 @@ mod tests {
         let r = super::parse(
             body.as_bytes(),
             dialect,
-            &mut |name, labels, sample, ts, start| {
+            &mut |_, name, labels, sample, ts, start| {
                 got.push(Got {
                     name: name.to_owned(),
                     labels: labels
@@ -1161,6 +1243,30 @@ thing 9
                 (r.samples, r.errors(ExpositionError::TooManyBuckets)),
                 (1, 1)
             );
+        }
+    }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(512))]
+
+        /// The allocation-free group match equals comparing the sorted label sets, with
+        /// repeated names and pairs and the special label anywhere.
+        #[test]
+        fn a_line_joins_the_group_of_its_sorted_labels(
+            group in proptest::collection::vec(("[abl]", "[xy]"), 0..4),
+            line in proptest::collection::vec(("[abl]", "[xy]"), 0..5),
+        ) {
+            let special = "l";
+            let mut sorted: Vec<(String, String)> = group;
+            sorted.sort();
+            let borrowed: Vec<(&str, Cow<'_, str>)> = line
+                .iter()
+                .map(|(k, v)| (k.as_str(), Cow::Borrowed(v.as_str())))
+                .collect();
+            let mut key: Vec<(String, String)> =
+                line.iter().filter(|(k, _)| k != special).cloned().collect();
+            key.sort();
+            proptest::prop_assert_eq!(same_labels(&sorted, &borrowed, special), key == sorted);
         }
     }
 }
