@@ -254,7 +254,11 @@ impl Flusher {
         let duration = started.elapsed();
         let heads = self.pipelines.iter().map(|p| p.accept(&batch)).collect();
         if let Some(page) = &self.page {
-            page.publish(&batch);
+            // The page held the previous batch until now (unless a request encoded
+            // it); once nobody else holds it, its allocation goes to the next flush.
+            if let Some(previous) = page.publish(&batch).and_then(|b| Arc::try_unwrap(b).ok()) {
+                self.aggregator.recycle(previous);
+            }
         }
         let mut summary = FlushSummary::new(
             &batch,
@@ -443,8 +447,9 @@ impl Instance {
                 let aggregator = aggregator.clone();
                 let flush = move || {
                     let (_, batch) = inner.flush("flush");
-                    // Every pipeline has encoded it and the page is rendered, so
-                    // nobody else holds it: its allocation goes to the next flush.
+                    // Every pipeline has encoded it; without an exposition page (which
+                    // holds it until the next flush, see `Flusher::flush`) nobody else
+                    // holds it: its allocation goes to the next flush.
                     if let Ok(batch) = Arc::try_unwrap(batch) {
                         aggregator.recycle(batch);
                     }

@@ -88,8 +88,13 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 
 impl Page {
     /// Makes `batch` the page served from now on; it is encoded when first requested.
-    pub fn publish(&self, batch: &Arc<FlushBatch>) {
-        *lock(&self.0.latest) = Latest::Batch(batch.clone());
+    /// Returns the batch it replaces if no request encoded that one, so its allocation
+    /// can go to the next flush ([`weir_core::Aggregator::recycle`]).
+    pub fn publish(&self, batch: &Arc<FlushBatch>) -> Option<Arc<FlushBatch>> {
+        match std::mem::replace(&mut *lock(&self.0.latest), Latest::Batch(batch.clone())) {
+            Latest::Batch(previous) => Some(previous),
+            Latest::Encoded(_) => None,
+        }
     }
 
     /// The latest batch in the Prometheus text format, encoded now if no request did
@@ -170,5 +175,18 @@ mod tests {
         assert_eq!(page.get().as_ptr(), first.as_ptr());
         flush_with(2.0);
         assert_eq!(&page.get()[..], b"# TYPE temp gauge\ntemp{room=\"a\"} 2\n");
+    }
+
+    #[test]
+    fn a_batch_nobody_requested_comes_back_for_the_next_flush() {
+        let agg = Aggregator::default();
+        let page = Page::default();
+        let first = Arc::new(agg.flush());
+        assert!(page.publish(&first).is_none(), "nothing published before");
+        let second = Arc::new(agg.flush());
+        let back = page.publish(&second).expect("the first was never encoded");
+        assert!(Arc::ptr_eq(&back, &first));
+        page.get(); // a request encodes the second: the page drops it
+        assert!(page.publish(&Arc::new(agg.flush())).is_none());
     }
 }

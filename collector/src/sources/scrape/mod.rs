@@ -1167,7 +1167,10 @@ mod tests {
             let labels = target_labels(&t, &url.parse().unwrap());
             assert_eq!(
                 labels,
-                s(&[("instance", instance), ("job", "node")]),
+                vec![
+                    ("instance".to_owned(), instance.to_owned()),
+                    ("job".to_owned(), "node".to_owned())
+                ],
                 "{url}"
             );
         }
