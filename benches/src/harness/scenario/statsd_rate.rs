@@ -93,9 +93,17 @@ pub struct Probe {
 }
 
 impl Probe {
-    /// Nothing lost, and the totals settled in time.
+    /// Nothing lost, the totals settled in time, and they grew by no more than was
+    /// sent (more means lines of an earlier probe arrived late, inside this one).
     pub fn lossless(&self) -> bool {
-        self.loss <= 0.0 && self.settle != SettleEnd::TimedOut
+        self.received == self.sent as f64 && self.settle != SettleEnd::TimedOut
+    }
+
+    /// The totals grew by more than this probe sent: the daemon was still showing an
+    /// earlier probe's lines (its flush takes longer than the wait for quiet), so this
+    /// reading and the one before mix two probes.
+    pub fn mixed(&self) -> bool {
+        self.received > self.sent as f64
     }
 }
 
@@ -370,6 +378,17 @@ fn probe_daemon(
             thousands(rate),
             p.loss * 100.0
         ));
+        if p.mixed() {
+            *stopped = Some(format!(
+                "{label} @ {} series: the probe at {} lines/s showed {} lines more than it sent: \
+                 the previous probe's were still arriving; probing stopped there (earlier readings may mix probes too).",
+                thousands(n as f64),
+                thousands(rate),
+                thousands(p.received - p.sent as f64),
+            ));
+            probes.push(p);
+            break;
+        }
         if p.lossless() {
             good = Some(good.map_or(rate, |g: f64| g.max(rate)));
         } else {
@@ -389,4 +408,38 @@ fn probe_daemon(
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn probe(sent: u64, received: f64) -> Probe {
+        Probe {
+            offered: 1.0,
+            sent_rate: 1.0,
+            sent,
+            received,
+            loss: 1.0 - received / sent as f64,
+            cpu_seconds: 0.0,
+            settle: SettleEnd::Reached,
+            settle_seconds: 0.0,
+        }
+    }
+
+    #[test]
+    fn a_probe_that_shows_more_than_it_sent_is_mixed_not_lossless() {
+        // etsy StatsD at 1M series: a flush longer than the quiet wait put the previous
+        // probe's lines into this one's reading (-46 % "loss").
+        let p = probe(100, 146.0);
+        assert!(p.mixed());
+        assert!(!p.lossless());
+    }
+
+    #[test]
+    fn a_probe_that_shows_exactly_what_it_sent_is_lossless() {
+        let p = probe(100, 100.0);
+        assert!(p.lossless() && !p.mixed());
+        assert!(!probe(100, 99.0).lossless());
+    }
 }
