@@ -5,7 +5,7 @@
 
 use std::path::PathBuf;
 
-use weir_benches::harness::peers::StatsdPeerKind;
+use weir_benches::harness::peers::{DaemonOptions, StatsdPeerKind};
 use weir_benches::harness::report::Section;
 use weir_benches::harness::scenario::{Settings, memory, otlp, outage, scrape, statsd_rate};
 
@@ -36,6 +36,7 @@ fn statsd_rate_smoke_reads_back_every_line_weir_aggregated() {
         &[1_000],
         &[StatsdPeerKind::Weir],
         &statsd_rate::Probing::defaults(true),
+        &DaemonOptions::defaults(),
     )
     .unwrap();
     no_failures(&sec);
@@ -54,7 +55,13 @@ fn statsd_rate_smoke_reads_back_every_line_weir_aggregated() {
 
 #[test]
 fn memory_smoke_finds_every_series_held() {
-    let sec = memory::run(&settings(), &[1_000], &[StatsdPeerKind::Weir]).unwrap();
+    let sec = memory::run(
+        &settings(),
+        &[1_000],
+        &[StatsdPeerKind::Weir],
+        &DaemonOptions::defaults(),
+    )
+    .unwrap();
     no_failures(&sec);
     assert_eq!(sec.data[0]["series_held"].as_u64(), Some(1_000));
     assert_eq!(sec.data[0]["lines_aggregated"].as_f64(), Some(2_000.0));

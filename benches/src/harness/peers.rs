@@ -3,11 +3,18 @@
 //! backend pointed at a listener of the harness), each started on free 127.0.0.1
 //! ports with a config generated into its own temporary directory.
 //!
+//! Every daemon of one run gets the same flush interval and memory cap
+//! ([`DaemonOptions`]): the interval goes into each one's own config (weir's
+//! `flush_interval`, collectd's `Interval`, etsy StatsD's `flushInterval`), and a daemon
+//! whose RSS passes the cap is killed and reported as stopped there
+//! ([`StatsdPeer::stopped_at_cap`]).
+//!
 //! Owns: the peers' configs, how to read back what each one aggregated (as a running
 //! total per series, whatever the peer's own output temporality), and which kernel
 //! receive buffer each got. Must never: read a total the peer has not finished
 //! flushing as final ([`StatsdPeer::settled_total`] waits until it stops moving, and
-//! says so when it had to give up first), or wait without a bound.
+//! says so when it had to give up first), wait without a bound, or read from a daemon
+//! the cap stopped ([`StatsdPeer::total`] fails at once).
 
 use std::collections::HashMap;
 use std::io::{BufRead, BufReader};
@@ -17,7 +24,7 @@ use std::process::Command;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use anyhow::{Context, Result};
+use anyhow::{Context, Result, bail};
 
 use super::process::{Proc, WorkDir, free_port, free_udp_port, http_get, http_request};
 use super::prom_text::count_and_sum;
@@ -169,13 +176,35 @@ pub fn rmem_default() -> u64 {
         .unwrap_or(212_992)
 }
 
+/// How every StatsD daemon of a run is configured and bounded.
+#[derive(Clone, Copy, Debug, serde::Serialize)]
+pub struct DaemonOptions {
+    /// Every daemon's flush interval (weir's `flush_interval`, collectd's `Interval`,
+    /// etsy StatsD's `flushInterval`); whole milliseconds.
+    pub flush_interval: Duration,
+    /// RSS above which the harness kills a daemon and reports it as stopped at the cap.
+    pub rss_cap_bytes: u64,
+}
+
+impl DaemonOptions {
+    /// A 1 s flush (quick to settle; the peers' production default is 10 s) and
+    /// [`super::process::default_rss_cap`].
+    pub fn defaults() -> DaemonOptions {
+        DaemonOptions {
+            flush_interval: Duration::from_secs(1),
+            rss_cap_bytes: super::process::default_rss_cap(),
+        }
+    }
+}
+
 /// How a wait for a daemon's running totals ended ([`StatsdPeer::settled_total`]).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
 pub enum SettleEnd {
     /// The totals reached what was expected: nothing lost.
     Reached,
-    /// The totals stopped moving (three flush intervals without a change) short of what
-    /// was expected: the difference is lost.
+    /// The totals stopped moving (three reads and, for a daemon that flushes on its
+    /// own clock, two flush intervals without a change) short of what was expected: the
+    /// difference is lost.
     Still,
     /// The totals were still moving when the time limit ran out: the daemon is behind
     /// (aggregating, or flushing a backlog) and what it has not shown yet counts as lost.
@@ -200,7 +229,7 @@ pub struct Totals {
 type GraphiteTotals = Arc<Mutex<HashMap<String, f64>>>;
 
 enum Reader {
-    Weir(Weir),
+    Weir(Box<Weir>),
     Collectd { exposition: String },
     Graphite(GraphiteTotals),
 }
@@ -219,9 +248,31 @@ pub struct StatsdPeer {
 }
 
 impl StatsdPeer {
-    /// Starts `kind` (weir from `weir_bin`; etsy StatsD from `benches_dir/peers`).
-    pub fn start(kind: StatsdPeerKind, weir_bin: &Path, benches_dir: &Path) -> Result<StatsdPeer> {
-        let second = Duration::from_secs(1);
+    /// Starts `kind` (weir from `weir_bin`; etsy StatsD from `benches_dir/peers`) with
+    /// `opts`' flush interval, and caps its RSS at `opts.rss_cap_bytes`.
+    pub fn start(
+        kind: StatsdPeerKind,
+        weir_bin: &Path,
+        benches_dir: &Path,
+        opts: &DaemonOptions,
+    ) -> Result<StatsdPeer> {
+        let mut peer = StatsdPeer::spawn(kind, weir_bin, benches_dir, opts.flush_interval)?;
+        match &mut peer.reader {
+            Reader::Weir(w) => w.proc.cap_rss(opts.rss_cap_bytes),
+            _ => peer.procs[0].cap_rss(opts.rss_cap_bytes),
+        }
+        Ok(peer)
+    }
+
+    fn spawn(
+        kind: StatsdPeerKind,
+        weir_bin: &Path,
+        benches_dir: &Path,
+        flush: Duration,
+    ) -> Result<StatsdPeer> {
+        let flush_ms = flush.as_millis().max(1);
+        // collectd's Interval is in seconds, fractions allowed.
+        let flush_secs = flush_ms as f64 / 1000.0;
         match kind {
             StatsdPeerKind::Weir | StatsdPeerKind::WeirDefaultBuffer => {
                 let statsd = if kind == StatsdPeerKind::WeirDefaultBuffer {
@@ -230,12 +281,12 @@ impl StatsdPeer {
                 } else {
                     String::new()
                 };
-                let w = Weir::start(weir_bin, "1s", &statsd, "", "")?;
+                let w = Weir::start(weir_bin, &format!("{flush_ms}ms"), &statsd, "", "")?;
                 Ok(StatsdPeer {
                     kind,
                     port: w.statsd_port,
-                    flush_interval: second,
-                    reader: Reader::Weir(w),
+                    flush_interval: flush,
+                    reader: Reader::Weir(Box::new(w)),
                     procs: Vec::new(),
                     _dir: None,
                 })
@@ -251,7 +302,7 @@ impl StatsdPeer {
                 // series flap in and out of the page and its total never settles. The
                 // bench reads running totals: no series may go missing during a run.
                 let conf = format!(
-                    "Hostname \"bench\"\nFQDNLookup false\nInterval 1\nTimeout 100000\nBaseDir \"{d}\"\nPIDFile \"{d}/collectd.pid\"\n\
+                    "Hostname \"bench\"\nFQDNLookup false\nInterval {flush_secs}\nTimeout 100000\nBaseDir \"{d}\"\nPIDFile \"{d}/collectd.pid\"\n\
                      PluginDir \"/usr/lib/collectd\"\nTypesDB \"/usr/share/collectd/types.db\"\n\
                      LoadPlugin statsd\nLoadPlugin write_prometheus\n\
                      <Plugin statsd>\n  Host \"127.0.0.1\"\n  Port \"{port}\"\n  DeleteCounters false\n</Plugin>\n\
@@ -271,7 +322,7 @@ impl StatsdPeer {
                 Ok(StatsdPeer {
                     kind,
                     port,
-                    flush_interval: second,
+                    flush_interval: flush,
                     reader: Reader::Collectd { exposition },
                     procs: vec![proc],
                     _dir: Some(dir),
@@ -284,7 +335,7 @@ impl StatsdPeer {
                 let (graphite_port, totals) = graphite_listener()?;
                 let conf = format!(
                     "{{ port: {port}, address: \"127.0.0.1\", mgmt_port: {mgmt}, mgmt_address: \"127.0.0.1\",\n\
-                     flushInterval: 1000, backends: [\"./backends/graphite\"],\n\
+                     flushInterval: {flush_ms}, backends: [\"./backends/graphite\"],\n\
                      graphiteHost: \"127.0.0.1\", graphitePort: {graphite_port},\n\
                      graphite: {{ legacyNamespace: false, globalPrefix: \"stats\" }} }}\n"
                 );
@@ -302,7 +353,7 @@ impl StatsdPeer {
                 Ok(StatsdPeer {
                     kind,
                     port,
-                    flush_interval: second,
+                    flush_interval: flush,
                     reader: Reader::Graphite(totals),
                     procs: vec![proc],
                     _dir: Some(dir),
@@ -319,8 +370,24 @@ impl StatsdPeer {
         }
     }
 
+    /// `Some((cap, rss))` once the memory cap stopped it (see [`DaemonOptions`]).
+    pub fn stopped_at_cap(&self) -> Option<(u64, u64)> {
+        self.proc().stopped_at_cap()
+    }
+
     /// The bench series it holds now and the sum of their running totals.
+    ///
+    /// # Errors
+    /// When the memory cap stopped it, or its output cannot be read.
     pub fn total(&self) -> Result<(u64, f64)> {
+        if let Some((cap, rss)) = self.stopped_at_cap() {
+            bail!(
+                "{} stopped at the memory cap ({} MiB; RSS {} MiB)",
+                self.kind.label(),
+                cap >> 20,
+                rss >> 20
+            );
+        }
         match &self.reader {
             Reader::Weir(w) => {
                 w.flush();
@@ -344,12 +411,25 @@ impl StatsdPeer {
         }
     }
 
-    /// [`StatsdPeer::total`] once it has reached `expected`, or stopped changing over
-    /// three flush intervals in a row, or `limit` ran out, whichever comes first; which
-    /// one it was is in [`Totals::end`]. Never waits longer than `limit` plus one read
-    /// (a read is itself bounded by [`super::process::HTTP_LIMIT`]).
+    /// [`StatsdPeer::total`] once it has reached `expected`, or stopped changing, or
+    /// `limit` ran out, whichever comes first; which one it was is in [`Totals::end`].
+    /// Never waits longer than `limit` plus one read (a read is itself bounded by
+    /// [`super::process::HTTP_LIMIT`]).
+    ///
+    /// weir is read every second (each read flushes it); a peer, which flushes on its
+    /// own clock, every second too, but counts as still only after its totals have not
+    /// moved for two of its flush intervals (plus a second), so a 10 s flush is neither
+    /// mistaken for stillness nor waited for ten seconds at a time.
     pub fn settled_total(&self, expected: f64, limit: Duration) -> Result<Totals> {
-        settle(|| self.total(), self.flush_interval, expected, limit)
+        let second = Duration::from_secs(1);
+        let (poll, quiet) = match self.reader {
+            Reader::Weir(_) => (second, Duration::ZERO),
+            _ => (
+                self.flush_interval.min(second),
+                self.flush_interval * 2 + second,
+            ),
+        };
+        settle(|| self.total(), poll, quiet, expected, limit)
     }
 
     /// The receive buffer its StatsD socket got and the kernel's drop count on it.
@@ -359,11 +439,13 @@ impl StatsdPeer {
 }
 
 /// Reads `read` every `interval` until its sum reaches `expected`, or it returned the
-/// same reading three times in a row, or `limit` ran out (checked before every wait, so
-/// the whole takes at most `limit` plus one read).
+/// same reading three times in a row and for at least `quiet` since it last changed, or
+/// `limit` ran out (checked before every wait, so the whole takes at most `limit` plus
+/// one read).
 fn settle(
     mut read: impl FnMut() -> Result<(u64, f64)>,
     interval: Duration,
+    quiet: Duration,
     expected: f64,
     limit: Duration,
 ) -> Result<Totals> {
@@ -371,11 +453,12 @@ fn settle(
     let deadline = started + limit;
     let (mut series, mut sum) = read()?;
     let mut still = 0;
+    let mut changed = Instant::now();
     let end = loop {
         if sum >= expected {
             break SettleEnd::Reached;
         }
-        if still >= 3 {
+        if still >= 3 && changed.elapsed() >= quiet {
             break SettleEnd::Still;
         }
         let Some(left) = deadline.checked_duration_since(Instant::now()) else {
@@ -390,6 +473,7 @@ fn settle(
             still += 1;
         } else {
             still = 0;
+            changed = Instant::now();
         }
         (series, sum) = now;
     };
@@ -450,6 +534,7 @@ mod tests {
                 Ok((flap % 2, (flap % 2) as f64))
             },
             Duration::from_millis(1),
+            Duration::ZERO,
             10.0,
             Duration::from_millis(50),
         )
@@ -463,11 +548,27 @@ mod tests {
         let got = settle(
             || Ok((5, 5.0)),
             Duration::from_millis(1),
+            Duration::ZERO,
             10.0,
             Duration::from_secs(60),
         )
         .unwrap();
         assert_eq!((got.end, got.series, got.sum), (SettleEnd::Still, 5, 5.0));
+    }
+
+    #[test]
+    fn a_total_unchanged_for_less_than_a_peers_quiet_time_is_not_still() {
+        // A peer flushing every 10 s shows nothing new between flushes: three equal
+        // reads one second apart are not yet the end.
+        let got = settle(
+            || Ok((5, 5.0)),
+            Duration::from_millis(1),
+            Duration::from_secs(3600),
+            10.0,
+            Duration::from_millis(50),
+        )
+        .unwrap();
+        assert_eq!(got.end, SettleEnd::TimedOut);
     }
 
     #[test]
@@ -479,6 +580,7 @@ mod tests {
                 Ok((reads, reads as f64 * 5.0))
             },
             Duration::from_millis(1),
+            Duration::ZERO,
             10.0,
             Duration::from_secs(60),
         )

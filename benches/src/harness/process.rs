@@ -3,15 +3,21 @@
 //! stopped.
 //!
 //! Owns: spawning, readiness waits (bounded), `/proc` CPU and memory readings, the
-//! kernel receive buffer a UDP socket was given (from `ss`), and the Ctrl-C / SIGTERM
-//! clean-up. Must never: leave a child running or a temporary directory behind, on
-//! success, error or interrupt ([`Proc`] kills on drop; [`install_cleanup`] kills what
-//! is still registered when the harness is interrupted).
+//! memory cap on a process under test ([`Proc::cap_rss`]: a watchdog kills it once its
+//! RSS passes the cap, so a peer whose memory grows without bound cannot take the
+//! machine down), the kernel receive buffer a UDP socket was given (from `ss`), and the
+//! Ctrl-C / SIGTERM clean-up. Must never: leave a child running or a temporary
+//! directory behind, on success, error or interrupt ([`Proc`] kills on drop;
+//! [`install_cleanup`] kills what is still registered when the harness is interrupted),
+//! or signal a pid that may no longer be its child (the watchdog is joined before the
+//! child is reaped).
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::sync::Mutex;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
@@ -96,6 +102,31 @@ pub struct Proc {
     child: Child,
     name: String,
     log: PathBuf,
+    cap: Option<RssWatchdog>,
+}
+
+/// How often the memory-cap watchdog reads the RSS. A process growing 1 GiB/s (more
+/// than collectd's write queue does) overshoots its cap by at most ~100 MiB.
+const RSS_POLL: Duration = Duration::from_millis(100);
+
+/// The thread enforcing [`Proc::cap_rss`].
+struct RssWatchdog {
+    cap_bytes: u64,
+    /// Tells the thread to end (set before the child is killed and reaped).
+    stop: Arc<AtomicBool>,
+    /// The RSS the process had when the watchdog killed it; 0 while it has not.
+    killed_at: Arc<AtomicU64>,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl RssWatchdog {
+    /// Ends the thread and waits for it: after this it signals nothing.
+    fn stop(&mut self) {
+        self.stop.store(true, Ordering::SeqCst);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
 }
 
 impl Proc {
@@ -119,7 +150,51 @@ impl Proc {
             child,
             name: name.to_owned(),
             log,
+            cap: None,
         })
+    }
+
+    /// Kills the process (SIGKILL) as soon as its RSS exceeds `cap_bytes`, read every
+    /// 100 ms by a watchdog thread; [`Proc::stopped_at_cap`] then says so. Replaces an
+    /// earlier cap.
+    ///
+    /// The pid stays this child's while the watchdog runs: a dead child is a zombie
+    /// until [`Proc`]'s drop reaps it, and the drop stops the watchdog first.
+    pub fn cap_rss(&mut self, cap_bytes: u64) {
+        if let Some(mut old) = self.cap.take() {
+            old.stop();
+        }
+        let stop = Arc::new(AtomicBool::new(false));
+        let killed_at = Arc::new(AtomicU64::new(0));
+        let pid = self.pid();
+        let (st, k) = (stop.clone(), killed_at.clone());
+        let thread = std::thread::spawn(move || {
+            while !st.load(Ordering::SeqCst) {
+                let rss = ProcStats::of(pid).rss_bytes;
+                if rss > cap_bytes {
+                    let _ = Command::new("kill").args(["-9", &pid.to_string()]).status();
+                    k.store(rss, Ordering::SeqCst);
+                    return;
+                }
+                std::thread::sleep(RSS_POLL);
+            }
+        });
+        self.cap = Some(RssWatchdog {
+            cap_bytes,
+            stop,
+            killed_at,
+            thread: Some(thread),
+        });
+    }
+
+    /// `Some((cap, rss))` once the memory cap stopped the process: the cap and the RSS
+    /// it had when it was killed.
+    pub fn stopped_at_cap(&self) -> Option<(u64, u64)> {
+        let c = self.cap.as_ref()?;
+        match c.killed_at.load(Ordering::SeqCst) {
+            0 => None,
+            rss => Some((c.cap_bytes, rss)),
+        }
     }
 
     /// Its pid.
@@ -167,6 +242,9 @@ impl Proc {
 
 impl Drop for Proc {
     fn drop(&mut self) {
+        if let Some(c) = self.cap.as_mut() {
+            c.stop();
+        }
         let _ = self.child.kill();
         let _ = self.child.wait();
         let pid = self.child.id();
@@ -217,6 +295,21 @@ impl ProcStats {
             peak_rss_bytes: kib("VmHWM:"),
         }
     }
+}
+
+/// The memory cap weir-bench puts on a daemon by default: 4 GiB, or a quarter of
+/// `MemTotal` on a machine with less than 16 GiB.
+pub fn default_rss_cap() -> u64 {
+    let total = std::fs::read_to_string("/proc/meminfo")
+        .ok()
+        .and_then(|m| {
+            m.lines()
+                .find_map(|l| l.strip_prefix("MemTotal:"))
+                .and_then(|v| v.split_whitespace().next())
+                .and_then(|v| v.parse::<u64>().ok())
+        })
+        .map_or(u64::MAX, |kib| kib * 1024);
+    (4u64 << 30).min(total / 4)
 }
 
 /// A free TCP port on 127.0.0.1 (bound, then released: the caller's process binds it
@@ -329,5 +422,36 @@ pub fn http_get(addr: &str, path: &str) -> Option<String> {
     match http_request(addr, "GET", path, b"")? {
         (200..=299, body) => Some(String::from_utf8_lossy(&body).into_owned()),
         _ => None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_process_whose_memory_grows_without_bound_is_killed_at_the_cap() {
+        let dir = WorkDir::new("cap-test").unwrap();
+        // tail keeps the last lines of /dev/zero, which has no newline: its memory
+        // grows until something stops it.
+        let mut cmd = Command::new("tail");
+        cmd.arg("/dev/zero");
+        let mut p = Proc::spawn("tail", cmd, &dir).unwrap();
+        let cap = 64 << 20;
+        p.cap_rss(cap);
+        // Bounded: 60 s at most, far more than tail needs to pass 64 MiB.
+        let mut stopped = None;
+        for _ in 0..600 {
+            stopped = p.stopped_at_cap();
+            if stopped.is_some() {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        let (got_cap, rss) = stopped.expect("the watchdog stopped it");
+        assert_eq!(got_cap, cap);
+        assert!(rss > cap, "killed at {rss} B, above the cap");
+        let status = p.child.wait().unwrap();
+        assert!(!status.success(), "tail was killed, not finished: {status}");
     }
 }

@@ -14,7 +14,7 @@ use std::time::Duration;
 use anyhow::{Context, Result, bail};
 use clap::{Parser, Subcommand};
 
-use weir_benches::harness::peers::StatsdPeerKind;
+use weir_benches::harness::peers::{DaemonOptions, StatsdPeerKind};
 use weir_benches::harness::report::{self, Machine, Section};
 use weir_benches::harness::scenario::{self, Settings, scrape::Scraper, statsd_rate::Probing};
 
@@ -44,6 +44,33 @@ struct Cli {
     cmd: Cmd,
 }
 
+/// How the StatsD daemons of scenarios 1 and 2 run (every one the same).
+#[derive(clap::Args, Clone, Copy)]
+struct DaemonArgs {
+    /// Every daemon's flush interval, seconds: weir's `flush_interval`, collectd's
+    /// `Interval`, etsy StatsD's `flushInterval` [default 1; 10 is the peers'
+    /// production default].
+    #[arg(long)]
+    flush_secs: Option<u64>,
+    /// Kill a daemon whose RSS passes this many MiB and report it as "stopped at cap"
+    /// [default: 4096, or a quarter of MemTotal if less].
+    #[arg(long)]
+    rss_cap_mib: Option<u64>,
+}
+
+impl DaemonArgs {
+    fn options(&self) -> DaemonOptions {
+        let mut o = DaemonOptions::defaults();
+        if let Some(f) = self.flush_secs {
+            o.flush_interval = Duration::from_secs(f.max(1));
+        }
+        if let Some(m) = self.rss_cap_mib {
+            o.rss_cap_bytes = m << 20;
+        }
+        o
+    }
+}
+
 #[derive(Subcommand)]
 enum Cmd {
     /// Install the peers (runs benches/setup-peers.sh).
@@ -63,9 +90,11 @@ enum Cmd {
         #[arg(long)]
         max_probes: Option<usize>,
         /// Seconds a daemon's totals get to settle after a probe before what they do
-        /// not show counts as lost [default 30; quick 10].
+        /// not show counts as lost [default 30, at least 4 flush intervals; quick 10].
         #[arg(long)]
         settle_secs: Option<u64>,
+        #[command(flatten)]
+        daemons: DaemonArgs,
     },
     /// 2. Memory (RSS) at N active StatsD series per daemon.
     Memory {
@@ -75,6 +104,8 @@ enum Cmd {
         /// Daemons [default: every installed one].
         #[arg(long, value_delimiter = ',', value_enum)]
         peers: Vec<StatsdPeerKind>,
+        #[command(flatten)]
+        daemons: DaemonArgs,
     },
     /// weir only, fixed StatsD rates (DogStatsD tags), several binaries side by side:
     /// loss, CPU per line and RSS (the issue 13 scale tables).
@@ -136,7 +167,9 @@ enum Cmd {
     },
     /// 6. In-process: C ABI vs prometheus-cpp, Python vs prometheus_client / OpenTelemetry.
     InProcess {
-        /// Python interpreter with `weir` and `prometheus_client` installed.
+        /// Python interpreter with `weir` and `prometheus_client` installed (and
+        /// `opentelemetry-sdk` for its column; without it the column says "not
+        /// installed").
         #[arg(long)]
         python: Option<PathBuf>,
     },
@@ -234,8 +267,12 @@ fn main() -> Result<()> {
             probe_secs,
             max_probes,
             settle_secs,
+            daemons,
         } => {
+            let daemons = daemons.options();
             let mut probing = Probing::defaults(s.quick);
+            // A peer flushing every 10 s needs more than 30 s to show a probe.
+            probing.settle_limit = probing.settle_limit.max(daemons.flush_interval * 4);
             if let Some(d) = secs(probe_secs) {
                 probing.probe_time = d;
             }
@@ -250,12 +287,18 @@ fn main() -> Result<()> {
                 &counts(series),
                 &statsd_peers(peers),
                 &probing,
+                &daemons,
             )?]
         }
-        Cmd::Memory { series, peers } => vec![scenario::memory::run(
+        Cmd::Memory {
+            series,
+            peers,
+            daemons,
+        } => vec![scenario::memory::run(
             &s,
             &counts(series),
             &statsd_peers(peers),
+            &daemons.options(),
         )?],
         Cmd::Otlp { exports } => vec![scenario::otlp::run(&s, *exports)?],
         Cmd::Scrape {
@@ -286,15 +329,16 @@ fn main() -> Result<()> {
             let mut all = Vec::new();
             let c = counts(&Vec::new());
             let p = StatsdPeerKind::ALL.to_vec();
+            let d = DaemonOptions::defaults();
             type Step<'a> = (&'a str, Box<dyn Fn() -> Result<Section> + 'a>);
             let steps: Vec<Step> = vec![
                 (
                     "statsd-rate",
                     Box::new(|| {
-                        scenario::statsd_rate::run(&s, &c, &p, &Probing::defaults(s.quick))
+                        scenario::statsd_rate::run(&s, &c, &p, &Probing::defaults(s.quick), &d)
                     }),
                 ),
-                ("memory", Box::new(|| scenario::memory::run(&s, &c, &p))),
+                ("memory", Box::new(|| scenario::memory::run(&s, &c, &p, &d))),
                 ("otlp", Box::new(|| scenario::otlp::run(&s, None))),
                 (
                     "scrape",

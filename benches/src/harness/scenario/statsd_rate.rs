@@ -12,7 +12,13 @@
 //! is marked "not settled"), and a daemon still digesting the previous probe when the
 //! next one is due is probed no further (the notes say so), since its next reading
 //! would mix two probes. So a daemon that cannot keep up ends its probing early
-//! instead of holding the run.
+//! instead of holding the run. After a probe whose totals settled, the next probe
+//! starts at once from them; only after one that did not settle does the harness wait
+//! for the daemon to go quiet (with a 10 s flush that wait alone is 21 s).
+//!
+//! Every daemon runs with the same [`DaemonOptions`]: flush interval and memory cap. A
+//! daemon whose RSS passes the cap is killed there; its row keeps the probes it
+//! finished and says "stopped at cap".
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -21,7 +27,7 @@ use anyhow::Result;
 use serde_json::json;
 
 use super::Settings;
-use crate::harness::peers::{SettleEnd, StatsdPeer, StatsdPeerKind};
+use crate::harness::peers::{DaemonOptions, SettleEnd, StatsdPeer, StatsdPeerKind};
 use crate::harness::report::{Line, Plot, Section, mib, thousands};
 use crate::harness::statsd::{Load, Shape, datagrams, send_rounds};
 
@@ -87,19 +93,29 @@ pub struct Probe {
 }
 
 impl Probe {
-    /// Nothing lost, and the totals settled in time.
+    /// Nothing lost, the totals settled in time, and they grew by no more than was
+    /// sent (more means lines of an earlier probe arrived late, inside this one).
     pub fn lossless(&self) -> bool {
-        self.loss <= 0.0 && self.settle != SettleEnd::TimedOut
+        self.received == self.sent as f64 && self.settle != SettleEnd::TimedOut
+    }
+
+    /// The totals grew by more than this probe sent: the daemon was still showing an
+    /// earlier probe's lines (its flush takes longer than the wait for quiet), so this
+    /// reading and the one before mix two probes.
+    pub fn mixed(&self) -> bool {
+        self.received > self.sent as f64
     }
 }
 
 /// Runs the scenario for `series_counts` (default: 10k, 100k, 1M; quick: 1k) and
-/// `peers` (default: all installed), probing as `probing` says.
+/// `peers` (default: all installed), probing as `probing` says, every daemon started
+/// with `daemons`.
 pub fn run(
     s: &Settings,
     series_counts: &[usize],
     peers: &[StatsdPeerKind],
     probing: &Probing,
+    daemons: &DaemonOptions,
 ) -> Result<Section> {
     let Probing {
         probe_time,
@@ -128,12 +144,15 @@ pub fn run(
         "Plain StatsD counters `bench.requests.s<i>:1|c` (one name per series: the shape every daemon reads), \
          ~{} lines per 1400-byte datagram, {} sender thread(s), {:?} per probe; rates double from {} lines/s \
          until a probe loses a line, then bisect (at most {max_probes} probes); after each probe the totals \
-         get {:?} to settle, else what is not shown counts as lost (\"not settled\").",
+         get {:?} to settle, else what is not shown counts as lost (\"not settled\"). Every daemon flushes \
+         every {:?}; a daemon whose RSS passes {} MiB is stopped there (\"stopped at cap\").",
         1000 / datagrams(1000, Shape::Names).len().max(1),
         s.threads,
         probe_time,
         thousands(start_rate),
-        settle_limit
+        settle_limit,
+        daemons.flush_interval,
+        daemons.rss_cap_bytes >> 20,
     ));
     let mut data = Vec::new();
     let mut lines_by_series: Vec<Line> = Vec::new();
@@ -147,92 +166,55 @@ pub fn run(
                 ));
                 continue;
             }
-            let peer = StatsdPeer::start(kind, &s.weir_bin, &s.benches_dir)?;
-            // Create every series first, slowly enough for every daemon.
-            let preload = send_rounds(peer.port, &payloads, 1, PRELOAD_RATE)?;
-            let held = peer.settled_total(preload as f64, settle_limit * 2)?.series;
+            let peer = StatsdPeer::start(kind, &s.weir_bin, &s.benches_dir, daemons)?;
             let pb = s.bar(
                 max_probes as u64,
                 format!("{} @ {} series", kind.label(), thousands(n as f64)),
             );
             let mut probes: Vec<Probe> = Vec::new();
-            let (mut good, mut bad): (Option<f64>, Option<f64>) = (None, None);
-            let mut rate = start_rate;
+            let mut held = None;
             let mut stopped = None;
-            for _ in 0..max_probes {
-                // The baseline: the totals once the daemon has gone quiet. A daemon
-                // still digesting the previous probe is probed no further.
-                let quiet = peer.settled_total(f64::INFINITY, settle_limit)?;
-                if quiet.end == SettleEnd::TimedOut {
-                    let after = probes.last().map_or(
+            let probed = probe_daemon(
+                s,
+                &peer,
+                n,
+                &payloads,
+                probing,
+                &pb,
+                &mut held,
+                &mut probes,
+                &mut stopped,
+            );
+            let capped = peer.stopped_at_cap();
+            match (probed, capped) {
+                (Ok(()), _) => {}
+                (Err(_), Some((cap, rss))) => {
+                    let during = probes.last().map_or(
                         format!(
-                            "sending every series once at {} lines/s",
+                            "before its first probe (while every series was sent once at {} lines/s, or waiting for it to show them)",
                             thousands(PRELOAD_RATE)
                         ),
-                        |p| format!("the probe at {} lines/s", thousands(p.offered)),
+                        |p| format!("after the probe at {} lines/s", thousands(p.offered)),
                     );
                     stopped = Some(format!(
-                        "{} @ {} series: totals still moving {:.0} s after {after}; probing stopped there.",
+                        "{} @ {} series: stopped at the memory cap ({} MiB; RSS {} MiB) {during}.",
                         kind.label(),
                         thousands(n as f64),
-                        quiet.waited.as_secs_f64(),
-                    ));
-                    break;
-                }
-                let before = quiet.sum;
-                let cpu0 = peer.proc().stats().cpu_seconds;
-                let load = Load::start(peer.port, payloads.clone(), rate, s.threads, probe_time)?;
-                while load.running() {
-                    std::thread::sleep(Duration::from_millis(200));
-                    pb.set_message(format!(
-                        "{} @ {} series: offering {} lines/s, {} sent",
-                        kind.label(),
-                        thousands(n as f64),
-                        thousands(rate),
-                        thousands(load.sent() as f64)
+                        cap >> 20,
+                        rss >> 20
                     ));
                 }
-                let sent = load.finish();
-                let after = peer.settled_total(before + sent as f64, settle_limit)?;
-                let received = after.sum - before;
-                let p = Probe {
-                    offered: rate,
-                    sent_rate: sent as f64 / probe_time.as_secs_f64(),
-                    sent,
-                    received,
-                    loss: 1.0 - received / sent.max(1) as f64,
-                    cpu_seconds: peer.proc().stats().cpu_seconds - cpu0,
-                    settle: after.end,
-                    settle_seconds: after.waited.as_secs_f64(),
-                };
-                pb.inc(1);
-                pb.set_message(format!(
-                    "{} lines/s: loss {:.3} %",
-                    thousands(rate),
-                    p.loss * 100.0
-                ));
-                if p.lossless() {
-                    good = Some(good.map_or(rate, |g: f64| g.max(rate)));
-                } else {
-                    bad = Some(bad.map_or(rate, |b: f64| b.min(rate)));
-                }
-                probes.push(p);
-                rate = match (good, bad) {
-                    (Some(g), None) => g * 2.0,
-                    (None, Some(b)) => b / 2.0,
-                    (Some(g), Some(b)) => (g + b) / 2.0,
-                    (None, None) => rate,
-                };
-                if let (Some(g), Some(b)) = (good, bad)
-                    && b - g < g * 0.1
-                {
-                    break;
-                }
+                (Err(e), None) => return Err(e),
             }
             pb.finish_and_clear();
             sec.notes.extend(stopped);
-            let stats = peer.proc().stats();
-            let mem = peer.socket_memory();
+            let mut stats = peer.proc().stats();
+            if let Some((_, rss)) = capped {
+                stats.peak_rss_bytes = stats.peak_rss_bytes.max(rss);
+            }
+            // A killed daemon's socket is gone.
+            let mem = capped.is_none().then(|| peer.socket_memory()).flatten();
+            let gone = if capped.is_some() { "-" } else { "?" };
             let ok_probes: Vec<&Probe> = probes.iter().filter(|p| p.lossless()).collect();
             let cpu_per_m = {
                 let (c, l) = probes
@@ -252,18 +234,25 @@ pub fn run(
                 kind.label().into(),
                 thousands(n as f64),
                 best.map_or("none".into(), thousands),
-                first_bad.map_or("none tried".into(), |p| {
-                    let late = if p.settle == SettleEnd::TimedOut {
-                        " (not settled)"
+                first_bad.map_or(
+                    if capped.is_some() {
+                        "stopped at cap".into()
                     } else {
-                        ""
-                    };
-                    format!("{}: {:.2} %{late}", thousands(p.sent_rate), p.loss * 100.0)
-                }),
+                        "none tried".into()
+                    },
+                    |p| {
+                        let late = if p.settle == SettleEnd::TimedOut {
+                            " (not settled)"
+                        } else {
+                            ""
+                        };
+                        format!("{}: {:.2} %{late}", thousands(p.sent_rate), p.loss * 100.0)
+                    },
+                ),
                 format!("{cpu_per_m:.2}"),
                 mib(stats.peak_rss_bytes),
-                mem.map_or("?".into(), |(rb, _)| format!("{} B", thousands(rb as f64))),
-                mem.map_or("?".into(), |(_, d)| thousands(d as f64)),
+                mem.map_or(gone.into(), |(rb, _)| format!("{} B", thousands(rb as f64))),
+                mem.map_or(gone.into(), |(_, d)| thousands(d as f64)),
             ]);
             let mut pts: Vec<(f64, f64)> = probes
                 .iter()
@@ -298,4 +287,159 @@ pub fn run(
         lines: lines_by_series,
     });
     Ok(sec)
+}
+
+/// Creates every series on `peer` (sets `held` to the series it then shows), then
+/// probes as `probing` says, pushing each probe; sets `stopped` when a daemon still
+/// digesting one probe is probed no further.
+///
+/// # Errors
+/// When the daemon cannot be reached or read (also when the memory cap stopped it:
+/// what was probed until then stays in `probes`).
+#[allow(clippy::too_many_arguments)]
+fn probe_daemon(
+    s: &Settings,
+    peer: &StatsdPeer,
+    n: usize,
+    payloads: &Arc<Vec<(Vec<u8>, u64)>>,
+    probing: &Probing,
+    pb: &indicatif::ProgressBar,
+    held: &mut Option<u64>,
+    probes: &mut Vec<Probe>,
+    stopped: &mut Option<String>,
+) -> Result<()> {
+    let Probing {
+        probe_time,
+        start_rate,
+        max_probes,
+        settle_limit,
+    } = *probing;
+    let label = peer.kind.label();
+    // Create every series first, slowly enough for every daemon.
+    let preload = send_rounds(peer.port, payloads, 1, PRELOAD_RATE)?;
+    let created = peer.settled_total(preload as f64, settle_limit * 2)?;
+    *held = Some(created.series);
+    let mut last = created;
+    let (mut good, mut bad): (Option<f64>, Option<f64>) = (None, None);
+    let mut rate = start_rate;
+    for _ in 0..max_probes {
+        // The baseline: the totals once the daemon has gone quiet. If the last wait
+        // settled, they are quiet already; otherwise wait, and a daemon still digesting
+        // the previous probe is probed no further.
+        let before = if last.end == SettleEnd::TimedOut {
+            let quiet = peer.settled_total(f64::INFINITY, settle_limit)?;
+            if quiet.end == SettleEnd::TimedOut {
+                let after = probes.last().map_or(
+                    format!(
+                        "sending every series once at {} lines/s",
+                        thousands(PRELOAD_RATE)
+                    ),
+                    |p| format!("the probe at {} lines/s", thousands(p.offered)),
+                );
+                *stopped = Some(format!(
+                    "{label} @ {} series: totals still moving {:.0} s after {after}; probing stopped there.",
+                    thousands(n as f64),
+                    (last.waited + quiet.waited).as_secs_f64(),
+                ));
+                break;
+            }
+            quiet.sum
+        } else {
+            peer.total()?.1
+        };
+        let cpu0 = peer.proc().stats().cpu_seconds;
+        let load = Load::start(peer.port, payloads.clone(), rate, s.threads, probe_time)?;
+        while load.running() {
+            std::thread::sleep(Duration::from_millis(200));
+            pb.set_message(format!(
+                "{label} @ {} series: offering {} lines/s, {} sent",
+                thousands(n as f64),
+                thousands(rate),
+                thousands(load.sent() as f64)
+            ));
+        }
+        let sent = load.finish();
+        let after = peer.settled_total(before + sent as f64, settle_limit)?;
+        last = after;
+        let received = after.sum - before;
+        let p = Probe {
+            offered: rate,
+            sent_rate: sent as f64 / probe_time.as_secs_f64(),
+            sent,
+            received,
+            loss: 1.0 - received / sent.max(1) as f64,
+            cpu_seconds: peer.proc().stats().cpu_seconds - cpu0,
+            settle: after.end,
+            settle_seconds: after.waited.as_secs_f64(),
+        };
+        pb.inc(1);
+        pb.set_message(format!(
+            "{} lines/s: loss {:.3} %",
+            thousands(rate),
+            p.loss * 100.0
+        ));
+        if p.mixed() {
+            *stopped = Some(format!(
+                "{label} @ {} series: the probe at {} lines/s showed {} lines more than it sent: \
+                 the previous probe's were still arriving; probing stopped there (earlier readings may mix probes too).",
+                thousands(n as f64),
+                thousands(rate),
+                thousands(p.received - p.sent as f64),
+            ));
+            probes.push(p);
+            break;
+        }
+        if p.lossless() {
+            good = Some(good.map_or(rate, |g: f64| g.max(rate)));
+        } else {
+            bad = Some(bad.map_or(rate, |b: f64| b.min(rate)));
+        }
+        probes.push(p);
+        rate = match (good, bad) {
+            (Some(g), None) => g * 2.0,
+            (None, Some(b)) => b / 2.0,
+            (Some(g), Some(b)) => (g + b) / 2.0,
+            (None, None) => rate,
+        };
+        if let (Some(g), Some(b)) = (good, bad)
+            && b - g < g * 0.1
+        {
+            break;
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn probe(sent: u64, received: f64) -> Probe {
+        Probe {
+            offered: 1.0,
+            sent_rate: 1.0,
+            sent,
+            received,
+            loss: 1.0 - received / sent as f64,
+            cpu_seconds: 0.0,
+            settle: SettleEnd::Reached,
+            settle_seconds: 0.0,
+        }
+    }
+
+    #[test]
+    fn a_probe_that_shows_more_than_it_sent_is_mixed_not_lossless() {
+        // etsy StatsD at 1M series: a flush longer than the quiet wait put the previous
+        // probe's lines into this one's reading (-46 % "loss").
+        let p = probe(100, 146.0);
+        assert!(p.mixed());
+        assert!(!p.lossless());
+    }
+
+    #[test]
+    fn a_probe_that_shows_exactly_what_it_sent_is_lossless() {
+        let p = probe(100, 100.0);
+        assert!(p.lossless() && !p.mixed());
+        assert!(!probe(100, 99.0).lossless());
+    }
 }
