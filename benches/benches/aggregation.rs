@@ -441,40 +441,30 @@ fn flush(c: &mut Criterion) {
             .collect();
         drop(agg.flush()); // the flusher takes in the new series
         g.throughput(Throughput::Elements(n as u64));
-        g.bench_function(format!("counters/{label}"), |b| {
-            b.iter_custom(|iters| {
-                let mut total = Duration::ZERO;
-                for _ in 0..iters {
-                    for h in &handles {
-                        h.add(1.0).expect("counter");
+        // `counters_recycled` hands each batch back (`Aggregator::recycle`, untimed, as
+        // the daemon's flush loop does), so the flush fills the previous allocation.
+        for (row, recycle) in [("counters", false), ("counters_recycled", true)] {
+            g.bench_function(format!("{row}/{label}"), |b| {
+                b.iter_custom(|iters| {
+                    let mut total = Duration::ZERO;
+                    for _ in 0..iters {
+                        for h in &handles {
+                            h.add(1.0).expect("counter");
+                        }
+                        let start = Instant::now();
+                        let batch = agg.flush();
+                        total += start.elapsed();
+                        assert_eq!(batch.series.len(), n);
+                        if recycle {
+                            agg.recycle(black_box(batch));
+                        } else {
+                            drop(black_box(batch));
+                        }
                     }
-                    let start = Instant::now();
-                    let batch = agg.flush();
-                    total += start.elapsed();
-                    assert_eq!(batch.series.len(), n);
-                    drop(black_box(batch));
-                }
-                total
-            })
-        });
-        // The same with the batch handed back (`Aggregator::recycle`, untimed, as the
-        // daemon's flush loop does), so the flush fills the previous batch's allocation.
-        g.bench_function(format!("counters_recycled/{label}"), |b| {
-            b.iter_custom(|iters| {
-                let mut total = Duration::ZERO;
-                for _ in 0..iters {
-                    for h in &handles {
-                        h.add(1.0).expect("counter");
-                    }
-                    let start = Instant::now();
-                    let batch = agg.flush();
-                    total += start.elapsed();
-                    assert_eq!(batch.series.len(), n);
-                    agg.recycle(black_box(batch));
-                }
-                total
-            })
-        });
+                    total
+                })
+            });
+        }
         // Reference: only allocating and filling a fresh `Vec<FlushedSeries>` of `n`
         // entries (what every flush builds), without touching any series.
         let template = agg.flush().series.swap_remove(0);
