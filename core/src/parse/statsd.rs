@@ -749,6 +749,37 @@ struct Pending<'a> {
     hash: RawHash,
 }
 
+/// Counts `parsed` into `report` (a line, or a parse error by reason); the line if it
+/// parsed.
+#[inline]
+fn counted<'a>(
+    parsed: Result<Line<'a>, LineError>,
+    report: &mut DatagramReport,
+) -> Option<Line<'a>> {
+    match parsed {
+        Ok(line) => {
+            report.lines += 1;
+            Some(line)
+        }
+        Err(e) => {
+            report.parse_errors[e.index()] += 1;
+            None
+        }
+    }
+}
+
+/// Appends a line's raw identity, the writer cache's key: `name|tags[|container]`.
+#[inline]
+fn push_identity(out: &mut Vec<u8>, line: &Line<'_>) {
+    out.extend_from_slice(line.name.as_bytes());
+    out.push(b'|');
+    out.extend_from_slice(line.tags.as_bytes());
+    if let Some(c) = line.container {
+        out.push(b'|');
+        out.extend_from_slice(c.as_bytes());
+    }
+}
+
 impl Decoder {
     /// Applies lines in batches once the writer caches at least `cached` label sets
     /// instead of the default 32,768; 0 batches always. For tests and benchmarks: the
@@ -824,23 +855,12 @@ impl Decoder {
         writer: &mut Writer,
         report: &mut DatagramReport,
     ) {
-        let line = match parsed {
-            Ok(line) => line,
-            Err(e) => {
-                report.parse_errors[e.index()] += 1;
-                return;
-            }
+        let Some(line) = counted(parsed, report) else {
+            return;
         };
-        report.lines += 1;
         let mut identities = std::mem::take(&mut self.identities);
         identities.clear();
-        identities.extend_from_slice(line.name.as_bytes());
-        identities.push(b'|');
-        identities.extend_from_slice(line.tags.as_bytes());
-        if let Some(c) = line.container {
-            identities.push(b'|');
-            identities.extend_from_slice(c.as_bytes());
-        }
+        push_identity(&mut identities, &line);
         let hash = writer.raw_hash(&identities);
         self.apply(&line, &identities, hash, writer, report);
         identities.clear();
@@ -856,22 +876,11 @@ impl Decoder {
         batch: &mut Vec<Pending<'a>>,
         report: &mut DatagramReport,
     ) {
-        let line = match parsed {
-            Ok(line) => line,
-            Err(e) => {
-                report.parse_errors[e.index()] += 1;
-                return;
-            }
+        let Some(line) = counted(parsed, report) else {
+            return;
         };
-        report.lines += 1;
         let start = self.identities.len();
-        self.identities.extend_from_slice(line.name.as_bytes());
-        self.identities.push(b'|');
-        self.identities.extend_from_slice(line.tags.as_bytes());
-        if let Some(c) = line.container {
-            self.identities.push(b'|');
-            self.identities.extend_from_slice(c.as_bytes());
-        }
+        push_identity(&mut self.identities, &line);
         let identity = (start, self.identities.len());
         let hash = writer.prefetch_slot(&self.identities[start..]);
         batch.push(Pending {
