@@ -74,14 +74,16 @@ impl FlushSummary {
         previous_rejected: u64,
         duration: Duration,
     ) -> FlushSummary {
-        let histogram_observations = batch
-            .series
-            .iter()
-            .map(|s| match &s.value {
-                FlushedValue::Histogram { delta, .. } => delta.count,
-                _ => 0,
-            })
-            .sum();
+        // One walk over the batch (at 1M series each walk is ~64 MB of memory).
+        let (mut evicted, mut histogram_observations, mut counter_delta_sum) = (0, 0, 0.0);
+        for s in &batch.series {
+            evicted += usize::from(s.evicted);
+            match &s.value {
+                FlushedValue::Histogram { delta, .. } => histogram_observations += delta.count,
+                FlushedValue::Counter { delta, .. } => counter_delta_sum += delta,
+                _ => {}
+            }
+        }
         let rejected_total: u64 = stats.rejected.iter().map(|(_, n)| n).sum();
         let reasons: Vec<String> = stats
             .rejected
@@ -93,8 +95,8 @@ impl FlushSummary {
             sequence: batch.sequence,
             end_ms: batch.end_ms,
             series: batch.series.len(),
-            evicted: batch.series.iter().filter(|s| s.evicted).count(),
-            counter_delta_sum: batch.counter_delta_sum(),
+            evicted,
+            counter_delta_sum,
             histogram_observations,
             active_series: stats.active_series,
             rejected_total,
