@@ -4,8 +4,8 @@
 //!
 //! Owns: the aggregator of the running process, the flush cadence, the per-flush
 //! summary log line, the series-ceiling warning, and the startup and shutdown
-//! sequences. Must never: run a flush on an async worker thread (periodic flushes go
-//! to the instance's flush thread, the others to `spawn_blocking`), let two flushes overlap, or exit on a stop signal without the
+//! sequences. Must never: run a flush on an async worker thread (flushes go to
+//! `spawn_blocking`), let two flushes overlap, or exit on a stop signal without the
 //! final flush.
 //!
 //! Startup: pipelines first (they open and recover their WALs on the blocking pool and

@@ -8,10 +8,10 @@
 //! one), the periodic flush task, the per-flush summary and log line, the
 //! series-ceiling warning, and the stop sequence (final flush into the WALs, then a
 //! bounded grace period for sending). Must never: run a flush on an async worker
-//! (flushes run on the calling thread, the flush thread or the blocking pool), let
-//! two flushes overlap (one mutex around the flush), or lose what was flushed (it is
-//! in the WALs before `close` returns; what was not sent is replayed by the next start
-//! on the same data directory).
+//! (flushes run on the calling thread or the blocking pool), let two flushes overlap
+//! (one mutex around the flush), or lose what was flushed (it is in the WALs before
+//! `close` returns; what was not sent is replayed by the next start on the same data
+//! directory).
 //!
 //! Two ways to run it:
 //! - embedded ([`Instance::from_toml`], [`Instance::start`]): the instance owns a
@@ -279,99 +279,6 @@ impl Flusher {
     }
 }
 
-/// How much the flush thread lowers its own priority: nice +10 on Linux (clamped at
-/// 19). Against a receiver at nice 0 that is a weight of 110 to 1,024 in the kernel's
-/// fair scheduler, so a flush that shares a core with a receiving thread takes about a
-/// tenth of it and the receiver (an OTLP export, a StatsD burst) is not held up for
-/// the flush's milliseconds. On an idle core the flush runs at full speed; a flush
-/// slowed by a saturated machine delays the next tick (`MissedTickBehavior::Delay`)
-/// and loses nothing, since the cells keep aggregating.
-const FLUSH_NICE_INCREMENT: i32 = 10;
-
-/// A flush job and where its outcome goes (`Err` with the panic's payload).
-type FlushJob = (
-    Box<dyn FnOnce() + Send>,
-    tokio::sync::oneshot::Sender<std::thread::Result<()>>,
-);
-
-/// The thread that runs an instance's periodic flushes (`weir-flush`), one at a time,
-/// at a lower priority than the rest of the process ([`FLUSH_NICE_INCREMENT`]). Its
-/// own thread, not the blocking pool's, because the priority stays with the thread:
-/// a pool thread would keep it for whatever blocking work it runs next. It ends when
-/// its [`FlushThread`] is dropped (the flush loop's task ends).
-struct FlushThread {
-    /// `None` if the thread could not be started: flushes then run on the blocking
-    /// pool, at normal priority.
-    jobs: Option<std::sync::mpsc::Sender<FlushJob>>,
-}
-
-impl FlushThread {
-    fn start() -> FlushThread {
-        let (tx, rx) = std::sync::mpsc::channel::<FlushJob>();
-        let spawned = std::thread::Builder::new()
-            .name("weir-flush".into())
-            .spawn(move || {
-                lower_priority();
-                while let Ok((job, done)) = rx.recv() {
-                    // AssertUnwindSafe: a flush that panics leaves only mutexes behind,
-                    // and every user of those takes them poisoned or not; the panic is
-                    // reported like a failed `spawn_blocking` task was.
-                    let _ = done.send(std::panic::catch_unwind(std::panic::AssertUnwindSafe(job)));
-                }
-            });
-        match spawned {
-            Ok(_) => FlushThread { jobs: Some(tx) },
-            Err(e) => {
-                warn!(error = %e, "no flush thread: flushes run on the blocking pool");
-                FlushThread { jobs: None }
-            }
-        }
-    }
-
-    /// Runs `job` on the flush thread and waits for it; `Err` says why it failed.
-    async fn run(&self, job: impl FnOnce() + Send + 'static) -> Result<(), String> {
-        let mut job: Box<dyn FnOnce() + Send> = Box::new(job);
-        if let Some(jobs) = &self.jobs {
-            let (done, outcome) = tokio::sync::oneshot::channel();
-            match jobs.send((job, done)) {
-                Ok(()) => {
-                    return match outcome.await {
-                        Ok(Ok(())) => Ok(()),
-                        Ok(Err(panic)) => Err(panic_message(panic.as_ref())),
-                        Err(_) => Err("the flush thread stopped".to_owned()),
-                    };
-                }
-                // The thread is gone (it never stops while `jobs` lives): the pool.
-                Err(std::sync::mpsc::SendError((back, _))) => job = back,
-            }
-        }
-        tokio::task::spawn_blocking(job)
-            .await
-            .map_err(|e| e.to_string())
-    }
-}
-
-fn panic_message(panic: &(dyn std::any::Any + Send)) -> String {
-    match (panic.downcast_ref::<&str>(), panic.downcast_ref::<String>()) {
-        (Some(s), _) => format!("panicked: {s}"),
-        (_, Some(s)) => format!("panicked: {s}"),
-        _ => "panicked".to_owned(),
-    }
-}
-
-/// Lowers the calling thread's priority by [`FLUSH_NICE_INCREMENT`]. Linux only: there
-/// the nice value belongs to a thread (`nice` acts on the caller), elsewhere it would
-/// slow the whole process. A refusal leaves the thread at normal priority.
-#[cfg(target_os = "linux")]
-fn lower_priority() {
-    if let Err(e) = rustix::process::nice(FLUSH_NICE_INCREMENT) {
-        warn!(error = %e, "the flush thread runs at normal priority");
-    }
-}
-
-#[cfg(not(target_os = "linux"))]
-fn lower_priority() {}
-
 /// What an instance shares with its flush task.
 struct Inner {
     flusher: Mutex<Flusher>,
@@ -525,15 +432,12 @@ impl Instance {
     }
 
     /// Starts the periodic flush (every `aggregation.flush_interval`) on the current
-    /// tokio runtime. The ticks are async; each flush runs on the instance's flush
-    /// thread ([`FlushThread`]: its own thread at a lower scheduling priority, so that
-    /// a flush yields the CPU to the threads that receive points), and hands its batch
-    /// back to the aggregator ([`Aggregator::recycle`]) for the next one to fill.
+    /// tokio runtime. Each flush runs on the blocking pool, and hands its batch back
+    /// to the aggregator ([`Aggregator::recycle`]) for the next one to fill.
     pub fn spawn_flush_loop(&self) {
         let period = self.config.aggregation.flush_interval;
         let inner = self.inner.clone();
         let aggregator = self.aggregator.clone();
-        let thread = FlushThread::start();
         let task = tokio::spawn(async move {
             let mut ticker = tokio::time::interval_at(tokio::time::Instant::now() + period, period);
             ticker.set_missed_tick_behavior(MissedTickBehavior::Delay);
@@ -550,7 +454,7 @@ impl Instance {
                         aggregator.recycle(batch);
                     }
                 };
-                if let Err(e) = thread.run(flush).await {
+                if let Err(e) = tokio::task::spawn_blocking(flush).await {
                     // A panicking flush is a bug; the next tick tries again.
                     tracing::error!(error = %e, "flush failed");
                 }
@@ -706,35 +610,6 @@ mod tests {
         assert!(warning.check(&agg));
         assert_eq!(warning.reported, 2);
         assert!(!warning.check(&agg), "nothing new: no warning");
-    }
-
-    /// The nice value of the calling thread.
-    #[cfg(target_os = "linux")]
-    fn own_nice() -> i32 {
-        rustix::process::getpriority_process(None).unwrap()
-    }
-
-    #[cfg(target_os = "linux")]
-    #[tokio::test]
-    async fn the_flush_thread_runs_jobs_below_its_starters_priority_and_survives_a_panic() {
-        let base = own_nice();
-        let thread = FlushThread::start();
-        let (tx, rx) = std::sync::mpsc::channel();
-        thread
-            .run(move || {
-                let name = std::thread::current().name().map(str::to_owned);
-                tx.send((own_nice(), name)).unwrap();
-            })
-            .await
-            .unwrap();
-        let (nice, name) = rx.recv().unwrap();
-        assert_eq!(nice, (base + FLUSH_NICE_INCREMENT).min(19));
-        assert_eq!(name.as_deref(), Some("weir-flush"));
-        let failed = thread.run(|| panic!("a bug in a flush")).await;
-        assert_eq!(failed, Err("panicked: a bug in a flush".to_owned()));
-        // The thread goes on with the next flush.
-        thread.run(|| {}).await.unwrap();
-        assert_eq!(own_nice(), base, "the caller keeps its priority");
     }
 
     #[test]
