@@ -230,7 +230,7 @@ impl<S: BuildHasher> RawCache<S> {
 
 /// Asks the CPU to load the cache line at `p`; a hint with no effect on memory.
 #[inline(always)]
-fn prefetch(p: *const u8) {
+pub(super) fn prefetch(p: *const u8) {
     #[cfg(target_arch = "x86_64")]
     // SAFETY: `prefetcht0` only loads a line into the cache; it never faults, even on
     // an invalid address, and has no effect on memory that Rust can observe. The

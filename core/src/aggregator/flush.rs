@@ -6,6 +6,10 @@
 //! or into none, retire a series a handle holds, or hold the flush lock while dropping
 //! a recycled batch's entries.
 //!
+//! The walk prefetches the series 16 entries ahead and the key 8 ahead
+//! (`prefetch_ahead`): a series and its key are two allocations the walk would
+//! otherwise miss on one after the other, each a DRAM access at 100k series and more.
+//!
 //! The walk gives its core away every `YIELD_EVERY` series (see there), so that on
 //! a busy machine a flush of 1M series does not keep a woken receiver waiting for a
 //! whole scheduler time slice.
@@ -16,6 +20,7 @@ use std::sync::atomic::Ordering;
 use crate::flush::{FlushBatch, FlushedSeries, FlushedValue};
 use crate::point::HistogramValue;
 
+use super::cache::prefetch;
 use super::kept::{Kept, KeptState};
 use super::series::{Cell, Series, try_retire};
 
@@ -205,6 +210,27 @@ pub(super) fn add_histogram(total: &mut HistogramValue, d: &HistogramValue) {
 /// else is held up by the yield.
 const YIELD_EVERY: usize = 8192;
 
+/// How far ahead of the walk a series is prefetched; its key half as far, since the
+/// key's address is read from the series.
+const PREFETCH_AHEAD: usize = 16;
+
+/// Asks for the series `PREFETCH_AHEAD` entries on and the key (reference count and
+/// first bytes) of the one half as far, so that the walk's two cache misses per
+/// series overlap with the work on the current one instead of following it.
+#[inline(always)]
+fn prefetch_ahead(entries: &[FlushEntry], i: usize) {
+    if let Some(e) = entries.get(i + PREFETCH_AHEAD) {
+        let p: *const u8 = Arc::as_ptr(&e.series).cast();
+        prefetch(p);
+        prefetch(p.wrapping_add(64));
+    }
+    if let Some(e) = entries.get(i + PREFETCH_AHEAD / 2) {
+        // The `Arc<[u8]>` header (the reference count the batch's clone increments)
+        // sits just before the bytes.
+        prefetch(e.series.key.as_bytes().as_ptr().wrapping_sub(16));
+    }
+}
+
 /// What only the flusher touches.
 pub(super) struct FlusherState {
     pub(super) entries: Vec<FlushEntry>,
@@ -316,6 +342,7 @@ impl Aggregator {
         let index = sh.index.pin();
         let mut i = 0;
         while i < st.entries.len() {
+            prefetch_ahead(&st.entries, i);
             let e = &mut st.entries[i];
             let touched = e.series.touched_ms.load(Ordering::Relaxed);
             if touched != e.seen_touched_ms {
