@@ -26,7 +26,8 @@
 //! So each point is looked up in the writer's cache by its identity as received (the
 //! resource's `job` and `instance`, the metric name, the attribute keys and values
 //! before sanitising, see `PointScratch`), built in a buffer reused across points: a
-//! hit applies the value without sanitising, de-duplicating or allocating anything.
+//! hit applies the value without sanitising, de-duplicating or allocating anything
+//! for its labels.
 //! Only a miss builds the label set (into reused buffers too) and goes through the
 //! aggregator's index, caching the series under the identity. That is sound because
 //! the label set follows from the identity alone; a writer that records OTLP must
@@ -384,7 +385,8 @@ fn push_field(out: &mut Vec<u8>, bytes: &[u8]) {
 /// aggregator's index, and its series is cached under the identity.
 #[derive(Default)]
 struct PointScratch {
-    /// The identity prefix of the current resource: the mark and its labels.
+    /// Length of the current resource's identity prefix in `ident` (the mark and
+    /// the resource labels).
     base_len: usize,
     /// The identity of the current point (its first `base_len` bytes: the resource).
     ident: Vec<u8>,
@@ -405,6 +407,7 @@ impl PointScratch {
     fn set_base(&mut self, base: &[(String, String)]) {
         self.ident.clear();
         self.ident.push(IDENT_MARK);
+        // At most two labels (`job`, `instance`): the count fits a byte.
         self.ident.push(base.len() as u8);
         for (k, v) in base {
             push_field(&mut self.ident, k.as_bytes());
