@@ -216,6 +216,8 @@ pub struct OtlpCounters {
 /// cap.
 pub struct OtlpIngest {
     aggregator: Aggregator,
+    /// Writers that record OTLP only: `apply_export` caches series under OTLP point
+    /// identities, which must not share a cache with other receivers' keys.
     writers: ArrayQueue<Writer>,
     max_request_bytes: usize,
     max_decompressed_bytes: usize,

@@ -21,6 +21,18 @@
 //! `service.instance.id` becomes `instance`; other resource and scope attributes are
 //! not labels. A data point's own attributes win over these.
 //!
+//! # The steady state is one lookup per point
+//! A client exports the same series request after request; only the values change.
+//! So each point is looked up in the writer's cache by its identity as received (the
+//! resource's `job` and `instance`, the metric name, the attribute keys and values
+//! before sanitising, see `PointScratch`), built in a buffer reused across points: a
+//! hit applies the value without sanitising, de-duplicating or allocating anything
+//! for its labels.
+//! Only a miss builds the label set (into reused buffers too) and goes through the
+//! aggregator's index, caching the series under the identity. That is sound because
+//! the label set follows from the identity alone; a writer that records OTLP must
+//! record nothing else, so every key of its cache is such an identity.
+//!
 //! # Accounting
 //! Every data point of a request ends in exactly one of two counts of its
 //! [`ExportReport`], so `accepted + rejected` always equals [`data_points`] of the
@@ -54,11 +66,14 @@
 //! scale outside -10..=20 as `malformed_histogram`. An explicit-bounds point with
 //! more than [`MAX_HISTOGRAM_BUCKETS`] finite bounds is refused as `too_many_buckets`.
 
+use std::ops::Range;
+
 use weir_proto::common::{AnyValue, KeyValue, any_value};
 use weir_proto::metrics::{self, metric::Data, number_data_point};
 use weir_proto::metrics_service::ExportMetricsServiceRequest;
 
 use crate::aggregator::Writer;
+use crate::key::LabelBuf;
 pub use crate::parse::MAX_HISTOGRAM_BUCKETS;
 use crate::parse::statsd::{sanitize_label_name, sanitize_metric_name};
 use crate::point::{HistogramValue, Quantile, Sample, SummaryValue, Temporality};
@@ -321,42 +336,142 @@ fn resource_labels(attrs: &[KeyValue]) -> Vec<(String, String)> {
 }
 
 /// Applies every data point of `req` through `writer`.
+///
+/// `writer` must be used for OTLP only (it caches series under the identities of
+/// [`PointScratch`], see the module doc).
 pub fn apply_export(req: &ExportMetricsServiceRequest, writer: &mut Writer) -> ExportReport {
     let mut report = ExportReport::default();
     let mut name = String::new();
+    let mut scratch = PointScratch::default();
     for rm in &req.resource_metrics {
         let base = resource_labels(rm.resource.as_ref().map_or(&[][..], |r| &r.attributes));
+        scratch.set_base(&base);
         for sm in &rm.scope_metrics {
             for m in &sm.metrics {
                 sanitize_metric_name(&m.name, &mut name);
-                apply_metric(m, &name, &base, writer, &mut report);
+                apply_metric(m, &name, &base, writer, &mut scratch, &mut report);
             }
         }
     }
     report
 }
 
-/// A data point's labels: its attributes (sanitised keys) over the resource labels.
-fn point_labels(attrs: &[KeyValue], base: &[(String, String)]) -> Vec<(String, String)> {
-    let mut out: Vec<(String, String)> = Vec::with_capacity(attrs.len() + base.len());
-    let mut key = String::new();
-    for kv in attrs {
-        sanitize_label_name(&kv.key, &mut key);
-        let mut v = String::new();
-        if let Some(val) = &kv.value {
-            value_text(val, &mut v);
+/// The byte in front of every OTLP identity in a writer cache: `0xFE` occurs in no
+/// UTF-8 text, so no aggregator raw encoding (which starts with a metric name) starts
+/// with it, and the two kinds of cache key never meet.
+const IDENT_MARK: u8 = 0xFE;
+
+/// Appends `bytes` to `out` behind their length (LEB128), so that a sequence of
+/// fields decodes one way only.
+fn push_field(out: &mut Vec<u8>, bytes: &[u8]) {
+    let mut n = bytes.len();
+    while n >= 0x80 {
+        out.push((n as u8 & 0x7F) | 0x80);
+        n >>= 7;
+    }
+    out.push(n as u8);
+    out.extend_from_slice(bytes);
+}
+
+/// The reused buffers of one request's points, so that a point whose series the
+/// writer has cached costs no allocation.
+///
+/// A point is looked up in the writer cache by its *identity*: [`IDENT_MARK`], the
+/// resource labels (`job`, `instance`), the sanitised metric name, then each attribute
+/// as received (its key, unsanitised, and its value's text), every field behind its
+/// length. A point's label set follows from those alone ([`PointScratch::labels`]), so
+/// equal identities always mean one series; a point whose identity is not cached
+/// (new series, full or cleared cache) has its labels built and goes through the
+/// aggregator's index, and its series is cached under the identity.
+#[derive(Default)]
+struct PointScratch {
+    /// Length of the current resource's identity prefix in `ident` (the mark and
+    /// the resource labels).
+    base_len: usize,
+    /// The identity of the current point (its first `base_len` bytes: the resource).
+    ident: Vec<u8>,
+    /// Text of a non-string attribute value.
+    value: String,
+    /// A sanitised attribute key.
+    key: String,
+    /// The current point's label keys and values, back to back (see `ranges`).
+    text: String,
+    /// `(key, value)` of each label of the current point, as byte ranges of `text`.
+    ranges: Vec<(Range<usize>, Range<usize>)>,
+    /// The `(&str, &str)` view of `ranges` the aggregator takes.
+    view: LabelBuf,
+}
+
+impl PointScratch {
+    /// Starts the identities of a resource with labels `base`.
+    fn set_base(&mut self, base: &[(String, String)]) {
+        self.ident.clear();
+        self.ident.push(IDENT_MARK);
+        // At most two labels (`job`, `instance`): the count fits a byte.
+        self.ident.push(base.len() as u8);
+        for (k, v) in base {
+            push_field(&mut self.ident, k.as_bytes());
+            push_field(&mut self.ident, v.as_bytes());
         }
-        // Two keys that sanitise alike: the first one wins.
-        if !out.iter().any(|(k, _)| *k == key) {
-            out.push((key.clone(), v));
+        self.base_len = self.ident.len();
+    }
+
+    /// Builds the identity of a point of metric `name` (sanitised) with `attrs` into
+    /// `self.ident`, after the resource's.
+    fn identify(&mut self, name: &str, attrs: &[KeyValue]) {
+        self.ident.truncate(self.base_len);
+        push_field(&mut self.ident, name.as_bytes());
+        for kv in attrs {
+            push_field(&mut self.ident, kv.key.as_bytes());
+            match kv.value.as_ref().and_then(|v| v.value.as_ref()) {
+                Some(any_value::Value::StringValue(s)) => push_field(&mut self.ident, s.as_bytes()),
+                _ => {
+                    self.value.clear();
+                    if let Some(v) = &kv.value {
+                        value_text(v, &mut self.value);
+                    }
+                    push_field(&mut self.ident, self.value.as_bytes());
+                }
+            }
         }
     }
-    for (k, v) in base {
-        if !out.iter().any(|(ok, _)| ok == k) {
-            out.push((k.clone(), v.clone()));
+
+    /// A data point's labels into `text` and `ranges`: its attributes (sanitised keys,
+    /// the first of two keys that sanitise alike wins) over the resource labels.
+    fn labels(&mut self, attrs: &[KeyValue], base: &[(String, String)]) {
+        self.text.clear();
+        self.ranges.clear();
+        for kv in attrs {
+            sanitize_label_name(&kv.key, &mut self.key);
+            if self.has(&self.key) {
+                continue;
+            }
+            let start = self.text.len();
+            self.text.push_str(&self.key);
+            let mid = self.text.len();
+            if let Some(v) = &kv.value {
+                value_text(v, &mut self.text);
+            }
+            self.ranges.push((start..mid, mid..self.text.len()));
+        }
+        for (k, v) in base {
+            if self.has(k) {
+                continue;
+            }
+            let start = self.text.len();
+            self.text.push_str(k);
+            let mid = self.text.len();
+            self.text.push_str(v);
+            self.ranges.push((start..mid, mid..self.text.len()));
         }
     }
-    out
+
+    /// Whether the labels built so far have key `key`.
+    fn has(&self, key: &str) -> bool {
+        self.ranges
+            .iter()
+            .any(|(k, _)| &self.text[k.clone()] == key)
+    }
 }
 
 fn temporality(t: i32) -> Option<Temporality> {
@@ -412,6 +527,7 @@ struct Target<'a> {
     writer: &'a mut Writer,
     name: &'a str,
     base: &'a [(String, String)],
+    scratch: &'a mut PointScratch,
     report: &'a mut ExportReport,
 }
 
@@ -430,16 +546,36 @@ impl Target<'_> {
             Ok(s) => s,
             Err(reason) => return self.report.reject(reason, 1),
         };
-        let labels = point_labels(attrs, self.base);
-        let view: Vec<(&str, &str)> = labels
-            .iter()
-            .map(|(k, v)| (k.as_str(), v.as_str()))
-            .collect();
         let (start, time) = (ms(start_unix_nano), ms(time_unix_nano));
-        match self
+        let scratch = &mut *self.scratch;
+        scratch.identify(self.name, attrs);
+        let result = match self
             .writer
-            .record_since(self.name, &view, sample, time, start)
+            .record_cached_since(&scratch.ident, sample, time, start)
         {
+            Ok(true) => Ok(()),
+            Ok(false) => {
+                scratch.labels(attrs, self.base);
+                let PointScratch {
+                    ident,
+                    text,
+                    ranges,
+                    view,
+                    ..
+                } = scratch;
+                let (writer, name) = (&mut *self.writer, self.name);
+                view.with(|labels| {
+                    labels.extend(
+                        ranges
+                            .iter()
+                            .map(|(k, v)| (&text[k.clone()], &text[v.clone()])),
+                    );
+                    writer.record_with_raw_since(ident, name, labels, sample, time, start)
+                })
+            }
+            Err(e) => Err(e),
+        };
+        match result {
             Ok(()) => self.report.accepted += 1,
             Err(_) => self.report.reject(OtlpRejection::Aggregator, 1),
         }
@@ -514,12 +650,14 @@ fn apply_metric(
     name: &str,
     base: &[(String, String)],
     writer: &mut Writer,
+    scratch: &mut PointScratch,
     report: &mut ExportReport,
 ) {
     let mut to = Target {
         writer,
         name,
         base,
+        scratch,
         report,
     };
     let points = match &m.data {
@@ -878,20 +1016,24 @@ mod tests {
                 ..Default::default()
             },
         ];
-        let labels = point_labels(
-            &attrs,
-            &[
-                ("job".into(), "api".into()),
-                ("instance".into(), "i".into()),
-            ],
-        );
+        let base = [
+            ("job".to_owned(), "api".to_owned()),
+            ("instance".to_owned(), "i".to_owned()),
+        ];
+        let mut scratch = PointScratch::default();
+        scratch.labels(&attrs, &base);
+        let labels: Vec<(&str, &str)> = scratch
+            .ranges
+            .iter()
+            .map(|(k, v)| (&scratch.text[k.clone()], &scratch.text[v.clone()]))
+            .collect();
         assert_eq!(
             labels,
             vec![
-                ("job".into(), "override".into()),
-                ("ok".into(), "true".into()),
-                ("n".into(), "-4".into()),
-                ("instance".into(), "i".into()),
+                ("job", "override"),
+                ("ok", "true"),
+                ("n", "-4"),
+                ("instance", "i"),
             ]
         );
     }
@@ -1106,6 +1248,261 @@ mod tests {
         assert_eq!(names.len(), OtlpRejection::ALL.len());
         for (i, r) in OtlpRejection::ALL.iter().enumerate() {
             assert_eq!(r.index(), i);
+        }
+    }
+
+    /// The model the cached path is checked against: per point, labels built the
+    /// straightforward way (owned strings, sanitised keys, the first key that sanitises
+    /// alike wins, point attributes over resource labels) and recorded through the
+    /// aggregator's label-set path. Covers what [`request_strategy`] generates: sums and
+    /// gauges of number points.
+    fn model_apply(req: &ExportMetricsServiceRequest, w: &mut Writer) -> ExportReport {
+        let mut r = ExportReport::default();
+        let mut name = String::new();
+        for rm in &req.resource_metrics {
+            let base = resource_labels(rm.resource.as_ref().map_or(&[][..], |r| &r.attributes));
+            for m in rm.scope_metrics.iter().flat_map(|sm| &sm.metrics) {
+                sanitize_metric_name(&m.name, &mut name);
+                let (points, sum) = match &m.data {
+                    None => {
+                        r.reject(OtlpRejection::MissingData, 1);
+                        continue;
+                    }
+                    Some(Data::Sum(s)) => (&s.data_points, Some(s)),
+                    Some(Data::Gauge(g)) => (&g.data_points, None),
+                    Some(other) => panic!("not generated: {other:?}"),
+                };
+                if points.is_empty() {
+                    r.reject(OtlpRejection::NoDataPoints, 1);
+                    continue;
+                }
+                let kind = match sum.map(|s| (s.is_monotonic, s.aggregation_temporality)) {
+                    None => None,
+                    Some((mono, 1)) => Some((mono, Temporality::Delta)),
+                    Some((mono, 2)) => Some((mono, Temporality::Cumulative)),
+                    Some(_) => {
+                        r.reject(OtlpRejection::InvalidTemporality, points.len() as u64);
+                        continue;
+                    }
+                };
+                for p in points {
+                    if p.flags & 1 == 1 {
+                        r.accepted += 1;
+                        r.no_value += 1;
+                        continue;
+                    }
+                    let v = match p.value {
+                        Some(number_data_point::Value::AsDouble(d)) => d,
+                        Some(number_data_point::Value::AsInt(i)) => i as f64,
+                        None => {
+                            r.reject(OtlpRejection::MissingValue, 1);
+                            continue;
+                        }
+                    };
+                    let sample = match kind {
+                        Some((true, t)) => Sample::Counter(v, t),
+                        Some((false, Temporality::Delta)) => Sample::GaugeDelta(v),
+                        Some((false, Temporality::Cumulative)) | None => Sample::Gauge(v),
+                    };
+                    let mut labels: Vec<(String, String)> = Vec::new();
+                    for kv in &p.attributes {
+                        let mut key = String::new();
+                        sanitize_label_name(&kv.key, &mut key);
+                        let mut text = String::new();
+                        if let Some(v) = &kv.value {
+                            value_text(v, &mut text);
+                        }
+                        if !labels.iter().any(|(k, _)| *k == key) {
+                            labels.push((key, text));
+                        }
+                    }
+                    for (k, v) in &base {
+                        if !labels.iter().any(|(ok, _)| ok == k) {
+                            labels.push((k.clone(), v.clone()));
+                        }
+                    }
+                    let view: Vec<(&str, &str)> = labels
+                        .iter()
+                        .map(|(k, v)| (k.as_str(), v.as_str()))
+                        .collect();
+                    let (start, time) = (ms(p.start_time_unix_nano), ms(p.time_unix_nano));
+                    match w.record_since(&name, &view, sample, time, start) {
+                        Ok(()) => r.accepted += 1,
+                        Err(_) => r.reject(OtlpRejection::Aggregator, 1),
+                    }
+                }
+            }
+        }
+        r
+    }
+
+    mod cached_path {
+        use proptest::prelude::*;
+
+        use super::*;
+        use crate::AggregatorConfig;
+
+        /// Keys that clash once sanitised (`a.b`, `a_b`, `a-b`), clash with the
+        /// resource labels, start with a digit or are empty.
+        fn key() -> impl Strategy<Value = String> {
+            prop::sample::select(vec![
+                "a.b", "a_b", "a-b", "job", "instance", "1x", "_1x", "", "k",
+            ])
+            .prop_map(str::to_owned)
+        }
+
+        /// Values whose texts coincide across kinds (`1` as a string, an int, a double).
+        fn value() -> impl Strategy<Value = Option<AnyValue>> {
+            use any_value::Value as V;
+            let v = prop_oneof![
+                prop::sample::select(vec!["", "x", "1", "true", "é"])
+                    .prop_map(|s| V::StringValue(s.to_owned())),
+                (0i64..3).prop_map(V::IntValue),
+                any::<bool>().prop_map(V::BoolValue),
+                Just(V::DoubleValue(1.0)),
+                Just(V::BytesValue(vec![1, 0xfe])),
+            ];
+            prop::option::weighted(0.9, v.prop_map(|v| AnyValue { value: Some(v) }))
+        }
+
+        fn point() -> impl Strategy<Value = NumberDataPoint> {
+            let number = prop::option::weighted(
+                0.9,
+                prop_oneof![
+                    (-1i64..4).prop_map(number_data_point::Value::AsInt),
+                    Just(number_data_point::Value::AsDouble(0.5)),
+                ],
+            );
+            (
+                prop::collection::vec(
+                    (key(), value()).prop_map(|(key, value)| KeyValue {
+                        key,
+                        value,
+                        ..Default::default()
+                    }),
+                    0..4,
+                ),
+                number,
+                prop::sample::select(vec![0u32, 0, 0, 1]),
+                prop::sample::select(vec![0u64, 999_000, 1_000_500]),
+                1_000_000u64..1_000_010,
+            )
+                .prop_map(|(attributes, value, flags, start, time)| NumberDataPoint {
+                    attributes,
+                    value,
+                    flags,
+                    start_time_unix_nano: start * 1_000_000,
+                    time_unix_nano: time * 1_000_000,
+                    ..Default::default()
+                })
+        }
+
+        fn metric() -> impl Strategy<Value = Metric> {
+            let points = || prop::collection::vec(point(), 0..5);
+            let data = prop_oneof![
+                (
+                    points(),
+                    any::<bool>(),
+                    prop::sample::select(vec![0, 1, 1, 2, 2, 7])
+                )
+                    .prop_map(
+                        |(data_points, is_monotonic, aggregation_temporality)| Data::Sum(Sum {
+                            data_points,
+                            aggregation_temporality,
+                            is_monotonic,
+                        })
+                    ),
+                points().prop_map(|data_points| Data::Gauge(Gauge { data_points })),
+            ];
+            (
+                prop::sample::select(vec!["m", "m.x", "m_x", "1m"]),
+                prop::option::weighted(0.95, data),
+            )
+                .prop_map(|(name, data)| Metric {
+                    name: name.to_owned(),
+                    data,
+                    ..Default::default()
+                })
+        }
+
+        fn resource() -> impl Strategy<Value = Option<Resource>> {
+            let attr = prop::sample::select(vec![
+                ("service.name", "api"),
+                ("service.name", "web"),
+                ("service.namespace", "shop"),
+                ("service.namespace", ""),
+                ("service.instance.id", "pod-1"),
+                ("host.name", "h"),
+            ]);
+            prop::option::weighted(
+                0.8,
+                prop::collection::vec(attr, 0..4).prop_map(|attrs| Resource {
+                    attributes: attrs.into_iter().map(|(k, v)| kv(k, v)).collect(),
+                    ..Default::default()
+                }),
+            )
+        }
+
+        pub(super) fn request_strategy() -> impl Strategy<Value = ExportMetricsServiceRequest> {
+            prop::collection::vec((resource(), prop::collection::vec(metric(), 0..4)), 0..3)
+                .prop_map(|rms| ExportMetricsServiceRequest {
+                    resource_metrics: rms
+                        .into_iter()
+                        .map(|(resource, metrics)| ResourceMetrics {
+                            resource,
+                            scope_metrics: vec![ScopeMetrics {
+                                metrics,
+                                ..Default::default()
+                            }],
+                            ..Default::default()
+                        })
+                        .collect(),
+                })
+        }
+
+        /// A flush as comparable rows: key text and value.
+        fn rows(agg: &Aggregator) -> Vec<(String, FlushedValue)> {
+            let mut rows: Vec<(String, FlushedValue)> = agg
+                .flush()
+                .series
+                .into_iter()
+                .map(|s| (s.key.to_string(), s.value))
+                .collect();
+            rows.sort_by(|a, b| a.0.cmp(&b.0));
+            rows
+        }
+
+        proptest! {
+            #![proptest_config(ProptestConfig::with_cases(256))]
+
+            #[test]
+            fn the_cached_path_gives_the_model_s_batches_and_reports(
+                requests in prop::collection::vec(request_strategy(), 1..4),
+                cache in prop::sample::select(vec![1usize, 3, 1_000]),
+            ) {
+                let config = || AggregatorConfig {
+                    writer_cache_capacity: cache,
+                    ..AggregatorConfig::default()
+                };
+                let (agg, model) = (
+                    Aggregator::starting_at(config(), 1_000_000),
+                    Aggregator::starting_at(config(), 1_000_000),
+                );
+                let (mut w, mut mw) = (agg.writer(), model.writer());
+                for (i, req) in requests.iter().enumerate() {
+                    // Each request twice: the second finds its series cached.
+                    for pass in 0..2 {
+                        let got = apply_export(req, &mut w);
+                        let want = model_apply(req, &mut mw);
+                        prop_assert_eq!(&got, &want, "request {} pass {}", i, pass);
+                        prop_assert_eq!(got.accepted + got.rejected, data_points(req));
+                    }
+                    if i % 2 == 1 {
+                        prop_assert_eq!(rows(&agg), rows(&model));
+                    }
+                }
+                prop_assert_eq!(rows(&agg), rows(&model));
+            }
         }
     }
 }
