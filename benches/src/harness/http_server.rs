@@ -190,9 +190,8 @@ pub enum TargetFormat {
     #[default]
     Text,
     /// Delimited `io.prometheus.client.MetricFamily` messages to a scraper whose
-    /// `Accept` names them ([`PROTOBUF_CONTENT_TYPE`]), as Go's client_golang does;
-    /// text to the others (vmagent and Prometheus without native histograms ask for
-    /// text only).
+    /// `Accept` offers them, as Go's client_golang does; text to the others (vmagent
+    /// and Prometheus without native histograms ask for text only).
     Protobuf,
 }
 
