@@ -5,6 +5,7 @@
 
 use std::path::PathBuf;
 
+use weir_benches::harness::http_server::TargetFormat;
 use weir_benches::harness::peers::{DaemonOptions, StatsdPeerKind};
 use weir_benches::harness::report::Section;
 use weir_benches::harness::scenario::{Settings, memory, otlp, outage, scrape, statsd_rate};
@@ -87,21 +88,28 @@ fn outage_smoke_loses_no_point() {
 
 #[test]
 fn scrape_smoke_delivers_every_target_last_value() {
-    let scrapers: Vec<scrape::Scraper> = scrape::Scraper::ALL
+    let installed: Vec<scrape::Scraper> = scrape::Scraper::ALL
         .into_iter()
         .filter(|s| s.installed())
         .collect();
-    let sec = scrape::run(
-        &settings(),
-        Some(3),
-        Some(5),
-        None,
-        Some(std::time::Duration::from_secs(2)),
-        &scrapers,
-    )
-    .unwrap();
-    no_failures(&sec);
-    for d in sec.data.as_array().unwrap() {
-        assert_eq!(d["series_exact"].as_u64(), Some(15), "{d}");
+    // Protobuf bodies go to weir only: the others ask for text.
+    for (format, scrapers) in [
+        (TargetFormat::Text, installed),
+        (TargetFormat::Protobuf, vec![scrape::Scraper::Weir]),
+    ] {
+        let sec = scrape::run(
+            &settings(),
+            format,
+            Some(3),
+            Some(5),
+            None,
+            Some(std::time::Duration::from_secs(2)),
+            &scrapers,
+        )
+        .unwrap();
+        no_failures(&sec);
+        for d in sec.data.as_array().unwrap() {
+            assert_eq!(d["series_exact"].as_u64(), Some(15), "{d}");
+        }
     }
 }

@@ -12,6 +12,12 @@
 
 pub use prost::Message;
 
+/// prost's wire-format primitives (`decode_key`, `decode_varint`, `skip_field`,
+/// `WireType`), for decoders that walk a message's bytes without building it (the
+/// protobuf exposition parser of weir-core), so that they read keys, varints and
+/// unknown fields exactly as the derived decoders do.
+pub use prost::encoding;
+
 pub mod client_model;
 pub mod prometheus;
 

@@ -1,6 +1,7 @@
 //! The HTTP servers the harness runs itself: a Prometheus remote-write receiver that
 //! decodes every request (snappy, then protobuf) and keeps the latest value of every
-//! series, and scrape targets serving M series each.
+//! series, and scrape targets serving M series each, as text or, to a scraper that
+//! asks for it, as protobuf ([`TargetFormat`]).
 //!
 //! Owns: the receiver's counts (requests, samples, refused requests) and its outage
 //! switch (answer 503 to every write while set), and the targets' scrape counts.
@@ -19,6 +20,7 @@ use http_body_util::{BodyExt, Full};
 use hyper::{Request, Response, StatusCode};
 use hyper_util::rt::TokioIo;
 use prost::Message;
+use weir_proto::client_model::{Gauge, LabelPair, Metric, MetricFamily, MetricType};
 use weir_proto::prometheus::WriteRequest;
 
 type Body = Full<Bytes>;
@@ -180,9 +182,67 @@ impl RemoteWriteReceiver {
     }
 }
 
+/// The body format the scrape targets answer in.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, clap::ValueEnum, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum TargetFormat {
+    /// The text format 0.0.4 to every scraper.
+    #[default]
+    Text,
+    /// Delimited `io.prometheus.client.MetricFamily` messages to a scraper whose
+    /// `Accept` offers them, as Go's client_golang does; text to the others (vmagent
+    /// and Prometheus without native histograms ask for text only).
+    Protobuf,
+}
+
+/// The content type of a protobuf scrape body.
+pub const PROTOBUF_CONTENT_TYPE: &str =
+    "application/vnd.google.protobuf; proto=io.prometheus.client.MetricFamily; encoding=delimited";
+
+/// True when an `Accept` header value offers the delimited `MetricFamily` protobuf
+/// format (with any quality above 0).
+fn accepts_protobuf(accept: &str) -> bool {
+    accept.split(',').any(|offer| {
+        let mut params = offer.split(';').map(str::trim);
+        params.next() == Some("application/vnd.google.protobuf")
+            && params.clone().any(|p| {
+                p == "proto=io.prometheus.client.MetricFamily"
+                    || p == "proto=\"io.prometheus.client.MetricFamily\""
+            })
+            && params.clone().any(|p| p == "encoding=delimited")
+            && !params.clone().any(|p| {
+                p.strip_prefix("q=")
+                    .is_some_and(|q| q.parse::<f64>() == Ok(0.0))
+            })
+    })
+}
+
+/// The protobuf body of one target at scrape number `v`: one `GAUGE` family with the
+/// same series and values as the text page.
+fn protobuf_page(m: usize, v: u64) -> Vec<u8> {
+    MetricFamily {
+        name: Some(TARGET_METRIC.into()),
+        help: None,
+        r#type: Some(MetricType::Gauge as i32),
+        metric: (0..m)
+            .map(|j| Metric {
+                label: vec![LabelPair {
+                    name: Some("series".into()),
+                    value: Some(j.to_string()),
+                }],
+                gauge: Some(Gauge {
+                    value: Some(v as f64),
+                }),
+                ..Default::default()
+            })
+            .collect(),
+    }
+    .encode_length_delimited_to_vec()
+}
+
 /// `n` scrape targets on free 127.0.0.1 ports, each serving `m` gauge series
 /// `bench_target_value{series="<j>"}` whose value is that target's scrape number
-/// (1 at the first scrape), until [`Targets::freeze`].
+/// (1 at the first scrape), until [`Targets::freeze`]; in `format`.
 pub struct Targets {
     /// `host:port` of each target.
     pub addrs: Vec<String>,
@@ -195,7 +255,12 @@ pub const TARGET_METRIC: &str = "bench_target_value";
 
 impl Targets {
     /// Starts them on `rt`.
-    pub fn start(rt: &tokio::runtime::Handle, n: usize, m: usize) -> std::io::Result<Targets> {
+    pub fn start(
+        rt: &tokio::runtime::Handle,
+        n: usize,
+        m: usize,
+        format: TargetFormat,
+    ) -> std::io::Result<Targets> {
         let scrapes: Arc<Vec<AtomicU64>> = Arc::new((0..n).map(|_| AtomicU64::new(0)).collect());
         let frozen = Arc::new(AtomicBool::new(false));
         let mut addrs = Vec::with_capacity(n);
@@ -209,7 +274,7 @@ impl Targets {
             let listener = std::net::TcpListener::bind("127.0.0.1:0")?;
             addrs.push(listener.local_addr()?.to_string());
             let (scrapes, frozen, lines) = (scrapes.clone(), frozen.clone(), lines.clone());
-            serve(rt, listener, move |_req| {
+            serve(rt, listener, move |req| {
                 // Relaxed: a per-target tally; the final value is read after `freeze`
                 // and a wait of several scrape intervals.
                 let v = if frozen.load(Ordering::Relaxed) {
@@ -217,6 +282,20 @@ impl Targets {
                 } else {
                     scrapes[i].fetch_add(1, Ordering::Relaxed) + 1
                 };
+                let protobuf = format == TargetFormat::Protobuf
+                    && req
+                        .headers()
+                        .get(hyper::header::ACCEPT)
+                        .and_then(|a| a.to_str().ok())
+                        .is_some_and(accepts_protobuf);
+                if protobuf {
+                    let mut r = reply(StatusCode::OK, protobuf_page(m, v));
+                    r.headers_mut().insert(
+                        hyper::header::CONTENT_TYPE,
+                        hyper::header::HeaderValue::from_static(PROTOBUF_CONTENT_TYPE),
+                    );
+                    return r;
+                }
                 let mut body = String::with_capacity(lines.len() * 40 + 64);
                 body.push_str("# TYPE bench_target_value gauge\n");
                 for l in lines.iter() {
@@ -252,5 +331,31 @@ impl Targets {
     /// Scrapes served by all targets.
     pub fn total_scrapes(&self) -> u64 {
         (0..self.addrs.len()).map(|i| self.scrapes(i)).sum()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_an_accept_offering_delimited_metric_families_gets_protobuf() {
+        assert!(accepts_protobuf(weir_accept()));
+        assert!(accepts_protobuf(PROTOBUF_CONTENT_TYPE));
+        for text in [
+            "text/plain;version=0.0.4;q=0.3,*/*;q=0.2",
+            "application/openmetrics-text;version=1.0.0,text/plain;version=0.0.4;q=0.5",
+            "application/vnd.google.protobuf;proto=io.prometheus.client.MetricFamily;encoding=text",
+            "application/vnd.google.protobuf;proto=io.prometheus.client.MetricFamily;encoding=delimited;q=0",
+            "",
+        ] {
+            assert!(!accepts_protobuf(text), "{text}");
+        }
+    }
+
+    /// The `Accept` weir's scraper sends.
+    fn weir_accept() -> &'static str {
+        "application/vnd.google.protobuf;proto=io.prometheus.client.MetricFamily;encoding=delimited;q=0.7,\
+         application/openmetrics-text;version=1.0.0;q=0.6,text/plain;version=0.0.4;q=0.5,*/*;q=0.1"
     }
 }

@@ -362,7 +362,9 @@ pub fn otlp_request_from_bytes(data: &[u8]) -> ExportMetricsServiceRequest {
 /// at most the body's non-blank lines (plus one for a missing `# EOF`), since each
 /// line yields at most one of them (a histogram or summary group, of at least one
 /// line, yields one); for protobuf, a body without errors yields exactly what prost's
-/// own delimited decoding says it holds. Parsing twice gives the same report.
+/// own delimited decoding says it holds, and the borrowed walk of counter, gauge and
+/// untyped families emits exactly what decoding them with prost does. Parsing twice
+/// gives the same report, and equal sample identities carry equal names and labels.
 ///
 /// # Errors
 /// The first property that failed.
@@ -395,10 +397,67 @@ pub fn check_exposition(format: Format, data: &[u8]) -> Result<(), String> {
     if again != r {
         return Err(format!("a second parse reports {again:?}, the first {r:?}"));
     }
+    check_identities(format, data)?;
     match format {
         Format::Text | Format::OpenMetrics => text_report_adds_up(data, &r),
-        Format::Protobuf => protobuf_report_matches_prost(data, &r),
+        Format::Protobuf => {
+            walk_matches_prost(data)?;
+            protobuf_report_matches_prost(data, &r)
+        }
     }
+}
+
+/// Equal identities from [`Format::parse_identified`] come with equal names and
+/// label sets (what a scraper's cache lookup by identity relies on).
+fn check_identities(format: Format, data: &[u8]) -> Result<(), String> {
+    type Owned = (String, Vec<(String, String)>);
+    let mut seen: std::collections::HashMap<Vec<u8>, Owned> = Default::default();
+    let mut err = None;
+    format.parse_identified(data, &mut |id, name, labels, _, _, _| {
+        let Some(id) = id else { return };
+        let owned: Owned = (
+            name.to_owned(),
+            labels
+                .iter()
+                .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+                .collect(),
+        );
+        let first = seen.entry(id.to_vec()).or_insert_with(|| owned.clone());
+        if *first != owned && err.is_none() {
+            err = Some(format!("identity {id:x?} is both {first:?} and {owned:?}"));
+        }
+    });
+    err.map_or(Ok(()), Err)
+}
+
+/// The protobuf parser (whose counter, gauge and untyped families take the borrowed
+/// walk) emits exactly what decoding every message with prost emits, with the same
+/// report.
+fn walk_matches_prost(data: &[u8]) -> Result<(), String> {
+    type Owned = Vec<(String, Vec<(String, String)>, String, i64, i64)>;
+    let run = |parse: fn(&[u8], &mut crate::parse::exposition::Emit<'_>) -> ParseReport| {
+        let mut got: Owned = Vec::new();
+        let r = parse(data, &mut |n, l, s, ts, start| {
+            got.push((
+                n.to_owned(),
+                l.iter()
+                    .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+                    .collect(),
+                format!("{s:?}"),
+                ts,
+                start,
+            ))
+        });
+        (got, r)
+    };
+    let walked = run(crate::parse::exposition::parse_protobuf);
+    let decoded = run(crate::parse::exposition::parse_protobuf_decoded);
+    if walked != decoded {
+        return Err(format!(
+            "the borrowed walk gives {walked:?}, prost decoding {decoded:?}"
+        ));
+    }
+    Ok(())
 }
 
 fn text_report_adds_up(data: &[u8], r: &ParseReport) -> Result<(), String> {

@@ -14,6 +14,7 @@ use std::time::Duration;
 use anyhow::{Context, Result, bail};
 use clap::{Parser, Subcommand};
 
+use weir_benches::harness::http_server::TargetFormat;
 use weir_benches::harness::peers::{DaemonOptions, StatsdPeerKind};
 use weir_benches::harness::report::{self, Machine, Section};
 use weir_benches::harness::scenario::{self, Settings, scrape::Scraper, statsd_rate::Probing};
@@ -158,6 +159,10 @@ enum Cmd {
         /// Scrapers [default: every installed one].
         #[arg(long, value_delimiter = ',', value_enum)]
         scrapers: Vec<Scraper>,
+        /// The targets' body format: `protobuf` answers a scraper that asks for it
+        /// (weir) in delimited protobuf and the others in text.
+        #[arg(long, value_enum, default_value = "text")]
+        format: TargetFormat,
     },
     /// 5. Remote-write backend outage mid-run: points lost, time to drain.
     Outage {
@@ -307,6 +312,7 @@ fn main() -> Result<()> {
             interval_secs,
             duration_secs,
             scrapers,
+            format,
         } => {
             let sc = if scrapers.is_empty() {
                 Scraper::ALL.to_vec()
@@ -315,6 +321,7 @@ fn main() -> Result<()> {
             };
             vec![scenario::scrape::run(
                 &s,
+                *format,
                 *targets,
                 *series,
                 secs(interval_secs),
@@ -342,7 +349,17 @@ fn main() -> Result<()> {
                 ("otlp", Box::new(|| scenario::otlp::run(&s, None))),
                 (
                     "scrape",
-                    Box::new(|| scenario::scrape::run(&s, None, None, None, None, &Scraper::ALL)),
+                    Box::new(|| {
+                        scenario::scrape::run(
+                            &s,
+                            TargetFormat::Text,
+                            None,
+                            None,
+                            None,
+                            None,
+                            &Scraper::ALL,
+                        )
+                    }),
                 ),
                 ("outage", Box::new(|| scenario::outage::run(&s, None))),
                 (

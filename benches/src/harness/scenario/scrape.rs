@@ -15,7 +15,7 @@ use anyhow::Result;
 use serde_json::json;
 
 use super::Settings;
-use crate::harness::http_server::{RemoteWriteReceiver, TARGET_METRIC, Targets};
+use crate::harness::http_server::{RemoteWriteReceiver, TARGET_METRIC, TargetFormat, Targets};
 use crate::harness::peers::{START_LIMIT, Weir, which};
 use crate::harness::process::{Proc, WorkDir, free_port, http_get};
 use crate::harness::report::{Line, Plot, Section, mib, thousands};
@@ -181,9 +181,11 @@ fn label<'a>(key: &'a str, name: &str) -> Option<&'a str> {
         .find_map(|kv| kv.strip_prefix(name)?.strip_prefix('='))
 }
 
-/// Runs the scenario.
+/// Runs the scenario, the targets answering in `format`.
+#[allow(clippy::too_many_arguments)]
 pub fn run(
     s: &Settings,
+    format: TargetFormat,
     targets_n: Option<usize>,
     series_m: Option<usize>,
     interval: Option<Duration>,
@@ -205,10 +207,14 @@ pub fn run(
     let mut sec = Section {
         scenario: "scrape".into(),
         title: format!(
-            "Scrape {} targets x {} series every {:?}, forwarded by remote write",
+            "Scrape {} targets x {} series every {:?} ({} bodies), forwarded by remote write",
             thousands(n as f64),
             m,
-            interval
+            interval,
+            match format {
+                TargetFormat::Text => "text",
+                TargetFormat::Protobuf => "protobuf",
+            }
         ),
         columns: [
             "scraper",
@@ -225,9 +231,14 @@ pub fn run(
         ..Section::default()
     };
     sec.notes.push(format!(
-        "Targets are the harness' HTTP servers (text format, gauges); each scraper runs {duration:?} against fresh \
+        "Targets are the harness' HTTP servers ({}, gauges); each scraper runs {duration:?} against fresh \
          targets and a fresh remote-write receiver of the harness. weir's flush interval equals the scrape \
-         interval, so it forwards one sample per series per interval as the others do."
+         interval, so it forwards one sample per series per interval as the others do.",
+        match format {
+            TargetFormat::Text => "text format 0.0.4",
+            TargetFormat::Protobuf =>
+                "delimited protobuf to a scraper asking for it (weir), text to the others",
+        }
     ));
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(1)
@@ -258,7 +269,7 @@ pub fn run(
             )),
             Scraper::Weir => {}
         }
-        let targets = Targets::start(rt.handle(), n, m)?;
+        let targets = Targets::start(rt.handle(), n, m, format)?;
         let rx = RemoteWriteReceiver::start(rt.handle())?;
         let (running, _dir) = start(s, scraper, &targets, interval, &rx)?;
         let pid = running.pid();
@@ -368,7 +379,7 @@ pub fn run(
             cpu_line.push((idx as f64 + 1.0, p));
         }
         data.push(json!({
-            "scraper": scraper.label(), "targets": n, "series_per_target": m, "interval_s": interval.as_secs_f64(),
+            "scraper": scraper.label(), "format": format, "targets": n, "series_per_target": m, "interval_s": interval.as_secs_f64(),
             "scrapes_served": scraped, "samples_delivered": samples, "series_exact": ok,
             "mean_scrape_duration_s": if mean_dur.is_nan() { None } else { Some(mean_dur) },
             "cpu_seconds": cpu, "cpu_seconds_per_million_samples": per_m, "stats": st,

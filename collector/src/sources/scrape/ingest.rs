@@ -8,18 +8,18 @@
 //!
 //! # The steady state is one lookup per sample
 //! A target serves the same lines scrape after scrape; only the values change. So each
-//! text sample line is looked up in its target's [`Writer`] cache by the line's
-//! name and label set as the body spells them ([`Format::parse_identified`]), prefixed
-//! by [`IDENT_MARK`]: a hit applies the value without merging the target's labels,
+//! text sample line, and each protobuf counter, gauge or untyped sample, is looked up
+//! in its target's [`Writer`] cache by its name and label set as the body spells them
+//! ([`Format::parse_identified`]), prefixed by [`IDENT_MARK`]: a hit applies the value without merging the target's labels,
 //! sorting or encoding anything. Only a miss merges the labels into a reused buffer
 //! and goes through the shared index, caching the series under those bytes.
 //!
-//! That is sound because the merged label set follows from the line's bytes and the
+//! That is sound because the merged label set follows from the identity and the
 //! target's labels alone, and each target has its own writer for as long as its labels
 //! stay the same (a target whose labels change is a new target with a new writer, see
 //! `Scraper::reconcile`). The writer also caches the series the scraper records
-//! itself (`up`, ...) and histograms, summaries and protobuf samples, which have no
-//! line of their own, under the aggregator's raw label encoding: that starts with the
+//! itself (`up`, ...) and histograms and summaries, which have no identity of their
+//! own, under the aggregator's raw label encoding: that starts with the
 //! metric name, whose first byte is never [`IDENT_MARK`] (a byte UTF-8 never holds),
 //! so the two kinds of key never meet.
 
@@ -245,15 +245,70 @@ mod tests {
         v
     }
 
+    /// A protobuf body: a counter `pc_total{job, a}` (its `job` clashes with the
+    /// target's), a gauge `pg{p}` with a label given twice, an untyped `pu`, all at `v`.
+    fn protobuf_body(v: f64) -> Vec<u8> {
+        use weir_proto::Message;
+        use weir_proto::client_model::{
+            Counter, Gauge, LabelPair, Metric, MetricFamily, MetricType, Untyped,
+        };
+        let pair = |k: &str, val: &str| LabelPair {
+            name: Some(k.into()),
+            value: Some(val.into()),
+        };
+        let fam = |name: &str, t: MetricType, metric: Metric| MetricFamily {
+            name: Some(name.into()),
+            help: None,
+            r#type: Some(t as i32),
+            metric: vec![metric],
+        };
+        [
+            fam(
+                "pc_total",
+                MetricType::Counter,
+                Metric {
+                    label: vec![pair("job", "x"), pair("a", "1")],
+                    counter: Some(Counter {
+                        value: Some(v),
+                        ..Default::default()
+                    }),
+                    ..Default::default()
+                },
+            ),
+            fam(
+                "pg",
+                MetricType::Gauge,
+                Metric {
+                    label: vec![pair("p", "q\"r"), pair("p", "s")],
+                    gauge: Some(Gauge { value: Some(v) }),
+                    ..Default::default()
+                },
+            ),
+            fam(
+                "pu",
+                MetricType::Untyped,
+                Metric {
+                    untyped: Some(Untyped { value: Some(v) }),
+                    ..Default::default()
+                },
+            ),
+        ]
+        .iter()
+        .flat_map(|f| f.encode_length_delimited_to_vec())
+        .collect()
+    }
+
     /// Each body recorded by the identity path, beside the same body recorded through
     /// `record_since` with the owned merge: the series and values must agree after
     /// every body, whatever the label order, escapes, clashes and format.
     #[test]
     fn lines_found_by_their_bytes_land_where_their_labels_do() {
-        let bodies: [&[u8]; 3] = [
-            b"# TYPE c counter\nc_total{a=\"1\",job=\"x\"} 1\nc_total{job=\"x\",a=\"1\"} 2\ng{p=\"q\\\"r\"} 3\ng 4\nup 1\n",
-            b"# TYPE c counter\nc_total{a=\"1\",job=\"x\"} 5\nc_total{job=\"x\",a=\"1\"} 6\ng{p=\"q\\\"r\"} 7\ng 8\nup 0\n",
-            b"# TYPE c counter\nc_total{a=\"1\",job=\"x\"} 9\n# EOF\n",
+        let bodies: [(Format, Vec<u8>); 5] = [
+            (Format::Text, b"# TYPE c counter\nc_total{a=\"1\",job=\"x\"} 1\nc_total{job=\"x\",a=\"1\"} 2\ng{p=\"q\\\"r\"} 3\ng 4\nup 1\n".to_vec()),
+            (Format::Text, b"# TYPE c counter\nc_total{a=\"1\",job=\"x\"} 5\nc_total{job=\"x\",a=\"1\"} 6\ng{p=\"q\\\"r\"} 7\ng 8\nup 0\n".to_vec()),
+            (Format::OpenMetrics, b"# TYPE c counter\nc_total{a=\"1\",job=\"x\"} 9\n# EOF\n".to_vec()),
+            (Format::Protobuf, protobuf_body(10.0)),
+            (Format::Protobuf, protobuf_body(11.0)),
         ];
         for honor in [false, true] {
             let target = owned(&[("instance", "h:1"), ("job", "node")]);
@@ -261,13 +316,8 @@ mod tests {
             let new = Aggregator::new(AggregatorConfig::default());
             let old = Aggregator::new(AggregatorConfig::default());
             let (mut wn, mut wo) = (new.writer(), old.writer());
-            for (i, body) in bodies.iter().enumerate() {
-                let format = if i == 2 {
-                    Format::OpenMetrics
-                } else {
-                    Format::Text
-                };
-                let r = parse_into(&mut wn, &t, format, body);
+            for (i, (format, body)) in bodies.iter().enumerate() {
+                let r = parse_into(&mut wn, &t, *format, body);
                 format.parse(body, &mut |name, labels, sample, ts, start| {
                     let m = merge_owned(&target, labels, honor);
                     let m: Vec<(&str, &str)> =

@@ -34,9 +34,13 @@
 //! The text parsers allocate nothing per sample line once the first lines of a body
 //! have sized their reused label vectors (a label value with escapes is unescaped into
 //! its own string); histogram and summary groups own their label sets until their
-//! family ends. [`Format::parse_identified`] also hands over each text sample line's
-//! identity as the body spells it, so that a scraper can find the line's series by
-//! those bytes alone and skip merging and encoding its labels.
+//! family ends. The protobuf parser reads counter, gauge and untyped families by a
+//! borrowed walk over the message bytes that allocates nothing per sample either;
+//! other families are decoded into prost's owned messages. [`Format::parse_identified`]
+//! also hands over each such sample's identity as the body spells it (a text line's
+//! name and labels, a protobuf family name and label fields), so that a scraper can
+//! find the sample's series by those bytes alone and skip merging and encoding its
+//! labels.
 
 use std::sync::Arc;
 
@@ -46,6 +50,7 @@ mod proto;
 mod text;
 
 pub use proto::parse_protobuf;
+pub(crate) use proto::parse_protobuf_decoded;
 pub use text::{parse_openmetrics, parse_text};
 
 /// Why a line, message or group was skipped. Stable names for
@@ -166,12 +171,15 @@ pub type Emit<'e> = dyn FnMut(&str, &[(&str, &str)], Sample<'_>, i64, i64) + 'e;
 /// [`Emit`] with the sample's identity first: `(identity, name, labels, sample,
 /// timestamp_ms, start_ms)`.
 ///
-/// `identity` is the name and label set of a text sample line exactly as the body
-/// spells them (`name{a="1"}`, without the value). Equal identity bytes always come
-/// with equal `name` and `labels`, in either text dialect (a different spelling of the
-/// same set, such as another label order, is another identity). It is `None` for a
-/// sample with no such spelling: a histogram or summary, assembled from several lines,
-/// and every protobuf sample.
+/// `identity` is the name and label set of a sample exactly as the body spells them:
+/// for a text sample line its bytes without the value (`name{a="1"}`); for a protobuf
+/// counter, gauge or untyped sample the byte `0xFF` (never in UTF-8, so never the
+/// start of a text identity), the family name after its length, and each of the
+/// metric's label fields after its length. Equal identity bytes always come with equal
+/// `name` and `labels`, in every format (a different spelling of the same set, such as
+/// another label order, is another identity). It is `None` for a sample with no such
+/// spelling: a histogram or summary (assembled from several lines or fields), and the
+/// gauges of a protobuf gauge histogram.
 pub type EmitIdentified<'e> =
     dyn FnMut(Option<&[u8]>, &str, &[(&str, &str)], Sample<'_>, i64, i64) + 'e;
 
@@ -281,9 +289,7 @@ impl Format {
         match self {
             Format::Text => text::parse_text_identified(body, emit),
             Format::OpenMetrics => text::parse_openmetrics_identified(body, emit),
-            Format::Protobuf => {
-                parse_protobuf(body, &mut |n, l, s, t, st| emit(None, n, l, s, t, st))
-            }
+            Format::Protobuf => proto::parse_protobuf_identified(body, emit),
         }
     }
 }

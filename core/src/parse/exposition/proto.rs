@@ -10,6 +10,16 @@
 //! does not decode (wrong wire type, truncated field, invalid UTF-8 in a string)
 //! counts `malformed_protobuf` and is skipped; the next one is read.
 //!
+//! # Two ways to read a message
+//! Counter, gauge and untyped families (what most targets serve, one series each per
+//! `Metric`) are read by a borrowed walk over the message ([`walk`]): no `String` per
+//! label, no `Vec` per metric, and each sample identified by its bytes for a scraper's
+//! cache ([`EmitIdentified`]). Everything else, and any message the walk declines
+//! (see its module doc), is decoded by prost into [`MetricFamily`] and mapped by
+//! [`family`]. Both emit the same samples with the same report; the property test
+//! `the_borrowed_walk_emits_what_prost_decoding_does` and the `exposition_proto` fuzz
+//! target compare them.
+//!
 //! # Histograms
 //! Classic buckets are used when a histogram has any (the `+Inf` bucket is added from
 //! `sample_count` when absent, as the format allows). A histogram without classic
@@ -36,10 +46,15 @@ use weir_proto::client_model::{self as pb, MetricFamily, MetricType};
 use weir_proto::metrics::ExponentialHistogramDataPoint;
 use weir_proto::metrics::exponential_histogram_data_point::Buckets;
 
-use super::{Emit, ExpositionError, ParseReport, cumulative_histogram, summary_value, whole_count};
+use super::{
+    Emit, EmitIdentified, ExpositionError, ParseReport, cumulative_histogram, summary_value,
+    whole_count,
+};
 use crate::parse::MAX_HISTOGRAM_BUCKETS;
 use crate::parse::otlp::exponential_to_explicit;
 use crate::point::{HistogramValue, Sample, SummaryValue, Temporality};
+
+mod walk;
 
 /// Parses a protobuf exposition body (delimited `MetricFamily` messages), calling
 /// `emit` for every sample.
@@ -68,7 +83,45 @@ use crate::point::{HistogramValue, Sample, SummaryValue, Temporality};
 /// assert_eq!(got, vec![("jobs_total".to_owned(), true, true)]);
 /// ```
 pub fn parse_protobuf(body: &[u8], emit: &mut Emit<'_>) -> ParseReport {
+    parse_protobuf_identified(body, &mut |_, n, l, s, t, st| emit(n, l, s, t, st))
+}
+
+/// [`parse_protobuf`] with each sample's identity ([`EmitIdentified`]): counter, gauge
+/// and untyped families are read by the borrowed walk ([`walk`]), every other message
+/// is decoded by prost.
+pub(super) fn parse_protobuf_identified(body: &[u8], emit: &mut EmitIdentified<'_>) -> ParseReport {
     let mut report = ParseReport::default();
+    let mut walk = walk::Walk::default();
+    for_each_message(body, &mut report, |message, report| {
+        if !walk.family(message, emit, report) {
+            decoded_family(
+                message,
+                &mut |n, l, s, t, st| emit(None, n, l, s, t, st),
+                report,
+            );
+        }
+    });
+    report
+}
+
+/// [`parse_protobuf`] with every message decoded by prost: the reference the borrowed
+/// walk is checked against (the property test below, the `exposition_proto` fuzz
+/// target).
+pub(crate) fn parse_protobuf_decoded(body: &[u8], emit: &mut Emit<'_>) -> ParseReport {
+    let mut report = ParseReport::default();
+    for_each_message(body, &mut report, |message, report| {
+        decoded_family(message, emit, report)
+    });
+    report
+}
+
+/// Calls `each` with every length-delimited message of `body`; a truncated or
+/// oversized length prefix counts `malformed_protobuf` and ends the body.
+fn for_each_message<'b>(
+    body: &'b [u8],
+    report: &mut ParseReport,
+    mut each: impl FnMut(&'b [u8], &mut ParseReport),
+) {
     let mut rest = body;
     while !rest.is_empty() {
         let Some((len, after)) = read_varint(rest) else {
@@ -81,12 +134,17 @@ pub fn parse_protobuf(body: &[u8], emit: &mut Emit<'_>) -> ParseReport {
         };
         let (message, next) = after.split_at(len);
         rest = next;
-        match MetricFamily::decode(message) {
-            Ok(f) => family(&f, emit, &mut report),
-            Err(_) => report.count(ExpositionError::MalformedProtobuf),
-        }
+        each(message, report);
     }
-    report
+}
+
+/// One message decoded by prost and its series emitted; `malformed_protobuf` when it
+/// does not decode.
+fn decoded_family(message: &[u8], emit: &mut Emit<'_>, report: &mut ParseReport) {
+    match MetricFamily::decode(message) {
+        Ok(f) => family(&f, emit, report),
+        Err(_) => report.count(ExpositionError::MalformedProtobuf),
+    }
 }
 
 /// A base-128 varint at the start of `buf` (at most 10 bytes, no bits past 64) and
@@ -188,11 +246,17 @@ fn created_ms(kind: MetricType, m: &pb::Metric) -> i64 {
             .and_then(|s| s.created_timestamp.as_ref()),
         _ => None,
     };
-    created.map_or(0, |t| {
+    start_ms(created.map(|t| (t.seconds, t.nanos)))
+}
+
+/// A created timestamp `(seconds, nanos)` in milliseconds since the epoch, 0 when
+/// absent or at or before the epoch.
+fn start_ms(created: Option<(i64, i32)>) -> i64 {
+    created.map_or(0, |(seconds, nanos)| {
         // nanos is in 0..1e9 by the Timestamp spec; clamped so that a body breaking it
         // cannot move the time by more than a second.
-        let millis = i64::from(t.nanos.clamp(0, 999_999_999)) / 1_000_000;
-        t.seconds.saturating_mul(1000).saturating_add(millis).max(0)
+        let millis = i64::from(nanos.clamp(0, 999_999_999)) / 1_000_000;
+        seconds.saturating_mul(1000).saturating_add(millis).max(0)
     })
 }
 
@@ -1184,8 +1248,257 @@ mod tests {
             .prop_map(|(kind, series)| GenFamily { kind, series })
     }
 
+    #[test]
+    fn counters_gauges_and_untyped_samples_carry_their_identity_and_histograms_do_not() {
+        let g = |labels_: &[(&str, &str)], v: f64| Metric {
+            label: labels(labels_),
+            ..gauge(v)
+        };
+        let families = [
+            fam(
+                "g",
+                MetricType::Gauge,
+                vec![g(&[("a", "1")], 1.0), g(&[("a", "2")], 2.0)],
+            ),
+            fam("g", MetricType::Gauge, vec![g(&[("a", "1")], 3.0)]),
+            // The same name and label bytes in another family name: another identity.
+            fam("h", MetricType::Gauge, vec![g(&[("a", "1")], 4.0)]),
+            fam(
+                "hist",
+                MetricType::Histogram,
+                vec![Metric {
+                    histogram: Some(classic(1, 1.0, &[(1.0, 1)])),
+                    ..Default::default()
+                }],
+            ),
+        ];
+        let b = body(&families);
+        let mut ids = Vec::new();
+        let r = Format::Protobuf.parse_identified(&b, &mut |id, name, _, _, _, _| {
+            ids.push((id.map(<[u8]>::to_vec), name.to_owned()));
+        });
+        assert_eq!((r.samples, r.total_errors()), (5, 0));
+        let id = |i: usize| ids[i].0.clone().unwrap();
+        assert_eq!(id(0)[0], 0xFF);
+        assert_eq!(id(0), id(2), "the same series in two scrapes");
+        assert_ne!(id(0), id(1));
+        assert_ne!(id(0), id(3));
+        assert_eq!(ids[4], (None, "hist".to_owned()));
+    }
+
+    /// Everything a parse emits, owned, with the start time: `(name, labels, sample
+    /// as Debug text, ts, start)`.
+    type Emitted = Vec<(String, Vec<(String, String)>, String, i64, i64)>;
+
+    fn emitted_by(
+        parse: fn(&[u8], &mut Emit<'_>) -> ParseReport,
+        body: &[u8],
+    ) -> (Emitted, ParseReport) {
+        let mut got = Vec::new();
+        let r = parse(body, &mut |name, labels, sample, ts, start| {
+            got.push((
+                name.to_owned(),
+                labels
+                    .iter()
+                    .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+                    .collect(),
+                format!("{sample:?}"),
+                ts,
+                start,
+            ))
+        });
+        (got, r)
+    }
+
+    /// An unknown field's bytes, by `kind`: varint, fixed64, fixed32, bytes, group.
+    fn unknown_field(kind: u8, payload: &[u8]) -> Vec<u8> {
+        match kind % 5 {
+            0 => vec![0x48, 0x96, 0x01],             // 9, VARINT 150
+            1 => vec![0x51, 1, 2, 3, 4, 5, 6, 7, 8], // 10, I64
+            2 => vec![0x5d, 1, 2, 3, 4],             // 11, I32
+            3 => {
+                let mut b = vec![0x62, payload.len() as u8]; // 12, LEN
+                b.extend_from_slice(payload);
+                b
+            }
+            _ => vec![0x6b, 0x08, 1, 0x6c], // 13, SGROUP {1: 1} EGROUP
+        }
+    }
+
+    /// A series as the comparison generates it.
+    #[derive(Debug, Clone)]
+    struct AnySeries {
+        labels: Vec<(Option<String>, Option<String>)>,
+        /// Which value fields are set: bit 0 gauge, 1 counter, 2 untyped, 3 histogram,
+        /// 4 summary; bit 5 leaves the value out of each.
+        fields: u8,
+        value: f64,
+        created: Option<(i64, i32)>,
+        exemplar: bool,
+        timestamp_ms: Option<i64>,
+        unknown: Option<u8>,
+    }
+
+    /// A family as the comparison generates it.
+    #[derive(Debug, Clone)]
+    struct AnyFamily {
+        name: Option<String>,
+        kind: Option<i32>,
+        series: Vec<AnySeries>,
+        unknown: Option<u8>,
+        /// A second `type` field after the series (the last one wins).
+        late_kind: Option<i32>,
+    }
+
+    fn any_series() -> impl Strategy<Value = AnySeries> {
+        (
+            proptest::collection::vec(
+                (
+                    proptest::option::weighted(0.9, "[a-c1_-]{0,2}"),
+                    proptest::option::weighted(0.9, "[ -~]{0,3}|\\PC{0,2}"),
+                ),
+                0..4,
+            ),
+            any::<u8>(),
+            prop_oneof![any::<f64>(), -1e6..1e6f64],
+            proptest::option::of((any::<i64>(), any::<i32>())),
+            any::<bool>(),
+            proptest::option::of(any::<i64>()),
+            proptest::option::weighted(0.2, any::<u8>()),
+        )
+            .prop_map(
+                |(labels, fields, value, created, exemplar, timestamp_ms, unknown)| AnySeries {
+                    labels,
+                    fields,
+                    value,
+                    created,
+                    exemplar,
+                    timestamp_ms,
+                    unknown,
+                },
+            )
+    }
+
+    fn any_family() -> impl Strategy<Value = AnyFamily> {
+        let kind = prop_oneof![
+            8 => 0i32..6,
+            1 => any::<i32>(),
+        ];
+        (
+            proptest::option::weighted(0.95, "[a-z_]{0,4}"),
+            proptest::option::weighted(0.9, kind.clone()),
+            proptest::collection::vec(any_series(), 0..5),
+            proptest::option::weighted(0.2, any::<u8>()),
+            proptest::option::weighted(0.1, kind),
+        )
+            .prop_map(|(name, kind, series, unknown, late_kind)| AnyFamily {
+                name,
+                kind,
+                series,
+                unknown,
+                late_kind,
+            })
+    }
+
+    /// A `Metric`'s bytes for `s`, with its unknown field at the end.
+    fn any_metric(s: &AnySeries) -> Vec<u8> {
+        let v = (s.fields & 32 == 0).then_some(s.value);
+        let ts = s
+            .created
+            .map(|(seconds, nanos)| pb::Timestamp { seconds, nanos });
+        let m = Metric {
+            label: s
+                .labels
+                .iter()
+                .map(|(name, value)| LabelPair {
+                    name: name.clone(),
+                    value: value.clone(),
+                })
+                .collect(),
+            gauge: (s.fields & 1 != 0).then_some(Gauge { value: v }),
+            counter: (s.fields & 2 != 0).then_some(Counter {
+                value: v,
+                exemplar: s.exemplar.then(|| pb::Exemplar {
+                    label: labels(&[("trace_id", "abc")]),
+                    value: v,
+                    timestamp: ts,
+                }),
+                created_timestamp: ts,
+            }),
+            untyped: (s.fields & 4 != 0).then_some(Untyped { value: v }),
+            histogram: (s.fields & 8 != 0).then(|| classic(3, 1.5, &[(1.0, 2)])),
+            summary: (s.fields & 16 != 0).then(|| Summary {
+                sample_count: Some(2),
+                sample_sum: v,
+                quantile: vec![Quantile {
+                    quantile: Some(0.5),
+                    value: v,
+                }],
+                created_timestamp: ts,
+            }),
+            timestamp_ms: s.timestamp_ms,
+        };
+        let mut b = m.encode_to_vec();
+        if let Some(u) = s.unknown {
+            b.extend(unknown_field(u, b"xy"));
+        }
+        b
+    }
+
+    /// A body of `families`, each a delimited `MetricFamily` with its series and
+    /// unknown fields as generated.
+    fn any_body(families: &[AnyFamily]) -> Vec<u8> {
+        let mut body = Vec::new();
+        for f in families {
+            let mut msg = MetricFamily {
+                name: f.name.clone(),
+                help: Some("h".into()),
+                r#type: f.kind,
+                metric: Vec::new(),
+            }
+            .encode_to_vec();
+            for s in &f.series {
+                let m = any_metric(s);
+                msg.push(0x22); // metric = 4, LEN
+                weir_proto::encoding::encode_varint(m.len() as u64, &mut msg);
+                msg.extend(m);
+            }
+            if let Some(u) = f.unknown {
+                msg.extend(unknown_field(u, b"unit"));
+            }
+            if let Some(k) = f.late_kind {
+                msg.push(0x18); // type = 3, VARINT
+                weir_proto::encoding::encode_varint(i64::from(k) as u64, &mut msg);
+            }
+            weir_proto::encoding::encode_varint(msg.len() as u64, &mut body);
+            body.extend(msg);
+        }
+        body
+    }
+
     proptest! {
         #![proptest_config(ProptestConfig { cases: 256, ..ProptestConfig::default() })]
+
+        /// The borrowed walk against prost: random families (labels duplicated, empty,
+        /// without a name or value, non-ASCII; every value field alone or mixed, with
+        /// and without its value; created timestamps, exemplars, timestamps, unknown
+        /// fields of every wire type, a type given again after the series, unknown
+        /// types), intact or with one byte changed, emit the same samples with the same
+        /// report either way.
+        #[test]
+        fn the_borrowed_walk_emits_what_prost_decoding_does(
+            families in proptest::collection::vec(any_family(), 1..4),
+            flip in proptest::option::weighted(0.3, (any::<prop::sample::Index>(), 1u8..)),
+        ) {
+            let mut b = any_body(&families);
+            if let Some((at, x)) = flip.filter(|_| !b.is_empty()) {
+                let i = at.index(b.len());
+                b[i] ^= x;
+            }
+            let walked = emitted_by(parse_protobuf, &b);
+            let decoded = emitted_by(parse_protobuf_decoded, &b);
+            prop_assert_eq!(walked, decoded);
+        }
 
         #[test]
         fn arbitrary_bytes_never_panic(data in proptest::collection::vec(any::<u8>(), 0..512)) {
