@@ -18,6 +18,7 @@ pub mod aggregator;
 pub mod cell;
 pub mod encode;
 pub mod flush;
+mod hint;
 pub mod key;
 pub mod parse;
 pub mod point;

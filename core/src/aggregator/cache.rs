@@ -26,6 +26,7 @@ use std::sync::Arc;
 use foldhash::fast::RandomState;
 
 use super::series::Series;
+use crate::hint::prefetch;
 
 /// One table slot: empty when `series` is `None`.
 #[derive(Clone, Default)]
@@ -226,20 +227,6 @@ impl<S: BuildHasher> RawCache<S> {
             prefetch(std::ptr::from_ref(&series.touched_ms).cast());
         }
     }
-}
-
-/// Asks the CPU to load the cache line at `p`; a hint with no effect on memory.
-#[inline(always)]
-pub(super) fn prefetch(p: *const u8) {
-    #[cfg(target_arch = "x86_64")]
-    // SAFETY: `prefetcht0` only loads a line into the cache; it never faults, even on
-    // an invalid address, and has no effect on memory that Rust can observe. The
-    // `sse` feature it requires is part of the x86_64 baseline.
-    unsafe {
-        std::arch::x86_64::_mm_prefetch::<{ std::arch::x86_64::_MM_HINT_T0 }>(p.cast());
-    }
-    #[cfg(not(target_arch = "x86_64"))]
-    let _ = p;
 }
 
 #[cfg(test)]

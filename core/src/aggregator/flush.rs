@@ -18,9 +18,9 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
 use crate::flush::{FlushBatch, FlushedSeries, FlushedValue};
+use crate::hint::prefetch;
 use crate::point::HistogramValue;
 
-use super::cache::prefetch;
 use super::kept::{Kept, KeptState};
 use super::series::{Cell, Series, try_retire};
 

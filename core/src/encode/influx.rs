@@ -67,7 +67,7 @@ pub fn encode(batch: &FlushBatch, opts: &EncodeOptions) -> Vec<EncodedRequest> {
     let mut line = String::new();
     let mut bucket_keys = float::BucketNames::default();
     let mut quantile_key = String::new();
-    for s in &batch.series {
+    for s in super::prefetched(batch.series.iter()) {
         let name = s.key.name();
         if !every_name && !opts.filter.matches(name) {
             continue;

@@ -52,6 +52,27 @@ mod wire;
 pub use filter::{NameFilter, PatternError, glob_matches};
 pub use text::prometheus_text;
 
+/// How many series ahead [`prefetched`] asks for a key: far enough for a DRAM access
+/// to land while the series in between are encoded.
+const KEY_PREFETCH_AHEAD: usize = 8;
+
+/// Yields `series` in order, asking the CPU for the key bytes of the series
+/// [`KEY_PREFETCH_AHEAD`] places ahead. A batch's keys are scattered over the heap, so
+/// without the hint an encoder waits on a cache miss at every series' key (criterion
+/// `encode` at 100k series: OTLP, which walks the batch twice, 0.6–0.8x the time;
+/// remote write and line protocol 0.7–1.0x, within the noise).
+pub(crate) fn prefetched<'a, I>(series: I) -> impl Iterator<Item = &'a FlushedSeries>
+where
+    I: Iterator<Item = &'a FlushedSeries> + Clone,
+{
+    let mut ahead = series.clone().skip(KEY_PREFETCH_AHEAD);
+    series.inspect(move |_| {
+        if let Some(a) = ahead.next() {
+            crate::hint::prefetch_bytes(a.key.as_bytes());
+        }
+    })
+}
+
 /// The default [`EncodeOptions::max_request_bytes`]: 1 MiB.
 ///
 /// Why 1 MiB: an OTLP/gRPC request must stay under the 4 MiB default receive limit

@@ -69,7 +69,7 @@ pub fn encode(batch: &FlushBatch, opts: &EncodeOptions) -> Vec<EncodedRequest> {
     let mut requests = Requests::new(&opts.external(), opts.temporality, opts.limit());
     let mut point = Vec::new();
     for (name, kind, series) in metrics {
-        for s in series {
+        for s in super::prefetched(series.iter().copied()) {
             write_point(&mut point, batch, s, opts.temporality);
             requests.push(name, kind, &point);
         }
@@ -89,7 +89,7 @@ fn group<'a>(
     let mut index: HashMap<(&str, Kind), usize, foldhash::fast::RandomState> = HashMap::default();
     // The group of the previous series: runs of one metric skip the hash lookup.
     let mut last: Option<usize> = None;
-    for s in &batch.series {
+    for s in super::prefetched(batch.series.iter()) {
         let name = s.key.name();
         if !every_name && !opts.filter.matches(name) {
             continue;

@@ -69,7 +69,7 @@ pub fn encode(batch: &FlushBatch, opts: &EncodeOptions) -> Vec<EncodedRequest> {
     let mut base = BaseLabels::default();
     let mut buckets = float::BucketNames::default();
     let mut quantile = String::new();
-    for s in &batch.series {
+    for s in super::prefetched(batch.series.iter()) {
         let name = s.key.name();
         if !every_name && !opts.filter.matches(name) {
             continue;
