@@ -315,7 +315,8 @@ impl SeriesKey {
         Ok(())
     }
 
-    /// Builds a key from bytes already produced by [`SeriesKey::canonicalize`].
+    /// Builds a key from bytes already produced by [`SeriesKey::canonicalize`]; no
+    /// other bytes may be given (`utf8` relies on it).
     pub(crate) fn from_canonical(bytes: &[u8]) -> SeriesKey {
         SeriesKey {
             header: alloc_keyed((), bytes),
@@ -426,7 +427,8 @@ pub(crate) struct Keyed<T> {
 }
 
 impl<T: Send + Sync + 'static> Keyed<T> {
-    /// Stores `value` and a copy of the canonical `bytes` in one new allocation.
+    /// Stores `value` and a copy of `bytes` in one new allocation. `bytes` must be
+    /// output of [`SeriesKey::canonicalize`], as for [`SeriesKey::from_canonical`].
     pub(crate) fn new(bytes: &[u8], value: T) -> Keyed<T> {
         Keyed {
             key: SeriesKey {
