@@ -360,6 +360,85 @@ impl SeriesKey {
     }
 }
 
+/// Component bytes of a key are slices of `&str` inputs cut at separator bytes that
+/// never occur inside UTF-8 text, so this never fails; the fallback only keeps the
+/// code free of panics.
+fn utf8(b: &[u8]) -> &str {
+    std::str::from_utf8(b).unwrap_or("")
+}
+
+/// Iterator over a key's labels, from [`SeriesKey::labels`].
+pub struct Labels<'a> {
+    /// Remaining bytes; empty or starting with [`LABEL_SEP`].
+    rest: &'a [u8],
+}
+
+impl<'a> Iterator for Labels<'a> {
+    type Item = (&'a str, &'a str);
+
+    fn next(&mut self) -> Option<Self::Item> {
+        let body = self.rest.strip_prefix(&[LABEL_SEP])?;
+        let end = body
+            .iter()
+            .position(|&b| b == LABEL_SEP)
+            .unwrap_or(body.len());
+        let (pair, rest) = body.split_at(end);
+        self.rest = rest;
+        let mid = pair
+            .iter()
+            .position(|&b| b == VALUE_SEP)
+            .unwrap_or(pair.len());
+        let value = pair.get(mid + 1..).unwrap_or(&[]);
+        Some((utf8(&pair[..mid]), utf8(value)))
+    }
+}
+
+impl Hash for SeriesKey {
+    fn hash<H: Hasher>(&self, state: &mut H) {
+        // Must equal `<[u8] as Hash>::hash` so maps keyed by `SeriesKey` can be
+        // looked up with borrowed canonical bytes.
+        self.as_bytes().hash(state);
+    }
+}
+
+impl std::borrow::Borrow<[u8]> for SeriesKey {
+    fn borrow(&self) -> &[u8] {
+        self.as_bytes()
+    }
+}
+
+impl fmt::Display for SeriesKey {
+    /// Prometheus text style: `name{a="1",b="x\"y"}`.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())?;
+        let mut first = true;
+        for (k, v) in self.labels() {
+            f.write_str(if first { "{" } else { "," })?;
+            first = false;
+            write!(f, "{k}=\"")?;
+            for c in v.chars() {
+                match c {
+                    '\\' => f.write_str("\\\\")?,
+                    '"' => f.write_str("\\\"")?,
+                    '\n' => f.write_str("\\n")?,
+                    c => write!(f, "{c}")?,
+                }
+            }
+            f.write_str("\"")?;
+        }
+        if !first {
+            f.write_str("}")?;
+        }
+        Ok(())
+    }
+}
+
+impl fmt::Debug for SeriesKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "SeriesKey({self})")
+    }
+}
+
 impl Clone for SeriesKey {
     fn clone(&self) -> SeriesKey {
         // Relaxed, as `Arc::clone`: the new reference is made from an existing one, which
@@ -478,85 +557,6 @@ impl<T> std::ops::Deref for Keyed<T> {
         // SAFETY: `Keyed::new` stored a `T` at this address, which lives while `self`
         // holds its reference; it is only ever shared (`&T`), never mutated through here.
         unsafe { &*Keyed::as_ptr(self) }
-    }
-}
-
-/// Component bytes of a key are slices of `&str` inputs cut at separator bytes that
-/// never occur inside UTF-8 text, so this never fails; the fallback only keeps the
-/// code free of panics.
-fn utf8(b: &[u8]) -> &str {
-    std::str::from_utf8(b).unwrap_or("")
-}
-
-/// Iterator over a key's labels, from [`SeriesKey::labels`].
-pub struct Labels<'a> {
-    /// Remaining bytes; empty or starting with [`LABEL_SEP`].
-    rest: &'a [u8],
-}
-
-impl<'a> Iterator for Labels<'a> {
-    type Item = (&'a str, &'a str);
-
-    fn next(&mut self) -> Option<Self::Item> {
-        let body = self.rest.strip_prefix(&[LABEL_SEP])?;
-        let end = body
-            .iter()
-            .position(|&b| b == LABEL_SEP)
-            .unwrap_or(body.len());
-        let (pair, rest) = body.split_at(end);
-        self.rest = rest;
-        let mid = pair
-            .iter()
-            .position(|&b| b == VALUE_SEP)
-            .unwrap_or(pair.len());
-        let value = pair.get(mid + 1..).unwrap_or(&[]);
-        Some((utf8(&pair[..mid]), utf8(value)))
-    }
-}
-
-impl Hash for SeriesKey {
-    fn hash<H: Hasher>(&self, state: &mut H) {
-        // Must equal `<[u8] as Hash>::hash` so maps keyed by `SeriesKey` can be
-        // looked up with borrowed canonical bytes.
-        self.as_bytes().hash(state);
-    }
-}
-
-impl std::borrow::Borrow<[u8]> for SeriesKey {
-    fn borrow(&self) -> &[u8] {
-        self.as_bytes()
-    }
-}
-
-impl fmt::Display for SeriesKey {
-    /// Prometheus text style: `name{a="1",b="x\"y"}`.
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.name())?;
-        let mut first = true;
-        for (k, v) in self.labels() {
-            f.write_str(if first { "{" } else { "," })?;
-            first = false;
-            write!(f, "{k}=\"")?;
-            for c in v.chars() {
-                match c {
-                    '\\' => f.write_str("\\\\")?,
-                    '"' => f.write_str("\\\"")?,
-                    '\n' => f.write_str("\\n")?,
-                    c => write!(f, "{c}")?,
-                }
-            }
-            f.write_str("\"")?;
-        }
-        if !first {
-            f.write_str("}")?;
-        }
-        Ok(())
-    }
-}
-
-impl fmt::Debug for SeriesKey {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "SeriesKey({self})")
     }
 }
 
