@@ -1,4 +1,4 @@
-//! CPU hints: [`prefetch`] and [`prefetch_bytes`].
+//! CPU hints: [`prefetch`].
 //!
 //! Owns: asking the CPU to load memory ahead of use, so that the walks over many
 //! scattered allocations (the flush, the writer cache's batches, the encoders) overlap
@@ -17,15 +17,4 @@ pub(crate) fn prefetch(p: *const u8) {
     }
     #[cfg(not(target_arch = "x86_64"))]
     let _ = p;
-}
-
-/// Asks the CPU to load the first and the last cache line of `bytes` (all of a short
-/// key, which may straddle two lines).
-#[inline(always)]
-pub(crate) fn prefetch_bytes(bytes: &[u8]) {
-    let p = bytes.as_ptr();
-    prefetch(p);
-    if let Some(last) = bytes.len().checked_sub(1) {
-        prefetch(p.wrapping_add(last));
-    }
 }

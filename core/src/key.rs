@@ -13,10 +13,30 @@
 //!
 //! Must never: allocate while encoding into a caller's buffer beyond that buffer's
 //! growth, or accept a name that a Prometheus-compatible backend would reject.
+//!
+//! # Representation
+//! A [`SeriesKey`] is one pointer to a 16-byte header (a 32-bit reference count, the
+//! byte length and a release function) that the canonical bytes follow. A key built on
+//! its own is just that: one allocation of 16 bytes plus the key. The aggregator stores
+//! each series *with* its key (`Keyed<Series>`): one allocation holding the series, then
+//! the header, then the bytes, with one reference count for both, so that a key cloned
+//! out of a series (every flush does so per series) shares the series' allocation and
+//! count and touches no second allocation. Either way equality, ordering and hashing
+//! are those of the bytes, so the two kinds of key are interchangeable.
+//!
+//! The count follows `std::sync::Arc`'s rules (Relaxed increment, Release decrement,
+//! an Acquire fence before the last holder frees) and its overflow guard (a clone past
+//! `i32::MAX` references aborts). The release function, chosen when the allocation is
+//! made, is what lets a plain `SeriesKey` drop the value stored with it without knowing
+//! its type. This module holds all of that `unsafe`: `alloc_keyed`, `release`,
+//! `SeriesKey::as_bytes` and `Keyed`'s `Deref`.
 
+use std::alloc::{Layout, alloc, dealloc, handle_alloc_error};
 use std::fmt;
 use std::hash::{Hash, Hasher};
-use std::sync::Arc;
+use std::marker::PhantomData;
+use std::ptr::NonNull;
+use std::sync::atomic::{AtomicU32, Ordering, fence};
 
 /// Separates one label from what precedes it in the canonical encoding.
 pub(crate) const LABEL_SEP: u8 = 0xFF;
@@ -121,7 +141,13 @@ fn push_label(out: &mut Vec<u8>, key: &str, value: &str) {
 /// The identity of a series: a metric name and its labels, sorted by label name.
 ///
 /// Cheap to clone (one reference count). Equality, ordering and hashing are those of
-/// the canonical bytes (see the module doc).
+/// the canonical bytes (see the module doc), whichever allocation holds them.
+///
+/// One pointer (8 bytes on 64-bit targets) to the key's [`Header`], which the key
+/// bytes follow. A key built on its own ([`SeriesKey::new`]) is that header and the
+/// bytes alone; the key of an aggregator series sits in the series' own allocation
+/// (`Keyed`) and shares its reference count, so cloning it out of a series (as every
+/// flush does per series) touches nothing but the series.
 ///
 /// ```
 /// use weir_core::key::SeriesKey;
@@ -131,12 +157,120 @@ fn push_label(out: &mut Vec<u8>, key: &str, value: &str) {
 /// assert_eq!(a.to_string(), r#"http_requests_total{code="200",method="GET"}"#);
 /// assert!(SeriesKey::new("x", &[("a", "1"), ("a", "2")]).is_err());
 /// ```
-#[derive(Clone, PartialEq, Eq, PartialOrd, Ord)]
 pub struct SeriesKey {
-    bytes: Arc<[u8]>,
+    /// Owns one of the allocation's references. Points at a live, initialised
+    /// [`Header`] built by [`alloc_keyed`], with the header's `len` key bytes
+    /// following it, for as long as this value exists.
+    header: NonNull<Header>,
+}
+
+// SAFETY: the allocation behind a key is its header (an atomic count and immutable
+// fields), immutable bytes, and a value that `Keyed::new` only accepts when it is
+// `Send + Sync`; the count is only changed atomically. So keys may move to and be
+// shared between threads as `Arc<[u8]>` (the former representation) could.
+unsafe impl Send for SeriesKey {}
+// SAFETY: see `Send` above: nothing behind a key is mutated except through atomics.
+unsafe impl Sync for SeriesKey {}
+
+/// The start of a key's bytes: its reference count, its length and how to free it.
+/// `#[repr(C)]` so that the bytes start right after it, at offset 16.
+#[repr(C)]
+struct Header {
+    /// References ([`SeriesKey`]s, each [`Keyed`] holds one) to the allocation.
+    count: AtomicU32,
+    /// Number of key bytes following the header.
+    len: u32,
+    /// Drops the value stored with the key and frees the allocation; chosen by
+    /// [`alloc_keyed`] for the value's type, called once, by the last reference.
+    release: unsafe fn(NonNull<Header>),
+}
+
+/// Most references to one key, as `std::sync::Arc` bounds its own: past it a clone
+/// aborts the process rather than let the count wrap (which would free the key while
+/// in use). Far beyond anything weir holds: each reference is a batch entry, a cache
+/// slot, a handle or a table entry.
+const MAX_REFS: u32 = i32::MAX as u32;
+
+/// Offset of the header in the allocation of a key stored with a `T`: right after the
+/// `T` (which sits at offset 0), rounded up to the header's alignment.
+const fn header_offset<T>() -> usize {
+    size_of::<T>().next_multiple_of(align_of::<Header>())
+}
+
+/// The allocation of a `T` with a `len`-byte key: the `T`, the header, the bytes.
+/// `None` only if the size overflows `isize`.
+fn keyed_layout<T>(len: usize) -> Option<Layout> {
+    let size = header_offset::<T>()
+        .checked_add(size_of::<Header>())?
+        .checked_add(len)?;
+    let align = align_of::<T>().max(align_of::<Header>());
+    Layout::from_size_align(size, align)
+        .ok()
+        .map(|l| l.pad_to_align())
+}
+
+/// Allocates `value` with a copy of `bytes` behind a header whose count is 1.
+///
+/// Aborts, as `Arc::from` does, when memory runs out; also for a key longer than
+/// `u32::MAX` bytes, which no input reaches (every receiver bounds its bodies and
+/// datagrams far below that).
+fn alloc_keyed<T: Send + Sync + 'static>(value: T, bytes: &[u8]) -> NonNull<Header> {
+    let too_big = Layout::new::<Header>();
+    let (Ok(len), Some(layout)) = (u32::try_from(bytes.len()), keyed_layout::<T>(bytes.len()))
+    else {
+        handle_alloc_error(too_big)
+    };
+    // SAFETY: `layout` has a non-zero size (it contains a `Header`).
+    let base = unsafe { alloc(layout) };
+    if base.is_null() {
+        handle_alloc_error(layout)
+    }
+    // SAFETY: `base` is a fresh allocation of `layout`: the `T` at offset 0 is aligned
+    // (layout align >= align of `T`), the header at `header_offset::<T>()` is aligned
+    // (a multiple of its alignment, as is the base) and in bounds, and the `len` bytes
+    // after it end at or before the layout's size. Nothing else refers to it yet.
+    unsafe {
+        base.cast::<T>().write(value);
+        let header = base.add(header_offset::<T>()).cast::<Header>();
+        header.write(Header {
+            count: AtomicU32::new(1),
+            len,
+            release: release::<T>,
+        });
+        std::ptr::copy_nonoverlapping(bytes.as_ptr(), header.add(1).cast::<u8>(), bytes.len());
+        NonNull::new_unchecked(header)
+    }
+}
+
+/// Drops the `T` stored before `header` and frees the allocation.
+///
+/// # Safety
+/// `header` comes from `alloc_keyed::<T>` and no reference to the allocation is left:
+/// its count just reached 0.
+unsafe fn release<T>(header: NonNull<Header>) {
+    // SAFETY: the header is live until the deallocation below (caller's contract).
+    let len = unsafe { header.as_ref() }.len as usize;
+    let Some(layout) = keyed_layout::<T>(len) else {
+        // Unreachable: `alloc_keyed` built this allocation with the same layout. Leak
+        // rather than free with a wrong one.
+        return;
+    };
+    // SAFETY: `alloc_keyed::<T>` placed the header `header_offset::<T>()` bytes into
+    // the allocation, whose base it therefore is, with the `T` there; nothing refers
+    // to either any more, so the value is dropped once and the memory freed with the
+    // layout it was allocated with.
+    unsafe {
+        let base = header.as_ptr().cast::<u8>().sub(header_offset::<T>());
+        std::ptr::drop_in_place(base.cast::<T>());
+        dealloc(base, layout);
+    }
 }
 
 impl SeriesKey {
+    fn header(&self) -> &Header {
+        // SAFETY: the header lives as long as this key holds its reference.
+        unsafe { self.header.as_ref() }
+    }
     /// Validates `name` and `labels`, sorts the labels by name and builds the key.
     ///
     /// # Errors
@@ -185,39 +319,52 @@ impl SeriesKey {
     /// other bytes may be given (`utf8` relies on it).
     pub(crate) fn from_canonical(bytes: &[u8]) -> SeriesKey {
         SeriesKey {
-            bytes: Arc::from(bytes),
+            header: alloc_keyed((), bytes),
         }
     }
 
     /// The shared canonical bytes (see the module doc).
     pub fn as_bytes(&self) -> &[u8] {
-        &self.bytes
+        let len = self.header().len as usize;
+        // SAFETY: `alloc_keyed` wrote `len` bytes right after the header, in the same
+        // allocation, and never changes them; they live as long as `self` holds its
+        // reference, which the returned borrow cannot outlive.
+        unsafe { std::slice::from_raw_parts(self.header.as_ptr().add(1).cast::<u8>(), len) }
+    }
+
+    /// Asks the CPU for the key's header and the cache line after it (all of a key of
+    /// up to ~110 bytes), without reading them: a walk over many keys calls it a few
+    /// keys ahead of the one it reads.
+    pub(crate) fn prefetch(&self) {
+        let p = self.header.as_ptr().cast::<u8>();
+        crate::hint::prefetch(p);
+        crate::hint::prefetch(p.wrapping_add(64));
     }
 
     /// The 64-bit FNV-1a fingerprint of the canonical bytes.
     pub fn fingerprint(&self) -> u64 {
-        fnv1a64(&self.bytes)
+        fnv1a64(self.as_bytes())
     }
 
     /// The metric name.
     pub fn name(&self) -> &str {
-        let end = self
-            .bytes
+        let bytes = self.as_bytes();
+        let end = bytes
             .iter()
             .position(|&b| b == LABEL_SEP)
-            .unwrap_or(self.bytes.len());
-        utf8(&self.bytes[..end])
+            .unwrap_or(bytes.len());
+        utf8(&bytes[..end])
     }
 
     /// The labels as `(name, value)` pairs, sorted by name.
     pub fn labels(&self) -> Labels<'_> {
-        let start = self
-            .bytes
+        let bytes = self.as_bytes();
+        let start = bytes
             .iter()
             .position(|&b| b == LABEL_SEP)
-            .unwrap_or(self.bytes.len());
+            .unwrap_or(bytes.len());
         Labels {
-            rest: &self.bytes[start..],
+            rest: &bytes[start..],
         }
     }
 }
@@ -272,7 +419,7 @@ impl Hash for SeriesKey {
 
 impl std::borrow::Borrow<[u8]> for SeriesKey {
     fn borrow(&self) -> &[u8] {
-        &self.bytes
+        self.as_bytes()
     }
 }
 
@@ -305,6 +452,127 @@ impl fmt::Display for SeriesKey {
 impl fmt::Debug for SeriesKey {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "SeriesKey({self})")
+    }
+}
+
+impl Clone for SeriesKey {
+    fn clone(&self) -> SeriesKey {
+        // Relaxed, as `Arc::clone`: the new reference is made from an existing one, which
+        // keeps the allocation alive meanwhile; no other memory is published by it.
+        let old = self.header().count.fetch_add(1, Ordering::Relaxed);
+        if old > MAX_REFS {
+            std::process::abort();
+        }
+        SeriesKey {
+            header: self.header,
+        }
+    }
+}
+
+impl Drop for SeriesKey {
+    fn drop(&mut self) {
+        // Release, as `Arc`'s drop: this holder's uses of the allocation (and of the
+        // value stored with the key) happen before the last holder frees it.
+        if self.header().count.fetch_sub(1, Ordering::Release) != 1 {
+            return;
+        }
+        // Acquire: pairs with every other holder's Release decrement above, so their
+        // uses happen before the drop and free below.
+        fence(Ordering::Acquire);
+        let release = self.header().release;
+        // SAFETY: the count reached 0, so this was the last reference; `release` is the
+        // one `alloc_keyed` chose for the value's type.
+        unsafe { release(self.header) }
+    }
+}
+
+impl PartialEq for SeriesKey {
+    fn eq(&self, other: &Self) -> bool {
+        self.header == other.header || self.as_bytes() == other.as_bytes()
+    }
+}
+
+impl Eq for SeriesKey {}
+
+impl PartialOrd for SeriesKey {
+    fn partial_cmp(&self, other: &Self) -> Option<std::cmp::Ordering> {
+        Some(self.cmp(other))
+    }
+}
+
+impl Ord for SeriesKey {
+    fn cmp(&self, other: &Self) -> std::cmp::Ordering {
+        self.as_bytes().cmp(other.as_bytes())
+    }
+}
+
+/// A value stored in one allocation with a key, shared like an `Arc<T>`: the
+/// aggregator keeps each series as a `Keyed<Series>`, so that a series and its key are
+/// one allocation with one reference count, and [`Keyed::key`] hands out the key as a
+/// plain [`SeriesKey`] that keeps the whole allocation (and the value) alive.
+///
+/// Layout: the `T` at offset 0, then the key's 16-byte header at the `T`'s size rounded
+/// up to 8, then the key bytes; one `malloc` block.
+pub(crate) struct Keyed<T> {
+    /// One of the allocation's references; its header is `header_offset::<T>()` bytes
+    /// after a live `T` (built only by [`Keyed::new`]).
+    key: SeriesKey,
+    /// Owns a `T` as far as drop checking and auto traits go.
+    _value: PhantomData<T>,
+}
+
+impl<T: Send + Sync + 'static> Keyed<T> {
+    /// Stores `value` and a copy of `bytes` in one new allocation. `bytes` must be
+    /// output of [`SeriesKey::canonicalize`], as for [`SeriesKey::from_canonical`].
+    pub(crate) fn new(bytes: &[u8], value: T) -> Keyed<T> {
+        Keyed {
+            key: SeriesKey {
+                header: alloc_keyed(value, bytes),
+            },
+            _value: PhantomData,
+        }
+    }
+}
+
+impl<T> Keyed<T> {
+    /// The key; clone it for a key that shares this allocation.
+    pub(crate) fn key(&self) -> &SeriesKey {
+        &self.key
+    }
+
+    /// The address of the value (for prefetching).
+    pub(crate) fn as_ptr(this: &Keyed<T>) -> *const T {
+        // In bounds: the header sits `header_offset::<T>()` bytes after the value's
+        // start (`Keyed::new`). Raw pointer arithmetic keeps the allocation's provenance.
+        this.key
+            .header
+            .as_ptr()
+            .cast::<u8>()
+            .wrapping_sub(header_offset::<T>())
+            .cast::<T>()
+    }
+
+    /// Bytes from the value's start to the end of the key's header: the part of the
+    /// allocation that a clone (the count) and a read of the value touch.
+    pub(crate) const VALUE_AND_HEADER: usize = header_offset::<T>() + size_of::<Header>();
+}
+
+impl<T> Clone for Keyed<T> {
+    fn clone(&self) -> Keyed<T> {
+        Keyed {
+            key: self.key.clone(),
+            _value: PhantomData,
+        }
+    }
+}
+
+impl<T> std::ops::Deref for Keyed<T> {
+    type Target = T;
+
+    fn deref(&self) -> &T {
+        // SAFETY: `Keyed::new` stored a `T` at this address, which lives while `self`
+        // holds its reference; it is only ever shared (`&T`), never mutated through here.
+        unsafe { &*Keyed::as_ptr(self) }
     }
 }
 
@@ -351,6 +619,8 @@ fn relabel<'x, 'y>(mut v: Vec<(&'x str, &'x str)>) -> Vec<(&'y str, &'y str)> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::sync::Arc;
+    use std::sync::atomic::AtomicUsize;
 
     #[test]
     fn labels_are_sorted_and_round_trip() {
@@ -433,6 +703,124 @@ mod tests {
                 (v.as_ptr() as usize, len)
             });
             assert_eq!((ptr, len), (first, 0), "round {round}");
+        }
+    }
+
+    /// Counts drops of the value stored with a key, to see when the allocation goes.
+    struct Tracked(Arc<AtomicUsize>);
+
+    impl Drop for Tracked {
+        fn drop(&mut self) {
+            self.0.fetch_add(1, Ordering::SeqCst);
+        }
+    }
+
+    fn hash_of<T: Hash + ?Sized>(v: &T) -> u64 {
+        use std::hash::BuildHasher;
+        foldhash::fast::FixedState::with_seed(7).hash_one(v)
+    }
+
+    #[test]
+    fn a_key_stored_with_a_value_equals_hashes_and_orders_as_a_standalone_key() {
+        let keys = [
+            SeriesKey::new("m", &[("a", "1")]).unwrap(),
+            SeriesKey::new("m", &[("a", "2")]).unwrap(),
+            SeriesKey::new("m", &[("a", "10")]).unwrap(),
+            SeriesKey::new("m_long", &[]).unwrap(),
+            SeriesKey::from_canonical(b""),
+        ];
+        for a in &keys {
+            let inline = Keyed::new(a.as_bytes(), [7u64; 11]);
+            let k = inline.key();
+            assert_eq!(k, a);
+            assert_eq!(a, k);
+            assert_eq!(k.as_bytes(), a.as_bytes());
+            assert_eq!(hash_of(k), hash_of(a));
+            assert_eq!(hash_of(k), hash_of(a.as_bytes()), "Borrow<[u8]> lookups");
+            assert_eq!(k.fingerprint(), a.fingerprint());
+            assert_eq!(k.to_string(), a.to_string());
+            assert_eq!(*inline, [7u64; 11]);
+            for b in &keys {
+                assert_eq!(k.cmp(b), a.cmp(b), "{a} vs {b}");
+                assert_eq!(k.cmp(b), a.as_bytes().cmp(b.as_bytes()));
+                assert_eq!(k == b, a.as_bytes() == b.as_bytes());
+            }
+        }
+    }
+
+    #[test]
+    fn a_key_is_one_pointer_and_its_value_sits_before_the_header() {
+        assert_eq!(size_of::<SeriesKey>(), size_of::<usize>());
+        assert_eq!(size_of::<Option<SeriesKey>>(), size_of::<usize>());
+        assert_eq!(size_of::<Header>(), 16);
+        let v = Keyed::new(b"abc", 5u8);
+        let value = Keyed::as_ptr(&v) as usize;
+        let bytes = v.key().as_bytes().as_ptr() as usize;
+        assert_eq!(
+            bytes - value,
+            8 + 16,
+            "u8 value, rounded to 8, then the header"
+        );
+        assert_eq!(keyed_layout::<u8>(3).map(|l| l.size()), Some(32));
+    }
+
+    #[test]
+    fn a_key_taken_from_a_keyed_value_keeps_the_value_until_the_last_reference_drops() {
+        let drops = Arc::new(AtomicUsize::new(0));
+        let v = Keyed::new(b"k", Tracked(drops.clone()));
+        let k = v.key().clone();
+        let v2 = v.clone();
+        drop(v);
+        drop(v2);
+        assert_eq!(drops.load(Ordering::SeqCst), 0);
+        assert_eq!(k.as_bytes(), b"k");
+        let k2 = k.clone();
+        drop(k);
+        assert_eq!(drops.load(Ordering::SeqCst), 0);
+        drop(k2);
+        assert_eq!(drops.load(Ordering::SeqCst), 1);
+    }
+
+    #[test]
+    fn clones_dropped_on_many_threads_free_the_value_exactly_once() {
+        for round in 0..20 {
+            let drops = Arc::new(AtomicUsize::new(0));
+            let v = Keyed::new(format!("series_{round}").as_bytes(), Tracked(drops.clone()));
+            let threads: Vec<_> = (0..4)
+                .map(|t| {
+                    let mine = v.clone();
+                    std::thread::spawn(move || {
+                        let mut held = Vec::new();
+                        for i in 0..2_000 {
+                            held.push(mine.key().clone());
+                            if i % 3 == t % 3
+                                && let Some(k) = held.first().cloned()
+                            {
+                                held.push(k);
+                            }
+                            if held.len() > 8 {
+                                held.drain(..4);
+                            }
+                        }
+                        let last = mine.key().clone();
+                        drop(mine);
+                        (held, last)
+                    })
+                })
+                .collect();
+            let kept: Vec<_> = threads.into_iter().map(|t| t.join().unwrap()).collect();
+            assert_eq!(drops.load(Ordering::SeqCst), 0, "round {round}");
+            drop(v);
+            assert_eq!(drops.load(Ordering::SeqCst), 0, "round {round}");
+            // The last references go on other threads, in parallel.
+            let droppers: Vec<_> = kept
+                .into_iter()
+                .map(|k| std::thread::spawn(move || drop(k)))
+                .collect();
+            for d in droppers {
+                d.join().unwrap();
+            }
+            assert_eq!(drops.load(Ordering::SeqCst), 1, "round {round}");
         }
     }
 }

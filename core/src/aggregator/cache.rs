@@ -21,17 +21,16 @@
 //! [`RawCache::clear`]. Keys longer than `u16::MAX` bytes are never cached.
 
 use std::hash::BuildHasher;
-use std::sync::Arc;
 
 use foldhash::fast::RandomState;
 
-use super::series::Series;
+use super::series::SharedSeries;
 use crate::hint::prefetch;
 
 /// One table slot: empty when `series` is `None`.
 #[derive(Clone, Default)]
 struct Slot {
-    series: Option<Arc<Series>>,
+    series: Option<SharedSeries>,
     /// Start of the key's bytes in the arena.
     key_off: u32,
     /// The key's length in bytes.
@@ -123,13 +122,13 @@ impl<S: BuildHasher> RawCache<S> {
 
     /// The series cached under `raw`; `hash` is [`RawCache::hash`] of `raw`.
     #[inline]
-    pub(super) fn get(&self, raw: &[u8], hash: u64) -> Option<&Arc<Series>> {
+    pub(super) fn get(&self, raw: &[u8], hash: u64) -> Option<&SharedSeries> {
         let i = self.find(raw, hash)?;
         self.slots[i].series.as_ref()
     }
 
     /// Caches `series` under `raw` (not cached yet: the caller just missed).
-    pub(super) fn insert(&mut self, raw: &[u8], hash: u64, series: Arc<Series>) {
+    pub(super) fn insert(&mut self, raw: &[u8], hash: u64, series: SharedSeries) {
         let (Ok(key_len), Ok(key_off)) =
             (u16::try_from(raw.len()), u32::try_from(self.arena.len()))
         else {
@@ -232,30 +231,33 @@ impl<S: BuildHasher> RawCache<S> {
 #[cfg(test)]
 mod tests {
     use std::collections::HashMap;
+    use std::sync::Arc;
     use std::sync::atomic::{AtomicI64, AtomicU32, AtomicUsize};
 
     use proptest::prelude::*;
 
     use super::*;
-    use crate::aggregator::series::{Cell, Family};
+    use crate::aggregator::series::{Cell, Family, Series};
     use crate::cell::CounterCell;
-    use crate::key::SeriesKey;
+    use crate::key::Keyed;
 
-    fn series(i: usize) -> Arc<Series> {
-        Arc::new(Series {
-            key: SeriesKey::from_canonical(format!("s{i}").as_bytes()),
-            fingerprint: i as u64,
-            start_ms: 0,
-            family: Arc::new(Family {
-                active: AtomicUsize::new(0),
-            }),
-            touched_ms: AtomicI64::new(0),
-            handles: AtomicU32::new(0),
-            cell: Cell::Counter(CounterCell::default()),
-        })
+    fn series(i: usize) -> SharedSeries {
+        Keyed::new(
+            format!("s{i}").as_bytes(),
+            Series {
+                fingerprint: i as u64,
+                start_ms: 0,
+                family: Arc::new(Family {
+                    active: AtomicUsize::new(0),
+                }),
+                touched_ms: AtomicI64::new(0),
+                handles: AtomicU32::new(0),
+                cell: Cell::Counter(CounterCell::default()),
+            },
+        )
     }
 
-    fn id(s: &Arc<Series>) -> u64 {
+    fn id(s: &SharedSeries) -> u64 {
         s.fingerprint
     }
 

@@ -6,29 +6,32 @@
 //! or into none, retire a series a handle holds, or hold the flush lock while dropping
 //! a recycled batch's entries.
 //!
-//! The walk prefetches the series 16 entries ahead and the key 8 ahead
-//! (`prefetch_ahead`): a series and its key are two allocations the walk would
-//! otherwise miss on one after the other, each a DRAM access at 100k series and more.
+//! The walk prefetches each series 16 entries ahead (`prefetch_ahead`): the series,
+//! its key's reference count (which the batch entry's key clone increments) and its
+//! key bytes are one allocation (`SharedSeries`), whose first two or three cache lines
+//! the walk reads (the key bytes only when a series is evicted); without the prefetch
+//! it would miss on them one series after the other, each a DRAM access at 100k series
+//! and more.
 //!
 //! The walk gives its core away every `YIELD_EVERY` series (see there), so that on
 //! a busy machine a flush of 1M series does not keep a woken receiver waiting for a
 //! whole scheduler time slice.
 
-use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
 use crate::flush::{FlushBatch, FlushedSeries, FlushedValue};
 use crate::hint::prefetch;
+use crate::key::{Keyed, SeriesKey};
 use crate::point::HistogramValue;
 
 use super::kept::{Kept, KeptState};
-use super::series::{Cell, Series, try_retire};
+use super::series::{Cell, SharedSeries, try_retire};
 
 use super::{Aggregator, now_ms};
 
 /// A series as the flusher holds it, with the running totals only it touches.
 pub(super) struct FlushEntry {
-    pub(super) series: Arc<Series>,
+    pub(super) series: SharedSeries,
     pub(super) totals: Totals,
     /// `touched_ms` as seen by the previous flush; a change means activity.
     pub(super) seen_touched_ms: i64,
@@ -45,7 +48,7 @@ pub(super) enum Totals {
 
 impl FlushEntry {
     /// A new series, going on from `kept` totals if it resumed an evicted one.
-    pub(super) fn new(series: Arc<Series>, kept: Option<Kept>, now_ms: i64) -> FlushEntry {
+    pub(super) fn new(series: SharedSeries, kept: Option<Kept>, now_ms: i64) -> FlushEntry {
         let totals = match (&series.cell, kept.map(|k| k.state)) {
             (Cell::Counter(_), Some(KeptState::Counter { total, .. })) => Totals::Counter(total),
             (Cell::Counter(_), _) => Totals::Counter(0.0),
@@ -134,7 +137,7 @@ impl FlushEntry {
             _ => return None,
         };
         Some(FlushedSeries {
-            key: self.series.key.clone(),
+            key: self.series.key().clone(),
             fingerprint: self.series.fingerprint,
             start_ms: self.series.start_ms,
             evicted,
@@ -183,7 +186,7 @@ impl FlushEntry {
             _ => return None,
         };
         Some(FlushedSeries {
-            key: self.series.key.clone(),
+            key: self.series.key().clone(),
             fingerprint: self.series.fingerprint,
             start_ms: self.series.start_ms,
             evicted: false,
@@ -210,24 +213,21 @@ pub(super) fn add_histogram(total: &mut HistogramValue, d: &HistogramValue) {
 /// else is held up by the yield.
 const YIELD_EVERY: usize = 8192;
 
-/// How far ahead of the walk a series is prefetched; its key half as far, since the
-/// key's address is read from the series.
+/// How far ahead of the walk a series is prefetched.
 const PREFETCH_AHEAD: usize = 16;
 
-/// Asks for the series `PREFETCH_AHEAD` entries on and the key (reference count and
-/// first bytes) of the one half as far, so that the walk's two cache misses per
-/// series overlap with the work on the current one instead of following it.
+/// Asks for the series `PREFETCH_AHEAD` entries on: every cache line from its start to
+/// the end of its key's header (the reference count the batch's key clone increments),
+/// two or three lines depending on where the block starts, so that the walk's misses
+/// overlap with the work on the current series instead of following it.
 #[inline(always)]
 fn prefetch_ahead(entries: &[FlushEntry], i: usize) {
     if let Some(e) = entries.get(i + PREFETCH_AHEAD) {
-        let p: *const u8 = Arc::as_ptr(&e.series).cast();
+        let p: *const u8 = Keyed::as_ptr(&e.series).cast();
+        let last = SharedSeries::VALUE_AND_HEADER - 1;
         prefetch(p);
-        prefetch(p.wrapping_add(64));
-    }
-    if let Some(e) = entries.get(i + PREFETCH_AHEAD / 2) {
-        // The `Arc<[u8]>` header (the reference count the batch's clone increments)
-        // sits just before the bytes.
-        prefetch(e.series.key.as_bytes().as_ptr().wrapping_sub(16));
+        prefetch(p.wrapping_add(64.min(last)));
+        prefetch(p.wrapping_add(last));
     }
 }
 
@@ -360,10 +360,13 @@ impl Aggregator {
                 let mut table = keeps.then(|| sh.kept.lock().unwrap_or_else(|p| p.into_inner()));
                 // Out of the index first, so writers that find the cell sealed resolve
                 // to a successor rather than to this series again.
-                index.remove(e.series.key.as_bytes());
+                index.remove(e.series.key().as_bytes());
                 out.extend(e.collect(true, now_ms));
                 if let (Some(t), Some(k)) = (table.as_mut(), e.kept()) {
-                    let dropped = t.insert(e.series.key.clone(), k, now_ms);
+                    // A key of its own: a clone of the series' key would keep the whole
+                    // series (cell included) alive for as long as the totals are kept.
+                    let key = SeriesKey::from_canonical(e.series.key().as_bytes());
+                    let dropped = t.insert(key, k, now_ms);
                     sh.kept_dropped.fetch_add(dropped, Ordering::Relaxed);
                 }
                 drop(table);
@@ -395,5 +398,30 @@ impl Aggregator {
             end_ms: now_ms,
             series: out,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::point::MetricKind;
+
+    #[test]
+    fn a_flushed_key_points_into_its_series_allocation() {
+        let agg = Aggregator::default();
+        let h = agg
+            .handle("hits_total", &[("path", "/")], MetricKind::Counter)
+            .unwrap();
+        h.increment(1).unwrap();
+        let batch = agg.flush();
+        let key = &batch.series[0].key;
+        let series_start = Keyed::as_ptr(&h.series) as usize;
+        assert_eq!(
+            key.as_bytes().as_ptr() as usize,
+            series_start + SharedSeries::VALUE_AND_HEADER,
+            "the batch's key is the series' own, behind the series and its header"
+        );
+        assert_eq!(key, h.key());
+        assert_eq!(key.to_string(), r#"hits_total{path="/"}"#);
     }
 }

@@ -11,14 +11,14 @@ use crate::key::SeriesKey;
 use crate::point::{MetricKind, Sample, Temporality};
 
 use super::index::Shared;
-use super::series::{Cell, Refusal, Series, kind_of};
+use super::series::{Cell, Refusal, SharedSeries, kind_of};
 
 use super::Rejected;
 
 /// A pre-resolved series: updates go straight to its cell (no lookup, no pin). Keeps
 /// the series from being evicted while it lives.
 pub struct SeriesHandle {
-    pub(super) series: Arc<Series>,
+    pub(super) series: SharedSeries,
     pub(super) shared: Arc<Shared>,
 }
 
@@ -30,7 +30,7 @@ impl SeriesHandle {
 
     /// The series' key.
     pub fn key(&self) -> &SeriesKey {
-        &self.series.key
+        self.series.key()
     }
 
     /// Adds a delta to a counter.
@@ -107,7 +107,7 @@ impl SeriesHandle {
             Err(Refusal::Rejected(e)) => self.shared.reject(e),
             // Not reachable while the handle holds the series; stay correct anyway.
             Err(Refusal::Sealed) => {
-                let key = &self.series.key;
+                let key = self.series.key();
                 self.shared
                     .record_canonical(
                         key.name(),

@@ -12,27 +12,29 @@ use crossbeam_queue::SegQueue;
 use foldhash::fast::RandomState;
 
 use crate::cell::{CounterCell, CumulativeStart, GaugeCell, HistogramCell, SummaryCell};
-use crate::key::SeriesKey;
+use crate::key::{Keyed, SeriesKey, fnv1a64};
 use crate::point::Sample;
 
 use super::flush::FlusherState;
 use super::kept::{Kept, KeptState, KeptTable};
-use super::series::{Cell, CellKind, Family, Refusal, SEALED_RETRIES, Series, validate};
+use super::series::{
+    Cell, CellKind, Family, Refusal, SEALED_RETRIES, Series, SharedSeries, validate,
+};
 use super::{AggregatorConfig, REASONS, Rejected, now_ms};
 
 /// An index entry: the series, hashed and compared by its canonical key bytes.
-pub(super) struct Indexed(Arc<Series>);
+pub(super) struct Indexed(SharedSeries);
 
 impl std::hash::Hash for Indexed {
     fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
         // Must equal `<[u8] as Hash>::hash` for lookups by borrowed bytes.
-        self.0.key.as_bytes().hash(state);
+        self.0.key().as_bytes().hash(state);
     }
 }
 
 impl PartialEq for Indexed {
     fn eq(&self, other: &Self) -> bool {
-        self.0.key == other.0.key
+        self.0.key() == other.0.key()
     }
 }
 
@@ -40,7 +42,7 @@ impl Eq for Indexed {}
 
 impl std::borrow::Borrow<[u8]> for Indexed {
     fn borrow(&self) -> &[u8] {
-        self.0.key.as_bytes()
+        self.0.key().as_bytes()
     }
 }
 
@@ -58,7 +60,7 @@ pub(super) struct Shared {
     pub(super) limit_drops: papaya::HashMap<Box<str>, AtomicU64, RandomState>,
     /// Series created but not yet seen by the flusher.
     /// With the totals it resumed, if any (see `kept`).
-    pub(super) created: SegQueue<(Arc<Series>, Option<Kept>)>,
+    pub(super) created: SegQueue<(SharedSeries, Option<Kept>)>,
     /// Totals of evicted counters and histograms (see `kept`). Locked only by the
     /// creation of a counter or histogram, by eviction and by the flush's expiry.
     pub(super) kept: Mutex<KeptTable>,
@@ -112,7 +114,7 @@ impl Shared {
         name: &str,
         cell_kind: CellKind,
         bounds: Option<&Arc<[f64]>>,
-    ) -> Result<Arc<Series>, Rejected> {
+    ) -> Result<SharedSeries, Rejected> {
         let index = self.index.pin();
         // Bounded: a retry follows a lost creation race whose winner was evicted in
         // between, which needs a flush per round.
@@ -175,20 +177,21 @@ impl Shared {
                 (CellKind::Summary, _) => Cell::Summary(SummaryCell::default()),
                 (CellKind::Set, _) => Cell::Set(Box::default()),
             };
-            let key = SeriesKey::from_canonical(canonical);
-            let series = Arc::new(Series {
-                fingerprint: key.fingerprint(),
-                key,
-                // The later of the wall clock and the aggregator clock: tests that
-                // drive the clock ahead of the wall still see starts move forward.
-                start_ms: kept
-                    .as_ref()
-                    .map_or_else(|| now_ms().max(now), |k| k.start_ms),
-                family,
-                touched_ms: AtomicI64::new(now),
-                handles: AtomicU32::new(0),
-                cell,
-            });
+            let series = Keyed::new(
+                canonical,
+                Series {
+                    fingerprint: fnv1a64(canonical),
+                    // The later of the wall clock and the aggregator clock: tests that
+                    // drive the clock ahead of the wall still see starts move forward.
+                    start_ms: kept
+                        .as_ref()
+                        .map_or_else(|| now_ms().max(now), |k| k.start_ms),
+                    family,
+                    touched_ms: AtomicI64::new(now),
+                    handles: AtomicU32::new(0),
+                    cell,
+                },
+            );
             if index.try_insert(Indexed(series.clone()), ()).is_ok() {
                 self.created_total.fetch_add(1, Ordering::Relaxed);
                 self.created.push((series.clone(), kept));
@@ -196,12 +199,14 @@ impl Shared {
             }
             // Lost the race to another creator (a gauge, set or summary of the same key,
             // which does not take the table's lock): give back our admission and the
-            // totals, and use theirs.
+            // totals (under a key of their own: ours goes with our series), and use theirs.
             series.family.active.fetch_sub(1, Ordering::AcqRel);
             self.active.fetch_sub(1, Ordering::AcqRel);
             if let (Some(t), Some(k)) = (table.as_mut(), kept) {
-                self.kept_dropped
-                    .fetch_add(t.insert(series.key.clone(), k, now), Ordering::Relaxed);
+                self.kept_dropped.fetch_add(
+                    t.insert(SeriesKey::from_canonical(canonical), k, now),
+                    Ordering::Relaxed,
+                );
             }
         }
         self.reject(Rejected::EvictedDuringUpdate)
@@ -260,7 +265,7 @@ impl Shared {
         timestamp_ms: i64,
         start: CumulativeStart,
         scratch: &mut Scratch,
-    ) -> Result<Arc<Series>, Rejected> {
+    ) -> Result<SharedSeries, Rejected> {
         if let Err(e) =
             SeriesKey::canonicalize(name, labels, &mut scratch.canon, &mut scratch.order)
         {
@@ -277,7 +282,7 @@ impl Shared {
         timestamp_ms: i64,
         start: CumulativeStart,
         canonical: &[u8],
-    ) -> Result<Arc<Series>, Rejected> {
+    ) -> Result<SharedSeries, Rejected> {
         for _ in 0..SEALED_RETRIES {
             let series = self.resolve(canonical, name, CellKind::of(sample), bounds_of(sample))?;
             let now = self.clock_ms.load(Ordering::Relaxed);

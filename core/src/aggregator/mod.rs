@@ -12,8 +12,9 @@
 //! cache), `handle` ([`SeriesHandle`]) and `flush` (the flush walk and TTL eviction).
 //! This module holds the [`Aggregator`] itself, its config and its statistics.
 //!
-//! - **Index**: a lock-free map (papaya) holding each `Arc<Series>`, hashed and
-//!   compared by its canonical key bytes (one pointer per entry). New series are
+//! - **Index**: a lock-free map (papaya) holding each series (`SharedSeries`: the
+//!   series and its canonical key bytes in one allocation with one reference count,
+//!   see [`crate::key`]), hashed and compared by those bytes (one pointer per entry). New series are
 //!   inserted with a CAS (`try_insert`); a racing creator of the same key loses the CAS
 //!   and uses the winner's series. Keys are compared in full, so a 64-bit fingerprint
 //!   collision never merges two series.

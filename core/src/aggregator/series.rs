@@ -1,5 +1,6 @@
-//! One series: identity plus cell, the sample check, and how a sample lands in its
-//! cell ([`Series::apply`]), with the retire bit that handles and eviction share.
+//! One series: its cell and bookkeeping, stored with its key ([`SharedSeries`]), the
+//! sample check, and how a sample lands in its cell ([`Series::apply`]), with the
+//! retire bit that handles and eviction share.
 //!
 //! Owns: the per-series state every other part points at. Must never: block, or
 //! apply a sample to a sealed cell without reporting `Sealed`.
@@ -11,7 +12,7 @@ use std::sync::atomic::{AtomicI64, AtomicU32, AtomicUsize, Ordering};
 use crate::cell::{
     CounterCell, CumulativeStart, GaugeCell, HistogramCell, Sealed, SetCell, SummaryCell,
 };
-use crate::key::SeriesKey;
+use crate::key::Keyed;
 use crate::point::{MetricKind, Sample, Temporality};
 
 use super::Rejected;
@@ -35,10 +36,10 @@ pub(super) enum Cell {
     Set(Box<SetCell>),
 }
 
-/// One series: identity plus cell. Shared by the index, the flusher list, writer
-/// caches and handles.
+/// One series: its cell and bookkeeping. Shared, with its key in the same allocation,
+/// as a [`SharedSeries`] by the index, the flusher list, writer caches and handles.
 pub(super) struct Series {
-    pub(super) key: SeriesKey,
+    /// FNV-1a of the key bytes (stored after the series, see [`SharedSeries`]).
     pub(super) fingerprint: u64,
     pub(super) start_ms: i64,
     pub(super) family: Arc<Family>,
@@ -51,6 +52,12 @@ pub(super) struct Series {
     pub(super) handles: AtomicU32,
     pub(super) cell: Cell,
 }
+
+/// A series and its canonical key in one allocation with one reference count (see
+/// [`crate::key`]'s "Representation"): the series first, then the key's 16-byte header,
+/// then the key bytes. `.key()` is the series' identity; a clone of it (a flush batch
+/// entry, a handle's key) keeps the whole series alive.
+pub(super) type SharedSeries = Keyed<Series>;
 
 pub(super) fn kind_of(cell: &Cell) -> MetricKind {
     match cell {

@@ -68,7 +68,7 @@ where
     let mut ahead = series.clone().skip(KEY_PREFETCH_AHEAD);
     series.inspect(move |_| {
         if let Some(a) = ahead.next() {
-            crate::hint::prefetch_bytes(a.key.as_bytes());
+            a.key.prefetch();
         }
     })
 }
