@@ -48,7 +48,7 @@
 //!
 //! Decoding: a protobuf request (gRPC, or HTTP `application/x-protobuf`) reaches
 //! weir-core as its bytes ([`apply_export_protobuf`], which reads Sum and Gauge
-//! requests in place and decodes the rest with prost). So the gRPC service is written
+//! metrics in place and decodes the others with prost). So the gRPC service is written
 //! here rather than generated: [`ExportService`] serves
 //! `MetricsService/Export` through tonic's unary handling with a codec whose decoder
 //! yields the message bytes ([`RawExportCodec`]); a body that is not an

@@ -34,17 +34,19 @@
 //! record nothing else, so every key of its cache is such an identity.
 //!
 //! # Two ways to read a protobuf request
-//! [`apply_export_protobuf`] takes the request's bytes. When every metric is a Sum or
-//! a Gauge (what counters, up-down counters and gauges export), the borrowed walk
-//! ([`walk`]) reads the bytes in place: attribute keys and string values are slices
-//! of the body, and nothing is allocated per data point, so the steady state costs
-//! one identity and one cache lookup per point. Anything else (a histogram or summary,
-//! a field prost would merge, see the walk's module doc) is decoded by prost into an
-//! [`ExportMetricsServiceRequest`] and applied by [`apply_export`]. Both paths give the
-//! same series, samples, [`ExportReport`] and errors: the walk shares this module's
-//! mapping (attributes through one `Attribute` trait, number points through
-//! `Target::number_metric`) and declines every byte it would read differently; the
-//! property tests in `walk_vs_prost` and the `otlp` fuzz target compare them.
+//! [`apply_export_protobuf`] takes the request's bytes. The borrowed walk ([`walk`])
+//! reads the Sum and Gauge metrics (what counters, up-down counters and gauges export)
+//! in place: attribute keys and string values are slices of the body, and nothing is
+//! allocated per data point, so their steady state costs one identity and one cache
+//! lookup per point. Every other metric (a histogram or summary, a field prost would
+//! merge) is decoded by prost on its own and applied in its place; a request the walk
+//! cannot take on at all (see its module doc) is decoded by prost into an
+//! [`ExportMetricsServiceRequest`] and applied by [`apply_export`]. All give the same
+//! series, samples, [`ExportReport`] and errors: the walk shares this module's mapping
+//! (attributes through one `Attribute` trait, number points through
+//! `Target::number_metric`, other metrics through `apply_metric`) and leaves to prost
+//! every byte it would read differently; the property tests in `walk_vs_prost` and the
+//! `otlp` fuzz target compare the paths.
 //!
 //! # Accounting
 //! Every data point of a request ends in exactly one of two counts of its
@@ -106,10 +108,9 @@ pub struct OtlpProtobufError(#[from] weir_proto::DecodeError);
 /// `writer`, as decoding it with prost and calling [`apply_export`] would: the same
 /// series, samples and [`ExportReport`], the same error for the same bad bytes.
 ///
-/// Sum and Gauge metrics are read in place by the borrowed walk (see the module doc);
-/// a request holding anything else, or anything the walk does not read exactly as
-/// prost does, is decoded by prost whole. Nothing is applied from a body that does
-/// not decode.
+/// Sum and Gauge metrics are read in place by the borrowed walk (see the module doc),
+/// other metrics decoded by prost one by one; a request the walk cannot take on is
+/// decoded by prost whole. Nothing is applied from a body that does not decode.
 ///
 /// `writer` must be used for OTLP only (as for [`apply_export`]).
 ///
@@ -153,8 +154,8 @@ pub fn apply_export_protobuf(
     Ok(apply_export(&request, writer))
 }
 
-/// Whether the borrowed walk takes `body` on (rather than leaving it to prost): for
-/// the tests and the fuzz target that check both paths agree.
+/// Whether the borrowed walk takes `body` on (rather than leaving all of it to
+/// prost): for the tests and the fuzz target that check both paths agree.
 #[doc(hidden)]
 pub fn walks(body: &[u8]) -> bool {
     walk::Walk::default().read(body).is_ok()
@@ -1924,7 +1925,7 @@ mod tests {
         }
 
         #[test]
-        fn fields_prost_would_merge_are_left_to_prost() {
+        fn fields_prost_would_merge_are_left_to_prost_whole_or_per_metric() {
             let req = gauge_request();
             let rm = req.resource_metrics[0].encode_to_vec();
             // A second resource: prost merges the two resources' attributes.
@@ -1958,9 +1959,15 @@ mod tests {
             field(2, &metric, &mut sm);
             let mut rm_two_values = Vec::new();
             field(2, &sm, &mut rm_two_values);
-            for rm in [two_resources, rm_two_gauges, rm_two_values] {
+            // The resource's merge is left to prost for the whole request, a metric's
+            // for that metric.
+            for (rm, walked) in [
+                (two_resources, false),
+                (rm_two_gauges, true),
+                (rm_two_values, true),
+            ] {
                 let body = wrap(&rm);
-                assert!(!walks(&body));
+                assert_eq!(walks(&body), walked);
                 assert_eq!(check_otlp_walk(&body), Ok(()));
                 let agg = Aggregator::default();
                 assert!(apply_export_protobuf(&body, &mut agg.writer()).is_ok());
@@ -1968,7 +1975,7 @@ mod tests {
         }
 
         #[test]
-        fn histograms_and_nested_point_attributes_are_left_to_prost() {
+        fn histograms_and_nested_point_attributes_are_decoded_by_prost_beside_walked_metrics() {
             let nested = request(vec![metric(
                 "g",
                 Data::Gauge(Gauge {
@@ -1989,13 +1996,22 @@ mod tests {
                     aggregation_temporality: AggregationTemporality::Delta as i32,
                 }),
             )]);
-            for req in [nested, histogram] {
+            for mut req in [nested, histogram] {
+                // Beside a walked gauge, before and after it.
+                let gauge = gauge_request().resource_metrics[0].scope_metrics[0].metrics[0].clone();
+                let metrics = &mut req.resource_metrics[0].scope_metrics[0].metrics;
+                metrics.insert(0, gauge.clone());
+                metrics.push(Metric {
+                    name: "g2".into(),
+                    ..gauge
+                });
                 let body = req.encode_to_vec();
-                assert!(!walks(&body));
+                assert!(walks(&body));
                 assert_eq!(check_otlp_walk(&body), Ok(()));
                 let agg = Aggregator::default();
                 let r = apply_export_protobuf(&body, &mut agg.writer()).unwrap();
-                assert_eq!((r.accepted, r.rejected), (1, 0));
+                assert_eq!((r.accepted, r.rejected), (3, 0));
+                assert_eq!(agg.flush().series.len(), 3);
             }
         }
 
@@ -2008,6 +2024,51 @@ mod tests {
             let err = apply_export_protobuf(&body, &mut agg.writer()).unwrap_err();
             let want = ExportMetricsServiceRequest::decode(&body[..]).unwrap_err();
             assert_eq!(err.to_string(), want.to_string());
+            assert!(agg.flush().series.is_empty());
+            assert_eq!(check_otlp_walk(&body), Ok(()));
+        }
+
+        #[test]
+        fn a_metric_left_to_prost_counts_its_depth_in_the_request_as_prost_does() {
+            // A histogram whose point attribute nests `n` arrays: for some `n` prost
+            // decodes the metric alone but refuses it three messages deeper, inside
+            // the request. The walk must refuse that request too.
+            let request_with = |n: usize| {
+                let mut v = AnyValue {
+                    value: Some(any_value::Value::StringValue("x".into())),
+                };
+                for _ in 0..n {
+                    v = AnyValue {
+                        value: Some(any_value::Value::ArrayValue(ArrayValue { values: vec![v] })),
+                    };
+                }
+                let point = HistogramDataPoint {
+                    attributes: vec![KeyValue {
+                        key: "deep".into(),
+                        value: Some(v),
+                        ..Default::default()
+                    }],
+                    ..explicit_point(1)
+                };
+                request(vec![metric(
+                    "h",
+                    Data::Histogram(Histogram {
+                        data_points: vec![point],
+                        aggregation_temporality: AggregationTemporality::Delta as i32,
+                    }),
+                )])
+            };
+            let n = (30..60)
+                .find(|n| {
+                    let req = request_with(*n);
+                    let m = &req.resource_metrics[0].scope_metrics[0].metrics[0];
+                    Metric::decode(&m.encode_to_vec()[..]).is_ok()
+                        && ExportMetricsServiceRequest::decode(&req.encode_to_vec()[..]).is_err()
+                })
+                .expect("a depth prost accepts alone and refuses in the request");
+            let body = request_with(n).encode_to_vec();
+            let agg = Aggregator::default();
+            assert!(apply_export_protobuf(&body, &mut agg.writer()).is_err());
             assert!(agg.flush().series.is_empty());
             assert_eq!(check_otlp_walk(&body), Ok(()));
         }

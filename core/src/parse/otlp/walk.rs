@@ -1,6 +1,7 @@
-//! The borrowed walk: an `ExportMetricsServiceRequest` whose metrics are all Sums and
-//! Gauges read straight from its bytes, attribute keys and string values borrowed
-//! from the body, no `String` or `Vec` per data point.
+//! The borrowed walk: the Sum and Gauge metrics of an `ExportMetricsServiceRequest`
+//! read straight from its bytes, attribute keys and string values borrowed from the
+//! body, no `String` or `Vec` per data point; every other metric decoded by prost on
+//! its own.
 //!
 //! Owns: reading the fields of the request, its resources, scopes, Sum and Gauge
 //! metrics, number data points, exemplars and attributes (field numbers from
@@ -8,33 +9,43 @@
 //! the primitives of [`crate::parse::wire`]. Must never: apply anything from a body
 //! before all of it was read and found valid ([`Walk::read`] then [`Walk::apply`]),
 //! accept a body prost's decoder would refuse, or read a field other than prost
-//! would. Whatever it does not take on it declines, and [`super::apply_export_protobuf`]
-//! decodes the whole body with prost; so both paths give the same series, samples
-//! and report by construction of the decline, and the property test
-//! `the_borrowed_walk_gives_prost_s_batches_and_reports` (parent module) and the
-//! `otlp` fuzz target check it. Declined:
-//! - a Histogram, ExponentialHistogram or Summary metric;
-//! - a field prost would merge rather than replace where the merge matters: a
-//!   second `resource` in a `ResourceMetrics`, a second data field in a `Metric`, a
-//!   second `value` in a `KeyValue`;
-//! - an array or key-value list as the value of a data point attribute, or of the
-//!   resource attributes `service.name`, `service.namespace`, `service.instance.id`
-//!   (elsewhere they are checked and ignored, as in the mapping), or nested deeper
-//!   than [`MAX_NESTING`] (far below prost's recursion limit, so the walk never
-//!   reaches it);
-//! - any field in group encoding, and any byte prost would refuse.
+//! would. A `Metric` it does not take on is decoded by prost alone, wrapped in a
+//! `ScopeMetrics` and a `ResourceMetrics` of its own so that prost sees it exactly as
+//! deep as in the request ([`decode_metric`]), and applied by the mapping's
+//! `apply_metric` in its place; anything else it does not take on, or a metric prost
+//! refuses, it declines whole, and [`super::apply_export_protobuf`] decodes the whole
+//! body with prost. Elements of a repeated message field decode independently of
+//! their siblings, so both paths give the same series, samples and report by
+//! construction, and the property tests `walk_vs_prost` (parent module) and the
+//! `otlp` fuzz target check it. Left to prost:
+//! - per metric: a Histogram, ExponentialHistogram or Summary; a second data field
+//!   (prost merges or replaces); an array or key-value list as the value of a data
+//!   point attribute; any metric the walk cannot read (prost then says whether the
+//!   request decodes);
+//! - whole: a second `resource` in a `ResourceMetrics` (prost merges the two); an
+//!   array or key-value list as the value of the resource attributes
+//!   `service.name`, `service.namespace` or `service.instance.id` (elsewhere they are
+//!   checked and ignored, as in the mapping); a second `value` in a `KeyValue` outside
+//!   a metric; nesting deeper than [`MAX_NESTING`] (far below prost's recursion
+//!   limit, so the walk never reaches it); any field in group encoding, and any byte
+//!   prost would refuse.
 //!
 //! # Allocation
 //! Four vectors per body (resources, metrics, points, attributes), grown as the body
-//! is read; none per data point once the writer has cached its series.
+//! is read; none per Sum or Gauge data point once the writer has cached its series.
+//! A metric left to prost costs what prost's decode of it costs, plus one copy of its
+//! bytes.
 
 use std::ops::Range;
 
-use weir_proto::encoding::WireType;
+use weir_proto::Message as _;
+use weir_proto::encoding::{WireType, encode_key, encode_varint, encoded_len_varint};
+use weir_proto::metrics::Metric;
+use weir_proto::metrics_service::ExportMetricsServiceRequest;
 
 use super::{
     Attribute, ExportReport, NumberKind, NumberPoint, OtlpRejection, PointScratch, Scalar, Target,
-    resource_labels,
+    apply_metric, resource_labels,
 };
 use crate::aggregator::Writer;
 use crate::parse::statsd::sanitize_metric_name;
@@ -94,10 +105,20 @@ struct WalkedResource {
 /// One `Metric`.
 struct WalkedMetric<'b> {
     name: &'b str,
-    /// `None`: no data field (or one of a kind this version does not know).
-    kind: Option<NumberKind>,
-    /// Its data points, in [`Walk::points`].
+    data: MetricData,
+    /// Its data points, in [`Walk::points`] (none for a decoded metric).
     points: Range<usize>,
+}
+
+/// What a `Metric` holds.
+#[derive(Clone, Copy)]
+enum MetricData {
+    /// No data field (or one of a kind this version does not know).
+    Missing,
+    /// A Sum or Gauge, walked.
+    Number(NumberKind),
+    /// Left to prost: the metric at this index of [`Walk::decoded`].
+    Decoded(usize),
 }
 
 /// One `NumberDataPoint`.
@@ -117,6 +138,32 @@ pub(super) struct Walk<'b> {
     metrics: Vec<WalkedMetric<'b>>,
     points: Vec<WalkedPoint>,
     attrs: Vec<WalkedAttr<'b>>,
+    /// The metrics left to prost, decoded.
+    decoded: Vec<Metric>,
+}
+
+/// A `Metric` message decoded by prost as it would be inside a request (as an element
+/// of `ScopeMetrics.metrics` inside `ResourceMetrics.scope_metrics` inside the
+/// request's `resource_metrics`), so that prost's recursion limit counts the same
+/// depth; [`Decline`] when prost refuses it.
+fn decode_metric(bytes: &[u8]) -> Step<Metric> {
+    let field_len = |len: usize| 1 + encoded_len_varint(len as u64) + len;
+    let scope = field_len(bytes.len());
+    let resource = field_len(scope);
+    let mut wrapped = Vec::with_capacity(field_len(resource));
+    for (tag, len) in [(1, resource), (2, scope), (2, bytes.len())] {
+        encode_key(tag, WireType::LengthDelimited, &mut wrapped);
+        encode_varint(len as u64, &mut wrapped);
+    }
+    wrapped.extend_from_slice(bytes);
+    let request = ExportMetricsServiceRequest::decode(&wrapped[..]).map_err(|_| Decline)?;
+    request
+        .resource_metrics
+        .into_iter()
+        .flat_map(|rm| rm.scope_metrics)
+        .flat_map(|sm| sm.metrics)
+        .next()
+        .ok_or(Decline)
 }
 
 /// An `AnyValue`, `depth` arrays or lists deep. The last of its fields wins, as
@@ -316,8 +363,33 @@ impl<'b> Walk<'b> {
         })
     }
 
+    /// A `Metric`: walked when it is a Sum or Gauge the walk reads, else decoded by
+    /// prost alone (declined when prost refuses it).
     fn metric(&mut self, bytes: &'b [u8]) -> Step<()> {
-        let points = self.points.len();
+        let (points, attrs) = (self.points.len(), self.attrs.len());
+        let metric = match self.number_metric(bytes) {
+            Ok((name, data)) => WalkedMetric {
+                name,
+                data,
+                points: points..self.points.len(),
+            },
+            Err(Decline) => {
+                self.points.truncate(points);
+                self.attrs.truncate(attrs);
+                self.decoded.push(decode_metric(bytes)?);
+                WalkedMetric {
+                    name: "",
+                    data: MetricData::Decoded(self.decoded.len() - 1),
+                    points: points..points,
+                }
+            }
+        };
+        self.metrics.push(metric);
+        Ok(())
+    }
+
+    /// A Sum, Gauge or data-less `Metric`: its name and data, its points in `self`.
+    fn number_metric(&mut self, bytes: &'b [u8]) -> Step<(&'b str, MetricData)> {
         let (mut name, mut kind) = ("", None);
         fields(bytes, |tag, wt, buf| {
             match tag {
@@ -339,12 +411,7 @@ impl<'b> Walk<'b> {
             }
             Ok(true)
         })?;
-        self.metrics.push(WalkedMetric {
-            name,
-            kind,
-            points: points..self.points.len(),
-        });
-        Ok(())
+        Ok((name, kind.map_or(MetricData::Missing, MetricData::Number)))
     }
 
     fn gauge(&mut self, bytes: &'b [u8]) -> Step<()> {
@@ -420,6 +487,19 @@ impl<'b> Walk<'b> {
             let base = resource_labels(&self.attrs[rm.attrs.clone()]);
             scratch.set_base(&base);
             for m in &self.metrics[rm.metrics.clone()] {
+                let kind = match m.data {
+                    MetricData::Decoded(i) => {
+                        let Some(decoded) = self.decoded.get(i) else {
+                            continue;
+                        };
+                        sanitize_metric_name(&decoded.name, &mut name);
+                        let (w, s, r) = (&mut *writer, &mut scratch, &mut report);
+                        apply_metric(decoded, &name, &base, w, s, r);
+                        continue;
+                    }
+                    MetricData::Missing => None,
+                    MetricData::Number(kind) => Some(kind),
+                };
                 sanitize_metric_name(m.name, &mut name);
                 let mut to = Target {
                     writer: &mut *writer,
@@ -428,7 +508,7 @@ impl<'b> Walk<'b> {
                     scratch: &mut scratch,
                     report: &mut report,
                 };
-                let Some(kind) = m.kind else {
+                let Some(kind) = kind else {
                     to.reject_metric(OtlpRejection::MissingData, 1);
                     continue;
                 };
