@@ -4,9 +4,11 @@
 //! attributes that are not labels), into an aggregator that already holds those
 //! series (the steady state of a client exporting the same series every interval).
 //!
-//! Three rows, per data point: `decode_only` (prost, the body into the request
-//! structs), `apply_only` ([`apply_export`] on a decoded request) and
-//! `decode_and_apply` (both, what the gRPC and HTTP protobuf receivers do per request).
+//! Five rows, per data point: `decode_only` (prost, the body into the request
+//! structs), `apply_only` ([`apply_export`] on a decoded request), `decode_and_apply`
+//! (both: what the gRPC and HTTP protobuf receivers did per request before the
+//! borrowed walk), `walk_only` (the borrowed walk reading the body, nothing applied)
+//! and `walk_and_apply` ([`apply_export_protobuf`]: what the receivers do now).
 //!
 //! Run: `cargo bench -p weir-benches --bench otlp`; see `benches/README.md`.
 
@@ -15,7 +17,7 @@ use std::time::Duration;
 
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
 use prost::Message as _;
-use weir_core::parse::otlp::apply_export;
+use weir_core::parse::otlp::{apply_export, apply_export_protobuf, walks};
 use weir_core::{Aggregator, AggregatorConfig};
 use weir_proto::common::{AnyValue, KeyValue, any_value};
 use weir_proto::metrics::{
@@ -120,6 +122,11 @@ fn otlp(c: &mut Criterion) {
             ExportMetricsServiceRequest::decode(black_box(&body[..]))
                 .map(|r| apply_export(&r, &mut w).accepted)
         })
+    });
+    assert!(walks(&body), "the walk must take this request on");
+    g.bench_function("walk_only", |b| b.iter(|| walks(black_box(&body[..]))));
+    g.bench_function("walk_and_apply", |b| {
+        b.iter(|| apply_export_protobuf(black_box(&body[..]), &mut w).map(|r| r.accepted))
     });
     g.finish();
     // Keep the deltas bounded over a long run (and the aggregator alive to here).

@@ -10,7 +10,7 @@
 //! scraper reads ([`client_model`], `io.prometheus.client`).
 #![forbid(unsafe_code)]
 
-pub use prost::Message;
+pub use prost::{DecodeError, Message};
 
 /// prost's wire-format primitives (`decode_key`, `decode_varint`, `skip_field`,
 /// `WireType`), for decoders that walk a message's bytes without building it (the

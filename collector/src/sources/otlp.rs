@@ -40,11 +40,20 @@
 //!   it (tonic's server timeout).
 //!
 //! Blocking work: decompression, decoding and aggregation of an HTTP body, and the
-//! aggregation of a gRPC request, run on tokio's blocking pool (`spawn_blocking`), so
-//! a large request never holds an async worker that other listeners (the admin API's
-//! `/health`) need; the in-flight cap bounds how many use the pool. tonic itself
-//! decompresses and decodes gRPC messages on the async worker, within
+//! decoding and aggregation of a gRPC request, run on tokio's blocking pool
+//! (`spawn_blocking`), so a large request never holds an async worker that other
+//! listeners (the admin API's `/health`) need; the in-flight cap bounds how many use
+//! the pool. tonic itself decompresses gRPC messages on the async worker, within
 //! `max_decompressed_bytes`.
+//!
+//! Decoding: a protobuf request (gRPC, or HTTP `application/x-protobuf`) reaches
+//! weir-core as its bytes ([`apply_export_protobuf`], which reads Sum and Gauge
+//! metrics in place and decodes the others with prost). So the gRPC service is written
+//! here rather than generated: [`ExportService`] serves
+//! `MetricsService/Export` through tonic's unary handling with a codec whose decoder
+//! yields the message bytes ([`RawExportCodec`]); a body that is not an
+//! `ExportMetricsServiceRequest` is answered `INTERNAL` with prost's reason, as
+//! tonic's prost codec answers it, and counted in [`OtlpCounters::bad_requests`].
 
 use std::convert::Infallible;
 use std::future::Future;
@@ -69,10 +78,11 @@ use tracing::{info, warn};
 
 use crate::serve::{Limits, ListenerCounters, plain};
 use crate::tls::server::{Alpn, ServerTls, ServerTlsError, TlsServerConfig};
-use weir_core::parse::otlp::{ExportReport, OtlpRejection, apply_export};
+use weir_core::parse::otlp::{
+    ExportReport, OtlpProtobufError, OtlpRejection, apply_export, apply_export_protobuf,
+};
 use weir_core::{Aggregator, Writer};
 use weir_proto::Message;
-use weir_proto::metrics_service::metrics_service_server::{MetricsService, MetricsServiceServer};
 use weir_proto::metrics_service::{
     ExportMetricsPartialSuccess, ExportMetricsServiceRequest, ExportMetricsServiceResponse,
 };
@@ -263,16 +273,42 @@ impl OtlpIngest {
         permit
     }
 
+    /// Applies a decoded request (OTLP/JSON) with a pooled writer.
     fn export(&self, req: &ExportMetricsServiceRequest) -> ExportMetricsServiceResponse {
+        let report = self.with_writer(|w| apply_export(req, w));
+        self.count(&report);
+        response(&report)
+    }
+
+    /// Applies a protobuf request's bytes with a pooled writer; a body that is not
+    /// a request is counted in `bad_requests`.
+    fn export_protobuf(
+        &self,
+        body: &[u8],
+    ) -> Result<ExportMetricsServiceResponse, OtlpProtobufError> {
+        match self.with_writer(|w| apply_export_protobuf(body, w)) {
+            Ok(report) => {
+                self.count(&report);
+                Ok(response(&report))
+            }
+            Err(e) => {
+                self.counters.bad_requests.fetch_add(1, Ordering::Relaxed);
+                Err(e)
+            }
+        }
+    }
+
+    /// Runs `f` with a writer from the pool (a new one when it is empty), returned
+    /// to the pool afterwards.
+    fn with_writer<T>(&self, f: impl FnOnce(&mut Writer) -> T) -> T {
         let mut w = self
             .writers
             .pop()
             .unwrap_or_else(|| self.aggregator.writer());
-        let report = apply_export(req, &mut w);
+        let out = f(&mut w);
         // A full pool drops the writer: more requests in flight than pooled writers.
         let _ = self.writers.push(w);
-        self.count(&report);
-        response(&report)
+        out
     }
 
     fn count(&self, r: &ExportReport) {
@@ -378,9 +414,10 @@ impl OtlpReceiver {
         let grpc = TcpListener::bind(config.grpc_address).await?;
         let grpc_addr = grpc.local_addr()?;
         let service = Admission {
-            inner: MetricsServiceServer::new(Grpc(ingest.clone()))
-                .max_decoding_message_size(config.max_decompressed_bytes)
-                .accept_compressed(tonic::codec::CompressionEncoding::Gzip),
+            inner: ExportService {
+                ingest: ingest.clone(),
+                max_decoding_message_size: config.max_decompressed_bytes,
+            },
             ingest: ingest.clone(),
         };
         let (incoming, accepting) = admitted(
@@ -673,24 +710,127 @@ impl<S: tonic::server::NamedService> tonic::server::NamedService for Admission<S
     const NAME: &'static str = S::NAME;
 }
 
-struct Grpc(Arc<OtlpIngest>);
+/// The gRPC path of `MetricsService/Export`.
+const EXPORT_PATH: &str = "/opentelemetry.proto.collector.metrics.v1.MetricsService/Export";
 
-#[tonic::async_trait]
-impl MetricsService for Grpc {
-    async fn export(
-        &self,
-        request: tonic::Request<ExportMetricsServiceRequest>,
-    ) -> Result<tonic::Response<ExportMetricsServiceResponse>, tonic::Status> {
-        // Aggregating a large request takes milliseconds: off the async worker.
+/// The gRPC `MetricsService`: `Export` served by tonic's unary handling (framing,
+/// gzip, the decoded size limit, status codes) with [`RawExportCodec`], so the
+/// request reaches [`apply_export_protobuf`] as bytes; any other method is answered
+/// `UNIMPLEMENTED`.
+#[derive(Clone)]
+struct ExportService {
+    ingest: Arc<OtlpIngest>,
+    /// Largest message after decompression (`max_decompressed_bytes`): beyond it
+    /// tonic answers `RESOURCE_EXHAUSTED` without reading further.
+    max_decoding_message_size: usize,
+}
+
+impl tonic::server::NamedService for ExportService {
+    const NAME: &'static str = "opentelemetry.proto.collector.metrics.v1.MetricsService";
+}
+
+impl tonic::codegen::Service<GrpcRequest> for ExportService {
+    type Response = GrpcResponse;
+    type Error = Infallible;
+    type Future = Pin<Box<dyn Future<Output = Result<GrpcResponse, Infallible>> + Send>>;
+
+    fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, req: GrpcRequest) -> Self::Future {
+        if req.uri().path() != EXPORT_PATH {
+            return Box::pin(std::future::ready(Ok(tonic::Status::unimplemented(
+                "weir serves MetricsService/Export only",
+            )
+            .into_http())));
+        }
+        let mut grpc = tonic::server::Grpc::new(RawExportCodec)
+            .accept_compressed(tonic::codec::CompressionEncoding::Gzip)
+            .max_decoding_message_size(self.max_decoding_message_size);
+        let export = ExportCall(self.ingest.clone());
+        Box::pin(async move { Ok(grpc.unary(export, req).await) })
+    }
+}
+
+/// One `Export` call: the message bytes applied on the blocking pool.
+struct ExportCall(Arc<OtlpIngest>);
+
+impl tonic::server::UnaryService<Bytes> for ExportCall {
+    type Response = ExportMetricsServiceResponse;
+    type Future = Pin<
+        Box<
+            dyn Future<
+                    Output = Result<tonic::Response<ExportMetricsServiceResponse>, tonic::Status>,
+                > + Send,
+        >,
+    >;
+
+    fn call(&mut self, request: tonic::Request<Bytes>) -> Self::Future {
+        // Decoding and aggregating a large request takes milliseconds: off the async
+        // worker.
         let ingest = self.0.clone();
-        let request = request.into_inner();
-        tokio::task::spawn_blocking(move || ingest.export(&request))
-            .await
-            .map(tonic::Response::new)
-            .map_err(|e| {
-                warn!(error = %e, "otlp: an export failed");
-                tonic::Status::internal("the export failed")
-            })
+        let body = request.into_inner();
+        Box::pin(async move {
+            match tokio::task::spawn_blocking(move || ingest.export_protobuf(&body)).await {
+                Ok(Ok(answer)) => Ok(tonic::Response::new(answer)),
+                // What tonic's prost codec answers for a message that does not decode.
+                Ok(Err(e)) => Err(tonic::Status::internal(e.to_string())),
+                Err(e) => {
+                    warn!(error = %e, "otlp: an export failed");
+                    Err(tonic::Status::internal("the export failed"))
+                }
+            }
+        })
+    }
+}
+
+/// The codec of `Export`: requests are handed over as the message's bytes (no copy:
+/// a view of tonic's buffer), responses encoded by prost.
+#[derive(Debug, Clone, Copy, Default)]
+struct RawExportCodec;
+
+impl tonic::codec::Codec for RawExportCodec {
+    type Encode = ExportMetricsServiceResponse;
+    type Decode = Bytes;
+    type Encoder = RawExportCodec;
+    type Decoder = RawExportCodec;
+
+    fn encoder(&mut self) -> Self::Encoder {
+        RawExportCodec
+    }
+
+    fn decoder(&mut self) -> Self::Decoder {
+        RawExportCodec
+    }
+}
+
+impl tonic::codec::Encoder for RawExportCodec {
+    type Item = ExportMetricsServiceResponse;
+    type Error = tonic::Status;
+
+    fn encode(
+        &mut self,
+        item: ExportMetricsServiceResponse,
+        buf: &mut tonic::codec::EncodeBuf<'_>,
+    ) -> Result<(), tonic::Status> {
+        // tonic's buffer grows as written to, so this does not fail; if it did, the
+        // call is answered rather than the task brought down.
+        item.encode(buf)
+            .map_err(|e| tonic::Status::internal(format!("encoding the answer: {e}")))
+    }
+}
+
+impl tonic::codec::Decoder for RawExportCodec {
+    type Item = Bytes;
+    type Error = tonic::Status;
+
+    fn decode(
+        &mut self,
+        buf: &mut tonic::codec::DecodeBuf<'_>,
+    ) -> Result<Option<Bytes>, tonic::Status> {
+        use bytes::Buf as _;
+        Ok(Some(buf.copy_to_bytes(buf.remaining())))
     }
 }
 
@@ -830,17 +970,25 @@ impl OtlpIngest {
         } else {
             body
         };
-        let request = match decode(body, json) {
-            Ok(r) => r,
+        let answer = if json {
+            weir_core::parse::otlp::decode_json(body)
+                .map(|request| self.export(&request))
+                .map_err(|e| {
+                    self.counters.bad_requests.fetch_add(1, Ordering::Relaxed);
+                    e.to_string()
+                })
+        } else {
+            self.export_protobuf(body).map_err(|e| e.to_string())
+        };
+        let answer = match answer {
+            Ok(a) => a,
             Err(e) => {
-                self.counters.bad_requests.fetch_add(1, Ordering::Relaxed);
                 return plain(
                     StatusCode::BAD_REQUEST,
                     &format!("not an ExportMetricsServiceRequest: {e}\n"),
                 );
             }
         };
-        let answer = self.export(&request);
         // The answer in the request's encoding, as OTLP/HTTP requires.
         let (bytes, content_type) = if json {
             (
@@ -1135,6 +1283,147 @@ mod tests {
             .unwrap();
         let answer = read_until_closed(&mut next).await.unwrap();
         assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+        r.stop();
+    }
+
+    /// A client codec that sends raw bytes as the `Export` message (what no prost
+    /// client can send: a message that does not decode).
+    #[derive(Clone, Copy, Default)]
+    struct RawRequestCodec;
+
+    impl tonic::codec::Codec for RawRequestCodec {
+        type Encode = Bytes;
+        type Decode = ExportMetricsServiceResponse;
+        type Encoder = RawRequestCodec;
+        type Decoder = RawRequestCodec;
+        fn encoder(&mut self) -> Self::Encoder {
+            RawRequestCodec
+        }
+        fn decoder(&mut self) -> Self::Decoder {
+            RawRequestCodec
+        }
+    }
+
+    impl tonic::codec::Encoder for RawRequestCodec {
+        type Item = Bytes;
+        type Error = tonic::Status;
+        fn encode(
+            &mut self,
+            item: Bytes,
+            buf: &mut tonic::codec::EncodeBuf<'_>,
+        ) -> Result<(), tonic::Status> {
+            use bytes::BufMut as _;
+            buf.put_slice(&item);
+            Ok(())
+        }
+    }
+
+    impl tonic::codec::Decoder for RawRequestCodec {
+        type Item = ExportMetricsServiceResponse;
+        type Error = tonic::Status;
+        fn decode(
+            &mut self,
+            buf: &mut tonic::codec::DecodeBuf<'_>,
+        ) -> Result<Option<ExportMetricsServiceResponse>, tonic::Status> {
+            ExportMetricsServiceResponse::decode(buf)
+                .map(Some)
+                .map_err(|e| tonic::Status::internal(e.to_string()))
+        }
+    }
+
+    /// One unary call of `path` with `body` as the message, gzip-compressed when
+    /// `gzip`.
+    async fn raw_call(
+        addr: SocketAddr,
+        path: &'static str,
+        body: Vec<u8>,
+        gzip: bool,
+    ) -> Result<ExportMetricsServiceResponse, tonic::Status> {
+        let channel = tonic::transport::Endpoint::from_shared(format!("http://{addr}"))
+            .unwrap()
+            .connect()
+            .await
+            .unwrap();
+        let mut client = tonic::client::Grpc::new(channel);
+        if gzip {
+            client = client.send_compressed(tonic::codec::CompressionEncoding::Gzip);
+        }
+        client.ready().await.unwrap();
+        client
+            .unary(
+                tonic::Request::new(Bytes::from(body)),
+                tonic::codegen::http::uri::PathAndQuery::from_static(path),
+                RawRequestCodec,
+            )
+            .await
+            .map(tonic::Response::into_inner)
+    }
+
+    #[tokio::test]
+    async fn grpc_exports_reach_the_walk_as_bytes_and_bad_ones_are_refused_and_counted() {
+        use weir_proto::metrics::{AggregationTemporality, Metric, NumberDataPoint};
+        use weir_proto::metrics::{ResourceMetrics, ScopeMetrics, Sum, metric::Data};
+        let agg = Aggregator::default();
+        let r = OtlpReceiver::start(&test_config(), &agg).await.unwrap();
+        let addr = r.grpc_addr.unwrap();
+        let point = |v: f64| NumberDataPoint {
+            value: Some(weir_proto::metrics::number_data_point::Value::AsDouble(v)),
+            ..Default::default()
+        };
+        let request = ExportMetricsServiceRequest {
+            resource_metrics: vec![ResourceMetrics {
+                scope_metrics: vec![ScopeMetrics {
+                    metrics: vec![Metric {
+                        name: "jobs".into(),
+                        // A negative increment: refused by the aggregator.
+                        data: Some(Data::Sum(Sum {
+                            data_points: vec![point(3.0), point(-1.0)],
+                            aggregation_temporality: AggregationTemporality::Delta as i32,
+                            is_monotonic: true,
+                        })),
+                        ..Default::default()
+                    }],
+                    ..Default::default()
+                }],
+                ..Default::default()
+            }],
+        };
+        let body = request.encode_to_vec();
+        for gzip in [false, true] {
+            let answer = raw_call(addr, EXPORT_PATH, body.clone(), gzip)
+                .await
+                .unwrap();
+            let partial = answer.partial_success.unwrap();
+            assert_eq!(partial.rejected_data_points, 1);
+            assert_eq!(
+                partial.error_message,
+                "1 of 2 data points refused: aggregator 1"
+            );
+        }
+        assert_eq!(agg.flush().counter_delta_sum(), 6.0);
+        let c = &r.ingest.counters;
+        assert_eq!(c.requests.load(Ordering::Relaxed), 2);
+        assert_eq!(c.accepted.load(Ordering::Relaxed), 2);
+        assert_eq!(c.rejected.load(Ordering::Relaxed), 2);
+
+        // Not a request: INTERNAL with prost's reason, as tonic's prost codec says it.
+        let bad = vec![0x0a, 0x05, b'x'];
+        let want = ExportMetricsServiceRequest::decode(&bad[..]).unwrap_err();
+        let status = raw_call(addr, EXPORT_PATH, bad, false).await.unwrap_err();
+        assert_eq!(status.code(), tonic::Code::Internal, "{status:?}");
+        assert_eq!(status.message(), want.to_string());
+        assert_eq!(c.bad_requests.load(Ordering::Relaxed), 1);
+        assert_eq!(c.requests.load(Ordering::Relaxed), 2);
+
+        // Over max_decompressed_bytes: refused by tonic before it is read whole.
+        let huge = vec![0u8; test_config().max_decompressed_bytes + 1];
+        let status = raw_call(addr, EXPORT_PATH, huge, true).await.unwrap_err();
+        assert_eq!(status.code(), tonic::Code::ResourceExhausted, "{status:?}");
+
+        // Another method of the service.
+        let path = "/opentelemetry.proto.collector.metrics.v1.MetricsService/Other";
+        let status = raw_call(addr, path, Vec::new(), false).await.unwrap_err();
+        assert_eq!(status.code(), tonic::Code::Unimplemented, "{status:?}");
         r.stop();
     }
 

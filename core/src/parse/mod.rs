@@ -19,6 +19,7 @@
 pub mod exposition;
 pub mod otlp;
 pub mod statsd;
+mod wire;
 
 /// Most buckets a histogram point may have, whatever format it arrives in: finite
 /// explicit bounds (OTLP explicit-bounds histograms, text/OpenMetrics `le` buckets,

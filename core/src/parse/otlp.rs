@@ -33,6 +33,21 @@
 //! the label set follows from the identity alone; a writer that records OTLP must
 //! record nothing else, so every key of its cache is such an identity.
 //!
+//! # Two ways to read a protobuf request
+//! [`apply_export_protobuf`] takes the request's bytes. The borrowed walk ([`walk`])
+//! reads the Sum and Gauge metrics (what counters, up-down counters and gauges export)
+//! in place: attribute keys and string values are slices of the body, and nothing is
+//! allocated per data point, so their steady state costs one identity and one cache
+//! lookup per point. Every other metric (a histogram or summary, a field prost would
+//! merge) is decoded by prost on its own and applied in its place; a request the walk
+//! cannot take on at all (see its module doc) is decoded by prost into an
+//! [`ExportMetricsServiceRequest`] and applied by [`apply_export`]. All give the same
+//! series, samples, [`ExportReport`] and errors: the walk shares this module's mapping
+//! (attributes through one `Attribute` trait, number points through
+//! `Target::number_metric`, other metrics through `apply_metric`) and leaves to prost
+//! every byte it would read differently; the property tests in `walk_vs_prost` and the
+//! `otlp` fuzz target compare the paths.
+//!
 //! # Accounting
 //! Every data point of a request ends in exactly one of two counts of its
 //! [`ExportReport`], so `accepted + rejected` always equals [`data_points`] of the
@@ -68,6 +83,7 @@
 
 use std::ops::Range;
 
+use weir_proto::Message as _;
 use weir_proto::common::{AnyValue, KeyValue, any_value};
 use weir_proto::metrics::{self, metric::Data, number_data_point};
 use weir_proto::metrics_service::ExportMetricsServiceRequest;
@@ -79,7 +95,71 @@ use crate::parse::statsd::{sanitize_label_name, sanitize_metric_name};
 use crate::point::{HistogramValue, Quantile, Sample, SummaryValue, Temporality};
 
 mod json;
+mod walk;
 pub use json::{OtlpJsonError, decode_json};
+
+/// A protobuf body that is not an `ExportMetricsServiceRequest`: prost's reason (the
+/// same for the borrowed walk, which leaves every body it cannot take to prost).
+#[derive(Debug, thiserror::Error)]
+#[error(transparent)]
+pub struct OtlpProtobufError(#[from] weir_proto::DecodeError);
+
+/// Applies every data point of a protobuf `ExportMetricsServiceRequest` through
+/// `writer`, as decoding it with prost and calling [`apply_export`] would: the same
+/// series, samples and [`ExportReport`], the same error for the same bad bytes.
+///
+/// Sum and Gauge metrics are read in place by the borrowed walk (see the module doc),
+/// other metrics decoded by prost one by one; a request the walk cannot take on is
+/// decoded by prost whole. Nothing is applied from a body that does not decode.
+///
+/// `writer` must be used for OTLP only (as for [`apply_export`]).
+///
+/// ```
+/// use weir_core::Aggregator;
+/// use weir_core::parse::otlp::apply_export_protobuf;
+/// use weir_proto::Message;
+/// use weir_proto::metrics::{Gauge, Metric, NumberDataPoint, ResourceMetrics, ScopeMetrics};
+/// use weir_proto::metrics::{metric::Data, number_data_point::Value};
+/// use weir_proto::metrics_service::ExportMetricsServiceRequest;
+/// let point = NumberDataPoint { value: Some(Value::AsInt(3)), ..Default::default() };
+/// let metric = Metric {
+///     name: "queue.depth".into(),
+///     data: Some(Data::Gauge(Gauge { data_points: vec![point] })),
+///     ..Default::default()
+/// };
+/// let request = ExportMetricsServiceRequest {
+///     resource_metrics: vec![ResourceMetrics {
+///         scope_metrics: vec![ScopeMetrics { metrics: vec![metric], ..Default::default() }],
+///         ..Default::default()
+///     }],
+/// };
+/// let agg = Aggregator::default();
+/// let mut writer = agg.writer();
+/// let report = apply_export_protobuf(&request.encode_to_vec(), &mut writer).unwrap();
+/// assert_eq!((report.accepted, report.rejected), (1, 0));
+/// assert!(apply_export_protobuf(b"\x0a\xff", &mut writer).is_err());
+/// ```
+///
+/// # Errors
+/// The body is not a protobuf `ExportMetricsServiceRequest` (prost's reason).
+pub fn apply_export_protobuf(
+    body: &[u8],
+    writer: &mut Writer,
+) -> Result<ExportReport, OtlpProtobufError> {
+    let mut walk = walk::Walk::default();
+    if walk.read(body).is_ok() {
+        return Ok(walk.apply(writer));
+    }
+    let request = ExportMetricsServiceRequest::decode(body)?;
+    Ok(apply_export(&request, writer))
+}
+
+/// Whether the borrowed walk takes `body` on (rather than leaving all of it to
+/// prost): for the tests and the fuzz target that check both paths agree.
+#[doc(hidden)]
+pub fn walks(body: &[u8]) -> bool {
+    walk::Walk::default().read(body).is_ok()
+}
 
 /// An exponential histogram point as an explicit-bounds histogram (see the module
 /// doc), or `None` when it cannot be one (more than [`MAX_HISTOGRAM_BUCKETS`]
@@ -264,25 +344,53 @@ pub fn data_points(req: &ExportMetricsServiceRequest) -> u64 {
         .sum()
 }
 
-/// Text of an attribute value.
-fn value_text(v: &AnyValue, out: &mut String) {
-    use std::fmt::Write as _;
-    match &v.value {
-        Some(any_value::Value::StringValue(s)) => out.push_str(s),
-        Some(any_value::Value::BoolValue(b)) => {
-            let _ = write!(out, "{b}");
-        }
-        Some(any_value::Value::IntValue(i)) => {
-            let _ = write!(out, "{i}");
-        }
-        Some(any_value::Value::DoubleValue(d)) => {
-            let _ = write!(out, "{d}");
-        }
-        Some(any_value::Value::BytesValue(b)) => {
-            for byte in b {
-                let _ = write!(out, "{byte:02x}");
+/// An attribute value that is neither an array nor a key-value list, borrowed.
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum Scalar<'a> {
+    /// No value set, or an index into a profiles string table (meaningless for
+    /// metrics): empty text.
+    Empty,
+    Str(&'a str),
+    Bool(bool),
+    Int(i64),
+    Double(f64),
+    Bytes(&'a [u8]),
+}
+
+impl Scalar<'_> {
+    /// Appends the value's text: strings as they are, numbers and booleans as Rust
+    /// formats them, bytes in lowercase hex.
+    fn text(self, out: &mut String) {
+        use std::fmt::Write as _;
+        match self {
+            Scalar::Empty => {}
+            Scalar::Str(s) => out.push_str(s),
+            Scalar::Bool(b) => {
+                let _ = write!(out, "{b}");
+            }
+            Scalar::Int(i) => {
+                let _ = write!(out, "{i}");
+            }
+            Scalar::Double(d) => {
+                let _ = write!(out, "{d}");
+            }
+            Scalar::Bytes(b) => {
+                for byte in b {
+                    let _ = write!(out, "{byte:02x}");
+                }
             }
         }
+    }
+}
+
+/// Text of an attribute value.
+fn value_text(v: &AnyValue, out: &mut String) {
+    let scalar = match &v.value {
+        Some(any_value::Value::StringValue(s)) => Scalar::Str(s),
+        Some(any_value::Value::BoolValue(b)) => Scalar::Bool(*b),
+        Some(any_value::Value::IntValue(i)) => Scalar::Int(*i),
+        Some(any_value::Value::DoubleValue(d)) => Scalar::Double(*d),
+        Some(any_value::Value::BytesValue(b)) => Scalar::Bytes(b),
         Some(any_value::Value::ArrayValue(a)) => {
             out.push('[');
             for (i, v) in a.values.iter().enumerate() {
@@ -292,6 +400,7 @@ fn value_text(v: &AnyValue, out: &mut String) {
                 value_text(v, out);
             }
             out.push(']');
+            return;
         }
         Some(any_value::Value::KvlistValue(kv)) => {
             out.push('{');
@@ -306,21 +415,58 @@ fn value_text(v: &AnyValue, out: &mut String) {
                 }
             }
             out.push('}');
+            return;
         }
-        // An index into a profiles string table: meaningless for metrics.
-        Some(any_value::Value::StringValueStrindex(_)) | None => {}
+        Some(any_value::Value::StringValueStrindex(_)) | None => Scalar::Empty,
+    };
+    scalar.text(out);
+}
+
+/// An attribute as the mapping reads it: a decoded [`KeyValue`], or one the borrowed
+/// walk read in place ([`walk`]). Both give the same key and text for the same bytes.
+trait Attribute {
+    /// The key as received.
+    fn key(&self) -> &str;
+    /// The value when it is a string (its text is then itself).
+    fn string(&self) -> Option<&str>;
+    /// Whether the attribute has a value field at all (an empty value is one).
+    fn has_value(&self) -> bool;
+    /// Appends the value's text ([`value_text`]); nothing when it has none.
+    fn text(&self, out: &mut String);
+}
+
+impl Attribute for KeyValue {
+    fn key(&self) -> &str {
+        &self.key
+    }
+    fn string(&self) -> Option<&str> {
+        match self.value.as_ref()?.value.as_ref()? {
+            any_value::Value::StringValue(s) => Some(s),
+            _ => None,
+        }
+    }
+    fn has_value(&self) -> bool {
+        self.value.is_some()
+    }
+    fn text(&self, out: &mut String) {
+        if let Some(v) = &self.value {
+            value_text(v, out);
+        }
     }
 }
 
-fn attr(attrs: &[KeyValue], key: &str) -> Option<String> {
-    let v = attrs.iter().find(|kv| kv.key == key)?.value.as_ref()?;
+fn attr(attrs: &[impl Attribute], key: &str) -> Option<String> {
+    let a = attrs.iter().find(|a| a.key() == key)?;
+    if !a.has_value() {
+        return None;
+    }
     let mut s = String::new();
-    value_text(v, &mut s);
+    a.text(&mut s);
     Some(s)
 }
 
 /// `job` and `instance` from resource attributes, as Prometheus derives them.
-fn resource_labels(attrs: &[KeyValue]) -> Vec<(String, String)> {
+fn resource_labels(attrs: &[impl Attribute]) -> Vec<(String, String)> {
     let mut out = Vec::new();
     if let Some(name) = attr(attrs, "service.name") {
         let job = match attr(attrs, "service.namespace") {
@@ -418,18 +564,16 @@ impl PointScratch {
 
     /// Builds the identity of a point of metric `name` (sanitised) with `attrs` into
     /// `self.ident`, after the resource's.
-    fn identify(&mut self, name: &str, attrs: &[KeyValue]) {
+    fn identify(&mut self, name: &str, attrs: &[impl Attribute]) {
         self.ident.truncate(self.base_len);
         push_field(&mut self.ident, name.as_bytes());
-        for kv in attrs {
-            push_field(&mut self.ident, kv.key.as_bytes());
-            match kv.value.as_ref().and_then(|v| v.value.as_ref()) {
-                Some(any_value::Value::StringValue(s)) => push_field(&mut self.ident, s.as_bytes()),
-                _ => {
+        for a in attrs {
+            push_field(&mut self.ident, a.key().as_bytes());
+            match a.string() {
+                Some(s) => push_field(&mut self.ident, s.as_bytes()),
+                None => {
                     self.value.clear();
-                    if let Some(v) = &kv.value {
-                        value_text(v, &mut self.value);
-                    }
+                    a.text(&mut self.value);
                     push_field(&mut self.ident, self.value.as_bytes());
                 }
             }
@@ -438,20 +582,18 @@ impl PointScratch {
 
     /// A data point's labels into `text` and `ranges`: its attributes (sanitised keys,
     /// the first of two keys that sanitise alike wins) over the resource labels.
-    fn labels(&mut self, attrs: &[KeyValue], base: &[(String, String)]) {
+    fn labels(&mut self, attrs: &[impl Attribute], base: &[(String, String)]) {
         self.text.clear();
         self.ranges.clear();
-        for kv in attrs {
-            sanitize_label_name(&kv.key, &mut self.key);
+        for a in attrs {
+            sanitize_label_name(a.key(), &mut self.key);
             if self.has(&self.key) {
                 continue;
             }
             let start = self.text.len();
             self.text.push_str(&self.key);
             let mid = self.text.len();
-            if let Some(v) = &kv.value {
-                value_text(v, &mut self.text);
-            }
+            a.text(&mut self.text);
             self.ranges.push((start..mid, mid..self.text.len()));
         }
         for (k, v) in base {
@@ -474,7 +616,7 @@ impl PointScratch {
     }
 }
 
-fn temporality(t: i32) -> Option<Temporality> {
+fn temporality_of(t: i32) -> Option<Temporality> {
     match metrics::AggregationTemporality::try_from(t).ok()? {
         metrics::AggregationTemporality::Delta => Some(Temporality::Delta),
         metrics::AggregationTemporality::Cumulative => Some(Temporality::Cumulative),
@@ -531,12 +673,88 @@ struct Target<'a> {
     report: &'a mut ExportReport,
 }
 
+/// A number data point as the mapping reads it, decoded or walked.
+struct NumberPoint<'a, A> {
+    attrs: &'a [A],
+    flags: u32,
+    /// `(start_time_unix_nano, time_unix_nano)`.
+    times: (u64, u64),
+    /// `as_double`, or `as_int` as a double; `None` when neither was sent.
+    value: Option<f64>,
+}
+
+impl<'a> From<&'a metrics::NumberDataPoint> for NumberPoint<'a, KeyValue> {
+    fn from(p: &'a metrics::NumberDataPoint) -> Self {
+        NumberPoint {
+            attrs: &p.attributes,
+            flags: p.flags,
+            times: p.times(),
+            value: p.value.map(|v| match v {
+                number_data_point::Value::AsDouble(d) => d,
+                number_data_point::Value::AsInt(i) => i as f64,
+            }),
+        }
+    }
+}
+
+/// What a number metric's points are recorded as.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum NumberKind {
+    Gauge,
+    /// A Sum, with its `aggregation_temporality` as received and `is_monotonic`.
+    Sum {
+        temporality: i32,
+        monotonic: bool,
+    },
+}
+
 impl Target<'_> {
+    /// Records one decoded data point (see [`Target::point`]).
+    fn decoded(&mut self, p: &impl DataPoint, sample: Result<Sample<'_>, OtlpRejection>) {
+        self.point(p.attributes(), p.flags(), p.times(), sample);
+    }
+
+    /// Records every point of a Gauge or Sum: the metric refused as a whole when it has
+    /// no point or its temporality is not one OTLP defines.
+    fn number_metric<'p, A: Attribute + 'p>(
+        &mut self,
+        kind: NumberKind,
+        points: impl ExactSizeIterator<Item = NumberPoint<'p, A>>,
+    ) {
+        let n = points.len();
+        if n == 0 {
+            return self.reject_metric(OtlpRejection::NoDataPoints, 1);
+        }
+        let sample: fn(f64) -> Sample<'static> = match kind {
+            NumberKind::Gauge => Sample::Gauge,
+            NumberKind::Sum {
+                temporality,
+                monotonic,
+            } => match (monotonic, temporality_of(temporality)) {
+                (_, None) => return self.reject_metric(OtlpRejection::InvalidTemporality, n),
+                (true, Some(Temporality::Delta)) => |v| Sample::Counter(v, Temporality::Delta),
+                (true, Some(Temporality::Cumulative)) => {
+                    |v| Sample::Counter(v, Temporality::Cumulative)
+                }
+                (false, Some(Temporality::Delta)) => Sample::GaugeDelta,
+                (false, Some(Temporality::Cumulative)) => Sample::Gauge,
+            },
+        };
+        for p in points {
+            let s = p.value.map(sample).ok_or(OtlpRejection::MissingValue);
+            self.point(p.attrs, p.flags, p.times, s);
+        }
+    }
+
     /// Records one data point: taken as is when flagged "no recorded value" (nothing
     /// to record), refused for `sample`'s reason when it yields no sample.
-    fn point(&mut self, p: &impl DataPoint, sample: Result<Sample<'_>, OtlpRejection>) {
-        let (attrs, flags) = (p.attributes(), p.flags());
-        let (start_unix_nano, time_unix_nano) = p.times();
+    fn point(
+        &mut self,
+        attrs: &[impl Attribute],
+        flags: u32,
+        (start_unix_nano, time_unix_nano): (u64, u64),
+        sample: Result<Sample<'_>, OtlpRejection>,
+    ) {
         if no_value(flags) {
             self.report.accepted += 1;
             self.report.no_value += 1;
@@ -584,13 +802,6 @@ impl Target<'_> {
     /// Refuses a whole metric: each of its `n` points, or one when it has none.
     fn reject_metric(&mut self, reason: OtlpRejection, n: usize) {
         self.report.reject(reason, n.max(1) as u64);
-    }
-}
-
-fn number(p: &metrics::NumberDataPoint) -> Result<f64, OtlpRejection> {
-    match p.value.ok_or(OtlpRejection::MissingValue)? {
-        number_data_point::Value::AsDouble(d) => Ok(d),
-        number_data_point::Value::AsInt(i) => Ok(i as f64),
     }
 }
 
@@ -672,27 +883,19 @@ fn apply_metric(
         return to.reject_metric(OtlpRejection::NoDataPoints, 1);
     }
     match &m.data {
-        Some(Data::Sum(sum)) => {
-            let Some(t) = temporality(sum.aggregation_temporality) else {
-                return to.reject_metric(OtlpRejection::InvalidTemporality, points);
-            };
-            for p in &sum.data_points {
-                let sample = number(p).map(|v| match (sum.is_monotonic, t) {
-                    (true, t) => Sample::Counter(v, t),
-                    (false, Temporality::Delta) => Sample::GaugeDelta(v),
-                    (false, Temporality::Cumulative) => Sample::Gauge(v),
-                });
-                to.point(p, sample);
-            }
-        }
-        Some(Data::Gauge(g)) => {
-            for p in &g.data_points {
-                let sample = number(p).map(Sample::Gauge);
-                to.point(p, sample);
-            }
-        }
+        Some(Data::Sum(sum)) => to.number_metric(
+            NumberKind::Sum {
+                temporality: sum.aggregation_temporality,
+                monotonic: sum.is_monotonic,
+            },
+            sum.data_points.iter().map(NumberPoint::from),
+        ),
+        Some(Data::Gauge(g)) => to.number_metric(
+            NumberKind::Gauge,
+            g.data_points.iter().map(NumberPoint::from),
+        ),
         Some(Data::Histogram(h)) => {
-            let Some(t) = temporality(h.aggregation_temporality) else {
+            let Some(t) = temporality_of(h.aggregation_temporality) else {
                 return to.reject_metric(OtlpRejection::InvalidTemporality, points);
             };
             for p in &h.data_points {
@@ -701,11 +904,11 @@ fn apply_metric(
                     .as_ref()
                     .map(|v| Sample::Histogram(v, t))
                     .map_err(|e| *e);
-                to.point(p, sample);
+                to.decoded(p, sample);
             }
         }
         Some(Data::ExponentialHistogram(e)) => {
-            let Some(t) = temporality(e.aggregation_temporality) else {
+            let Some(t) = temporality_of(e.aggregation_temporality) else {
                 return to.reject_metric(OtlpRejection::InvalidTemporality, points);
             };
             for p in &e.data_points {
@@ -714,13 +917,13 @@ fn apply_metric(
                     .as_ref()
                     .map(|v| Sample::Histogram(v, t))
                     .map_err(|e| *e);
-                to.point(p, sample);
+                to.decoded(p, sample);
             }
         }
         Some(Data::Summary(s)) => {
             for p in &s.data_points {
                 let value = summary(p);
-                to.point(p, Ok(Sample::Summary(&value)));
+                to.decoded(p, Ok(Sample::Summary(&value)));
             }
         }
         // Counted above.
@@ -1503,6 +1706,398 @@ mod tests {
                 }
                 prop_assert_eq!(rows(&agg), rows(&model));
             }
+        }
+    }
+
+    /// The borrowed walk ([`walk`]) against prost's decoding, through
+    /// [`crate::testing::fuzz::check_otlp_walk`]: same errors, reports and flushes.
+    mod walk_vs_prost {
+        use proptest::prelude::*;
+        use weir_proto::common::{ArrayValue, InstrumentationScope, KeyValueList};
+        use weir_proto::encoding::{WireType, encode_key, encode_varint};
+        use weir_proto::metrics::{Exemplar, exemplar};
+
+        use super::cached_path::request_strategy;
+        use super::*;
+        use crate::testing::fuzz::{check_otlp_walk, otlp_request_from_bytes};
+
+        fn value(v: any_value::Value) -> Option<AnyValue> {
+            Some(AnyValue { value: Some(v) })
+        }
+
+        fn array() -> Option<AnyValue> {
+            value(any_value::Value::ArrayValue(ArrayValue {
+                values: vec![
+                    AnyValue {
+                        value: Some(any_value::Value::StringValue("a".into())),
+                    },
+                    AnyValue {
+                        value: Some(any_value::Value::KvlistValue(KeyValueList {
+                            values: vec![kv("k", "v")],
+                        })),
+                    },
+                ],
+            }))
+        }
+
+        /// What the walk reads and ignores, or reads in every form: arrays in scope,
+        /// resource and exemplar attributes and metric metadata, exemplars, profiles
+        /// string indexes, empty values, keys without a value, integer points.
+        fn decorate(
+            mut req: ExportMetricsServiceRequest,
+            seed: u64,
+        ) -> ExportMetricsServiceRequest {
+            let bit = |i: u32| seed >> i & 1 == 1;
+            for rm in &mut req.resource_metrics {
+                if bit(0) {
+                    let r = rm.resource.get_or_insert_default();
+                    r.attributes.push(KeyValue {
+                        key: "process.command_args".into(),
+                        value: array(),
+                        ..Default::default()
+                    });
+                    r.attributes.push(KeyValue {
+                        key: "service.instance.id".into(),
+                        value: if bit(6) {
+                            None
+                        } else {
+                            Some(AnyValue::default())
+                        },
+                        ..Default::default()
+                    });
+                    r.dropped_attributes_count = 2;
+                }
+                for sm in &mut rm.scope_metrics {
+                    if bit(1) {
+                        sm.scope = Some(InstrumentationScope {
+                            name: "lib".into(),
+                            version: "1.0".into(),
+                            attributes: vec![KeyValue {
+                                key: "a".into(),
+                                value: array(),
+                                ..Default::default()
+                            }],
+                            dropped_attributes_count: 1,
+                        });
+                        sm.schema_url = "https://opentelemetry.io/schemas/1.21.0".into();
+                    }
+                    for m in &mut sm.metrics {
+                        if bit(2) {
+                            m.description = "d".into();
+                            m.unit = "s".into();
+                            m.metadata = vec![KeyValue {
+                                key: "m".into(),
+                                value: array(),
+                                ..Default::default()
+                            }];
+                        }
+                        let points = match &mut m.data {
+                            Some(Data::Sum(s)) => &mut s.data_points,
+                            Some(Data::Gauge(g)) => &mut g.data_points,
+                            _ => continue,
+                        };
+                        for (i, p) in points.iter_mut().enumerate() {
+                            if bit(3) {
+                                p.exemplars.push(Exemplar {
+                                    filtered_attributes: vec![KeyValue {
+                                        key: "trace".into(),
+                                        value: array(),
+                                        ..Default::default()
+                                    }],
+                                    time_unix_nano: 5,
+                                    span_id: vec![1; 8],
+                                    trace_id: vec![2; 16],
+                                    value: Some(exemplar::Value::AsInt(3)),
+                                });
+                            }
+                            if bit(4) && i % 2 == 0 {
+                                p.attributes.push(KeyValue {
+                                    key: "idx".into(),
+                                    value: value(any_value::Value::StringValueStrindex(3)),
+                                    ..Default::default()
+                                });
+                            }
+                            if bit(5) {
+                                p.attributes.push(KeyValue {
+                                    key: "none".into(),
+                                    value: None,
+                                    key_strindex: 0,
+                                });
+                            }
+                        }
+                    }
+                }
+            }
+            req
+        }
+
+        /// A length-delimited field.
+        fn field(tag: u32, payload: &[u8], out: &mut Vec<u8>) {
+            encode_key(tag, WireType::LengthDelimited, out);
+            encode_varint(payload.len() as u64, out);
+            out.extend_from_slice(payload);
+        }
+
+        /// `bytes` edited once at `at` (scaled to its length): truncated, a byte
+        /// flipped, a byte inserted, or a field appended.
+        fn edit(mut bytes: Vec<u8>, edit: u8, at: usize, byte: u8) -> Vec<u8> {
+            let at = if bytes.is_empty() {
+                0
+            } else {
+                at % bytes.len()
+            };
+            match edit % 4 {
+                0 => bytes.truncate(at),
+                1 if !bytes.is_empty() => bytes[at] ^= byte | 1,
+                2 => bytes.insert(at, byte),
+                _ => bytes.extend_from_slice(&[byte, byte, 1, 0]),
+            }
+            bytes
+        }
+
+        proptest! {
+            #![proptest_config(ProptestConfig::with_cases(256))]
+
+            #[test]
+            fn the_borrowed_walk_gives_prost_s_batches_and_reports(
+                req in request_strategy(),
+                seed in any::<u64>(),
+            ) {
+                let body = decorate(req, seed).encode_to_vec();
+                prop_assert!(walks(&body), "the walk declines a Sum/Gauge request");
+                prop_assert_eq!(check_otlp_walk(&body), Ok(()));
+            }
+
+            #[test]
+            fn the_borrowed_walk_fails_and_declines_where_prost_would(
+                req in request_strategy(),
+                seed in any::<u64>(),
+                (kind, at, byte) in (any::<u8>(), any::<usize>(), any::<u8>()),
+            ) {
+                let body = edit(decorate(req, seed).encode_to_vec(), kind, at, byte);
+                prop_assert_eq!(check_otlp_walk(&body), Ok(()));
+            }
+
+            #[test]
+            fn requests_with_every_kind_of_metric_give_the_same_either_way(
+                recipe in prop::collection::vec(any::<u8>(), 0..256),
+            ) {
+                let body = otlp_request_from_bytes(&recipe).encode_to_vec();
+                prop_assert_eq!(check_otlp_walk(&body), Ok(()));
+            }
+        }
+
+        fn gauge_request() -> ExportMetricsServiceRequest {
+            request(vec![metric(
+                "g",
+                Data::Gauge(Gauge {
+                    data_points: vec![num(1.0, vec![kv("a", "b")])],
+                }),
+            )])
+        }
+
+        /// The request's one `ResourceMetrics`, encoded, and the request around
+        /// `rm` bytes.
+        fn wrap(rm: &[u8]) -> Vec<u8> {
+            let mut body = Vec::new();
+            field(1, rm, &mut body);
+            body
+        }
+
+        #[test]
+        fn a_resource_after_its_metrics_still_gives_the_points_their_job() {
+            let req = gauge_request();
+            let rm = &req.resource_metrics[0];
+            let mut bytes = ResourceMetrics {
+                resource: None,
+                ..rm.clone()
+            }
+            .encode_to_vec();
+            field(1, &rm.resource.clone().unwrap().encode_to_vec(), &mut bytes);
+            let body = wrap(&bytes);
+            assert!(walks(&body));
+            assert_eq!(check_otlp_walk(&body), Ok(()));
+            let agg = Aggregator::default();
+            let r = apply_export_protobuf(&body, &mut agg.writer()).unwrap();
+            assert_eq!((r.accepted, r.rejected), (1, 0));
+            let key = agg.flush().series[0].key.to_string();
+            assert!(key.contains("job=\"shop/api\""), "{key}");
+        }
+
+        #[test]
+        fn fields_prost_would_merge_are_left_to_prost_whole_or_per_metric() {
+            let req = gauge_request();
+            let rm = req.resource_metrics[0].encode_to_vec();
+            // A second resource: prost merges the two resources' attributes.
+            let mut two_resources = rm.clone();
+            let other = Resource {
+                attributes: vec![kv("service.name", "other")],
+                ..Default::default()
+            };
+            field(1, &other.encode_to_vec(), &mut two_resources);
+            // A second data field in a metric: prost merges two Gauges.
+            let m = &req.resource_metrics[0].scope_metrics[0].metrics[0];
+            let mut two_gauges = m.encode_to_vec();
+            let Some(Data::Gauge(g)) = &m.data else {
+                unreachable!()
+            };
+            field(5, &g.encode_to_vec(), &mut two_gauges);
+            let mut sm = Vec::new();
+            field(2, &two_gauges, &mut sm);
+            let mut rm_two_gauges = Vec::new();
+            field(2, &sm, &mut rm_two_gauges);
+            // A second value in a point attribute: prost merges the two AnyValues.
+            let mut attr = kv("a", "b").encode_to_vec();
+            field(2, &AnyValue::default().encode_to_vec(), &mut attr);
+            let mut point = Vec::new();
+            field(7, &attr, &mut point);
+            let mut gauge = Vec::new();
+            field(1, &point, &mut gauge);
+            let mut metric = Vec::new();
+            field(5, &gauge, &mut metric);
+            let mut sm = Vec::new();
+            field(2, &metric, &mut sm);
+            let mut rm_two_values = Vec::new();
+            field(2, &sm, &mut rm_two_values);
+            // The resource's merge is left to prost for the whole request, a metric's
+            // for that metric.
+            for (rm, walked) in [
+                (two_resources, false),
+                (rm_two_gauges, true),
+                (rm_two_values, true),
+            ] {
+                let body = wrap(&rm);
+                assert_eq!(walks(&body), walked);
+                assert_eq!(check_otlp_walk(&body), Ok(()));
+                let agg = Aggregator::default();
+                assert!(apply_export_protobuf(&body, &mut agg.writer()).is_ok());
+            }
+        }
+
+        #[test]
+        fn histograms_and_nested_point_attributes_are_decoded_by_prost_beside_walked_metrics() {
+            let nested = request(vec![metric(
+                "g",
+                Data::Gauge(Gauge {
+                    data_points: vec![num(
+                        1.0,
+                        vec![KeyValue {
+                            key: "list".into(),
+                            value: array(),
+                            ..Default::default()
+                        }],
+                    )],
+                }),
+            )]);
+            let histogram = request(vec![metric(
+                "h",
+                Data::Histogram(Histogram {
+                    data_points: vec![explicit_point(2)],
+                    aggregation_temporality: AggregationTemporality::Delta as i32,
+                }),
+            )]);
+            for mut req in [nested, histogram] {
+                // Beside a walked gauge, before and after it.
+                let gauge = gauge_request().resource_metrics[0].scope_metrics[0].metrics[0].clone();
+                let metrics = &mut req.resource_metrics[0].scope_metrics[0].metrics;
+                metrics.insert(0, gauge.clone());
+                metrics.push(Metric {
+                    name: "g2".into(),
+                    ..gauge
+                });
+                let body = req.encode_to_vec();
+                assert!(walks(&body));
+                assert_eq!(check_otlp_walk(&body), Ok(()));
+                let agg = Aggregator::default();
+                let r = apply_export_protobuf(&body, &mut agg.writer()).unwrap();
+                assert_eq!((r.accepted, r.rejected), (3, 0));
+                assert_eq!(agg.flush().series.len(), 3);
+            }
+        }
+
+        #[test]
+        fn a_malformed_body_gives_prost_s_error_and_applies_nothing() {
+            let mut body = gauge_request().encode_to_vec();
+            // A valid request, then a string field cut short.
+            body.extend_from_slice(&[0x0a, 0x05, b'x']);
+            let agg = Aggregator::default();
+            let err = apply_export_protobuf(&body, &mut agg.writer()).unwrap_err();
+            let want = ExportMetricsServiceRequest::decode(&body[..]).unwrap_err();
+            assert_eq!(err.to_string(), want.to_string());
+            assert!(agg.flush().series.is_empty());
+            assert_eq!(check_otlp_walk(&body), Ok(()));
+        }
+
+        #[test]
+        fn a_metric_left_to_prost_counts_its_depth_in_the_request_as_prost_does() {
+            // A histogram whose point attribute nests `n` arrays: for some `n` prost
+            // decodes the metric alone but refuses it three messages deeper, inside
+            // the request. The walk must refuse that request too.
+            let request_with = |n: usize| {
+                let mut v = AnyValue {
+                    value: Some(any_value::Value::StringValue("x".into())),
+                };
+                for _ in 0..n {
+                    v = AnyValue {
+                        value: Some(any_value::Value::ArrayValue(ArrayValue { values: vec![v] })),
+                    };
+                }
+                let point = HistogramDataPoint {
+                    attributes: vec![KeyValue {
+                        key: "deep".into(),
+                        value: Some(v),
+                        ..Default::default()
+                    }],
+                    ..explicit_point(1)
+                };
+                request(vec![metric(
+                    "h",
+                    Data::Histogram(Histogram {
+                        data_points: vec![point],
+                        aggregation_temporality: AggregationTemporality::Delta as i32,
+                    }),
+                )])
+            };
+            let n = (30..60)
+                .find(|n| {
+                    let req = request_with(*n);
+                    let m = &req.resource_metrics[0].scope_metrics[0].metrics[0];
+                    Metric::decode(&m.encode_to_vec()[..]).is_ok()
+                        && ExportMetricsServiceRequest::decode(&req.encode_to_vec()[..]).is_err()
+                })
+                .expect("a depth prost accepts alone and refuses in the request");
+            let body = request_with(n).encode_to_vec();
+            let agg = Aggregator::default();
+            assert!(apply_export_protobuf(&body, &mut agg.writer()).is_err());
+            assert!(agg.flush().series.is_empty());
+            assert_eq!(check_otlp_walk(&body), Ok(()));
+        }
+
+        #[test]
+        fn deep_nesting_is_left_to_prost_which_refuses_past_its_recursion_limit() {
+            let mut v = AnyValue {
+                value: Some(any_value::Value::StringValue("x".into())),
+            };
+            for _ in 0..60 {
+                v = AnyValue {
+                    value: Some(any_value::Value::ArrayValue(ArrayValue { values: vec![v] })),
+                };
+            }
+            let mut req = gauge_request();
+            req.resource_metrics[0]
+                .resource
+                .as_mut()
+                .unwrap()
+                .attributes
+                .push(KeyValue {
+                    key: "deep".into(),
+                    value: Some(v),
+                    ..Default::default()
+                });
+            let body = req.encode_to_vec();
+            assert!(!walks(&body));
+            assert!(ExportMetricsServiceRequest::decode(&body[..]).is_err());
+            assert_eq!(check_otlp_walk(&body), Ok(()));
         }
     }
 }

@@ -28,7 +28,10 @@ use crate::aggregator::{Aggregator, AggregatorConfig};
 use crate::key::SeriesKey;
 use crate::parse::MAX_HISTOGRAM_BUCKETS;
 use crate::parse::exposition::{Format, ParseReport};
-use crate::parse::otlp::{ExportReport, OtlpRejection, apply_export, data_points, decode_json};
+use crate::parse::otlp::{
+    ExportReport, OtlpRejection, apply_export, apply_export_protobuf, data_points, decode_json,
+    walks,
+};
 use crate::parse::statsd::{Decoder, StatsdType, lines, parse_line};
 use crate::wal::{HEADER_BYTES, Wal, WalConfig, WalPosition, WalRecord};
 
@@ -81,11 +84,13 @@ fn aggregator_refusals(agg: &Aggregator) -> u64 {
 /// The `otlp` target: `data` read three ways (as a protobuf request, as an OTLP/JSON
 /// body, and as the recipe of a structured request, see [`otlp_request_from_bytes`]),
 /// and every request that results checked by [`check_otlp_request`]. The structured
-/// request must also survive a protobuf round trip with the same report.
+/// request must also survive a protobuf round trip with the same report. `data` and
+/// the structured request's encoding are also checked by [`check_otlp_walk`].
 ///
 /// # Errors
 /// The first property that failed.
 pub fn check_otlp(data: &[u8]) -> Result<(), String> {
+    check_otlp_walk(data).map_err(|e| format!("as protobuf: {e}"))?;
     if let Ok(req) = ExportMetricsServiceRequest::decode(data) {
         check_otlp_request(&req).map_err(|e| format!("as protobuf: {e}"))?;
     }
@@ -97,9 +102,63 @@ pub fn check_otlp(data: &[u8]) -> Result<(), String> {
     let again = ExportMetricsServiceRequest::decode(&req.encode_to_vec()[..])
         .map_err(|e| format!("structured request does not decode: {e}"))?;
     let second = check_otlp_request(&again).map_err(|e| format!("round trip: {e}"))?;
+    check_otlp_walk(&req.encode_to_vec()).map_err(|e| format!("structured: {e}"))?;
     if second != report {
         return Err(format!(
             "the round-tripped request reports {second:?}, not {report:?}"
+        ));
+    }
+    Ok(())
+}
+
+/// A protobuf body applied by [`apply_export_protobuf`] (the borrowed walk where it
+/// takes the body on) gives what decoding it with prost and calling [`apply_export`]
+/// gives: the same error, or the same report, twice in a row (the second time from
+/// the writer's cache), and the same flush.
+///
+/// # Errors
+/// What differed.
+pub fn check_otlp_walk(body: &[u8]) -> Result<(), String> {
+    let config = || AggregatorConfig {
+        max_series: 256,
+        ..Default::default()
+    };
+    let (walked, decoded) = (
+        Aggregator::starting_at(config(), 1_000_000),
+        Aggregator::starting_at(config(), 1_000_000),
+    );
+    let (mut ww, mut dw) = (walked.writer(), decoded.writer());
+    for pass in 0..2 {
+        let got = apply_export_protobuf(body, &mut ww).map_err(|e| e.to_string());
+        let want = ExportMetricsServiceRequest::decode(body)
+            .map(|req| apply_export(&req, &mut dw))
+            .map_err(|e| e.to_string());
+        if got != want {
+            return Err(format!(
+                "pass {pass}: the walk gives {got:?}, prost decoding {want:?} (walked: {})",
+                walks(body)
+            ));
+        }
+    }
+    drop((ww, dw));
+    let rows = |agg: &Aggregator| {
+        let mut rows: Vec<(String, String)> = agg
+            .flush()
+            .series
+            .into_iter()
+            .map(|s| (s.key.to_string(), format!("{:?}", s.value)))
+            .collect();
+        rows.sort();
+        rows
+    };
+    let (got, want) = (rows(&walked), rows(&decoded));
+    if got != want {
+        return Err(format!("the walk flushes {got:?}, prost decoding {want:?}"));
+    }
+    let (got, want) = (walked.stats().rejected, decoded.stats().rejected);
+    if format!("{got:?}") != format!("{want:?}") {
+        return Err(format!(
+            "the aggregator refused {got:?} after the walk, {want:?} after prost"
         ));
     }
     Ok(())

@@ -3,8 +3,8 @@
 //! raw bytes of its label fields (see [`EmitIdentified`]).
 //!
 //! Owns: reading the fields of those three kinds of family (the field numbers are in
-//! [`weir_proto::client_model`]'s module doc) with prost's own key, varint and
-//! skip primitives, and the identity of their samples ([`PROTO_IDENT`]). Must never:
+//! [`weir_proto::client_model`]'s module doc) with the field primitives of
+//! [`crate::parse::wire`], and the identity of their samples ([`PROTO_IDENT`]). Must never:
 //! emit anything from a message before all of it was read and found valid, or accept
 //! a message prost's decoder would refuse. Whatever it does not take on (a histogram
 //! or summary family or field, a family without a name or of an unknown type, an
@@ -20,11 +20,10 @@
 use std::ops::Range;
 
 use weir_proto::client_model::MetricType;
-use weir_proto::encoding::{
-    DecodeContext, WireType, decode_key, decode_varint, encode_varint, skip_field,
-};
+use weir_proto::encoding::encode_varint;
 
 use super::{EmitIdentified, ExpositionError, ParseReport, start_ms};
+use crate::parse::wire::{Decline, Step, delimited, double, fields, string, varint};
 use crate::point::{Sample, Temporality};
 
 /// The first byte of a protobuf sample's identity: `0xFF` occurs in no UTF-8 text, so
@@ -64,73 +63,6 @@ pub(super) struct Walk<'b> {
     series: Vec<Series>,
     /// The identity of the sample being emitted.
     key: Vec<u8>,
-}
-
-/// Why the walk declines a message: the caller decodes it with prost instead.
-struct Decline;
-
-type Step<T> = Result<T, Decline>;
-
-/// The payload of a length-delimited field of wire type `wt`.
-fn delimited<'b>(wt: WireType, buf: &mut &'b [u8]) -> Step<&'b [u8]> {
-    if wt != WireType::LengthDelimited {
-        return Err(Decline);
-    }
-    let len = decode_varint(buf).map_err(|_| Decline)?;
-    let len = usize::try_from(len).map_err(|_| Decline)?;
-    if len > buf.len() {
-        return Err(Decline);
-    }
-    let (payload, rest) = buf.split_at(len);
-    *buf = rest;
-    Ok(payload)
-}
-
-/// A string field (UTF-8 checked, as prost checks it).
-fn string<'b>(wt: WireType, buf: &mut &'b [u8]) -> Step<&'b str> {
-    std::str::from_utf8(delimited(wt, buf)?).map_err(|_| Decline)
-}
-
-/// A varint field.
-fn varint(wt: WireType, buf: &mut &[u8]) -> Step<u64> {
-    if wt != WireType::Varint {
-        return Err(Decline);
-    }
-    decode_varint(buf).map_err(|_| Decline)
-}
-
-/// A `double` field.
-fn double(wt: WireType, buf: &mut &[u8]) -> Step<f64> {
-    if wt != WireType::SixtyFourBit {
-        return Err(Decline);
-    }
-    let (bytes, rest) = buf.split_first_chunk::<8>().ok_or(Decline)?;
-    *buf = rest;
-    Ok(f64::from_le_bytes(*bytes))
-}
-
-/// Skips an unknown field as prost does; a group is declined (no client sends one,
-/// and prost's group skipping depends on how deep the message sits).
-fn skip(tag: u32, wt: WireType, buf: &mut &[u8]) -> Step<()> {
-    if matches!(wt, WireType::StartGroup | WireType::EndGroup) {
-        return Err(Decline);
-    }
-    skip_field(wt, tag, buf, DecodeContext::default()).map_err(|_| Decline)
-}
-
-/// Every field of a message: `field(tag, wire type, rest)` reads a known one and
-/// returns `Ok(true)`, or `Ok(false)` to have it skipped.
-fn fields<'b>(
-    mut buf: &'b [u8],
-    mut field: impl FnMut(u32, WireType, &mut &'b [u8]) -> Step<bool>,
-) -> Step<()> {
-    while !buf.is_empty() {
-        let (tag, wt) = decode_key(&mut buf).map_err(|_| Decline)?;
-        if !field(tag, wt, &mut buf)? {
-            skip(tag, wt, &mut buf)?;
-        }
-    }
-    Ok(())
 }
 
 /// A `LabelPair`: its name and value, each `None` when absent (the last occurrence
