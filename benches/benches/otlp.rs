@@ -17,76 +17,46 @@ use std::time::Duration;
 
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
 use prost::Message as _;
+use weir_benches::harness::otlp::{delta_sums, kv};
 use weir_core::parse::otlp::{apply_export, apply_export_protobuf, walks};
 use weir_core::{Aggregator, AggregatorConfig};
-use weir_proto::common::{AnyValue, KeyValue, any_value};
-use weir_proto::metrics::{
-    AggregationTemporality, Metric, NumberDataPoint, ResourceMetrics, ScopeMetrics, Sum,
-    metric::Data, number_data_point,
-};
+use weir_proto::metrics::{NumberDataPoint, number_data_point};
 use weir_proto::metrics_service::ExportMetricsServiceRequest;
 use weir_proto::resource::Resource;
 
 /// Data points in [`request`].
 const POINTS: u64 = 1_000;
 
-fn kv(key: &str, value: &str) -> KeyValue {
-    KeyValue {
-        key: key.into(),
-        value: Some(AnyValue {
-            value: Some(any_value::Value::StringValue(value.into())),
-        }),
-        ..Default::default()
-    }
-}
-
 /// The request described in the module doc.
 fn request() -> ExportMetricsServiceRequest {
-    let metrics = (0..10)
-        .map(|m| Metric {
-            name: format!("http.server.requests.{m}"),
-            data: Some(Data::Sum(Sum {
-                data_points: (0..100)
-                    .map(|i| NumberDataPoint {
-                        attributes: vec![
-                            kv("http.route", &format!("/api/v1/items/{i}")),
-                            kv(
-                                "http.request.method",
-                                if i % 2 == 0 { "GET" } else { "POST" },
-                            ),
-                            kv("http.response.status_code", "200"),
-                        ],
-                        start_time_unix_nano: 1_700_000_000_000_000_000,
-                        time_unix_nano: 1_700_000_010_000_000_000,
-                        value: Some(number_data_point::Value::AsInt(1)),
-                        ..Default::default()
-                    })
-                    .collect(),
-                aggregation_temporality: AggregationTemporality::Delta as i32,
-                is_monotonic: true,
-            })),
+    let resource = Resource {
+        attributes: vec![
+            kv("service.name", "checkout"),
+            kv("service.namespace", "shop"),
+            kv("service.instance.id", "checkout-7d9f-abcde"),
+            kv("host.name", "node-17"),
+            kv("telemetry.sdk.language", "rust"),
+        ],
+        ..Default::default()
+    };
+    delta_sums(
+        |m| format!("http.server.requests.{m}"),
+        |i| NumberDataPoint {
+            attributes: vec![
+                kv("http.route", &format!("/api/v1/items/{i}")),
+                kv(
+                    "http.request.method",
+                    if i % 2 == 0 { "GET" } else { "POST" },
+                ),
+                kv("http.response.status_code", "200"),
+            ],
+            start_time_unix_nano: 1_700_000_000_000_000_000,
+            time_unix_nano: 1_700_000_010_000_000_000,
+            value: Some(number_data_point::Value::AsInt(1)),
             ..Default::default()
-        })
-        .collect();
-    ExportMetricsServiceRequest {
-        resource_metrics: vec![ResourceMetrics {
-            resource: Some(Resource {
-                attributes: vec![
-                    kv("service.name", "checkout"),
-                    kv("service.namespace", "shop"),
-                    kv("service.instance.id", "checkout-7d9f-abcde"),
-                    kv("host.name", "node-17"),
-                    kv("telemetry.sdk.language", "rust"),
-                ],
-                ..Default::default()
-            }),
-            scope_metrics: vec![ScopeMetrics {
-                metrics,
-                ..Default::default()
-            }],
-            ..Default::default()
-        }],
-    }
+        },
+        Some(resource),
+    )
 }
 
 fn otlp(c: &mut Criterion) {

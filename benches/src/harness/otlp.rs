@@ -18,6 +18,7 @@ use weir_proto::metrics::{
 use weir_proto::metrics_service::metrics_service_client::MetricsServiceClient;
 use weir_proto::metrics_service::metrics_service_server::{MetricsService, MetricsServiceServer};
 use weir_proto::metrics_service::{ExportMetricsServiceRequest, ExportMetricsServiceResponse};
+use weir_proto::resource::Resource;
 
 /// 1,000 delta counter points over 1,000 series (10 metrics x 100 label values).
 pub fn request() -> ExportMetricsServiceRequest {
@@ -27,23 +28,29 @@ pub fn request() -> ExportMetricsServiceRequest {
 /// Like [`request`], with metric names `<prefix>.<0..10>`: distinct prefixes give
 /// distinct series (the background series of the latency scenario).
 pub fn request_named(prefix: &str) -> ExportMetricsServiceRequest {
+    delta_sums(
+        |m| format!("{prefix}.{m}"),
+        |i| NumberDataPoint {
+            attributes: vec![kv("route", &format!("/r/{i}"))],
+            value: Some(number_data_point::Value::AsInt(1)),
+            ..Default::default()
+        },
+        None,
+    )
+}
+
+/// One request of 10 monotonic delta sums of 100 points each under `resource`: metric
+/// `m` named `name(m)`, its point `i` being `point(i)`.
+pub fn delta_sums(
+    name: impl Fn(usize) -> String,
+    point: impl Fn(usize) -> NumberDataPoint,
+    resource: Option<Resource>,
+) -> ExportMetricsServiceRequest {
     let metrics = (0..10)
         .map(|m| Metric {
-            name: format!("{prefix}.{m}"),
+            name: name(m),
             data: Some(Data::Sum(Sum {
-                data_points: (0..100)
-                    .map(|i| NumberDataPoint {
-                        attributes: vec![KeyValue {
-                            key: "route".into(),
-                            value: Some(AnyValue {
-                                value: Some(any_value::Value::StringValue(format!("/r/{i}"))),
-                            }),
-                            ..Default::default()
-                        }],
-                        value: Some(number_data_point::Value::AsInt(1)),
-                        ..Default::default()
-                    })
-                    .collect(),
+                data_points: (0..100).map(&point).collect(),
                 aggregation_temporality: AggregationTemporality::Delta as i32,
                 is_monotonic: true,
             })),
@@ -52,12 +59,24 @@ pub fn request_named(prefix: &str) -> ExportMetricsServiceRequest {
         .collect();
     ExportMetricsServiceRequest {
         resource_metrics: vec![ResourceMetrics {
+            resource,
             scope_metrics: vec![ScopeMetrics {
                 metrics,
                 ..Default::default()
             }],
             ..Default::default()
         }],
+    }
+}
+
+/// A string attribute.
+pub fn kv(key: &str, value: &str) -> KeyValue {
+    KeyValue {
+        key: key.into(),
+        value: Some(AnyValue {
+            value: Some(any_value::Value::StringValue(value.into())),
+        }),
+        ..Default::default()
     }
 }
 

@@ -507,8 +507,24 @@ mod tests {
     type Got = Vec<(String, Vec<(String, String)>, String, i64)>;
 
     fn parse(body: &[u8]) -> (Got, ParseReport) {
+        let (got, r) = emitted_by(parse_protobuf, body);
+        let got = got
+            .into_iter()
+            .map(|(n, l, s, ts, _)| (n, l, s, ts))
+            .collect();
+        (got, r)
+    }
+
+    /// Everything a parse emits, owned, with the start time: `(name, labels, sample
+    /// as Debug text, ts, start)`.
+    type Emitted = Vec<(String, Vec<(String, String)>, String, i64, i64)>;
+
+    fn emitted_by(
+        parse: fn(&[u8], &mut Emit<'_>) -> ParseReport,
+        body: &[u8],
+    ) -> (Emitted, ParseReport) {
         let mut got = Vec::new();
-        let r = parse_protobuf(body, &mut |name, labels, sample, ts, _| {
+        let r = parse(body, &mut |name, labels, sample, ts, start| {
             got.push((
                 name.to_owned(),
                 labels
@@ -517,6 +533,7 @@ mod tests {
                     .collect(),
                 format!("{sample:?}"),
                 ts,
+                start,
             ))
         });
         (got, r)
@@ -1284,30 +1301,6 @@ mod tests {
         assert_ne!(id(0), id(1));
         assert_ne!(id(0), id(3));
         assert_eq!(ids[4], (None, "hist".to_owned()));
-    }
-
-    /// Everything a parse emits, owned, with the start time: `(name, labels, sample
-    /// as Debug text, ts, start)`.
-    type Emitted = Vec<(String, Vec<(String, String)>, String, i64, i64)>;
-
-    fn emitted_by(
-        parse: fn(&[u8], &mut Emit<'_>) -> ParseReport,
-        body: &[u8],
-    ) -> (Emitted, ParseReport) {
-        let mut got = Vec::new();
-        let r = parse(body, &mut |name, labels, sample, ts, start| {
-            got.push((
-                name.to_owned(),
-                labels
-                    .iter()
-                    .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
-                    .collect(),
-                format!("{sample:?}"),
-                ts,
-                start,
-            ))
-        });
-        (got, r)
     }
 
     /// An unknown field's bytes, by `kind`: varint, fixed64, fixed32, bytes, group.
