@@ -278,9 +278,10 @@ fn classify_status(status: tonic::Status) -> SendError {
 }
 
 /// A tonic codec that sends bytes that already are an encoded message (the WAL's
-/// record) and decodes the OTLP export response.
+/// record; in the receiver's tests, bytes no prost client would send) and decodes the
+/// OTLP export response.
 #[derive(Debug, Clone, Copy, Default)]
-struct PreEncoded;
+pub(crate) struct PreEncoded;
 
 impl Codec for PreEncoded {
     type Encode = Bytes;

@@ -1286,51 +1286,6 @@ mod tests {
         r.stop();
     }
 
-    /// A client codec that sends raw bytes as the `Export` message (what no prost
-    /// client can send: a message that does not decode).
-    #[derive(Clone, Copy, Default)]
-    struct RawRequestCodec;
-
-    impl tonic::codec::Codec for RawRequestCodec {
-        type Encode = Bytes;
-        type Decode = ExportMetricsServiceResponse;
-        type Encoder = RawRequestCodec;
-        type Decoder = RawRequestCodec;
-        fn encoder(&mut self) -> Self::Encoder {
-            RawRequestCodec
-        }
-        fn decoder(&mut self) -> Self::Decoder {
-            RawRequestCodec
-        }
-    }
-
-    impl tonic::codec::Encoder for RawRequestCodec {
-        type Item = Bytes;
-        type Error = tonic::Status;
-        fn encode(
-            &mut self,
-            item: Bytes,
-            buf: &mut tonic::codec::EncodeBuf<'_>,
-        ) -> Result<(), tonic::Status> {
-            use bytes::BufMut as _;
-            buf.put_slice(&item);
-            Ok(())
-        }
-    }
-
-    impl tonic::codec::Decoder for RawRequestCodec {
-        type Item = ExportMetricsServiceResponse;
-        type Error = tonic::Status;
-        fn decode(
-            &mut self,
-            buf: &mut tonic::codec::DecodeBuf<'_>,
-        ) -> Result<Option<ExportMetricsServiceResponse>, tonic::Status> {
-            ExportMetricsServiceResponse::decode(buf)
-                .map(Some)
-                .map_err(|e| tonic::Status::internal(e.to_string()))
-        }
-    }
-
     /// One unary call of `path` with `body` as the message, gzip-compressed when
     /// `gzip`.
     async fn raw_call(
@@ -1353,7 +1308,7 @@ mod tests {
             .unary(
                 tonic::Request::new(Bytes::from(body)),
                 tonic::codegen::http::uri::PathAndQuery::from_static(path),
-                RawRequestCodec,
+                crate::backends::otlp::PreEncoded,
             )
             .await
             .map(tonic::Response::into_inner)
