@@ -231,6 +231,12 @@ fn prefetch_ahead(entries: &[FlushEntry], i: usize) {
     }
 }
 
+/// The capacity of a batch allocated for `series` entries: 1/16 more, so a slowly
+/// growing series count does not allocate a fresh batch at every flush.
+fn spare_capacity(series: usize) -> usize {
+    series.saturating_add(series / 16)
+}
+
 /// What only the flusher touches.
 pub(super) struct FlusherState {
     pub(super) entries: Vec<FlushEntry>,
@@ -337,7 +343,13 @@ impl Aggregator {
             }
         }
         let mut out = std::mem::take(&mut st.spare);
-        out.reserve(st.entries.len());
+        if out.capacity() < st.entries.len() {
+            // A fresh allocation sized to the series plus 1/16 for growth, not
+            // `reserve`'s doubling: a spare of 999k entries that meets 1M series would
+            // become a 2M-entry (112 MB) batch, and being the larger it would stay as
+            // the spare. The old spare is empty, so nothing is copied.
+            out = Vec::with_capacity(spare_capacity(st.entries.len()));
+        }
         let ttl_ms = i64::try_from(sh.config.series_ttl.as_millis()).unwrap_or(i64::MAX);
         let index = sh.index.pin();
         let mut i = 0;
@@ -423,5 +435,32 @@ mod tests {
         );
         assert_eq!(key, h.key());
         assert_eq!(key.to_string(), r#"hits_total{path="/"}"#);
+    }
+
+    #[test]
+    fn a_growing_series_count_gets_a_batch_sized_to_it_not_doubled() {
+        let agg = Aggregator::default();
+        let record = |n: usize| {
+            for i in 0..n {
+                let v = i.to_string();
+                agg.record("hits_total", &[("i", &v)], crate::Sample::Gauge(1.0), 0)
+                    .unwrap();
+            }
+        };
+        record(1_000);
+        let first = agg.flush();
+        assert_eq!(first.series.capacity(), spare_capacity(1_000));
+        agg.recycle(first);
+        // Within the spare's 1/16: the spare is filled as it is.
+        record(1_050);
+        let same = agg.flush();
+        assert_eq!(same.series.len(), 1_050);
+        assert_eq!(same.series.capacity(), spare_capacity(1_000));
+        agg.recycle(same);
+        // Past it: a fresh batch for the new count, not twice the old one.
+        record(1_500);
+        let grown = agg.flush();
+        assert_eq!(grown.series.len(), 1_500);
+        assert_eq!(grown.series.capacity(), spare_capacity(1_500));
     }
 }

@@ -62,10 +62,7 @@ pub const NORMAL_NAN_BITS: u64 = 0x7ff8_0000_0000_0001;
 pub fn encode(batch: &FlushBatch, opts: &EncodeOptions) -> Vec<EncodedRequest> {
     let external = opts.external();
     let every_name = opts.filter.is_all();
-    let mut bodies = Bodies::new(
-        opts.limit(),
-        Seal::Snappy(Box::new(snap::raw::Encoder::new())),
-    );
+    let mut bodies = Bodies::new(opts.limit(), Seal::snappy());
     let mut base = BaseLabels::default();
     let mut buckets = float::BucketNames::default();
     let mut quantile = String::new();
