@@ -30,6 +30,8 @@ struct Response {
     body: Vec<u8>,
     /// How long the target thinks before it answers.
     delay: Duration,
+    /// Bytes of an extra `X-Padding` header in the response head.
+    padding: usize,
 }
 
 impl Response {
@@ -39,7 +41,14 @@ impl Response {
             encoding: None,
             body,
             delay: Duration::ZERO,
+            padding: 0,
         }
+    }
+
+    /// The same answer with an `X-Padding` header of `bytes` bytes in its head.
+    fn padded(mut self, bytes: usize) -> Response {
+        self.padding = bytes;
+        self
     }
 
     /// The same answer, sent `delay` after the request arrived.
@@ -105,8 +114,13 @@ fn serve_responses(
             let encoding = r
                 .encoding
                 .map_or_else(String::new, |e| format!("Content-Encoding: {e}\r\n"));
+            let padding = if r.padding > 0 {
+                format!("X-Padding: {}\r\n", "p".repeat(r.padding))
+            } else {
+                String::new()
+            };
             let head = format!(
-                "HTTP/1.1 200 OK\r\nContent-Type: {}\r\n{encoding}Content-Length: {}\r\nConnection: close\r\n\r\n",
+                "HTTP/1.1 200 OK\r\nContent-Type: {}\r\n{encoding}{padding}Content-Length: {}\r\nConnection: close\r\n\r\n",
                 r.content_type,
                 r.body.len()
             );
@@ -506,6 +520,60 @@ fn scraped_counters_become_exact_deltas_and_garbage_is_reported() {
             .any(|l| l.contains("scrape: malformed lines skipped") && l.contains(&bad)),
         "{all}"
     );
+}
+
+/// weir caps a connection's reads at 32 KiB (idle keep-alive connections keep their
+/// buffer), which bounds a response head: one of 20 KiB is scraped, one of 64 KiB
+/// fails the scrape as `request_failed` and is named in the log. (Between the two, a
+/// head passes if the reads that brought it in happened to end inside it.)
+#[test]
+fn a_response_head_up_to_32_kib_is_scraped_and_a_larger_one_fails_the_scrape() {
+    let text = |name: &str| format!("{name}_total 7\n").into_bytes();
+    let plain = "text/plain; version=0.0.4";
+    let (big, big_scrapes, _) = serve_responses(
+        vec![Response::new(plain, text("big")).padded(20 << 10)],
+        1000,
+    );
+    let (huge, _, _) = serve_responses(
+        vec![Response::new(plain, text("huge")).padded(64 << 10)],
+        1000,
+    );
+    let dir = TempDir::new("scrape-head");
+    let config = format!(
+        "[aggregation]\nflush_interval = \"200ms\"\n[receivers.statsd]\nenabled = false\n[receivers.otlp]\nenabled = false\n[exposition]\naddress = \"127.0.0.1:0\"\n[admin]\nenabled = false\n\
+         [[scrape.targets]]\nurl = \"http://{big}/metrics\"\ninterval = \"100ms\"\ntimeout = \"100ms\"\n\
+         [[scrape.targets]]\nurl = \"http://{huge}/metrics\"\ninterval = \"100ms\"\ntimeout = \"100ms\"\n"
+    );
+    let file = dir.write("weir.toml", &config);
+    let mut weir = Weir::start(&["--config", file.to_str().unwrap()], dir.path());
+    let page = weir.wait_for_line("exposition", TIMEOUT, |l| {
+        l.contains("exposition endpoint listening")
+    });
+    let page = field(&page, "address").unwrap().to_owned();
+    let failed = weir.wait_for_line("scrape failed", TIMEOUT, |l| {
+        l.contains("scrape failed") && l.contains(&huge)
+    });
+    assert_eq!(field(&failed, "reason"), Some("request_failed"), "{failed}");
+    big_scrapes
+        .recv_timeout(TIMEOUT)
+        .expect("the 20 KiB head was answered");
+    let deadline = std::time::Instant::now() + TIMEOUT;
+    loop {
+        let metrics = http_get(&page, "/metrics");
+        let at = |name: &str, addr: &str| format!("{name}{{instance=\"{addr}\",job=\"scrape\"}}");
+        if value_of(&metrics, &at("big_total", &big)) == Some(7.0) {
+            assert!(!metrics.contains("huge_total"), "{metrics}");
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "never scraped:\n{metrics}"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    weir.signal("TERM");
+    let (status, _) = weir.wait_exit(TIMEOUT);
+    assert!(status.success());
 }
 
 #[test]
