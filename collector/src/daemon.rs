@@ -86,7 +86,7 @@ pub struct Daemon {
     config: Config,
     config_source: String,
     instance: Instance,
-    /// The exposition endpoint's page, replaced after every flush.
+    /// The exposition endpoint's page (it reads the instance's aggregator).
     page: Page,
     /// The file the config came from, for reloads (none for the embedded default).
     config_path: Option<std::path::PathBuf>,
@@ -99,10 +99,7 @@ impl Daemon {
     /// from (a path, or "embedded default") for the startup line.
     pub fn new(config: Config, config_source: impl Into<String>) -> Daemon {
         let instance = Instance::new(&config);
-        let page = Page::default();
-        if config.exposition.enabled {
-            instance.publish_to(page.clone());
-        }
+        let page = Page::new(instance.aggregator().clone());
         Daemon {
             config,
             config_source: config_source.into(),

@@ -4,8 +4,7 @@
 //! is one flush loop and one pipeline implementation.
 //!
 //! Owns: the [`Aggregator`] of a process, the flush (aggregator -> one
-//! `Arc<FlushBatch>` -> every pipeline's WAL, and the exposition page when there is
-//! one), the periodic flush task, the per-flush summary and log line, the
+//! `Arc<FlushBatch>` -> every pipeline's WAL), the periodic flush task, the per-flush summary and log line, the
 //! series-ceiling warning, and the stop sequence (final flush into the WALs, then a
 //! bounded grace period for sending). Must never: run a flush on an async worker
 //! (flushes run on the calling thread or the blocking pool), let two flushes overlap
@@ -40,7 +39,6 @@ use weir_core::{Aggregator, FlushBatch};
 use crate::config::{Config, ConfigError};
 use crate::control::FlushSummary;
 use crate::pipeline::{Pipeline, PipelineError, PipelineSet};
-use crate::serve::exposition::Page;
 use crate::telemetry::{Kind, MetricsPage, ProcessMetrics, StageMetrics, Telemetry, labels};
 
 /// Shortest time between two warnings that the series ceiling refuses points.
@@ -236,8 +234,6 @@ impl CeilingWarning {
 struct Flusher {
     aggregator: Aggregator,
     pipelines: Vec<Arc<Pipeline>>,
-    /// The exposition endpoint's page, when the daemon serves one.
-    page: Option<Page>,
     /// Refusals counted in the previous summary.
     rejected_seen: u64,
     ceiling: CeilingWarning,
@@ -246,20 +242,13 @@ struct Flusher {
 
 impl Flusher {
     /// Flushes once on the calling thread: every pipeline encodes the same batch and
-    /// appends it to its WAL (never waiting on a backend), the page is replaced, and
-    /// the summary is logged with `message`.
+    /// appends it to its WAL (never waiting on a backend), and the summary is logged
+    /// with `message`.
     fn flush(&mut self, message: &str) -> (FlushSummary, Arc<FlushBatch>) {
         let started = Instant::now();
         let batch = Arc::new(self.aggregator.flush());
         let duration = started.elapsed();
         let heads = self.pipelines.iter().map(|p| p.accept(&batch)).collect();
-        if let Some(page) = &self.page {
-            // The page held the previous batch until now (unless a request encoded
-            // it); once nobody else holds it, its allocation goes to the next flush.
-            if let Some(previous) = page.publish(&batch).and_then(|b| Arc::try_unwrap(b).ok()) {
-                self.aggregator.recycle(previous);
-            }
-        }
         let mut summary = FlushSummary::new(
             &batch,
             &self.aggregator.stats(),
@@ -333,7 +322,6 @@ impl Instance {
         let flusher = Flusher {
             aggregator: aggregator.clone(),
             pipelines: Vec::new(),
-            page: None,
             rejected_seen: 0,
             ceiling: CeilingWarning::default(),
             metrics,
@@ -422,15 +410,6 @@ impl Instance {
         Ok(())
     }
 
-    /// Makes every flush also publish the exposition endpoint's page.
-    pub fn publish_to(&self, page: Page) {
-        self.inner
-            .flusher
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .page = Some(page);
-    }
-
     /// Starts the periodic flush (every `aggregation.flush_interval`) on the current
     /// tokio runtime. Each flush runs on the blocking pool, and hands its batch back
     /// to the aggregator ([`Aggregator::recycle`]) for the next one to fill.
@@ -447,9 +426,9 @@ impl Instance {
                 let aggregator = aggregator.clone();
                 let flush = move || {
                     let (_, batch) = inner.flush("flush");
-                    // Every pipeline has encoded it; without an exposition page (which
-                    // holds it until the next flush, see `Flusher::flush`) nobody else
-                    // holds it: its allocation goes to the next flush.
+                    // Every pipeline has encoded it and nobody else holds it (the
+                    // exposition page reads the aggregator, not the batches): its
+                    // allocation goes to the next flush.
                     if let Ok(batch) = Arc::try_unwrap(batch) {
                         aggregator.recycle(batch);
                     }

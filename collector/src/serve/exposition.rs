@@ -1,16 +1,19 @@
-//! The exposition endpoint: `GET /metrics` serves the latest flushed batch in the
+//! The exposition endpoint: `GET /metrics` serves the aggregator's state in the
 //! Prometheus text format, so any Prometheus can scrape what weir aggregated (the
 //! statsd_exporter role).
 //!
-//! Owns: the `[exposition]` section ([`ExpositionConfig`]), the listener and the latest
-//! page. Must never: make a scrape wait for a flush, or a flush wait for an encoding.
+//! Owns: the `[exposition]` section ([`ExpositionConfig`]), the listener and the page
+//! ([`Page`]). Must never: hold anything between flushes but the text it served, or
+//! take a point away from the pipelines.
 //!
 //! The page is encoded at most once per flush, by the first request after it, on the
-//! blocking pool: a flush only swaps in its batch (an `Arc`) under a lock held for the
-//! swap, and later requests of the same interval get the encoded bytes. Encoding on
-//! every flush instead cost weir about half its CPU when it scraped 100k series and
-//! forwarded them by remote write with nobody reading this page (sorting and encoding
-//! every series, every interval; see `benches/README.md`, "The scrape path").
+//! blocking pool, from [`Aggregator::peek`]: the values as of that request (counters
+//! and histograms as running totals), which the later requests of the same interval
+//! share. Encoding on every flush instead cost weir about half its CPU when it scraped
+//! 100k series and forwarded them by remote write with nobody reading this page
+//! (sorting and encoding every series, every interval; see `benches/README.md`, "The
+//! scrape path"); keeping each flush's batch for a request that might come held 56
+//! bytes per series (56 MB at 1M series) that nobody read.
 
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
@@ -20,7 +23,7 @@ use hyper::body::Bytes;
 use hyper::{Response, StatusCode};
 use serde::Deserialize;
 use tracing::info;
-use weir_core::FlushBatch;
+use weir_core::Aggregator;
 
 use crate::config::{Step, within};
 use crate::serve::{Server, plain};
@@ -58,60 +61,42 @@ impl ExpositionConfig {
     }
 }
 
-/// The latest page, shared between the flusher (writer) and the endpoint (readers).
-#[derive(Default, Clone)]
+/// The page, shared by the endpoint's requests.
+#[derive(Clone)]
 pub struct Page(Arc<PageState>);
 
-#[derive(Default)]
 struct PageState {
-    latest: Mutex<Latest>,
-    /// Held by a request while it encodes, so that requests racing after a flush
-    /// encode its batch once; never taken by the flusher.
-    encoding: Mutex<()>,
-}
-
-/// What the page holds: the latest batch until a request encodes it, then its text.
-enum Latest {
-    Batch(Arc<FlushBatch>),
-    Encoded(Bytes),
-}
-
-impl Default for Latest {
-    fn default() -> Self {
-        Latest::Encoded(Bytes::new())
-    }
-}
-
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|p| p.into_inner())
+    aggregator: Aggregator,
+    /// The text served since the flush of the given sequence. Held by a request while
+    /// it encodes, so that requests racing after a flush encode once.
+    latest: Mutex<Option<(u64, Bytes)>>,
 }
 
 impl Page {
-    /// Makes `batch` the page served from now on; it is encoded when first requested.
-    /// Returns the batch it replaces if no request encoded that one, so its allocation
-    /// can go to the next flush ([`weir_core::Aggregator::recycle`]).
-    pub fn publish(&self, batch: &Arc<FlushBatch>) -> Option<Arc<FlushBatch>> {
-        match std::mem::replace(&mut *lock(&self.0.latest), Latest::Batch(batch.clone())) {
-            Latest::Batch(previous) => Some(previous),
-            Latest::Encoded(_) => None,
-        }
+    /// The page of `aggregator`'s series.
+    pub fn new(aggregator: Aggregator) -> Page {
+        Page(Arc::new(PageState {
+            aggregator,
+            latest: Mutex::new(None),
+        }))
     }
 
-    /// The latest batch in the Prometheus text format, encoded now if no request did
-    /// since it was published. Blocking (an encoding takes milliseconds per 10k
-    /// series): call it on the blocking pool.
+    /// The series in the Prometheus text format, encoded now unless a request did
+    /// since the latest flush. Blocking (an encoding takes milliseconds per 10k
+    /// series, and the peek waits for a flush in progress): call it on the blocking
+    /// pool.
     pub fn get(&self) -> Bytes {
-        let _one = lock(&self.0.encoding);
-        let batch = match &*lock(&self.0.latest) {
-            Latest::Encoded(text) => return text.clone(),
-            Latest::Batch(batch) => batch.clone(),
-        };
-        let text = Bytes::from(weir_core::encode::prometheus_text(&batch));
-        let mut latest = lock(&self.0.latest);
-        // A flush may have published a newer batch meanwhile: that one stays pending.
-        if matches!(&*latest, Latest::Batch(b) if Arc::ptr_eq(b, &batch)) {
-            *latest = Latest::Encoded(text.clone());
+        let mut latest = self.0.latest.lock().unwrap_or_else(|p| p.into_inner());
+        let flushes = self.0.aggregator.flushes();
+        if let Some((sequence, text)) = &*latest
+            && *sequence == flushes
+        {
+            return text.clone();
         }
+        let batch = self.0.aggregator.peek();
+        let text = Bytes::from(weir_core::encode::prometheus_text(&batch));
+        // The peek's own sequence: a flush between the check and the peek is in it.
+        *latest = Some((batch.sequence, text.clone()));
         text
     }
 }
@@ -159,34 +144,45 @@ mod tests {
     use super::*;
 
     #[test]
-    fn the_page_is_the_latest_batch_encoded_once_per_flush() {
+    fn the_page_is_the_state_at_the_first_request_after_each_flush() {
         let agg = Aggregator::default();
-        let page = Page::default();
-        assert!(page.get().is_empty(), "nothing flushed yet");
-        let flush_with = |v: f64| {
+        let page = Page::new(agg.clone());
+        let set = |v: f64| {
             agg.record("temp", &[("room", "a")], Sample::Gauge(v), 0)
                 .unwrap();
-            page.publish(&Arc::new(agg.flush()));
         };
-        flush_with(1.0);
+        assert!(page.get().is_empty(), "nothing recorded yet");
+        set(1.0);
+        // Still the text of this interval's first request.
+        assert!(page.get().is_empty());
+        agg.flush();
+        set(2.0);
         let first = page.get();
-        assert_eq!(&first[..], b"# TYPE temp gauge\ntemp{room=\"a\"} 1\n");
-        // The second request of the interval gets the same bytes, not a new encoding.
+        assert_eq!(&first[..], b"# TYPE temp gauge\ntemp{room=\"a\"} 2\n");
+        // Later requests of the interval get the same bytes, not a new encoding.
+        set(3.0);
         assert_eq!(page.get().as_ptr(), first.as_ptr());
-        flush_with(2.0);
-        assert_eq!(&page.get()[..], b"# TYPE temp gauge\ntemp{room=\"a\"} 2\n");
+        agg.flush();
+        assert_eq!(&page.get()[..], b"# TYPE temp gauge\ntemp{room=\"a\"} 3\n");
     }
 
     #[test]
-    fn a_batch_nobody_requested_comes_back_for_the_next_flush() {
+    fn reading_the_page_takes_nothing_from_the_flushes() {
         let agg = Aggregator::default();
-        let page = Page::default();
-        let first = Arc::new(agg.flush());
-        assert!(page.publish(&first).is_none(), "nothing published before");
-        let second = Arc::new(agg.flush());
-        let back = page.publish(&second).expect("the first was never encoded");
-        assert!(Arc::ptr_eq(&back, &first));
-        page.get(); // a request encodes the second: the page drops it
-        assert!(page.publish(&Arc::new(agg.flush())).is_none());
+        let page = Page::new(agg.clone());
+        let h = agg
+            .handle("hits_total", &[], weir_core::MetricKind::Counter)
+            .unwrap();
+        h.increment(2).unwrap();
+        assert_eq!(
+            &page.get()[..],
+            b"# TYPE hits_total counter\nhits_total 2\n"
+        );
+        h.increment(3).unwrap();
+        assert_eq!(agg.flush().counter_delta_sum(), 5.0);
+        assert_eq!(
+            &page.get()[..],
+            b"# TYPE hits_total counter\nhits_total 5\n"
+        );
     }
 }

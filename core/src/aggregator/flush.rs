@@ -259,8 +259,8 @@ impl Aggregator {
     /// carry their pending share as the delta and their running totals with it added,
     /// so [`prometheus_text`](crate::encode::prometheus_text) renders the values a
     /// scrape expects, while every point still goes into exactly one real flush (the
-    /// exposition of an embedded instance uses this, so scraping never steals from the
-    /// pipelines). The returned batch has the last flush's `sequence`, and `start_ms`
+    /// exposition endpoints of the daemon and of embedded instances use this, so
+    /// scraping never steals from the pipelines). The returned batch has the last flush's `sequence`, and `start_ms`
     /// .. `end_ms` from the last flush to now. Takes the flush lock (a concurrent flush
     /// waits, writers do not); each cell is read with plain loads, so points racing the
     /// peek may or may not be included, and a histogram's words may be read mid-update.
@@ -283,7 +283,9 @@ impl Aggregator {
         while let Some((s, kept)) = sh.created.pop() {
             st.entries.push(FlushEntry::new(s, kept, now_ms));
         }
-        let series = st.entries.iter().filter_map(|e| e.peek(now_ms)).collect();
+        // Sized up front: `collect` from a filter would grow by doubling.
+        let mut series = Vec::with_capacity(st.entries.len());
+        series.extend(st.entries.iter().filter_map(|e| e.peek(now_ms)));
         FlushBatch {
             sequence: st.sequence,
             start_ms: st.last_flush_ms,

@@ -540,6 +540,13 @@ impl Aggregator {
         }
     }
 
+    /// Flushes since start: the `sequence` of the latest batch. A reader that caches
+    /// something per flush compares it with this (see also [`Aggregator::peek`]).
+    pub fn flushes(&self) -> u64 {
+        // Relaxed: a counter read on its own; `flush_at` stores it under the flush lock.
+        self.shared.flushes.load(Ordering::Relaxed)
+    }
+
     /// Points refused by the per-metric series limit, per metric name (at most
     /// `max_tracked_metric_names` names, then `other`), sorted by name.
     pub fn cardinality_limit_exceeded(&self) -> Vec<(String, u64)> {
