@@ -295,7 +295,7 @@ fn parse(body: &[u8], dialect: Dialect, emit: &mut EmitIdentified<'_>) -> ParseR
     let mut run = CounterRun::default();
     let mut eof = false;
     for line in body.lines() {
-        let line = line.trim_start();
+        let line = line.trim_ascii_start();
         if line.is_empty() {
             continue;
         }
@@ -304,7 +304,7 @@ fn parse(body: &[u8], dialect: Dialect, emit: &mut EmitIdentified<'_>) -> ParseR
             break;
         }
         if let Some(comment) = line.strip_prefix('#') {
-            let mut words = comment.split_whitespace();
+            let mut words = comment.split_ascii_whitespace();
             match words.next() {
                 Some("TYPE") => {
                     run.emit(&mut out);
@@ -571,8 +571,11 @@ fn parse_sample<'a>(
     dialect: Dialect,
     mut labels: Labels<'a>,
 ) -> Result<SampleLine<'a>, ExpositionError> {
+    // Bytes, not chars: every delimiter of the format is ASCII, and a multi-byte
+    // character never contains an ASCII byte.
     let name_end = line
-        .find(|c: char| c == '{' || c.is_whitespace())
+        .bytes()
+        .position(|b| b == b'{' || b.is_ascii_whitespace())
         .unwrap_or(line.len());
     let name = &line[..name_end];
     if name.is_empty() {
@@ -589,7 +592,7 @@ fn parse_sample<'a>(
             rest = &rest[..hash];
         }
     }
-    let mut fields = rest.split_whitespace();
+    let mut fields = rest.split_ascii_whitespace();
     let value = fields.next().ok_or(ExpositionError::MalformedLine)?;
     let value = parse_float(value).ok_or(ExpositionError::MalformedValue)?;
     let timestamp_ms = match fields.next() {
@@ -611,22 +614,22 @@ fn parse_sample<'a>(
 /// Parses `a="1",b="x\"y"}` (after the `{`) into `out`; returns what follows the `}`.
 fn parse_labels<'a>(mut s: &'a str, out: &mut Labels<'a>) -> Result<&'a str, ExpositionError> {
     loop {
-        s = s.trim_start();
+        s = s.trim_ascii_start();
         if let Some(rest) = s.strip_prefix('}') {
             return Ok(rest);
         }
         let eq = s.find('=').ok_or(ExpositionError::MalformedLabels)?;
-        let key = s[..eq].trim();
+        let key = s[..eq].trim_ascii();
         if key.is_empty() {
             return Err(ExpositionError::MalformedLabels);
         }
-        let after = s[eq + 1..].trim_start();
+        let after = s[eq + 1..].trim_ascii_start();
         let body = after
             .strip_prefix('"')
             .ok_or(ExpositionError::MalformedLabels)?;
         let (value, rest) = unescape(body)?;
         out.push((key, value));
-        s = rest.trim_start();
+        s = rest.trim_ascii_start();
         if let Some(rest) = s.strip_prefix(',') {
             s = rest;
         } else if !s.starts_with('}') {
@@ -638,7 +641,8 @@ fn parse_labels<'a>(mut s: &'a str, out: &mut Labels<'a>) -> Result<&'a str, Exp
 /// Reads a quoted label value up to its closing quote (the opening one is consumed).
 fn unescape(s: &str) -> Result<(Cow<'_, str>, &str), ExpositionError> {
     let end = s
-        .find(['"', '\\'])
+        .bytes()
+        .position(|b| b == b'"' || b == b'\\')
         .ok_or(ExpositionError::MalformedLabels)?;
     if s.as_bytes()[end] == b'"' {
         return Ok((Cow::Borrowed(&s[..end]), &s[end + 1..]));
@@ -823,6 +827,28 @@ rpc_duration_seconds_count 2693
         assert_eq!(got[0].sample, "Counter(5.0, Cumulative)");
         let (got, _) = parse("untyped_thing 5\n");
         assert_eq!(got[0].sample, "Gauge(5.0)");
+    }
+
+    #[test]
+    fn blanks_and_tabs_separate_tokens_and_multibyte_text_stays_whole() {
+        let body = "  \t# TYPE  t\tgauge\n\t t{ a = \"été\\\"\" ,\tb=\"日本\"}\t 3 \t 1000\t\n\
+                    \tplain\t\t4\r\n";
+        let (got, r) = parse(body);
+        assert_eq!(r.total_errors(), 0, "{r:?}");
+        assert_eq!(got.len(), 2, "{got:?}");
+        assert_eq!(got[0].name, "t");
+        assert_eq!(
+            got[0].labels,
+            [
+                ("a".to_owned(), "été\"".to_owned()),
+                ("b".to_owned(), "日本".to_owned())
+            ]
+        );
+        assert_eq!((got[0].sample.as_str(), got[0].ts), ("Gauge(3.0)", 1000));
+        assert_eq!(
+            (got[1].name.as_str(), got[1].sample.as_str()),
+            ("plain", "Gauge(4.0)")
+        );
     }
 
     #[test]
