@@ -4,13 +4,13 @@
 //! is one flush loop and one pipeline implementation.
 //!
 //! Owns: the [`Aggregator`] of a process, the flush (aggregator -> one
-//! `Arc<FlushBatch>` -> every pipeline's WAL), the periodic flush task, the per-flush summary and log line, the
-//! series-ceiling warning, and the stop sequence (final flush into the WALs, then a
-//! bounded grace period for sending). Must never: run a flush on an async worker
-//! (flushes run on the calling thread or the blocking pool), let two flushes overlap
-//! (one mutex around the flush), or lose what was flushed (it is in the WALs before
-//! `close` returns; what was not sent is replayed by the next start on the same data
-//! directory).
+//! `Arc<FlushBatch>` -> every pipeline's WAL), the periodic flush task, the per-flush
+//! summary and log line, the series-ceiling warning, and the stop sequence (final flush
+//! into the WALs, then a bounded grace period for sending). Must never: run a flush on
+//! an async worker (flushes run on the calling thread or the blocking pool), let two
+//! flushes overlap (one mutex around the flush), or lose what was flushed (it is in the
+//! WALs before `close` returns; what was not sent is replayed by the next start on the
+//! same data directory).
 //!
 //! Two ways to run it:
 //! - embedded ([`Instance::from_toml`], [`Instance::start`]): the instance owns a

@@ -253,17 +253,18 @@ impl Aggregator {
         self.flush_at(now_ms())
     }
 
-    /// The current state of every live series, without flushing: what a flush now
-    /// would report, except that nothing is taken out of the cells, no running total
-    /// moves, nothing is evicted and the flush sequence stays. Counters and histograms
-    /// carry their pending share as the delta and their running totals with it added,
-    /// so [`prometheus_text`](crate::encode::prometheus_text) renders the values a
-    /// scrape expects, while every point still goes into exactly one real flush (the
+    /// The current state of every live series, without flushing: what a flush now would
+    /// report, except that nothing is taken out of the cells, no running total moves,
+    /// nothing is evicted and the flush sequence stays. Counters and histograms carry
+    /// their pending share as the delta and their running totals with it added, so
+    /// [`prometheus_text`](crate::encode::prometheus_text) renders the values a scrape
+    /// expects, while every point still goes into exactly one real flush (the
     /// exposition endpoints of the daemon and of embedded instances use this, so
-    /// scraping never steals from the pipelines). The returned batch has the last flush's `sequence`, and `start_ms`
-    /// .. `end_ms` from the last flush to now. Takes the flush lock (a concurrent flush
-    /// waits, writers do not); each cell is read with plain loads, so points racing the
-    /// peek may or may not be included, and a histogram's words may be read mid-update.
+    /// scraping never steals from the pipelines). The returned batch has the last
+    /// flush's `sequence`, and `start_ms` .. `end_ms` from the last flush to now. Takes
+    /// the flush lock (a concurrent flush waits, writers do not); each cell is read
+    /// with plain loads, so points racing the peek may or may not be included, and a
+    /// histogram's words may be read mid-update.
     ///
     /// ```
     /// use weir_core::{Aggregator, MetricKind};

@@ -37,9 +37,9 @@ pub(crate) struct Snappy {
 
 impl Snappy {
     /// `input` compressed, in a vector of exactly its length. (`compress_vec` would
-    /// return one with the worst case's capacity, ~1.17x the input: at 1M series the
-    /// bodies of one flush then held ~110 MB for ~20 MB of compressed bytes, for as
-    /// long as they wait in the pipeline.) Fails only for input over 4 GiB.
+    /// return one with the worst case's capacity, ~1.17x the input: at 1M scraped
+    /// series the bodies of one flush then held 128 MB for 8 MB of compressed bytes,
+    /// for as long as they waited in the pipeline.) Fails only for input over 4 GiB.
     fn compress(&mut self, input: &[u8]) -> Result<Vec<u8>, snap::Error> {
         self.out.resize(snap::raw::max_compress_len(input.len()), 0);
         let n = self.encoder.compress(input, &mut self.out)?;
