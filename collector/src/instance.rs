@@ -4,7 +4,7 @@
 //! is one flush loop and one pipeline implementation.
 //!
 //! Owns: the [`Aggregator`] of a process, the flush (aggregator -> one
-//! `Arc<FlushBatch>` -> every pipeline's WAL), the periodic flush task, the per-flush
+//! [`FlushBatch`] -> every pipeline's WAL), the periodic flush task, the per-flush
 //! summary and log line, the series-ceiling warning, and the stop sequence (final flush
 //! into the WALs, then a bounded grace period for sending). Must never: run a flush on
 //! an async worker (flushes run on the calling thread or the blocking pool), let two
@@ -244,9 +244,9 @@ impl Flusher {
     /// Flushes once on the calling thread: every pipeline encodes the same batch and
     /// appends it to its WAL (never waiting on a backend), and the summary is logged
     /// with `message`.
-    fn flush(&mut self, message: &str) -> (FlushSummary, Arc<FlushBatch>) {
+    fn flush(&mut self, message: &str) -> (FlushSummary, FlushBatch) {
         let started = Instant::now();
-        let batch = Arc::new(self.aggregator.flush());
+        let batch = self.aggregator.flush();
         let duration = started.elapsed();
         let heads = self.pipelines.iter().map(|p| p.accept(&batch)).collect();
         let mut summary = FlushSummary::new(
@@ -276,7 +276,7 @@ struct Inner {
 }
 
 impl Inner {
-    fn flush(&self, message: &str) -> (FlushSummary, Arc<FlushBatch>) {
+    fn flush(&self, message: &str) -> (FlushSummary, FlushBatch) {
         let out = self
             .flusher
             .lock()
@@ -426,12 +426,10 @@ impl Instance {
                 let aggregator = aggregator.clone();
                 let flush = move || {
                     let (_, batch) = inner.flush("flush");
-                    // Every pipeline has encoded it and nobody else holds it (the
-                    // exposition page reads the aggregator, not the batches): its
-                    // allocation goes to the next flush.
-                    if let Ok(batch) = Arc::try_unwrap(batch) {
-                        aggregator.recycle(batch);
-                    }
+                    // Every pipeline has encoded it (the exposition page reads the
+                    // aggregator, not the batches): its allocation goes to the next
+                    // flush.
+                    aggregator.recycle(batch);
                 };
                 if let Err(e) = tokio::task::spawn_blocking(flush).await {
                     // A panicking flush is a bug; the next tick tries again.
@@ -464,7 +462,7 @@ impl Instance {
     /// Flushes now on the calling thread (into every pipeline too) and returns the
     /// batch. Blocking: encoding and WAL appends. Never call it on an async worker;
     /// use [`Instance::flush_async`] there.
-    pub fn flush(&self) -> Arc<FlushBatch> {
+    pub fn flush(&self) -> FlushBatch {
         self.inner.flush("flush (requested)").1
     }
 

@@ -4,8 +4,8 @@
 //! - [`sources`]: where points come in (StatsD over UDP, OTLP over gRPC and HTTP, the
 //!   Prometheus scraper), each behind the [`sources::Source`] trait;
 //! - [`instance`]: the embeddable runtime: the [`weir_core::Aggregator`], its flush
-//!   loop (every interval one [`weir_core::FlushBatch`] for every pipeline and the
-//!   exposition page) and the pipelines; the C ABI and the Python module embed it;
+//!   loop (every interval one [`weir_core::FlushBatch`] for every pipeline) and the
+//!   pipelines; the C ABI and the Python module embed it;
 //! - [`daemon`]: the run loop around an instance: sources, listeners, flush and reload
 //!   requests; on SIGINT/SIGTERM it drains the sources, then closes the instance
 //!   (final flush, grace period for the pipelines);

@@ -6,7 +6,6 @@
 //! pipelines are shut down by then). Must never: hold a lock across a caller's update
 //! (updates go straight to the aggregator).
 
-use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
@@ -34,7 +33,7 @@ impl Runtime {
     }
 
     /// Flushes now (into every pipeline too); `None` once closed.
-    pub(crate) fn flush(&self) -> Option<Arc<FlushBatch>> {
+    pub(crate) fn flush(&self) -> Option<FlushBatch> {
         // Relaxed: the flag only gates later flushes; the instance orders its own
         // flushes with its flush mutex.
         if self.closed.load(Ordering::Relaxed) {
