@@ -555,6 +555,31 @@ impl<T> Keyed<T> {
     /// Bytes from the value's start to the end of the key's header: the part of the
     /// allocation that a clone (the count) and a read of the value touch.
     pub(crate) const VALUE_AND_HEADER: usize = header_offset::<T>() + size_of::<Header>();
+
+    /// Gives up this reference as an address (8-aligned, never null), for a table that
+    /// stores one machine word per entry. [`Keyed::from_raw`] takes it back.
+    pub(crate) fn into_raw(this: Keyed<T>) -> NonNull<u8> {
+        let header = this.key.header;
+        std::mem::forget(this);
+        header.cast()
+    }
+
+    /// The address [`Keyed::into_raw`] would give, keeping the reference.
+    pub(crate) fn as_raw(this: &Keyed<T>) -> NonNull<u8> {
+        this.key.header.cast()
+    }
+
+    /// The reference that [`Keyed::into_raw`] gave up.
+    ///
+    /// # Safety
+    /// `raw` comes from `Keyed::<T>::into_raw` and that reference has not been taken
+    /// back yet (each address given up is taken back once).
+    pub(crate) unsafe fn from_raw(raw: NonNull<u8>) -> Keyed<T> {
+        Keyed {
+            key: SeriesKey { header: raw.cast() },
+            _value: PhantomData,
+        }
+    }
 }
 
 impl<T> Clone for Keyed<T> {

@@ -1,11 +1,17 @@
-//! The atomics used by [`crate::cell`]: std's, or shuttle's under the `shuttle` feature
+//! The atomics used by [`crate::cell`] and the aggregator's series index: std's, or shuttle's under the `shuttle` feature
 //! so the model test in `tests/cell_model.rs` can explore interleavings of the real code.
 //! Also the f64-in-`AtomicU64` operations the cells need.
 
 #[cfg(feature = "shuttle")]
-pub(crate) use shuttle::sync::atomic::{AtomicI64, AtomicU64, Ordering};
+pub(crate) use shuttle::sync::{
+    Mutex,
+    atomic::{AtomicI64, AtomicPtr, AtomicU64, AtomicUsize, Ordering},
+};
 #[cfg(not(feature = "shuttle"))]
-pub(crate) use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
+pub(crate) use std::sync::{
+    Mutex,
+    atomic::{AtomicI64, AtomicPtr, AtomicU64, AtomicUsize, Ordering},
+};
 
 /// Lets another thread run while the flusher waits for an in-flight histogram write.
 pub(crate) fn yield_now() {

@@ -26,6 +26,7 @@ use crate::point::HistogramValue;
 
 use super::kept::{Kept, KeptState};
 use super::series::{Cell, SharedSeries, try_retire};
+use super::series_index;
 
 use super::{Aggregator, now_ms};
 
@@ -354,7 +355,6 @@ impl Aggregator {
             out = Vec::with_capacity(spare_capacity(st.entries.len()));
         }
         let ttl_ms = i64::try_from(sh.config.series_ttl.as_millis()).unwrap_or(i64::MAX);
-        let index = sh.index.pin();
         let mut i = 0;
         while i < st.entries.len() {
             prefetch_ahead(&st.entries, i);
@@ -375,7 +375,7 @@ impl Aggregator {
                 let mut table = keeps.then(|| sh.kept.lock().unwrap_or_else(|p| p.into_inner()));
                 // Out of the index first, so writers that find the cell sealed resolve
                 // to a successor rather than to this series again.
-                index.remove(e.series.key().as_bytes());
+                sh.index.remove(&e.series);
                 out.extend(e.collect(true, now_ms));
                 if let (Some(t), Some(k)) = (table.as_mut(), e.kept()) {
                     // A key of its own: a clone of the series' key would keep the whole
@@ -397,13 +397,15 @@ impl Aggregator {
                 std::thread::yield_now();
             }
         }
-        drop(index);
         // Families whose series are all gone are dropped so churning names do not
         // grow memory. A creator racing with this keeps its own `Arc<Family>`; the
         // per-name count may then undercount until that series is evicted.
         sh.families
             .pin()
             .retain(|_, f| f.active.load(Ordering::Acquire) > 0);
+        // The index's references to the series evicted above are freed through the
+        // epoch: let it free them now (see there).
+        series_index::reclaim();
         st.sequence += 1;
         sh.flushes.store(st.sequence, Ordering::Relaxed);
         let start_ms = std::mem::replace(&mut st.last_flush_ms, now_ms);

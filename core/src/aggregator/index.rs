@@ -20,31 +20,8 @@ use super::kept::{Kept, KeptState, KeptTable};
 use super::series::{
     Cell, CellKind, Family, Refusal, SEALED_RETRIES, Series, SharedSeries, validate,
 };
+use super::series_index::SeriesIndex;
 use super::{AggregatorConfig, REASONS, Rejected, now_ms};
-
-/// An index entry: the series, hashed and compared by its canonical key bytes.
-pub(super) struct Indexed(SharedSeries);
-
-impl std::hash::Hash for Indexed {
-    fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
-        // Must equal `<[u8] as Hash>::hash` for lookups by borrowed bytes.
-        self.0.key().as_bytes().hash(state);
-    }
-}
-
-impl PartialEq for Indexed {
-    fn eq(&self, other: &Self) -> bool {
-        self.0.key() == other.0.key()
-    }
-}
-
-impl Eq for Indexed {}
-
-impl std::borrow::Borrow<[u8]> for Indexed {
-    fn borrow(&self) -> &[u8] {
-        self.0.key().as_bytes()
-    }
-}
 
 /// State shared by the aggregator, its writers and handles.
 pub(super) struct Shared {
@@ -52,8 +29,8 @@ pub(super) struct Shared {
     /// When the aggregator started, ms since the Unix epoch: a cumulative source that
     /// started later counts from zero (see [`Shared::since`]).
     pub(super) started_ms: i64,
-    /// Keyed by the series itself (its canonical key bytes), so an entry is one pointer.
-    pub(super) index: papaya::HashMap<Indexed, (), RandomState>,
+    /// Canonical key bytes to series, one word per slot (see [`SeriesIndex`]).
+    pub(super) index: SeriesIndex<Series>,
     /// Per metric name: its series count, for the per-metric limit.
     pub(super) families: papaya::HashMap<Box<str>, Arc<Family>, RandomState>,
     /// Per metric name: points refused by the per-metric limit (bounded, see config).
@@ -115,12 +92,12 @@ impl Shared {
         cell_kind: CellKind,
         bounds: Option<&Arc<[f64]>>,
     ) -> Result<SharedSeries, Rejected> {
-        let index = self.index.pin();
+        let index = &self.index;
         // Bounded: a retry follows a lost creation race whose winner was evicted in
         // between, which needs a flush per round.
         for _ in 0..SEALED_RETRIES {
-            if let Some((s, ())) = index.get_key_value(canonical) {
-                return Ok(s.0.clone());
+            if let Some(s) = index.get(canonical) {
+                return Ok(s);
             }
             // Counters and histograms may resume an evicted predecessor's totals (see
             // `kept`). Their creator holds the table's lock from its second lookup until
@@ -133,9 +110,9 @@ impl Shared {
             let resumable = matches!(cell_kind, CellKind::Counter | CellKind::Histogram);
             let mut table = resumable.then(|| self.kept.lock().unwrap_or_else(|p| p.into_inner()));
             if table.is_some()
-                && let Some((s, ())) = index.get_key_value(canonical)
+                && let Some(s) = index.get(canonical)
             {
-                return Ok(s.0.clone());
+                return Ok(s);
             }
             let family = self.admit(name)?;
             let kept = table.as_mut().and_then(|t| t.take(canonical));
@@ -192,7 +169,7 @@ impl Shared {
                     cell,
                 },
             );
-            if index.try_insert(Indexed(series.clone()), ()).is_ok() {
+            if index.insert(&series).is_ok() {
                 self.created_total.fetch_add(1, Ordering::Relaxed);
                 self.created.push((series.clone(), kept));
                 return Ok(series);

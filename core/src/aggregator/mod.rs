@@ -8,16 +8,20 @@
 //!
 //! # Structure
 //! The engine is split by concern: `series` (one series: identity, cell, how a sample
-//! lands), `index` (the shared index and the limits), `writer` ([`Writer`] and its
+//! lands), `series_index` (the map from key bytes to series), `index` (finding or
+//! creating a series through it, and the limits), `writer` ([`Writer`] and its
 //! cache), `handle` ([`SeriesHandle`]) and `flush` (the flush walk and TTL eviction).
 //! This module holds the [`Aggregator`] itself, its config and its statistics.
 //!
-//! - **Index**: a lock-free map (papaya) holding each series (`SharedSeries`: the
-//!   series and its canonical key bytes in one allocation with one reference count,
-//!   see [`crate::key`]), hashed and compared by those bytes (one pointer per entry). New series are
-//!   inserted with a CAS (`try_insert`); a racing creator of the same key loses the CAS
-//!   and uses the winner's series. Keys are compared in full, so a 64-bit fingerprint
-//!   collision never merges two series.
+//! - **Index**: a lock-free open-addressing table of 8-byte words (module
+//!   `series_index`), each the address of a series (`SharedSeries`: the series and its
+//!   canonical key bytes in one allocation with one reference count, see
+//!   [`crate::key`]) tagged with 16 bits of the key's hash, hashed and compared by
+//!   those bytes. New series are inserted with a CAS; a racing creator of the same key
+//!   loses the CAS and uses the winner's series. Keys are compared in full, so a 64-bit
+//!   fingerprint collision never merges two series. The table resizes without
+//!   blocking lookups or inserts; removals (the flusher's evictions) and freeing go
+//!   through a lock and the epoch (see that module).
 //! - **Writer cache**: each [`Writer`] (one per receiving thread or task) keeps a
 //!   private table from the label set *as it arrives* (unsorted; for StatsD the line's
 //!   `name|tags` as sent) to its series, so validation, sorting and lookup in the
@@ -68,6 +72,7 @@ mod handle;
 mod index;
 mod kept;
 mod series;
+mod series_index;
 mod writer;
 
 use std::sync::atomic::{AtomicI64, AtomicU64, AtomicUsize, Ordering};
@@ -85,6 +90,7 @@ use flush::FlusherState;
 use index::{Scratch, Shared};
 use kept::KeptTable;
 use series::{CellKind, RETIRED, SEALED_RETRIES, kind_of};
+use series_index::SeriesIndex;
 
 pub use handle::SeriesHandle;
 pub(crate) use writer::RawHash;
@@ -360,7 +366,7 @@ impl Aggregator {
             shared: Arc::new(Shared {
                 config,
                 started_ms,
-                index: papaya::HashMap::with_hasher(RandomState::default()),
+                index: SeriesIndex::default(),
                 families: papaya::HashMap::with_hasher(RandomState::default()),
                 limit_drops: papaya::HashMap::with_hasher(RandomState::default()),
                 created: SegQueue::new(),
