@@ -25,7 +25,7 @@ use crate::key::{Keyed, SeriesKey};
 use crate::point::HistogramValue;
 
 use super::kept::{Kept, KeptState};
-use super::series::{Cell, SharedSeries, try_retire};
+use super::series::{Cell, SharedSeries, UNTOUCHED, try_retire};
 use super::series_index;
 
 use super::{Aggregator, now_ms};
@@ -34,9 +34,8 @@ use super::{Aggregator, now_ms};
 pub(super) struct FlushEntry {
     pub(super) series: SharedSeries,
     pub(super) totals: Totals,
-    /// `touched_ms` as seen by the previous flush; a change means activity.
-    pub(super) seen_touched_ms: i64,
-    /// Flush time at which activity was last noticed.
+    /// Flush time at which activity was last noticed: a flush that finds the series'
+    /// `touched_ms` stamped (not [`UNTOUCHED`]) notices it, and resets the stamp.
     pub(super) active_at_ms: i64,
 }
 
@@ -63,7 +62,6 @@ impl FlushEntry {
             _ => Totals::None,
         };
         FlushEntry {
-            seen_touched_ms: series.touched_ms.load(Ordering::Relaxed),
             series,
             totals,
             active_at_ms: now_ms,
@@ -359,9 +357,10 @@ impl Aggregator {
         while i < st.entries.len() {
             prefetch_ahead(&st.entries, i);
             let e = &mut st.entries[i];
-            let touched = e.series.touched_ms.load(Ordering::Relaxed);
-            if touched != e.seen_touched_ms {
-                e.seen_touched_ms = touched;
+            // Relaxed: see `Series::touched_ms`. A write between the load and the
+            // reset was made during this flush, which notices activity anyway.
+            if e.series.touched_ms.load(Ordering::Relaxed) != UNTOUCHED {
+                e.series.touched_ms.store(UNTOUCHED, Ordering::Relaxed);
                 e.active_at_ms = now_ms;
             }
             let expired = ttl_ms > 0 && now_ms - e.active_at_ms >= ttl_ms;
@@ -440,6 +439,14 @@ mod tests {
         );
         assert_eq!(key, h.key());
         assert_eq!(key.to_string(), r#"hits_total{path="/"}"#);
+    }
+
+    #[test]
+    fn a_flusher_entry_is_32_bytes() {
+        // The flusher's list holds one per series (32 MB at 1M): the series pointer,
+        // the totals enum and the activity time, since the activity test no longer
+        // keeps the last stamp it saw.
+        assert_eq!(size_of::<FlushEntry>(), 32);
     }
 
     #[test]

@@ -124,9 +124,10 @@ impl SeriesHandle {
 
 impl Drop for SeriesHandle {
     fn drop(&mut self) {
-        // The TTL counts from the handle's end, not from its last write.
+        // The TTL counts from the handle's end, not from its last write: stamped like
+        // a write, so the next flush notices activity (see `Series::touched_ms`).
         let now = self.shared.clock_ms.load(Ordering::Relaxed);
-        self.series.touched_ms.store(now - 1, Ordering::Relaxed);
+        self.series.touched_ms.store(now, Ordering::Relaxed);
         self.series.handles.fetch_sub(1, Ordering::AcqRel);
     }
 }

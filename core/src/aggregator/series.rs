@@ -43,8 +43,11 @@ pub(super) struct Series {
     pub(super) fingerprint: u64,
     pub(super) start_ms: i64,
     pub(super) family: Arc<Family>,
-    /// The aggregator clock (last flush time) at the latest update. Relaxed: only
-    /// compared for change by the flusher; no data is read through it.
+    /// The aggregator clock (last flush time) at the latest update since the flusher
+    /// last looked, or [`UNTOUCHED`] after it looked: the flusher counts any other value
+    /// as activity and resets it. Relaxed: a hint for the TTL only (an update racing
+    /// the reset is noticed by this flush or the next); no data is read through it,
+    /// and no point depends on it (an evicted series' updates fail as `Sealed`).
     pub(super) touched_ms: AtomicI64,
     /// Live [`SeriesHandle`]s in bits 0..31, and [`RETIRED`]: a series with handles is
     /// never retired, and a retired one takes no new handle. AcqRel RMWs: the word
@@ -184,6 +187,9 @@ pub(super) fn pick_ts(timestamp_ms: i64, now_ms: i64) -> i64 {
         timestamp_ms
     }
 }
+
+/// `Series::touched_ms` once the flusher has seen it: no update since that flush.
+pub(super) const UNTOUCHED: i64 = i64::MIN;
 
 /// Bit 31 of `Series::handles`: the series is retired.
 pub(super) const RETIRED: u32 = 1 << 31;
