@@ -1,6 +1,7 @@
-//! The atomics used by [`crate::cell`] and the aggregator's series index: std's, or shuttle's under the `shuttle` feature
-//! so the model test in `tests/cell_model.rs` can explore interleavings of the real code.
-//! Also the f64-in-`AtomicU64` operations the cells need.
+//! The atomics (and the mutex) used by [`crate::cell`] and the aggregator's series
+//! index: std's, or shuttle's under the `shuttle` feature so that the model tests
+//! (`tests/cell_model.rs`, `series_index::model`) explore interleavings of the real
+//! code. Also the f64-in-`AtomicU64` operations the cells need.
 
 #[cfg(feature = "shuttle")]
 pub(crate) use shuttle::sync::{

@@ -92,11 +92,10 @@ impl Shared {
         cell_kind: CellKind,
         bounds: Option<&Arc<[f64]>>,
     ) -> Result<SharedSeries, Rejected> {
-        let index = &self.index;
         // Bounded: a retry follows a lost creation race whose winner was evicted in
         // between, which needs a flush per round.
         for _ in 0..SEALED_RETRIES {
-            if let Some(s) = index.get(canonical) {
+            if let Some(s) = self.index.get(canonical) {
                 return Ok(s);
             }
             // Counters and histograms may resume an evicted predecessor's totals (see
@@ -110,7 +109,7 @@ impl Shared {
             let resumable = matches!(cell_kind, CellKind::Counter | CellKind::Histogram);
             let mut table = resumable.then(|| self.kept.lock().unwrap_or_else(|p| p.into_inner()));
             if table.is_some()
-                && let Some(s) = index.get(canonical)
+                && let Some(s) = self.index.get(canonical)
             {
                 return Ok(s);
             }
@@ -169,7 +168,7 @@ impl Shared {
                     cell,
                 },
             );
-            if index.insert(&series).is_ok() {
+            if self.index.insert(&series).is_ok() {
                 self.created_total.fetch_add(1, Ordering::Relaxed);
                 self.created.push((series.clone(), kept));
                 return Ok(series);

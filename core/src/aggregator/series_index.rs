@@ -233,15 +233,24 @@ impl<T: Send + Sync + 'static> SeriesIndex<T> {
         unsafe { &*t }
     }
 
+    /// The reference behind an entry word (frozen or not).
+    ///
+    /// # Safety
+    /// `word` holds an address that `Keyed::<T>::into_raw` gave up, whose reference
+    /// has not been taken back; the result takes it back, unless the caller keeps it
+    /// in a `ManuallyDrop`.
+    unsafe fn entry_of(word: usize) -> Keyed<T> {
+        // SAFETY: such an address is never null (caller's contract).
+        unsafe { Keyed::<T>::from_raw(NonNull::new_unchecked(word_addr(word) as *mut u8)) }
+    }
+
     /// Runs `f` on the entry in `word`, without touching its reference count.
     fn with_entry<R>(word: usize, f: impl FnOnce(&Keyed<T>) -> R) -> R {
         // SAFETY: `word` was read from a table under a guard: its address is one that
         // `Keyed::<T>::into_raw` gave up to the index, and the index releases that
         // reference only through the epoch (or at drop), so the allocation is alive;
         // `ManuallyDrop` keeps this borrow from releasing it.
-        let entry = ManuallyDrop::new(unsafe {
-            Keyed::<T>::from_raw(NonNull::new_unchecked(word_addr(word) as *mut u8))
-        });
+        let entry = ManuallyDrop::new(unsafe { Self::entry_of(word) });
         f(&entry)
     }
 
@@ -295,9 +304,7 @@ impl<T: Send + Sync + 'static> SeriesIndex<T> {
             match Self::probe(table, key, hash) {
                 Probe::Found(w) => {
                     // SAFETY: `word` is the reference given up above, not stored anywhere.
-                    drop(unsafe {
-                        Keyed::<T>::from_raw(NonNull::new_unchecked(word_addr(word) as *mut u8))
-                    });
+                    drop(unsafe { Self::entry_of(word) });
                     return Err(Self::with_entry(w, Keyed::clone));
                 }
                 Probe::Frozen => table = table.next(),
@@ -367,8 +374,7 @@ impl<T: Send + Sync + 'static> SeriesIndex<T> {
                 self.live.fetch_sub(1, Ordering::Relaxed);
                 // SAFETY: the word held the index's reference (given up by `insert`),
                 // which is taken back once, here; the word no longer holds it.
-                let owned =
-                    unsafe { Keyed::<T>::from_raw(NonNull::new_unchecked(addr as *mut u8)) };
+                let owned = unsafe { Self::entry_of(w) };
                 self.retire_entry(owned, &guard);
                 return;
             }
@@ -526,9 +532,7 @@ impl<T: Send + Sync + 'static> Drop for SeriesIndex<T> {
             for w in table.words.iter() {
                 let w = w.load(Ordering::Acquire);
                 if is_entry(w) {
-                    drop(Keyed::<T>::from_raw(NonNull::new_unchecked(
-                        word_addr(w) as *mut u8
-                    )));
+                    drop(Self::entry_of(w));
                 }
             }
         }
