@@ -637,6 +637,39 @@ fn idle_series_are_evicted_after_the_ttl_with_a_final_entry() {
 }
 
 #[test]
+fn evicted_series_give_their_room_back_to_their_metric() {
+    let agg = Aggregator::new(AggregatorConfig {
+        series_ttl: Duration::from_secs(300),
+        max_series_per_metric: 2,
+        ..Default::default()
+    });
+    let t0 = 1_000_000_000_000;
+    agg.flush_at(t0);
+    let record = |id: &str| agg.record("req_total", &[("id", id)], Sample::Gauge(1.0), 0);
+    record("a").unwrap();
+    record("b").unwrap();
+    assert!(record("c").is_err(), "the metric is full");
+    // One of them stays busy: the metric's family stays, with one series counted.
+    for m in 1..=6 {
+        record("a").unwrap();
+        agg.flush_at(t0 + m * MINUTE);
+    }
+    assert_eq!(agg.stats().evicted_series, 1);
+    assert_eq!(agg.top_metrics(10), vec![("req_total".to_string(), 1)]);
+    record("c").unwrap();
+    assert!(record("d").is_err(), "full again");
+    // All idle: every count is given back, and the family goes.
+    agg.flush_at(t0 + 20 * MINUTE);
+    agg.flush_at(t0 + 30 * MINUTE);
+    assert_eq!(agg.stats().active_series, 0);
+    assert!(agg.top_metrics(10).is_empty());
+    record("d").unwrap();
+    record("e").unwrap();
+    assert!(record("f").is_err());
+    assert_eq!(agg.top_metrics(10), vec![("req_total".to_string(), 2)]);
+}
+
+#[test]
 fn zero_ttl_never_evicts() {
     let agg = Aggregator::new(AggregatorConfig {
         series_ttl: Duration::ZERO,

@@ -231,13 +231,12 @@ impl<S: BuildHasher> RawCache<S> {
 #[cfg(test)]
 mod tests {
     use std::collections::HashMap;
-    use std::sync::Arc;
-    use std::sync::atomic::{AtomicI64, AtomicU32, AtomicUsize};
+    use std::sync::atomic::{AtomicI64, AtomicU32};
 
     use proptest::prelude::*;
 
     use super::*;
-    use crate::aggregator::series::{Cell, Family, Series};
+    use crate::aggregator::series::{Cell, Counter, Series};
     use crate::cell::CounterCell;
     use crate::key::Keyed;
 
@@ -247,12 +246,9 @@ mod tests {
             Series {
                 fingerprint: i as u64,
                 start_ms: 0,
-                family: Arc::new(Family {
-                    active: AtomicUsize::new(0),
-                }),
                 touched_ms: AtomicI64::new(0),
                 handles: AtomicU32::new(0),
-                cell: Cell::Counter(CounterCell::default()),
+                cell: Cell::Counter(Counter::new(CounterCell::default(), 0.0)),
             },
         )
     }

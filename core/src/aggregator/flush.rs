@@ -6,6 +6,12 @@
 //! or into none, retire a series a handle holds, or hold the flush lock while dropping
 //! a recycled batch's entries.
 //!
+//! The list holds only each series' address (8 bytes): what the flusher alone keeps
+//! per series, the running totals of counters and histograms and when activity was
+//! last seen, lives in the series itself (`Series::touched_ms`, `Counter`,
+//! `Histogram`), on the lines the walk reads anyway. (It was a 40-, then 32-byte entry
+//! beside the pointer: 32 MB at 1M series that each flush also streamed through.)
+//!
 //! The walk prefetches each series 16 entries ahead (`prefetch_ahead`): the series,
 //! its key's reference count (which the batch entry's key clone increments) and its
 //! key bytes are one allocation (`SharedSeries`), whose first two or three cache lines
@@ -25,172 +31,129 @@ use crate::key::{Keyed, SeriesKey};
 use crate::point::HistogramValue;
 
 use super::kept::{Kept, KeptState};
-use super::series::{Cell, SharedSeries, UNTOUCHED, try_retire};
+use super::series::{Cell, Series, SharedSeries, try_retire};
 use super::series_index;
 
 use super::{Aggregator, now_ms};
 
-/// A series as the flusher holds it, with the running totals only it touches.
-pub(super) struct FlushEntry {
-    pub(super) series: SharedSeries,
-    pub(super) totals: Totals,
-    /// Flush time at which activity was last noticed: a flush that finds the series'
-    /// `touched_ms` stamped (not [`UNTOUCHED`]) notices it, and resets the stamp.
-    pub(super) active_at_ms: i64,
-}
-
-/// Boxed histogram so that counter and gauge entries stay small.
-pub(super) enum Totals {
-    Counter(f64),
-    Histogram(Box<HistogramValue>),
-    None,
-}
-
-impl FlushEntry {
-    /// A new series, going on from `kept` totals if it resumed an evicted one.
-    pub(super) fn new(series: SharedSeries, kept: Option<Kept>, now_ms: i64) -> FlushEntry {
-        let totals = match (&series.cell, kept.map(|k| k.state)) {
-            (Cell::Counter(_), Some(KeptState::Counter { total, .. })) => Totals::Counter(total),
-            (Cell::Counter(_), _) => Totals::Counter(0.0),
-            // The resumed cell has the kept total's bounds (see `Shared::resolve`).
-            (Cell::Histogram(_), Some(KeptState::Histogram { total, .. })) => {
-                Totals::Histogram(total)
+/// What a series leaves for a successor when it is evicted: its start, total and last
+/// cumulative input. Called after the final (sealing) collection.
+fn kept(series: &Series) -> Option<Kept> {
+    let state = match &series.cell {
+        Cell::Counter(c) => {
+            let (last_cumulative, last_start_ms) = c.last_input();
+            KeptState::Counter {
+                total: c.total(),
+                last_cumulative,
+                last_start_ms,
             }
-            (Cell::Histogram(h), _) => {
-                Totals::Histogram(Box::new(HistogramValue::empty(h.bounds().clone())))
-            }
-            _ => Totals::None,
-        };
-        FlushEntry {
-            series,
-            totals,
-            active_at_ms: now_ms,
         }
-    }
-
-    /// What the series leaves for a successor: its start, total and last cumulative
-    /// input. Called after the final (sealing) collection.
-    fn kept(&self) -> Option<Kept> {
-        let state = match (&self.series.cell, &self.totals) {
-            (Cell::Counter(c), Totals::Counter(total)) => {
-                let (last_cumulative, last_start_ms) = c.last_input();
-                KeptState::Counter {
-                    total: *total,
-                    last_cumulative,
-                    last_start_ms,
-                }
+        Cell::Histogram(h) => {
+            let (last, last_start_ms) = h.last_input();
+            KeptState::Histogram {
+                total: Box::new(h.total().clone()),
+                last_cumulative: last.map(Box::new),
+                last_start_ms,
             }
-            (Cell::Histogram(h), Totals::Histogram(total)) => {
-                let (last, last_start_ms) = h.last_input();
-                KeptState::Histogram {
-                    total: total.clone(),
-                    last_cumulative: last.map(Box::new),
-                    last_start_ms,
-                }
-            }
-            _ => return None,
-        };
-        Some(Kept {
-            start_ms: self.series.start_ms,
-            state,
-        })
-    }
-
-    /// Takes the interval's share out of the cell, sealing it if `evicted` (its last
-    /// share); `None` for a summary never set. `now_ms` stamps set counts.
-    pub(super) fn collect(&mut self, evicted: bool, now_ms: i64) -> Option<FlushedSeries> {
-        let value = match (&self.series.cell, &mut self.totals) {
-            (Cell::Counter(c), Totals::Counter(total)) => {
-                let take = if evicted { c.seal() } else { c.collect() };
-                *total += take.delta + take.baseline;
-                FlushedValue::Counter {
-                    delta: take.delta,
-                    total: *total,
-                }
-            }
-            (Cell::Gauge(g), _) => {
-                let (value, timestamp_ms) = if evicted { g.seal() } else { g.read() };
-                FlushedValue::Gauge {
-                    value,
-                    timestamp_ms,
-                }
-            }
-            (Cell::Histogram(h), Totals::Histogram(total)) => {
-                let (delta, baseline) = if evicted { h.seal() } else { h.collect() };
-                if let Some(b) = &baseline {
-                    add_histogram(total, b);
-                }
-                add_histogram(total, &delta);
-                FlushedValue::Histogram {
-                    delta: Box::new(delta),
-                    total: total.clone(),
-                }
-            }
-            (Cell::Set(s), _) => FlushedValue::Gauge {
-                value: (if evicted { s.seal() } else { s.collect() }) as f64,
-                timestamp_ms: now_ms,
-            },
-            (Cell::Summary(s), _) => {
-                FlushedValue::Summary(Box::new(if evicted { s.seal() } else { s.read() }?))
-            }
-            _ => return None,
-        };
-        Some(FlushedSeries {
-            key: self.series.key().clone(),
-            fingerprint: self.series.fingerprint,
-            start_ms: self.series.start_ms,
-            evicted,
-            value,
-        })
-    }
+        }
+        _ => return None,
+    };
+    Some(Kept {
+        start_ms: series.start_ms,
+        state,
+    })
 }
 
-impl FlushEntry {
-    /// What [`FlushEntry::collect`] would report now, without taking anything from the
-    /// cell or moving the running totals: the pending share as the delta, and the
-    /// totals with it added.
-    fn peek(&self, now_ms: i64) -> Option<FlushedSeries> {
-        let value = match (&self.series.cell, &self.totals) {
-            (Cell::Counter(c), Totals::Counter(total)) => {
-                let p = c.pending();
-                FlushedValue::Counter {
-                    delta: p.delta,
-                    total: total + p.delta + p.baseline,
-                }
+/// Takes the interval's share out of a series' cell, sealing it if `evicted` (its last
+/// share), and moves its running total; `None` for a summary never set. `now_ms`
+/// stamps set counts. Flusher only (it alone writes the totals).
+fn collect(series: &SharedSeries, evicted: bool, now_ms: i64) -> Option<FlushedSeries> {
+    let value = match &series.cell {
+        Cell::Counter(c) => {
+            let take = if evicted { c.seal() } else { c.collect() };
+            let total = c.total() + take.delta + take.baseline;
+            c.set_total(total);
+            FlushedValue::Counter {
+                delta: take.delta,
+                total,
             }
-            (Cell::Gauge(g), _) => {
-                let (value, timestamp_ms) = g.read();
-                FlushedValue::Gauge {
-                    value,
-                    timestamp_ms,
-                }
+        }
+        Cell::Gauge(g) => {
+            let (value, timestamp_ms) = if evicted { g.seal() } else { g.read() };
+            FlushedValue::Gauge {
+                value,
+                timestamp_ms,
             }
-            (Cell::Histogram(h), Totals::Histogram(total)) => {
-                let (delta, baseline) = h.pending();
-                let mut total = total.clone();
-                if let Some(b) = &baseline {
-                    add_histogram(&mut total, b);
-                }
-                add_histogram(&mut total, &delta);
-                FlushedValue::Histogram {
-                    delta: Box::new(delta),
-                    total,
-                }
+        }
+        Cell::Histogram(h) => {
+            let (delta, baseline) = if evicted { h.seal() } else { h.collect() };
+            let mut total = h.total();
+            if let Some(b) = &baseline {
+                add_histogram(&mut total, b);
             }
-            (Cell::Set(s), _) => FlushedValue::Gauge {
-                value: s.pending() as f64,
-                timestamp_ms: now_ms,
-            },
-            (Cell::Summary(s), _) => FlushedValue::Summary(Box::new(s.read()?)),
-            _ => return None,
-        };
-        Some(FlushedSeries {
-            key: self.series.key().clone(),
-            fingerprint: self.series.fingerprint,
-            start_ms: self.series.start_ms,
-            evicted: false,
-            value,
-        })
+            add_histogram(&mut total, &delta);
+            FlushedValue::Histogram {
+                delta: Box::new(delta),
+                total: Box::new(total.clone()),
+            }
+        }
+        Cell::Set(s) => FlushedValue::Gauge {
+            value: (if evicted { s.seal() } else { s.collect() }) as f64,
+            timestamp_ms: now_ms,
+        },
+        Cell::Summary(s) => {
+            FlushedValue::Summary(Box::new(if evicted { s.seal() } else { s.read() }?))
+        }
+    };
+    Some(flushed(series, evicted, value))
+}
+
+/// What [`collect`] would report now, without taking anything from the cell or moving
+/// the running totals: the pending share as the delta, and the totals with it added.
+fn peek(series: &SharedSeries, now_ms: i64) -> Option<FlushedSeries> {
+    let value = match &series.cell {
+        Cell::Counter(c) => {
+            let p = c.pending();
+            FlushedValue::Counter {
+                delta: p.delta,
+                total: c.total() + p.delta + p.baseline,
+            }
+        }
+        Cell::Gauge(g) => {
+            let (value, timestamp_ms) = g.read();
+            FlushedValue::Gauge {
+                value,
+                timestamp_ms,
+            }
+        }
+        Cell::Histogram(h) => {
+            let (delta, baseline) = h.pending();
+            let mut total = h.total().clone();
+            if let Some(b) = &baseline {
+                add_histogram(&mut total, b);
+            }
+            add_histogram(&mut total, &delta);
+            FlushedValue::Histogram {
+                delta: Box::new(delta),
+                total: Box::new(total),
+            }
+        }
+        Cell::Set(s) => FlushedValue::Gauge {
+            value: s.pending() as f64,
+            timestamp_ms: now_ms,
+        },
+        Cell::Summary(s) => FlushedValue::Summary(Box::new(s.read()?)),
+    };
+    Some(flushed(series, false, value))
+}
+
+fn flushed(series: &SharedSeries, evicted: bool, value: FlushedValue) -> FlushedSeries {
+    FlushedSeries {
+        key: series.key().clone(),
+        fingerprint: series.fingerprint,
+        start_ms: series.start_ms,
+        evicted,
+        value,
     }
 }
 
@@ -220,9 +183,9 @@ const PREFETCH_AHEAD: usize = 16;
 /// two or three lines depending on where the block starts, so that the walk's misses
 /// overlap with the work on the current series instead of following it.
 #[inline(always)]
-fn prefetch_ahead(entries: &[FlushEntry], i: usize) {
-    if let Some(e) = entries.get(i + PREFETCH_AHEAD) {
-        let p: *const u8 = Keyed::as_ptr(&e.series).cast();
+fn prefetch_ahead(series: &[SharedSeries], i: usize) {
+    if let Some(s) = series.get(i + PREFETCH_AHEAD) {
+        let p: *const u8 = Keyed::as_ptr(s).cast();
         let last = SharedSeries::VALUE_AND_HEADER - 1;
         prefetch(p);
         prefetch(p.wrapping_add(64.min(last)));
@@ -238,7 +201,10 @@ fn spare_capacity(series: usize) -> usize {
 
 /// What only the flusher touches.
 pub(super) struct FlusherState {
-    pub(super) entries: Vec<FlushEntry>,
+    /// Every series, in the order the flusher first saw them (evictions swap the last
+    /// one into the gap). 8 bytes each: what the flusher keeps per series lives in the
+    /// series (see `Series`).
+    pub(super) series: Vec<SharedSeries>,
     pub(super) sequence: u64,
     pub(super) last_flush_ms: i64,
     /// An empty batch vector handed back by [`Aggregator::recycle`], which the next
@@ -277,15 +243,15 @@ impl Aggregator {
         let sh = &*self.shared;
         let mut st = sh.flusher.lock().unwrap_or_else(|p| p.into_inner());
         let now_ms = now_ms().max(sh.clock_ms.load(Ordering::Relaxed));
-        // New series join the flusher's list here as they would at the next flush,
-        // active as of now: they were created before now, so their idle time still
-        // reaches `series_ttl` before they can be evicted.
-        while let Some((s, kept)) = sh.created.pop() {
-            st.entries.push(FlushEntry::new(s, kept, now_ms));
+        // New series join the flusher's list here as they would at the next flush.
+        // Their creation stamp is left for that flush to notice, so their idle time
+        // counts from it as for any other update.
+        while let Some(s) = sh.created.pop() {
+            st.series.push(s);
         }
         // Sized up front: `collect` from a filter would grow by doubling.
-        let mut series = Vec::with_capacity(st.entries.len());
-        series.extend(st.entries.iter().filter_map(|e| e.peek(now_ms)));
+        let mut series = Vec::with_capacity(st.series.len());
+        series.extend(st.series.iter().filter_map(|s| peek(s, now_ms)));
         FlushBatch {
             sequence: st.sequence,
             start_ms: st.last_flush_ms,
@@ -335,8 +301,8 @@ impl Aggregator {
         let mut st = sh.flusher.lock().unwrap_or_else(|p| p.into_inner());
         // Relaxed: a coarse stamp for writers; see `Shared::clock_ms`.
         sh.clock_ms.store(now_ms, Ordering::Relaxed);
-        while let Some((s, kept)) = sh.created.pop() {
-            st.entries.push(FlushEntry::new(s, kept, now_ms));
+        while let Some(s) = sh.created.pop() {
+            st.series.push(s);
         }
         {
             let mut table = sh.kept.lock().unwrap_or_else(|p| p.into_inner());
@@ -345,60 +311,62 @@ impl Aggregator {
             }
         }
         let mut out = std::mem::take(&mut st.spare);
-        if out.capacity() < st.entries.len() {
+        if out.capacity() < st.series.len() {
             // A fresh allocation sized to the series plus 1/16 for growth, not
             // `reserve`'s doubling: a spare of 999k entries that meets 1M series would
             // become a 2M-entry (112 MB) batch, and being the larger it would stay as
             // the spare. The old spare is empty, so nothing is copied.
-            out = Vec::with_capacity(spare_capacity(st.entries.len()));
+            out = Vec::with_capacity(spare_capacity(st.series.len()));
         }
         let ttl_ms = i64::try_from(sh.config.series_ttl.as_millis()).unwrap_or(i64::MAX);
         let mut i = 0;
-        while i < st.entries.len() {
-            prefetch_ahead(&st.entries, i);
-            let e = &mut st.entries[i];
-            // Relaxed: see `Series::touched_ms`. A write between the load and the
-            // reset was made during this flush, which notices activity anyway.
-            if e.series.touched_ms.load(Ordering::Relaxed) != UNTOUCHED {
-                e.series.touched_ms.store(UNTOUCHED, Ordering::Relaxed);
-                e.active_at_ms = now_ms;
-            }
-            let expired = ttl_ms > 0 && now_ms - e.active_at_ms >= ttl_ms;
-            if expired && try_retire(&e.series) {
+        while i < st.series.len() {
+            prefetch_ahead(&st.series, i);
+            let s = &st.series[i];
+            let active_at_ms = s.notice_activity(now_ms);
+            let expired = ttl_ms > 0 && now_ms - active_at_ms >= ttl_ms;
+            if expired && try_retire(s) {
                 // Counters and histograms keep their totals for a successor. The table's
                 // lock is held from before the removal until the totals are in the table,
                 // and creators of counters and histograms hold it from their second index
                 // lookup until their insert (`Shared::resolve`), so a successor created
                 // after the removal waits for the totals and resumes them.
-                let keeps = matches!(e.totals, Totals::Counter(_) | Totals::Histogram(_));
+                let keeps = matches!(s.cell, Cell::Counter(_) | Cell::Histogram(_));
                 let mut table = keeps.then(|| sh.kept.lock().unwrap_or_else(|p| p.into_inner()));
                 // Out of the index first, so writers that find the cell sealed resolve
                 // to a successor rather than to this series again.
-                sh.index.remove(&e.series);
-                out.extend(e.collect(true, now_ms));
-                if let (Some(t), Some(k)) = (table.as_mut(), e.kept()) {
+                sh.index.remove(s);
+                out.extend(collect(s, true, now_ms));
+                if let (Some(t), Some(k)) = (table.as_mut(), kept(s)) {
                     // A key of its own: a clone of the series' key would keep the whole
                     // series (cell included) alive for as long as the totals are kept.
-                    let key = SeriesKey::from_canonical(e.series.key().as_bytes());
+                    let key = SeriesKey::from_canonical(s.key().as_bytes());
                     let dropped = t.insert(key, k, now_ms);
                     sh.kept_dropped.fetch_add(dropped, Ordering::Relaxed);
                 }
                 drop(table);
-                let e = st.entries.swap_remove(i);
-                e.series.family.active.fetch_sub(1, Ordering::AcqRel);
+                let s = st.series.swap_remove(i);
+                // By name: the series does not hold its family. If the family it was
+                // counted in was dropped in a race (see below) this may release a
+                // newer one's count, which `release` keeps from going below zero.
+                if let Some(f) = sh.families.pin().get(s.key().name()) {
+                    f.release();
+                }
                 sh.active.fetch_sub(1, Ordering::AcqRel);
                 sh.evicted.fetch_add(1, Ordering::Relaxed);
                 continue;
             }
-            out.extend(e.collect(false, now_ms));
+            out.extend(collect(s, false, now_ms));
             i += 1;
             if i % YIELD_EVERY == 0 {
                 std::thread::yield_now();
             }
         }
         // Families whose series are all gone are dropped so churning names do not
-        // grow memory. A creator racing with this keeps its own `Arc<Family>`; the
-        // per-name count may then undercount until that series is evicted.
+        // grow memory. A creator that admitted a series into a family dropped here in
+        // the same instant counted it in the dropped family: the name's count then
+        // undercounts by one while that series lives, and its eviction releases the
+        // newer family's count (never below zero).
         sh.families
             .pin()
             .retain(|_, f| f.active.load(Ordering::Acquire) > 0);
@@ -442,11 +410,12 @@ mod tests {
     }
 
     #[test]
-    fn a_flusher_entry_is_32_bytes() {
-        // The flusher's list holds one per series (32 MB at 1M): the series pointer,
-        // the totals enum and the activity time, since the activity test no longer
-        // keeps the last stamp it saw.
-        assert_eq!(size_of::<FlushEntry>(), 32);
+    fn the_flusher_keeps_8_bytes_per_series_and_a_series_is_88() {
+        // The flusher's list holds only the series' addresses (8 MB at 1M); its
+        // running totals and activity time live in the series, which holds no pointer
+        // to its family, so it stays the size it had with neither.
+        assert_eq!(size_of::<SharedSeries>(), 8);
+        assert_eq!(size_of::<Series>(), 88);
     }
 
     #[test]

@@ -11,7 +11,7 @@ use crate::key::SeriesKey;
 use crate::point::{MetricKind, Sample, Temporality};
 
 use super::index::Shared;
-use super::series::{Cell, Refusal, SharedSeries, kind_of};
+use super::series::{Cell, Refusal, SharedSeries, kind_of, stamp};
 
 use super::Rejected;
 
@@ -127,7 +127,7 @@ impl Drop for SeriesHandle {
         // The TTL counts from the handle's end, not from its last write: stamped like
         // a write, so the next flush notices activity (see `Series::touched_ms`).
         let now = self.shared.clock_ms.load(Ordering::Relaxed);
-        self.series.touched_ms.store(now, Ordering::Relaxed);
+        self.series.touched_ms.store(stamp(now), Ordering::Relaxed);
         self.series.handles.fetch_sub(1, Ordering::AcqRel);
     }
 }

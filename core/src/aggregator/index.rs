@@ -13,12 +13,13 @@ use foldhash::fast::RandomState;
 
 use crate::cell::{CounterCell, CumulativeStart, GaugeCell, HistogramCell, SummaryCell};
 use crate::key::{Keyed, SeriesKey, fnv1a64};
-use crate::point::Sample;
+use crate::point::{HistogramValue, Sample};
 
 use super::flush::FlusherState;
 use super::kept::{Kept, KeptState, KeptTable};
 use super::series::{
-    Cell, CellKind, Family, Refusal, SEALED_RETRIES, Series, SharedSeries, validate,
+    Cell, CellKind, Counter, Family, Histogram, Refusal, SEALED_RETRIES, Series, SharedSeries,
+    stamp, validate,
 };
 use super::series_index::SeriesIndex;
 use super::{AggregatorConfig, REASONS, Rejected, now_ms};
@@ -35,9 +36,8 @@ pub(super) struct Shared {
     pub(super) families: papaya::HashMap<Box<str>, Arc<Family>, RandomState>,
     /// Per metric name: points refused by the per-metric limit (bounded, see config).
     pub(super) limit_drops: papaya::HashMap<Box<str>, AtomicU64, RandomState>,
-    /// Series created but not yet seen by the flusher.
-    /// With the totals it resumed, if any (see `kept`).
-    pub(super) created: SegQueue<(SharedSeries, Option<Kept>)>,
+    /// Series created but not yet seen by the flusher (which then lists them).
+    pub(super) created: SegQueue<SharedSeries>,
     /// Totals of evicted counters and histograms (see `kept`). Locked only by the
     /// creation of a counter or histogram, by eviction and by the flush's expiry.
     pub(super) kept: Mutex<KeptTable>,
@@ -116,20 +116,24 @@ impl Shared {
             let family = self.admit(name)?;
             let kept = table.as_mut().and_then(|t| t.take(canonical));
             let now = self.clock_ms.load(Ordering::Relaxed);
+            // A resumed series starts from its predecessor's totals and last input.
             let cell = match (cell_kind, &kept) {
                 (
                     CellKind::Counter,
                     Some(Kept {
                         state:
                             KeptState::Counter {
+                                total,
                                 last_cumulative,
                                 last_start_ms,
-                                ..
                             },
                         ..
                     }),
-                ) => Cell::Counter(CounterCell::resumed(*last_cumulative, *last_start_ms)),
-                (CellKind::Counter, _) => Cell::Counter(CounterCell::default()),
+                ) => Cell::Counter(Counter::new(
+                    CounterCell::resumed(*last_cumulative, *last_start_ms),
+                    *total,
+                )),
+                (CellKind::Counter, _) => Cell::Counter(Counter::new(CounterCell::default(), 0.0)),
                 (
                     CellKind::Histogram,
                     Some(Kept {
@@ -141,14 +145,21 @@ impl Shared {
                             },
                         ..
                     }),
-                ) => Cell::Histogram(Box::new(HistogramCell::resumed(
-                    total.bounds.clone(),
-                    last_cumulative.as_deref().cloned(),
-                    *last_start_ms,
+                ) => Cell::Histogram(Box::new(Histogram::new(
+                    HistogramCell::resumed(
+                        total.bounds.clone(),
+                        last_cumulative.as_deref().cloned(),
+                        *last_start_ms,
+                    ),
+                    HistogramValue::clone(total),
                 ))),
-                (CellKind::Histogram, _) => Cell::Histogram(Box::new(HistogramCell::new(
-                    bounds.unwrap_or(&self.config.histogram_bounds).clone(),
-                ))),
+                (CellKind::Histogram, _) => {
+                    let bounds = bounds.unwrap_or(&self.config.histogram_bounds);
+                    Cell::Histogram(Box::new(Histogram::new(
+                        HistogramCell::new(bounds.clone()),
+                        HistogramValue::empty(bounds.clone()),
+                    )))
+                }
                 (CellKind::Gauge, _) => Cell::Gauge(GaugeCell::default()),
                 (CellKind::Summary, _) => Cell::Summary(SummaryCell::default()),
                 (CellKind::Set, _) => Cell::Set(Box::default()),
@@ -162,21 +173,20 @@ impl Shared {
                     start_ms: kept
                         .as_ref()
                         .map_or_else(|| now_ms().max(now), |k| k.start_ms),
-                    family,
-                    touched_ms: AtomicI64::new(now),
+                    touched_ms: AtomicI64::new(stamp(now)),
                     handles: AtomicU32::new(0),
                     cell,
                 },
             );
             if self.index.insert(&series).is_ok() {
                 self.created_total.fetch_add(1, Ordering::Relaxed);
-                self.created.push((series.clone(), kept));
+                self.created.push(series.clone());
                 return Ok(series);
             }
             // Lost the race to another creator (a gauge, set or summary of the same key,
             // which does not take the table's lock): give back our admission and the
             // totals (under a key of their own: ours goes with our series), and use theirs.
-            series.family.active.fetch_sub(1, Ordering::AcqRel);
+            family.active.fetch_sub(1, Ordering::AcqRel);
             self.active.fetch_sub(1, Ordering::AcqRel);
             if let (Some(t), Some(k)) = (table.as_mut(), kept) {
                 self.kept_dropped.fetch_add(

@@ -42,8 +42,10 @@
 //!   the index, cost more than the whole hit path.)
 //! - **Cells**: see [`crate::cell`] for how updates and collections meet.
 //! - **Flusher list**: new series are pushed on a lock-free queue; the flusher drains
-//!   it into its own dense `Vec`, which it walks on every flush without touching the
-//!   index. One flush runs at a time (a mutex only flushes take).
+//!   it into its own dense `Vec` of series addresses, which it walks on every flush
+//!   without touching the index. What only the flusher keeps per series (running
+//!   totals, when activity was last seen) is stored in the series. One flush runs at
+//!   a time (a mutex only flushes take).
 //!
 //! # Eviction (series TTL) and why no point is lost
 //! A series idle for `series_ttl` is *retired* by the flusher: it is removed from the
@@ -380,7 +382,7 @@ impl Aggregator {
                 created_total: AtomicU64::new(0),
                 cache_evictions: AtomicU64::new(0),
                 flusher: Mutex::new(FlusherState {
-                    entries: Vec::new(),
+                    series: Vec::new(),
                     sequence: 0,
                     last_flush_ms: now,
                     spare: Vec::new(),

@@ -6,14 +6,15 @@
 //! apply a sample to a sealed cell without reporting `Sealed`.
 
 use std::hash::BuildHasher as _;
-use std::sync::Arc;
-use std::sync::atomic::{AtomicI64, AtomicU32, AtomicUsize, Ordering};
+use std::ops::Deref;
+use std::sync::atomic::{AtomicI64, AtomicU32, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Mutex, MutexGuard};
 
 use crate::cell::{
     CounterCell, CumulativeStart, GaugeCell, HistogramCell, Sealed, SetCell, SummaryCell,
 };
 use crate::key::Keyed;
-use crate::point::{MetricKind, Sample, Temporality};
+use crate::point::{HistogramValue, MetricKind, Sample, Temporality};
 
 use super::Rejected;
 
@@ -24,30 +25,114 @@ pub(super) struct Family {
     pub(super) active: AtomicUsize,
 }
 
+impl Family {
+    /// Gives back one series' share of the count, never below zero: an evicted series
+    /// finds its family by name, and that may be a newer family than the one that
+    /// counted it (see `Aggregator::flush_at`).
+    pub(super) fn release(&self) {
+        // AcqRel: as for every change of the count (see the field).
+        let _ = self
+            .active
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| n.checked_sub(1));
+    }
+}
+
 /// The lock-free state of one series. Histograms are boxed so that every other series
-/// pays only for the small cells (a histogram cell is ~150 bytes, a counter's 32).
+/// pays only for the small cells (a histogram cell is ~150 bytes, a counter's 40).
 #[cfg_attr(feature = "shuttle", allow(clippy::large_enum_variant))]
 pub(super) enum Cell {
-    Counter(CounterCell),
+    Counter(Counter),
     Gauge(GaugeCell),
-    Histogram(Box<HistogramCell>),
+    Histogram(Box<Histogram>),
     Summary(SummaryCell),
     /// Reported as a gauge (the distinct count); boxed like histograms.
     Set(Box<SetCell>),
 }
 
+/// A counter's cell and the running total that only the flusher reads and writes
+/// (the sum of every share it has taken, for cumulative output).
+pub(super) struct Counter {
+    cell: CounterCell,
+    /// The total's `f64` bits. Relaxed: only the flusher touches it, under the flush
+    /// lock, whose release and acquire order one flush's store before the next one's
+    /// load; the creator stores it before the series is shared.
+    total: AtomicU64,
+}
+
+impl Counter {
+    pub(super) fn new(cell: CounterCell, total: f64) -> Counter {
+        Counter {
+            cell,
+            total: AtomicU64::new(total.to_bits()),
+        }
+    }
+
+    /// The running total (flusher only, see the field).
+    pub(super) fn total(&self) -> f64 {
+        f64::from_bits(self.total.load(Ordering::Relaxed))
+    }
+
+    /// Sets the running total (flusher only, see the field).
+    pub(super) fn set_total(&self, total: f64) {
+        self.total.store(total.to_bits(), Ordering::Relaxed);
+    }
+}
+
+impl Deref for Counter {
+    type Target = CounterCell;
+
+    fn deref(&self) -> &CounterCell {
+        &self.cell
+    }
+}
+
+/// A histogram's cell and the running total that only the flusher touches (behind a
+/// mutex no one else takes, so it is never contended).
+pub(super) struct Histogram {
+    cell: HistogramCell,
+    total: Mutex<HistogramValue>,
+}
+
+impl Histogram {
+    /// `total` must have the cell's bounds.
+    pub(super) fn new(cell: HistogramCell, total: HistogramValue) -> Histogram {
+        Histogram {
+            cell,
+            total: Mutex::new(total),
+        }
+    }
+
+    /// The running total (flusher only).
+    pub(super) fn total(&self) -> MutexGuard<'_, HistogramValue> {
+        self.total.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+impl Deref for Histogram {
+    type Target = HistogramCell;
+
+    fn deref(&self) -> &HistogramCell {
+        &self.cell
+    }
+}
+
 /// One series: its cell and bookkeeping. Shared, with its key in the same allocation,
-/// as a [`SharedSeries`] by the index, the flusher list, writer caches and handles.
+/// as a [`SharedSeries`] by the index, the flusher's list, writer caches and handles.
+/// The flusher walks these themselves: its list holds only their addresses, and what
+/// it alone keeps per series (running totals, when activity was last seen) is stored
+/// here, in words it alone writes.
 pub(super) struct Series {
     /// FNV-1a of the key bytes (stored after the series, see [`SharedSeries`]).
     pub(super) fingerprint: u64,
     pub(super) start_ms: i64,
-    pub(super) family: Arc<Family>,
-    /// The aggregator clock (last flush time) at the latest update since the flusher
-    /// last looked, or [`UNTOUCHED`] after it looked: the flusher counts any other value
-    /// as activity and resets it. Relaxed: a hint for the TTL only (an update racing
-    /// the reset is noticed by this flush or the next); no data is read through it,
-    /// and no point depends on it (an evicted series' updates fail as `Sealed`).
+    /// Activity, written by both sides: a writer stores [`stamp`] of the aggregator
+    /// clock at an update (if the word holds anything else), and the flusher, when it
+    /// finds such a stamp, replaces it with its own flush time marked [`NOTICED`]. So
+    /// an unmarked word means "updated since the flusher last looked", and a marked one
+    /// holds when the flusher last saw activity (the TTL counts from there). Relaxed: a
+    /// hint for the TTL only (an update racing the flusher's store was made during this
+    /// flush, which counts as activity anyway); no data is read through it, and no
+    /// point depends on it (an evicted series' updates fail as `Sealed`).
     pub(super) touched_ms: AtomicI64,
     /// Live [`SeriesHandle`]s in bits 0..31, and [`RETIRED`]: a series with handles is
     /// never retired, and a retired one takes no new handle. AcqRel RMWs: the word
@@ -126,12 +211,26 @@ impl Series {
             }
         };
         applied.map_err(|Sealed| Refusal::Sealed)?;
-        if self.touched_ms.load(Ordering::Relaxed) != now_ms {
+        let stamp = stamp(now_ms);
+        if self.touched_ms.load(Ordering::Relaxed) != stamp {
             // Relaxed: see the field doc. The load first keeps hot series from
             // rewriting a line that other cores may be reading.
-            self.touched_ms.store(now_ms, Ordering::Relaxed);
+            self.touched_ms.store(stamp, Ordering::Relaxed);
         }
         Ok(())
+    }
+
+    /// The flusher's look at `touched_ms` at flush time `now_ms`: when activity was
+    /// last seen (`now_ms` if the series was updated since the previous look).
+    pub(super) fn notice_activity(&self, now_ms: i64) -> i64 {
+        // Relaxed: see the field doc.
+        let word = self.touched_ms.load(Ordering::Relaxed);
+        if word & NOTICED != 0 {
+            return word & !NOTICED;
+        }
+        let now = stamp(now_ms);
+        self.touched_ms.store(now | NOTICED, Ordering::Relaxed);
+        now
     }
 }
 
@@ -188,8 +287,16 @@ pub(super) fn pick_ts(timestamp_ms: i64, now_ms: i64) -> i64 {
     }
 }
 
-/// `Series::touched_ms` once the flusher has seen it: no update since that flush.
-pub(super) const UNTOUCHED: i64 = i64::MIN;
+/// The bit of `Series::touched_ms` that marks the flusher's own store (see there).
+pub(super) const NOTICED: i64 = i64::MIN;
+
+/// A writer's activity stamp for the aggregator clock `now_ms`: the clock without the
+/// [`NOTICED`] bit (clocks are milliseconds since the Unix epoch, so the bit is clear
+/// except for a test's negative clock, which must still read as unnoticed).
+#[inline]
+pub(super) fn stamp(now_ms: i64) -> i64 {
+    now_ms & !NOTICED
+}
 
 /// Bit 31 of `Series::handles`: the series is retired.
 pub(super) const RETIRED: u32 = 1 << 31;

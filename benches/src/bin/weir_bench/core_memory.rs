@@ -176,9 +176,9 @@ fn measure(n: usize, flush_times: &mut Vec<(usize, usize, Duration)>) {
     );
 }
 
-/// Sizes of the public types the per-series structures embed (the private `Series`,
-/// `Cell` and `FlushEntry` are sized by their largest variants: a counter series pays
-/// for a histogram's inline size).
+/// Sizes of the public types the per-series structures embed (the private `Series`
+/// and `Cell` are sized by their largest variants: 88 bytes for every series, its
+/// counter total included; the flusher's list holds an 8-byte address per series).
 fn layout() {
     use std::mem::size_of;
     use weir_core::cell::{CounterCell, GaugeCell, HistogramCell, SummaryCell};
