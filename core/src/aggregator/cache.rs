@@ -55,6 +55,9 @@ pub(super) struct RawCache<S = RandomState> {
 /// Smallest table (slots) once anything is cached.
 const MIN_SLOTS: usize = 64;
 
+/// Smallest growth of the key arena, in bytes (see `RawCache::reserve_key`).
+const ARENA_MIN_GROWTH: usize = 1024;
+
 impl RawCache {
     pub(super) fn new() -> RawCache {
         RawCache::with_hasher(RandomState::default())
@@ -137,6 +140,7 @@ impl<S: BuildHasher> RawCache<S> {
         if (self.len + 1) * 4 > self.slots.len() * 3 {
             self.grow();
         }
+        self.reserve_key(raw.len());
         self.arena.extend_from_slice(raw);
         let mask = self.mask();
         let mut i = hash as usize & mask;
@@ -150,6 +154,20 @@ impl<S: BuildHasher> RawCache<S> {
             tag: Self::tag(hash),
         };
         self.len += 1;
+    }
+
+    /// Makes room for `n` more key bytes, growing the arena by a quarter (at least
+    /// [`ARENA_MIN_GROWTH`]) rather than `Vec`'s doubling: an arena keeps its capacity
+    /// for good (a clear keeps it for the refill), and with doubling it ended up to half
+    /// empty, on average a quarter (at 1,000 scrape targets of 1,000 series, 64 MB of
+    /// arenas held 40 MB of keys). Growing by a quarter copies each byte about four
+    /// more times over the arena's life, once per new label set, beside the index work
+    /// that every new label set costs anyway.
+    fn reserve_key(&mut self, n: usize) {
+        let a = &mut self.arena;
+        if a.capacity() - a.len() < n {
+            a.reserve_exact(n.max(a.capacity() / 4).max(ARENA_MIN_GROWTH));
+        }
     }
 
     /// Doubles the table and places every entry again (keys stay in the arena).
@@ -322,6 +340,25 @@ mod tests {
             assert_eq!(got, (i % 3 != 0).then_some(i as u64), "{k}");
         }
         assert_eq!(c.len(), 40);
+    }
+
+    #[test]
+    fn the_key_arena_grows_by_a_quarter_not_by_doubling() {
+        let mut c = RawCache::new();
+        let series = series(0);
+        for i in 0..5_000 {
+            let k = format!("http_requests_total{{path=\"/p/{i}\",code=\"200\"}}");
+            c.insert(k.as_bytes(), c.hash(k.as_bytes()), series.clone());
+            let (len, cap) = (c.arena.len(), c.arena.capacity());
+            assert!(
+                cap <= len + (len / 4).max(ARENA_MIN_GROWTH),
+                "{len} in {cap}"
+            );
+        }
+        assert_eq!(c.len(), 5_000);
+        // And every key is still found.
+        let k = "http_requests_total{path=\"/p/4321\",code=\"200\"}";
+        assert!(c.get(k.as_bytes(), c.hash(k.as_bytes())).is_some());
     }
 
     #[test]
