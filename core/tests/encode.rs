@@ -29,7 +29,6 @@ fn key(name: &str, labels: &[(&str, &str)]) -> SeriesKey {
 
 fn entry(key: SeriesKey, value: FlushedValue, evicted: bool) -> FlushedSeries {
     FlushedSeries {
-        fingerprint: key.fingerprint(),
         key,
         start_ms: 1_000,
         evicted,

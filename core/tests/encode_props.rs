@@ -99,7 +99,6 @@ fn series() -> impl Strategy<Value = FlushedSeries> {
         .prop_map(|(n, l, value, evicted, start_ms)| {
             let key = SeriesKey::new(NAMES[n], LABELS[l]).expect("valid key");
             FlushedSeries {
-                fingerprint: key.fingerprint(),
                 key,
                 start_ms,
                 evicted,

@@ -262,8 +262,7 @@ mod tests {
         Keyed::new(
             format!("s{i}").as_bytes(),
             Series {
-                fingerprint: i as u64,
-                start_ms: 0,
+                start_ms: i as i64,
                 touched_ms: AtomicI64::new(0),
                 handles: AtomicU32::new(0),
                 cell: Cell::Counter(Counter::new(CounterCell::default(), 0.0)),
@@ -272,7 +271,7 @@ mod tests {
     }
 
     fn id(s: &SharedSeries) -> u64 {
-        s.fingerprint
+        s.start_ms as u64
     }
 
     /// Hashes a key to one of four values (its last byte mod 4) in the top and bottom

@@ -150,7 +150,6 @@ fn peek(series: &SharedSeries, now_ms: i64) -> Option<FlushedSeries> {
 fn flushed(series: &SharedSeries, evicted: bool, value: FlushedValue) -> FlushedSeries {
     FlushedSeries {
         key: series.key().clone(),
-        fingerprint: series.fingerprint,
         start_ms: series.start_ms,
         evicted,
         value,
@@ -261,7 +260,7 @@ impl Aggregator {
     }
 
     /// Hands a batch back once its consumers are done with it, so that the next flush
-    /// fills its allocation instead of a fresh one. At 1M series a batch is ~80 MB,
+    /// fills its allocation instead of a fresh one. At 1M series a batch is ~50 MB,
     /// and a fresh one costs the kernel's zeroing of every page as the flush first
     /// writes it (about a third of the flush); a reused one is already resident. The
     /// entries are dropped here, on the caller's thread, before the flush lock is
@@ -410,12 +409,12 @@ mod tests {
     }
 
     #[test]
-    fn the_flusher_keeps_8_bytes_per_series_and_a_series_is_88() {
+    fn the_flusher_keeps_8_bytes_per_series_and_a_series_is_80() {
         // The flusher's list holds only the series' addresses (8 MB at 1M); its
-        // running totals and activity time live in the series, which holds no pointer
-        // to its family, so it stays the size it had with neither.
+        // running totals and activity time live in the series, which holds neither a
+        // pointer to its family nor a fingerprint (its key gives one on demand).
         assert_eq!(size_of::<SharedSeries>(), 8);
-        assert_eq!(size_of::<Series>(), 88);
+        assert_eq!(size_of::<Series>(), 80);
     }
 
     #[test]

@@ -12,7 +12,7 @@ use crossbeam_queue::SegQueue;
 use foldhash::fast::RandomState;
 
 use crate::cell::{CounterCell, CumulativeStart, GaugeCell, HistogramCell, SummaryCell};
-use crate::key::{Keyed, SeriesKey, fnv1a64};
+use crate::key::{Keyed, SeriesKey};
 use crate::point::{HistogramValue, Sample};
 
 use super::flush::FlusherState;
@@ -167,7 +167,6 @@ impl Shared {
             let series = Keyed::new(
                 canonical,
                 Series {
-                    fingerprint: fnv1a64(canonical),
                     // The later of the wall clock and the aggregator clock: tests that
                     // drive the clock ahead of the wall still see starts move forward.
                     start_ms: kept

@@ -122,8 +122,7 @@ impl Deref for Histogram {
 /// it alone keeps per series (running totals, when activity was last seen) is stored
 /// here, in words it alone writes.
 pub(super) struct Series {
-    /// FNV-1a of the key bytes (stored after the series, see [`SharedSeries`]).
-    pub(super) fingerprint: u64,
+    /// When the series began (the start of its running totals), ms since the epoch.
     pub(super) start_ms: i64,
     /// Activity, written by both sides: a writer stores [`stamp`] of the aggregator
     /// clock at an update (if the word holds anything else), and the flusher, when it
