@@ -313,7 +313,7 @@ impl Aggregator {
         if out.capacity() < st.series.len() {
             // A fresh allocation sized to the series plus 1/16 for growth, not
             // `reserve`'s doubling: a spare of 999k entries that meets 1M series would
-            // become a 2M-entry (112 MB) batch, and being the larger it would stay as
+            // become a 2M-entry (96 MB) batch, and being the larger it would stay as
             // the spare. The old spare is empty, so nothing is copied.
             out = Vec::with_capacity(spare_capacity(st.series.len()));
         }
