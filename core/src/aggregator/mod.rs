@@ -2,7 +2,7 @@
 //! eviction and the flush that turns it all into a [`FlushBatch`](crate::flush::FlushBatch).
 //!
 //! Owns: the series index, the admission limits and their drop counters, the
-//! per-writer fingerprint caches and the flush/eviction protocol. Must never: make a
+//! per-writer identity caches and the flush/eviction protocol. Must never: make a
 //! writer wait for the flusher or for another writer, merge two different keys, or
 //! lose or double-count a point across flushes.
 //!
@@ -396,7 +396,8 @@ impl Aggregator {
         &self.shared.config
     }
 
-    /// A writer with its own fingerprint cache: one per receiving thread or task.
+    /// A writer with its own identity cache (raw label set to series): one per
+    /// receiving thread or task.
     pub fn writer(&self) -> Writer {
         Writer {
             shared: self.shared.clone(),

@@ -1,4 +1,4 @@
-//! [`Writer`]: records points through a private fingerprint cache (see the module doc
+//! [`Writer`]: records points through a private identity cache (see the module doc
 //! of [`crate::aggregator`]).
 //!
 //! Owns: the per-writer cache and its bound. Must never: share the cache with another
@@ -22,8 +22,8 @@ use super::Rejected;
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct RawHash(u64);
 
-/// Records points with a private fingerprint cache. One per receiving thread or task;
-/// `Send` but used through `&mut self`.
+/// Records points with a private identity cache (raw label set to series). One per
+/// receiving thread or task; `Send` but used through `&mut self`.
 ///
 /// Aligned to 128 bytes (two cache lines, the unit the adjacent-line prefetcher moves)
 /// so that writers of different threads placed side by side, say in one array, never
