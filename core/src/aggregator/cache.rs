@@ -249,7 +249,7 @@ impl<S: BuildHasher> RawCache<S> {
 #[cfg(test)]
 mod tests {
     use std::collections::HashMap;
-    use std::sync::atomic::{AtomicI64, AtomicU32};
+    use std::sync::atomic::AtomicI64;
 
     use proptest::prelude::*;
 
@@ -264,8 +264,7 @@ mod tests {
             Series {
                 start_ms: i as i64,
                 touched_ms: AtomicI64::new(0),
-                handles: AtomicU32::new(0),
-                cell: Cell::Counter(Counter::new(CounterCell::default(), 0.0)),
+                cell: Cell::counter(Counter::new(CounterCell::default(), 0.0)),
             },
         )
     }

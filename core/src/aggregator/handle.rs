@@ -41,7 +41,7 @@ impl SeriesHandle {
     #[inline]
     pub fn add(&self, v: f64) -> Result<(), Rejected> {
         match &self.series.cell {
-            Cell::Counter(c) if v.is_finite() && v >= 0.0 && c.add(v).is_ok() => Ok(()),
+            Cell::Counter(_, c) if v.is_finite() && v >= 0.0 && c.add(v).is_ok() => Ok(()),
             _ => self.record(Sample::Counter(v, Temporality::Delta), 0),
         }
     }
@@ -62,7 +62,7 @@ impl SeriesHandle {
     #[inline]
     pub fn increment(&self, n: u64) -> Result<(), Rejected> {
         match &self.series.cell {
-            Cell::Counter(c) if c.add_u64(n).is_ok() => Ok(()),
+            Cell::Counter(_, c) if c.add_u64(n).is_ok() => Ok(()),
             _ => self.record(Sample::Counter(n as f64, Temporality::Delta), 0),
         }
     }
@@ -87,7 +87,7 @@ impl SeriesHandle {
         // the cell's atomics), no sample check or dispatch. NaN, another kind or a
         // sealed cell take the general path, which refuses and counts.
         match &self.series.cell {
-            Cell::Histogram(h) if !v.is_nan() && h.observe(v, 1).is_ok() => Ok(()),
+            Cell::Histogram(_, h) if !v.is_nan() && h.observe(v, 1).is_ok() => Ok(()),
             _ => self.record(Sample::Observe { value: v, count: 1 }, 0),
         }
     }
@@ -128,6 +128,6 @@ impl Drop for SeriesHandle {
         // a write, so the next flush notices activity (see `Series::touched_ms`).
         let now = self.shared.clock_ms.load(Ordering::Relaxed);
         self.series.touched_ms.store(stamp(now), Ordering::Relaxed);
-        self.series.handles.fetch_sub(1, Ordering::AcqRel);
+        self.series.handles().release();
     }
 }

@@ -5,13 +5,13 @@
 //! path. Must never: merge two different keys, admit a series past a limit, or make a
 //! creator wait for the flusher.
 
-use std::sync::atomic::{AtomicI64, AtomicU32, AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicI64, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
 use crossbeam_queue::SegQueue;
 use foldhash::fast::RandomState;
 
-use crate::cell::{CounterCell, CumulativeStart, GaugeCell, HistogramCell, SummaryCell};
+use crate::cell::{CounterCell, CumulativeStart, GaugeCell, HistogramCell, SetCell, SummaryCell};
 use crate::key::{Keyed, SeriesKey};
 use crate::point::{HistogramValue, Sample};
 
@@ -129,11 +129,11 @@ impl Shared {
                             },
                         ..
                     }),
-                ) => Cell::Counter(Counter::new(
+                ) => Cell::counter(Counter::new(
                     CounterCell::resumed(*last_cumulative, *last_start_ms),
                     *total,
                 )),
-                (CellKind::Counter, _) => Cell::Counter(Counter::new(CounterCell::default(), 0.0)),
+                (CellKind::Counter, _) => Cell::counter(Counter::new(CounterCell::default(), 0.0)),
                 (
                     CellKind::Histogram,
                     Some(Kept {
@@ -145,24 +145,24 @@ impl Shared {
                             },
                         ..
                     }),
-                ) => Cell::Histogram(Box::new(Histogram::new(
+                ) => Cell::histogram(Histogram::new(
                     HistogramCell::resumed(
                         total.bounds.clone(),
                         last_cumulative.as_deref().cloned(),
                         *last_start_ms,
                     ),
                     HistogramValue::clone(total),
-                ))),
+                )),
                 (CellKind::Histogram, _) => {
                     let bounds = bounds.unwrap_or(&self.config.histogram_bounds);
-                    Cell::Histogram(Box::new(Histogram::new(
+                    Cell::histogram(Histogram::new(
                         HistogramCell::new(bounds.clone()),
                         HistogramValue::empty(bounds.clone()),
-                    )))
+                    ))
                 }
-                (CellKind::Gauge, _) => Cell::Gauge(GaugeCell::default()),
-                (CellKind::Summary, _) => Cell::Summary(SummaryCell::default()),
-                (CellKind::Set, _) => Cell::Set(Box::default()),
+                (CellKind::Gauge, _) => Cell::gauge(GaugeCell::default()),
+                (CellKind::Summary, _) => Cell::summary(SummaryCell::default()),
+                (CellKind::Set, _) => Cell::set(SetCell::default()),
             };
             let series = Keyed::new(
                 canonical,
@@ -173,7 +173,6 @@ impl Shared {
                         .as_ref()
                         .map_or_else(|| now_ms().max(now), |k| k.start_ms),
                     touched_ms: AtomicI64::new(stamp(now)),
-                    handles: AtomicU32::new(0),
                     cell,
                 },
             );

@@ -91,7 +91,7 @@ use crate::point::{DEFAULT_BUCKETS, MetricKind, Sample};
 use flush::FlusherState;
 use index::{Scratch, Shared};
 use kept::KeptTable;
-use series::{CellKind, RETIRED, SEALED_RETRIES, kind_of};
+use series::{CellKind, SEALED_RETRIES, kind_of};
 use series_index::SeriesIndex;
 
 pub use handle::SeriesHandle;
@@ -515,14 +515,13 @@ impl Aggregator {
                     got: kind.as_str(),
                 });
             }
-            if series.handles.fetch_add(1, Ordering::AcqRel) & RETIRED == 0 {
+            if series.handles().acquire() {
                 return Ok(SeriesHandle {
                     series,
                     shared: self.shared.clone(),
                 });
             }
             // Being retired: it leaves the index before it is sealed; resolve again.
-            series.handles.fetch_sub(1, Ordering::AcqRel);
         }
         self.shared.reject(Rejected::EvictedDuringUpdate)
     }

@@ -39,14 +39,70 @@ impl Family {
 
 /// The lock-free state of one series. Histograms are boxed so that every other series
 /// pays only for the small cells (a histogram cell is ~150 bytes, a counter's 40).
+///
+/// Every variant begins with the series' [`Handles`] word: `repr(u8)` lays each variant
+/// out as a C struct after the one-byte tag, so the 4-byte word sits in what would
+/// otherwise be the tag's padding, and a series is 72 bytes instead of 80 (a test
+/// asserts it). [`Series::handles`] reads it whatever the variant.
 #[cfg_attr(feature = "shuttle", allow(clippy::large_enum_variant))]
+#[repr(u8)]
 pub(super) enum Cell {
-    Counter(Counter),
-    Gauge(GaugeCell),
-    Histogram(Box<Histogram>),
-    Summary(SummaryCell),
+    Counter(Handles, Counter),
+    Gauge(Handles, GaugeCell),
+    Histogram(Handles, Box<Histogram>),
+    Summary(Handles, SummaryCell),
     /// Reported as a gauge (the distinct count); boxed like histograms.
-    Set(Box<SetCell>),
+    Set(Handles, Box<SetCell>),
+}
+
+/// A new series' cell, with no handles yet.
+impl Cell {
+    pub(super) fn counter(c: Counter) -> Cell {
+        Cell::Counter(Handles::default(), c)
+    }
+    pub(super) fn gauge(g: GaugeCell) -> Cell {
+        Cell::Gauge(Handles::default(), g)
+    }
+    pub(super) fn histogram(h: Histogram) -> Cell {
+        Cell::Histogram(Handles::default(), Box::new(h))
+    }
+    pub(super) fn summary(s: SummaryCell) -> Cell {
+        Cell::Summary(Handles::default(), s)
+    }
+    pub(super) fn set(s: SetCell) -> Cell {
+        Cell::Set(Handles::default(), Box::new(s))
+    }
+}
+
+/// Live [`SeriesHandle`](super::SeriesHandle)s of a series in bits 0..31, and
+/// [`RETIRED`]: a series with handles is never retired, and a retired one takes no new
+/// handle. AcqRel RMWs: the word itself is the only thing they order.
+#[derive(Default)]
+pub(super) struct Handles(AtomicU32);
+
+impl Handles {
+    /// Counts one more handle, unless the series is retired (then it counts nothing
+    /// and says false: resolve the series again).
+    pub(super) fn acquire(&self) -> bool {
+        if self.0.fetch_add(1, Ordering::AcqRel) & RETIRED == 0 {
+            return true;
+        }
+        // Being retired: it leaves the index before it is sealed.
+        self.0.fetch_sub(1, Ordering::AcqRel);
+        false
+    }
+
+    /// Counts one handle less.
+    pub(super) fn release(&self) {
+        self.0.fetch_sub(1, Ordering::AcqRel);
+    }
+
+    /// Marks the series retired unless a handle holds it.
+    fn try_retire(&self) -> bool {
+        self.0
+            .compare_exchange(0, RETIRED, Ordering::AcqRel, Ordering::Acquire)
+            .is_ok()
+    }
 }
 
 /// A counter's cell and the running total that only the flusher reads and writes
@@ -133,10 +189,7 @@ pub(super) struct Series {
     /// flush, which counts as activity anyway); no data is read through it, and no
     /// point depends on it (an evicted series' updates fail as `Sealed`).
     pub(super) touched_ms: AtomicI64,
-    /// Live [`SeriesHandle`]s in bits 0..31, and [`RETIRED`]: a series with handles is
-    /// never retired, and a retired one takes no new handle. AcqRel RMWs: the word
-    /// itself is the only thing they order.
-    pub(super) handles: AtomicU32,
+    /// The cell, and with it the live handles ([`Series::handles`]).
     pub(super) cell: Cell,
 }
 
@@ -148,11 +201,11 @@ pub(super) type SharedSeries = Keyed<Series>;
 
 pub(super) fn kind_of(cell: &Cell) -> MetricKind {
     match cell {
-        Cell::Counter(_) => MetricKind::Counter,
-        Cell::Gauge(_) => MetricKind::Gauge,
-        Cell::Histogram(_) => MetricKind::Histogram,
-        Cell::Summary(_) => MetricKind::Summary,
-        Cell::Set(_) => MetricKind::Gauge,
+        Cell::Counter(_, _) => MetricKind::Counter,
+        Cell::Gauge(_, _) => MetricKind::Gauge,
+        Cell::Histogram(_, _) => MetricKind::Histogram,
+        Cell::Summary(_, _) => MetricKind::Summary,
+        Cell::Set(_, _) => MetricKind::Gauge,
     }
 }
 
@@ -178,6 +231,18 @@ pub(super) fn validate(sample: &Sample<'_>) -> Result<(), Rejected> {
 }
 
 impl Series {
+    /// The series' handle count and retire bit (stored in its cell, see [`Cell`]).
+    #[inline]
+    pub(super) fn handles(&self) -> &Handles {
+        match &self.cell {
+            Cell::Counter(h, _)
+            | Cell::Gauge(h, _)
+            | Cell::Histogram(h, _)
+            | Cell::Summary(h, _)
+            | Cell::Set(h, _) => h,
+        }
+    }
+
     /// Applies a validated sample. `now_ms` stamps gauges without a timestamp; `start`
     /// is where a cumulative sample's running total began (ignored by other samples).
     #[inline]
@@ -189,19 +254,21 @@ impl Series {
         start: CumulativeStart,
     ) -> Result<(), Refusal> {
         let applied = match (&self.cell, sample) {
-            (Cell::Counter(c), Sample::Counter(v, Temporality::Delta)) => c.add(*v),
-            (Cell::Counter(c), Sample::Counter(v, Temporality::Cumulative)) => {
+            (Cell::Counter(_, c), Sample::Counter(v, Temporality::Delta)) => c.add(*v),
+            (Cell::Counter(_, c), Sample::Counter(v, Temporality::Cumulative)) => {
                 c.add_cumulative_since(*v, start)
             }
-            (Cell::Gauge(g), Sample::Gauge(v)) => g.set(*v, pick_ts(timestamp_ms, now_ms)),
-            (Cell::Gauge(g), Sample::GaugeDelta(d)) => g.adjust(*d, pick_ts(timestamp_ms, now_ms)),
-            (Cell::Histogram(h), Sample::Observe { value, count }) => h.observe(*value, *count),
-            (Cell::Histogram(h), Sample::Histogram(v, Temporality::Delta)) => h.merge(v),
-            (Cell::Histogram(h), Sample::Histogram(v, Temporality::Cumulative)) => {
+            (Cell::Gauge(_, g), Sample::Gauge(v)) => g.set(*v, pick_ts(timestamp_ms, now_ms)),
+            (Cell::Gauge(_, g), Sample::GaugeDelta(d)) => {
+                g.adjust(*d, pick_ts(timestamp_ms, now_ms))
+            }
+            (Cell::Histogram(_, h), Sample::Observe { value, count }) => h.observe(*value, *count),
+            (Cell::Histogram(_, h), Sample::Histogram(v, Temporality::Delta)) => h.merge(v),
+            (Cell::Histogram(_, h), Sample::Histogram(v, Temporality::Cumulative)) => {
                 h.merge_cumulative_since(v, start)
             }
-            (Cell::Summary(s), Sample::Summary(v)) => s.set(v),
-            (Cell::Set(s), Sample::SetMember(m)) => s.insert(SET_MEMBER_HASH.hash_one(m)),
+            (Cell::Summary(_, s), Sample::Summary(v)) => s.set(v),
+            (Cell::Set(_, s), Sample::SetMember(m)) => s.insert(SET_MEMBER_HASH.hash_one(m)),
             (cell, sample) => {
                 return Err(Refusal::Rejected(Rejected::TypeConflict {
                     existing: kind_of(cell).as_str(),
@@ -302,7 +369,5 @@ pub(super) const RETIRED: u32 = 1 << 31;
 
 /// Marks `s` retired unless a handle holds it (see the module doc).
 pub(super) fn try_retire(s: &Series) -> bool {
-    s.handles
-        .compare_exchange(0, RETIRED, Ordering::AcqRel, Ordering::Acquire)
-        .is_ok()
+    s.handles().try_retire()
 }
