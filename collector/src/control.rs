@@ -74,10 +74,9 @@ impl FlushSummary {
         previous_rejected: u64,
         duration: Duration,
     ) -> FlushSummary {
-        // One walk over the batch (at 1M series each walk is ~64 MB of memory).
-        let (mut evicted, mut histogram_observations, mut counter_delta_sum) = (0, 0, 0.0);
+        // One walk over the batch (at 1M series each walk is ~40 MB of memory).
+        let (mut histogram_observations, mut counter_delta_sum) = (0, 0.0);
         for s in &batch.series {
-            evicted += usize::from(s.evicted);
             match &s.value {
                 FlushedValue::Histogram { delta, .. } => histogram_observations += delta.count,
                 FlushedValue::Counter { delta, .. } => counter_delta_sum += delta,
@@ -95,7 +94,7 @@ impl FlushSummary {
             sequence: batch.sequence,
             end_ms: batch.end_ms,
             series: batch.series.len(),
-            evicted,
+            evicted: batch.evicted,
             counter_delta_sum,
             histogram_observations,
             active_series: stats.active_series,

@@ -20,8 +20,15 @@ pub struct FlushBatch {
     pub start_ms: i64,
     /// When this flush ran, milliseconds since the Unix epoch.
     pub end_ms: i64,
-    /// One entry per live series, plus the final share of series evicted earlier.
+    /// One entry per live series, then the final shares of the series this flush
+    /// evicted: the last [`FlushBatch::evicted`] entries (see
+    /// [`FlushBatch::evicted_series`]).
     pub series: Vec<FlushedSeries>,
+    /// How many entries at the end of `series` are final shares of evicted series:
+    /// series idle for `series_ttl`, whose cumulative state is gone with them. A
+    /// count here rather than a flag per entry keeps an entry at 40 bytes, not 48
+    /// (8 MB per flush at 1M series).
+    pub evicted: usize,
 }
 
 impl FlushBatch {
@@ -35,6 +42,38 @@ impl FlushBatch {
             })
             // Not `sum()`: an empty f64 sum is -0.0.
             .fold(0.0, |a, d| a + d)
+    }
+
+    /// The entries of series that live on.
+    pub fn live(&self) -> &[FlushedSeries] {
+        &self.series[..self.series.len().saturating_sub(self.evicted)]
+    }
+
+    /// The final shares of the series this flush evicted (the last
+    /// [`FlushBatch::evicted`] entries).
+    pub fn evicted_series(&self) -> &[FlushedSeries] {
+        &self.series[self.series.len().saturating_sub(self.evicted)..]
+    }
+
+    /// True if `s`, an entry of this batch, is an evicted series' final share.
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use weir_core::{Aggregator, AggregatorConfig, MetricKind};
+    /// let agg = Aggregator::new(AggregatorConfig {
+    ///     series_ttl: Duration::from_secs(60),
+    ///     ..AggregatorConfig::default()
+    /// });
+    /// agg.handle("idle_total", &[], MetricKind::Counter).unwrap().increment(1).unwrap();
+    /// agg.flush_at(1_000);
+    /// let later = agg.flush_at(120_000);
+    /// assert!(later.is_evicted(&later.series[0]));
+    /// assert_eq!(later.evicted_series().len(), 1);
+    /// ```
+    pub fn is_evicted(&self, s: &FlushedSeries) -> bool {
+        self.evicted_series()
+            .as_ptr_range()
+            .contains(&std::ptr::from_ref(s))
     }
 
     /// The entries for `key` (normally one; two when a series was evicted and created
@@ -53,9 +92,6 @@ pub struct FlushedSeries {
     /// When the series was created (the start of its cumulative totals), milliseconds
     /// since the Unix epoch.
     pub start_ms: i64,
-    /// True when this is the series' last entry: it was evicted after `series_ttl`
-    /// without updates and its cumulative state is gone.
-    pub evicted: bool,
     /// The aggregated value.
     pub value: FlushedValue,
 }
@@ -88,7 +124,7 @@ pub enum FlushedValue {
         total: Box<HistogramValue>,
     },
     /// A summary's latest state as its source reported it. Boxed, as histograms are,
-    /// so that an entry of the batch stays at 48 bytes.
+    /// so that an entry of the batch stays at 40 bytes.
     Summary(Box<SummaryValue>),
 }
 
@@ -98,11 +134,12 @@ mod tests {
 
     /// A flush of 1M series holds one entry per series: every byte here is 1 MB there.
     /// (64 bytes while a key was a 16-byte `Arc<[u8]>`; one pointer since; 56 until the
-    /// fingerprint, which no consumer read, left the entry.)
+    /// fingerprint, which no consumer read, left the entry; 48 until the evicted flag
+    /// became the batch's count.)
     #[test]
-    fn a_batch_entry_is_48_bytes() {
+    fn a_batch_entry_is_40_bytes() {
         assert_eq!(std::mem::size_of::<crate::key::SeriesKey>(), 8);
         assert_eq!(std::mem::size_of::<FlushedValue>(), 24);
-        assert_eq!(std::mem::size_of::<FlushedSeries>(), 48);
+        assert_eq!(std::mem::size_of::<FlushedSeries>(), 40);
     }
 }

@@ -602,7 +602,11 @@ fn idle_series_are_evicted_after_the_ttl_with_a_final_entry() {
     let idle_key = key("idle_total", &[]);
     let idle: Vec<_> = b.find(&idle_key).collect();
     assert_eq!(idle.len(), 1);
-    assert!(idle[0].evicted, "its last entry says so");
+    assert!(b.is_evicted(idle[0]), "its last entry says so");
+    assert!(
+        std::ptr::eq(idle[0], &b.series[b.series.len() - 1]) && b.evicted == 1,
+        "after every live series"
+    );
     assert_eq!(
         idle[0].value,
         FlushedValue::Counter {
@@ -610,7 +614,7 @@ fn idle_series_are_evicted_after_the_ttl_with_a_final_entry() {
             total: 1.0
         }
     );
-    assert!(!b.find(&key("busy_total", &[])).next().unwrap().evicted);
+    assert!(!b.is_evicted(b.find(&key("busy_total", &[])).next().unwrap()));
     let stats = agg.stats();
     assert_eq!((stats.active_series, stats.evicted_series), (1, 1));
     assert!(
@@ -723,7 +727,7 @@ fn handles_update_directly_and_keep_their_series_alive() {
         "the add made just before the drop"
     );
     let b = agg.flush_at(t0 + 12 * MINUTE);
-    assert_eq!(b.series.iter().filter(|s| s.evicted).count(), 3);
+    assert_eq!(b.evicted_series().len(), 3);
     assert_eq!(agg.stats().active_series, 0);
 }
 
@@ -797,7 +801,7 @@ fn raw_identity_path_hits_misses_and_follows_evictions() {
     assert_eq!(agg.flush_at(t0).counter_delta_sum(), 2.0);
     // Idle for the whole TTL since the flush at t0.
     let b = agg.flush_at(t0 + MINUTE);
-    assert_eq!(b.series.iter().filter(|s| s.evicted).count(), 1);
+    assert_eq!(b.evicted_series().len(), 1);
     // The cached series is sealed now: a miss, and the point goes to a successor.
     assert!(!w.record_cached(raw, one, 0).unwrap());
     w.record_with_raw(raw, "jobs_done", &labels, one, 0)

@@ -27,13 +27,14 @@ fn key(name: &str, labels: &[(&str, &str)]) -> SeriesKey {
     SeriesKey::new(name, labels).unwrap()
 }
 
-fn entry(key: SeriesKey, value: FlushedValue, evicted: bool) -> FlushedSeries {
-    FlushedSeries {
+/// An entry, and whether it is an evicted series' final share.
+fn entry(key: SeriesKey, value: FlushedValue, evicted: bool) -> (FlushedSeries, bool) {
+    let s = FlushedSeries {
         key,
         start_ms: 1_000,
-        evicted,
         value,
-    }
+    };
+    (s, evicted)
 }
 
 fn counter(delta: f64, total: f64) -> FlushedValue {
@@ -69,12 +70,16 @@ fn summary(quantiles: &[(f64, f64)], sum: f64, count: u64) -> FlushedValue {
     }))
 }
 
-fn batch(series: Vec<FlushedSeries>) -> FlushBatch {
+/// A batch of `entries`, the evicted ones moved to the end as a flush places them.
+fn batch(entries: Vec<(FlushedSeries, bool)>) -> FlushBatch {
+    let (evicted, live): (Vec<_>, Vec<_>) = entries.into_iter().partition(|e| e.1);
+    let count = evicted.len();
     FlushBatch {
         sequence: 7,
         start_ms: START,
         end_ms: END,
-        series,
+        series: live.into_iter().chain(evicted).map(|e| e.0).collect(),
+        evicted: count,
     }
 }
 

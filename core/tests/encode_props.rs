@@ -89,22 +89,14 @@ fn value() -> impl Strategy<Value = FlushedValue> {
 }
 
 fn series() -> impl Strategy<Value = FlushedSeries> {
-    (
-        0..NAMES.len(),
-        0..LABELS.len(),
-        value(),
-        any::<bool>(),
-        any::<i64>(),
-    )
-        .prop_map(|(n, l, value, evicted, start_ms)| {
-            let key = SeriesKey::new(NAMES[n], LABELS[l]).expect("valid key");
-            FlushedSeries {
-                key,
-                start_ms,
-                evicted,
-                value,
-            }
-        })
+    (0..NAMES.len(), 0..LABELS.len(), value(), any::<i64>()).prop_map(|(n, l, value, start_ms)| {
+        let key = SeriesKey::new(NAMES[n], LABELS[l]).expect("valid key");
+        FlushedSeries {
+            key,
+            start_ms,
+            value,
+        }
+    })
 }
 
 fn batch() -> impl Strategy<Value = FlushBatch> {
@@ -117,11 +109,13 @@ fn batch() -> impl Strategy<Value = FlushBatch> {
             any::<i64>()
         ],
         any::<i64>(),
+        0usize..=16,
     )
-        .prop_map(|(series, end_ms, start_ms)| FlushBatch {
+        .prop_map(|(series, end_ms, start_ms, evicted)| FlushBatch {
             sequence: 1,
             start_ms,
             end_ms,
+            evicted: evicted.min(series.len()),
             series,
         })
 }

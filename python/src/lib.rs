@@ -199,7 +199,7 @@ fn batch_to_py<'py>(py: Python<'py>, batch: &FlushBatch) -> PyResult<Bound<'py, 
             labels.set_item(k, v)?;
         }
         d.set_item("labels", labels)?;
-        d.set_item("evicted", s.evicted)?;
+        d.set_item("evicted", batch.is_evicted(s))?;
         match &s.value {
             FlushedValue::Counter { delta, total } => {
                 d.set_item("kind", "counter")?;

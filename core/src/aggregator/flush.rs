@@ -105,7 +105,7 @@ fn collect(series: &SharedSeries, evicted: bool, now_ms: i64) -> Option<FlushedS
             FlushedValue::Summary(Box::new(if evicted { s.seal() } else { s.read() }?))
         }
     };
-    Some(flushed(series, evicted, value))
+    Some(flushed(series, value))
 }
 
 /// What [`collect`] would report now, without taking anything from the cell or moving
@@ -144,14 +144,13 @@ fn peek(series: &SharedSeries, now_ms: i64) -> Option<FlushedSeries> {
         },
         Cell::Summary(_, s) => FlushedValue::Summary(Box::new(s.read()?)),
     };
-    Some(flushed(series, false, value))
+    Some(flushed(series, value))
 }
 
-fn flushed(series: &SharedSeries, evicted: bool, value: FlushedValue) -> FlushedSeries {
+fn flushed(series: &SharedSeries, value: FlushedValue) -> FlushedSeries {
     FlushedSeries {
         key: series.key().clone(),
         start_ms: series.start_ms,
-        evicted,
         value,
     }
 }
@@ -256,6 +255,7 @@ impl Aggregator {
             start_ms: st.last_flush_ms,
             end_ms: now_ms,
             series,
+            evicted: 0,
         }
     }
 
@@ -291,8 +291,8 @@ impl Aggregator {
     }
 
     /// Takes every series' share since the previous flush, evicts series idle for
-    /// `series_ttl` (their last share is in this batch, marked `evicted`), and returns
-    /// the batch. `now_ms` is the flush time (milliseconds since the Unix epoch); tests
+    /// `series_ttl` (their last shares end the batch: [`FlushBatch::evicted_series`]),
+    /// and returns the batch. `now_ms` is the flush time (milliseconds since the Unix epoch); tests
     /// pass their own clock. Ingestion continues throughout; concurrent flushes run one
     /// after the other.
     pub fn flush_at(&self, now_ms: i64) -> FlushBatch {
@@ -318,6 +318,10 @@ impl Aggregator {
             out = Vec::with_capacity(spare_capacity(st.series.len()));
         }
         let ttl_ms = i64::try_from(sh.config.series_ttl.as_millis()).unwrap_or(i64::MAX);
+        // The final shares of evicted series, which go after every live one (the
+        // batch counts them rather than flagging each entry). Evictions are rare, so
+        // this allocates only in flushes that evict.
+        let mut evicted = Vec::new();
         let mut i = 0;
         while i < st.series.len() {
             prefetch_ahead(&st.series, i);
@@ -335,7 +339,7 @@ impl Aggregator {
                 // Out of the index first, so writers that find the cell sealed resolve
                 // to a successor rather than to this series again.
                 sh.index.remove(s);
-                out.extend(collect(s, true, now_ms));
+                evicted.extend(collect(s, true, now_ms));
                 if let (Some(t), Some(k)) = (table.as_mut(), kept(s)) {
                     // A key of its own: a clone of the series' key would keep the whole
                     // series (cell included) alive for as long as the totals are kept.
@@ -372,6 +376,8 @@ impl Aggregator {
         // The index's references to the series evicted above are freed through the
         // epoch: let it free them now (see there).
         series_index::reclaim();
+        let evicted_count = evicted.len();
+        out.append(&mut evicted);
         st.sequence += 1;
         sh.flushes.store(st.sequence, Ordering::Relaxed);
         let start_ms = std::mem::replace(&mut st.last_flush_ms, now_ms);
@@ -380,6 +386,7 @@ impl Aggregator {
             start_ms,
             end_ms: now_ms,
             series: out,
+            evicted: evicted_count,
         }
     }
 }

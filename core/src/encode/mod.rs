@@ -14,8 +14,8 @@
 //! series silently (what an encoder leaves out is stated in its module doc).
 //!
 //! # Rules shared by the forwarding encoders
-//! - **Evicted series are encoded.** An entry with `evicted == true` carries the last
-//!   share of a series that is now gone; it is real data. Its timestamp is
+//! - **Evicted series are encoded.** An entry of [`FlushBatch::evicted_series`] carries
+//!   the last share of a series that is now gone; it is real data. Its timestamp is
 //!   `batch.end_ms - 1` instead of `batch.end_ms`: a series evicted and created again
 //!   within one interval appears twice in one batch, and two samples of one series with
 //!   one timestamp would be rejected as duplicates.
@@ -152,7 +152,7 @@ pub struct EncodedRequest {
 
 /// The timestamp every sample of `s` carries (see the module doc on eviction).
 fn sample_ms(batch: &FlushBatch, s: &FlushedSeries) -> i64 {
-    if s.evicted {
+    if batch.is_evicted(s) {
         batch.end_ms.saturating_sub(1)
     } else {
         batch.end_ms

@@ -88,12 +88,8 @@ fn type_name(v: &FlushedValue) -> &'static str {
 pub fn prometheus_text(batch: &FlushBatch) -> String {
     // Each name found once, not twice per comparison: the sort made ~20 comparisons
     // per series, and finding a name scans and validates the key's bytes.
-    let mut series: Vec<(&str, &FlushedSeries)> = batch
-        .series
-        .iter()
-        .filter(|s| !s.evicted)
-        .map(|s| (s.key.name(), s))
-        .collect();
+    let mut series: Vec<(&str, &FlushedSeries)> =
+        batch.live().iter().map(|s| (s.key.name(), s)).collect();
     series.sort_by(|a, b| a.0.cmp(b.0).then_with(|| a.1.key.cmp(&b.1.key)));
     let mut out = String::with_capacity(series.len() * 64);
     let mut current: Option<&str> = None;

@@ -39,7 +39,7 @@ fn rank(v: &FlushedValue) -> u8 {
 
 fn data(batch: &FlushBatch, s: &FlushedSeries, t: Temporality) -> Data {
     let attributes: Vec<KeyValue> = s.key.labels().map(|(k, v)| attribute(k, v)).collect();
-    let time_ms = if s.evicted {
+    let time_ms = if batch.is_evicted(s) {
         batch.end_ms.saturating_sub(1)
     } else {
         batch.end_ms
