@@ -564,6 +564,13 @@ impl<T> Keyed<T> {
         header.cast()
     }
 
+    /// References to the allocation (the key's count), for tests of code that holds
+    /// references as raw addresses.
+    #[cfg(test)]
+    pub(crate) fn references(this: &Keyed<T>) -> u32 {
+        this.key.header().count.load(Ordering::Relaxed)
+    }
+
     /// The address [`Keyed::into_raw`] would give, keeping the reference.
     pub(crate) fn as_raw(this: &Keyed<T>) -> NonNull<u8> {
         this.key.header.cast()

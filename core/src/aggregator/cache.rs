@@ -1,43 +1,71 @@
 //! [`RawCache`]: a writer's private map from raw identity bytes to series.
 //!
-//! Owns: the open-addressing table, its key arena and the prefetch hints. Must never:
+//! Owns: the open-addressing table, its entry arena and the prefetch hints. Must never:
 //! return a series for bytes other than the ones it was inserted under (keys are
-//! compared in full; the hash only picks the slot), or hold more than the writer's
-//! capacity.
+//! compared in full; the hash only picks the slot), hold more than the writer's
+//! capacity, or keep a series alive past the entry that holds it (each entry owns one
+//! reference, given back when the entry goes).
 //!
 //! # Layout
-//! Linear probing over a power-of-two array of 16-byte slots (four per cache line),
-//! at most 3/4 full. A slot holds the series itself (one `Arc` pointer), 16 bits of
-//! the key's hash as a tag, and where the key's bytes sit in one arena shared by all
-//! entries (offset and length). So a hit reads one slot, the key's bytes (one arena
-//! line for short keys) and the series; and since the slot's address depends only on
+//! Linear probing over a power-of-two array of 8-byte slots (eight per cache line), at
+//! most 3/4 full. A slot holds 16 bits of the key's hash as a tag and where the entry
+//! sits in one arena shared by all entries (offset and key length); the entry is the
+//! series' address (one reference, as [`Keyed::into_raw`] gives it up) followed by the
+//! key's bytes. So a hit reads one slot, then one arena line for short keys (address
+//! and key together), then the series; and since the slot's address depends only on
 //! the hash, a receiver that knows its next lines can prefetch the slots of all of
-//! them first ([`RawCache::prefetch_slot`]) and then their keys and series
-//! ([`RawCache::prefetch_entry`]), so those cache misses overlap instead of queueing
-//! one behind the other (at 100k series and beyond every line is a few misses).
+//! them first ([`RawCache::prefetch_slot`]), then their entries
+//! ([`RawCache::prefetch_entry`]), then their series ([`RawCache::prefetch_series`]),
+//! so those cache misses overlap instead of queueing one behind the other (at 100k
+//! series and beyond every line is a few misses). The series' address sits in the
+//! arena rather than in the slot because a slot array is at most 3/4 full and doubles:
+//! at 1M entries it has 2^21 slots, and 8 bytes more per slot cost ~17 bytes per entry,
+//! where in the arena they cost 8.
 //!
-//! Deletion (of a series found evicted) shifts later entries of the probe run back,
-//! so no tombstones are needed; its key bytes stay in the arena until the next
-//! [`RawCache::clear`]. Keys longer than `u16::MAX` bytes are never cached.
+//! Deletion (of a series found evicted) gives the entry's reference back and shifts
+//! later entries of the probe run back, so no tombstones are needed; its bytes stay in
+//! the arena until the next [`RawCache::clear`]. Keys longer than `u16::MAX` bytes are
+//! never cached. This module's `unsafe` is the arena's addresses: `RawCache::series`
+//! and `RawCache::release`.
 
 use std::hash::BuildHasher;
+use std::marker::PhantomData;
+use std::mem::ManuallyDrop;
+use std::ptr::NonNull;
 
 use foldhash::fast::RandomState;
 
-use super::series::SharedSeries;
+use super::series::{Series, SharedSeries};
 use crate::hint::prefetch;
+use crate::key::Keyed;
 
-/// One table slot: empty when `series` is `None`.
-#[derive(Clone, Default)]
+/// One table slot: empty when `entry` is [`Slot::EMPTY`].
+#[derive(Clone, Copy)]
 struct Slot {
-    series: Option<SharedSeries>,
-    /// Start of the key's bytes in the arena.
-    key_off: u32,
+    /// Start of the entry (the series' address, then the key's bytes) in the arena.
+    entry: u32,
     /// The key's length in bytes.
     key_len: u16,
     /// Bits 48..64 of the key's hash: most non-matching slots fail on this alone.
     tag: u16,
 }
+
+impl Slot {
+    /// No entry: no arena offset is `u32::MAX` (an entry there would not fit its address).
+    const EMPTY: Slot = Slot {
+        entry: u32::MAX,
+        key_len: 0,
+        tag: 0,
+    };
+
+    #[inline]
+    fn is_empty(self) -> bool {
+        self.entry == u32::MAX
+    }
+}
+
+/// Bytes of an entry's series address in the arena.
+const ADDR: usize = size_of::<usize>();
 
 /// The raw-identity cache of one [`Writer`](super::Writer); see the module doc.
 /// Every `hash` argument must be [`RawCache::hash`] of the key it comes with (entries
@@ -47,20 +75,71 @@ pub(super) struct RawCache<S = RandomState> {
     slots: Vec<Slot>,
     /// Occupied slots.
     len: usize,
-    /// Key bytes of every entry inserted since the last clear, back to back.
+    /// Every entry inserted since the last clear, back to back: a series address
+    /// (native-endian, unaligned) and the key's bytes.
     arena: Vec<u8>,
     hasher: S,
+    /// The arena's addresses are owned references: the cache is `Send` and `Sync` as
+    /// the series are, and drops them.
+    _owns: PhantomData<SharedSeries>,
 }
 
 /// Smallest table (slots) once anything is cached.
 const MIN_SLOTS: usize = 64;
 
-/// Smallest growth of the key arena, in bytes (see `RawCache::reserve_key`).
+/// Smallest growth of the arena, in bytes (see `RawCache::reserve_entry`).
 const ARENA_MIN_GROWTH: usize = 1024;
 
 impl RawCache {
     pub(super) fn new() -> RawCache {
         RawCache::with_hasher(RandomState::default())
+    }
+}
+
+/// The entries' series (no hashing needed, so also for `Drop`).
+impl<S> RawCache<S> {
+    /// The series address stored at the start of `s`'s entry.
+    #[inline]
+    fn addr(&self, s: Slot) -> Option<NonNull<u8>> {
+        let at = s.entry as usize;
+        let bytes = self.arena.get(at..at + ADDR)?;
+        NonNull::new(usize::from_ne_bytes(bytes.try_into().ok()?) as *mut u8)
+    }
+
+    /// The series of the occupied slot `s`.
+    #[inline]
+    fn series(&self, s: Slot) -> Option<&Series> {
+        let addr = self.addr(s)?;
+        // SAFETY: the address was given up by `Keyed::<Series>::into_raw` in `insert`,
+        // and the entry still owns that reference: only `release` (from `remove` and
+        // `clear`, which take `&mut self`, so not while the returned borrow lives) takes
+        // it back. `ManuallyDrop` keeps this borrow from releasing it.
+        let entry = ManuallyDrop::new(unsafe { Keyed::<Series>::from_raw(addr) });
+        // SAFETY: `Keyed::as_ptr` points at the series, alive while the entry's
+        // reference is (see above), so for as long as `&self`.
+        Some(unsafe { &*Keyed::as_ptr(&entry) })
+    }
+
+    /// Gives back the reference the occupied slot `s`'s entry owns; the caller then
+    /// empties the slot.
+    fn release(&mut self, s: Slot) {
+        if let Some(addr) = self.addr(s) {
+            // SAFETY: as in `series`: this entry's reference, taken back once, here,
+            // as its slot is emptied.
+            drop(unsafe { Keyed::<Series>::from_raw(addr) });
+        }
+    }
+
+    /// Gives back every entry's reference and empties every slot.
+    fn release_all(&mut self) {
+        for i in 0..self.slots.len() {
+            let s = self.slots[i];
+            if !s.is_empty() {
+                self.release(s);
+                self.slots[i] = Slot::EMPTY;
+            }
+        }
+        self.len = 0;
     }
 }
 
@@ -71,6 +150,7 @@ impl<S: BuildHasher> RawCache<S> {
             len: 0,
             arena: Vec::new(),
             hasher,
+            _owns: PhantomData,
         }
     }
 
@@ -106,8 +186,10 @@ impl<S: BuildHasher> RawCache<S> {
         let mut i = hash as usize & mask;
         // Bounded: the table is at most 3/4 full, so a probe meets an empty slot.
         loop {
-            let s = &self.slots[i];
-            s.series.as_ref()?;
+            let s = self.slots[i];
+            if s.is_empty() {
+                return None;
+            }
             if s.tag == tag && self.key(s) == raw {
                 return Some(i);
             }
@@ -116,8 +198,8 @@ impl<S: BuildHasher> RawCache<S> {
     }
 
     #[inline]
-    fn key(&self, s: &Slot) -> &[u8] {
-        let start = s.key_off as usize;
+    fn key(&self, s: Slot) -> &[u8] {
+        let start = s.entry as usize + ADDR;
         self.arena
             .get(start..start + usize::from(s.key_len))
             .unwrap_or_default()
@@ -125,60 +207,64 @@ impl<S: BuildHasher> RawCache<S> {
 
     /// The series cached under `raw`; `hash` is [`RawCache::hash`] of `raw`.
     #[inline]
-    pub(super) fn get(&self, raw: &[u8], hash: u64) -> Option<&SharedSeries> {
+    pub(super) fn get(&self, raw: &[u8], hash: u64) -> Option<&Series> {
         let i = self.find(raw, hash)?;
-        self.slots[i].series.as_ref()
+        self.series(self.slots[i])
     }
 
     /// Caches `series` under `raw` (not cached yet: the caller just missed).
     pub(super) fn insert(&mut self, raw: &[u8], hash: u64, series: SharedSeries) {
-        let (Ok(key_len), Ok(key_off)) =
-            (u16::try_from(raw.len()), u32::try_from(self.arena.len()))
-        else {
+        let (Ok(key_len), Some(entry)) = (
+            u16::try_from(raw.len()),
+            u32::try_from(self.arena.len())
+                .ok()
+                .filter(|&e| e != Slot::EMPTY.entry),
+        ) else {
             return; // too long, or the arena is full: stays uncached
         };
         if (self.len + 1) * 4 > self.slots.len() * 3 {
             self.grow();
         }
-        self.reserve_key(raw.len());
+        self.reserve_entry(ADDR + raw.len());
+        let addr = Keyed::into_raw(series).as_ptr() as usize;
+        self.arena.extend_from_slice(&addr.to_ne_bytes());
         self.arena.extend_from_slice(raw);
         let mask = self.mask();
         let mut i = hash as usize & mask;
-        while self.slots[i].series.is_some() {
+        while !self.slots[i].is_empty() {
             i = (i + 1) & mask;
         }
         self.slots[i] = Slot {
-            series: Some(series),
-            key_off,
+            entry,
             key_len,
             tag: Self::tag(hash),
         };
         self.len += 1;
     }
 
-    /// Makes room for `n` more key bytes, growing the arena by a quarter (at least
+    /// Makes room for an `n`-byte entry, growing the arena by a quarter (at least
     /// [`ARENA_MIN_GROWTH`]) rather than `Vec`'s doubling: an arena keeps its capacity
     /// for good (a clear keeps it for the refill), and with doubling it ended up to half
     /// empty, on average a quarter (at 1,000 scrape targets of 1,000 series, 64 MB of
     /// arenas held 40 MB of keys). Growing by a quarter copies each byte about four
     /// more times over the arena's life, once per new label set, beside the index work
     /// that every new label set costs anyway.
-    fn reserve_key(&mut self, n: usize) {
+    fn reserve_entry(&mut self, n: usize) {
         let a = &mut self.arena;
         if a.capacity() - a.len() < n {
             a.reserve_exact(n.max(a.capacity() / 4).max(ARENA_MIN_GROWTH));
         }
     }
 
-    /// Doubles the table and places every entry again (keys stay in the arena).
+    /// Doubles the table and places every entry again (entries stay in the arena).
     fn grow(&mut self) {
         let n = (self.slots.len() * 2).max(MIN_SLOTS);
-        let old = std::mem::replace(&mut self.slots, vec![Slot::default(); n]);
+        let old = std::mem::replace(&mut self.slots, vec![Slot::EMPTY; n]);
         let mask = n - 1;
-        for s in old.into_iter().filter(|s| s.series.is_some()) {
-            let hash = self.hasher.hash_one(self.key(&s));
+        for s in old.into_iter().filter(|s| !s.is_empty()) {
+            let hash = self.hasher.hash_one(self.key(s));
             let mut i = hash as usize & mask;
-            while self.slots[i].series.is_some() {
+            while !self.slots[i].is_empty() {
                 i = (i + 1) & mask;
             }
             self.slots[i] = s;
@@ -190,15 +276,16 @@ impl<S: BuildHasher> RawCache<S> {
         let Some(mut hole) = self.find(raw, hash) else {
             return;
         };
-        self.slots[hole] = Slot::default();
+        self.release(self.slots[hole]);
+        self.slots[hole] = Slot::EMPTY;
         self.len -= 1;
         // Backward-shift deletion: move later members of the probe run into the hole
         // when their home slot is at or before it (cyclically), so every entry stays
         // reachable from its home without tombstones.
         let mask = self.mask();
         let mut i = (hole + 1) & mask;
-        while self.slots[i].series.is_some() {
-            let home = self.hasher.hash_one(self.key(&self.slots[i])) as usize & mask;
+        while !self.slots[i].is_empty() {
+            let home = self.hasher.hash_one(self.key(self.slots[i])) as usize & mask;
             // Distance from home to i, and from home to the hole, along the probe.
             if (i.wrapping_sub(home) & mask) >= (i.wrapping_sub(hole) & mask) {
                 self.slots.swap(hole, i);
@@ -211,9 +298,8 @@ impl<S: BuildHasher> RawCache<S> {
     /// Drops every entry; keeps the table's and the arena's allocations.
     pub(super) fn clear(&mut self) {
         if self.len > 0 {
-            self.slots.fill(Slot::default());
+            self.release_all();
         }
-        self.len = 0;
         self.arena.clear();
     }
 
@@ -225,24 +311,44 @@ impl<S: BuildHasher> RawCache<S> {
         }
     }
 
-    /// Hint: if the slot `hash` starts at holds a key with its tag, loads that key's
-    /// first bytes and its series into the CPU cache. Best after
-    /// [`RawCache::prefetch_slot`] had time to land.
+    /// Hint: if the slot `hash` starts at holds a key with its tag, loads that entry's
+    /// first bytes (its series' address and the key's start) into the CPU cache. Best
+    /// after [`RawCache::prefetch_slot`] had time to land.
     #[inline]
     pub(super) fn prefetch_entry(&self, hash: u64) {
-        let Some(s) = self.slots.get(hash as usize & self.mask()) else {
+        let Some(&s) = self.slots.get(hash as usize & self.mask()) else {
             return;
         };
-        if let Some(series) = &s.series
+        if !s.is_empty()
             && s.tag == Self::tag(hash)
+            && let Some(e) = self.arena.get(s.entry as usize)
         {
-            if let Some(k) = self.arena.get(s.key_off as usize) {
-                prefetch(std::ptr::from_ref(k));
-            }
-            // Taking the fields' addresses reads only the pointer, not the series.
+            prefetch(std::ptr::from_ref(e));
+        }
+    }
+
+    /// Hint: if the slot `hash` starts at holds a key with its tag, loads that entry's
+    /// series into the CPU cache. Best after [`RawCache::prefetch_entry`] had time to
+    /// land (this reads the series' address from the entry).
+    #[inline]
+    pub(super) fn prefetch_series(&self, hash: u64) {
+        let Some(&s) = self.slots.get(hash as usize & self.mask()) else {
+            return;
+        };
+        if !s.is_empty()
+            && s.tag == Self::tag(hash)
+            && let Some(series) = self.series(s)
+        {
+            // Taking the fields' addresses reads nothing of the series.
             prefetch(std::ptr::from_ref(&series.cell).cast());
             prefetch(std::ptr::from_ref(&series.touched_ms).cast());
         }
+    }
+}
+
+impl<S> Drop for RawCache<S> {
+    fn drop(&mut self) {
+        self.release_all();
     }
 }
 
@@ -269,7 +375,7 @@ mod tests {
         )
     }
 
-    fn id(s: &SharedSeries) -> u64 {
+    fn id(s: &Series) -> u64 {
         s.start_ms as u64
     }
 
@@ -357,6 +463,41 @@ mod tests {
         // And every key is still found.
         let k = "http_requests_total{path=\"/p/4321\",code=\"200\"}";
         assert!(c.get(k.as_bytes(), c.hash(k.as_bytes())).is_some());
+    }
+
+    #[test]
+    fn a_slot_is_8_bytes() {
+        // Eight per cache line; at 1M entries the table has 2^21 of them (16 MB).
+        assert_eq!(size_of::<Slot>(), 8);
+    }
+
+    /// Each entry owns one reference to its series, as an address in the arena: it
+    /// must be given back when the entry is removed, cleared or dropped, once.
+    #[test]
+    fn every_entry_gives_its_series_reference_back_once() {
+        let s = series(7);
+        let refs = || Keyed::references(&s);
+        let mut c = RawCache::new();
+        let keys: Vec<String> = (0..100).map(|i| format!("k{i}")).collect();
+        for k in &keys {
+            // 100 entries: the table grows twice on the way.
+            c.insert(k.as_bytes(), c.hash(k.as_bytes()), s.clone());
+        }
+        assert_eq!(refs(), 101);
+        for k in &keys[..30] {
+            c.remove(k.as_bytes(), c.hash(k.as_bytes()));
+            c.remove(k.as_bytes(), c.hash(k.as_bytes()));
+        }
+        assert_eq!(refs(), 71);
+        assert_eq!(c.get(b"k99", c.hash(b"k99")).map(id), Some(7));
+        c.clear();
+        assert_eq!(refs(), 1);
+        for k in &keys[..10] {
+            c.insert(k.as_bytes(), c.hash(k.as_bytes()), s.clone());
+        }
+        assert_eq!(refs(), 11);
+        drop(c);
+        assert_eq!(refs(), 1);
     }
 
     #[test]

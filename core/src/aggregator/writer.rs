@@ -180,11 +180,19 @@ impl Writer {
         RawHash(self.cache.hash(raw))
     }
 
-    /// Asks the CPU to load the key bytes and the series in the slot `hash` points
-    /// at, best some lines after [`Writer::prefetch_slot`] gave `hash`. Only a hint.
+    /// Asks the CPU to load the cache entry (the series' address and the key bytes)
+    /// in the slot `hash` points at, best some lines after [`Writer::prefetch_slot`]
+    /// gave `hash`. Only a hint.
     #[inline]
     pub(crate) fn prefetch_entry(&self, hash: RawHash) {
         self.cache.prefetch_entry(hash.0);
+    }
+
+    /// Asks the CPU to load the series of the cache entry `hash` points at, best some
+    /// lines after [`Writer::prefetch_entry`]. Only a hint.
+    #[inline]
+    pub(crate) fn prefetch_series(&self, hash: RawHash) {
+        self.cache.prefetch_series(hash.0);
     }
 
     /// [`Writer::record_cached`] with the hash [`Writer::prefetch_slot`] gave for `raw`.

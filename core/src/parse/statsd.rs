@@ -695,8 +695,8 @@ impl DatagramReport {
 /// Once the writer caches more than [`BATCH_ABOVE`] label sets, lines are applied in
 /// batches of up to [`BATCH`]: every line of a batch is parsed
 /// and its identity hashed first (which asks the CPU for the writer's cache slot),
-/// then the key and series of every line are prefetched, then the lines are applied
-/// in order. At 100k series and more each line's lookup is a few cache misses; the
+/// then every line's cache entry (its series' address and key bytes) is prefetched,
+/// then every line's series, then the lines are applied in order. At 100k series and more each line's lookup is a few cache misses; the
 /// batch lets those of different lines overlap instead of waiting one after another.
 /// Lines still apply in datagram order, so the result is the one of line-by-line
 /// application.
@@ -890,7 +890,8 @@ impl Decoder {
         });
     }
 
-    /// Prefetches every queued line's key and series, then applies the lines in order.
+    /// Prefetches every queued line's cache entry, then every line's series (whose
+    /// address is in the entry), then applies the lines in order.
     fn apply_batch(
         &mut self,
         batch: &mut Vec<Pending<'_>>,
@@ -899,6 +900,9 @@ impl Decoder {
     ) {
         for p in batch.iter() {
             writer.prefetch_entry(p.hash);
+        }
+        for p in batch.iter() {
+            writer.prefetch_series(p.hash);
         }
         let identities = std::mem::take(&mut self.identities);
         for p in batch.drain(..) {
