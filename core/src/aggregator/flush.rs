@@ -292,9 +292,9 @@ impl Aggregator {
 
     /// Takes every series' share since the previous flush, evicts series idle for
     /// `series_ttl` (their last shares end the batch: [`FlushBatch::evicted_series`]),
-    /// and returns the batch. `now_ms` is the flush time (milliseconds since the Unix epoch); tests
-    /// pass their own clock. Ingestion continues throughout; concurrent flushes run one
-    /// after the other.
+    /// and returns the batch. `now_ms` is the flush time (milliseconds since the Unix
+    /// epoch); tests pass their own clock. Ingestion continues throughout; concurrent
+    /// flushes run one after the other.
     pub fn flush_at(&self, now_ms: i64) -> FlushBatch {
         let sh = &*self.shared;
         let mut st = sh.flusher.lock().unwrap_or_else(|p| p.into_inner());

@@ -26,16 +26,16 @@
 //!   private table from the label set *as it arrives* (unsorted; for StatsD the line's
 //!   `name|tags` as sent) to its series, so validation, sorting and lookup in the
 //!   shared index run once per label set, not per point. The table (module `cache`) is
-//!   open addressing over 16-byte slots with the key bytes in one arena, and its slot
-//!   address depends on the hash alone, so a receiver can prefetch the slots, keys and
-//!   series of a batch of lines before applying them (the StatsD decoder does). The
-//!   cache is private to its writer (no atomics on a hit) and bounded: when full, new
-//!   label sets go through the index uncached until the next flush, when a full cache
-//!   is cleared and refills with the label sets in use. The default bound equals the
-//!   default `max_series` (1M): a working set above the bound pays the index's
-//!   validate-sort-encode-lookup (~0.5 µs) on every point of the uncached label sets,
-//!   which at 100k series with the former 65,536 bound lost a third of a 4M lines/s
-//!   load. Memory grows with the label sets in use, not with the bound. So a cache hit
+//!   open addressing over 8-byte slots with each entry (the series' address and the
+//!   key bytes) in one arena, and its slot address depends on the hash alone, so a
+//!   receiver can prefetch the slots, entries and series of a batch of lines before
+//!   applying them (the StatsD decoder does). The cache is private to its writer (no
+//!   atomics on a hit) and bounded: when full, new label sets go through the index
+//!   uncached until the next flush, when a full cache is cleared and refills with the
+//!   label sets in use. The default bound equals the default `max_series` (1M): a
+//!   working set above the bound pays the index's validate-sort-encode-lookup
+//!   (~0.5 µs) on every point of the uncached label sets, which at 100k series with
+//!   the former 65,536 bound lost a third of a 4M lines/s load. Memory grows with the label sets in use, not with the bound. So a cache hit
 //!   allocates nothing, and a working set larger than the cache costs one refill per
 //!   flush interval, not one per point. (A set-associative cache of fixed slots was
 //!   measured first: 3.6% conflict misses at 10k series in 64k slots, each a trip to
