@@ -98,12 +98,14 @@ impl RawCache {
 
 /// The entries' series (no hashing needed, so also for `Drop`).
 impl<S> RawCache<S> {
-    /// The series address stored at the start of `s`'s entry.
+    /// The series address stored at the start of `s`'s entry (stored by `insert`
+    /// with its provenance exposed, so taking it back from the integer is sound).
     #[inline]
     fn addr(&self, s: Slot) -> Option<NonNull<u8>> {
         let at = s.entry as usize;
         let bytes = self.arena.get(at..at + ADDR)?;
-        NonNull::new(usize::from_ne_bytes(bytes.try_into().ok()?) as *mut u8)
+        let addr = usize::from_ne_bytes(bytes.try_into().ok()?);
+        NonNull::new(std::ptr::with_exposed_provenance_mut::<u8>(addr))
     }
 
     /// The series of the occupied slot `s`.
@@ -226,7 +228,7 @@ impl<S: BuildHasher> RawCache<S> {
             self.grow();
         }
         self.reserve_entry(ADDR + raw.len());
-        let addr = Keyed::into_raw(series).as_ptr() as usize;
+        let addr = Keyed::into_raw(series).as_ptr().expose_provenance();
         self.arena.extend_from_slice(&addr.to_ne_bytes());
         self.arena.extend_from_slice(raw);
         let mask = self.mask();
