@@ -35,11 +35,12 @@
 //!   label sets in use. The default bound equals the default `max_series` (1M): a
 //!   working set above the bound pays the index's validate-sort-encode-lookup
 //!   (~0.5 µs) on every point of the uncached label sets, which at 100k series with
-//!   the former 65,536 bound lost a third of a 4M lines/s load. Memory grows with the label sets in use, not with the bound. So a cache hit
-//!   allocates nothing, and a working set larger than the cache costs one refill per
-//!   flush interval, not one per point. (A set-associative cache of fixed slots was
-//!   measured first: 3.6% conflict misses at 10k series in 64k slots, each a trip to
-//!   the index, cost more than the whole hit path.)
+//!   the former 65,536 bound lost a third of a 4M lines/s load. Memory grows with the
+//!   label sets in use, not with the bound. So a cache hit allocates nothing, and a
+//!   working set larger than the cache costs one refill per flush interval, not one
+//!   per point. (A set-associative cache of fixed slots was measured first: 3.6%
+//!   conflict misses at 10k series in 64k slots, each a trip to the index, cost more
+//!   than the whole hit path.)
 //! - **Cells**: see [`crate::cell`] for how updates and collections meet.
 //! - **Flusher list**: new series are pushed on a lock-free queue; the flusher drains
 //!   it into its own dense `Vec` of series addresses, which it walks on every flush

@@ -693,11 +693,12 @@ impl DatagramReport {
 /// line of an already cached series allocates nothing. One per receiving thread.
 ///
 /// Once the writer caches more than [`BATCH_ABOVE`] label sets, lines are applied in
-/// batches of up to [`BATCH`]: every line of a batch is parsed
-/// and its identity hashed first (which asks the CPU for the writer's cache slot),
-/// then every line's cache entry (its series' address and key bytes) is prefetched,
-/// then every line's series, then the lines are applied in order. At 100k series and more each line's lookup is a few cache misses; the
-/// batch lets those of different lines overlap instead of waiting one after another.
+/// batches of up to [`BATCH`]: every line of a batch is parsed and its identity hashed
+/// first (which asks the CPU for the writer's cache slot), then every line's cache
+/// entry (its series' address and key bytes) is prefetched, then every line's series,
+/// then the lines are applied in order. At 100k series and more each line's lookup is
+/// a few cache misses; the batch lets those of different lines overlap instead of
+/// waiting one after another.
 /// Lines still apply in datagram order, so the result is the one of line-by-line
 /// application.
 pub struct Decoder {
