@@ -1,6 +1,7 @@
 """Exactness under threads, and generate_latest() versus flushes."""
 
 import threading
+import time
 
 import weir
 from conftest import samples
@@ -119,3 +120,29 @@ def test_flushes_and_scrapes_racing_increments_lose_and_double_nothing(instance)
     latest = samples(instance.generate_latest())
     assert sum(v for (n, _), v in latest.items() if n == "raced_total") == 4 * per_thread
     assert latest[("raced_size_count", frozenset())] == 4 * per_thread
+
+
+def test_the_last_share_of_an_evicted_series_says_evicted(tmp_path):
+    """A child removed from its metric ages out by `series_ttl`; the flush that evicts
+    it carries its last share, marked `evicted` (the batch counts such entries)."""
+    inst = weir.Instance(
+        f'data_dir = "{tmp_path}"\n[aggregation]\nflush_interval = "1h"\nseries_ttl = "1ms"\n'
+    )
+    try:
+        c = weir.Counter("jobs", "Jobs.", ["queue"], instance=inst)
+        c.labels("mail").inc(2)
+        c.labels("sms").inc(1)
+        c.remove("mail")  # its handle goes with the child; "sms" keeps its own
+        first = {s["labels"]["queue"]: s for s in inst.flush()}
+        assert {q: (s["delta"], s["evicted"]) for q, s in first.items()} == {
+            "mail": (2.0, False),
+            "sms": (1.0, False),
+        }
+        time.sleep(0.05)
+        last = inst.flush()
+        assert [(s["labels"]["queue"], s["delta"], s["total"], s["evicted"]) for s in last] == [
+            ("sms", 0.0, 1.0, False),
+            ("mail", 0.0, 2.0, True),
+        ]
+    finally:
+        inst.close(0)
