@@ -313,16 +313,20 @@ impl<S: BuildHasher> RawCache<S> {
         }
     }
 
+    /// The slot `hash` starts probing at, if it holds an entry with `hash`'s tag: the
+    /// likely entry, for the prefetch hints (a hint that misses only costs a load).
+    #[inline]
+    fn tagged_home(&self, hash: u64) -> Option<Slot> {
+        let s = *self.slots.get(hash as usize & self.mask())?;
+        (!s.is_empty() && s.tag == Self::tag(hash)).then_some(s)
+    }
+
     /// Hint: if the slot `hash` starts at holds a key with its tag, loads that entry's
     /// first bytes (its series' address and the key's start) into the CPU cache. Best
     /// after [`RawCache::prefetch_slot`] had time to land.
     #[inline]
     pub(super) fn prefetch_entry(&self, hash: u64) {
-        let Some(&s) = self.slots.get(hash as usize & self.mask()) else {
-            return;
-        };
-        if !s.is_empty()
-            && s.tag == Self::tag(hash)
+        if let Some(s) = self.tagged_home(hash)
             && let Some(e) = self.arena.get(s.entry as usize)
         {
             prefetch(std::ptr::from_ref(e));
@@ -334,11 +338,7 @@ impl<S: BuildHasher> RawCache<S> {
     /// land (this reads the series' address from the entry).
     #[inline]
     pub(super) fn prefetch_series(&self, hash: u64) {
-        let Some(&s) = self.slots.get(hash as usize & self.mask()) else {
-            return;
-        };
-        if !s.is_empty()
-            && s.tag == Self::tag(hash)
+        if let Some(s) = self.tagged_home(hash)
             && let Some(series) = self.series(s)
         {
             // Taking the fields' addresses reads nothing of the series.
