@@ -7,7 +7,7 @@ use std::time::Duration;
 use weir_core::point::{HistogramValue, Quantile, SummaryValue};
 use weir_core::{
     Aggregator, AggregatorConfig, FlushBatch, FlushedValue, MetricKind, Sample, SeriesKey,
-    Temporality,
+    Temporality, Writer,
 };
 
 const DELTA: Temporality = Temporality::Delta;
@@ -813,6 +813,61 @@ fn raw_identity_path_hits_misses_and_follows_evictions() {
         FlushedValue::Counter {
             delta: 2.0,
             total: 4.0 // the successor resumes the evicted series' total
+        }
+    );
+}
+
+/// [`Writer::begin_sequence`]'s path: a body like the last is found sample by sample,
+/// a refusal keeps the sample's place, and an evicted series is found again through
+/// the index (its successor resumes its total).
+#[test]
+fn sequenced_path_hits_misses_and_follows_evictions() {
+    let agg = Aggregator::new(AggregatorConfig {
+        series_ttl: Duration::from_secs(60),
+        ..Default::default()
+    });
+    let mut w = agg.writer();
+    let one = Sample::Counter(1.0, DELTA);
+    let lines = [
+        (&b"jobs_total{q=\"a\"}"[..], [("q", "a")]),
+        (&b"jobs_total{q=\"b\"}"[..], [("q", "b")]),
+    ];
+    // Records one body; returns how many samples were found without the index.
+    let body = |w: &mut Writer, sample: Sample<'_>| {
+        w.begin_sequence();
+        let mut found = 0;
+        for (ident, labels) in &lines {
+            match w.record_sequenced_since(ident, sample, 0, 0) {
+                Ok(true) => found += 1,
+                Ok(false) => w
+                    .record_sequenced_new_since(ident, "jobs_total", labels, sample, 0, 0)
+                    .unwrap(),
+                Err(e) => assert_eq!(e.as_str(), "type_conflict"),
+            }
+        }
+        w.end_sequence();
+        found
+    };
+    assert_eq!(body(&mut w, one), 0, "first body");
+    assert_eq!(body(&mut w, one), 2);
+    // A kind conflict is refused and counted; the series keep their places.
+    assert_eq!(body(&mut w, Sample::Gauge(1.0)), 0);
+    assert_eq!(agg.stats().rejected("type_conflict"), 2);
+    assert_eq!(body(&mut w, one), 2);
+    let t0 = 1_000_000_000_000;
+    assert_eq!(agg.flush_at(t0).counter_delta_sum(), 6.0);
+    let b = agg.flush_at(t0 + MINUTE);
+    assert_eq!(b.evicted_series().len(), 2);
+    // Both sequenced series are sealed now: misses, and the points go to successors.
+    assert_eq!(body(&mut w, one), 0);
+    assert_eq!(body(&mut w, one), 2);
+    assert_eq!(w.cached(), 2);
+    let b = agg.flush_at(t0 + 3 * MINUTE);
+    assert_eq!(
+        value_of(&b, &key("jobs_total", &[("q", "a")])),
+        FlushedValue::Counter {
+            delta: 2.0,
+            total: 5.0 // the successor resumes the evicted series' total
         }
     );
 }

@@ -25,8 +25,9 @@
 //! Deletion (of a series found evicted) gives the entry's reference back and shifts
 //! later entries of the probe run back, so no tombstones are needed; its bytes stay in
 //! the arena until the next [`RawCache::clear`]. Keys longer than `u16::MAX` bytes are
-//! never cached. This module's `unsafe` is the arena's addresses: `RawCache::series`
-//! and `RawCache::release`.
+//! never cached. This module's `unsafe` is the arena's addresses (`owned_at` and
+//! `take_owned`, which the writer's [`SeriesSequence`](super::sequence::SeriesSequence)
+//! stores the same way).
 
 use std::hash::BuildHasher;
 use std::marker::PhantomData;
@@ -64,8 +65,54 @@ impl Slot {
     }
 }
 
-/// Bytes of an entry's series address in the arena.
-const ADDR: usize = size_of::<usize>();
+/// Bytes of a series address in an arena (an entry's first bytes, here and in
+/// [`SeriesSequence`](super::sequence::SeriesSequence)).
+pub(super) const ADDR: usize = size_of::<usize>();
+
+/// Appends `series` to `arena` as its address (native-endian, unaligned): the arena
+/// then owns that reference, which [`take_owned`] gives back once. The address is
+/// stored with its provenance exposed, so [`owned_at`] may take it back from the integer.
+pub(super) fn push_owned(arena: &mut Vec<u8>, series: SharedSeries) {
+    let addr = Keyed::into_raw(series).as_ptr().expose_provenance();
+    arena.extend_from_slice(&addr.to_ne_bytes());
+}
+
+/// The address stored at `at` in `arena` by [`push_owned`].
+#[inline]
+fn addr_at(arena: &[u8], at: usize) -> Option<NonNull<u8>> {
+    let bytes = arena.get(at..at + ADDR)?;
+    let addr = usize::from_ne_bytes(bytes.try_into().ok()?);
+    NonNull::new(std::ptr::with_exposed_provenance_mut::<u8>(addr))
+}
+
+/// The series whose address [`push_owned`] stored at `at` in `arena`.
+///
+/// # Safety
+/// The reference stored at `at` has not been taken back ([`take_owned`]), and is not
+/// while the returned borrow lives: callers tie it to a borrow of the arena's owner,
+/// whose `&mut` methods are the only ones that take references back.
+#[inline]
+pub(super) unsafe fn owned_at<'a>(arena: &[u8], at: usize) -> Option<&'a Series> {
+    let addr = addr_at(arena, at)?;
+    // SAFETY: the address was given up by `Keyed::<Series>::into_raw` in `push_owned`
+    // and the arena still owns that reference (the caller's contract). `ManuallyDrop`
+    // keeps this borrow from releasing it.
+    let entry = ManuallyDrop::new(unsafe { Keyed::<Series>::from_raw(addr) });
+    // SAFETY: `Keyed::as_ptr` points at the series, alive while the arena's reference
+    // is, which the caller keeps for the borrow's life.
+    Some(unsafe { &*Keyed::as_ptr(&entry) })
+}
+
+/// Takes back the reference [`push_owned`] stored at `at` in `arena`.
+///
+/// # Safety
+/// At most once per reference pushed, and no borrow from [`owned_at`] of it lives.
+pub(super) unsafe fn take_owned(arena: &[u8], at: usize) -> Option<SharedSeries> {
+    let addr = addr_at(arena, at)?;
+    // SAFETY: given up by `into_raw` in `push_owned`, taken back once (the caller's
+    // contract).
+    Some(unsafe { Keyed::<Series>::from_raw(addr) })
+}
 
 /// The raw-identity cache of one [`Writer`](super::Writer); see the module doc.
 /// Every `hash` argument must be [`RawCache::hash`] of the key it comes with (entries
@@ -98,38 +145,21 @@ impl RawCache {
 
 /// The entries' series (no hashing needed, so also for `Drop`).
 impl<S> RawCache<S> {
-    /// The series address stored at the start of `s`'s entry (stored by `insert`
-    /// with its provenance exposed, so taking it back from the integer is sound).
-    #[inline]
-    fn addr(&self, s: Slot) -> Option<NonNull<u8>> {
-        let at = s.entry as usize;
-        let bytes = self.arena.get(at..at + ADDR)?;
-        let addr = usize::from_ne_bytes(bytes.try_into().ok()?);
-        NonNull::new(std::ptr::with_exposed_provenance_mut::<u8>(addr))
-    }
-
     /// The series of the occupied slot `s`.
     #[inline]
     fn series(&self, s: Slot) -> Option<&Series> {
-        let addr = self.addr(s)?;
-        // SAFETY: the address was given up by `Keyed::<Series>::into_raw` in `insert`,
-        // and the entry still owns that reference: only `release` (from `remove` and
-        // `clear`, which take `&mut self`, so not while the returned borrow lives) takes
-        // it back. `ManuallyDrop` keeps this borrow from releasing it.
-        let entry = ManuallyDrop::new(unsafe { Keyed::<Series>::from_raw(addr) });
-        // SAFETY: `Keyed::as_ptr` points at the series, alive while the entry's
-        // reference is (see above), so for as long as `&self`.
-        Some(unsafe { &*Keyed::as_ptr(&entry) })
+        // SAFETY: `insert` pushed the entry's reference with `push_owned`, and only
+        // `release` (from `remove` and `clear`, which take `&mut self`, so not while the
+        // returned borrow of `self` lives) takes it back.
+        unsafe { owned_at(&self.arena, s.entry as usize) }
     }
 
     /// Gives back the reference the occupied slot `s`'s entry owns; the caller then
     /// empties the slot.
     fn release(&mut self, s: Slot) {
-        if let Some(addr) = self.addr(s) {
-            // SAFETY: as in `series`: this entry's reference, taken back once, here,
-            // as its slot is emptied.
-            drop(unsafe { Keyed::<Series>::from_raw(addr) });
-        }
+        // SAFETY: as in `series`: this entry's reference, taken back once, here, as its
+        // slot is emptied; `&mut self` means no borrow of it lives.
+        drop(unsafe { take_owned(&self.arena, s.entry as usize) });
     }
 
     /// Gives back every entry's reference and empties every slot.
@@ -228,8 +258,7 @@ impl<S: BuildHasher> RawCache<S> {
             self.grow();
         }
         self.reserve_entry(ADDR + raw.len());
-        let addr = Keyed::into_raw(series).as_ptr().expose_provenance();
-        self.arena.extend_from_slice(&addr.to_ne_bytes());
+        push_owned(&mut self.arena, series);
         self.arena.extend_from_slice(raw);
         let mask = self.mask();
         let mut i = hash as usize & mask;

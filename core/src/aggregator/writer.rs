@@ -13,6 +13,7 @@ use crate::point::{MetricPoint, Sample};
 
 use super::cache::RawCache;
 use super::index::{Scratch, Shared};
+use super::sequence::{Found, SeriesSequence};
 use super::series::Refusal;
 
 use super::Rejected;
@@ -33,6 +34,9 @@ pub struct Writer {
     pub(super) shared: Arc<Shared>,
     /// Raw (arrival-order) identity bytes to series; at most `writer_cache_capacity`.
     pub(super) cache: RawCache,
+    /// The series of the last body read with [`Writer::begin_sequence`], in order; at
+    /// most `writer_cache_capacity`.
+    pub(super) sequence: SeriesSequence,
     /// The flush count when the cache was last cleared: a full cache is cleared at
     /// most once per flush.
     pub(super) cleared_at_flush: u64,
@@ -323,6 +327,129 @@ impl Writer {
         Ok(())
     }
 
+    /// Starts a body from a source that sends the same series in the same order every
+    /// time, as a scrape target does: its samples are recorded with
+    /// [`Writer::record_sequenced_since`], and [`Writer::end_sequence`] ends it. The
+    /// writer remembers the last body's series in order (a few bytes per series
+    /// beside its address, where [`Writer::record_cached`]'s table keeps a slot and a
+    /// copy of the identity), and finds each sample's series by comparing its identity
+    /// with the one expected next. One writer per source: two sources' bodies would
+    /// undo each other's order.
+    ///
+    /// ```
+    /// use weir_core::{Aggregator, Sample};
+    /// let agg = Aggregator::default();
+    /// let mut w = agg.writer();
+    /// for value in [1.0, 2.0] {
+    ///     w.begin_sequence();
+    ///     for (ident, name, labels) in [
+    ///         (&b"temp{room=\"a\"}"[..], "temp", [("room", "a")]),
+    ///         (&b"temp{room=\"b\"}"[..], "temp", [("room", "b")]),
+    ///     ] {
+    ///         if !w.record_sequenced_since(ident, Sample::Gauge(value), 0, 0).unwrap() {
+    ///             w.record_sequenced_new_since(ident, name, &labels, Sample::Gauge(value), 0, 0)
+    ///                 .unwrap();
+    ///         }
+    ///     }
+    ///     w.end_sequence();
+    /// }
+    /// assert_eq!((w.cached(), w.cache_misses()), (2, 2)); // the second body: two hits
+    /// ```
+    pub fn begin_sequence(&mut self) {
+        self.sequence.begin();
+    }
+
+    /// Applies `sample` to the series the current body's sample with identity `ident`
+    /// had in the last body, if `ident` is the one expected next (or the one after it:
+    /// the expected series left the body). `ident` is the sample's name and labels as
+    /// the source spells them; equal bytes must mean equal name and labels. Returns
+    /// `Ok(false)` when `ident` is not found (a new series, another order, an evicted
+    /// series); the caller then calls [`Writer::record_sequenced_new_since`] with the
+    /// same `ident`. `start_ms` as for [`Writer::record_since`].
+    ///
+    /// # Errors
+    /// [`Rejected`], counted, for an invalid value or a kind conflict.
+    #[inline]
+    pub fn record_sequenced_since(
+        &mut self,
+        ident: &[u8],
+        sample: Sample<'_>,
+        timestamp_ms: i64,
+        start_ms: i64,
+    ) -> Result<bool, Rejected> {
+        let Some(found) = self.sequence.find(ident) else {
+            self.misses += 1;
+            return Ok(false);
+        };
+        if found == Found::AfterExpected {
+            self.sequence.skip_expected();
+        }
+        let start = self.shared.since(start_ms);
+        let now = self.shared.clock_ms.load(Ordering::Relaxed);
+        if let Err(e) = self.shared.check(&sample) {
+            self.sequence.take_expected();
+            return Err(e);
+        }
+        let Some(series) = self.sequence.expected_series() else {
+            self.misses += 1;
+            return Ok(false);
+        };
+        match series.apply(&sample, timestamp_ms, now, start) {
+            Ok(()) => {
+                self.sequence.take_expected();
+                Ok(true)
+            }
+            Err(Refusal::Rejected(e)) => {
+                self.sequence.take_expected();
+                self.shared.reject(e)
+            }
+            Err(Refusal::Sealed) => {
+                // Evicted: forget it; the caller goes through the index to its successor.
+                self.sequence.forget_expected();
+                self.misses += 1;
+                Ok(false)
+            }
+        }
+    }
+
+    /// The miss path of [`Writer::record_sequenced_since`]: resolves `name` + `labels`
+    /// through the shared index (creating the series if admitted), applies `sample`,
+    /// and remembers the series at this place in the body under `ident`.
+    ///
+    /// # Errors
+    /// [`Rejected`], counted, when the point is refused.
+    #[allow(clippy::too_many_arguments)]
+    pub fn record_sequenced_new_since(
+        &mut self,
+        ident: &[u8],
+        name: &str,
+        labels: &[(&str, &str)],
+        sample: Sample<'_>,
+        timestamp_ms: i64,
+        start_ms: i64,
+    ) -> Result<(), Rejected> {
+        let start = self.shared.since(start_ms);
+        self.shared.check(&sample)?;
+        let series = self.shared.record_slow(
+            name,
+            labels,
+            &sample,
+            timestamp_ms,
+            start,
+            &mut self.scratch,
+        )?;
+        let capacity = self.shared.config.writer_cache_capacity;
+        self.sequence.push(ident, series, capacity);
+        Ok(())
+    }
+
+    /// Ends the body begun by [`Writer::begin_sequence`]: the series of the last body
+    /// that this one did not have are forgotten, and the next body is expected in this
+    /// one's order.
+    pub fn end_sequence(&mut self) {
+        self.sequence.end();
+    }
+
     /// Applies an owned [`MetricPoint`].
     ///
     /// # Errors
@@ -336,9 +463,10 @@ impl Writer {
         self.record(&p.name, &labels, p.sample(), p.timestamp_ms)
     }
 
-    /// Label sets currently cached.
+    /// Label sets currently cached, in the table and in the sequence of the last body
+    /// (see [`Writer::begin_sequence`]).
     pub fn cached(&self) -> usize {
-        self.cache.len()
+        self.cache.len() + self.sequence.len()
     }
 
     /// Points this writer could not apply from its cache (new label sets, a full

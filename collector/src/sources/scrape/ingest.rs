@@ -6,30 +6,26 @@
 //! never: allocate per sample once a target's series are known, or let one identity
 //! (below) stand for two label sets.
 //!
-//! # The steady state is one lookup per sample
+//! # The steady state is one comparison per sample
 //! A target serves the same lines scrape after scrape; only the values change. So each
-//! text sample line, and each protobuf counter, gauge or untyped sample, is looked up
-//! in its target's [`Writer`] cache by its name and label set as the body spells them
-//! ([`Format::parse_identified`]), prefixed by [`IDENT_MARK`]: a hit applies the value without merging the target's labels,
-//! sorting or encoding anything. Only a miss merges the labels into a reused buffer
-//! and goes through the shared index, caching the series under those bytes.
+//! text sample line, and each protobuf counter, gauge or untyped sample, is checked
+//! against the series its target's [`Writer`] expects next in the body
+//! ([`Writer::begin_sequence`]), by its name and label set as the body spells them
+//! ([`Format::parse_identified`]): a hit applies the value without merging the
+//! target's labels, sorting or encoding anything. Only a miss merges the labels into a
+//! reused buffer and goes through the shared index, and the writer remembers the
+//! series at that place in the body.
 //!
 //! That is sound because the merged label set follows from the identity and the
 //! target's labels alone, and each target has its own writer for as long as its labels
 //! stay the same (a target whose labels change is a new target with a new writer, see
-//! `Scraper::reconcile`). The writer also caches the series the scraper records
-//! itself (`up`, ...) and histograms and summaries, which have no identity of their
-//! own, under the aggregator's raw label encoding: that starts with the
-//! metric name, whose first byte is never [`IDENT_MARK`] (a byte UTF-8 never holds),
-//! so the two kinds of key never meet.
+//! `Scraper::reconcile`). The series the scraper records itself (`up`, ...) and
+//! histograms and summaries, which have no identity of their own, go through the
+//! writer's table under the aggregator's raw label encoding.
 
 use weir_core::Writer;
 use weir_core::key::LabelBuf;
 use weir_core::parse::exposition::{Format, ParseReport};
-
-/// The byte in front of a line's identity in a writer cache key: `0xFE` occurs in no
-/// UTF-8 text, so no metric name (the first bytes of every other key) starts with it.
-const IDENT_MARK: u8 = 0xFE;
 
 /// A target's labels (`job`, `instance`, its extra labels) and whether scraped labels
 /// win a clash (`honor_labels`).
@@ -98,12 +94,12 @@ pub(super) fn parse_into(
     format: Format,
     body: &[u8],
 ) -> ParseReport {
-    let mut key: Vec<u8> = Vec::with_capacity(128);
     let mut merged = LabelBuf::default();
+    writer.begin_sequence();
     // The start time (OpenMetrics `_created`, protobuf `created_timestamp`) lets a
     // counter that started after weir count its first value, and tells a restart by a
     // new start.
-    format.parse_identified(body, &mut |ident, name, labels, sample, ts, start| {
+    let report = format.parse_identified(body, &mut |ident, name, labels, sample, ts, start| {
         let Some(ident) = ident else {
             merged.with(|m| {
                 target.merge(labels, m);
@@ -111,20 +107,19 @@ pub(super) fn parse_into(
             });
             return;
         };
-        key.clear();
-        key.push(IDENT_MARK);
-        key.extend_from_slice(ident);
         if !matches!(
-            writer.record_cached_since(&key, sample, ts, start),
+            writer.record_sequenced_since(ident, sample, ts, start),
             Ok(false)
         ) {
             return; // applied, or refused (counted)
         }
         merged.with(|m| {
             target.merge(labels, m);
-            let _ = writer.record_with_raw_since(&key, name, m, sample, ts, start);
+            let _ = writer.record_sequenced_new_since(ident, name, m, sample, ts, start);
         });
-    })
+    });
+    writer.end_sequence();
+    report
 }
 
 #[cfg(test)]
@@ -303,9 +298,12 @@ mod tests {
     /// every body, whatever the label order, escapes, clashes and format.
     #[test]
     fn lines_found_by_their_bytes_land_where_their_labels_do() {
-        let bodies: [(Format, Vec<u8>); 5] = [
+        let bodies: [(Format, Vec<u8>); 7] = [
             (Format::Text, b"# TYPE c counter\nc_total{a=\"1\",job=\"x\"} 1\nc_total{job=\"x\",a=\"1\"} 2\ng{p=\"q\\\"r\"} 3\ng 4\nup 1\n".to_vec()),
             (Format::Text, b"# TYPE c counter\nc_total{a=\"1\",job=\"x\"} 5\nc_total{job=\"x\",a=\"1\"} 6\ng{p=\"q\\\"r\"} 7\ng 8\nup 0\n".to_vec()),
+            // A line gone, one new, two swapped: the sequence is rewritten.
+            (Format::Text, b"g 9\n# TYPE c counter\nc_total{job=\"x\",a=\"1\"} 10\nc_total{a=\"1\",job=\"x\"} 11\nup 1\n".to_vec()),
+            (Format::Text, b"g 12\n# TYPE c counter\nc_total{job=\"x\",a=\"1\"} 13\nc_total{a=\"1\",job=\"x\"} 14\nup 1\n".to_vec()),
             (Format::OpenMetrics, b"# TYPE c counter\nc_total{a=\"1\",job=\"x\"} 9\n# EOF\n".to_vec()),
             (Format::Protobuf, protobuf_body(10.0)),
             (Format::Protobuf, protobuf_body(11.0)),
@@ -316,6 +314,7 @@ mod tests {
             let new = Aggregator::new(AggregatorConfig::default());
             let old = Aggregator::new(AggregatorConfig::default());
             let (mut wn, mut wo) = (new.writer(), old.writer());
+            let mut misses = 0;
             for (i, (format, body)) in bodies.iter().enumerate() {
                 let r = parse_into(&mut wn, &t, *format, body);
                 format.parse(body, &mut |name, labels, sample, ts, start| {
@@ -326,6 +325,11 @@ mod tests {
                 });
                 assert_eq!(totals(&new), totals(&old), "body {i}, honor {honor}");
                 assert!(r.samples > 0);
+                if i == 3 {
+                    // The same lines as body 2, in its order: found without a miss.
+                    assert_eq!(wn.cache_misses(), misses, "honor {honor}");
+                }
+                misses = wn.cache_misses();
             }
             assert!(wn.cached() > 0);
         }
