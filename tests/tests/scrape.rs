@@ -522,16 +522,16 @@ fn scraped_counters_become_exact_deltas_and_garbage_is_reported() {
     );
 }
 
-/// weir caps a connection's reads at 32 KiB (idle keep-alive connections keep their
-/// buffer), which bounds a response head: one of 20 KiB is scraped, one of 64 KiB
+/// weir caps a connection's reads at 8 KiB (idle keep-alive connections keep their
+/// buffer), which bounds a response head: one of 6 KiB is scraped, one of 64 KiB
 /// fails the scrape as `request_failed` and is named in the log. (Between the two, a
 /// head passes if the reads that brought it in happened to end inside it.)
 #[test]
-fn a_response_head_up_to_32_kib_is_scraped_and_a_larger_one_fails_the_scrape() {
+fn a_response_head_up_to_8_kib_is_scraped_and_a_larger_one_fails_the_scrape() {
     let text = |name: &str| format!("{name}_total 7\n").into_bytes();
     let plain = "text/plain; version=0.0.4";
     let (big, big_scrapes, _) = serve_responses(
-        vec![Response::new(plain, text("big")).padded(20 << 10)],
+        vec![Response::new(plain, text("big")).padded(6 << 10)],
         1000,
     );
     let (huge, _, _) = serve_responses(
@@ -556,7 +556,7 @@ fn a_response_head_up_to_32_kib_is_scraped_and_a_larger_one_fails_the_scrape() {
     assert_eq!(field(&failed, "reason"), Some("request_failed"), "{failed}");
     big_scrapes
         .recv_timeout(TIMEOUT)
-        .expect("the 20 KiB head was answered");
+        .expect("the 6 KiB head was answered");
     let deadline = std::time::Instant::now() + TIMEOUT;
     loop {
         let metrics = http_get(&page, "/metrics");

@@ -213,13 +213,15 @@ pub const ACCEPT: &str = "application/vnd.google.protobuf;proto=io.prometheus.cl
 const ACCEPT_ENCODING: &str = "gzip";
 
 /// The most a target's connection asks its socket for at once (hyper's
-/// `max_buf_size`). Between scrapes an idle keep-alive connection keeps its read
-/// buffer, which hyper grows to 400 KB by default; at 1,000 targets the buffers held
-/// ~60 MB. A body is collected from several reads either way. It also bounds the
-/// response head: one up to 32 KiB is always read; a larger one fails the scrape as
-/// `request_failed` once a read leaves it incomplete past 32 KiB, which depends on how
-/// the reads fell (on a fresh connection over loopback, from ~48 KiB on).
-const READ_BUF_MAX: usize = 32 << 10;
+/// `max_buf_size`; 8 KiB is the least hyper takes). Between scrapes an idle keep-alive
+/// connection keeps its read buffer, which hyper grows to 400 KB by default; at 1,000
+/// targets the buffers held ~60 MB, and ~33 MB at 32 KiB. A body is collected from
+/// several reads either way. It also bounds the response head: one up to 8 KiB is
+/// always read; a larger one fails the scrape as `request_failed` once a read leaves
+/// it incomplete past 8 KiB, which depends on how the reads fell. Scrape targets send
+/// heads of a few hundred bytes, and vmagent refuses heads over 4 KiB by default
+/// (`-promscrape.maxResponseHeadersSize`).
+const READ_BUF_MAX: usize = 8 << 10;
 
 /// Why one scrape failed. Stable names for counters and logs.
 #[derive(Debug, thiserror::Error)]
