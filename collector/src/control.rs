@@ -65,24 +65,50 @@ pub struct FlushSummary {
     pub pipeline_heads: Vec<weir_core::wal::WalPosition>,
 }
 
+/// What one flush's batch held, summed over its chunks (see
+/// [`Aggregator::flush_chunked_at`](weir_core::Aggregator::flush_chunked_at)).
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct BatchCounts {
+    /// The batch's sequence number.
+    pub sequence: u64,
+    /// When the flush ran, ms since the Unix epoch.
+    pub end_ms: i64,
+    /// Entries (live series plus final entries of evicted ones).
+    pub series: usize,
+    /// Final entries of evicted series.
+    pub evicted: usize,
+    /// Sum of counter deltas.
+    pub counter_delta_sum: f64,
+    /// Histogram observations.
+    pub histogram_observations: u64,
+}
+
+impl BatchCounts {
+    /// Adds `batch`, a whole flush or one chunk of it.
+    pub fn add(&mut self, batch: &FlushBatch) {
+        self.sequence = batch.sequence;
+        self.end_ms = batch.end_ms;
+        self.series += batch.series.len();
+        self.evicted += batch.evicted;
+        for s in &batch.series {
+            match &s.value {
+                FlushedValue::Histogram { delta, .. } => self.histogram_observations += delta.count,
+                FlushedValue::Counter { delta, .. } => self.counter_delta_sum += delta,
+                _ => {}
+            }
+        }
+    }
+}
+
 impl FlushSummary {
-    /// Summarises `batch`, with `stats` read right after it and the rejected total of
-    /// the previous summary.
+    /// Summarises a flush from what its batch held, with `stats` read right after it
+    /// and the rejected total of the previous summary.
     pub fn new(
-        batch: &FlushBatch,
+        counts: &BatchCounts,
         stats: &AggregatorStats,
         previous_rejected: u64,
         duration: Duration,
     ) -> FlushSummary {
-        // One walk over the batch (at 1M series each walk is ~40 MB of memory).
-        let (mut histogram_observations, mut counter_delta_sum) = (0, 0.0);
-        for s in &batch.series {
-            match &s.value {
-                FlushedValue::Histogram { delta, .. } => histogram_observations += delta.count,
-                FlushedValue::Counter { delta, .. } => counter_delta_sum += delta,
-                _ => {}
-            }
-        }
         let rejected_total: u64 = stats.rejected.iter().map(|(_, n)| n).sum();
         let reasons: Vec<String> = stats
             .rejected
@@ -91,12 +117,12 @@ impl FlushSummary {
             .map(|(r, n)| format!("{r}={n}"))
             .collect();
         FlushSummary {
-            sequence: batch.sequence,
-            end_ms: batch.end_ms,
-            series: batch.series.len(),
-            evicted: batch.evicted,
-            counter_delta_sum,
-            histogram_observations,
+            sequence: counts.sequence,
+            end_ms: counts.end_ms,
+            series: counts.series,
+            evicted: counts.evicted,
+            counter_delta_sum: counts.counter_delta_sum,
+            histogram_observations: counts.histogram_observations,
             active_series: stats.active_series,
             rejected_total,
             rejected_since_last: rejected_total.saturating_sub(previous_rejected),

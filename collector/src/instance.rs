@@ -37,7 +37,7 @@ use tracing::warn;
 use weir_core::{Aggregator, FlushBatch};
 
 use crate::config::{Config, ConfigError};
-use crate::control::FlushSummary;
+use crate::control::{BatchCounts, FlushSummary};
 use crate::pipeline::{Pipeline, PipelineError, PipelineSet};
 use crate::telemetry::{Kind, MetricsPage, ProcessMetrics, StageMetrics, Telemetry, labels};
 
@@ -240,17 +240,54 @@ struct Flusher {
     metrics: Arc<AggregationMetrics>,
 }
 
+/// Live entries per chunk of a flush whose batch nobody keeps (the periodic and
+/// requested flushes): each chunk is encoded into every pipeline as it comes, so a
+/// flush holds ~2.6 MB of batch (40 bytes an entry) rather than an entry per series
+/// (40 MB at 1M series). At 1M series a flush appends ~16 chunks' records.
+const FLUSH_CHUNK: usize = 1 << 16;
+
 impl Flusher {
-    /// Flushes once on the calling thread: every pipeline encodes the same batch and
-    /// appends it to its WAL (never waiting on a backend), and the summary is logged
-    /// with `message`.
-    fn flush(&mut self, message: &str) -> (FlushSummary, FlushBatch) {
+    /// Flushes once on the calling thread in chunks, each encoded by every pipeline
+    /// and appended to its WAL as it comes (never waiting on a backend); the summary
+    /// is logged with `message`.
+    fn flush(&mut self, message: &str) -> FlushSummary {
+        let started = Instant::now();
+        let mut counts = BatchCounts::default();
+        let mut heads = Vec::new();
+        let mut encoding = Duration::ZERO;
+        let pipelines = &self.pipelines;
+        self.aggregator.flush_chunked(FLUSH_CHUNK, |chunk| {
+            counts.add(chunk);
+            let t = Instant::now();
+            heads = pipelines.iter().map(|p| p.accept(chunk)).collect();
+            encoding += t.elapsed();
+        });
+        let duration = started.elapsed().saturating_sub(encoding);
+        self.finish(&counts, duration, heads, message)
+    }
+
+    /// [`Flusher::flush`] in one batch, which it returns.
+    fn flush_whole(&mut self, message: &str) -> (FlushSummary, FlushBatch) {
         let started = Instant::now();
         let batch = self.aggregator.flush();
         let duration = started.elapsed();
         let heads = self.pipelines.iter().map(|p| p.accept(&batch)).collect();
+        let mut counts = BatchCounts::default();
+        counts.add(&batch);
+        (self.finish(&counts, duration, heads, message), batch)
+    }
+
+    /// Logs and keeps the summary of a flush whose walk took `duration` (encoding
+    /// excluded) and left the pipelines' WALs at `heads`.
+    fn finish(
+        &mut self,
+        counts: &BatchCounts,
+        duration: Duration,
+        heads: Vec<weir_core::wal::WalPosition>,
+        message: &str,
+    ) -> FlushSummary {
         let mut summary = FlushSummary::new(
-            &batch,
+            counts,
             &self.aggregator.stats(),
             self.rejected_seen,
             duration,
@@ -264,7 +301,7 @@ impl Flusher {
             .lock()
             .unwrap_or_else(|p| p.into_inner()) = Some(summary.clone());
         self.ceiling.check(&self.aggregator);
-        (summary, batch)
+        summary
     }
 }
 
@@ -276,12 +313,20 @@ struct Inner {
 }
 
 impl Inner {
-    fn flush(&self, message: &str) -> (FlushSummary, FlushBatch) {
-        let out = self
-            .flusher
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .flush(message);
+    fn flusher(&self) -> std::sync::MutexGuard<'_, Flusher> {
+        self.flusher.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// A flush whose batch nobody keeps (see [`FLUSH_CHUNK`]).
+    fn flush(&self, message: &str) -> FlushSummary {
+        let summary = self.flusher().flush(message);
+        self.flushed.send_replace(summary.sequence);
+        summary
+    }
+
+    /// A flush that returns its batch.
+    fn flush_whole(&self, message: &str) -> (FlushSummary, FlushBatch) {
+        let out = self.flusher().flush_whole(message);
         self.flushed.send_replace(out.0.sequence);
         out
     }
@@ -411,25 +456,21 @@ impl Instance {
     }
 
     /// Starts the periodic flush (every `aggregation.flush_interval`) on the current
-    /// tokio runtime. Each flush runs on the blocking pool, and hands its batch back
-    /// to the aggregator ([`Aggregator::recycle`]) for the next one to fill.
+    /// tokio runtime. Each flush runs on the blocking pool, in chunks that every
+    /// pipeline encodes as they come ([`Aggregator::flush_chunked_at`]).
+    ///
+    /// [`Aggregator::flush_chunked_at`]: weir_core::Aggregator::flush_chunked_at
     pub fn spawn_flush_loop(&self) {
         let period = self.config.aggregation.flush_interval;
         let inner = self.inner.clone();
-        let aggregator = self.aggregator.clone();
         let task = tokio::spawn(async move {
             let mut ticker = tokio::time::interval_at(tokio::time::Instant::now() + period, period);
             ticker.set_missed_tick_behavior(MissedTickBehavior::Delay);
             loop {
                 ticker.tick().await;
                 let inner = inner.clone();
-                let aggregator = aggregator.clone();
                 let flush = move || {
-                    let (_, batch) = inner.flush("flush");
-                    // Every pipeline has encoded it (the exposition page reads the
-                    // aggregator, not the batches): its allocation goes to the next
-                    // flush.
-                    aggregator.recycle(batch);
+                    inner.flush("flush");
                 };
                 if let Err(e) = tokio::task::spawn_blocking(flush).await {
                     // A panicking flush is a bug; the next tick tries again.
@@ -463,7 +504,7 @@ impl Instance {
     /// batch. Blocking: encoding and WAL appends. Never call it on an async worker;
     /// use [`Instance::flush_async`] there.
     pub fn flush(&self) -> FlushBatch {
-        self.inner.flush("flush (requested)").1
+        self.inner.flush_whole("flush (requested)").1
     }
 
     /// Flushes now on the blocking pool; returns the summary (logged with `message`).
@@ -475,7 +516,7 @@ impl Instance {
         message: &'static str,
     ) -> Result<FlushSummary, tokio::task::JoinError> {
         let inner = self.inner.clone();
-        tokio::task::spawn_blocking(move || inner.flush(message).0).await
+        tokio::task::spawn_blocking(move || inner.flush(message)).await
     }
 
     /// Fires after every flush with its sequence number.

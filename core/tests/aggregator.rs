@@ -987,3 +987,77 @@ fn handle_observations_land_in_their_buckets_and_nan_is_refused_and_counted() {
     assert_eq!(delta.min, 0.05);
     assert_eq!(delta.max, f64::INFINITY);
 }
+
+/// A flush in chunks hands over the entries a whole flush returns, in the same order:
+/// chunks of `chunk_len` live entries with the flush's sequence and interval, the
+/// last one (given even when empty) ending with the evicted series' final shares.
+#[test]
+fn a_chunked_flush_gives_the_whole_flush_in_order() {
+    let config = AggregatorConfig {
+        series_ttl: Duration::from_secs(60),
+        ..Default::default()
+    };
+    for chunk_len in [1, 2, 3, 7, 64] {
+        let (whole, chunked) = (
+            Aggregator::starting_at(config.clone(), 1_000),
+            Aggregator::starting_at(config.clone(), 1_000),
+        );
+        // 10 counters and 3 gauges; the gauges go idle and are evicted at t0 + 1 min.
+        let feed = |agg: &Aggregator, round: u32| {
+            let mut w = agg.writer();
+            for i in 0..10 {
+                let q = i.to_string();
+                w.record(
+                    "jobs_total",
+                    &[("q", &q)],
+                    Sample::Counter(f64::from(round + i), DELTA),
+                    0,
+                )
+                .unwrap();
+            }
+            if round == 0 {
+                for i in 0..3 {
+                    w.record("temp", &[("i", &i.to_string())], Sample::Gauge(1.0), 0)
+                        .unwrap();
+                }
+            }
+        };
+        let t0 = 1_000_000_000_000;
+        for (round, now) in [(0, t0), (1, t0 + MINUTE), (2, t0 + 2 * MINUTE)] {
+            feed(&whole, round);
+            feed(&chunked, round);
+            let want = whole.flush_at(now);
+            let mut chunks: Vec<FlushBatch> = Vec::new();
+            chunked.flush_chunked_at(now, chunk_len, |c| chunks.push(c.clone()));
+            let (last, full) = chunks.split_last().unwrap();
+            assert!(
+                full.iter()
+                    .all(|c| c.series.len() == chunk_len && c.evicted == 0)
+            );
+            assert!(last.series.len() - last.evicted <= chunk_len);
+            for c in &chunks {
+                assert_eq!(
+                    (c.sequence, c.start_ms, c.end_ms),
+                    (want.sequence, want.start_ms, want.end_ms)
+                );
+            }
+            // Series start at the wall clock's time of creation: compared by key and value.
+            let entries = |s: &[weir_core::FlushedSeries]| -> Vec<_> {
+                s.iter().map(|e| (e.key.clone(), e.value.clone())).collect()
+            };
+            let got: Vec<_> = chunks.iter().flat_map(|c| entries(&c.series)).collect();
+            assert_eq!(
+                got,
+                entries(&want.series),
+                "chunks of {chunk_len}, round {round}"
+            );
+            assert_eq!(last.evicted, want.evicted);
+            assert_eq!(last.evicted, if round == 1 { 3 } else { 0 });
+        }
+        // Nothing to flush: one empty chunk still says which flush it was.
+        let mut chunks = Vec::new();
+        Aggregator::default().flush_chunked_at(5, chunk_len, |c| chunks.push(c.clone()));
+        assert_eq!(chunks.len(), 1);
+        assert_eq!((chunks[0].sequence, chunks[0].series.len()), (1, 0));
+    }
+}

@@ -1,10 +1,12 @@
 //! The flush walk: every series' share since the previous flush, TTL eviction, and the
 //! running totals that only the flusher touches.
 //!
-//! Owns: [`Aggregator::flush_at`], the flusher's list of series and the spare batch
-//! allocation ([`Aggregator::recycle`]). Must never: take one update into two flushes
-//! or into none, retire a series a handle holds, or hold the flush lock while dropping
-//! a recycled batch's entries.
+//! Owns: [`Aggregator::flush_at`] and its chunked form
+//! ([`Aggregator::flush_chunked_at`]), the flusher's list of series and the spare
+//! batch allocation ([`Aggregator::recycle`]). Must never: take one update into two
+//! flushes or into none, retire a series a handle holds, or hold the flush lock while
+//! dropping a recycled batch's entries (a chunked flush drops one chunk's at a time
+//! under it, as its consumer is done with each).
 //!
 //! The list holds only each series' address (8 bytes): what the flusher alone keeps
 //! per series, the running totals of counters and histograms and when activity was
@@ -296,6 +298,69 @@ impl Aggregator {
     /// epoch); tests pass their own clock. Ingestion continues throughout; concurrent
     /// flushes run one after the other.
     pub fn flush_at(&self, now_ms: i64) -> FlushBatch {
+        let mut whole = None;
+        self.walk(now_ms, usize::MAX, |batch| {
+            whole = Some(batch);
+            Vec::new()
+        });
+        whole.unwrap_or_else(|| FlushBatch {
+            sequence: 0,
+            start_ms: now_ms,
+            end_ms: now_ms,
+            series: Vec::new(),
+            evicted: 0,
+        })
+    }
+
+    /// Flushes now (wall clock) in chunks: [`Aggregator::flush_chunked_at`].
+    pub fn flush_chunked(&self, chunk_len: usize, each: impl FnMut(&FlushBatch)) {
+        self.flush_chunked_at(now_ms(), chunk_len, each);
+    }
+
+    /// [`Aggregator::flush_at`], handing the batch to `each` in chunks of `chunk_len`
+    /// live entries (at least one) instead of returning it whole. Every chunk has the
+    /// flush's `sequence`, `start_ms` and `end_ms`; the last one, always given (empty
+    /// when there is nothing to flush), has up to `chunk_len` live entries and then
+    /// the final shares of the series this flush evicts. One chunk's allocation serves
+    /// the whole flush (and the next ones), so a consumer that encodes each chunk as
+    /// it comes keeps `chunk_len` entries resident rather than one per series (40 MB
+    /// at 1M series).
+    ///
+    /// `each` runs on the calling thread with the flush lock held: peeks and other
+    /// flushes wait for it, writers do not. It must not flush or peek this aggregator.
+    ///
+    /// ```
+    /// use weir_core::{Aggregator, MetricKind};
+    /// let agg = Aggregator::default();
+    /// for q in ["a", "b", "c"] {
+    ///     agg.handle("jobs_total", &[("q", q)], MetricKind::Counter).unwrap().increment(1).unwrap();
+    /// }
+    /// let mut chunks = Vec::new();
+    /// agg.flush_chunked_at(1_000, 2, |c| chunks.push((c.sequence, c.series.len())));
+    /// assert_eq!(chunks, [(1, 2), (1, 1)]);
+    /// ```
+    pub fn flush_chunked_at(
+        &self,
+        now_ms: i64,
+        chunk_len: usize,
+        mut each: impl FnMut(&FlushBatch),
+    ) {
+        self.walk(now_ms, chunk_len.max(1), |mut batch| {
+            each(&batch);
+            batch.series.clear();
+            batch.series
+        });
+    }
+
+    /// The flush walk: hands `emit` the batch in chunks of at most `chunk_len` live
+    /// entries, the last one (always given) with the evicted series' final shares
+    /// after its live ones. `emit` gives back the allocation to fill next, empty.
+    fn walk(
+        &self,
+        now_ms: i64,
+        chunk_len: usize,
+        mut emit: impl FnMut(FlushBatch) -> Vec<FlushedSeries>,
+    ) {
         let sh = &*self.shared;
         let mut st = sh.flusher.lock().unwrap_or_else(|p| p.into_inner());
         // Relaxed: a coarse stamp for writers; see `Shared::clock_ms`.
@@ -310,13 +375,16 @@ impl Aggregator {
             }
         }
         let mut out = std::mem::take(&mut st.spare);
-        if out.capacity() < st.series.len() {
+        let wanted = st.series.len().min(chunk_len);
+        if out.capacity() < wanted {
             // A fresh allocation sized to the series plus 1/16 for growth, not
             // `reserve`'s doubling: a spare of 999k entries that meets 1M series would
             // become a 2M-entry (96 MB) batch, and being the larger it would stay as
             // the spare. The old spare is empty, so nothing is copied.
-            out = Vec::with_capacity(spare_capacity(st.series.len()));
+            out = Vec::with_capacity(spare_capacity(wanted));
         }
+        let sequence = st.sequence + 1;
+        let start_ms = st.last_flush_ms;
         let ttl_ms = i64::try_from(sh.config.series_ttl.as_millis()).unwrap_or(i64::MAX);
         // The final shares of evicted series, which go after every live one (the
         // batch counts them rather than flagging each entry). Evictions are rare, so
@@ -360,6 +428,15 @@ impl Aggregator {
                 continue;
             }
             out.extend(collect(s, false, now_ms));
+            if out.len() >= chunk_len {
+                out = emit(FlushBatch {
+                    sequence,
+                    start_ms,
+                    end_ms: now_ms,
+                    series: std::mem::take(&mut out),
+                    evicted: 0,
+                });
+            }
             i += 1;
             if i % YIELD_EVERY == 0 {
                 std::thread::yield_now();
@@ -378,15 +455,18 @@ impl Aggregator {
         series_index::reclaim();
         let evicted_count = evicted.len();
         out.append(&mut evicted);
-        st.sequence += 1;
-        sh.flushes.store(st.sequence, Ordering::Relaxed);
-        let start_ms = std::mem::replace(&mut st.last_flush_ms, now_ms);
-        FlushBatch {
-            sequence: st.sequence,
+        st.sequence = sequence;
+        sh.flushes.store(sequence, Ordering::Relaxed);
+        st.last_flush_ms = now_ms;
+        let spare = emit(FlushBatch {
+            sequence,
             start_ms,
             end_ms: now_ms,
             series: out,
             evicted: evicted_count,
+        });
+        if spare.capacity() > st.spare.capacity() {
+            st.spare = spare;
         }
     }
 }
