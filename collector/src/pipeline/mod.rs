@@ -1,10 +1,11 @@
 //! Forwarding pipelines: one per `[[pipelines]]` entry, each with its encoder, its
 //! write-ahead log, its in-memory queue and its forwarder task.
 //!
-//! Data flow of one flush: the daemon hands the same `FlushBatch` to every pipeline's
-//! [`Pipeline::accept`] (on a blocking thread); it encodes the batch into request
-//! bodies, appends each as one WAL record, syncs the WAL (per `wal.sync`), then puts a
-//! handle to each record on the pipeline's SPSC ring and wakes the forwarder. The
+//! Data flow of one flush: the daemon hands each chunk of the flush's `FlushBatch`
+//! (65,536 entries, see `instance.rs`) to every pipeline's [`Pipeline::accept`] (on a
+//! blocking thread); it encodes the chunk into request bodies, appends each as one WAL
+//! record, syncs the WAL (per `wal.sync`), then puts a handle to each record on the
+//! pipeline's SPSC ring and wakes the forwarder. The
 //! forwarder sends records in WAL order, retrying with exponential backoff and full
 //! jitter, and acknowledges each one in the WAL once the backend took it (or refused
 //! it for good); the WAL deletes fully acknowledged segments.

@@ -327,6 +327,10 @@ impl SeriesSequence {
             None => {
                 self.arena.truncate(self.at);
                 self.len = self.taken;
+                // A first body grew the arena by doubling; bodies like it add nothing.
+                if self.arena.capacity() - self.arena.len() > self.arena.len() / 8 {
+                    self.arena.shrink_to_fit();
+                }
             }
         }
         self.expected.clear();
