@@ -36,7 +36,7 @@ pub type ReloadResult = Result<ReloadReport, String>;
 pub type ReloadRequest = oneshot::Sender<ReloadResult>;
 
 /// What one flush took out of the aggregator: the fields of its log line.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, Default, PartialEq)]
 pub struct FlushSummary {
     /// The batch's sequence number (1 for the first flush).
     pub sequence: u64,
@@ -65,26 +65,10 @@ pub struct FlushSummary {
     pub pipeline_heads: Vec<weir_core::wal::WalPosition>,
 }
 
-/// What one flush's batch held, summed over its chunks (see
-/// [`Aggregator::flush_chunked_at`](weir_core::Aggregator::flush_chunked_at)).
-#[derive(Debug, Clone, Copy, Default, PartialEq)]
-pub struct BatchCounts {
-    /// The batch's sequence number.
-    pub sequence: u64,
-    /// When the flush ran, ms since the Unix epoch.
-    pub end_ms: i64,
-    /// Entries (live series plus final entries of evicted ones).
-    pub series: usize,
-    /// Final entries of evicted series.
-    pub evicted: usize,
-    /// Sum of counter deltas.
-    pub counter_delta_sum: f64,
-    /// Histogram observations.
-    pub histogram_observations: u64,
-}
-
-impl BatchCounts {
-    /// Adds `batch`, a whole flush or one chunk of it.
+impl FlushSummary {
+    /// Adds what `batch`, a whole flush or one chunk of it (see
+    /// [`Aggregator::flush_chunked_at`](weir_core::Aggregator::flush_chunked_at)), holds
+    /// to a summary begun as `FlushSummary::default()`.
     pub fn add(&mut self, batch: &FlushBatch) {
         self.sequence = batch.sequence;
         self.end_ms = batch.end_ms;
@@ -98,17 +82,10 @@ impl BatchCounts {
             }
         }
     }
-}
 
-impl FlushSummary {
-    /// Summarises a flush from what its batch held, with `stats` read right after it
-    /// and the rejected total of the previous summary.
-    pub fn new(
-        counts: &BatchCounts,
-        stats: &AggregatorStats,
-        previous_rejected: u64,
-        duration: Duration,
-    ) -> FlushSummary {
+    /// Completes the summary of a flush whose batch was [`FlushSummary::add`]ed, with
+    /// `stats` read right after it and the rejected total of the previous summary.
+    pub fn finish(&mut self, stats: &AggregatorStats, previous_rejected: u64, duration: Duration) {
         let rejected_total: u64 = stats.rejected.iter().map(|(_, n)| n).sum();
         let reasons: Vec<String> = stats
             .rejected
@@ -116,24 +93,15 @@ impl FlushSummary {
             .filter(|(_, n)| *n > 0)
             .map(|(r, n)| format!("{r}={n}"))
             .collect();
-        FlushSummary {
-            sequence: counts.sequence,
-            end_ms: counts.end_ms,
-            series: counts.series,
-            evicted: counts.evicted,
-            counter_delta_sum: counts.counter_delta_sum,
-            histogram_observations: counts.histogram_observations,
-            active_series: stats.active_series,
-            rejected_total,
-            rejected_since_last: rejected_total.saturating_sub(previous_rejected),
-            rejected_reasons: if reasons.is_empty() {
-                "none".to_owned()
-            } else {
-                reasons.join(",")
-            },
-            duration,
-            pipeline_heads: Vec::new(),
-        }
+        self.active_series = stats.active_series;
+        self.rejected_total = rejected_total;
+        self.rejected_since_last = rejected_total.saturating_sub(previous_rejected);
+        self.rejected_reasons = if reasons.is_empty() {
+            "none".to_owned()
+        } else {
+            reasons.join(",")
+        };
+        self.duration = duration;
     }
 
     /// The summary as `/status` and `POST /flush` show it.

@@ -37,7 +37,7 @@ use tracing::warn;
 use weir_core::{Aggregator, FlushBatch};
 
 use crate::config::{Config, ConfigError};
-use crate::control::{BatchCounts, FlushSummary};
+use crate::control::FlushSummary;
 use crate::pipeline::{Pipeline, PipelineError, PipelineSet};
 use crate::telemetry::{Kind, MetricsPage, ProcessMetrics, StageMetrics, Telemetry, labels};
 
@@ -252,18 +252,17 @@ impl Flusher {
     /// is logged with `message`.
     fn flush(&mut self, message: &str) -> FlushSummary {
         let started = Instant::now();
-        let mut counts = BatchCounts::default();
-        let mut heads = Vec::new();
+        let mut summary = FlushSummary::default();
         let mut encoding = Duration::ZERO;
         let pipelines = &self.pipelines;
         self.aggregator.flush_chunked(FLUSH_CHUNK, |chunk| {
-            counts.add(chunk);
+            summary.add(chunk);
             let t = Instant::now();
-            heads = pipelines.iter().map(|p| p.accept(chunk)).collect();
+            summary.pipeline_heads = pipelines.iter().map(|p| p.accept(chunk)).collect();
             encoding += t.elapsed();
         });
         let duration = started.elapsed().saturating_sub(encoding);
-        self.finish(&counts, duration, heads, message)
+        self.finish(summary, duration, message)
     }
 
     /// [`Flusher::flush`] in one batch, which it returns.
@@ -271,28 +270,21 @@ impl Flusher {
         let started = Instant::now();
         let batch = self.aggregator.flush();
         let duration = started.elapsed();
-        let heads = self.pipelines.iter().map(|p| p.accept(&batch)).collect();
-        let mut counts = BatchCounts::default();
-        counts.add(&batch);
-        (self.finish(&counts, duration, heads, message), batch)
+        let mut summary = FlushSummary::default();
+        summary.add(&batch);
+        summary.pipeline_heads = self.pipelines.iter().map(|p| p.accept(&batch)).collect();
+        (self.finish(summary, duration, message), batch)
     }
 
-    /// Logs and keeps the summary of a flush whose walk took `duration` (encoding
-    /// excluded) and left the pipelines' WALs at `heads`.
+    /// Completes, logs and keeps the summary of a flush whose walk took `duration`
+    /// (encoding excluded).
     fn finish(
         &mut self,
-        counts: &BatchCounts,
+        mut summary: FlushSummary,
         duration: Duration,
-        heads: Vec<weir_core::wal::WalPosition>,
         message: &str,
     ) -> FlushSummary {
-        let mut summary = FlushSummary::new(
-            counts,
-            &self.aggregator.stats(),
-            self.rejected_seen,
-            duration,
-        );
-        summary.pipeline_heads = heads;
+        summary.finish(&self.aggregator.stats(), self.rejected_seen, duration);
         self.rejected_seen = summary.rejected_total;
         summary.log(message);
         *self

@@ -386,25 +386,13 @@ impl<S> Drop for RawCache<S> {
 #[cfg(test)]
 mod tests {
     use std::collections::HashMap;
-    use std::sync::atomic::AtomicI64;
 
     use proptest::prelude::*;
 
     use super::*;
-    use crate::aggregator::series::{Cell, Counter, Series};
-    use crate::cell::CounterCell;
+    use crate::aggregator::series::Series;
+    use crate::aggregator::series::test_series as series;
     use crate::key::Keyed;
-
-    fn series(i: usize) -> SharedSeries {
-        Keyed::new(
-            format!("s{i}").as_bytes(),
-            Series {
-                start_ms: i as i64,
-                touched_ms: AtomicI64::new(0),
-                cell: Cell::counter(Counter::new(CounterCell::default(), 0.0)),
-            },
-        )
-    }
 
     fn id(s: &Series) -> u64 {
         s.start_ms as u64

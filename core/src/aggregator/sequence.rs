@@ -348,25 +348,11 @@ impl Drop for SeriesSequence {
 
 #[cfg(test)]
 mod tests {
-    use std::sync::atomic::AtomicI64;
-
     use proptest::prelude::*;
 
     use super::*;
-    use crate::aggregator::series::{Cell, Counter};
-    use crate::cell::CounterCell;
+    use crate::aggregator::series::test_series as series;
     use crate::key::Keyed;
-
-    fn series(i: usize) -> SharedSeries {
-        Keyed::new(
-            format!("s{i}").as_bytes(),
-            Series {
-                start_ms: i as i64,
-                touched_ms: AtomicI64::new(0),
-                cell: Cell::counter(Counter::new(CounterCell::default(), 0.0)),
-            },
-        )
-    }
 
     /// Reads one body of identities the way `Writer` does: a found entry is taken
     /// (after skipping the expected one if need be), a new one is pushed with a fresh

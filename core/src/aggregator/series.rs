@@ -371,3 +371,17 @@ pub(super) const RETIRED: u32 = 1 << 31;
 pub(super) fn try_retire(s: &Series) -> bool {
     s.handles().try_retire()
 }
+
+/// A counter series keyed `s<i>` whose `start_ms` is `i`, for the tests of the
+/// structures that hold series (`cache`, `sequence`).
+#[cfg(test)]
+pub(super) fn test_series(i: usize) -> SharedSeries {
+    Keyed::new(
+        format!("s{i}").as_bytes(),
+        Series {
+            start_ms: i as i64,
+            touched_ms: AtomicI64::new(0),
+            cell: Cell::counter(Counter::new(crate::cell::CounterCell::default(), 0.0)),
+        },
+    )
+}

@@ -14,7 +14,7 @@ use crate::point::{MetricPoint, Sample};
 use super::cache::RawCache;
 use super::index::{Scratch, Shared};
 use super::sequence::{Found, SeriesSequence};
-use super::series::Refusal;
+use super::series::{Refusal, SharedSeries};
 
 use super::Rejected;
 
@@ -307,11 +307,7 @@ impl Writer {
         timestamp_ms: i64,
         start: CumulativeStart,
     ) -> Result<(), Rejected> {
-        self.shared.check(&sample)?;
-        let scratch = &mut self.scratch;
-        let series =
-            self.shared
-                .record_slow(name, labels, &sample, timestamp_ms, start, scratch)?;
+        let series = self.resolve(name, labels, &sample, timestamp_ms, start)?;
         if self.cache.len() >= self.shared.config.writer_cache_capacity {
             let flushes = self.shared.flushes.load(Ordering::Relaxed);
             if flushes == self.cleared_at_flush {
@@ -429,15 +425,7 @@ impl Writer {
         start_ms: i64,
     ) -> Result<(), Rejected> {
         let start = self.shared.since(start_ms);
-        self.shared.check(&sample)?;
-        let series = self.shared.record_slow(
-            name,
-            labels,
-            &sample,
-            timestamp_ms,
-            start,
-            &mut self.scratch,
-        )?;
+        let series = self.resolve(name, labels, &sample, timestamp_ms, start)?;
         let capacity = self.shared.config.writer_cache_capacity;
         self.sequence.push(ident, series, capacity);
         Ok(())
@@ -448,6 +436,21 @@ impl Writer {
     /// one's order.
     pub fn end_sequence(&mut self) {
         self.sequence.end();
+    }
+
+    /// The miss paths' common part: checks `sample`, then finds or creates the series
+    /// of `name` + `labels` in the shared index and applies it there.
+    fn resolve(
+        &mut self,
+        name: &str,
+        labels: &[(&str, &str)],
+        sample: &Sample<'_>,
+        timestamp_ms: i64,
+        start: CumulativeStart,
+    ) -> Result<SharedSeries, Rejected> {
+        self.shared.check(sample)?;
+        self.shared
+            .record_slow(name, labels, sample, timestamp_ms, start, &mut self.scratch)
     }
 
     /// Applies an owned [`MetricPoint`].
