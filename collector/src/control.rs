@@ -58,7 +58,8 @@ pub struct FlushSummary {
     pub rejected_since_last: u64,
     /// Non-zero refusal counts since start, as `reason=count` pairs, or `none`.
     pub rejected_reasons: String,
-    /// How long the flush took.
+    /// How long the walk over the series took (the pipelines' encoding and WAL
+    /// appends not included).
     pub duration: Duration,
     /// Per pipeline (in config order), the WAL head after this flush was appended:
     /// the flush is delivered once the forwarder's cursor reaches it.

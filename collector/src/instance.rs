@@ -152,7 +152,7 @@ impl StageMetrics for AggregationMetrics {
             page.single(
                 "weir_last_flush_duration_seconds",
                 Kind::Gauge,
-                "How long the latest flush took.",
+                "How long the latest flush's walk over the series took (encoding and WAL appends not included).",
                 last.duration.as_secs_f64(),
             );
         }
