@@ -35,7 +35,7 @@
 //! order costs a trip to the index per sample once. (A source that shuffled its lines
 //! at every body would pay that trip, ~0.5 µs, for most samples every time; the
 //! Prometheus client libraries sort their output or keep its order.) A series found
-//! evicted is dropped ([`SeriesSequence::forget_expected`]) and found again through the
+//! evicted is dropped ([`SeriesSequence::skip_expected`]) and found again through the
 //! index like a new one.
 
 use super::cache::{ADDR, owned_at, push_owned, take_owned};
@@ -243,7 +243,9 @@ impl SeriesSequence {
         self.advance();
     }
 
-    /// Drops the expected entry (gone from the body) and expects the one after it.
+    /// Drops the expected entry (gone from the body, or its series found evicted: the
+    /// caller then resolves the sample through the index and pushes the successor) and
+    /// expects the one after it.
     pub(super) fn skip_expected(&mut self) {
         if !self.reading || self.at >= self.arena.len() {
             return;
@@ -254,12 +256,6 @@ impl SeriesSequence {
         // `advance` moves past it; `&mut self` means no borrow of it lives.
         drop(unsafe { take_owned(&self.arena, self.at) });
         self.advance();
-    }
-
-    /// Drops the expected entry whose series was found evicted; the caller resolves
-    /// the sample through the index and pushes the successor.
-    pub(super) fn forget_expected(&mut self) {
-        self.skip_expected();
     }
 
     /// Moves `at` to the next entry.

@@ -401,7 +401,7 @@ impl Writer {
             }
             Err(Refusal::Sealed) => {
                 // Evicted: forget it; the caller goes through the index to its successor.
-                self.sequence.forget_expected();
+                self.sequence.skip_expected();
                 self.misses += 1;
                 Ok(false)
             }
