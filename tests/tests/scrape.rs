@@ -522,10 +522,8 @@ fn scraped_counters_become_exact_deltas_and_garbage_is_reported() {
     );
 }
 
-/// weir caps a connection's reads at 8 KiB (idle keep-alive connections keep their
-/// buffer), which bounds a response head: one of 6 KiB is scraped, one of 64 KiB
-/// fails the scrape as `request_failed` and is named in the log. (Between the two, a
-/// head passes if the reads that brought it in happened to end inside it.)
+/// A response head is read into an 8 KiB buffer: one of 6 KiB is scraped, one of
+/// 64 KiB fails the scrape as `request_failed` and is named in the log.
 #[test]
 fn a_response_head_up_to_8_kib_is_scraped_and_a_larger_one_fails_the_scrape() {
     let text = |name: &str| format!("{name}_total 7\n").into_bytes();

@@ -31,14 +31,17 @@
 //! Only the HTTP exchange runs on the async workers. Each target records through its
 //! own writer, finding a text line's series by the line's bytes (module `ingest`).
 //!
-//! TLS and credentials: each target has its own connection pool, built from its
+//! HTTP: each target has its own HTTP/1.1 client (module `http1`), which keeps the
+//! connection between scrapes and nothing else.
+//!
+//! TLS and credentials: each target's client is built from its
 //! `tls` table and credentials ([`ClientSecurityConfig`]); `https://` targets are
 //! verified against the system roots or `tls.ca_file`. A handshake refused (unknown
 //! issuer, expired certificate, wrong name) fails the scrape as `tls` (`up 0`, the
 //! reason in words in the log and `/status`); credentials files that cannot be read
 //! fail every scrape of the target as `credentials` until a reload reads them.
 //! [`Scraper::reload_security`] re-reads every running target's files (on each
-//! config reload); the target's pool is rebuilt on its next scrape.
+//! config reload); the target's client is rebuilt on its next scrape.
 //!
 //! Not yet: other content encodings than gzip.
 
@@ -48,12 +51,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use http_body_util::{BodyExt, Empty, Limited};
-use hyper::body::Bytes;
-use hyper_rustls::HttpsConnector;
-use hyper_util::client::legacy::Client;
-use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::rt::TokioExecutor;
+use bytes::Bytes;
 use serde::Deserialize;
 use tokio::sync::{Semaphore, watch};
 use tokio::task::JoinHandle;
@@ -67,6 +65,7 @@ use crate::config::{MIN_FLUSH_INTERVAL, Step, fmt_duration, keys};
 use crate::tls::client::{Alpn, ClientSecurityConfig, LiveSecurity, TlsFailure, check_url};
 
 mod file_sd;
+mod http1;
 mod ingest;
 
 pub use file_sd::{FileSd, FileSdConfig, FileSdCounters, FileSdError, read_file};
@@ -211,17 +210,6 @@ pub const ACCEPT: &str = "application/vnd.google.protobuf;proto=io.prometheus.cl
 
 /// The Accept-Encoding header of every scrape.
 const ACCEPT_ENCODING: &str = "gzip";
-
-/// The most a target's connection asks its socket for at once (hyper's
-/// `max_buf_size`; 8 KiB is the least hyper takes). Between scrapes an idle keep-alive
-/// connection keeps its read buffer, which hyper grows to 400 KB by default; at 1,000
-/// targets the buffers held ~60 MB, and ~33 MB at 32 KiB. A body is collected from
-/// several reads either way. It also bounds the response head: one up to 8 KiB is
-/// always read; a larger one fails the scrape as `request_failed` once a read leaves
-/// it incomplete past 8 KiB, which depends on how the reads fell. Scrape targets send
-/// heads of a few hundred bytes, and vmagent refuses heads over 4 KiB by default
-/// (`-promscrape.maxResponseHeadersSize`).
-const READ_BUF_MAX: usize = 8 << 10;
 
 /// Why one scrape failed. Stable names for counters and logs.
 #[derive(Debug, thiserror::Error)]
@@ -444,7 +432,7 @@ impl Scraper {
             target: t.clone(),
             body_limit: self.body_limit,
             security: security.clone(),
-            pool: None,
+            client: None,
             permits: self.permits.clone(),
             writer: Some(aggregator.writer()),
             aggregator: aggregator.clone(),
@@ -578,11 +566,10 @@ impl TargetSecurity {
     }
 }
 
-/// A target's connection pool and request headers for one generation of its
-/// credentials.
-struct TargetPool {
+/// A target's HTTP client and request headers for one generation of its credentials.
+struct TargetClient {
     generation: u64,
-    client: Client<HttpsConnector<HttpConnector>, Empty<Bytes>>,
+    http: http1::Client,
     headers: hyper::HeaderMap,
 }
 
@@ -595,7 +582,7 @@ struct TargetRun {
     body_limit: usize,
     security: Arc<TargetSecurity>,
     /// Rebuilt when the credentials' generation changes.
-    pool: Option<TargetPool>,
+    client: Option<TargetClient>,
     permits: Arc<Semaphore>,
     /// `None` only while a parsing task has it (or if that task failed: then a new
     /// one is made from `aggregator`).
@@ -728,73 +715,36 @@ impl TargetRun {
         warn!(url = %self.target.url, reason = e.as_str(), error = %e, "scrape failed");
     }
 
-    /// The pool for the target's credentials in use (rebuilt after a reload
-    /// changed them).
-    fn pool(&mut self) -> Result<&TargetPool, ScrapeError> {
+    /// The client for the target's credentials in use (rebuilt, with a new
+    /// connection, after a reload changed them).
+    fn client(&mut self) -> Result<&mut TargetClient, ScrapeError> {
         let live = self.security.current().map_err(ScrapeError::Credentials)?;
         let (generation, security) = live.current();
         if self
-            .pool
+            .client
             .as_ref()
-            .is_none_or(|p| p.generation != generation)
+            .is_none_or(|c| c.generation != generation)
         {
-            let client = Client::builder(TokioExecutor::new())
-                .http1_max_buf_size(READ_BUF_MAX)
-                .build(security.connector(Alpn::Http1, None));
-            self.pool = Some(TargetPool {
+            self.client = Some(TargetClient {
                 generation,
-                client,
+                http: http1::Client::new(security.connector(Alpn::Http1, None)),
                 headers: security.headers().clone(),
             });
         }
-        self.pool
-            .as_ref()
-            .ok_or_else(|| ScrapeError::Credentials("no connection pool".to_owned()))
+        self.client
+            .as_mut()
+            .ok_or_else(|| ScrapeError::Credentials("no client".to_owned()))
     }
 
     async fn fetch(&mut self) -> Result<Fetched, ScrapeError> {
         let uri = self.uri.clone();
         let body_limit = self.body_limit;
-        let pool = self.pool()?;
-        let mut req = hyper::Request::get(uri)
-            .header(hyper::header::ACCEPT, ACCEPT)
-            .header(hyper::header::ACCEPT_ENCODING, ACCEPT_ENCODING)
-            .header(
-                hyper::header::USER_AGENT,
-                concat!("weir/", env!("CARGO_PKG_VERSION")),
-            )
-            .body(Empty::<Bytes>::new())
-            .map_err(|e| ScrapeError::Request(e.to_string()))?;
-        for (name, value) in &pool.headers {
-            req.headers_mut().insert(name.clone(), value.clone());
-        }
-        let resp = pool
-            .client
-            .request(req)
-            .await
-            .map_err(|e| ScrapeError::request(&e))?;
-        if !resp.status().is_success() {
-            return Err(ScrapeError::Status(resp.status().as_u16()));
-        }
-        let header = |name| {
-            resp.headers()
-                .get(name)
-                .and_then(|v: &hyper::header::HeaderValue| v.to_str().ok())
-                .map(str::to_owned)
-        };
-        let format = Format::from_content_type(header(hyper::header::CONTENT_TYPE).as_deref());
-        let encoding = header(hyper::header::CONTENT_ENCODING);
-        let limited = Limited::new(resp.into_body(), body_limit);
-        let body = match limited.collect().await {
-            Ok(c) => c.to_bytes(),
-            Err(e) if e.is::<http_body_util::LengthLimitError>() => {
-                return Err(ScrapeError::BodyTooLarge(body_limit));
-            }
-            Err(e) => return Err(ScrapeError::Body(e.to_string())),
-        };
+        let client = self.client()?;
+        let response = client.http.get(&uri, &client.headers, body_limit).await?;
+        let format = Format::from_content_type(response.content_type.as_deref());
         Ok(Fetched {
-            body,
-            encoding,
+            body: Bytes::from(response.body),
+            encoding: response.content_encoding,
             format,
         })
     }
