@@ -25,9 +25,9 @@
 //! Deletion (of a series found evicted) gives the entry's reference back and shifts
 //! later entries of the probe run back, so no tombstones are needed; its bytes stay in
 //! the arena until the next [`RawCache::clear`]. Keys longer than `u16::MAX` bytes are
-//! never cached. This module's `unsafe` is the arena's addresses (`owned_at` and
-//! `take_owned`, which the writer's [`SeriesSequence`](super::sequence::SeriesSequence)
-//! stores the same way).
+//! never cached. This module's `unsafe` is the series addresses an owner stores
+//! (`give_up`, `owned_series`, `take_series`: the arena here, and the writer's
+//! [`SeriesSequence`](super::sequence::SeriesSequence), which stores them delta-coded).
 
 use std::hash::BuildHasher;
 use std::marker::PhantomData;
@@ -65,53 +65,78 @@ impl Slot {
     }
 }
 
-/// Bytes of a series address in an arena (an entry's first bytes, here and in
-/// [`SeriesSequence`](super::sequence::SeriesSequence)).
-pub(super) const ADDR: usize = size_of::<usize>();
+/// Bytes of a series address in the arena (an entry's first bytes).
+const ADDR: usize = size_of::<usize>();
 
-/// Appends `series` to `arena` as its address (native-endian, unaligned): the arena
-/// then owns that reference, which [`take_owned`] gives back once. The address is
-/// stored with its provenance exposed, so [`owned_at`] may take it back from the integer.
-pub(super) fn push_owned(arena: &mut Vec<u8>, series: SharedSeries) {
-    let addr = Keyed::into_raw(series).as_ptr().expose_provenance();
-    arena.extend_from_slice(&addr.to_ne_bytes());
+/// Gives up `series`' reference as an address, with its provenance exposed so that
+/// [`owned_series`] and [`take_series`] may take it back from the integer. Whoever
+/// stores the address owns that reference.
+pub(super) fn give_up(series: SharedSeries) -> usize {
+    Keyed::into_raw(series).as_ptr().expose_provenance()
 }
 
-/// The address stored at `at` in `arena` by [`push_owned`].
+/// The series at `addr`, an address [`give_up`] returned.
+///
+/// # Safety
+/// The reference given up as `addr` has not been taken back ([`take_series`]), and is
+/// not while the returned borrow lives: callers tie it to a borrow of the owner of the
+/// stored address, whose `&mut` methods are the only ones that take references back.
 #[inline]
-fn addr_at(arena: &[u8], at: usize) -> Option<NonNull<u8>> {
-    let bytes = arena.get(at..at + ADDR)?;
-    let addr = usize::from_ne_bytes(bytes.try_into().ok()?);
-    NonNull::new(std::ptr::with_exposed_provenance_mut::<u8>(addr))
+pub(super) unsafe fn owned_series<'a>(addr: usize) -> Option<&'a Series> {
+    let addr = NonNull::new(std::ptr::with_exposed_provenance_mut::<u8>(addr))?;
+    // SAFETY: the address was given up by `Keyed::<Series>::into_raw` in `give_up`
+    // and its owner still holds that reference (the caller's contract).
+    // `ManuallyDrop` keeps this borrow from releasing it.
+    let entry = ManuallyDrop::new(unsafe { Keyed::<Series>::from_raw(addr) });
+    // SAFETY: `Keyed::as_ptr` points at the series, alive while the owner's reference
+    // is, which the caller keeps for the borrow's life.
+    Some(unsafe { &*Keyed::as_ptr(&entry) })
+}
+
+/// Takes back the reference [`give_up`] gave up as `addr`.
+///
+/// # Safety
+/// At most once per reference given up, and no borrow from [`owned_series`] of it
+/// lives.
+pub(super) unsafe fn take_series(addr: usize) -> Option<SharedSeries> {
+    let addr = NonNull::new(std::ptr::with_exposed_provenance_mut::<u8>(addr))?;
+    // SAFETY: given up by `into_raw` in `give_up`, taken back once (the caller's
+    // contract).
+    Some(unsafe { Keyed::<Series>::from_raw(addr) })
+}
+
+/// Appends `series` to `arena` as its address (native-endian, unaligned, [`ADDR`]
+/// bytes): the arena then owns that reference, which [`take_owned`] gives back once.
+fn push_owned(arena: &mut Vec<u8>, series: SharedSeries) {
+    arena.extend_from_slice(&give_up(series).to_ne_bytes());
+}
+
+/// The address stored at `at` in `arena` by [`push_owned`] (0 if there is none).
+#[inline]
+fn addr_at(arena: &[u8], at: usize) -> usize {
+    arena
+        .get(at..at + ADDR)
+        .and_then(|b| b.try_into().ok())
+        .map_or(0, usize::from_ne_bytes)
 }
 
 /// The series whose address [`push_owned`] stored at `at` in `arena`.
 ///
 /// # Safety
-/// The reference stored at `at` has not been taken back ([`take_owned`]), and is not
-/// while the returned borrow lives: callers tie it to a borrow of the arena's owner,
-/// whose `&mut` methods are the only ones that take references back.
+/// As for [`owned_series`] of that address.
 #[inline]
-pub(super) unsafe fn owned_at<'a>(arena: &[u8], at: usize) -> Option<&'a Series> {
-    let addr = addr_at(arena, at)?;
-    // SAFETY: the address was given up by `Keyed::<Series>::into_raw` in `push_owned`
-    // and the arena still owns that reference (the caller's contract). `ManuallyDrop`
-    // keeps this borrow from releasing it.
-    let entry = ManuallyDrop::new(unsafe { Keyed::<Series>::from_raw(addr) });
-    // SAFETY: `Keyed::as_ptr` points at the series, alive while the arena's reference
-    // is, which the caller keeps for the borrow's life.
-    Some(unsafe { &*Keyed::as_ptr(&entry) })
+unsafe fn owned_at<'a>(arena: &[u8], at: usize) -> Option<&'a Series> {
+    // SAFETY: the caller's contract.
+    unsafe { owned_series(addr_at(arena, at)) }
 }
 
 /// Takes back the reference [`push_owned`] stored at `at` in `arena`.
 ///
 /// # Safety
-/// At most once per reference pushed, and no borrow from [`owned_at`] of it lives.
-pub(super) unsafe fn take_owned(arena: &[u8], at: usize) -> Option<SharedSeries> {
-    let addr = addr_at(arena, at)?;
-    // SAFETY: given up by `into_raw` in `push_owned`, taken back once (the caller's
-    // contract).
-    Some(unsafe { Keyed::<Series>::from_raw(addr) })
+/// As for [`take_series`] of that address.
+unsafe fn take_owned(arena: &[u8], at: usize) -> Option<SharedSeries> {
+    // SAFETY: the caller's contract.
+    unsafe { take_series(addr_at(arena, at)) }
 }
 
 /// The raw-identity cache of one [`Writer`](super::Writer); see the module doc.

@@ -14,15 +14,17 @@
 //! 1,000 series per target, 55 MB at 1M. The sequence instead keeps the last body's
 //! series in order and checks each sample against the entry expected next. Each
 //! identity is stored as what it adds to its predecessor's (`m{id="17"}` after
-//! `m{id="16"}` is 3 bytes), so an entry is the series' address and a few bytes, and
+//! `m{id="16"}` is 3 bytes), and so is its address, so an entry is a few bytes, and
 //! a hit reads the arena front to back, which the CPU prefetches; the series of the
 //! entry after it is prefetched too.
 //!
 //! # Layout
 //! One arena: per entry the series' address (an owned reference, see
-//! `cache::push_owned`), then the identity as a delta on the previous entry's: the
-//! length of the prefix the two share and the length of the rest (both LEB128), then
-//! the rest.
+//! `cache::give_up`) as its difference to the previous entry's address (zigzag, then
+//! LEB128: series created one after another lie close, so ~2 bytes instead of 8),
+//! then the identity as a delta on the previous entry's: the length of the prefix the
+//! two share and the length of the rest (both LEB128), then the rest. The first
+//! entry's predecessor is address 0 and the empty identity.
 //!
 //! # A body that differs
 //! A sample that is not the expected entry is checked against the entry after it (the
@@ -38,7 +40,7 @@
 //! evicted is dropped ([`SeriesSequence::skip_expected`]) and found again through the
 //! index like a new one.
 
-use super::cache::{ADDR, owned_at, push_owned, take_owned};
+use super::cache::{give_up, owned_series, take_series};
 use super::series::{Series, SharedSeries};
 use crate::hint::prefetch;
 
@@ -60,8 +62,12 @@ pub(super) struct SeriesSequence {
     taken: usize,
     /// The identity of the entry at `at`.
     expected: Vec<u8>,
+    /// The series address of the entry at `at`.
+    expected_addr: usize,
     /// The identity of the entry before `at` (what `expected` was decoded from).
     behind: Vec<u8>,
+    /// The series address of the entry before `at` (0 for none).
+    behind_addr: usize,
     /// The identity of the entry after the expected one, once decoded by `find`.
     peek: Vec<u8>,
     /// The new sequence, from the body's first difference on.
@@ -74,6 +80,8 @@ struct Rewrite {
     len: usize,
     /// The identity of the last entry in `arena`.
     last: Vec<u8>,
+    /// The series address of the last entry in `arena` (0 for none).
+    last_addr: usize,
 }
 
 /// Where [`SeriesSequence::find`] found an identity.
@@ -111,51 +119,84 @@ fn get_len(arena: &[u8], at: &mut usize) -> usize {
     n
 }
 
-/// Appends an entry for `series` under `ident`, stored as a delta on `base` (the
-/// identity of the entry before it).
-fn push_entry(arena: &mut Vec<u8>, series: SharedSeries, ident: &[u8], base: &[u8]) {
-    push_owned(arena, series);
-    push_identity(arena, ident, base);
+/// Appends `addr` as its difference to `base` (zigzag, LEB128).
+fn put_addr(out: &mut Vec<u8>, addr: usize, base: usize) {
+    let d = addr.wrapping_sub(base) as isize;
+    put_len(out, ((d << 1) ^ (d >> (isize::BITS - 1))) as usize);
 }
 
-/// Appends `ident` as a delta on `base` (see the module doc).
-fn push_identity(arena: &mut Vec<u8>, ident: &[u8], base: &[u8]) {
+/// Reads an address stored by [`put_addr`] against `base` at `*at`, moving `*at`
+/// past it.
+fn get_addr(arena: &[u8], at: &mut usize, base: usize) -> usize {
+    let z = get_len(arena, at);
+    let d = ((z >> 1) as isize) ^ -((z & 1) as isize);
+    base.wrapping_add(d as usize)
+}
+
+/// Appends an entry for `series` under `ident`, stored as deltas on the previous
+/// entry's address `base_addr` and identity `base`; returns the series' address.
+fn push_entry(
+    arena: &mut Vec<u8>,
+    series: SharedSeries,
+    ident: &[u8],
+    base: &[u8],
+    base_addr: usize,
+) -> usize {
+    let addr = give_up(series);
+    push_existing(arena, addr, ident, base, base_addr);
+    addr
+}
+
+/// Appends an entry for the reference at `addr` (which moves to `arena`).
+fn push_existing(arena: &mut Vec<u8>, addr: usize, ident: &[u8], base: &[u8], base_addr: usize) {
+    put_addr(arena, addr, base_addr);
     let shared = ident.iter().zip(base).take_while(|(a, b)| a == b).count();
     put_len(arena, shared);
     put_len(arena, ident.len() - shared);
     arena.extend_from_slice(&ident[shared..]);
 }
 
-/// Decodes the identity of the entry at `at` (whose predecessor's identity is `base`)
-/// into `out`; returns the offset of the entry after it.
-fn decode(arena: &[u8], at: usize, base: &[u8], out: &mut Vec<u8>) -> usize {
-    let mut i = at + ADDR;
+/// Decodes the entry at `at` (whose predecessor's identity and address are `base` and
+/// `base_addr`): its identity into `out`; returns its address and the offset of the
+/// entry after it.
+fn decode(
+    arena: &[u8],
+    at: usize,
+    base: &[u8],
+    base_addr: usize,
+    out: &mut Vec<u8>,
+) -> (usize, usize) {
+    let mut i = at;
+    let addr = get_addr(arena, &mut i, base_addr);
     let shared = get_len(arena, &mut i);
     let rest = get_len(arena, &mut i);
     out.clear();
     out.extend_from_slice(base.get(..shared).unwrap_or(base));
     let end = i.saturating_add(rest).min(arena.len());
     out.extend_from_slice(arena.get(i..end).unwrap_or_default());
-    end
+    (addr, end)
 }
 
-/// The offset of the entry after the one at `at`, without decoding its identity.
-fn skip(arena: &[u8], at: usize) -> usize {
-    let mut i = at + ADDR;
+/// The address of the entry at `at` (its predecessor's is `base_addr`) and the offset
+/// of the entry after it, without decoding its identity.
+fn skip(arena: &[u8], at: usize, base_addr: usize) -> (usize, usize) {
+    let mut i = at;
+    let addr = get_addr(arena, &mut i, base_addr);
     let _shared = get_len(arena, &mut i);
     let rest = get_len(arena, &mut i);
-    i.saturating_add(rest).min(arena.len())
+    (addr, i.saturating_add(rest).min(arena.len()))
 }
 
-/// Gives back the reference of every entry in `arena[from..]`.
-fn release_from(arena: &[u8], from: usize) {
-    let mut at = from;
+/// Gives back the reference of every entry in `arena[from..]` (the predecessor of the
+/// entry at `from` has address `base_addr`).
+fn release_from(arena: &[u8], from: usize, base_addr: usize) {
+    let (mut at, mut addr) = (from, base_addr);
     while at < arena.len() {
+        (addr, at) = skip(arena, at, addr);
         // SAFETY: every entry's reference in `arena[from..]` is still owned (callers
         // pass the part no entry was moved out of) and taken back once, here; the
         // callers hold `&mut` of the sequence, so no borrow of an entry lives.
-        drop(unsafe { take_owned(arena, at) });
-        at = skip(arena, at);
+        drop(unsafe { take_series(addr) });
     }
 }
 
@@ -175,16 +216,23 @@ impl SeriesSequence {
         self.at = 0;
         self.taken = 0;
         self.behind.clear();
+        self.behind_addr = 0;
         self.expect();
     }
 
     /// Decodes the entry at `at` into `expected` (and prefetches its series).
     fn expect(&mut self) {
         if self.at < self.arena.len() {
-            self.after = decode(&self.arena, self.at, &self.behind, &mut self.expected);
+            (self.expected_addr, self.after) = decode(
+                &self.arena,
+                self.at,
+                &self.behind,
+                self.behind_addr,
+                &mut self.expected,
+            );
             // SAFETY: the entry at `at` is owned by the arena (not yet moved or
             // released: `at` only moves forward past those), and the borrow ends here.
-            if let Some(s) = unsafe { owned_at(&self.arena, self.at) } {
+            if let Some(s) = unsafe { owned_series(self.expected_addr) } {
                 // Taking the fields' addresses reads nothing of the series.
                 prefetch(std::ptr::from_ref(&s.cell).cast());
                 prefetch(std::ptr::from_ref(&s.touched_ms).cast());
@@ -204,7 +252,13 @@ impl SeriesSequence {
             return Some(Found::Expected);
         }
         if self.after < self.arena.len() {
-            decode(&self.arena, self.after, &self.expected, &mut self.peek);
+            decode(
+                &self.arena,
+                self.after,
+                &self.expected,
+                self.expected_addr,
+                &mut self.peek,
+            );
             if self.peek == ident {
                 return Some(Found::AfterExpected);
             }
@@ -220,7 +274,7 @@ impl SeriesSequence {
         }
         // SAFETY: the entry at `at` is owned by the arena (see `expect`); references
         // are taken back only by `&mut self` methods, so not while this borrow lives.
-        unsafe { owned_at(&self.arena, self.at) }
+        unsafe { owned_series(self.expected_addr) }
     }
 
     /// Moves past the expected entry, which stays in the sequence.
@@ -230,12 +284,17 @@ impl SeriesSequence {
             return;
         }
         if let Some(r) = &mut self.rewrite {
-            // The entry's reference moves to the new arena: its address bytes are
-            // copied, and the old arena's copy is never released (it lies before `at`).
-            r.arena
-                .extend_from_slice(&self.arena[self.at..self.at + ADDR]);
-            push_identity(&mut r.arena, &self.expected, &r.last);
+            // The entry's reference moves to the new arena, and the old arena's entry
+            // is never released (it lies before `at`).
+            push_existing(
+                &mut r.arena,
+                self.expected_addr,
+                &self.expected,
+                &r.last,
+                r.last_addr,
+            );
             r.last.clone_from(&self.expected);
+            r.last_addr = self.expected_addr;
             r.len += 1;
         } else {
             self.taken += 1;
@@ -254,13 +313,14 @@ impl SeriesSequence {
         // SAFETY: the entry at `at` is still owned by the old arena (`at` only moves
         // forward past entries moved or released) and is released once, here, before
         // `advance` moves past it; `&mut self` means no borrow of it lives.
-        drop(unsafe { take_owned(&self.arena, self.at) });
+        drop(unsafe { take_series(self.expected_addr) });
         self.advance();
     }
 
     /// Moves `at` to the next entry.
     fn advance(&mut self) {
         std::mem::swap(&mut self.behind, &mut self.expected);
+        self.behind_addr = self.expected_addr;
         self.at = self.after;
         self.expect();
     }
@@ -274,6 +334,7 @@ impl SeriesSequence {
                 arena,
                 len: self.taken,
                 last: self.behind.clone(),
+                last_addr: self.behind_addr,
             });
         }
     }
@@ -289,7 +350,13 @@ impl SeriesSequence {
             if self.taken >= capacity {
                 return;
             }
-            push_entry(&mut self.arena, series, ident, &self.behind);
+            self.behind_addr = push_entry(
+                &mut self.arena,
+                series,
+                ident,
+                &self.behind,
+                self.behind_addr,
+            );
             self.behind.clear();
             self.behind.extend_from_slice(ident);
             self.at = self.arena.len();
@@ -301,7 +368,7 @@ impl SeriesSequence {
         if let Some(r) = &mut self.rewrite
             && r.len < capacity
         {
-            push_entry(&mut r.arena, series, ident, &r.last);
+            r.last_addr = push_entry(&mut r.arena, series, ident, &r.last, r.last_addr);
             r.last.clear();
             r.last.extend_from_slice(ident);
             r.len += 1;
@@ -315,7 +382,7 @@ impl SeriesSequence {
             return;
         }
         self.reading = false;
-        release_from(&self.arena, self.at);
+        release_from(&self.arena, self.at, self.behind_addr);
         match self.rewrite.take() {
             Some(mut r) => {
                 r.arena.shrink_to_fit();
@@ -340,7 +407,7 @@ impl SeriesSequence {
 impl Drop for SeriesSequence {
     fn drop(&mut self) {
         self.end();
-        release_from(&self.arena, 0);
+        release_from(&self.arena, 0, 0);
     }
 }
 
@@ -393,8 +460,9 @@ mod tests {
         let first = read(&mut seq, &body, &mut made);
         assert!(first.iter().all(|(_, found)| !found));
         let bytes = seq.arena.len();
-        // Delta-coded: ~8 bytes of address and ~3-4 of identity per entry.
-        assert!(bytes < 100 * 14, "{bytes}");
+        // Delta-coded: ~2 bytes of address (the test's series were made one after
+        // another) and ~3-4 of identity per entry.
+        assert!(bytes < 100 * 8, "{bytes}");
         let ptr = seq.arena.as_ptr();
         let second = read(&mut seq, &body, &mut made);
         assert!(second.iter().all(|(_, found)| *found));
@@ -406,6 +474,27 @@ mod tests {
             (seq.arena.as_ptr(), seq.arena.len(), seq.len()),
             (ptr, bytes, 100)
         );
+    }
+
+    #[test]
+    fn addresses_are_stored_as_differences_in_either_direction() {
+        let cases = [
+            (0, 0, 1),
+            (0x7f00_0000_1000, 0x7f00_0000_10a0, 2),
+            (0x7f00_0000_10a0, 0x7f00_0000_1000, 2),
+            (0, usize::MAX, 1),
+            (usize::MAX, 0, 1),
+            (0, 0x7fff_ffff_fff0, 7),
+            (0x5555_0000_0000, 0x7fff_ffff_fff0, 7),
+        ];
+        for (base, addr, len) in cases {
+            let mut out = Vec::new();
+            put_addr(&mut out, addr, base);
+            assert_eq!(out.len(), len, "{base:x} -> {addr:x}");
+            let mut at = 0;
+            assert_eq!(get_addr(&out, &mut at, base), addr);
+            assert_eq!(at, out.len());
+        }
     }
 
     #[test]
@@ -485,12 +574,16 @@ mod tests {
                         given.entry(ident.clone()).or_default().push(id);
                     }
                 }
-                let mut at = 0;
+                let (mut at, mut addr) = (0, 0);
                 let mut base = Vec::new();
                 let mut held = Vec::new();
                 while at < seq.arena.len() {
                     let mut id = Vec::new();
-                    at = decode(&seq.arena, at, &base, &mut id);
+                    (addr, at) = decode(&seq.arena, at, &base, addr, &mut id);
+                    // SAFETY: the sequence owns the entry's reference while `seq` lives.
+                    let s = unsafe { owned_series(addr) }.unwrap();
+                    let pushed = given.get(&String::from_utf8(id.clone()).unwrap());
+                    prop_assert!(pushed.is_some_and(|p| p.contains(&s.start_ms)));
                     held.push(String::from_utf8(id.clone()).unwrap());
                     base = id;
                 }
