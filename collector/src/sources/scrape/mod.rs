@@ -27,7 +27,8 @@
 //!
 //! Blocking work: decompressing, parsing and aggregating a body take milliseconds for a
 //! large one, so they run on tokio's blocking pool (`spawn_blocking`), never on the
-//! async workers the listeners share; at most `concurrency` scrapes use it at once.
+//! async workers the listeners share; at most one body per core is parsed at once
+//! (`parse_slots`), whatever `concurrency` lets run.
 //! Only the HTTP exchange runs on the async workers. Each target records through its
 //! own writer, finding a text line's series by the line's bytes (module `ingest`).
 //!
@@ -336,6 +337,8 @@ impl TargetCounters {
 pub struct Scraper {
     running: Vec<Running>,
     permits: Arc<Semaphore>,
+    /// Bodies decompressed and parsed at once: one per core (see [`parse_slots`]).
+    parses: Arc<Semaphore>,
     concurrency: usize,
     body_limit: usize,
     /// Per target (in config order): its URL and counters.
@@ -376,6 +379,7 @@ impl Scraper {
         let mut scraper = Scraper {
             running: Vec::new(),
             permits: Arc::new(Semaphore::new(config.concurrency)),
+            parses: Arc::new(Semaphore::new(parse_slots())),
             concurrency: config.concurrency,
             body_limit: config.body_limit_bytes,
             targets: Vec::new(),
@@ -424,7 +428,13 @@ impl Scraper {
             return None;
         };
         let (stop, stopped) = watch::channel(false);
-        let run = TargetRun::new(t, uri, self.body_limit, &self.permits, aggregator);
+        let run = TargetRun::new(
+            t,
+            uri,
+            self.body_limit,
+            [&self.permits, &self.parses],
+            aggregator,
+        );
         let (security, counters) = (run.security.clone(), run.counters.clone());
         Some(Running {
             target: t.clone(),
@@ -571,6 +581,8 @@ struct TargetRun {
     /// Rebuilt when the credentials' generation changes.
     client: Option<TargetClient>,
     permits: Arc<Semaphore>,
+    /// Shared by all targets: see [`Scraper::parses`].
+    parses: Arc<Semaphore>,
     /// `None` only while a parsing task has it (or if that task failed: then a new
     /// one is made from `aggregator`).
     writer: Option<Writer>,
@@ -593,7 +605,7 @@ impl TargetRun {
         t: &ScrapeTarget,
         uri: hyper::Uri,
         body_limit: usize,
-        permits: &Arc<Semaphore>,
+        [permits, parses]: [&Arc<Semaphore>; 2],
         aggregator: &Aggregator,
     ) -> TargetRun {
         TargetRun {
@@ -604,6 +616,7 @@ impl TargetRun {
             security: Arc::new(TargetSecurity::load(t)),
             client: None,
             permits: permits.clone(),
+            parses: parses.clone(),
             writer: Some(aggregator.writer()),
             aggregator: aggregator.clone(),
             counters: Arc::new(TargetCounters::default()),
@@ -781,7 +794,10 @@ impl TargetRun {
             .unwrap_or_else(|| self.aggregator.writer());
         let labels = self.labels.clone();
         let limit = self.body_limit;
+        // Never closed; if it were, the parse would go ahead unlimited.
+        let slot = self.parses.clone().acquire_owned().await.ok();
         let job = tokio::task::spawn_blocking(move || {
+            let _slot = slot;
             let parsed = decode_body(fetched.body, fetched.encoding.as_deref(), limit).map(
                 |(body, gzip)| {
                     let report = parse_into(&mut writer, &labels, fetched.format, &body);
@@ -798,6 +814,15 @@ impl TargetRun {
             Err(e) => Err(ScrapeError::Parse(e.to_string())),
         }
     }
+}
+
+/// How many bodies are decompressed and parsed at once, over all targets: one per core.
+/// Parsing is CPU-bound, so more at once would not finish sooner; each would hold a
+/// blocking-pool thread (its stack, and with glibc its own malloc arena, where the
+/// series it creates then live) and a decompressed body. Scrapes waiting for a slot
+/// hold only their body as received.
+fn parse_slots() -> usize {
+    std::thread::available_parallelism().map_or(1, std::num::NonZero::get)
 }
 
 /// The body as its `Content-Encoding` says: as is for none or `identity`,
@@ -1134,7 +1159,13 @@ mod tests {
         let aggregator = Aggregator::default();
         let t: ScrapeTarget = toml::from_str("url = \"http://127.0.0.1:1/metrics\"").unwrap();
         let permits = Arc::new(Semaphore::new(1));
-        let run = TargetRun::new(&t, t.url.parse().unwrap(), 1 << 20, &permits, &aggregator);
+        let run = TargetRun::new(
+            &t,
+            t.url.parse().unwrap(),
+            1 << 20,
+            [&permits, &permits],
+            &aggregator,
+        );
         let (_stop, stopped) = watch::channel(false);
         let task = run.run(stopped);
         // About a `TargetRun` (~1.2 KB, its TLS stream boxed) and the schedule; a
