@@ -12,7 +12,8 @@
 //! Owns: the request bytes, response framing (RFC 9112: interim 1xx responses skipped,
 //! `Transfer-Encoding` over `Content-Length`, 204 and 304 without a body), keep-alive
 //! (a connection is reused only after an exchange that ended exactly at its response's
-//! end, on HTTP/1.1 without `Connection: close`), and the retry of a GET on a fresh
+//! end, on HTTP/1.1 without `Connection: close` or HTTP/1.0 with `Connection:
+//! keep-alive`), and the retry of a GET on a fresh
 //! connection when a reused one turns out closed before any byte of its answer (the
 //! server's idle timeout ran out between scrapes; GET is idempotent). Must never: read
 //! past the body limit, hold a buffer between scrapes, or reuse a connection whose
