@@ -21,6 +21,7 @@
 
 use std::future::poll_fn;
 use std::io;
+use std::time::Duration;
 
 use bytes::BufMut as _;
 
@@ -98,17 +99,16 @@ impl Client {
         }
     }
 
-    /// GETs `uri` with the scrape's headers and `extra` ones (credentials): the body
-    /// of a 2xx answer, at most `limit` bytes as received.
+    /// Sends `request` (from [`request_bytes`]) to `uri`'s host: the body of a 2xx
+    /// answer, at most `limit` bytes as received.
     pub(super) async fn get(
         &mut self,
         uri: &Uri,
-        extra: &HeaderMap,
+        request: &[u8],
         limit: usize,
     ) -> Result<Response, ScrapeError> {
-        let request = request_bytes(uri, extra);
         if let Some(mut stream) = self.idle.take() {
-            match exchange(&mut stream, &request, limit, true).await {
+            match exchange(&mut stream, request, limit, true).await {
                 Ok((response, reusable)) => {
                     self.idle = reusable.then_some(stream);
                     return Ok(response);
@@ -118,7 +118,7 @@ impl Client {
             }
         }
         let mut stream = self.connect(uri).await?;
-        match exchange(&mut stream, &request, limit, false).await {
+        match exchange(&mut stream, request, limit, false).await {
             Ok((response, reusable)) => {
                 self.idle = reusable.then_some(stream);
                 Ok(response)
@@ -150,9 +150,11 @@ impl Client {
     }
 }
 
-/// The request: origin-form target, `Host` as hyper writes it (the port only when it
-/// is not the scheme's), the Accept headers of content negotiation, then `extra`.
-fn request_bytes(uri: &Uri, extra: &HeaderMap) -> Vec<u8> {
+/// A scrape's GET of `uri`: origin-form target, `Host` as hyper writes it (the port
+/// only when it is not the scheme's), the Accept headers of content negotiation, the
+/// scrape's `timeout` as Prometheus sends it (`X-Prometheus-Scrape-Timeout-Seconds`,
+/// which some exporters read to bound their own work), then `extra` (credentials).
+pub(super) fn request_bytes(uri: &Uri, timeout: Duration, extra: &HeaderMap) -> Vec<u8> {
     let target = uri.path_and_query().map_or("/", |p| p.as_str());
     let target = if target.is_empty() { "/" } else { target };
     let host = uri.host().unwrap_or_default();
@@ -168,10 +170,12 @@ fn request_bytes(uri: &Uri, extra: &HeaderMap) -> Vec<u8> {
     if let Some(port) = uri.port_u16().filter(|p| *p != default_port) {
         out.extend_from_slice(format!(":{port}").as_bytes());
     }
+    let timeout = timeout.as_secs_f64().to_string();
     for (name, value) in [
         ("Accept", ACCEPT),
         ("Accept-Encoding", ACCEPT_ENCODING),
         ("User-Agent", concat!("weir/", env!("CARGO_PKG_VERSION"))),
+        ("X-Prometheus-Scrape-Timeout-Seconds", &timeout),
     ] {
         push_header(&mut out, name.as_bytes(), value.as_bytes());
     }
@@ -649,7 +653,8 @@ mod tests {
     }
 
     async fn get(c: &mut Client, uri: &Uri, limit: usize) -> Result<Response, ScrapeError> {
-        c.get(uri, &HeaderMap::new(), limit).await
+        let request = request_bytes(uri, Duration::from_secs(1), &HeaderMap::new());
+        c.get(uri, &request, limit).await
     }
 
     #[tokio::test]
@@ -673,24 +678,33 @@ mod tests {
         let mut extra = HeaderMap::new();
         extra.insert("authorization", "Bearer t".parse().unwrap());
         let mut c = client();
-        c.get(&uri, &extra, 1024).await.unwrap();
+        let request = request_bytes(&uri, Duration::from_millis(2500), &extra);
+        c.get(&uri, &request, 1024).await.unwrap();
         let seen = seen.lock().unwrap();
         let port = uri.port_u16().unwrap();
         assert_eq!(
             seen.requests[0],
             format!(
                 "GET /metrics?x=1 HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nAccept: {ACCEPT}\r\n\
-                 Accept-Encoding: gzip\r\nUser-Agent: weir/{}\r\nauthorization: Bearer t\r\n\r\n",
+                 Accept-Encoding: gzip\r\nUser-Agent: weir/{}\r\n\
+                 X-Prometheus-Scrape-Timeout-Seconds: 2.5\r\nauthorization: Bearer t\r\n\r\n",
                 env!("CARGO_PKG_VERSION")
             )
         );
         // The scheme's own port is left out of Host, as hyper does; "/" when no path.
-        let request = request_bytes(&"http://h:80".parse().unwrap(), &HeaderMap::new());
-        assert!(request.starts_with(b"GET / HTTP/1.1\r\nHost: h\r\n"));
-        let request = request_bytes(&"https://h:443/m".parse().unwrap(), &HeaderMap::new());
-        assert!(request.starts_with(b"GET /m HTTP/1.1\r\nHost: h\r\n"));
-        let request = request_bytes(&"https://h:80/m".parse().unwrap(), &HeaderMap::new());
-        assert!(request.starts_with(b"GET /m HTTP/1.1\r\nHost: h:80\r\n"));
+        let request = |url: &str| {
+            let timeout = Duration::from_secs(10);
+            request_bytes(&url.parse().unwrap(), timeout, &HeaderMap::new())
+        };
+        assert!(request("http://h:80").starts_with(b"GET / HTTP/1.1\r\nHost: h\r\n"));
+        assert!(request("https://h:443/m").starts_with(b"GET /m HTTP/1.1\r\nHost: h\r\n"));
+        assert!(request("https://h:80/m").starts_with(b"GET /m HTTP/1.1\r\nHost: h:80\r\n"));
+        // Whole seconds without a fraction, as Prometheus formats them.
+        let text = String::from_utf8(request("http://h/")).unwrap();
+        assert!(
+            text.contains("\r\nX-Prometheus-Scrape-Timeout-Seconds: 10\r\n"),
+            "{text}"
+        );
     }
 
     #[tokio::test]

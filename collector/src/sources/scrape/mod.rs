@@ -770,9 +770,10 @@ impl TargetRun {
 
     async fn fetch(&mut self) -> Result<Fetched, ScrapeError> {
         let uri = self.uri.clone();
-        let body_limit = self.body_limit;
+        let (body_limit, timeout) = (self.body_limit, self.target.timeout);
         let client = self.client()?;
-        let response = client.http.get(&uri, &client.headers, body_limit).await?;
+        let request = http1::request_bytes(&uri, timeout, &client.headers);
+        let response = client.http.get(&uri, &request, body_limit).await?;
         let format = Format::from_content_type(response.content_type.as_deref());
         Ok(Fetched {
             body: Bytes::from(response.body),
