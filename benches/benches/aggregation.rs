@@ -426,7 +426,8 @@ fn key(c: &mut Criterion) {
 
 /// 6: flush of N counter series, each updated once since the previous flush. Updates
 /// go through pre-resolved handles, untimed; only `flush()` is timed (the returned
-/// batch is dropped, or in `counters_recycled` handed back for reuse, untimed).
+/// batch is dropped, or in `counters_recycled` handed back for reuse, untimed), and in
+/// `counters_chunked` the daemon's chunked flush (`flush_chunked`).
 fn flush(c: &mut Criterion) {
     let mut g = c.benchmark_group("flush");
     g.sample_size(10)
@@ -465,6 +466,25 @@ fn flush(c: &mut Criterion) {
                 })
             });
         }
+        // The daemon's flush: the same walk handed over in chunks of 65,536 entries
+        // (its `FLUSH_CHUNK`), each dropped here where the daemon encodes it, so one
+        // chunk's allocation (~3 MB, cache-sized) serves the whole flush.
+        g.bench_function(format!("counters_chunked/{label}"), |b| {
+            b.iter_custom(|iters| {
+                let mut total = Duration::ZERO;
+                for _ in 0..iters {
+                    for h in &handles {
+                        h.add(1.0).expect("counter");
+                    }
+                    let mut flushed = 0;
+                    let start = Instant::now();
+                    agg.flush_chunked(1 << 16, |chunk| flushed += black_box(chunk).series.len());
+                    total += start.elapsed();
+                    assert_eq!(flushed, n);
+                }
+                total
+            })
+        });
         // Reference: only allocating and filling a fresh `Vec<FlushedSeries>` of `n`
         // entries (what every flush builds), without touching any series.
         let template = agg.flush().series.swap_remove(0);
