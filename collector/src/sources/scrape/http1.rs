@@ -77,11 +77,21 @@ pub(super) struct Response {
     pub body: Vec<u8>,
 }
 
-/// How an exchange failed: on a reused connection closed before any byte of the
-/// answer (worth one retry on a new connection), or for good.
+/// How an exchange failed: on a connection closed before any byte of the answer (if
+/// it was a kept one, worth one retry on a new connection), or otherwise.
 enum Failure {
     Closed(io::Error),
     Scrape(ScrapeError),
+}
+
+impl Failure {
+    /// The scrape's failure, once no retry is left.
+    fn into_scrape(self) -> ScrapeError {
+        match self {
+            Failure::Closed(e) => ScrapeError::request(&e),
+            Failure::Scrape(e) => e,
+        }
+    }
 }
 
 impl From<ScrapeError> for Failure {
@@ -107,25 +117,28 @@ impl Client {
         request: &[u8],
         limit: usize,
     ) -> Result<Response, ScrapeError> {
-        if let Some(mut stream) = self.idle.take() {
-            match exchange(&mut stream, request, limit, true).await {
-                Ok((response, reusable)) => {
-                    self.idle = reusable.then_some(stream);
-                    return Ok(response);
-                }
-                Err(Failure::Scrape(e)) => return Err(e),
+        if let Some(stream) = self.idle.take() {
+            match self.send(stream, request, limit).await {
                 Err(Failure::Closed(_)) => {} // the target closed it while idle
+                done => return done.map_err(Failure::into_scrape),
             }
         }
-        let mut stream = self.connect(uri).await?;
-        match exchange(&mut stream, request, limit, false).await {
-            Ok((response, reusable)) => {
-                self.idle = reusable.then_some(stream);
-                Ok(response)
-            }
-            Err(Failure::Scrape(e)) => Err(e),
-            Err(Failure::Closed(e)) => Err(ScrapeError::request(&e)),
-        }
+        let stream = self.connect(uri).await?;
+        self.send(stream, request, limit)
+            .await
+            .map_err(Failure::into_scrape)
+    }
+
+    /// One exchange on `stream`, kept for the next scrape if it may carry one.
+    async fn send(
+        &mut self,
+        mut stream: Stream,
+        request: &[u8],
+        limit: usize,
+    ) -> Result<Response, Failure> {
+        let (response, reusable) = exchange(&mut stream, request, limit).await?;
+        self.idle = reusable.then_some(stream);
+        Ok(response)
     }
 
     /// Whether a connection is kept for the next scrape.
@@ -211,16 +224,15 @@ enum Framing {
 }
 
 /// Writes `request` and reads the answer; says whether the connection may carry the
-/// next one. `reused`: a connection closed before any byte of the answer is reported
-/// as [`Failure::Closed`].
+/// next one. A connection closed before any byte of the answer is reported as
+/// [`Failure::Closed`].
 async fn exchange(
     stream: &mut Stream,
     request: &[u8],
     limit: usize,
-    reused: bool,
 ) -> Result<(Response, bool), Failure> {
     let closed = |e: io::Error| {
-        if reused && is_closed(&e) {
+        if is_closed(&e) {
             Failure::Closed(e)
         } else {
             Failure::Scrape(ScrapeError::request(&e))
