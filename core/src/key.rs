@@ -29,7 +29,10 @@
 //! `i32::MAX` references aborts). The release function, chosen when the allocation is
 //! made, is what lets a plain `SeriesKey` drop the value stored with it without knowing
 //! its type. This module holds all of that `unsafe`: `alloc_keyed`, `release`,
-//! `SeriesKey::as_bytes` and `Keyed`'s `Deref`.
+//! `SeriesKey::as_bytes` and `Keyed`'s `Deref`. Two `unsafe fn`s leave the count to
+//! their callers, whose `unsafe` blocks say why it holds: `Keyed::from_raw` (the
+//! addresses the writer caches store) and `SeriesKey::uncounted_copy` (the keys a
+//! flush's chunks lend their consumer).
 
 use std::alloc::{Layout, alloc, dealloc, handle_alloc_error};
 use std::fmt;
@@ -315,6 +318,27 @@ impl SeriesKey {
         Ok(())
     }
 
+    /// References to the key's allocation (its count), for tests of code that holds
+    /// keys uncounted or as raw addresses.
+    #[cfg(test)]
+    pub(crate) fn references(&self) -> u32 {
+        self.header().count.load(Ordering::Relaxed)
+    }
+
+    /// A second `SeriesKey` for this key's allocation that holds no reference of its
+    /// own: no count is taken now, so none may be given back. It reads, compares and
+    /// clones (a clone takes a counted reference) like any key.
+    ///
+    /// # Safety
+    /// The copy must never be dropped (forget it: `mem::forget`, a destructuring that
+    /// forgets the key), and must not be used after the last counted reference to the
+    /// allocation is gone: the caller keeps one alive for the copy's whole use.
+    pub(crate) unsafe fn uncounted_copy(&self) -> SeriesKey {
+        SeriesKey {
+            header: self.header,
+        }
+    }
+
     /// Builds a key from bytes already produced by [`SeriesKey::canonicalize`]; no
     /// other bytes may be given (`utf8` relies on it).
     pub(crate) fn from_canonical(bytes: &[u8]) -> SeriesKey {
@@ -568,7 +592,7 @@ impl<T> Keyed<T> {
     /// references as raw addresses.
     #[cfg(test)]
     pub(crate) fn references(this: &Keyed<T>) -> u32 {
-        this.key.header().count.load(Ordering::Relaxed)
+        this.key.references()
     }
 
     /// The address [`Keyed::into_raw`] would give, keeping the reference.
