@@ -351,9 +351,8 @@ fn head_of(parsed: &httparse::Response<'_, '_>) -> Result<Head, String> {
         let value = value.trim();
         let name = field.name;
         if name.eq_ignore_ascii_case("content-length") {
-            let n = value
-                .parse::<usize>()
-                .map_err(|_| format!("invalid Content-Length {value:?}"))?;
+            let n =
+                content_length(value).ok_or_else(|| format!("invalid Content-Length {value:?}"))?;
             if length.is_some_and(|l| l != n) {
                 return Err("conflicting Content-Length headers".to_owned());
             }
@@ -424,13 +423,22 @@ async fn read_chunked(
     }
 }
 
+/// A `Content-Length` value: decimal digits only (RFC 9110 8.6), so no sign, space
+/// or list, which Rust's integer parsing alone would let through (`+5`).
+fn content_length(value: &str) -> Option<usize> {
+    if value.is_empty() || !value.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    value.parse().ok()
+}
+
 /// The size of a chunk-size line (hex digits, then optional `;` extensions).
 fn chunk_size(line: &[u8]) -> Option<usize> {
     let digits = line
         .iter()
         .position(|b| *b == b';' || *b == b' ' || *b == b'\t')
         .map_or(line, |end| &line[..end]);
-    if digits.is_empty() || digits.len() > 15 {
+    if digits.is_empty() || digits.len() > 15 || !digits.iter().all(u8::is_ascii_hexdigit) {
         return None;
     }
     let text = std::str::from_utf8(digits).ok()?;
@@ -872,8 +880,25 @@ mod tests {
         assert_eq!(chunk_size(b"FF;x=y"), Some(255));
         assert_eq!(chunk_size(b"0"), Some(0));
         assert_eq!(chunk_size(b"10 ;x"), Some(16));
-        for bad in [&b""[..], b";x", b"g", b"-1", b"1234567890abcdef0"] {
+        for bad in [&b""[..], b";x", b"g", b"-1", b"+1", b"1234567890abcdef0"] {
             assert_eq!(chunk_size(bad), None, "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn a_content_length_is_decimal_digits_only() {
+        assert_eq!(content_length("0"), Some(0));
+        assert_eq!(content_length("1130"), Some(1130));
+        for bad in [
+            "",
+            "+5",
+            "-5",
+            "5 ",
+            "5, 5",
+            "0x10",
+            "99999999999999999999999",
+        ] {
+            assert_eq!(content_length(bad), None, "{bad:?}");
         }
     }
 }
