@@ -109,7 +109,8 @@ pub enum PipelineError {
 /// statistic, read for reporting only; no other memory is published through them).
 #[derive(Debug, Default)]
 pub struct PipelineCounters {
-    /// Flushes encoded.
+    /// Batches encoded: whole flushes, or each chunk of a flush the daemon encodes in
+    /// chunks (`Pipeline::accept` is called once per chunk).
     pub flushes: AtomicU64,
     /// Request bodies appended to the WAL.
     pub records_written: AtomicU64,
