@@ -109,21 +109,48 @@ fn collect_into(
     now_ms: i64,
     keys: Keys,
 ) {
-    let value = match (&series.cell, evicted) {
-        (Cell::Counter(_, c), false) => counter_share(c, c.collect()),
+    match (&series.cell, evicted) {
+        (Cell::Counter(_, c), false) => {
+            let value = counter_share(c, c.collect());
+            push_entry(out, series, value, keys);
+        }
         (Cell::Gauge(_, g), false) => {
             let (value, timestamp_ms) = g.read();
-            FlushedValue::Gauge {
+            let value = FlushedValue::Gauge {
                 value,
                 timestamp_ms,
-            }
+            };
+            push_entry(out, series, value, keys);
         }
-        _ => {
-            out.extend(collect_other(series, evicted, now_ms, keys));
-            return;
+        _ => out.extend(collect_other(series, evicted, now_ms, keys)),
+    }
+}
+
+/// Appends `series`' entry to `out`. When there is room (always, in a walk: `walk`
+/// allocates a chunk's capacity up front) it writes the entry in place, field by
+/// field; `Vec::push`'s growth call would make the compiler build each entry on the
+/// stack and copy it, and the copy's 16-byte loads of 8-byte stores stall store
+/// forwarding on every series.
+#[inline(always)]
+fn push_entry(
+    out: &mut Vec<FlushedSeries>,
+    series: &SharedSeries,
+    value: FlushedValue,
+    keys: Keys,
+) {
+    let len = out.len();
+    if len < out.capacity() {
+        // SAFETY: `len < capacity`, so slot `len` is allocated and unused; it is
+        // written once and then counted by `set_len`.
+        unsafe {
+            out.as_mut_ptr()
+                .add(len)
+                .write(flushed(series, value, keys));
+            out.set_len(len + 1);
         }
-    };
-    out.push(flushed(series, value, keys));
+    } else {
+        out.push(flushed(series, value, keys));
+    }
 }
 
 /// [`collect_into`] for the series it does not take inline: histograms, sets, summaries,
@@ -218,6 +245,7 @@ fn peek(series: &SharedSeries, now_ms: i64) -> Option<FlushedSeries> {
     Some(flushed(series, value, Keys::Counted))
 }
 
+#[inline(always)]
 fn flushed(series: &SharedSeries, value: FlushedValue, keys: Keys) -> FlushedSeries {
     let key = match keys {
         Keys::Counted => series.key().clone(),
