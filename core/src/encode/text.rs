@@ -10,7 +10,7 @@
 
 use std::fmt::Write as _;
 
-use crate::flush::{FlushBatch, FlushedSeries, FlushedValue};
+use crate::flush::{FlushBatch, FlushedValue};
 use crate::key::SeriesKey;
 
 /// Writes a float as the format spells it.
@@ -86,14 +86,29 @@ fn type_name(v: &FlushedValue) -> &'static str {
 /// assert_eq!(text, "# TYPE jobs_total counter\njobs_total{queue=\"mail\"} 3\n");
 /// ```
 pub fn prometheus_text(batch: &FlushBatch) -> String {
-    // Each name found once, not twice per comparison: the sort made ~20 comparisons
-    // per series, and finding a name scans and validates the key's bytes.
-    let mut series: Vec<(&str, &FlushedSeries)> =
-        batch.live().iter().map(|s| (s.key.name(), s)).collect();
-    series.sort_by(|a, b| a.0.cmp(b.0).then_with(|| a.1.key.cmp(&b.1.key)));
-    let mut out = String::with_capacity(series.len() * 64);
+    let live = batch.live();
+    // The order as (entry index, name length): each name found once, not twice per
+    // comparison (the sort makes ~20 comparisons per series, and finding a name scans
+    // the key's bytes), in 8 bytes per series where a (name, entry) pair took 24: 16 MB
+    // less while a page of 1M series is encoded.
+    let mut order: Vec<(u32, u32)> = Vec::with_capacity(live.len());
+    for (i, s) in live.iter().enumerate() {
+        // A batch is bounded by `max_series` and a key by its receiver's input, both
+        // far below 2^32.
+        order.push((i as u32, s.key.name().len() as u32));
+    }
+    let name_of = |&(i, len): &(u32, u32)| (&live[i as usize].key, len as usize);
+    order.sort_by(|a, b| {
+        let ((ka, la), (kb, lb)) = (name_of(a), name_of(b));
+        ka.as_bytes()[..la]
+            .cmp(&kb.as_bytes()[..lb])
+            .then_with(|| ka.cmp(kb))
+    });
+    let mut out = String::with_capacity(live.len() * 64);
     let mut current: Option<&str> = None;
-    for (name, s) in series {
+    for (i, _) in order {
+        let s = &live[i as usize];
+        let name = s.key.name();
         if current != Some(name) {
             let _ = writeln!(out, "# TYPE {name} {}", type_name(&s.value));
             current = Some(name);
