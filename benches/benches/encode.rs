@@ -5,7 +5,8 @@
 //! (canonical key ~80 bytes) and 5k histograms `http_request_duration_seconds` with the
 //! same label sets and the 11 Prometheus default buckets. Every encoder runs with
 //! default options (1 MiB requests, cumulative) plus one external label
-//! (`cluster="eu-1"`); OTLP also runs with delta temporality. Throughput is set to
+//! (`cluster="eu-1"`); OTLP also runs with delta temporality. `prometheus_text` is the
+//! exposition page (sorted, no options). Throughput is set to
 //! the series count, so criterion reports series/s; the output size per encoder is
 //! printed once at start. `walk_labels` is the floor every encoder pays: reading each
 //! series' name and labels out of its key (a cache miss per key at this size, plus
@@ -84,9 +85,17 @@ fn walk_labels(b: &FlushBatch, _: &EncodeOptions) -> Vec<EncodedRequest> {
     }]
 }
 
+/// The exposition page (`GET /metrics`): the whole batch sorted and spelled as text.
+fn prometheus_text(b: &FlushBatch, _: &EncodeOptions) -> Vec<EncodedRequest> {
+    vec![EncodedRequest {
+        body: weir_core::encode::prometheus_text(b).into_bytes(),
+        points: b.series.len() as u64,
+    }]
+}
+
 fn encode(c: &mut Criterion) {
     let b = batch();
-    let cases: [(&str, Encoder, Temporality); 5] = [
+    let cases: [(&str, Encoder, Temporality); 6] = [
         ("walk_labels", walk_labels, Temporality::Cumulative),
         (
             "remote_write",
@@ -96,6 +105,7 @@ fn encode(c: &mut Criterion) {
         ("influx", influx::encode, Temporality::Cumulative),
         ("otlp_cumulative", otlp::encode, Temporality::Cumulative),
         ("otlp_delta", otlp::encode, Temporality::Delta),
+        ("prometheus_text", prometheus_text, Temporality::Cumulative),
     ];
     for (name, f, t) in &cases[1..] {
         let reqs = f(&b, &options(*t));

@@ -447,6 +447,24 @@ impl std::borrow::Borrow<[u8]> for SeriesKey {
     }
 }
 
+/// Writes a label value as the Prometheus text format quotes it (without the quotes):
+/// backslash, double quote and newline escaped, every other character as it is. Runs
+/// between escapes are written whole.
+pub(crate) fn write_escaped(w: &mut impl fmt::Write, v: &str) -> fmt::Result {
+    let mut rest = v;
+    while let Some(i) = rest.bytes().position(|b| matches!(b, b'\\' | b'"' | b'\n')) {
+        w.write_str(&rest[..i])?;
+        w.write_str(match rest.as_bytes()[i] {
+            b'\\' => "\\\\",
+            b'"' => "\\\"",
+            _ => "\\n",
+        })?;
+        // Byte `i` is ASCII, so `i + 1` is a character boundary.
+        rest = &rest[i + 1..];
+    }
+    w.write_str(rest)
+}
+
 impl fmt::Display for SeriesKey {
     /// Prometheus text style: `name{a="1",b="x\"y"}`.
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -456,14 +474,7 @@ impl fmt::Display for SeriesKey {
             f.write_str(if first { "{" } else { "," })?;
             first = false;
             write!(f, "{k}=\"")?;
-            for c in v.chars() {
-                match c {
-                    '\\' => f.write_str("\\\\")?,
-                    '"' => f.write_str("\\\"")?,
-                    '\n' => f.write_str("\\n")?,
-                    c => write!(f, "{c}")?,
-                }
-            }
+            write_escaped(f, v)?;
             f.write_str("\"")?;
         }
         if !first {
@@ -732,6 +743,31 @@ mod tests {
     fn display_escapes_values() {
         let k = SeriesKey::new("m", &[("a", "q\"b\\n\n")]).unwrap();
         assert_eq!(k.to_string(), r#"m{a="q\"b\\n\n"}"#);
+    }
+
+    proptest::proptest! {
+        /// Whatever the value, the escaped text has no raw newline or unescaped quote,
+        /// and undoing the three escapes gives the value back.
+        #[test]
+        fn escaping_round_trips(v in "(\\PC|[\\\\\"\n])*") {
+            let mut out = String::new();
+            write_escaped(&mut out, &v).unwrap();
+            proptest::prop_assert!(!out.contains('\n'));
+            let mut back = String::new();
+            let mut chars = out.chars();
+            while let Some(c) = chars.next() {
+                match c {
+                    '\\' => match chars.next() {
+                        Some('n') => back.push('\n'),
+                        Some(e @ ('\\' | '"')) => back.push(e),
+                        other => proptest::prop_assert!(false, "bad escape {:?}", other),
+                    },
+                    '"' => proptest::prop_assert!(false, "unescaped quote"),
+                    c => back.push(c),
+                }
+            }
+            proptest::prop_assert_eq!(back, v);
+        }
     }
 
     #[test]

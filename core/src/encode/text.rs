@@ -22,7 +22,7 @@ fn float(out: &mut String, v: f64) {
     } else if v == f64::NEG_INFINITY {
         out.push_str("-Inf");
     } else {
-        let _ = write!(out, "{v}");
+        super::float::positional(out, v);
     }
 }
 
@@ -35,14 +35,8 @@ fn labels(out: &mut String, key: &SeriesKey, extra: Option<(&str, &str)>) {
         first = false;
         out.push_str(k);
         out.push_str("=\"");
-        for c in v.chars() {
-            match c {
-                '\\' => out.push_str("\\\\"),
-                '"' => out.push_str("\\\""),
-                '\n' => out.push_str("\\n"),
-                c => out.push(c),
-            }
-        }
+        // Writing to a `String` cannot fail.
+        let _ = crate::key::write_escaped(out, v);
         out.push('"');
     }
     if !first {
@@ -98,7 +92,8 @@ pub fn prometheus_text(batch: &FlushBatch) -> String {
         order.push((i as u32, s.key.name().len() as u32));
     }
     let name_of = |&(i, len): &(u32, u32)| (&live[i as usize].key, len as usize);
-    order.sort_by(|a, b| {
+    // Unstable (no scratch buffer): live entries have distinct keys, so no ties.
+    order.sort_unstable_by(|a, b| {
         let ((ka, la), (kb, lb)) = (name_of(a), name_of(b));
         ka.as_bytes()[..la]
             .cmp(&kb.as_bytes()[..lb])
