@@ -447,10 +447,31 @@ impl std::borrow::Borrow<[u8]> for SeriesKey {
     }
 }
 
+/// Writes `{k="v",...}` for `labels` as the Prometheus text format does (values
+/// escaped by [`write_escaped`]); nothing at all when there are none.
+pub(crate) fn write_labels<'a>(
+    w: &mut impl fmt::Write,
+    labels: impl Iterator<Item = (&'a str, &'a str)>,
+) -> fmt::Result {
+    let mut first = true;
+    for (k, v) in labels {
+        w.write_str(if first { "{" } else { "," })?;
+        first = false;
+        w.write_str(k)?;
+        w.write_str("=\"")?;
+        write_escaped(w, v)?;
+        w.write_str("\"")?;
+    }
+    if !first {
+        w.write_str("}")?;
+    }
+    Ok(())
+}
+
 /// Writes a label value as the Prometheus text format quotes it (without the quotes):
 /// backslash, double quote and newline escaped, every other character as it is. Runs
 /// between escapes are written whole.
-pub(crate) fn write_escaped(w: &mut impl fmt::Write, v: &str) -> fmt::Result {
+fn write_escaped(w: &mut impl fmt::Write, v: &str) -> fmt::Result {
     let mut rest = v;
     while let Some(i) = rest.bytes().position(|b| matches!(b, b'\\' | b'"' | b'\n')) {
         w.write_str(&rest[..i])?;
@@ -469,18 +490,7 @@ impl fmt::Display for SeriesKey {
     /// Prometheus text style: `name{a="1",b="x\"y"}`.
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(self.name())?;
-        let mut first = true;
-        for (k, v) in self.labels() {
-            f.write_str(if first { "{" } else { "," })?;
-            first = false;
-            write!(f, "{k}=\"")?;
-            write_escaped(f, v)?;
-            f.write_str("\"")?;
-        }
-        if !first {
-            f.write_str("}")?;
-        }
-        Ok(())
+        write_labels(f, self.labels())
     }
 }
 

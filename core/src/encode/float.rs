@@ -55,10 +55,11 @@ pub(crate) fn line_protocol(out: &mut String, v: f64) {
 /// of the float formatter's cost.
 pub(crate) fn positional(out: &mut String, v: f64) {
     const EXACT: f64 = 9_007_199_254_740_992.0; // 2^53
-    // `-0.0` is integral too, but `{v}` spells it `-0`; it takes the float path.
-    if v.abs() < EXACT && v.fract() == 0.0 && !(v == 0.0 && v.is_sign_negative()) {
-        // Exact: `v` is an integer of at most 53 bits.
-        let _ = write!(out, "{}", v as i64);
+    // A cast round trip, not `v.fract()` (a libm call on baseline x86-64). `-0.0` is
+    // integral too, but `{v}` spells it `-0`: it takes the float path.
+    let i = v as i64;
+    if v.abs() < EXACT && i as f64 == v && !(i == 0 && v.is_sign_negative()) {
+        let _ = write!(out, "{i}");
     } else {
         let _ = write!(out, "{v}");
     }

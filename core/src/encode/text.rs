@@ -29,19 +29,8 @@ fn float(out: &mut String, v: f64) {
 /// Writes `{k="v",...}` for `key`'s labels plus `extra` (appended last), escaping
 /// values; nothing when there are no labels at all.
 fn labels(out: &mut String, key: &SeriesKey, extra: Option<(&str, &str)>) {
-    let mut first = true;
-    for (k, v) in key.labels().chain(extra) {
-        out.push(if first { '{' } else { ',' });
-        first = false;
-        out.push_str(k);
-        out.push_str("=\"");
-        // Writing to a `String` cannot fail.
-        let _ = crate::key::write_escaped(out, v);
-        out.push('"');
-    }
-    if !first {
-        out.push('}');
-    }
+    // Writing to a `String` cannot fail.
+    let _ = crate::key::write_labels(out, key.labels().chain(extra));
 }
 
 fn line(
