@@ -67,20 +67,13 @@ impl MetricsPage {
     }
 }
 
-/// A rendered label set, `{a="x",b="y"}`, values escaped for the text format.
+/// A rendered label set, `{a="x",b="y"}`, values escaped for the text format (as the
+/// aggregated series' page writes them: [`weir_core::key::write_labels`]); every caller
+/// passes at least one label.
 pub fn labels(pairs: &[(&str, &str)]) -> String {
-    let mut s = String::from("{");
-    for (i, (k, v)) in pairs.iter().enumerate() {
-        if i > 0 {
-            s.push(',');
-        }
-        let v = v
-            .replace('\\', "\\\\")
-            .replace('"', "\\\"")
-            .replace('\n', "\\n");
-        let _ = write!(s, "{k}=\"{v}\"");
-    }
-    s.push('}');
+    let mut s = String::new();
+    // Writing to a `String` cannot fail.
+    let _ = weir_core::key::write_labels(&mut s, pairs.iter().copied());
     s
 }
 

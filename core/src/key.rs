@@ -447,9 +447,15 @@ impl std::borrow::Borrow<[u8]> for SeriesKey {
     }
 }
 
-/// Writes `{k="v",...}` for `labels` as the Prometheus text format does (values
-/// escaped by [`write_escaped`]); nothing at all when there are none.
-pub(crate) fn write_labels<'a>(
+/// Writes `{k="v",...}` for `labels` as the Prometheus text format does (backslash,
+/// double quote and newline escaped in values); nothing at all when there are none.
+///
+/// ```
+/// let mut s = String::new();
+/// weir_core::key::write_labels(&mut s, [("a", "x\"y"), ("b", "1")].into_iter()).unwrap();
+/// assert_eq!(s, r#"{a="x\"y",b="1"}"#);
+/// ```
+pub fn write_labels<'a>(
     w: &mut impl fmt::Write,
     labels: impl Iterator<Item = (&'a str, &'a str)>,
 ) -> fmt::Result {
