@@ -557,6 +557,51 @@ impl Ord for SeriesKey {
     }
 }
 
+impl SeriesKey {
+    /// Orders keys as an exposition page lists them: by metric name, then by labels
+    /// (each by name, then value), a name or value before every longer one it begins;
+    /// so all series of one name are adjacent, whether or not they have labels. (The
+    /// plain [`Ord`] of the canonical bytes splits `a` from `a{x="1"}` by `a_b`.)
+    ///
+    /// ```
+    /// use weir_core::SeriesKey;
+    /// let k = |name, labels: &[(&str, &str)]| SeriesKey::new(name, labels).unwrap();
+    /// let mut keys = vec![k("a", &[("x", "1")]), k("a_b", &[]), k("a", &[])];
+    /// keys.sort_by(|a, b| a.cmp_by_name(b));
+    /// assert_eq!(keys, [k("a", &[]), k("a", &[("x", "1")]), k("a_b", &[])]);
+    /// ```
+    pub fn cmp_by_name(&self, other: &SeriesKey) -> std::cmp::Ordering {
+        let (a, b) = (self.as_bytes(), other.as_bytes());
+        // The canonical bytes compared with the two separators below every byte of a
+        // name or value: `LABEL_SEP` and `VALUE_SEP` end a name or value just as the
+        // key's end does (neither occurs in UTF-8, and at the first difference both
+        // keys are in the same part, so the two never meet each other).
+        let rank = |b: u8| b.wrapping_add(2);
+        match first_difference(a, b) {
+            Some(i) => rank(a[i]).cmp(&rank(b[i])),
+            None => a.len().cmp(&b.len()),
+        }
+    }
+}
+
+/// The first index where `a` and `b` differ, within the shorter one's length. Eight
+/// bytes at a time: the keys of one family share their name and label names.
+fn first_difference(a: &[u8], b: &[u8]) -> Option<usize> {
+    let n = a.len().min(b.len());
+    let (a, b) = (&a[..n], &b[..n]);
+    let mut i = 0;
+    for (x, y) in a.chunks_exact(8).zip(b.chunks_exact(8)) {
+        let word = |c: &[u8]| u64::from_le_bytes(c.try_into().expect("chunks of 8"));
+        let diff = word(x) ^ word(y);
+        if diff != 0 {
+            // Little-endian: the lowest set bit is in the first differing byte.
+            return Some(i + (diff.trailing_zeros() / 8) as usize);
+        }
+        i += 8;
+    }
+    (i..n).find(|&j| a[j] != b[j])
+}
+
 /// A value stored in one allocation with a key, shared like an `Arc<T>`: the
 /// aggregator keeps each series as a `Keyed<Series>`, so that a series and its key are
 /// one allocation with one reference count, and [`Keyed::key`] hands out the key as a
@@ -783,6 +828,24 @@ mod tests {
                 }
             }
             proptest::prop_assert_eq!(back, v);
+        }
+    }
+
+    proptest::proptest! {
+        /// `cmp_by_name` is the order of (name, [(label, value), ..]) as strings.
+        #[test]
+        fn page_order_is_name_then_labels(
+            a in ("[ab_]{1,9}", proptest::collection::btree_map("[ab]{1,3}", "[ab\u{e9}]{0,9}", 0..3)),
+            b in ("[ab_]{1,9}", proptest::collection::btree_map("[ab]{1,3}", "[ab\u{e9}]{0,9}", 0..3)),
+        ) {
+            let key = |(name, labels): &(String, std::collections::BTreeMap<String, String>)| {
+                let l: Vec<(&str, &str)> = labels.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+                SeriesKey::new(name, &l).unwrap()
+            };
+            let tuple = |(name, labels): &(String, std::collections::BTreeMap<String, String>)| {
+                (name.clone(), labels.clone().into_iter().collect::<Vec<_>>())
+            };
+            proptest::prop_assert_eq!(key(&a).cmp_by_name(&key(&b)), tuple(&a).cmp(&tuple(&b)));
         }
     }
 

@@ -123,7 +123,7 @@ impl Instance {
     fn generate_latest<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyBytes>> {
         check_fork(self.generation)?;
         let agg = &self.aggregator;
-        let text = py.detach(|| weir_core::encode::prometheus_text(&agg.peek()));
+        let (_, text) = py.detach(|| weir_core::encode::prometheus_page(agg));
         Ok(PyBytes::new(py, text.as_bytes()))
     }
 

@@ -7,9 +7,9 @@
 //! take a point away from the pipelines.
 //!
 //! The page is encoded at most once per flush, by the first request after it, on the
-//! blocking pool, from [`Aggregator::peek`]: the values as of that request (counters
-//! and histograms as running totals), which the later requests of the same interval
-//! share. Encoding on every flush instead cost weir about half its CPU when it scraped
+//! blocking pool, by [`weir_core::encode::prometheus_page`]: the values as of that
+//! request (counters and histograms as running totals, as [`Aggregator::peek`] reads
+//! them), which the later requests of the same interval share. Encoding on every flush instead cost weir about half its CPU when it scraped
 //! 100k series and forwarded them by remote write with nobody reading this page
 //! (sorting and encoding every series, every interval; see `benches/README.md`, "The
 //! scrape path"); keeping each flush's batch for a request that might come held 56
@@ -83,7 +83,7 @@ impl Page {
 
     /// The series in the Prometheus text format, encoded now unless a request did
     /// since the latest flush. Blocking (an encoding takes milliseconds per 10k
-    /// series, and the peek waits for a flush in progress): call it on the blocking
+    /// series, and reading waits for a flush in progress): call it on the blocking
     /// pool.
     pub fn get(&self) -> Bytes {
         let mut latest = self.0.latest.lock().unwrap_or_else(|p| p.into_inner());
@@ -93,10 +93,10 @@ impl Page {
         {
             return text.clone();
         }
-        let batch = self.0.aggregator.peek();
-        let text = Bytes::from(weir_core::encode::prometheus_text(&batch));
-        // The peek's own sequence: a flush between the check and the peek is in it.
-        *latest = Some((batch.sequence, text.clone()));
+        let (sequence, text) = weir_core::encode::prometheus_page(&self.0.aggregator);
+        let text = Bytes::from(text);
+        // The page's own sequence: a flush between the check and the page is in it.
+        *latest = Some((sequence, text.clone()));
         text
     }
 }

@@ -97,6 +97,11 @@ impl Handles {
         self.0.fetch_sub(1, Ordering::AcqRel);
     }
 
+    /// Whether the series was retired (evicted, or being evicted under the flush lock).
+    pub(super) fn retired(&self) -> bool {
+        self.0.load(Ordering::Acquire) & RETIRED != 0
+    }
+
     /// Marks the series retired unless a handle holds it.
     fn try_retire(&self) -> bool {
         self.0

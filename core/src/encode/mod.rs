@@ -1,9 +1,10 @@
 //! Encoders: a [`FlushBatch`] in, a backend's wire format out.
 //!
-//! Owns: every outgoing wire format of a batch. [`prometheus_text`] for the exposition
-//! endpoint, and the three forwarding encoders a pipeline runs once per flush:
-//! [`remote_write`] (Prometheus remote write 1.0), [`influx`] (line protocol) and
-//! [`otlp`] (OTLP/protobuf). Each forwarding encoder returns a list of
+//! Owns: every outgoing wire format of a batch. [`prometheus_text`] (and
+//! [`prometheus_page`], an aggregator's current values) for the exposition endpoint,
+//! and the three forwarding encoders a pipeline runs once per flush: [`remote_write`]
+//! (Prometheus remote write 1.0), [`influx`] (line protocol) and [`otlp`]
+//! (OTLP/protobuf). Each forwarding encoder returns a list of
 //! [`EncodedRequest`]s whose bodies the collector writes to its WAL and later sends
 //! unchanged, so a body is complete and self-contained. An empty list means nothing to
 //! send (no series left after filtering).
@@ -50,7 +51,7 @@ mod text;
 mod wire;
 
 pub use filter::{NameFilter, PatternError, glob_matches};
-pub use text::prometheus_text;
+pub use text::{prometheus_page, prometheus_text};
 
 /// How many series ahead [`prefetched`] asks for a key: far enough for a DRAM access
 /// to land while the series in between are encoded.
