@@ -6,9 +6,10 @@
 //! same label sets and the 11 Prometheus default buckets. Every encoder runs with
 //! default options (1 MiB requests, cumulative) plus one external label
 //! (`cluster="eu-1"`); OTLP also runs with delta temporality. `prometheus_text` is the
-//! exposition page (sorted, no options). Throughput is set to
-//! the series count, so criterion reports series/s; the output size per encoder is
-//! printed once at start. `walk_labels` is the floor every encoder pays: reading each
+//! exposition page (sorted, no options); `page_of_peek` and `page` render the same
+//! series from the aggregator, from a whole peek and by `prometheus_page`. Throughput
+//! is set to the series count, so criterion reports series/s; the output size per
+//! encoder is printed once at start. `walk_labels` is the floor every encoder pays: reading each
 //! series' name and labels out of its key (a cache miss per key at this size, plus
 //! UTF-8 checks).
 //!
@@ -27,8 +28,8 @@ const SERIES: usize = 100_000;
 const HISTOGRAMS: usize = 5_000;
 const HISTOGRAM_METRIC: &str = "http_request_duration_seconds";
 
-/// The benchmark batch (see the module doc).
-fn batch() -> FlushBatch {
+/// The benchmark batch (see the module doc), and the aggregator it came from.
+fn batch() -> (Aggregator, FlushBatch) {
     let agg = Aggregator::new(AggregatorConfig {
         series_ttl: Duration::ZERO,
         max_series: 2 * SERIES,
@@ -57,7 +58,8 @@ fn batch() -> FlushBatch {
     let b = agg.flush();
     assert_eq!(b.series.len(), SERIES);
     assert_eq!(DEFAULT_BUCKETS.len(), 11);
-    b
+    drop(w);
+    (agg, b)
 }
 
 fn options(temporality: Temporality) -> EncodeOptions {
@@ -94,7 +96,7 @@ fn prometheus_text(b: &FlushBatch, _: &EncodeOptions) -> Vec<EncodedRequest> {
 }
 
 fn encode(c: &mut Criterion) {
-    let b = batch();
+    let (agg, b) = batch();
     let cases: [(&str, Encoder, Temporality); 6] = [
         ("walk_labels", walk_labels, Temporality::Cumulative),
         (
@@ -130,6 +132,14 @@ fn encode(c: &mut Criterion) {
             bench.iter(|| black_box(f(black_box(&b), &opts)))
         });
     }
+    // The daemon's page of the same series, from the aggregator: a whole peek sorted
+    // and spelled (what `GET /metrics` did), and `prometheus_page` (what it does).
+    g.bench_function("page_of_peek/100k", |bench| {
+        bench.iter(|| black_box(weir_core::encode::prometheus_text(&agg.peek())))
+    });
+    g.bench_function("page/100k", |bench| {
+        bench.iter(|| black_box(weir_core::encode::prometheus_page(&agg)))
+    });
     g.finish();
 }
 

@@ -352,8 +352,9 @@ impl Aggregator {
     /// their pending share as the delta and their running totals with it added, so
     /// [`prometheus_text`](crate::encode::prometheus_text) renders the values a scrape
     /// expects, while every point still goes into exactly one real flush (the
-    /// exposition endpoints of the daemon and of embedded instances use this, so
-    /// scraping never steals from the pipelines). The returned batch has the last
+    /// exposition pages of the daemon and of embedded instances read the cells this
+    /// way, through [`Aggregator::peek_in_order`], so scraping never steals from the
+    /// pipelines). The returned batch has the last
     /// flush's `sequence`, and `start_ms` .. `end_ms` from the last flush to now. Takes
     /// the flush lock (a concurrent flush waits, writers do not); each cell is read
     /// with plain loads, so points racing the peek may or may not be included, and a
