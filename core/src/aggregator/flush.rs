@@ -937,26 +937,16 @@ mod tests {
             series_ttl: std::time::Duration::from_secs(60),
             ..crate::AggregatorConfig::default()
         });
-        for q in ["a", "b", "c", "d"] {
-            agg.record(
-                "jobs_total",
-                &[("q", q)],
-                crate::Sample::Counter(1.0, crate::Temporality::Delta),
-                1_000,
-            )
-            .unwrap();
-        }
+        let add = |queues: &[&str], n: f64| {
+            for q in queues {
+                let sample = crate::Sample::Counter(n, crate::Temporality::Delta);
+                agg.record("jobs_total", &[("q", q)], sample, 0).unwrap();
+            }
+        };
+        add(&["a", "b", "c", "d"], 1.0);
         agg.flush_at(1_000);
         // Only `c` and `d` stay active.
-        for q in ["c", "d"] {
-            agg.record(
-                "jobs_total",
-                &[("q", q)],
-                crate::Sample::Counter(2.0, crate::Temporality::Delta),
-                50_000,
-            )
-            .unwrap();
-        }
+        add(&["c", "d"], 2.0);
         let mut seen = Vec::new();
         let mut flushed = false;
         agg.peek_in_order(1, |c| {
