@@ -750,6 +750,43 @@ struct Pending<'a> {
     hash: RawHash,
 }
 
+/// The lines of one batch, on the stack: a datagram's batches allocate nothing (a
+/// `Vec` of them cost a ~2 KB allocation per datagram, too large for the allocator's
+/// per-thread cache).
+struct Batch<'a> {
+    lines: [Option<Pending<'a>>; BATCH],
+    len: usize,
+}
+
+impl<'a> Batch<'a> {
+    fn new() -> Batch<'a> {
+        Batch {
+            lines: [const { None }; BATCH],
+            len: 0,
+        }
+    }
+
+    fn is_full(&self) -> bool {
+        self.len == BATCH
+    }
+
+    /// Queues a line; the batch must not be full.
+    fn push(&mut self, p: Pending<'a>) {
+        self.lines[self.len] = Some(p);
+        self.len += 1;
+    }
+
+    fn iter(&self) -> impl Iterator<Item = &Pending<'a>> {
+        self.lines[..self.len].iter().flatten()
+    }
+
+    /// Takes the queued lines out in order, leaving the batch empty.
+    fn drain(&mut self) -> impl Iterator<Item = Pending<'a>> + '_ {
+        let len = std::mem::take(&mut self.len);
+        self.lines[..len].iter_mut().filter_map(Option::take)
+    }
+}
+
 /// Counts `parsed` into `report` (a line, or a parse error by reason); the line if it
 /// parsed.
 #[inline]
@@ -804,14 +841,14 @@ impl Decoder {
             return self.ingest_lines(datagram, writer);
         }
         let mut report = DatagramReport::default();
-        let mut batch = Vec::with_capacity(BATCH);
+        let mut batch = Batch::new();
         match std::str::from_utf8(datagram) {
             // The usual case: checked once for the whole datagram, so each line (cut
             // at an ASCII `\n` or `\r`) is UTF-8 too.
             Ok(text) => {
                 for (a, b) in LineRanges::new(datagram) {
                     self.push(parse_text(&text[a..b]), writer, &mut batch, &mut report);
-                    if batch.len() == BATCH {
+                    if batch.is_full() {
                         self.apply_batch(&mut batch, writer, &mut report);
                     }
                 }
@@ -819,7 +856,7 @@ impl Decoder {
             Err(_) => {
                 for raw in lines(datagram) {
                     self.push(parse_line(raw), writer, &mut batch, &mut report);
-                    if batch.len() == BATCH {
+                    if batch.is_full() {
                         self.apply_batch(&mut batch, writer, &mut report);
                     }
                 }
@@ -874,7 +911,7 @@ impl Decoder {
         &mut self,
         parsed: Result<Line<'a>, LineError>,
         writer: &Writer,
-        batch: &mut Vec<Pending<'a>>,
+        batch: &mut Batch<'a>,
         report: &mut DatagramReport,
     ) {
         let Some(line) = counted(parsed, report) else {
@@ -895,7 +932,7 @@ impl Decoder {
     /// address is in the entry), then applies the lines in order.
     fn apply_batch(
         &mut self,
-        batch: &mut Vec<Pending<'_>>,
+        batch: &mut Batch<'_>,
         writer: &mut Writer,
         report: &mut DatagramReport,
     ) {
@@ -906,7 +943,7 @@ impl Decoder {
             writer.prefetch_series(p.hash);
         }
         let identities = std::mem::take(&mut self.identities);
-        for p in batch.drain(..) {
+        for p in batch.drain() {
             let identity = identities
                 .get(p.identity.0..p.identity.1)
                 .unwrap_or_default();
