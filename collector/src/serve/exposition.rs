@@ -9,11 +9,12 @@
 //! The page is encoded at most once per flush, by the first request after it, on the
 //! blocking pool, by [`weir_core::encode::prometheus_page`]: the values as of that
 //! request (counters and histograms as running totals, as [`Aggregator::peek`] reads
-//! them), which the later requests of the same interval share. Encoding on every flush instead cost weir about half its CPU when it scraped
-//! 100k series and forwarded them by remote write with nobody reading this page
-//! (sorting and encoding every series, every interval; see `benches/README.md`, "The
-//! scrape path"); keeping each flush's batch for a request that might come held 56
-//! bytes per series (56 MB at 1M series) that nobody read.
+//! them), which the later requests of the same interval share. Encoding on every
+//! flush instead cost weir about half its CPU when it scraped 100k series and
+//! forwarded them by remote write with nobody reading this page (sorting and encoding
+//! every series, every interval; see `benches/README.md`, "The scrape path"); keeping
+//! each flush's batch for a request that might come held 56 bytes per series (56 MB
+//! at 1M series) that nobody read.
 
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};

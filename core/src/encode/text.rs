@@ -1,12 +1,13 @@
 //! The Prometheus text exposition format (0.0.4) of a batch, as the exposition
 //! endpoint serves it.
 //!
-//! Owns: [`prometheus_text`] and [`prometheus_page`]. Counters and histograms are written as their running totals
-//! (cumulative, as Prometheus expects), gauges as their last value, summaries as
-//! reported. Must never: emit a name or label Prometheus would reject (keys were
-//! validated on the way in) or two `# TYPE` lines for one name. Series marked
-//! `evicted` are left out: they are gone. `le` and `quantile` values are spelled as
-//! remote write spells them (`0.1`, `1`, `1e+06`, `+Inf`), so both name a bucket alike.
+//! Owns: [`prometheus_text`] and [`prometheus_page`]. Counters and histograms are
+//! written as their running totals (cumulative, as Prometheus expects), gauges as
+//! their last value, summaries as reported. Must never: emit a name or label
+//! Prometheus would reject (keys were validated on the way in) or two `# TYPE` lines
+//! for one name. Series marked `evicted` are left out: they are gone. `le` and
+//! `quantile` values are spelled as remote write spells them (`0.1`, `1`, `1e+06`,
+//! `+Inf`), so both name a bucket alike.
 
 use std::fmt::Write as _;
 
@@ -75,7 +76,7 @@ pub fn prometheus_text(batch: &FlushBatch) -> String {
     let mut order: Vec<u32> = (0..live.len() as u32).collect();
     // Unstable (no scratch buffer): live entries have distinct keys, so no ties.
     order.sort_unstable_by(|&a, &b| live[a as usize].key.cmp_by_name(&live[b as usize].key));
-    let mut page = Page::with_capacity(live.len());
+    let mut page = PageWriter::with_capacity(live.len());
     for i in order {
         page.series(&live[i as usize]);
     }
@@ -99,7 +100,7 @@ pub fn prometheus_text(batch: &FlushBatch) -> String {
 pub fn prometheus_page(aggregator: &Aggregator) -> (u64, String) {
     /// Entries peeked per hold of the flush lock.
     const CHUNK: usize = 4096;
-    let mut page = Page::with_capacity(aggregator.stats().active_series);
+    let mut page = PageWriter::with_capacity(aggregator.stats().active_series);
     let sequence = aggregator.peek_in_order(CHUNK, |chunk| {
         for s in chunk.live() {
             page.series(s);
@@ -110,15 +111,15 @@ pub fn prometheus_page(aggregator: &Aggregator) -> (u64, String) {
 
 /// A page being written: series come in page order, and a run of one name gets one
 /// `# TYPE` line.
-struct Page {
+struct PageWriter {
     out: String,
     /// The name of the last `# TYPE` line.
     family: String,
 }
 
-impl Page {
-    fn with_capacity(series: usize) -> Page {
-        Page {
+impl PageWriter {
+    fn with_capacity(series: usize) -> PageWriter {
+        PageWriter {
             out: String::with_capacity(series.saturating_mul(64)),
             family: String::new(),
         }
