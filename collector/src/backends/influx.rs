@@ -124,7 +124,9 @@ pub fn encode(
     let mut requests = weir_core::encode::influx::encode(batch, options);
     if config.compression == CompressionConfig::Gzip {
         for r in &mut requests {
-            r.body = gzip(std::mem::take(&mut r.body));
+            if let Ok(body) = gzip(&r.body) {
+                r.body = body;
+            }
         }
     }
     requests

@@ -176,16 +176,15 @@ fn quote(body: &[u8]) -> String {
     String::from_utf8_lossy(&body[..end]).trim().to_owned()
 }
 
-/// `body` gzipped (fast level), for HTTP backends with `compression = "gzip"`.
-fn gzip(body: Vec<u8>) -> Vec<u8> {
+/// `body` gzipped (fast level), for HTTP backends with `compression = "gzip"` and the
+/// exposition page. Writing into a `Vec` cannot fail; callers keep the plain body if
+/// it did.
+pub(crate) fn gzip(body: &[u8]) -> std::io::Result<Vec<u8>> {
     use std::io::Write as _;
     let mut gz = flate2::write::GzEncoder::new(
         Vec::with_capacity(body.len() / 4),
         flate2::Compression::fast(),
     );
-    // Writing into a Vec cannot fail.
-    match gz.write_all(&body).and_then(|()| gz.finish()) {
-        Ok(out) => out,
-        Err(_) => body,
-    }
+    gz.write_all(body)?;
+    gz.finish()
 }

@@ -66,7 +66,9 @@ pub fn encode(
     let mut requests = weir_core::encode::otlp::encode(batch, options);
     if transport == OtlpTransport::Http && config.compression == CompressionConfig::Gzip {
         for r in &mut requests {
-            r.body = gzip(std::mem::take(&mut r.body));
+            if let Ok(body) = gzip(&r.body) {
+                r.body = body;
+            }
         }
     }
     requests
