@@ -90,7 +90,7 @@ pub struct FlushedSeries {
     /// [`SeriesKey::fingerprint`]).
     pub key: SeriesKey,
     /// When the series was created (the start of its cumulative totals), milliseconds
-    /// since the Unix epoch.
+    /// since the Unix epoch, rounded down to a whole second.
     pub start_ms: i64,
     /// The aggregated value.
     pub value: FlushedValue,

@@ -15,9 +15,10 @@
 //! growth, or accept a name that a Prometheus-compatible backend would reject.
 //!
 //! # Representation
-//! A [`SeriesKey`] is one pointer to a 16-byte header (a 32-bit reference count, the
-//! byte length and a release function) that the canonical bytes follow. A key built on
-//! its own is just that: one allocation of 16 bytes plus the key. The aggregator stores
+//! A [`SeriesKey`] is one pointer to an 8-byte header (a 32-bit reference count, and
+//! the byte length with the kind of value stored before the header) that the canonical
+//! bytes follow. A key built on its own is just that: one allocation of 8 bytes plus
+//! the key. The aggregator stores
 //! each series *with* its key (`Keyed<Series>`): one allocation holding the series, then
 //! the header, then the bytes, with one reference count for both, so that a key cloned
 //! out of a series (every flush does so per series) shares the series' allocation and
@@ -26,19 +27,23 @@
 //!
 //! The count follows `std::sync::Arc`'s rules (Relaxed increment, Release decrement,
 //! an Acquire fence before the last holder frees) and its overflow guard (a clone past
-//! `i32::MAX` references aborts). The release function, chosen when the allocation is
-//! made, is what lets a plain `SeriesKey` drop the value stored with it without knowing
-//! its type. This module holds all of that `unsafe`: `alloc_keyed`, `release`,
+//! `i32::MAX` references aborts). The value's kind ([`KeyedValue::KIND`], 0 for none)
+//! names the release function registered for its type when the first such allocation
+//! was made, which is what lets a plain `SeriesKey` drop the value stored with it
+//! without knowing its type; a function pointer in every header would cost 8 more bytes
+//! per series. This module holds all of that `unsafe`: `alloc_keyed`, `release`,
 //! `SeriesKey::as_bytes` and `Keyed`'s `Deref`. Two `unsafe fn`s leave the count to
 //! their callers, whose `unsafe` blocks say why it holds: `Keyed::from_raw` (the
 //! addresses the writer caches store) and `SeriesKey::uncounted_copy` (the keys a
 //! flush's chunks lend their consumer).
 
 use std::alloc::{Layout, alloc, dealloc, handle_alloc_error};
+use std::any::TypeId;
 use std::fmt;
 use std::hash::{Hash, Hasher};
 use std::marker::PhantomData;
 use std::ptr::NonNull;
+use std::sync::OnceLock;
 use std::sync::atomic::{AtomicU32, Ordering, fence};
 
 /// Separates one label from what precedes it in the canonical encoding.
@@ -175,18 +180,52 @@ unsafe impl Send for SeriesKey {}
 // SAFETY: see `Send` above: nothing behind a key is mutated except through atomics.
 unsafe impl Sync for SeriesKey {}
 
-/// The start of a key's bytes: its reference count, its length and how to free it.
-/// `#[repr(C)]` so that the bytes start right after it, at offset 16.
-#[repr(C)]
+/// The start of a key's bytes: its reference count, its length and what to free with
+/// it. `#[repr(C)]` so that the bytes start right after it, at offset 8; aligned to 8
+/// so that its address (what [`Keyed::into_raw`] gives) has three low bits to spare.
+#[repr(C, align(8))]
 struct Header {
     /// References ([`SeriesKey`]s, each [`Keyed`] holds one) to the allocation.
     count: AtomicU32,
-    /// Number of key bytes following the header.
-    len: u32,
-    /// Drops the value stored with the key and frees the allocation; chosen by
-    /// [`alloc_keyed`] for the value's type, called once, by the last reference.
-    release: unsafe fn(NonNull<Header>),
+    /// The number of key bytes following the header in bits 0..[`LEN_BITS`], and above
+    /// them the [`KeyedValue::KIND`] of the value stored before the header (0: none).
+    /// Immutable.
+    len_and_kind: u32,
 }
+
+impl Header {
+    fn len(&self) -> usize {
+        (self.len_and_kind & LEN_MASK) as usize
+    }
+
+    fn kind(&self) -> usize {
+        (self.len_and_kind >> LEN_BITS) as usize
+    }
+}
+
+/// Bits of [`Header::len_and_kind`] that hold the key's length: keys of up to 512 MiB,
+/// far beyond what any receiver takes in.
+const LEN_BITS: u32 = 29;
+const LEN_MASK: u32 = (1 << LEN_BITS) - 1;
+/// Kinds a header can name: 0 (no value) and `1..KINDS`.
+const KINDS: usize = 1 << (32 - LEN_BITS);
+
+/// A type stored with keys in one allocation ([`Keyed`]), named in their headers by
+/// `KIND` so that the last reference, which may be a plain [`SeriesKey`], frees it as
+/// that type.
+pub(crate) trait KeyedValue: Send + Sync + 'static {
+    /// In `1..KINDS` and not shared with another type: [`Keyed::new`] asserts both.
+    const KIND: u32;
+}
+
+/// Drops the value stored before a header and frees the allocation ([`release`] for
+/// the value's type).
+type Release = unsafe fn(NonNull<Header>);
+
+/// The type and release function of each kind of value (index: `KeyedValue::KIND`),
+/// set by the first allocation of that kind; a kind's allocations exist only after it
+/// is set, so their last reference finds it.
+static RELEASES: [OnceLock<(TypeId, Release)>; KINDS] = [const { OnceLock::new() }; KINDS];
 
 /// Most references to one key, as `std::sync::Arc` bounds its own: past it a clone
 /// aborts the process rather than let the count wrap (which would free the key while
@@ -212,15 +251,16 @@ fn keyed_layout<T>(len: usize) -> Option<Layout> {
         .map(|l| l.pad_to_align())
 }
 
-/// Allocates `value` with a copy of `bytes` behind a header whose count is 1.
+/// Allocates `value` (of kind `kind`, 0 for `()`) with a copy of `bytes` behind a
+/// header whose count is 1.
 ///
 /// Aborts, as `Arc::from` does, when memory runs out; also for a key longer than
-/// `u32::MAX` bytes, which no input reaches (every receiver bounds its bodies and
-/// datagrams far below that).
-fn alloc_keyed<T: Send + Sync + 'static>(value: T, bytes: &[u8]) -> NonNull<Header> {
+/// [`LEN_MASK`] bytes (512 MiB), which no input reaches (every receiver bounds its
+/// bodies and datagrams far below that).
+fn alloc_keyed<T: Send + Sync + 'static>(value: T, kind: u32, bytes: &[u8]) -> NonNull<Header> {
     let too_big = Layout::new::<Header>();
-    let (Ok(len), Some(layout)) = (u32::try_from(bytes.len()), keyed_layout::<T>(bytes.len()))
-    else {
+    let len = u32::try_from(bytes.len()).ok().filter(|&n| n <= LEN_MASK);
+    let (Some(len), Some(layout)) = (len, keyed_layout::<T>(bytes.len())) else {
         handle_alloc_error(too_big)
     };
     // SAFETY: `layout` has a non-zero size (it contains a `Header`).
@@ -237,8 +277,7 @@ fn alloc_keyed<T: Send + Sync + 'static>(value: T, bytes: &[u8]) -> NonNull<Head
         let header = base.add(header_offset::<T>()).cast::<Header>();
         header.write(Header {
             count: AtomicU32::new(1),
-            len,
-            release: release::<T>,
+            len_and_kind: len | kind << LEN_BITS,
         });
         std::ptr::copy_nonoverlapping(bytes.as_ptr(), header.add(1).cast::<u8>(), bytes.len());
         NonNull::new_unchecked(header)
@@ -252,7 +291,7 @@ fn alloc_keyed<T: Send + Sync + 'static>(value: T, bytes: &[u8]) -> NonNull<Head
 /// its count just reached 0.
 unsafe fn release<T>(header: NonNull<Header>) {
     // SAFETY: the header is live until the deallocation below (caller's contract).
-    let len = unsafe { header.as_ref() }.len as usize;
+    let len = unsafe { header.as_ref() }.len();
     let Some(layout) = keyed_layout::<T>(len) else {
         // Unreachable: `alloc_keyed` built this allocation with the same layout. Leak
         // rather than free with a wrong one.
@@ -343,13 +382,13 @@ impl SeriesKey {
     /// other bytes may be given (`utf8` relies on it).
     pub(crate) fn from_canonical(bytes: &[u8]) -> SeriesKey {
         SeriesKey {
-            header: alloc_keyed((), bytes),
+            header: alloc_keyed((), 0, bytes),
         }
     }
 
     /// The shared canonical bytes (see the module doc).
     pub fn as_bytes(&self) -> &[u8] {
-        let len = self.header().len as usize;
+        let len = self.header().len();
         // SAFETY: `alloc_keyed` wrote `len` bytes right after the header, in the same
         // allocation, and never changes them; they live as long as `self` holds its
         // reference, which the returned borrow cannot outlive.
@@ -357,7 +396,7 @@ impl SeriesKey {
     }
 
     /// Asks the CPU for the key's header and the cache line after it (all of a key of
-    /// up to ~110 bytes), without reading them: a walk over many keys calls it a few
+    /// up to ~120 bytes), without reading them: a walk over many keys calls it a few
     /// keys ahead of the one it reads.
     pub(crate) fn prefetch(&self) {
         let p = self.header.as_ptr().cast::<u8>();
@@ -530,9 +569,18 @@ impl Drop for SeriesKey {
         // Acquire: pairs with every other holder's Release decrement above, so their
         // uses happen before the drop and free below.
         fence(Ordering::Acquire);
-        let release = self.header().release;
+        let release = match self.header().kind() {
+            0 => release::<()>,
+            kind => match RELEASES[kind].get() {
+                Some(&(_, release)) => release,
+                // Unreachable: `Keyed::new` registered the kind before allocating. Leak
+                // rather than free as a wrong type.
+                None => return,
+            },
+        };
         // SAFETY: the count reached 0, so this was the last reference; `release` is the
-        // one `alloc_keyed` chose for the value's type.
+        // one for the value's type: `()` for kind 0 (`from_canonical`), else the one
+        // registered for the kind, which only that type has (`Keyed::new`).
         unsafe { release(self.header) }
     }
 }
@@ -607,7 +655,7 @@ fn first_difference(a: &[u8], b: &[u8]) -> Option<usize> {
 /// one allocation with one reference count, and [`Keyed::key`] hands out the key as a
 /// plain [`SeriesKey`] that keeps the whole allocation (and the value) alive.
 ///
-/// Layout: the `T` at offset 0, then the key's 16-byte header at the `T`'s size rounded
+/// Layout: the `T` at offset 0, then the key's 8-byte header at the `T`'s size rounded
 /// up to 8, then the key bytes; one `malloc` block.
 pub(crate) struct Keyed<T> {
     /// One of the allocation's references; its header is `header_offset::<T>()` bytes
@@ -617,13 +665,23 @@ pub(crate) struct Keyed<T> {
     _value: PhantomData<T>,
 }
 
-impl<T: Send + Sync + 'static> Keyed<T> {
+impl<T: KeyedValue> Keyed<T> {
     /// Stores `value` and a copy of `bytes` in one new allocation. `bytes` must be
     /// output of [`SeriesKey::canonicalize`], as for [`SeriesKey::from_canonical`].
+    ///
+    /// # Panics
+    /// If another type claimed `T::KIND` first (a bug, found at its first value).
     pub(crate) fn new(bytes: &[u8], value: T) -> Keyed<T> {
+        const { assert!(T::KIND > 0 && (T::KIND as usize) < KINDS) };
+        let (ty, _) = RELEASES[T::KIND as usize].get_or_init(|| (TypeId::of::<T>(), release::<T>));
+        assert!(
+            *ty == TypeId::of::<T>(),
+            "two types stored with keys claim kind {}",
+            T::KIND
+        );
         Keyed {
             key: SeriesKey {
-                header: alloc_keyed(value, bytes),
+                header: alloc_keyed(value, T::KIND, bytes),
             },
             _value: PhantomData,
         }
@@ -880,6 +938,18 @@ mod tests {
     /// Counts drops of the value stored with a key, to see when the allocation goes.
     struct Tracked(Arc<AtomicUsize>);
 
+    impl KeyedValue for Tracked {
+        const KIND: u32 = 3;
+    }
+
+    impl KeyedValue for u8 {
+        const KIND: u32 = 4;
+    }
+
+    impl KeyedValue for [u64; 11] {
+        const KIND: u32 = 5;
+    }
+
     impl Drop for Tracked {
         fn drop(&mut self) {
             self.0.fetch_add(1, Ordering::SeqCst);
@@ -923,16 +993,31 @@ mod tests {
     fn a_key_is_one_pointer_and_its_value_sits_before_the_header() {
         assert_eq!(size_of::<SeriesKey>(), size_of::<usize>());
         assert_eq!(size_of::<Option<SeriesKey>>(), size_of::<usize>());
-        assert_eq!(size_of::<Header>(), 16);
+        assert_eq!(size_of::<Header>(), 8);
         let v = Keyed::new(b"abc", 5u8);
         let value = Keyed::as_ptr(&v) as usize;
         let bytes = v.key().as_bytes().as_ptr() as usize;
         assert_eq!(
             bytes - value,
-            8 + 16,
+            8 + 8,
             "u8 value, rounded to 8, then the header"
         );
-        assert_eq!(keyed_layout::<u8>(3).map(|l| l.size()), Some(32));
+        assert_eq!(keyed_layout::<u8>(3).map(|l| l.size()), Some(24));
+    }
+
+    #[test]
+    fn a_second_type_claiming_a_kind_is_refused_before_anything_is_allocated() {
+        struct Impostor;
+        impl KeyedValue for Impostor {
+            const KIND: u32 = <u8 as KeyedValue>::KIND;
+        }
+        let first = Keyed::new(b"k", 1u8);
+        let second = std::panic::catch_unwind(|| Keyed::new(b"k", Impostor));
+        assert!(second.is_err());
+        // The kind still frees its own type.
+        let k = first.key().clone();
+        drop(first);
+        assert_eq!(k.as_bytes(), b"k");
     }
 
     #[test]

@@ -397,7 +397,7 @@ impl<S: BuildHasher> RawCache<S> {
         {
             // Taking the fields' addresses reads nothing of the series.
             prefetch(std::ptr::from_ref(&series.cell).cast());
-            prefetch(std::ptr::from_ref(&series.touched_ms).cast());
+            prefetch(std::ptr::from_ref(&series.touched).cast());
         }
     }
 }
@@ -420,7 +420,7 @@ mod tests {
     use crate::key::Keyed;
 
     fn id(s: &Series) -> u64 {
-        s.start_ms as u64
+        s.test_id() as u64
     }
 
     /// Hashes a key to one of four values (its last byte mod 4) in the top and bottom

@@ -18,7 +18,7 @@
 //!
 //! The list holds only each series' address (8 bytes): what the flusher alone keeps
 //! per series, the running totals of counters and histograms and when activity was
-//! last seen, lives in the series itself (`Series::touched_ms`, `Counter`,
+//! last seen, lives in the series itself (`Series::touched`, `Counter`,
 //! `Histogram`), on the lines the walk reads anyway. (It was a 40-, then 32-byte entry
 //! beside the pointer: 32 MB at 1M series that each flush also streamed through.)
 //!
@@ -71,7 +71,7 @@ fn kept(series: &Series) -> Option<Kept> {
         _ => return None,
     };
     Some(Kept {
-        start_ms: series.start_ms,
+        start_ms: series.start_ms(),
         state,
     })
 }
@@ -262,7 +262,7 @@ fn flushed(series: &SharedSeries, value: FlushedValue, keys: Keys) -> FlushedSer
     };
     FlushedSeries {
         key,
-        start_ms: series.start_ms,
+        start_ms: series.start_ms(),
         value,
     }
 }
@@ -830,15 +830,16 @@ mod tests {
     }
 
     #[test]
-    fn the_flusher_keeps_8_bytes_per_series_and_a_series_is_72() {
+    fn the_flusher_keeps_8_bytes_per_series_and_a_series_is_64() {
         // The flusher's list holds only the series' addresses (8 MB at 1M); its
         // running totals and activity time live in the series, which holds neither a
-        // pointer to its family nor a fingerprint (its key gives one on demand), and
-        // keeps its handle count in the cell's tag padding (see `series::Cell`). At 72
-        // bytes a series with a 28-byte key (StatsD's shape) fits a 128-byte malloc
-        // chunk; at 80 it took 144.
+        // pointer to its family nor a fingerprint (its key gives one on demand), keeps
+        // its handle count in the cell's tag padding (see `series::Cell`) and its start
+        // and activity in 32-bit seconds. At 64 bytes with the key's 8-byte header a
+        // series with a 28-byte key (StatsD's shape) fits a 112-byte malloc chunk, and
+        // one with a 64-byte key (a scraped series with job and instance) 144.
         assert_eq!(size_of::<SharedSeries>(), 8);
-        assert_eq!(size_of::<Series>(), 72);
+        assert_eq!(size_of::<Series>(), 64);
     }
 
     #[test]

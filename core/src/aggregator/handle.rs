@@ -11,7 +11,7 @@ use crate::key::SeriesKey;
 use crate::point::{MetricKind, Sample, Temporality};
 
 use super::index::Shared;
-use super::series::{Cell, Refusal, SharedSeries, kind_of, stamp};
+use super::series::{Cell, Refusal, SharedSeries, kind_of};
 
 use super::Rejected;
 
@@ -124,10 +124,9 @@ impl SeriesHandle {
 
 impl Drop for SeriesHandle {
     fn drop(&mut self) {
-        // The TTL counts from the handle's end, not from its last write: stamped like
-        // a write, so the next flush notices activity (see `Series::touched_ms`).
-        let now = self.shared.clock_ms.load(Ordering::Relaxed);
-        self.series.touched_ms.store(stamp(now), Ordering::Relaxed);
+        // The TTL counts from the handle's end, not from its last write: touched like
+        // a write, so the next flush notices activity (see `Series::touched`).
+        self.series.touch();
         self.series.handles().release();
     }
 }

@@ -19,7 +19,7 @@ use super::flush::FlusherState;
 use super::kept::{Kept, KeptState, KeptTable};
 use super::series::{
     Cell, CellKind, Counter, Family, Histogram, Refusal, SEALED_RETRIES, Series, SharedSeries,
-    stamp, validate,
+    validate,
 };
 use super::series_index::SeriesIndex;
 use super::{AggregatorConfig, REASONS, Rejected, now_ms};
@@ -166,15 +166,13 @@ impl Shared {
             };
             let series = Keyed::new(
                 canonical,
-                Series {
+                Series::new(
                     // The later of the wall clock and the aggregator clock: tests that
                     // drive the clock ahead of the wall still see starts move forward.
-                    start_ms: kept
-                        .as_ref()
+                    kept.as_ref()
                         .map_or_else(|| now_ms().max(now), |k| k.start_ms),
-                    touched_ms: AtomicI64::new(stamp(now)),
                     cell,
-                },
+                ),
             );
             if self.index.insert(&series).is_ok() {
                 self.created_total.fetch_add(1, Ordering::Relaxed);

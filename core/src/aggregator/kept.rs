@@ -23,8 +23,8 @@
 //!
 //! # Memory
 //! One entry holds the key (a copy of its own, made at eviction, so that the table does
-//! not keep the evicted series' allocation and cell alive: the key's bytes plus a
-//! 16-byte header), a hash-map slot (~80 bytes: key pointer, start,
+//! not keep the evicted series' allocation and cell alive: the key's bytes plus an
+//! 8-byte header), a hash-map slot (~80 bytes: key pointer, start,
 //! eviction time, sequence, the counter total and its last cumulative input) and an
 //! order-queue slot (24 bytes): about 120 bytes plus the key for a counter. A histogram
 //! entry adds its boxed total and, if it is fed cumulative values, its last input:

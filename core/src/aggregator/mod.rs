@@ -110,9 +110,9 @@ pub use writer::Writer;
 #[derive(Debug, Clone, PartialEq)]
 pub struct AggregatorConfig {
     /// A series without updates for this long is evicted with its cumulative state.
-    /// Effective idle time is between `series_ttl` and `series_ttl` plus one flush
-    /// interval, since activity is noticed per flush. `Duration::ZERO` disables
-    /// eviction. Default 5 minutes.
+    /// Effective idle time is between `series_ttl` less a second and `series_ttl` plus
+    /// one flush interval, since activity is noticed per flush and its time kept to
+    /// the second. `Duration::ZERO` disables eviction. Default 5 minutes.
     pub series_ttl: Duration,
     /// Most series one metric name may have. Default 10,000.
     pub max_series_per_metric: usize,

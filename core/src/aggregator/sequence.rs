@@ -235,7 +235,7 @@ impl SeriesSequence {
             if let Some(s) = unsafe { owned_series(self.expected_addr) } {
                 // Taking the fields' addresses reads nothing of the series.
                 prefetch(std::ptr::from_ref(&s.cell).cast());
-                prefetch(std::ptr::from_ref(&s.touched_ms).cast());
+                prefetch(std::ptr::from_ref(&s.touched).cast());
             }
         }
     }
@@ -436,7 +436,7 @@ mod tests {
                     if f == Found::AfterExpected {
                         seq.skip_expected();
                     }
-                    let id = seq.expected_series().map(|s| s.start_ms).unwrap();
+                    let id = seq.expected_series().map(|s| s.test_id()).unwrap();
                     seq.take_expected();
                     (id, true)
                 }
@@ -594,7 +594,7 @@ mod tests {
                     // SAFETY: the sequence owns the entry's reference while `seq` lives.
                     let s = unsafe { owned_series(addr) }.unwrap();
                     let pushed = given.get(&String::from_utf8(id.clone()).unwrap());
-                    prop_assert!(pushed.is_some_and(|p| p.contains(&s.start_ms)));
+                    prop_assert!(pushed.is_some_and(|p| p.contains(&s.test_id())));
                     held.push(String::from_utf8(id.clone()).unwrap());
                     base = id;
                 }

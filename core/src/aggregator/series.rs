@@ -7,13 +7,13 @@
 
 use std::hash::BuildHasher as _;
 use std::ops::Deref;
-use std::sync::atomic::{AtomicI64, AtomicU32, AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU32, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Mutex, MutexGuard};
 
 use crate::cell::{
     CounterCell, CumulativeStart, GaugeCell, HistogramCell, Sealed, SetCell, SummaryCell,
 };
-use crate::key::Keyed;
+use crate::key::{Keyed, KeyedValue};
 use crate::point::{HistogramValue, MetricKind, Sample, Temporality};
 
 use super::Rejected;
@@ -42,7 +42,7 @@ impl Family {
 ///
 /// Every variant begins with the series' [`Handles`] word: `repr(u8)` lays each variant
 /// out as a C struct after the one-byte tag, so the 4-byte word sits in what would
-/// otherwise be the tag's padding, and a series is 72 bytes instead of 80 (a test
+/// otherwise be the tag's padding, and a series is 64 bytes instead of 72 (a test
 /// asserts it). [`Series::handles`] reads it whatever the variant.
 #[cfg_attr(feature = "shuttle", allow(clippy::large_enum_variant))]
 #[repr(u8)]
@@ -183,26 +183,32 @@ impl Deref for Histogram {
 /// it alone keeps per series (running totals, when activity was last seen) is stored
 /// here, in words it alone writes.
 pub(super) struct Series {
-    /// When the series began (the start of its running totals), ms since the epoch.
-    pub(super) start_ms: i64,
-    /// Activity, written by both sides: a writer stores [`stamp`] of the aggregator
-    /// clock at an update (if the word holds anything else), and the flusher, when it
-    /// finds such a stamp, replaces it with its own flush time marked [`NOTICED`]. So
-    /// an unmarked word means "updated since the flusher last looked", and a marked one
-    /// holds when the flusher last saw activity (the TTL counts from there). Relaxed: a
-    /// hint for the TTL only (an update racing the flusher's store was made during this
-    /// flush, which counts as activity anyway); no data is read through it, and no
-    /// point depends on it (an evicted series' updates fail as `Sealed`).
-    pub(super) touched_ms: AtomicI64,
+    /// When the series began (the start of its running totals), whole seconds since
+    /// the epoch ([`Series::start_ms`]): a start is reported to the second, and 32 bits
+    /// with [`touched`](Series::touched) keep a series at 64 bytes.
+    start_secs: u32,
+    /// Activity, written by both sides: a writer stores [`UPDATED`] at an update (if
+    /// the word holds anything else), and the flusher, when it finds that, replaces it
+    /// with its own flush time in whole seconds since the epoch, rounded down. So
+    /// `UPDATED` means "updated since the flusher last looked", and anything else holds
+    /// when the flusher last saw activity (the TTL counts from there, to the second).
+    /// Relaxed: a hint for the TTL only (an update racing the flusher's store was made
+    /// during this flush, which counts as activity anyway); no data is read through
+    /// it, and no point depends on it (an evicted series' updates fail as `Sealed`).
+    pub(super) touched: AtomicU32,
     /// The cell, and with it the live handles ([`Series::handles`]).
     pub(super) cell: Cell,
 }
 
 /// A series and its canonical key in one allocation with one reference count (see
-/// [`crate::key`]'s "Representation"): the series first, then the key's 16-byte header,
+/// [`crate::key`]'s "Representation"): the series first, then the key's 8-byte header,
 /// then the key bytes. `.key()` is the series' identity; a clone of it (a flush batch
 /// entry, a handle's key) keeps the whole series alive.
 pub(super) type SharedSeries = Keyed<Series>;
+
+impl KeyedValue for Series {
+    const KIND: u32 = 1;
+}
 
 pub(super) fn kind_of(cell: &Cell) -> MetricKind {
     match cell {
@@ -282,26 +288,46 @@ impl Series {
             }
         };
         applied.map_err(|Sealed| Refusal::Sealed)?;
-        let stamp = stamp(now_ms);
-        if self.touched_ms.load(Ordering::Relaxed) != stamp {
-            // Relaxed: see the field doc. The load first keeps hot series from
-            // rewriting a line that other cores may be reading.
-            self.touched_ms.store(stamp, Ordering::Relaxed);
-        }
+        self.touch();
         Ok(())
     }
 
-    /// The flusher's look at `touched_ms` at flush time `now_ms`: when activity was
-    /// last seen (`now_ms` if the series was updated since the previous look).
+    /// A series that begins at `start_ms` (kept to the second) with `cell`, updated
+    /// since the flusher last looked (it is new).
+    pub(super) fn new(start_ms: i64, cell: Cell) -> Series {
+        Series {
+            start_secs: secs(start_ms),
+            touched: AtomicU32::new(UPDATED),
+            cell,
+        }
+    }
+
+    /// When the series began, ms since the epoch (a whole second).
+    pub(super) fn start_ms(&self) -> i64 {
+        i64::from(self.start_secs) * 1000
+    }
+
+    /// Marks the series updated since the flusher last looked (see `touched`).
+    #[inline]
+    pub(super) fn touch(&self) {
+        if self.touched.load(Ordering::Relaxed) != UPDATED {
+            // Relaxed: see the field doc. The load first keeps hot series from
+            // rewriting a line that other cores may be reading.
+            self.touched.store(UPDATED, Ordering::Relaxed);
+        }
+    }
+
+    /// The flusher's look at `touched` at flush time `now_ms`: when activity was last
+    /// seen (`now_ms` if the series was updated since the previous look; before that,
+    /// the second of the look that saw it).
     pub(super) fn notice_activity(&self, now_ms: i64) -> i64 {
         // Relaxed: see the field doc.
-        let word = self.touched_ms.load(Ordering::Relaxed);
-        if word & NOTICED != 0 {
-            return word & !NOTICED;
+        let word = self.touched.load(Ordering::Relaxed);
+        if word != UPDATED {
+            return i64::from(word) * 1000;
         }
-        let now = stamp(now_ms);
-        self.touched_ms.store(now | NOTICED, Ordering::Relaxed);
-        now
+        self.touched.store(secs(now_ms), Ordering::Relaxed);
+        now_ms
     }
 }
 
@@ -358,15 +384,14 @@ pub(super) fn pick_ts(timestamp_ms: i64, now_ms: i64) -> i64 {
     }
 }
 
-/// The bit of `Series::touched_ms` that marks the flusher's own store (see there).
-pub(super) const NOTICED: i64 = i64::MIN;
+/// `Series::touched` of a series updated since the flusher last looked: above every
+/// second [`secs`] gives.
+const UPDATED: u32 = u32::MAX;
 
-/// A writer's activity stamp for the aggregator clock `now_ms`: the clock without the
-/// [`NOTICED`] bit (clocks are milliseconds since the Unix epoch, so the bit is clear
-/// except for a test's negative clock, which must still read as unnoticed).
-#[inline]
-pub(super) fn stamp(now_ms: i64) -> i64 {
-    now_ms & !NOTICED
+/// Whole seconds since the epoch at `ms`, rounded down, within `0..UPDATED` (a test's
+/// clock before 1970 counts as 1970, one past 2106 as 2106).
+fn secs(ms: i64) -> u32 {
+    u32::try_from(ms.div_euclid(1000).clamp(0, i64::from(UPDATED - 1))).unwrap_or(0)
 }
 
 /// Bit 31 of `Series::handles`: the series is retired.
@@ -377,16 +402,23 @@ pub(super) fn try_retire(s: &Series) -> bool {
     s.handles().try_retire()
 }
 
-/// A counter series keyed `s<i>` whose `start_ms` is `i`, for the tests of the
+#[cfg(test)]
+impl Series {
+    /// The `i` of a [`test_series`].
+    pub(super) fn test_id(&self) -> i64 {
+        self.start_ms() / 1000
+    }
+}
+
+/// A counter series keyed `s<i>` that starts `i` seconds after the epoch, for the tests of the
 /// structures that hold series (`cache`, `sequence`).
 #[cfg(test)]
 pub(super) fn test_series(i: usize) -> SharedSeries {
     Keyed::new(
         format!("s{i}").as_bytes(),
-        Series {
-            start_ms: i as i64,
-            touched_ms: AtomicI64::new(0),
-            cell: Cell::counter(Counter::new(crate::cell::CounterCell::default(), 0.0)),
-        },
+        Series::new(
+            i as i64 * 1000,
+            Cell::counter(Counter::new(crate::cell::CounterCell::default(), 0.0)),
+        ),
     )
 }

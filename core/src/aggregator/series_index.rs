@@ -539,6 +539,12 @@ impl<T: Send + Sync + 'static> Drop for SeriesIndex<T> {
     }
 }
 
+/// The tests' entries hold a number.
+#[cfg(test)]
+impl crate::key::KeyedValue for u32 {
+    const KIND: u32 = 2;
+}
+
 #[cfg(all(test, not(feature = "shuttle")))]
 mod tests {
     use std::collections::HashMap;
