@@ -27,7 +27,7 @@
 //!
 //! The count follows `std::sync::Arc`'s rules (Relaxed increment, Release decrement,
 //! an Acquire fence before the last holder frees) and its overflow guard (a clone past
-//! `i32::MAX` references aborts). The value's kind ([`KeyedValue::KIND`], 0 for none)
+//! `i32::MAX` references aborts). The value's kind (`KeyedValue::KIND`, 0 for none)
 //! names the release function registered for its type when the first such allocation
 //! was made, which is what lets a plain `SeriesKey` drop the value stored with it
 //! without knowing its type; a function pointer in every header would cost 8 more bytes
