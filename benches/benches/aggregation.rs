@@ -462,16 +462,16 @@ fn flush(c: &mut Criterion) {
                 })
             });
         }
-        // The daemon's flush: the same walk handed over in chunks of 65,536 entries
+        // The daemon's flush: the same walk handed over in chunks of 8,192 entries
         // (its `FLUSH_CHUNK`), each lent to the consumer here where the daemon encodes
-        // it and emptied inside the timing, so one chunk's allocation (~3 MB,
-        // cache-sized) serves the whole flush.
+        // it and emptied inside the timing, so one chunk's allocation (~330 KB, within
+        // a core's cache) serves the whole flush.
         g.bench_function(format!("counters_chunked/{label}"), |b| {
             b.iter_custom(|iters| {
                 after_updates(iters, &handles, || {
                     let mut flushed = 0;
                     let start = Instant::now();
-                    agg.flush_chunked(1 << 16, |chunk| flushed += black_box(chunk).series.len());
+                    agg.flush_chunked(1 << 13, |chunk| flushed += black_box(chunk).series.len());
                     let took = start.elapsed();
                     assert_eq!(flushed, n);
                     took

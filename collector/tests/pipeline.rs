@@ -400,6 +400,57 @@ async fn a_failed_wal_sync_appends_the_flush_again_and_nothing_is_lost_or_sent_t
     let _ = std::fs::remove_dir_all(&dir);
 }
 
+#[tokio::test]
+async fn a_flush_in_chunks_is_synced_once_and_read_by_the_forwarder_only_once_committed() {
+    let (backend, addr, _server) = Backend::start().await;
+    backend.script(&[Answer::Hold]);
+    let dir = temp_dir("chunks-commit");
+    let config = pipeline_config(&addr.to_string(), "");
+    let p = start(&config, &dir).await;
+    // The forwarder holds batch 0's request while a flush appends three chunks.
+    p.accept(&batch(0));
+    backend.wait_requests(1).await;
+    for n in 1..=3 {
+        p.append(&batch(n));
+    }
+    // Once batch 0 is taken the forwarder reads on from its cursor: the chunks are
+    // in the WAL, but not readable before the commit.
+    backend.release();
+    assert_eq!(backend.wait_taken(1).await, vec![0]);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(
+        *backend.requests.lock().unwrap(),
+        1,
+        "a chunk was sent uncommitted"
+    );
+
+    // The commit's one sync fails: it covered all three chunks, which are taken out
+    // of the WAL and appended again, and each is sent once.
+    p.inject_wal_sync_failures(1);
+    let head = p.commit();
+    let wal = p.status().wal;
+    assert_eq!((wal.sync_errors, wal.sync_lost_records), (1, 3));
+    assert!(
+        p.wait_delivered(head, Duration::from_secs(20))
+            .await
+            .delivered
+    );
+    assert_eq!(backend.wait_taken(4).await, vec![0, 1, 2, 3]);
+
+    for n in 4..=6 {
+        p.append(&batch(n));
+    }
+    let head = p.commit();
+    assert!(
+        p.wait_delivered(head, Duration::from_secs(20))
+            .await
+            .delivered
+    );
+    assert_eq!(backend.wait_taken(7).await, vec![0, 1, 2, 3, 4, 5, 6]);
+    p.shutdown(Duration::from_secs(1)).await;
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
 /// Sends like a backend that takes everything, but panics on its first send, as a
 /// bug in a backend or the forwarder would.
 struct PanicsOnce {

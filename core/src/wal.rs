@@ -106,7 +106,11 @@
 //! append starts a new segment, and [`Wal::sync`] returns [`WalError::SyncLost`] with
 //! the first lost position. The WAL does not keep payloads in memory; the caller does
 //! (the pipeline holds the bodies of the flush it is syncing) and appends the records
-//! from `lost_from` on again, in order, then syncs again. A failed directory fsync is
+//! from `lost_from` on again, in order, then syncs again. A reader must not have sent
+//! a record that a failed sync then takes out: a writer that syncs after several
+//! appends calls [`Wal::defer_reads`] before them and [`Wal::publish`] once the sync
+//! succeeded (or it gave up), and [`Wal::read`] returns none of them in between. A
+//! failed directory fsync is
 //! treated the same when a segment was created since the last one succeeded (from
 //! that segment's first record on). Counted in [`WalStats::sync_errors`],
 //! [`WalStats::sync_lost_records`] and [`WalStats::sync_lost_bytes`]. Syncs of
@@ -585,6 +589,10 @@ pub struct Wal {
     /// Every record before this position is durable: the head at the last successful
     /// [`Wal::sync`] (or at open, for what recovery found).
     durable: WalPosition,
+    /// While set ([`Wal::defer_reads`]), [`Wal::read`] returns no record at or past it:
+    /// a writer's appends that are not yet synced and committed. `None`: every record
+    /// is readable.
+    read_limit: Option<WalPosition>,
     /// A segment file was created or deleted since the last directory fsync.
     dir_dirty: bool,
     /// The oldest segment created since the last directory fsync: its records (and
@@ -697,6 +705,7 @@ impl Wal {
             reader: Mutex::new(None),
             unsynced: Vec::new(),
             durable: WalPosition::default(),
+            read_limit: None,
             dir_dirty,
             created_since_dir_sync,
             dropped_records: 0,
@@ -922,7 +931,8 @@ impl Wal {
     /// The first intact record at or after `from`, moving on to the next segment at a
     /// segment's end; if `from` lies in a segment that no longer exists, reading
     /// continues at the next one that does (the oldest remaining one after the cap
-    /// deleted some). `Ok(None)` when `from` is at (or past) the head.
+    /// deleted some). `Ok(None)` when `from` is at (or past) the head, or the next
+    /// record is one [`Wal::defer_reads`] holds back.
     ///
     /// A record that no longer checksums is skipped and counted in
     /// [`WalStats::corrupt_reads`].
@@ -938,6 +948,13 @@ impl Wal {
                 0
             };
             for k in start..segment.starts.len() {
+                let position = WalPosition {
+                    segment: segment.id,
+                    offset: segment.starts[k],
+                };
+                if self.read_limit.is_some_and(|limit| position >= limit) {
+                    return Ok(None);
+                }
                 let is_active = i + 1 == self.segments.len();
                 match self.read_frame(segment, k, is_active)? {
                     Some(record) => return Ok(Some(record)),
@@ -948,6 +965,23 @@ impl Wal {
             }
         }
         Ok(None)
+    }
+
+    /// Keeps the records appended from now on from [`Wal::read`] until
+    /// [`Wal::publish`] (records already readable stay so). For a writer that appends
+    /// several records and then syncs them at once: no reader sees one before it is
+    /// durable, nor one that a failed sync takes out again (the writer appends those
+    /// once more, at new positions). Positions only grow (a failed sync starts a new
+    /// segment), so the limit stays below every later append.
+    pub fn defer_reads(&mut self) {
+        if self.read_limit.is_none() {
+            self.read_limit = Some(self.head());
+        }
+    }
+
+    /// Makes every appended record readable again (ends [`Wal::defer_reads`]).
+    pub fn publish(&mut self) {
+        self.read_limit = None;
     }
 
     /// Acknowledges every record before `upto` (a [`WalRecord::next`], usually): moves

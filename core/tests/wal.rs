@@ -785,6 +785,35 @@ const FOUR_PER_SEGMENT: WalConfig = WalConfig {
 };
 
 #[test]
+fn deferred_records_are_read_only_once_published_and_never_the_ones_a_failed_sync_took() {
+    let dir = TempDir::new("defer-reads");
+    let mut wal = Wal::open(dir.path(), FOUR_PER_SEGMENT).unwrap();
+    append_range(&mut wal, 0, 2);
+    wal.sync().unwrap();
+    wal.defer_reads();
+    append_range(&mut wal, 2, 5); // across a rotation: segment 1 holds four
+    // What was readable stays so; nothing appended since is.
+    assert_eq!(numbers(&read_all(&wal, wal.acked())), [0, 1]);
+    assert_eq!(wal.read(pos(1, HEADER_BYTES + 2 * FRAME)).unwrap(), None);
+    assert_eq!(wal.read(pos(2, HEADER_BYTES)).unwrap(), None);
+
+    // A failed sync takes records 2..5 out; the writer appends them again (a new
+    // segment), syncs, and only then publishes.
+    wal.inject_sync_failures(1);
+    let lost_from = match wal.sync() {
+        Err(WalError::SyncLost { lost_from, .. }) => lost_from,
+        other => panic!("expected SyncLost, got {other:?}"),
+    };
+    assert_eq!(lost_from, pos(1, HEADER_BYTES + 2 * FRAME));
+    wal.defer_reads(); // a second call keeps the first limit
+    append_range(&mut wal, 2, 5);
+    assert_eq!(numbers(&read_all(&wal, wal.acked())), [0, 1]);
+    wal.sync().unwrap();
+    wal.publish();
+    assert_eq!(numbers(&read_all(&wal, wal.acked())), [0, 1, 2, 3, 4]);
+}
+
+#[test]
 fn a_failed_sync_of_the_active_segment_takes_its_unsynced_records_out_of_the_log() {
     let dir = TempDir::new("sync-fail-active");
     let mut wal = Wal::open(dir.path(), FOUR_PER_SEGMENT).unwrap();

@@ -2,10 +2,12 @@
 //! write-ahead log, its in-memory queue and its forwarder task.
 //!
 //! Data flow of one flush: the daemon hands each chunk of the flush's `FlushBatch`
-//! (65,536 entries, see `instance.rs`) to every pipeline's [`Pipeline::accept`] (on a
-//! blocking thread); it encodes the chunk into request bodies, appends each as one WAL
-//! record, syncs the WAL (per `wal.sync`), then puts a handle to each record on the
-//! pipeline's SPSC ring and wakes the forwarder. The
+//! (8,192 entries, see `instance.rs`) to every pipeline's [`Pipeline::append`] (on a
+//! blocking thread); it encodes the chunk into request bodies and appends each as one
+//! WAL record, which the WAL keeps from the forwarder's reads (`Wal::defer_reads`).
+//! After the last chunk, [`Pipeline::commit`] syncs the WAL once (per `wal.sync`),
+//! publishes the records, puts a handle to each on the pipeline's SPSC ring and wakes
+//! the forwarder. The
 //! forwarder sends records in WAL order, retrying with exponential backoff and full
 //! jitter, and acknowledges each one in the WAL once the backend took it (or refused
 //! it for good); the WAL deletes fully acknowledged segments.
@@ -20,11 +22,11 @@
 //! When the WAL fails: a record whose append failed is queued as memory-only (sent,
 //! never acknowledged, lost on a restart) and sent in its place in WAL order, after
 //! every older record even if those are in the WAL only (the ring overflowed). A
-//! failed sync takes the flush's unsynced records out of the WAL; `accept` still
+//! failed sync takes the flush's unsynced records out of the WAL; `commit` still
 //! holds their bodies and appends them again, and after a second failure sends them
-//! as memory-only. Records are queued on the ring before the WAL lock is released,
-//! which is what lets the forwarder place memory-only records (see
-//! `Forwarder::next`).
+//! as memory-only (the forwarder could read none of them meanwhile). Records are
+//! queued on the ring before the WAL lock is released, which is what lets the
+//! forwarder place memory-only records (see `Forwarder::next`).
 //!
 //! Files: `config.rs` (the `[[pipelines]]` schema), `queue.rs` (the record framing in
 //! the WAL and the ring's entries), `forwarder.rs` (the forwarder task and its
@@ -110,7 +112,7 @@ pub enum PipelineError {
 #[derive(Debug, Default)]
 pub struct PipelineCounters {
     /// Batches encoded: whole flushes, or each chunk of a flush the daemon encodes in
-    /// chunks (`Pipeline::accept` is called once per chunk).
+    /// chunks (`Pipeline::append` is called once per chunk).
     pub flushes: AtomicU64,
     /// Request bodies appended to the WAL.
     pub records_written: AtomicU64,
@@ -256,6 +258,9 @@ pub struct Pipeline {
     options: EncodeOptions,
     shared: Arc<Shared>,
     producer: Mutex<rtrb::Producer<Queued>>,
+    /// Records of the flush being appended ([`Pipeline::append`]), in append order,
+    /// queued by [`Pipeline::commit`]. Locked after the WAL.
+    pending: Mutex<Vec<Queued>>,
     forwarder: Mutex<Option<JoinHandle<()>>>,
     /// The backend's TLS material and credentials (none for a backend given by the
     /// embedder), re-read on reload.
@@ -405,6 +410,7 @@ impl Pipeline {
             options,
             shared,
             producer: Mutex::new(producer),
+            pending: Mutex::new(Vec::new()),
             forwarder: Mutex::new(Some(task)),
             security: None,
         })
@@ -442,50 +448,71 @@ impl Pipeline {
         lock(&self.shared.wal).inject_sync_failures(n);
     }
 
-    /// Encodes `batch`, appends it to the WAL (synced per `wal.sync`) and queues it
-    /// for the forwarder. Blocking (encoding and disk I/O): call it on a blocking
-    /// thread. Returns the WAL head after the append: the flush is delivered once
-    /// the forwarder's cursor reaches it.
+    /// Encodes `batch` and appends it to the WAL, then commits it
+    /// ([`Pipeline::append`] and [`Pipeline::commit`]). Blocking (encoding and disk
+    /// I/O): call it on a blocking thread. Returns the WAL head after the append: the
+    /// flush is delivered once the forwarder's cursor reaches it.
     pub fn accept(&self, batch: &FlushBatch) -> WalPosition {
+        self.append(batch);
+        self.commit()
+    }
+
+    /// Encodes `batch`, a whole flush or one chunk of it, and appends its requests to
+    /// the WAL, where the forwarder does not see them before [`Pipeline::commit`].
+    /// Blocking (encoding and disk I/O): call it on a blocking thread.
+    pub fn append(&self, batch: &FlushBatch) {
         let c = &self.shared.counters;
         c.flushes.fetch_add(1, Ordering::Relaxed);
         let requests = self.config.encode(batch, &self.options);
         let appended_ms = now_ms();
-        let mut queued = Vec::with_capacity(requests.len());
+        let mut wal = lock(&self.shared.wal);
+        // Until the commit has synced them: a failed sync may take them out again.
+        wal.defer_reads();
+        let mut pending = lock(&self.pending);
+        for EncodedRequest { body, points } in requests {
+            let record = Record {
+                appended_ms,
+                points,
+                body: Bytes::from(body),
+            };
+            let before = wal.head();
+            let position = match wal.append(&record.to_payload()) {
+                Ok(p) => Some(p),
+                Err(e) => {
+                    c.wal_errors.fetch_add(1, Ordering::Relaxed);
+                    error!(
+                        pipeline = %self.config.name(),
+                        error = %e,
+                        "WAL append failed: this batch is sent from memory only \
+                         (not durable across a restart)"
+                    );
+                    None
+                }
+            };
+            c.records_written.fetch_add(1, Ordering::Relaxed);
+            c.points_written.fetch_add(points, Ordering::Relaxed);
+            pending.push(Queued {
+                position,
+                before,
+                next: wal.head(),
+                record,
+            });
+        }
+    }
+
+    /// Makes what [`Pipeline::append`] appended since the last commit durable (one
+    /// sync for all of it, per `wal.sync`), lets the forwarder read it and queues it
+    /// for the forwarder. Blocking (disk I/O). Returns the WAL head: the flush is
+    /// delivered once the forwarder's cursor reaches it.
+    pub fn commit(&self) -> WalPosition {
+        let c = &self.shared.counters;
         let head = {
             let mut wal = lock(&self.shared.wal);
-            for EncodedRequest { body, points } in requests {
-                let record = Record {
-                    appended_ms,
-                    points,
-                    body: Bytes::from(body),
-                };
-                let before = wal.head();
-                let position = match wal.append(&record.to_payload()) {
-                    Ok(p) => Some(p),
-                    Err(e) => {
-                        c.wal_errors.fetch_add(1, Ordering::Relaxed);
-                        error!(
-                            pipeline = %self.config.name(),
-                            error = %e,
-                            "WAL append failed: this batch is sent from memory only \
-                             (not durable across a restart)"
-                        );
-                        None
-                    }
-                };
-                c.records_written.fetch_add(1, Ordering::Relaxed);
-                c.points_written.fetch_add(points, Ordering::Relaxed);
-                queued.push(Queued {
-                    position,
-                    before,
-                    next: wal.head(),
-                    record,
-                });
-            }
+            let mut queued = std::mem::take(&mut *lock(&self.pending));
             if self.config.common().wal.sync == WalSyncConfig::Flush && !queued.is_empty() {
                 self.sync_flush(&mut wal, &mut queued);
             }
+            wal.publish();
             let snapshot = WalSnapshot::of(&wal);
             self.shared.wal_snapshot.store(snapshot);
             self.shared.log_wal_drops(&snapshot.stats);
