@@ -222,11 +222,7 @@ async fn unsent_batches_are_replayed_in_order_after_a_restart() {
     let p = start(&config, &dir).await;
     assert_eq!(p.status().wal.unacked_records, 3);
     let head = p.accept(&batch(4));
-    assert!(
-        p.wait_delivered(head, Duration::from_secs(20))
-            .await
-            .delivered
-    );
+    assert_delivered(&p, head).await;
     assert_eq!(backend2.taken(), vec![1, 2, 3, 4]);
     p.shutdown(Duration::from_secs(1)).await;
     drop(p);
@@ -238,11 +234,7 @@ async fn unsent_batches_are_replayed_in_order_after_a_restart() {
     let p = start(&config, &dir).await;
     assert_eq!(p.status().wal.unacked_records, 0);
     let head = p.accept(&batch(5));
-    assert!(
-        p.wait_delivered(head, Duration::from_secs(20))
-            .await
-            .delivered
-    );
+    assert_delivered(&p, head).await;
     assert_eq!(backend2.taken(), vec![1, 2, 3, 4, 5]);
     assert_eq!(*backend2.requests.lock().unwrap(), requests + 1);
     p.shutdown(Duration::from_secs(1)).await;
@@ -263,11 +255,7 @@ async fn a_full_queue_costs_disk_reads_not_batches() {
     for n in 1..=20 {
         head = p.accept(&batch(n));
     }
-    assert!(
-        p.wait_delivered(head, Duration::from_secs(20))
-            .await
-            .delivered
-    );
+    assert_delivered(&p, head).await;
     assert_eq!(backend.taken(), (1..=20).collect::<Vec<_>>());
     // The forwarder is a task on this test's single-threaded runtime: it cannot run
     // while the loop above accepts, so the ring of one takes batch 1 and the other 19
@@ -327,6 +315,12 @@ async fn the_wal_cap_drops_exactly_the_oldest_batches_and_counts_them() {
     let _ = std::fs::remove_dir_all(&dir);
 }
 
+/// Waits (bounded) until the forwarder acknowledged everything before `head`.
+async fn assert_delivered(p: &Pipeline, head: weir_core::wal::WalPosition) {
+    let outcome = p.wait_delivered(head, Duration::from_secs(20)).await;
+    assert!(outcome.delivered, "{:?}", outcome.error);
+}
+
 fn load(a: &std::sync::atomic::AtomicU64) -> u64 {
     a.load(std::sync::atomic::Ordering::Relaxed)
 }
@@ -382,11 +376,7 @@ async fn a_failed_wal_sync_appends_the_flush_again_and_nothing_is_lost_or_sent_t
     let head = p.accept(&batch(4));
     let wal = p.status().wal;
     assert_eq!((wal.sync_errors, wal.sync_lost_records), (3, 3));
-    assert!(
-        p.wait_delivered(head, Duration::from_secs(20))
-            .await
-            .delivered
-    );
+    assert_delivered(&p, head).await;
     assert_eq!(backend.wait_taken(4).await, vec![1, 2, 3, 4]);
     assert_eq!(load(&p.counters().wal_errors), 3);
     p.shutdown(Duration::from_secs(1)).await;
@@ -430,22 +420,14 @@ async fn a_flush_in_chunks_is_synced_once_and_read_by_the_forwarder_only_once_co
     let head = p.commit();
     let wal = p.status().wal;
     assert_eq!((wal.sync_errors, wal.sync_lost_records), (1, 3));
-    assert!(
-        p.wait_delivered(head, Duration::from_secs(20))
-            .await
-            .delivered
-    );
+    assert_delivered(&p, head).await;
     assert_eq!(backend.wait_taken(4).await, vec![0, 1, 2, 3]);
 
     for n in 4..=6 {
         p.append(&batch(n));
     }
     let head = p.commit();
-    assert!(
-        p.wait_delivered(head, Duration::from_secs(20))
-            .await
-            .delivered
-    );
+    assert_delivered(&p, head).await;
     assert_eq!(backend.wait_taken(7).await, vec![0, 1, 2, 3, 4, 5, 6]);
     p.shutdown(Duration::from_secs(1)).await;
     let _ = std::fs::remove_dir_all(&dir);
