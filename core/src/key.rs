@@ -18,12 +18,12 @@
 //! A [`SeriesKey`] is one pointer to an 8-byte header (a 32-bit reference count, and
 //! the byte length with the kind of value stored before the header) that the canonical
 //! bytes follow. A key built on its own is just that: one allocation of 8 bytes plus
-//! the key. The aggregator stores
-//! each series *with* its key (`Keyed<Series>`): one allocation holding the series, then
-//! the header, then the bytes, with one reference count for both, so that a key cloned
-//! out of a series (every flush does so per series) shares the series' allocation and
-//! count and touches no second allocation. Either way equality, ordering and hashing
-//! are those of the bytes, so the two kinds of key are interchangeable.
+//! the key. The aggregator stores each series *with* its key (`Keyed<Series>`): one
+//! allocation holding the series, then the header, then the bytes, with one reference
+//! count for both, so that a key cloned out of a series (every flush does so per
+//! series) shares the series' allocation and count and touches no second allocation.
+//! Either way equality, ordering and hashing are those of the bytes, so the two kinds
+//! of key are interchangeable.
 //!
 //! The count follows `std::sync::Arc`'s rules (Relaxed increment, Release decrement,
 //! an Acquire fence before the last holder frees) and its overflow guard (a clone past
