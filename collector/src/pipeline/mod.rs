@@ -7,10 +7,9 @@
 //! WAL record, which the WAL keeps from the forwarder's reads (`Wal::defer_reads`).
 //! After the last chunk, [`Pipeline::commit`] syncs the WAL once (per `wal.sync`),
 //! publishes the records, puts a handle to each on the pipeline's SPSC ring and wakes
-//! the forwarder. The
-//! forwarder sends records in WAL order, retrying with exponential backoff and full
-//! jitter, and acknowledges each one in the WAL once the backend took it (or refused
-//! it for good); the WAL deletes fully acknowledged segments.
+//! the forwarder. The forwarder sends records in WAL order, retrying with exponential
+//! backoff and full jitter, and acknowledges each one in the WAL once the backend took
+//! it (or refused it for good); the WAL deletes fully acknowledged segments.
 //!
 //! The ring only saves reading bodies back from disk: when it is full the record is
 //! still in the WAL and the forwarder reads it from there, and after a restart the
