@@ -395,9 +395,7 @@ impl<S: BuildHasher> RawCache<S> {
         if let Some(s) = self.tagged_home(hash)
             && let Some(series) = self.series(s)
         {
-            // Taking the fields' addresses reads nothing of the series.
-            prefetch(std::ptr::from_ref(&series.cell).cast());
-            prefetch(std::ptr::from_ref(&series.touched).cast());
+            series.prefetch();
         }
     }
 }

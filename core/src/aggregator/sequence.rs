@@ -42,7 +42,6 @@
 
 use super::cache::{give_up, owned_series, take_series};
 use super::series::{Series, SharedSeries};
-use crate::hint::prefetch;
 
 /// The series of a source's last body in order; see the module doc.
 #[derive(Default)]
@@ -233,9 +232,7 @@ impl SeriesSequence {
             // SAFETY: the entry at `at` is owned by the arena (not yet moved or
             // released: `at` only moves forward past those), and the borrow ends here.
             if let Some(s) = unsafe { owned_series(self.expected_addr) } {
-                // Taking the fields' addresses reads nothing of the series.
-                prefetch(std::ptr::from_ref(&s.cell).cast());
-                prefetch(std::ptr::from_ref(&s.touched).cast());
+                s.prefetch();
             }
         }
     }
