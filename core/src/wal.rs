@@ -110,13 +110,12 @@
 //! a record that a failed sync then takes out: a writer that syncs after several
 //! appends calls [`Wal::defer_reads`] before them and [`Wal::publish`] once the sync
 //! succeeded (or it gave up), and [`Wal::read`] returns none of them in between. A
-//! failed directory fsync is
-//! treated the same when a segment was created since the last one succeeded (from
-//! that segment's first record on). Counted in [`WalStats::sync_errors`],
-//! [`WalStats::sync_lost_records`] and [`WalStats::sync_lost_bytes`]. Syncs of
-//! segments rotated away from go through the handle that wrote them, never a file
-//! opened anew. A failed fsync of the ack file fails that ack file write only (the
-//! next write uses a new temporary file).
+//! failed directory fsync is treated the same when a segment was created since the
+//! last one succeeded (from that segment's first record on). Counted in
+//! [`WalStats::sync_errors`], [`WalStats::sync_lost_records`] and
+//! [`WalStats::sync_lost_bytes`]. Syncs of segments rotated away from go through the
+//! handle that wrote them, never a file opened anew. A failed fsync of the ack file
+//! fails that ack file write only (the next write uses a new temporary file).
 //!
 //! # Crash semantics
 //! What a crash (kill -9, or a machine crash) leaves, and what [`Wal::open`] makes of it:
