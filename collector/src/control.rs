@@ -59,7 +59,9 @@ pub struct FlushSummary {
     /// Non-zero refusal counts since start, as `reason=count` pairs, or `none`.
     pub rejected_reasons: String,
     /// How long the walk over the series took (the pipelines' encoding and WAL
-    /// appends not included).
+    /// appends on the flushing thread not included: from 256k series other threads
+    /// walk on meanwhile, see
+    /// [`Aggregator::flush_chunked_at`](weir_core::Aggregator::flush_chunked_at)).
     pub duration: Duration,
     /// Per pipeline (in config order), the WAL head after this flush was appended:
     /// the flush is delivered once the forwarder's cursor reaches it.

@@ -32,9 +32,17 @@
 //! The walk gives its core away every `YIELD_EVERY` series (see there), so that on
 //! a busy machine a flush of 1M series does not keep a woken receiver waiting for a
 //! whole scheduler time slice.
+//!
+//! A chunked flush of at least twice `SERIES_PER_WALKER` series (256k) is walked by
+//! several threads, one per core up to `MAX_WALKERS`, each claiming the next block of
+//! the list in turn (`Walk::parallel`): a walk is bound by how many misses one core
+//! keeps in flight, not by the memory bus, so two cores take a 1M-series flush in
+//! about half the time. The walkers only take live series' shares and send their chunks to the
+//! flushing thread, which alone hands them to the consumer and evicts (the walkers
+//! list the idle series; every flush evicts on one thread, after the walk).
 
 use std::mem::ManuallyDrop;
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicUsize, Ordering};
 
 use crate::cell::CounterTake;
 use crate::flush::{FlushBatch, FlushedSeries, FlushedValue};
@@ -254,10 +262,11 @@ fn flushed(series: &SharedSeries, value: FlushedValue, keys: Keys) -> FlushedSer
         // it lends to its consumer and then empties with `forget_lent`, which forgets
         // their keys (a panic on the way leaks the chunk: both hold it in
         // `ManuallyDrop`); until then a counted reference keeps each series alive.
-        // `walk`, for live entries: the flush lock is held throughout and the
-        // flusher's list, whose entries only the walk removes (evicted series, whose
-        // entries are counted), holds the reference. `peek_in_order`: its own sorted
-        // copy of the list, dropped only after the last chunk.
+        // `walk`, for live entries: the flush lock is held throughout (its walker
+        // threads are joined before it is released) and the flusher's list, whose
+        // entries only the walk removes (evicted series, whose entries are counted,
+        // after the walkers are done), holds the reference. `peek_in_order`: its own
+        // sorted copy of the list, dropped only after the last chunk.
         Keys::Lent => unsafe { series.key().uncounted_copy() },
     };
     FlushedSeries {
@@ -327,6 +336,192 @@ fn spare_capacity(series: usize) -> usize {
     series.saturating_add(series / 16)
 }
 
+/// Series per walker thread of a chunked flush: a list shorter than twice this is
+/// walked on the flushing thread alone (64 in unit tests, so that they walk in
+/// parallel too). At 128k series a walk takes a few milliseconds, against tens of
+/// microseconds to start a thread.
+const SERIES_PER_WALKER: usize = if cfg!(test) { 64 } else { 1 << 17 };
+
+/// The most threads a flush walks with (its own included).
+const MAX_WALKERS: usize = 4;
+
+/// Series a walker of a parallel walk claims at a time: a tenth of a millisecond of
+/// walk or so, against one atomic increment per block (16 in unit tests, whose lists
+/// are short).
+const WALK_BLOCK: usize = if cfg!(test) { 16 } else { 4096 };
+
+/// Walker threads for a chunked flush of `series` on a machine with `cores`: one per
+/// [`SERIES_PER_WALKER`] series, at most one per core and [`MAX_WALKERS`]; 1 means
+/// the flushing thread walks alone. The model test (`shuttle`) always walks alone.
+fn walkers_for(series: usize, cores: usize) -> usize {
+    if cfg!(feature = "shuttle") {
+        return 1;
+    }
+    (series / SERIES_PER_WALKER).clamp(1, cores.clamp(1, MAX_WALKERS))
+}
+
+/// The flushing thread's and the walkers' part of a walk: what is the same for every
+/// series.
+#[derive(Clone, Copy)]
+struct Walk {
+    now_ms: i64,
+    ttl_ms: i64,
+    chunk_len: usize,
+    keys: Keys,
+}
+
+impl Walk {
+    /// Takes the share of every series in `series` (the flusher's list from index
+    /// `base`) that is not idle for the TTL into `out`, handing `full` each chunk of
+    /// `chunk_len` entries (`full` gives back the allocation to fill next, empty, or
+    /// `None` to stop the walk: its consumer is gone; false is returned then), and
+    /// lists the idle ones' indices in `idle`, ascending, for the flushing thread to
+    /// evict. Their activity is noted here (`Series::notice_activity`), once per
+    /// flush.
+    fn live(
+        self,
+        series: &[SharedSeries],
+        base: usize,
+        out: &mut Vec<FlushedSeries>,
+        idle: &mut Vec<usize>,
+        full: &mut impl FnMut(Vec<FlushedSeries>) -> Option<Vec<FlushedSeries>>,
+    ) -> bool {
+        for (i, s) in series.iter().enumerate() {
+            prefetch_ahead(series, i, self.keys);
+            let active_at_ms = s.notice_activity(self.now_ms);
+            if self.ttl_ms > 0 && self.now_ms - active_at_ms >= self.ttl_ms {
+                idle.push(base + i);
+                continue;
+            }
+            collect_into(out, s, false, self.now_ms, self.keys);
+            if out.len() >= self.chunk_len {
+                match full(std::mem::take(out)) {
+                    Some(next) => *out = next,
+                    None => return false,
+                }
+            }
+            if (base + i + 1).is_multiple_of(YIELD_EVERY) {
+                std::thread::yield_now();
+            }
+        }
+        true
+    }
+
+    /// [`Walk::live`] over the whole list, block by block ([`WALK_BLOCK`] series), by
+    /// this thread and `walkers - 1` scoped threads, each claiming the next block not
+    /// yet taken until none is left: a walker that the scheduler puts aside holds up
+    /// the flush by one block, not by a share of the list. Every chunk reaches `emit`
+    /// on this thread: the other walkers' between two of its own and at the end, so
+    /// the consumer sees them in no fixed order, and each walker's last chunk as it
+    /// is, shorter than `chunk_len`. The idle series end up in `idle`, ascending. Only
+    /// for [`Keys::Lent`] walks: the flushing thread holds the flush lock and does not
+    /// touch the list until every walker is done, so the list holds every lent key
+    /// until `emit` forgets it.
+    fn parallel(
+        self,
+        series: &[SharedSeries],
+        walkers: usize,
+        idle: &mut Vec<usize>,
+        mut emit: impl FnMut(Vec<FlushedSeries>) -> Vec<FlushedSeries>,
+    ) {
+        debug_assert!(self.keys == Keys::Lent);
+        let cursor = AtomicUsize::new(0);
+        // Allocations that `emit` gave back, for the walkers' next chunks.
+        let spares = std::sync::Mutex::new(Vec::<Vec<FlushedSeries>>::new());
+        let take_spare = || {
+            let spare = spares.lock().unwrap_or_else(|p| p.into_inner()).pop();
+            spare.unwrap_or_else(|| Vec::with_capacity(self.chunk_len))
+        };
+        std::thread::scope(|scope| {
+            // Chunks travel as `ManuallyDrop`: should this thread panic, the channel's
+            // unread ones leak rather than give back references they never took. Two
+            // per walker in flight at most, so a consumer slower than the walk holds
+            // the walkers back instead of their chunks piling up.
+            let (tx, rx) = std::sync::mpsc::sync_channel(2 * walkers);
+            let others: Vec<_> = (1..walkers)
+                .map(|_| {
+                    let tx: std::sync::mpsc::SyncSender<ManuallyDrop<Vec<FlushedSeries>>> =
+                        tx.clone();
+                    let (cursor, take_spare) = (&cursor, &take_spare);
+                    scope.spawn(move || {
+                        let mut idle = Vec::new();
+                        let mut out = ManuallyDrop::new(take_spare());
+                        // An error means the flushing thread is unwinding (its consumer
+                        // panicked): the chunk leaks, and the walk stops.
+                        let mut send = |chunk| {
+                            tx.send(ManuallyDrop::new(chunk))
+                                .ok()
+                                .map(|()| take_spare())
+                        };
+                        self.claimed(series, cursor, &mut out, &mut idle, &mut send);
+                        let last = ManuallyDrop::into_inner(out);
+                        if last.is_empty() {
+                            drop(last);
+                        } else {
+                            let _ = tx.send(ManuallyDrop::new(last));
+                        }
+                        idle
+                    })
+                })
+                .collect();
+            drop(tx);
+            let mut give_back = |chunk: ManuallyDrop<Vec<FlushedSeries>>| {
+                let spare = emit(ManuallyDrop::into_inner(chunk));
+                spares.lock().unwrap_or_else(|p| p.into_inner()).push(spare);
+            };
+            // This thread walks too, handing over the other walkers' chunks that are
+            // ready after each of its own.
+            let mut out = ManuallyDrop::new(take_spare());
+            self.claimed(series, &cursor, &mut out, idle, &mut |chunk| {
+                give_back(ManuallyDrop::new(chunk));
+                while let Ok(theirs) = rx.try_recv() {
+                    give_back(theirs);
+                }
+                Some(take_spare())
+            });
+            if out.is_empty() {
+                drop(ManuallyDrop::into_inner(out));
+            } else {
+                give_back(out);
+            }
+            for chunk in rx {
+                give_back(chunk);
+            }
+            for walker in others {
+                match walker.join() {
+                    Ok(their_idle) => idle.extend(their_idle),
+                    Err(panic) => std::panic::resume_unwind(panic),
+                }
+            }
+        });
+        idle.sort_unstable();
+    }
+
+    /// [`Walk::live`] over the blocks of `series` that `cursor` hands out, until none
+    /// is left or `full` stops the walk.
+    fn claimed(
+        self,
+        series: &[SharedSeries],
+        cursor: &AtomicUsize,
+        out: &mut Vec<FlushedSeries>,
+        idle: &mut Vec<usize>,
+        full: &mut impl FnMut(Vec<FlushedSeries>) -> Option<Vec<FlushedSeries>>,
+    ) {
+        loop {
+            // Relaxed: the cursor only hands out distinct blocks; the list it indexes
+            // was shared with the walkers before they started.
+            let start = cursor.fetch_add(WALK_BLOCK, Ordering::Relaxed);
+            if start >= series.len() {
+                return;
+            }
+            let block = &series[start..series.len().min(start + WALK_BLOCK)];
+            if !self.live(block, start, out, idle, full) {
+                return;
+            }
+        }
+    }
+}
+
 /// What only the flusher touches.
 pub(super) struct FlusherState {
     /// Every series, in the order the flusher first saw them (evictions swap the last
@@ -338,6 +533,9 @@ pub(super) struct FlusherState {
     /// An empty batch vector handed back by [`Aggregator::recycle`], which the next
     /// flush fills instead of allocating (and page-faulting in) a fresh one.
     pub(super) spare: Vec<FlushedSeries>,
+    /// The machine's cores, as far as this process may use them: how many threads a
+    /// chunked flush of many series may walk with (see `walkers_for`).
+    pub(super) cores: usize,
 }
 
 impl Aggregator {
@@ -508,14 +706,21 @@ impl Aggregator {
         self.flush_chunked_at(now_ms(), chunk_len, each);
     }
 
-    /// [`Aggregator::flush_at`], handing the batch to `each` in chunks of `chunk_len`
-    /// live entries (at least one) instead of returning it whole. Every chunk has the
-    /// flush's `sequence`, `start_ms` and `end_ms`; the last one, always given (empty
-    /// when there is nothing to flush), has up to `chunk_len` live entries and then
-    /// the final shares of the series this flush evicts. One chunk's allocation serves
-    /// the whole flush (and the next ones), so a consumer that encodes each chunk as
-    /// it comes keeps `chunk_len` entries resident rather than one per series (40 MB
-    /// at 1M series).
+    /// [`Aggregator::flush_at`], handing the batch to `each` in chunks of at most
+    /// `chunk_len` live entries (at least one) instead of returning it whole. Every
+    /// chunk has the flush's `sequence`, `start_ms` and `end_ms`; the last one, always
+    /// given (empty when there is nothing to flush), has up to `chunk_len` live entries
+    /// and then the final shares of the series this flush evicts. A few chunks'
+    /// allocations serve the whole flush (one, and the next flushes reuse it, while it
+    /// walks on one thread), so a consumer that encodes each chunk as it comes keeps a
+    /// few times `chunk_len` entries resident rather than one per series (40 MB at 1M
+    /// series).
+    ///
+    /// Up to 256k series, the chunks are full but the last and come in the order of a
+    /// whole flush. From there on the series are walked by several threads (one per
+    /// core and 128k series, at most 4, this one among them), each claiming 4,096 of
+    /// them at a time, and the chunks come as the walkers fill them: in no fixed
+    /// order, and each walker's last one shorter.
     ///
     /// `each` runs on the calling thread with the flush lock held: peeks and other
     /// flushes wait for it, writers do not. It must not flush or peek this aggregator.
@@ -587,61 +792,80 @@ impl Aggregator {
         let sequence = st.sequence + 1;
         let start_ms = st.last_flush_ms;
         let ttl_ms = i64::try_from(sh.config.series_ttl.as_millis()).unwrap_or(i64::MAX);
+        let batch = |series: Vec<FlushedSeries>, evicted: usize| FlushBatch {
+            sequence,
+            start_ms,
+            end_ms: now_ms,
+            series,
+            evicted,
+        };
+        // Every live series' share, in chunks; the idle ones are only listed (by
+        // index, ascending) and evicted below, on this thread alone.
+        let mut idle = Vec::new();
+        let walk = Walk {
+            now_ms,
+            ttl_ms,
+            chunk_len,
+            keys,
+        };
+        let walkers = if keys == Keys::Lent {
+            walkers_for(st.series.len(), st.cores)
+        } else {
+            1
+        };
+        if walkers > 1 {
+            walk.parallel(&st.series, walkers, &mut idle, |chunk| {
+                emit(batch(chunk, 0))
+            });
+        } else {
+            // Never stopped: `emit` always gives an allocation back.
+            walk.live(&st.series, 0, &mut out, &mut idle, &mut |chunk| {
+                Some(emit(batch(chunk, 0)))
+            });
+        }
         // The final shares of evicted series, which go after every live one (the
         // batch counts them rather than flagging each entry). Evictions are rare, so
-        // this allocates only in flushes that evict.
+        // this allocates only in flushes that evict. From the highest index down, so
+        // that the series `swap_remove` moves into a gap is never one still to visit.
         let mut evicted = Vec::new();
-        let mut i = 0;
-        while i < st.series.len() {
-            prefetch_ahead(&st.series, i, keys);
+        for &i in idle.iter().rev() {
             let s = &st.series[i];
-            let active_at_ms = s.notice_activity(now_ms);
-            let expired = ttl_ms > 0 && now_ms - active_at_ms >= ttl_ms;
-            if expired && try_retire(s) {
-                // Counters and histograms keep their totals for a successor. The table's
-                // lock is held from before the removal until the totals are in the table,
-                // and creators of counters and histograms hold it from their second index
-                // lookup until their insert (`Shared::resolve`), so a successor created
-                // after the removal waits for the totals and resumes them.
-                let keeps = matches!(s.cell, Cell::Counter(_, _) | Cell::Histogram(_, _));
-                let mut table = keeps.then(|| sh.kept.lock().unwrap_or_else(|p| p.into_inner()));
-                // Out of the index first, so writers that find the cell sealed resolve
-                // to a successor rather than to this series again.
-                sh.index.remove(s);
-                collect_into(&mut evicted, s, true, now_ms, keys);
-                if let (Some(t), Some(k)) = (table.as_mut(), kept(s)) {
-                    // A key of its own: a clone of the series' key would keep the whole
-                    // series (cell included) alive for as long as the totals are kept.
-                    let key = SeriesKey::from_canonical(s.key().as_bytes());
-                    let dropped = t.insert(key, k, now_ms);
-                    sh.kept_dropped.fetch_add(dropped, Ordering::Relaxed);
+            if !try_retire(s) {
+                // A handle holds it: it stays, and its share is taken as any other.
+                collect_into(&mut out, s, false, now_ms, keys);
+                if out.len() >= chunk_len {
+                    *out = emit(batch(std::mem::take(&mut *out), 0));
                 }
-                drop(table);
-                let s = st.series.swap_remove(i);
-                // By name: the series does not hold its family. If the family it was
-                // counted in was dropped in a race (see below) this may release a
-                // newer one's count, which `release` keeps from going below zero.
-                if let Some(f) = sh.families.pin().get(s.key().name()) {
-                    f.release();
-                }
-                sh.active.fetch_sub(1, Ordering::AcqRel);
-                sh.evicted.fetch_add(1, Ordering::Relaxed);
                 continue;
             }
-            collect_into(&mut out, s, false, now_ms, keys);
-            if out.len() >= chunk_len {
-                *out = emit(FlushBatch {
-                    sequence,
-                    start_ms,
-                    end_ms: now_ms,
-                    series: std::mem::take(&mut *out),
-                    evicted: 0,
-                });
+            // Counters and histograms keep their totals for a successor. The table's
+            // lock is held from before the removal until the totals are in the table,
+            // and creators of counters and histograms hold it from their second index
+            // lookup until their insert (`Shared::resolve`), so a successor created
+            // after the removal waits for the totals and resumes them.
+            let keeps = matches!(s.cell, Cell::Counter(_, _) | Cell::Histogram(_, _));
+            let mut table = keeps.then(|| sh.kept.lock().unwrap_or_else(|p| p.into_inner()));
+            // Out of the index first, so writers that find the cell sealed resolve
+            // to a successor rather than to this series again.
+            sh.index.remove(s);
+            collect_into(&mut evicted, s, true, now_ms, keys);
+            if let (Some(t), Some(k)) = (table.as_mut(), kept(s)) {
+                // A key of its own: a clone of the series' key would keep the whole
+                // series (cell included) alive for as long as the totals are kept.
+                let key = SeriesKey::from_canonical(s.key().as_bytes());
+                let dropped = t.insert(key, k, now_ms);
+                sh.kept_dropped.fetch_add(dropped, Ordering::Relaxed);
             }
-            i += 1;
-            if i % YIELD_EVERY == 0 {
-                std::thread::yield_now();
+            drop(table);
+            let s = st.series.swap_remove(i);
+            // By name: the series does not hold its family. If the family it was
+            // counted in was dropped in a race (see below) this may release a
+            // newer one's count, which `release` keeps from going below zero.
+            if let Some(f) = sh.families.pin().get(s.key().name()) {
+                f.release();
             }
+            sh.active.fetch_sub(1, Ordering::AcqRel);
+            sh.evicted.fetch_add(1, Ordering::Relaxed);
         }
         // Families whose series are all gone are dropped so churning names do not
         // grow memory. A creator that admitted a series into a family dropped here in
@@ -659,13 +883,7 @@ impl Aggregator {
         st.sequence = sequence;
         sh.flushes.store(sequence, Ordering::Relaxed);
         st.last_flush_ms = now_ms;
-        let spare = emit(FlushBatch {
-            sequence,
-            start_ms,
-            end_ms: now_ms,
-            series: ManuallyDrop::into_inner(out),
-            evicted: evicted_count,
-        });
+        let spare = emit(batch(ManuallyDrop::into_inner(out), evicted_count));
         if spare.capacity() > st.spare.capacity() {
             st.spare = spare;
         }
@@ -827,6 +1045,228 @@ mod tests {
         // The two series of the chunk that reached the consumer were taken by the
         // failed flush; the other three still had their share of 2 pending.
         assert_eq!(sum, 5.0 * 3.0 + 3.0 * 2.0);
+    }
+
+    /// An aggregator whose chunked flushes walk with up to `cores` threads, whatever
+    /// the machine has.
+    fn with_cores(config: crate::AggregatorConfig, cores: usize) -> Aggregator {
+        let agg = Aggregator::starting_at(config, 1_000);
+        agg.shared.flusher.lock().unwrap().cores = cores;
+        agg
+    }
+
+    /// Every entry of a flush as text, sorted: what two flushes are compared by.
+    fn entries(series: &[FlushedSeries]) -> Vec<String> {
+        let mut v: Vec<String> = series
+            .iter()
+            .map(|e| format!("{} {:?}", e.key, e.value))
+            .collect();
+        v.sort_unstable();
+        v
+    }
+
+    #[test]
+    fn a_flush_walks_with_one_thread_per_128k_series_up_to_the_cores() {
+        let per = SERIES_PER_WALKER;
+        assert_eq!(walkers_for(0, 8), 1);
+        assert_eq!(walkers_for(2 * per - 1, 8), 1);
+        assert_eq!(walkers_for(2 * per, 8), 2);
+        assert_eq!(walkers_for(3 * per, 2), 2);
+        assert_eq!(walkers_for(100 * per, 8), MAX_WALKERS);
+        assert_eq!(walkers_for(100 * per, 1), 1);
+        assert_eq!(walkers_for(100 * per, 0), 1);
+    }
+
+    /// A chunked flush of many series walks them with several threads (here 4 over
+    /// 1,231 series): it hands over exactly the entries a flush on one thread does,
+    /// each once, in chunks of at most `chunk_len`, the evicted series' final shares
+    /// last; an idle series that a handle holds stays and is flushed as a live one;
+    /// and every series has the references it had before.
+    #[test]
+    fn a_parallel_chunked_flush_gives_what_a_serial_flush_gives() {
+        let config = crate::AggregatorConfig {
+            series_ttl: std::time::Duration::from_secs(60),
+            ..crate::AggregatorConfig::default()
+        };
+        let (parallel, serial) = (with_cores(config.clone(), 4), with_cores(config, 1));
+        // 1,000 counters, and in the first round 200 gauges and 31 histograms among
+        // them (so that the idle series are spread over the list).
+        let feed = |agg: &Aggregator, round: u32, now_ms: i64| {
+            let mut w = agg.writer();
+            for i in 0..1_000u32 {
+                let v = i.to_string();
+                let sample =
+                    crate::Sample::Counter(f64::from(round + i), crate::Temporality::Delta);
+                w.record("jobs_total", &[("i", &v)], sample, now_ms)
+                    .unwrap();
+                if round == 0 && i % 5 == 0 {
+                    w.record("temp", &[("i", &v)], crate::Sample::Gauge(1.0), now_ms)
+                        .unwrap();
+                }
+                if round == 0 && i % 33 == 0 {
+                    let sample = crate::Sample::Observe {
+                        value: 2.0,
+                        count: 1,
+                    };
+                    w.record("lat", &[("i", &v)], sample, now_ms).unwrap();
+                }
+            }
+        };
+        let held = parallel
+            .handle("temp", &[("i", "5")], MetricKind::Gauge)
+            .unwrap();
+        let held_too = serial
+            .handle("temp", &[("i", "5")], MetricKind::Gauge)
+            .unwrap();
+        let t0 = 1_000_000_000_000;
+        for (round, now) in [(0, t0), (1, t0 + 60_000), (2, t0 + 120_000)] {
+            feed(&parallel, round, now);
+            feed(&serial, round, now);
+            let listed: Vec<SharedSeries> = {
+                let sh = &parallel.shared;
+                let mut st = sh.flusher.lock().unwrap();
+                while let Some(s) = sh.created.pop() {
+                    st.series.push(s);
+                }
+                st.series.clone()
+            };
+            let before: Vec<u32> = listed.iter().map(Keyed::references).collect();
+            let want = serial.flush_at(now);
+            let (mut got, mut chunks, mut last_evicted) = (Vec::new(), 0, 0);
+            parallel.flush_chunked_at(now, 100, |c| {
+                // A slow consumer: the other walkers claim blocks meanwhile.
+                std::thread::sleep(std::time::Duration::from_micros(300));
+                assert!(c.series.len() - c.evicted <= 100);
+                assert_eq!((c.sequence, c.end_ms), (want.sequence, want.end_ms));
+                got.extend(entries(&c.series));
+                chunks += 1;
+                last_evicted = c.evicted;
+                if c.evicted > 0 {
+                    assert_eq!(entries(c.evicted_series()), entries(want.evicted_series()));
+                }
+            });
+            got.sort_unstable();
+            assert_eq!(got, entries(&want.series), "round {round}");
+            assert!(chunks > 4, "round {round}: {chunks} chunks");
+            // The idle gauges and histograms go in the second round but the held
+            // gauge.
+            let evicted = if round == 1 { 199 + 31 } else { 0 };
+            assert_eq!((last_evicted, want.evicted), (evicted, evicted));
+            // An evicted series is one reference short, the list's, and soon two, the
+            // index's (given back through the epoch).
+            let after: Vec<u32> = listed.iter().map(Keyed::references).collect();
+            for ((s, b), a) in listed.iter().zip(&before).zip(&after) {
+                if s.handles().retired() {
+                    assert!(*a == b - 1 || *a == b - 2, "{}: {b} -> {a}", s.key());
+                } else {
+                    assert_eq!(a, b, "{}", s.key());
+                }
+            }
+        }
+        assert!(!held.series.handles().retired());
+        drop((held, held_too));
+    }
+
+    /// A consumer that panics while walkers are under way: every chunk it did not
+    /// finish leaks (lent keys give nothing back), the walkers stop, and the
+    /// aggregator flushes on with every series alive.
+    #[test]
+    fn a_panicking_consumer_of_a_parallel_flush_leaks_and_gives_back_nothing() {
+        let agg = with_cores(crate::AggregatorConfig::default(), 2);
+        let handles: Vec<_> = (0..1_000)
+            .map(|i| {
+                let v = i.to_string();
+                agg.handle("hits_total", &[("i", &v)], MetricKind::Counter)
+                    .unwrap()
+            })
+            .collect();
+        agg.flush_at(1_000);
+        let references = || -> Vec<u32> {
+            handles
+                .iter()
+                .map(|h| Keyed::references(&h.series))
+                .collect()
+        };
+        let before = references();
+        for h in &handles {
+            h.increment(2).unwrap();
+        }
+        let mut seen = 0;
+        let panicked = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            agg.flush_chunked_at(2_000, 50, |_| {
+                seen += 1;
+                assert!(seen < 3, "consumer fails");
+            });
+        }));
+        assert!(panicked.is_err());
+        assert_eq!(
+            references(),
+            before,
+            "the leaked chunks took and gave back nothing"
+        );
+        for h in &handles {
+            h.increment(3).unwrap();
+        }
+        let mut sum = 0.0;
+        agg.flush_chunked_at(3_000, 50, |c| sum += c.counter_delta_sum());
+        // Two chunks were taken by the failed flush; the shares of chunks that did not
+        // reach the consumer are lost with them, the others are still pending.
+        assert!(
+            (3.0 * 1_000.0..=5.0 * 1_000.0 - 200.0).contains(&sum),
+            "{sum}"
+        );
+    }
+
+    /// Writers on two threads race parallel chunked flushes whose clock evicts idle
+    /// series all the time (while the writers' caches still hold them): the flushed
+    /// counts add up to what was sent.
+    #[test]
+    fn writers_racing_parallel_flushes_that_evict_lose_and_double_nothing() {
+        const ROUNDS: u32 = 40;
+        const SERIES: u32 = 600;
+        let agg = with_cores(
+            crate::AggregatorConfig {
+                series_ttl: std::time::Duration::from_millis(2),
+                ..crate::AggregatorConfig::default()
+            },
+            3,
+        );
+        let done = std::sync::atomic::AtomicUsize::new(0);
+        let (flushed, flushes) = std::thread::scope(|scope| {
+            for t in 0..2u32 {
+                let (agg, done) = (&agg, &done);
+                scope.spawn(move || {
+                    let mut w = agg.writer();
+                    for round in 0..ROUNDS {
+                        // Each thread leaves a different part idle every other round.
+                        for i in (0..SERIES).filter(|i| (i + round + t) % 3 != 0) {
+                            let v = i.to_string();
+                            let one = crate::Sample::Counter(1.0, crate::Temporality::Delta);
+                            w.record("hits_total", &[("i", &v)], one, 0).unwrap();
+                        }
+                    }
+                    done.fetch_add(1, Ordering::SeqCst);
+                });
+            }
+            let (mut sum, mut now, mut flushes) = (0.0, 1_000_000_000_000i64, 0);
+            while done.load(Ordering::SeqCst) < 2 && flushes < 100_000 {
+                now += 1;
+                agg.flush_chunked_at(now, 16, |c| sum += c.counter_delta_sum());
+                flushes += 1;
+            }
+            agg.flush_chunked_at(now + 1, 16, |c| sum += c.counter_delta_sum());
+            (sum, flushes)
+        });
+        let sent: u32 = (0..2u32)
+            .map(|t| {
+                (0..ROUNDS)
+                    .map(|r| (0..SERIES).filter(|i| (i + r + t) % 3 != 0).count() as u32)
+                    .sum::<u32>()
+            })
+            .sum();
+        assert_eq!(flushed, f64::from(sent), "after {flushes} flushes");
+        assert!(flushes > 1, "flushes ran while the writers wrote");
+        assert!(agg.stats().evicted_series > 0, "evictions ran meanwhile");
     }
 
     #[test]

@@ -52,7 +52,9 @@
 //!   it into its own dense `Vec` of series addresses, which it walks on every flush
 //!   without touching the index. What only the flusher keeps per series (running
 //!   totals, when activity was last seen) is stored in the series. One flush runs at
-//!   a time (a mutex only flushes take).
+//!   a time (a mutex only flushes take); a chunked flush of 256k series or more walks
+//!   the list with one thread per core (at most 4), the flushing thread among them,
+//!   which alone hands chunks to the consumer and evicts (module `flush`).
 //!
 //! # Eviction (series TTL) and why no point is lost
 //! A series idle for `series_ttl` is *retired* by the flusher: it is removed from the
@@ -394,6 +396,7 @@ impl Aggregator {
                     sequence: 0,
                     last_flush_ms: now,
                     spare: Vec::new(),
+                    cores: std::thread::available_parallelism().map_or(1, |n| n.get()),
                 }),
             }),
         }
