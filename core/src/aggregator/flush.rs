@@ -39,7 +39,10 @@
 //! keeps in flight, not by the memory bus, so two cores take a 1M-series flush in
 //! about half the time. The walkers only take live series' shares and send their chunks to the
 //! flushing thread, which alone hands them to the consumer and evicts (the walkers
-//! list the idle series; every flush evicts on one thread, after the walk).
+//! list the idle series; every flush evicts on one thread, after the walk). The other
+//! walkers are scoped threads named `weir-flush-walk`, started per flush (tens of
+//! microseconds against milliseconds of walk); one that cannot be started is done
+//! without.
 
 use std::mem::ManuallyDrop;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -438,30 +441,35 @@ impl Walk {
             // per walker in flight at most, so a consumer slower than the walk holds
             // the walkers back instead of their chunks piling up.
             let (tx, rx) = std::sync::mpsc::sync_channel(2 * walkers);
+            // A thread that cannot be started (a process at its thread limit) is done
+            // without: the walkers that run claim its blocks.
             let others: Vec<_> = (1..walkers)
-                .map(|_| {
+                .filter_map(|_| {
                     let tx: std::sync::mpsc::SyncSender<ManuallyDrop<Vec<FlushedSeries>>> =
                         tx.clone();
                     let (cursor, take_spare) = (&cursor, &take_spare);
-                    scope.spawn(move || {
-                        let mut idle = Vec::new();
-                        let mut out = ManuallyDrop::new(take_spare());
-                        // An error means the flushing thread is unwinding (its consumer
-                        // panicked): the chunk leaks, and the walk stops.
-                        let mut send = |chunk| {
-                            tx.send(ManuallyDrop::new(chunk))
-                                .ok()
-                                .map(|()| take_spare())
-                        };
-                        self.claimed(series, cursor, &mut out, &mut idle, &mut send);
-                        let last = ManuallyDrop::into_inner(out);
-                        if last.is_empty() {
-                            drop(last);
-                        } else {
-                            let _ = tx.send(ManuallyDrop::new(last));
-                        }
-                        idle
-                    })
+                    let walker = std::thread::Builder::new().name("weir-flush-walk".into());
+                    walker
+                        .spawn_scoped(scope, move || {
+                            let mut idle = Vec::new();
+                            let mut out = ManuallyDrop::new(take_spare());
+                            // An error means the flushing thread is unwinding (its consumer
+                            // panicked): the chunk leaks, and the walk stops.
+                            let mut send = |chunk| {
+                                tx.send(ManuallyDrop::new(chunk))
+                                    .ok()
+                                    .map(|()| take_spare())
+                            };
+                            self.claimed(series, cursor, &mut out, &mut idle, &mut send);
+                            let last = ManuallyDrop::into_inner(out);
+                            if last.is_empty() {
+                                drop(last);
+                            } else {
+                                let _ = tx.send(ManuallyDrop::new(last));
+                            }
+                            idle
+                        })
+                        .ok()
                 })
                 .collect();
             drop(tx);
