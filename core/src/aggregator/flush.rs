@@ -431,9 +431,11 @@ impl Walk {
         let cursor = AtomicUsize::new(0);
         // Allocations that `emit` gave back, for the walkers' next chunks.
         let spares = std::sync::Mutex::new(Vec::<Vec<FlushedSeries>>::new());
+        // A chunk never holds more than the list (a caller may ask for one chunk).
+        let capacity = self.chunk_len.min(series.len());
         let take_spare = || {
             let spare = spares.lock().unwrap_or_else(|p| p.into_inner()).pop();
-            spare.unwrap_or_else(|| Vec::with_capacity(self.chunk_len))
+            spare.unwrap_or_else(|| Vec::with_capacity(capacity))
         };
         std::thread::scope(|scope| {
             // Chunks travel as `ManuallyDrop`: should this thread panic, the channel's
@@ -1170,6 +1172,11 @@ mod tests {
                     assert_eq!(a, b, "{}", s.key());
                 }
             }
+            // Chunks as large as a caller likes (nothing is left to take): no
+            // allocation of that size.
+            let mut left = 0.0;
+            parallel.flush_chunked_at(now, usize::MAX, |c| left += c.counter_delta_sum());
+            assert_eq!((left, serial.flush_at(now).counter_delta_sum()), (0.0, 0.0));
         }
         assert!(!held.series.handles().retired());
         drop((held, held_too));
