@@ -1011,47 +1011,61 @@ mod tests {
         }
     }
 
-    /// A consumer that panics mid-flush leaks its chunk (lent keys are never given
-    /// back for references they did not take); the aggregator flushes on afterwards,
-    /// every series alive and counted as before.
-    #[test]
-    fn a_panicking_chunk_consumer_leaks_its_chunk_and_gives_back_nothing() {
-        let agg = Aggregator::default();
-        let handles: Vec<_> = (0..5)
+    /// Flushes `series` counters of `agg`, each incremented by 2, in chunks of
+    /// `chunk_len` to a consumer that panics at its `fails_at`-th chunk; checks that
+    /// the leaked chunks took and gave back no reference; then increments each by 3
+    /// and returns what the next chunked flush takes.
+    fn flush_to_a_panicking_consumer(
+        agg: &Aggregator,
+        series: usize,
+        chunk_len: usize,
+        fails_at: usize,
+    ) -> f64 {
+        let handles: Vec<_> = (0..series)
             .map(|i| {
                 let v = i.to_string();
                 agg.handle("hits_total", &[("i", &v)], MetricKind::Counter)
                     .unwrap()
             })
             .collect();
-        for h in &handles {
-            h.increment(1).unwrap();
-        }
         agg.flush_at(1_000);
-        let before: Vec<u32> = handles
-            .iter()
-            .map(|h| Keyed::references(&h.series))
-            .collect();
-        for h in &handles {
-            h.increment(2).unwrap();
-        }
-        let panicked = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-            agg.flush_chunked_at(2_000, 2, |_| panic!("consumer fails"));
-        }));
-        assert!(panicked.is_err());
-        assert_eq!(
+        let references = || -> Vec<u32> {
             handles
                 .iter()
                 .map(|h| Keyed::references(&h.series))
-                .collect::<Vec<_>>(),
+                .collect()
+        };
+        let before = references();
+        for h in &handles {
+            h.increment(2).unwrap();
+        }
+        let mut seen = 0;
+        let panicked = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            agg.flush_chunked_at(2_000, chunk_len, |_| {
+                seen += 1;
+                assert!(seen < fails_at, "consumer fails");
+            });
+        }));
+        assert!(panicked.is_err());
+        assert_eq!(
+            references(),
             before,
-            "the leaked chunk's lent keys took and gave back nothing"
+            "the leaked chunks' lent keys took and gave back nothing"
         );
         for h in &handles {
             h.increment(3).unwrap();
         }
         let mut sum = 0.0;
-        agg.flush_chunked_at(3_000, 2, |c| sum += c.counter_delta_sum());
+        agg.flush_chunked_at(3_000, chunk_len, |c| sum += c.counter_delta_sum());
+        sum
+    }
+
+    /// A consumer that panics mid-flush leaks its chunk (lent keys are never given
+    /// back for references they did not take); the aggregator flushes on afterwards,
+    /// every series alive and counted as before.
+    #[test]
+    fn a_panicking_chunk_consumer_leaks_its_chunk_and_gives_back_nothing() {
+        let sum = flush_to_a_panicking_consumer(&Aggregator::default(), 5, 2, 1);
         // The two series of the chunk that reached the consumer were taken by the
         // failed flush; the other three still had their share of 2 pending.
         assert_eq!(sum, 5.0 * 3.0 + 3.0 * 2.0);
@@ -1188,42 +1202,7 @@ mod tests {
     #[test]
     fn a_panicking_consumer_of_a_parallel_flush_leaks_and_gives_back_nothing() {
         let agg = with_cores(crate::AggregatorConfig::default(), 2);
-        let handles: Vec<_> = (0..1_000)
-            .map(|i| {
-                let v = i.to_string();
-                agg.handle("hits_total", &[("i", &v)], MetricKind::Counter)
-                    .unwrap()
-            })
-            .collect();
-        agg.flush_at(1_000);
-        let references = || -> Vec<u32> {
-            handles
-                .iter()
-                .map(|h| Keyed::references(&h.series))
-                .collect()
-        };
-        let before = references();
-        for h in &handles {
-            h.increment(2).unwrap();
-        }
-        let mut seen = 0;
-        let panicked = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-            agg.flush_chunked_at(2_000, 50, |_| {
-                seen += 1;
-                assert!(seen < 3, "consumer fails");
-            });
-        }));
-        assert!(panicked.is_err());
-        assert_eq!(
-            references(),
-            before,
-            "the leaked chunks took and gave back nothing"
-        );
-        for h in &handles {
-            h.increment(3).unwrap();
-        }
-        let mut sum = 0.0;
-        agg.flush_chunked_at(3_000, 50, |c| sum += c.counter_delta_sum());
+        let sum = flush_to_a_panicking_consumer(&agg, 1_000, 50, 3);
         // Two chunks were taken by the failed flush; the shares of chunks that did not
         // reach the consumer are lost with them, the others are still pending.
         assert!(
