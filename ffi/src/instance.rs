@@ -68,8 +68,10 @@ pub const WEIR_FORMAT_REMOTE_WRITE: weir_format = 3;
 /// `[shutdown]` and `[log]` apply; a receivers, scrape, exposition or admin section
 /// that differs from its default is refused. The instance starts its pipelines (each
 /// first sends what its write-ahead log still holds from an earlier run on the same
-/// `data_dir`) and flushes every `aggregation.flush_interval` on a background thread.
-/// Two live instances must not share a `data_dir` with pipelines.
+/// `data_dir`) and flushes every `aggregation.flush_interval` on a background thread
+/// (from 256k series on, a flush also walks them on up to 3 more threads, one per
+/// core, that end with it). Two live instances must not share a `data_dir` with
+/// pipelines.
 ///
 /// Returns `WEIR_STATUS_OK`, `WEIR_STATUS_NULL_ARGUMENT` (`out` NULL),
 /// `WEIR_STATUS_INVALID_UTF8` or `WEIR_STATUS_INVALID_CONFIG`. `*out` is set only on
