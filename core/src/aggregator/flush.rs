@@ -47,6 +47,8 @@
 use std::mem::ManuallyDrop;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
+use crossbeam_queue::SegQueue;
+
 use crate::cell::CounterTake;
 use crate::flush::{FlushBatch, FlushedSeries, FlushedValue};
 use crate::hint::prefetch;
@@ -548,6 +550,15 @@ pub(super) struct FlusherState {
     pub(super) cores: usize,
 }
 
+impl FlusherState {
+    /// Appends the series created since the last call to the list, in creation order.
+    pub(super) fn take_created(&mut self, created: &SegQueue<SharedSeries>) {
+        while let Some(s) = created.pop() {
+            self.series.push(s);
+        }
+    }
+}
+
 impl Aggregator {
     /// Flushes now (wall clock).
     pub fn flush(&self) -> FlushBatch {
@@ -583,9 +594,7 @@ impl Aggregator {
         // New series join the flusher's list here as they would at the next flush.
         // Their creation stamp is left for that flush to notice, so their idle time
         // counts from it as for any other update.
-        while let Some(s) = sh.created.pop() {
-            st.series.push(s);
-        }
+        st.take_created(&sh.created);
         // Sized up front: `collect` from a filter would grow by doubling.
         let mut series = Vec::with_capacity(st.series.len());
         series.extend(
@@ -628,9 +637,7 @@ impl Aggregator {
         let (mut list, sequence, start_ms) = {
             let mut st = sh.flusher.lock().unwrap_or_else(|p| p.into_inner());
             // As in `peek`: new series join the flusher's list here.
-            while let Some(s) = sh.created.pop() {
-                st.series.push(s);
-            }
+            st.take_created(&sh.created);
             (st.series.clone(), st.sequence, st.last_flush_ms)
         };
         list.sort_unstable_by(|a, b| a.key().cmp_by_name(b.key()));
@@ -779,9 +786,7 @@ impl Aggregator {
         let mut st = sh.flusher.lock().unwrap_or_else(|p| p.into_inner());
         // Relaxed: a coarse stamp for writers; see `Shared::clock_ms`.
         sh.clock_ms.store(now_ms, Ordering::Relaxed);
-        while let Some(s) = sh.created.pop() {
-            st.series.push(s);
-        }
+        st.take_created(&sh.created);
         {
             let mut table = sh.kept.lock().unwrap_or_else(|p| p.into_inner());
             if table.len() > 0 {
@@ -1149,9 +1154,7 @@ mod tests {
             let listed: Vec<SharedSeries> = {
                 let sh = &parallel.shared;
                 let mut st = sh.flusher.lock().unwrap();
-                while let Some(s) = sh.created.pop() {
-                    st.series.push(s);
-                }
+                st.take_created(&sh.created);
                 st.series.clone()
             };
             let before: Vec<u32> = listed.iter().map(Keyed::references).collect();
