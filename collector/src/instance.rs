@@ -244,11 +244,11 @@ struct Flusher {
 /// requested flushes): each chunk is encoded into every pipeline as it comes, so a
 /// flush holds ~330 KB of batch (40 bytes an entry; a few times that while several
 /// threads walk, from 256k series) rather than an entry per series (40 MB at 1M
-/// series). Small enough to stay in a core's cache between the walk
-/// that writes a chunk and the encoders that read it (at 65,536 entries, 2.6 MB, the
-/// daemon's flush of 1M series took ~12 % longer); the number of requests does not
-/// depend on it (`max_request_bytes` splits each chunk), nor the WAL's syncs (one
-/// per flush, at the commit).
+/// series). Small enough to stay in a core's cache between the walk that writes a
+/// chunk and the encoders that read it (at 65,536 entries, 2.6 MB, the daemon's flush
+/// of 1M series took ~12 % longer); the number of requests does not depend on it
+/// (`max_request_bytes` splits each chunk), nor the WAL's syncs (one per flush, at the
+/// commit).
 const FLUSH_CHUNK: usize = 1 << 13;
 
 impl Flusher {
