@@ -975,16 +975,11 @@ format = "json"
         let c = parse("[receivers.statsd]\nenabled = false\naddress = \"0.0.0.0:9125\"\n").unwrap();
         assert!(!c.receivers.statsd.enabled);
         assert_eq!(c.receivers.statsd.address.to_string(), "0.0.0.0:9125");
-        assert_eq!(
-            (c.receivers.statsd.sockets, c.receivers.statsd.recv_batch),
-            (1, 64),
-            "defaults"
-        );
-        let c = parse("[receivers.statsd]\nsockets = 4\nrecv_batch = 1\n").unwrap();
-        assert_eq!(
-            (c.receivers.statsd.sockets, c.receivers.statsd.recv_batch),
-            (4, 1)
-        );
+        let s = &c.receivers.statsd;
+        assert_eq!((s.sockets, s.recv_batch, s.workers), (1, 64, 1), "defaults");
+        let c = parse("[receivers.statsd]\nsockets = 4\nrecv_batch = 1\nworkers = 0\n").unwrap();
+        let s = &c.receivers.statsd;
+        assert_eq!((s.sockets, s.recv_batch, s.workers), (4, 1, 0));
         let e = err("[receivers.statsd]\nadress = \"127.0.0.1:1\"\n");
         assert_eq!(e.key(), Some("receivers.statsd.adress"), "{e}");
         let e = err("[receivers.statsd]\naddress = \"localhost\"\n");
@@ -1073,6 +1068,11 @@ format = "json"
                 "[receivers.statsd]\nrecv_batch = 1000\n",
                 "receivers.statsd.recv_batch",
                 "between 1 and 256, got 1000",
+            ),
+            (
+                "[receivers.statsd]\nworkers = 17\n",
+                "receivers.statsd.workers",
+                "between 0 and 16, got 17",
             ),
             (
                 "[receivers.statsd_unix]\npath = \"\"\n",

@@ -817,6 +817,40 @@ fn raw_identity_path_hits_misses_and_follows_evictions() {
     );
 }
 
+/// [`Writer::release_cache`] empties both caches (the raw table and the sequence of
+/// the last body); the points after it miss once and go on to the same series.
+#[test]
+fn a_released_writer_cache_misses_once_and_keeps_the_series() {
+    let agg = Aggregator::default();
+    let mut w = agg.writer();
+    let one = Sample::Counter(1.0, DELTA);
+    let raw = b"jobs.done|#queue:mail";
+    let labels = [("queue", "mail")];
+    w.record_with_raw(raw, "jobs_done", &labels, one, 0)
+        .unwrap();
+    w.begin_sequence();
+    w.record_sequenced_new_since(b"up", "up", &[], Sample::Gauge(1.0), 0, 0)
+        .unwrap();
+    w.end_sequence();
+    assert_eq!(w.cached(), 2);
+    w.release_cache();
+    assert_eq!((w.cached(), w.cache_misses()), (0, 0));
+    assert!(!w.record_cached(raw, one, 0).unwrap(), "released: a miss");
+    assert_eq!(w.cache_misses(), 1);
+    w.record_with_raw(raw, "jobs_done", &labels, one, 0)
+        .unwrap();
+    assert!(w.record_cached(raw, one, 0).unwrap(), "cached again");
+    w.begin_sequence();
+    assert!(
+        !w.record_sequenced_since(b"up", Sample::Gauge(2.0), 0, 0)
+            .unwrap()
+    );
+    w.end_sequence();
+    let b = agg.flush();
+    assert_eq!(b.counter_delta_sum(), 3.0);
+    assert_eq!(b.series.len(), 2, "the same two series");
+}
+
 /// [`Writer::begin_sequence`]'s path: a body like the last is found sample by sample,
 /// a refusal keeps the sample's place, and an evicted series is found again through
 /// the index (its successor resumes its total).

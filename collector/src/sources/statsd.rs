@@ -4,11 +4,29 @@
 //!
 //! Owns: the `[receivers.statsd]` section ([`StatsdConfig`]: schema, defaults, limits,
 //! validation), the sockets (bind, `SO_REUSEPORT` when there are several, receive buffer),
-//! the receive loops and their counters. Must never: block on anything but its
-//! socket (the aggregator never blocks a writer, so there is no hand-off queue to
-//! fill: a datagram is applied where it is read), allocate per datagram or line in
-//! steady state (the receive buffers are allocated once per thread), or stop reading
-//! while running, or keep the daemon from stopping.
+//! the receive loops, their workers and their counters. Must never: block on anything
+//! but its socket (the aggregator never blocks a writer, and a batch goes to a worker
+//! only if one is waiting: there is no hand-off queue to fill), allocate per datagram
+//! or line in steady state (the receive buffers are allocated once per thread, one
+//! more per worker), or stop reading while running, or keep the daemon from stopping.
+//!
+//! # Workers
+//! One sender's datagrams all reach one socket, so its thread bounds what one sender
+//! can send (~5 M lines/s of 42-line datagrams at 100k series on the reference
+//! machine). Each socket's thread therefore has `receivers.statsd.workers` worker
+//! threads (default 1), each with a writer of its own. When a `recvmmsg` call comes
+//! back full (more datagrams may be queued: the thread is behind) and a worker is
+//! waiting, the thread hands that batch's buffer to the worker and reads on into
+//! another one; otherwise it applies the batch itself. So a thread that keeps up does
+//! all the work (the workers sleep: no hand-off costs and no reordering), and one
+//! that falls behind shares it. Datagrams handed off are counted in
+//! `weir_statsd_worker_datagrams_total`. The price of sharing: while a worker applies
+//! one batch the thread applies the next, so of two datagrams in consecutive full
+//! batches the later may be applied first (lines of one datagram always apply in
+//! order): a gauge set twice within microseconds, in an overload, can keep the earlier
+//! value until its next update. A worker idle for [`WORKER_IDLE`] frees its writer
+//! cache. On stop the workers finish what they hold before the thread reports its
+//! drain.
 //!
 //! # Stop and drain
 //! On stop each thread drains what the kernel still holds for its socket, without
@@ -55,7 +73,8 @@
 use std::io;
 use std::net::{SocketAddr, UdpSocket};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, OnceLock};
+use std::sync::mpsc::{Receiver, RecvTimeoutError, SyncSender, TrySendError};
+use std::sync::{Arc, Mutex, OnceLock, PoisonError};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
@@ -87,6 +106,10 @@ pub struct StatsdConfig {
     /// Datagrams read per receive call, at most (`recvmmsg` on Linux; 1 reads one
     /// datagram per call). Default 64; between 1 and [`MAX_RECV_BATCH`].
     pub recv_batch: usize,
+    /// Worker threads per socket that take whole batches off its receive thread when
+    /// it falls behind (see the module doc). Default 1; 0 leaves each receive thread
+    /// alone; at most [`MAX_STATSD_WORKERS`]. Linux with `recv_batch` above 1 only.
+    pub workers: usize,
 }
 
 /// Smallest accepted `receivers.statsd.recv_buffer_bytes`.
@@ -97,6 +120,8 @@ pub const MAX_RECV_BUFFER: usize = 1 << 30;
 pub const MAX_STATSD_SOCKETS: usize = 64;
 /// Largest accepted `receivers.statsd.recv_batch`.
 pub const MAX_RECV_BATCH: usize = 256;
+/// Largest accepted `receivers.statsd.workers`.
+pub const MAX_STATSD_WORKERS: usize = 16;
 
 impl Default for StatsdConfig {
     fn default() -> Self {
@@ -106,6 +131,7 @@ impl Default for StatsdConfig {
             recv_buffer_bytes: 8 << 20,
             sockets: 1,
             recv_batch: 64,
+            workers: 1,
         }
     }
 }
@@ -133,6 +159,13 @@ impl StatsdConfig {
             return Err((
                 keys(&["recv_batch"]),
                 format!("must be between 1 and {MAX_RECV_BATCH}, got {n}"),
+            ));
+        }
+        let n = self.workers;
+        if n > MAX_STATSD_WORKERS {
+            return Err((
+                keys(&["workers"]),
+                format!("must be between 0 and {MAX_STATSD_WORKERS}, got {n}"),
             ));
         }
         Ok(())
@@ -165,6 +198,8 @@ const SLOT_STRIDE: usize = 65_536 + 192;
 pub struct StatsdCounters {
     datagrams: AtomicU64,
     bytes: AtomicU64,
+    /// Datagrams a worker applied (see the module doc), of `datagrams`.
+    worker_datagrams: AtomicU64,
     lines: LineCounters,
     /// The receiver's sockets in bind order, set once they are all bound.
     sockets: OnceLock<Vec<SocketEntry>>,
@@ -177,6 +212,9 @@ pub struct StatsdStats {
     pub datagrams: u64,
     /// Bytes read.
     pub bytes: u64,
+    /// Datagrams read by a socket's receive thread but applied by one of its workers
+    /// because the receive thread was behind (see the module doc), of `datagrams`.
+    pub worker_datagrams: u64,
     /// Lines that parsed.
     pub lines: u64,
     /// Samples the aggregator took.
@@ -273,6 +311,7 @@ impl StatsdCounters {
         StatsdStats {
             datagrams: self.datagrams.load(Ordering::Relaxed),
             bytes: self.bytes.load(Ordering::Relaxed),
+            worker_datagrams: self.worker_datagrams.load(Ordering::Relaxed),
             lines: lines.lines,
             samples: lines.samples,
             rejected: lines.rejected,
@@ -356,6 +395,8 @@ pub struct StatsdReceiver {
     local_addr: SocketAddr,
     recv_buffer_bytes: usize,
     recv_batch: usize,
+    /// Worker threads per socket (0 where batches are not read with `recvmmsg`).
+    workers: usize,
     stop: Arc<AtomicBool>,
     counters: Arc<StatsdCounters>,
     /// One per socket, in bind order: each answers its drain on stop.
@@ -376,6 +417,7 @@ impl StatsdReceiver {
             local_addr: config.address,
             recv_buffer_bytes: 0,
             recv_batch: config.recv_batch.clamp(1, MAX_RECV_BATCH),
+            workers: 0,
             stop,
             counters: Arc::new(StatsdCounters::default()),
             threads: Vec::new(),
@@ -401,6 +443,12 @@ impl StatsdReceiver {
                 datagrams: Arc::new(AtomicU64::new(0)),
             };
             let writer = aggregator.writer();
+            // Workers only take batches of several datagrams (`recvmmsg`, Linux).
+            if cfg!(target_os = "linux") && receiver.recv_batch > 1 {
+                receiver.workers = config.workers;
+            }
+            let worker_writers: Vec<_> =
+                (0..receiver.workers).map(|_| aggregator.writer()).collect();
             let thread = std::thread::Builder::new()
                 .name(format!("weir-statsd-{i}"))
                 .spawn({
@@ -409,15 +457,19 @@ impl StatsdReceiver {
                     let datagrams = entry.datagrams.clone();
                     let batch = receiver.recv_batch;
                     move || {
-                        let mut r = Reader {
-                            socket: &socket,
-                            writer,
-                            decoder: Decoder::default(),
-                            counters: &counters,
-                            socket_datagrams: &datagrams,
-                            tally: Tally::default(),
-                        };
-                        r.run(batch, &stop, limit)
+                        with_workers(i, worker_writers, &counters, |workers| {
+                            // Dropped on return, with the workers' channel: they stop.
+                            let mut r = Reader {
+                                socket: &socket,
+                                writer,
+                                decoder: Decoder::default(),
+                                counters: &counters,
+                                socket_datagrams: &datagrams,
+                                tally: Tally::default(),
+                                workers,
+                            };
+                            r.run(batch, &stop, limit)
+                        })
                     }
                 })?;
             sockets.push(entry);
@@ -446,6 +498,11 @@ impl StatsdReceiver {
     /// Datagrams read per receive call, at most.
     pub fn recv_batch(&self) -> usize {
         self.recv_batch
+    }
+
+    /// Worker threads per socket (see the module doc).
+    pub fn workers(&self) -> usize {
+        self.workers
     }
 
     /// The live counters, for the admin API.
@@ -683,6 +740,91 @@ struct Reader<'a> {
     counters: &'a StatsdCounters,
     socket_datagrams: &'a AtomicU64,
     tally: Tally,
+    /// Where full batches go while the thread is behind; `None`: no workers.
+    workers: Option<Workers>,
+}
+
+/// A receive thread's side of its workers (see the module doc).
+struct Workers {
+    /// Capacity 0: a send succeeds only while a worker waits for work, so a batch is
+    /// never queued behind another one.
+    work: SyncSender<Datagrams>,
+    /// Buffers the workers are done with, for the next batches.
+    done: Receiver<Datagrams>,
+}
+
+/// How long a worker waits for work before it frees its writer cache: a worker that
+/// helped once would otherwise keep its cache's series (evicted ones included) in
+/// memory for good.
+const WORKER_IDLE: Duration = Duration::from_secs(30);
+
+/// Runs `run` with `writers.len()` worker threads for receive thread `socket` (none
+/// when `writers` is empty or no thread can be spawned); the workers apply what they
+/// were handed and stop once `run` returned.
+fn with_workers<R>(
+    socket: usize,
+    writers: Vec<weir_core::Writer>,
+    counters: &StatsdCounters,
+    run: impl FnOnce(Option<Workers>) -> R,
+) -> R {
+    if writers.is_empty() {
+        return run(None);
+    }
+    let (work, take) = std::sync::mpsc::sync_channel(0);
+    let (give_back, done) = std::sync::mpsc::channel();
+    let take = Mutex::new(take);
+    std::thread::scope(|scope| {
+        let mut spawned = 0;
+        for (j, writer) in writers.into_iter().enumerate() {
+            let give_back = give_back.clone();
+            let take = &take;
+            let worker = std::thread::Builder::new()
+                .name(format!("weir-statsd-{socket}w{j}"))
+                .spawn_scoped(scope, move || work_on(take, &give_back, writer, counters));
+            match worker {
+                Ok(_) => spawned += 1,
+                Err(e) => warn!(error = %e, "statsd: cannot start a worker thread"),
+            }
+        }
+        // `run` owns the only sender: the workers stop once it returned.
+        run((spawned > 0).then_some(Workers { work, done }))
+    })
+}
+
+/// A worker's loop: applies the batches it takes from `take` with its own writer,
+/// gives each buffer back, and frees its writer cache after [`WORKER_IDLE`] without
+/// work; returns once the receive thread is gone.
+fn work_on(
+    take: &Mutex<Receiver<Datagrams>>,
+    give_back: &std::sync::mpsc::Sender<Datagrams>,
+    mut writer: weir_core::Writer,
+    counters: &StatsdCounters,
+) {
+    let mut decoder = Decoder::default();
+    loop {
+        // One worker waits on the channel at a time, the others on the lock; a
+        // poisoned lock only means another worker panicked.
+        let taken = take
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .recv_timeout(WORKER_IDLE);
+        match taken {
+            Ok(batch) => {
+                let mut report = DatagramReport::default();
+                for datagram in batch.iter() {
+                    report.merge(&decoder.ingest(datagram, &mut writer));
+                }
+                counters
+                    .worker_datagrams
+                    .fetch_add(batch.lens.len() as u64, Ordering::Relaxed);
+                counters.lines.add(&report);
+                // The receive thread may be gone: then the buffer is just freed.
+                let _ = give_back.send(batch);
+            }
+            Err(RecvTimeoutError::Timeout) => writer.release_cache(),
+            Err(RecvTimeoutError::Disconnected) => return,
+        }
+    }
 }
 
 impl Reader<'_> {
@@ -777,12 +919,46 @@ impl Reader<'_> {
     }
 }
 
+/// The datagrams one receive call read: datagram `i` at `i * SLOT_STRIDE` in `buf`,
+/// `lens[i]` bytes long. What a receive thread hands to a worker.
+struct Datagrams {
+    buf: Vec<u8>,
+    lens: Vec<usize>,
+}
+
+impl Datagrams {
+    /// Room for `slots` datagrams (pages the kernel never writes to stay unallocated).
+    fn new(slots: usize) -> Datagrams {
+        Datagrams {
+            buf: vec![
+                0;
+                if slots == 1 {
+                    MAX_DATAGRAM
+                } else {
+                    slots * SLOT_STRIDE
+                }
+            ],
+            lens: Vec::with_capacity(slots),
+        }
+    }
+
+    fn iter(&self) -> impl Iterator<Item = &[u8]> {
+        self.lens.iter().enumerate().map(|(i, &n)| {
+            let start = i * SLOT_STRIDE;
+            self.buf.get(start..start + n).unwrap_or_default()
+        })
+    }
+}
+
 /// The receive buffers of one thread, allocated once: `slots` datagram slots of
-/// [`SLOT_STRIDE`] bytes (pages the kernel never writes to stay unallocated), and on
-/// Linux the `recvmmsg` headers.
+/// [`SLOT_STRIDE`] bytes, on Linux the `recvmmsg` headers, and while workers hold
+/// some of its buffers, a spare one.
 struct Batch {
     slots: usize,
-    buf: Vec<u8>,
+    read: Datagrams,
+    /// A buffer not handed to a worker (taken before trying, kept when no worker was
+    /// waiting).
+    spare: Option<Datagrams>,
     #[cfg(target_os = "linux")]
     headers: nix::sys::socket::MultiHeaders<()>,
 }
@@ -794,14 +970,8 @@ impl Batch {
         let slots = slots.clamp(1, MAX_RECV_BATCH);
         Batch {
             slots,
-            buf: vec![
-                0;
-                if slots == 1 {
-                    MAX_DATAGRAM
-                } else {
-                    slots * SLOT_STRIDE
-                }
-            ],
+            read: Datagrams::new(slots),
+            spare: None,
             #[cfg(target_os = "linux")]
             headers: nix::sys::socket::MultiHeaders::preallocate(slots, None),
         }
@@ -810,9 +980,36 @@ impl Batch {
     /// Reads up to `slots` datagrams in one call and applies each through `reader`.
     fn receive(&mut self, reader: &mut Reader<'_>) -> Received {
         if self.slots == 1 {
-            return reader.receive_one(&mut self.buf);
+            return reader.receive_one(&mut self.read.buf);
         }
         self.receive_many(reader)
+    }
+
+    /// Hands the full batch just read to a worker if one waits, counting its
+    /// datagrams as read, and reads on into another buffer; false (nothing done) when
+    /// no worker waits.
+    fn hand_off(&mut self, reader: &mut Reader<'_>) -> bool {
+        let Some(workers) = &reader.workers else {
+            return false;
+        };
+        let next = self
+            .spare
+            .take()
+            .or_else(|| workers.done.try_recv().ok())
+            .unwrap_or_else(|| Datagrams::new(self.slots));
+        let full = std::mem::replace(&mut self.read, next);
+        let (datagrams, bytes) = (full.lens.len(), full.lens.iter().sum::<usize>());
+        match workers.work.try_send(full) {
+            Ok(()) => {
+                reader.tally.datagrams += datagrams as u64;
+                reader.tally.bytes += bytes as u64;
+                true
+            }
+            Err(TrySendError::Full(full) | TrySendError::Disconnected(full)) => {
+                self.spare = Some(std::mem::replace(&mut self.read, full));
+                false
+            }
+        }
     }
 
     #[cfg(not(target_os = "linux"))]
@@ -842,9 +1039,9 @@ impl Batch {
 
         use nix::sys::socket::{MsgFlags, recvmmsg};
 
-        // One I/O vector per slot (a few stores each): they borrow `buf`, which the
-        // results below borrow in turn, so they cannot be kept between calls.
-        let mut chunks = self.buf.chunks_mut(SLOT_STRIDE);
+        // One I/O vector per slot (a few stores each): they borrow the buffer, which
+        // the results below borrow in turn, so they cannot be kept between calls.
+        let mut chunks = self.read.buf.chunks_mut(SLOT_STRIDE);
         let mut iovs: [[IoSliceMut<'_>; 1]; N] = std::array::from_fn(|_| {
             [IoSliceMut::new(chunks.next().map_or(&mut [][..], |c| {
                 let len = c.len().min(MAX_DATAGRAM);
@@ -858,17 +1055,23 @@ impl Batch {
             MsgFlags::MSG_WAITFORONE,
             None,
         );
+        self.read.lens.clear();
         match result {
-            Ok(messages) => {
-                for m in messages {
-                    // One I/O vector per message: its first (only) slice is the
-                    // datagram, cut at the bytes received.
-                    reader.apply(m.iovs().next().unwrap_or(&[]));
-                }
-                Received::Datagrams
-            }
-            Err(errno) => Received::from_error(errno.into()),
+            // Message `i` is in slot `i`, cut at the bytes received.
+            Ok(messages) => self
+                .read
+                .lens
+                .extend(messages.map(|m| m.bytes.min(MAX_DATAGRAM))),
+            Err(errno) => return Received::from_error(errno.into()),
         }
+        // A full batch: more may be queued, the thread is behind.
+        if self.read.lens.len() == self.slots && self.hand_off(reader) {
+            return Received::Datagrams;
+        }
+        for datagram in self.read.iter() {
+            reader.apply(datagram);
+        }
+        Received::Datagrams
     }
 }
 
@@ -879,6 +1082,7 @@ pub fn log_listening(r: &StatsdReceiver) {
         recv_buffer_bytes = r.recv_buffer_bytes(),
         sockets = r.socket_count(),
         recv_batch = r.recv_batch(),
+        workers = r.workers(),
         "statsd receiver listening (UDP)"
     );
 }
@@ -1010,6 +1214,12 @@ impl crate::telemetry::StageMetrics for StatsdCounters {
                 drops as f64,
             );
         }
+        page.single(
+            "weir_statsd_worker_datagrams_total",
+            Counter,
+            "StatsD datagrams applied by a worker thread because their socket's receive thread was behind.",
+            s.worker_datagrams as f64,
+        );
         render_lines(page, "weir_statsd", s.lines, s.samples, &s.parse_errors);
     }
 }
@@ -1211,6 +1421,98 @@ mod tests {
         }
     }
 
+    /// Reads until the counters (the thread's and its workers') hold `sent`
+    /// datagrams, publishing after each call.
+    fn read_all(reader: &mut Reader<'_>, batch: &mut Batch, sent: u64) {
+        while reader.counters.stats().datagrams < sent {
+            assert!(matches!(batch.receive(reader), Received::Datagrams));
+            reader
+                .tally
+                .publish(reader.counters, reader.socket_datagrams);
+        }
+    }
+
+    #[test]
+    #[cfg(target_os = "linux")]
+    fn a_thread_behind_hands_whole_batches_to_a_waiting_worker_and_each_line_counts_once() {
+        let socket = bind("127.0.0.1:0".parse().unwrap(), 8 << 20, false).unwrap();
+        let to = socket.local_addr().unwrap();
+        let client = UdpSocket::bind("127.0.0.1:0").unwrap();
+        let agg = Aggregator::default();
+        let counters = StatsdCounters::default();
+        let per_socket = AtomicU64::new(0);
+        let mut sent = 0;
+        let mut send = |n: usize| {
+            for _ in 0..n {
+                client.send_to(datagram(sent, 3).as_bytes(), to).unwrap();
+                sent += 1;
+            }
+            sent as u64
+        };
+        with_workers(0, vec![agg.writer()], &counters, |workers| {
+            assert!(workers.is_some(), "the worker started");
+            let mut reader = Reader {
+                socket: &socket,
+                writer: agg.writer(),
+                decoder: Decoder::default(),
+                counters: &counters,
+                socket_datagrams: &per_socket,
+                tally: Tally::default(),
+                workers,
+            };
+            let mut batch = Batch::new(16);
+            // A thread that keeps up (calls that come back short) keeps its work.
+            for _ in 0..3 {
+                let n = send(5);
+                read_all(&mut reader, &mut batch, n);
+            }
+            assert_eq!(counters.stats().worker_datagrams, 0);
+            // More than a batch queued while the worker waits: the first call comes
+            // back full and its batch goes to the worker. Each round gives the worker
+            // time to get back to its wait; bounded, on a busy machine too.
+            for _ in 0..100 {
+                std::thread::sleep(Duration::from_millis(10));
+                let n = send(40);
+                read_all(&mut reader, &mut batch, n);
+                if counters.stats().worker_datagrams >= 32 {
+                    break;
+                }
+            }
+        });
+        // The worker is done (joined): every line it took is counted.
+        let stats = counters.stats();
+        let handed = stats.worker_datagrams;
+        assert!(handed >= 32, "{stats:?}");
+        assert_eq!(handed % 16, 0, "whole batches only: {stats:?}");
+        let sent = sent as u64;
+        assert_eq!((stats.datagrams, stats.lines), (sent, sent * 3));
+        assert_eq!(per_socket.load(Ordering::Relaxed), sent);
+        assert_eq!(agg.flush().counter_delta_sum(), (sent * 3) as f64);
+    }
+
+    #[test]
+    fn receivers_start_the_configured_workers_where_batches_are_read_whole() {
+        let agg = Aggregator::default();
+        for (recv_batch, workers, started) in [(64, 2, 2), (64, 0, 0), (1, 2, 0)] {
+            let c = StatsdConfig {
+                workers,
+                ..config(1, recv_batch)
+            };
+            let r = StatsdReceiver::start(&c, &agg).unwrap();
+            let expect = if cfg!(target_os = "linux") {
+                started
+            } else {
+                0
+            };
+            assert_eq!(
+                r.workers(),
+                expect,
+                "recv_batch {recv_batch}, workers {workers}"
+            );
+            r.stop();
+        }
+    }
+
     #[test]
     fn one_call_reads_up_to_a_batch_of_queued_datagrams() {
         let socket = bind("127.0.0.1:0".parse().unwrap(), 1 << 20, false).unwrap();
@@ -1230,6 +1532,7 @@ mod tests {
             counters: &counters,
             socket_datagrams: &per_socket,
             tally: Tally::default(),
+            workers: None,
         };
         let mut batch = Batch::new(64);
         // Linux reads 64 in the first call and the other 36 in the second; elsewhere
@@ -1315,6 +1618,7 @@ mod tests {
             counters: &counters,
             socket_datagrams: &per_socket,
             tally: Tally::default(),
+            workers: None,
         };
         let drain = reader.run(batch, &AtomicBool::new(true), limit);
         let counted = counters.stats().datagrams;

@@ -472,6 +472,14 @@ impl Writer {
         self.cache.len() + self.sequence.len()
     }
 
+    /// Empties the cache and frees its memory, giving back its references to series:
+    /// for a writer that goes idle, whose cache would otherwise keep series evicted
+    /// meanwhile in memory. Its next points miss once per label set.
+    pub fn release_cache(&mut self) {
+        self.cache = RawCache::new();
+        self.sequence = SeriesSequence::default();
+    }
+
     /// Points this writer could not apply from its cache (new label sets, a full
     /// cache, evicted series), since it was created.
     pub fn cache_misses(&self) -> u64 {
