@@ -14,10 +14,11 @@
 //! One sender's datagrams all reach one socket, so its thread bounds what one sender
 //! can send (~5 M lines/s of 42-line datagrams at 100k series on the reference
 //! machine). Each socket's thread therefore has `receivers.statsd.workers` worker
-//! threads (default 1), each with a writer of its own. When a `recvmmsg` call comes
-//! back full (more datagrams may be queued: the thread is behind) and a worker is
-//! waiting, the thread hands that batch's buffer to the worker and reads on into
-//! another one; otherwise it applies the batch itself. So a thread that keeps up does
+//! threads (default 1), each with a writer of its own. When `recvmmsg` calls come
+//! back full several times in a row ([`BEHIND_AFTER`]: datagrams stay queued, the
+//! thread is behind) and a worker is waiting (tried in order, so the first ones take most batches and the others'
+//! caches stay cold), the thread hands that batch's buffer to the worker and reads on
+//! into another one; otherwise it applies the batch itself. So a thread that keeps up does
 //! all the work (the workers sleep: no hand-off costs and no reordering), and one
 //! that falls behind shares it. Datagrams handed off are counted in
 //! `weir_statsd_worker_datagrams_total`. The price of sharing: while a worker applies
@@ -73,8 +74,8 @@
 use std::io;
 use std::net::{SocketAddr, UdpSocket};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::mpsc::{Receiver, RecvTimeoutError, SyncSender, TrySendError};
-use std::sync::{Arc, Mutex, OnceLock, PoisonError};
+use std::sync::mpsc::{Receiver, RecvTimeoutError, Sender, SyncSender, TrySendError};
+use std::sync::{Arc, OnceLock};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
@@ -746,9 +747,10 @@ struct Reader<'a> {
 
 /// A receive thread's side of its workers (see the module doc).
 struct Workers {
-    /// Capacity 0: a send succeeds only while a worker waits for work, so a batch is
-    /// never queued behind another one.
-    work: SyncSender<Datagrams>,
+    /// One channel per worker, tried in order (so the first workers take most
+    /// batches and the others' caches stay cold). Capacity 0: a send succeeds only
+    /// while that worker waits for work, so a batch never waits behind another one.
+    work: Vec<SyncSender<Datagrams>>,
     /// Buffers the workers are done with, for the next batches.
     done: Receiver<Datagrams>,
 }
@@ -756,6 +758,15 @@ struct Workers {
 /// How long a worker waits for work before it frees its writer cache: a worker that
 /// helped once would otherwise keep its cache's series (evicted ones included) in
 /// memory for good.
+/// Receive calls in a row that must come back full before a thread counts as behind
+/// and hands batches to its workers: at the default `recv_batch` of 64, 256 datagrams
+/// were queued. One full call is mostly a burst or a pause the thread catches up
+/// with alone; handing those off warmed the workers' caches for nothing (1M series at
+/// 3M lines/s, which one thread keeps up with: 215-237 MiB with hand-offs after one
+/// full call, 211-212 after four, the same 0 % loss; at 100k series and 6M lines/s
+/// both kept up).
+const BEHIND_AFTER: u32 = 4;
+
 const WORKER_IDLE: Duration = Duration::from_secs(30);
 
 /// Runs `run` with `writers.len()` worker threads for receive thread `socket` (none
@@ -770,24 +781,22 @@ fn with_workers<R>(
     if writers.is_empty() {
         return run(None);
     }
-    let (work, take) = std::sync::mpsc::sync_channel(0);
     let (give_back, done) = std::sync::mpsc::channel();
-    let take = Mutex::new(take);
     std::thread::scope(|scope| {
-        let mut spawned = 0;
+        let mut work = Vec::with_capacity(writers.len());
         for (j, writer) in writers.into_iter().enumerate() {
+            let (to_worker, take) = std::sync::mpsc::sync_channel(0);
             let give_back = give_back.clone();
-            let take = &take;
             let worker = std::thread::Builder::new()
                 .name(format!("weir-statsd-{socket}w{j}"))
-                .spawn_scoped(scope, move || work_on(take, &give_back, writer, counters));
+                .spawn_scoped(scope, move || work_on(&take, &give_back, writer, counters));
             match worker {
-                Ok(_) => spawned += 1,
+                Ok(_) => work.push(to_worker),
                 Err(e) => warn!(error = %e, "statsd: cannot start a worker thread"),
             }
         }
-        // `run` owns the only sender: the workers stop once it returned.
-        run((spawned > 0).then_some(Workers { work, done }))
+        // `run` owns the only senders: the workers stop once it returned.
+        run((!work.is_empty()).then_some(Workers { work, done }))
     })
 }
 
@@ -795,20 +804,14 @@ fn with_workers<R>(
 /// gives each buffer back, and frees its writer cache after [`WORKER_IDLE`] without
 /// work; returns once the receive thread is gone.
 fn work_on(
-    take: &Mutex<Receiver<Datagrams>>,
-    give_back: &std::sync::mpsc::Sender<Datagrams>,
+    take: &Receiver<Datagrams>,
+    give_back: &Sender<Datagrams>,
     mut writer: weir_core::Writer,
     counters: &StatsdCounters,
 ) {
     let mut decoder = Decoder::default();
     loop {
-        // One worker waits on the channel at a time, the others on the lock; a
-        // poisoned lock only means another worker panicked.
-        let taken = take
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .recv_timeout(WORKER_IDLE);
-        match taken {
+        match take.recv_timeout(WORKER_IDLE) {
             Ok(batch) => {
                 let mut report = DatagramReport::default();
                 for datagram in batch.iter() {
@@ -959,6 +962,8 @@ struct Batch {
     /// A buffer not handed to a worker (taken before trying, kept when no worker was
     /// waiting).
     spare: Option<Datagrams>,
+    /// Receive calls in a row that came back full (see [`BEHIND_AFTER`]).
+    full_in_a_row: u32,
     #[cfg(target_os = "linux")]
     headers: nix::sys::socket::MultiHeaders<()>,
 }
@@ -972,6 +977,7 @@ impl Batch {
             slots,
             read: Datagrams::new(slots),
             spare: None,
+            full_in_a_row: 0,
             #[cfg(target_os = "linux")]
             headers: nix::sys::socket::MultiHeaders::preallocate(slots, None),
         }
@@ -997,19 +1003,20 @@ impl Batch {
             .take()
             .or_else(|| workers.done.try_recv().ok())
             .unwrap_or_else(|| Datagrams::new(self.slots));
-        let full = std::mem::replace(&mut self.read, next);
+        let mut full = std::mem::replace(&mut self.read, next);
         let (datagrams, bytes) = (full.lens.len(), full.lens.iter().sum::<usize>());
-        match workers.work.try_send(full) {
-            Ok(()) => {
-                reader.tally.datagrams += datagrams as u64;
-                reader.tally.bytes += bytes as u64;
-                true
-            }
-            Err(TrySendError::Full(full) | TrySendError::Disconnected(full)) => {
-                self.spare = Some(std::mem::replace(&mut self.read, full));
-                false
+        for worker in &workers.work {
+            match worker.try_send(full) {
+                Ok(()) => {
+                    reader.tally.datagrams += datagrams as u64;
+                    reader.tally.bytes += bytes as u64;
+                    return true;
+                }
+                Err(TrySendError::Full(back) | TrySendError::Disconnected(back)) => full = back,
             }
         }
+        self.spare = Some(std::mem::replace(&mut self.read, full));
+        false
     }
 
     #[cfg(not(target_os = "linux"))]
@@ -1064,8 +1071,13 @@ impl Batch {
                 .extend(messages.map(|m| m.bytes.min(MAX_DATAGRAM))),
             Err(errno) => return Received::from_error(errno.into()),
         }
-        // A full batch: more may be queued, the thread is behind.
-        if self.read.lens.len() == self.slots && self.hand_off(reader) {
+        // Full batches in a row: more stays queued, the thread is behind.
+        if self.read.lens.len() == self.slots {
+            self.full_in_a_row += 1;
+        } else {
+            self.full_in_a_row = 0;
+        }
+        if self.full_in_a_row >= BEHIND_AFTER && self.hand_off(reader) {
             return Received::Datagrams;
         }
         for datagram in self.read.iter() {
@@ -1435,6 +1447,15 @@ mod tests {
     #[test]
     #[cfg(target_os = "linux")]
     fn a_thread_behind_hands_whole_batches_to_a_waiting_worker_and_each_line_counts_once() {
+        for workers in [1, 2] {
+            hand_off_to(workers);
+        }
+    }
+
+    /// Reads datagrams with `workers` workers, first keeping up, then behind; checks
+    /// that whole batches were handed off and every line was applied once.
+    #[cfg(target_os = "linux")]
+    fn hand_off_to(workers: usize) {
         let socket = bind("127.0.0.1:0".parse().unwrap(), 8 << 20, false).unwrap();
         let to = socket.local_addr().unwrap();
         let client = UdpSocket::bind("127.0.0.1:0").unwrap();
@@ -1449,8 +1470,9 @@ mod tests {
             }
             sent as u64
         };
-        with_workers(0, vec![agg.writer()], &counters, |workers| {
-            assert!(workers.is_some(), "the worker started");
+        let writers = (0..workers).map(|_| agg.writer()).collect();
+        with_workers(0, writers, &counters, |workers| {
+            assert!(workers.is_some(), "the workers started");
             let mut reader = Reader {
                 socket: &socket,
                 writer: agg.writer(),
@@ -1467,19 +1489,19 @@ mod tests {
                 read_all(&mut reader, &mut batch, n);
             }
             assert_eq!(counters.stats().worker_datagrams, 0);
-            // More than a batch queued while the worker waits: the first call comes
-            // back full and its batch goes to the worker. Each round gives the worker
-            // time to get back to its wait; bounded, on a busy machine too.
+            // Five batches queued while the workers wait: the fourth call in a row
+            // that comes back full hands its batch to a worker. Each round gives the
+            // workers time to get back to their wait; bounded, on a busy machine too.
             for _ in 0..100 {
                 std::thread::sleep(Duration::from_millis(10));
-                let n = send(40);
+                let n = send(16 * BEHIND_AFTER as usize + 16);
                 read_all(&mut reader, &mut batch, n);
                 if counters.stats().worker_datagrams >= 32 {
                     break;
                 }
             }
         });
-        // The worker is done (joined): every line it took is counted.
+        // The workers are done (joined): every line they took is counted.
         let stats = counters.stats();
         let handed = stats.worker_datagrams;
         assert!(handed >= 32, "{stats:?}");
