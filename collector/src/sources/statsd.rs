@@ -1162,6 +1162,7 @@ impl crate::sources::Source for StatsdSource {
             warn_parse_errors(&stats, parse_errors_seen);
             info!(
                 datagrams = stats.datagrams,
+                worker_datagrams = stats.worker_datagrams,
                 lines = stats.lines,
                 samples = stats.samples,
                 rejected = stats.rejected,

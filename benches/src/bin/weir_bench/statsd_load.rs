@@ -5,8 +5,9 @@
 //! 127.0.0.1 port and a 1 s flush; one sender thread sends 10k counter series (many
 //! lines per datagram) at that rate for the duration; then weir is flushed through its
 //! admin API and the samples it aggregated are compared with the lines sent. Reports
-//! the loss, the kernel's drop count and weir's CPU time per line (from
-//! `/proc/<pid>/stat`). The sender shares the 2 cores with weir.
+//! the loss, the kernel's drop count, the share of datagrams the StatsD socket's thread
+//! handed to its workers (`–` for a binary without them) and weir's CPU time per line
+//! (from `/proc/<pid>/stat`). The sender shares the 2 cores with weir.
 //!
 //! Run: `weir-bench statsd-load [--rates R,..] [--seconds S] [--series N] [--bins A,B]
 //! [--warmup]`; the defaults are 500000,1000000,2000000,4000000 lines/s, 10 s and 10,000
@@ -70,8 +71,8 @@ fn cpu_seconds(pid: u32) -> f64 {
 }
 
 /// Sends every series once at ~200k lines/s, so that the measured run finds them all
-/// created, waits for the receiver to drain, and returns the samples it aggregated.
-fn warm_up(sock: &UdpSocket, payloads: &[(Vec<u8>, u64)], admin: &str) -> f64 {
+/// created, waits for the receiver to drain, and returns weir's totals then.
+fn warm_up(sock: &UdpSocket, payloads: &[(Vec<u8>, u64)], admin: &str) -> Totals {
     let started = Instant::now();
     let mut sent = 0u64;
     for (d, n) in payloads {
@@ -83,8 +84,26 @@ fn warm_up(sock: &UdpSocket, payloads: &[(Vec<u8>, u64)], admin: &str) -> f64 {
         }
     }
     std::thread::sleep(Duration::from_millis(1500));
-    let page = http(admin, "GET", "/metrics");
-    metric(&page, "weir_statsd_samples_total").unwrap_or(0.0)
+    Totals::of(&http(admin, "GET", "/metrics"))
+}
+
+/// weir's StatsD totals on its self-metrics page.
+#[derive(Default)]
+struct Totals {
+    samples: f64,
+    datagrams: f64,
+    /// `None` for a binary without StatsD workers.
+    worker_datagrams: Option<f64>,
+}
+
+impl Totals {
+    fn of(page: &str) -> Totals {
+        Totals {
+            samples: metric(page, "weir_statsd_samples_total").unwrap_or(0.0),
+            datagrams: metric(page, "weir_statsd_datagrams_total").unwrap_or(0.0),
+            worker_datagrams: metric(page, "weir_statsd_worker_datagrams_total"),
+        }
+    }
 }
 
 /// Resident set size of process `pid` in MiB (`VmRSS` of `/proc/<pid>/status`).
@@ -105,6 +124,8 @@ struct Outcome {
     achieved: f64,
     aggregated: f64,
     kernel_drops: f64,
+    /// Share of the datagrams read that the socket's thread handed to a worker.
+    to_workers: Option<f64>,
     cpu_ns_per_line: f64,
     rss_mib: f64,
 }
@@ -155,7 +176,7 @@ fn run_one(
     let warm = if warmup {
         warm_up(&sock, payloads, &admin)
     } else {
-        0.0
+        Totals::default()
     };
     let cpu_before = cpu_seconds(child.id());
     let started = Instant::now();
@@ -184,12 +205,16 @@ fn run_one(
     let _ = child.kill();
     let _ = child.wait();
     let _ = std::fs::remove_dir_all(&dir);
+    let end = Totals::of(&page);
     Outcome {
         rate,
         sent_lines,
         achieved: sent_lines as f64 / elapsed,
-        aggregated: metric(&page, "weir_statsd_samples_total").unwrap_or(0.0) - warm,
+        aggregated: end.samples - warm.samples,
         kernel_drops: metric(&page, "weir_statsd_kernel_drops_total").unwrap_or(f64::NAN),
+        to_workers: end.worker_datagrams.map(|w| {
+            (w - warm.worker_datagrams.unwrap_or(0.0)) / (end.datagrams - warm.datagrams).max(1.0)
+        }),
         cpu_ns_per_line: cpu * 1e9 / sent_lines.max(1) as f64,
         rss_mib: rss,
     }
@@ -212,15 +237,15 @@ pub fn run(rates: &[u64], seconds: u64, series: usize, warmup: bool, bins: &[Pat
     );
     println!();
     println!(
-        "| binary | target lines/s | sent lines/s | lines sent | aggregated | loss | kernel drops (datagrams) | weir CPU per line | RSS |"
+        "| binary | target lines/s | sent lines/s | lines sent | aggregated | loss | kernel drops (datagrams) | datagrams to workers | weir CPU per line | RSS |"
     );
-    println!("|---|---|---|---|---|---|---|---|---|");
+    println!("|---|---|---|---|---|---|---|---|---|---|");
     for &rate in rates {
         for weir in bins {
             let o = run_one(weir, rate, seconds, series, warmup, &payloads);
             let loss = 1.0 - o.aggregated / o.sent_lines as f64;
             println!(
-                "| {} | {} | {:.0} | {} | {} | {:.3} % | {} | {:.0} ns | {:.1} MiB |",
+                "| {} | {} | {:.0} | {} | {} | {:.3} % | {} | {} | {:.0} ns | {:.1} MiB |",
                 weir.display(),
                 o.rate,
                 o.achieved,
@@ -228,6 +253,8 @@ pub fn run(rates: &[u64], seconds: u64, series: usize, warmup: bool, bins: &[Pat
                 o.aggregated,
                 loss * 100.0,
                 o.kernel_drops,
+                o.to_workers
+                    .map_or("–".to_owned(), |w| format!("{:.1} %", w * 100.0)),
                 o.cpu_ns_per_line,
                 o.rss_mib
             );
