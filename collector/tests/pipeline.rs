@@ -7,7 +7,7 @@
 
 use std::collections::VecDeque;
 use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -16,6 +16,7 @@ use hyper::StatusCode;
 use weir_collector::config::{Config, PipelineConfig};
 use weir_collector::pipeline::Pipeline;
 use weir_collector::serve::{plain, serve};
+use weir_core::testing::TempDir;
 use weir_core::{Aggregator, FlushBatch, Sample};
 
 /// What the backend answers, in order; when the script is empty it answers 204.
@@ -125,14 +126,9 @@ fn refusing_address() -> (socket2::Socket, SocketAddr) {
     (socket, addr)
 }
 
-fn temp_dir(tag: &str) -> PathBuf {
-    let dir = std::env::temp_dir().join(format!(
-        "weir-pipeline-{tag}-{}-{:?}",
-        std::process::id(),
-        Instant::now()
-    ));
-    let _ = std::fs::remove_dir_all(&dir);
-    dir
+/// A fresh directory for one test's WAL, removed when the test ends (or fails).
+fn temp_dir(tag: &str) -> TempDir {
+    TempDir::new(&format!("pipeline-{tag}"))
 }
 
 fn pipeline_config(addr: &str, extra: &str) -> PipelineConfig {
@@ -197,7 +193,6 @@ async fn batches_arrive_in_order_through_retries_and_refusals() {
     assert_eq!(status.wal.unacked_records, 0);
     assert_eq!(status.lag_seconds, 0.0);
     p.shutdown(Duration::from_secs(1)).await;
-    let _ = std::fs::remove_dir_all(&dir);
 }
 
 #[tokio::test]
@@ -238,7 +233,6 @@ async fn unsent_batches_are_replayed_in_order_after_a_restart() {
     assert_eq!(backend2.taken(), vec![1, 2, 3, 4, 5]);
     assert_eq!(*backend2.requests.lock().unwrap(), requests + 1);
     p.shutdown(Duration::from_secs(1)).await;
-    let _ = std::fs::remove_dir_all(&dir);
 }
 
 #[tokio::test]
@@ -266,7 +260,6 @@ async fn a_full_queue_costs_disk_reads_not_batches() {
         .load(std::sync::atomic::Ordering::Relaxed);
     assert_eq!(queue_full, 19);
     p.shutdown(Duration::from_secs(1)).await;
-    let _ = std::fs::remove_dir_all(&dir);
 }
 
 #[tokio::test]
@@ -312,7 +305,6 @@ async fn the_wal_cap_drops_exactly_the_oldest_batches_and_counts_them() {
     let taken = backend.wait_taken(expected.len()).await;
     assert_eq!(taken, expected);
     p.shutdown(Duration::from_secs(1)).await;
-    let _ = std::fs::remove_dir_all(&dir);
 }
 
 /// Waits (bounded) until the forwarder acknowledged everything before `head`.
@@ -355,7 +347,6 @@ async fn a_batch_whose_append_failed_waits_for_older_batches_only_the_wal_holds(
     assert_eq!(load(&c.dropped_batches), 0);
     assert_eq!(*backend.requests.lock().unwrap(), 4);
     p.shutdown(Duration::from_secs(1)).await;
-    let _ = std::fs::remove_dir_all(&dir);
 }
 
 #[tokio::test]
@@ -387,7 +378,6 @@ async fn a_failed_wal_sync_appends_the_flush_again_and_nothing_is_lost_or_sent_t
     assert_eq!(p.status().wal.unacked_records, 0);
     p.shutdown(Duration::from_secs(1)).await;
     assert_eq!(backend.taken(), vec![1, 2, 3, 4]);
-    let _ = std::fs::remove_dir_all(&dir);
 }
 
 #[tokio::test]
@@ -430,7 +420,6 @@ async fn a_flush_in_chunks_is_synced_once_and_read_by_the_forwarder_only_once_co
     assert_delivered(&p, head).await;
     assert_eq!(backend.wait_taken(7).await, vec![0, 1, 2, 3, 4, 5, 6]);
     p.shutdown(Duration::from_secs(1)).await;
-    let _ = std::fs::remove_dir_all(&dir);
 }
 
 /// Sends like a backend that takes everything, but panics on its first send, as a
@@ -492,7 +481,6 @@ async fn a_forwarder_that_panics_is_restarted_and_delivers_everything_once_count
     assert_eq!(p.status().wal.unacked_records, 0);
     p.shutdown(Duration::from_secs(1)).await;
     drop(refusing);
-    let _ = std::fs::remove_dir_all(&dir);
 }
 
 #[tokio::test]
@@ -515,5 +503,4 @@ async fn status_answers_while_the_wal_is_busy() {
     assert_eq!(answered, Ok(1), "status waited for the WAL");
     p.shutdown(Duration::from_millis(100)).await;
     drop(refusing);
-    let _ = std::fs::remove_dir_all(&dir);
 }

@@ -4,12 +4,16 @@
 //!
 //! Owns: the byte-to-operation decoding and the model, and (in [`fuzz`]) the property
 //! of every fuzz target, shared with the replay of the committed corpora in
-//! `core/tests/fuzz_corpus.rs`. Must never be used by production code; it is public
+//! `core/tests/fuzz_corpus.rs`, and [`TempDir`], the temporary directory every
+//! test that writes files uses. Must never be used by production code; it is public
 //! only so the drivers can share it.
 
 use std::collections::HashMap;
 
 pub mod fuzz;
+mod temp_dir;
+
+pub use temp_dir::TempDir;
 
 use crate::aggregator::{Aggregator, AggregatorConfig};
 use crate::flush::FlushedValue;

@@ -1546,25 +1546,7 @@ fn read_ack(dir: &Path) -> WalPosition {
 mod tests {
     use super::*;
 
-    /// A fresh directory under the system temp dir, removed on drop.
-    struct TempDir(PathBuf);
-
-    impl TempDir {
-        fn new(name: &str) -> TempDir {
-            static SEQ: AtomicU64 = AtomicU64::new(0);
-            let n = SEQ.fetch_add(1, Ordering::Relaxed);
-            let dir = std::env::temp_dir()
-                .join(format!("weir-wal-unit-{name}-{}-{n}", std::process::id()));
-            let _ = fs::remove_dir_all(&dir);
-            TempDir(dir)
-        }
-    }
-
-    impl Drop for TempDir {
-        fn drop(&mut self) {
-            let _ = fs::remove_dir_all(&self.0);
-        }
-    }
+    use crate::testing::TempDir;
 
     #[test]
     fn wal_is_send_and_sync() {
@@ -1587,8 +1569,8 @@ mod tests {
 
     #[test]
     fn frame_layout_is_length_crc_payload() {
-        let dir = TempDir::new("layout");
-        let mut wal = Wal::open(&dir.0, WalConfig::default()).unwrap();
+        let dir = TempDir::new("wal-unit-layout");
+        let mut wal = Wal::open(dir.path(), WalConfig::default()).unwrap();
         let pos = wal.append(b"abc").unwrap();
         assert_eq!(
             pos,
@@ -1597,7 +1579,7 @@ mod tests {
                 offset: HEADER_BYTES
             }
         );
-        let bytes = fs::read(segment_path(&dir.0, 1)).unwrap();
+        let bytes = fs::read(segment_path(dir.path(), 1)).unwrap();
         assert_eq!(&bytes[..8], b"WEIRWAL\0");
         assert_eq!(&bytes[8..12], &1u32.to_le_bytes());
         assert_eq!(&bytes[12..20], &1u64.to_le_bytes());
@@ -1610,19 +1592,19 @@ mod tests {
 
     #[test]
     fn ack_file_round_trips_and_rejects_damage() {
-        let dir = TempDir::new("ackfile");
-        let mut wal = Wal::open(&dir.0, WalConfig::default()).unwrap();
+        let dir = TempDir::new("wal-unit-ackfile");
+        let mut wal = Wal::open(dir.path(), WalConfig::default()).unwrap();
         wal.append(b"abc").unwrap();
         let at = wal.head();
         wal.ack(at).unwrap();
         wal.persist_ack().unwrap();
-        assert_eq!(read_ack(&dir.0), at);
-        let path = dir.0.join(ACK_FILE);
+        assert_eq!(read_ack(dir.path()), at);
+        let path = dir.join(ACK_FILE);
         let mut bytes = fs::read(&path).unwrap();
         assert_eq!(bytes.len(), ACK_BYTES);
         bytes[10] ^= 1;
         fs::write(&path, &bytes).unwrap();
-        assert_eq!(read_ack(&dir.0), WalPosition::default());
+        assert_eq!(read_ack(dir.path()), WalPosition::default());
     }
 
     #[test]

@@ -646,6 +646,7 @@ impl super::Source for StatsdUnixSource {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use weir_core::testing::TempDir;
 
     fn config(dir: &Path) -> StatsdUnixConfig {
         StatsdUnixConfig {
@@ -655,14 +656,8 @@ mod tests {
         }
     }
 
-    fn temp_dir(name: &str) -> PathBuf {
-        let dir = std::env::temp_dir().join(format!(
-            "weir-uds-{name}-{}-{}",
-            std::process::id(),
-            fastrand::u64(..)
-        ));
-        std::fs::create_dir_all(&dir).unwrap();
-        dir
+    fn temp_dir(name: &str) -> TempDir {
+        TempDir::new(&format!("uds-{name}"))
     }
 
     #[test]
@@ -696,7 +691,6 @@ mod tests {
             !dir.join("dsd.sock").exists(),
             "the socket file is removed on stop"
         );
-        std::fs::remove_dir_all(dir).unwrap();
     }
 
     #[test]
@@ -713,7 +707,6 @@ mod tests {
             assert_eq!(meta.permissions().mode() & 0o777, mode);
             r.stop();
         }
-        std::fs::remove_dir_all(dir).unwrap();
     }
 
     #[test]
@@ -736,7 +729,6 @@ mod tests {
         StatsdUnixReceiver::start(&config(&dir), &agg)
             .unwrap()
             .stop();
-        std::fs::remove_dir_all(dir).unwrap();
     }
 
     #[test]
@@ -764,7 +756,6 @@ mod tests {
             .unwrap();
         assert_eq!(e.kind(), io::ErrorKind::AddrInUse, "{e}");
         drop(listener);
-        std::fs::remove_dir_all(dir).unwrap();
     }
 
     #[test]
@@ -779,7 +770,6 @@ mod tests {
         assert_eq!(e.kind(), io::ErrorKind::AlreadyExists, "{e}");
         assert!(e.to_string().contains("not a socket"), "{e}");
         assert_eq!(std::fs::read(&path).unwrap(), b"precious");
-        std::fs::remove_dir_all(dir).unwrap();
     }
 
     #[test]

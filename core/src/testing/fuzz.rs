@@ -8,8 +8,7 @@
 //! the panic libFuzzer reports), or be used by production code.
 
 use std::fs;
-use std::path::PathBuf;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::path::Path;
 
 use weir_proto::Message;
 use weir_proto::client_model::{MetricFamily, MetricType};
@@ -33,6 +32,7 @@ use crate::parse::otlp::{
     walks,
 };
 use crate::parse::statsd::{Decoder, StatsdType, lines, parse_line};
+use crate::testing::TempDir;
 use crate::wal::{HEADER_BYTES, Wal, WalConfig, WalPosition, WalRecord};
 
 /// Every fuzz target, by its name under `fuzz/fuzz_targets/` and `fuzz/corpus/`.
@@ -655,33 +655,6 @@ pub fn check_series_key(data: &[u8]) -> Result<(), String> {
 // ---------------------------------------------------------------------------------
 // WAL
 
-/// A fresh directory (in /dev/shm when there is one: recovery fsyncs), removed on
-/// drop.
-struct TempDir(PathBuf);
-
-impl TempDir {
-    fn new() -> Result<TempDir, String> {
-        static SEQ: AtomicU64 = AtomicU64::new(0);
-        let base = if std::path::Path::new("/dev/shm").is_dir() {
-            PathBuf::from("/dev/shm")
-        } else {
-            std::env::temp_dir()
-        };
-        // Relaxed: only uniqueness matters.
-        let n = SEQ.fetch_add(1, Ordering::Relaxed);
-        let dir = base.join(format!("weir-wal-check-{}-{n}", std::process::id()));
-        let _ = fs::remove_dir_all(&dir);
-        fs::create_dir_all(&dir).map_err(|e| format!("temp dir: {e}"))?;
-        Ok(TempDir(dir))
-    }
-}
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = fs::remove_dir_all(&self.0);
-    }
-}
-
 fn read_all(wal: &Wal, from: WalPosition) -> Result<Vec<WalRecord>, String> {
     let mut out = Vec::new();
     let mut at = from;
@@ -727,7 +700,14 @@ pub fn check_wal(data: &[u8]) -> Result<(), String> {
     let (body1, rest) = rest.split_at(len1.min(rest.len()));
     let (body2, ack) = rest.split_at(len2.min(rest.len()));
 
-    let dir = TempDir::new()?;
+    // In /dev/shm when there is one: recovery fsyncs.
+    let shm = Path::new("/dev/shm");
+    let base = if shm.is_dir() {
+        shm.to_owned()
+    } else {
+        std::env::temp_dir()
+    };
+    let dir = TempDir::new_in(&base, "wal-check").map_err(|e| format!("temp dir: {e}"))?;
     let segments: &[(u64, &[u8])] = if flags & 1 != 0 {
         &[(1, body1), (2, body2)]
     } else {
@@ -744,15 +724,15 @@ pub fn check_wal(data: &[u8]) -> Result<(), String> {
         }
         bytes.extend_from_slice(body);
         original += bytes.len() as u64;
-        fs::write(dir.0.join(format!("{id:020}.wal")), &bytes)
+        fs::write(dir.join(format!("{id:020}.wal")), &bytes)
             .map_err(|e| format!("write segment: {e}"))?;
     }
     if flags & 2 != 0 {
-        fs::write(dir.0.join("ack"), ack).map_err(|e| format!("write ack: {e}"))?;
+        fs::write(dir.join("ack"), ack).map_err(|e| format!("write ack: {e}"))?;
     }
 
     // An error (another format version) is a valid answer; a panic is not.
-    let Ok(mut wal) = Wal::open(&dir.0, WalConfig::default()) else {
+    let Ok(mut wal) = Wal::open(dir.path(), WalConfig::default()) else {
         return Ok(());
     };
     let s = wal.stats();
@@ -780,7 +760,7 @@ pub fn check_wal(data: &[u8]) -> Result<(), String> {
     }
     let at = wal.append(b"probe").map_err(|e| format!("append: {e}"))?;
     drop(wal);
-    let wal = Wal::open(&dir.0, WalConfig::default()).map_err(|e| format!("reopen: {e}"))?;
+    let wal = Wal::open(dir.path(), WalConfig::default()).map_err(|e| format!("reopen: {e}"))?;
     if wal.stats().corrupt_tails != 0 {
         return Err(format!("corrupt tail after reopen: {:?}", wal.stats()));
     }

@@ -410,6 +410,7 @@ impl FileSd {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use weir_core::testing::TempDir;
 
     fn config(files: &[&str]) -> FileSdConfig {
         FileSdConfig {
@@ -425,14 +426,8 @@ mod tests {
         }
     }
 
-    fn temp_dir(tag: &str) -> PathBuf {
-        let dir = std::env::temp_dir().join(format!(
-            "weir-file-sd-{tag}-{}-{:?}",
-            std::process::id(),
-            std::time::Instant::now()
-        ));
-        std::fs::create_dir_all(&dir).unwrap();
-        dir
+    fn temp_dir(tag: &str) -> TempDir {
+        TempDir::new(&format!("file-sd-{tag}"))
     }
 
     #[test]
@@ -470,7 +465,6 @@ mod tests {
         let (t, _) = read_file(&yaml, &c).unwrap();
         assert_eq!(t[0].url, "http://10.0.0.4:9100/metrics");
         assert_eq!(t[0].labels.get("rack").map(String::as_str), Some("r1"));
-        let _ = std::fs::remove_dir_all(&dir);
     }
 
     #[test]
@@ -496,7 +490,6 @@ mod tests {
             read_file(&file, &config(&[])),
             Err(FileSdError::Parse { .. })
         ));
-        let _ = std::fs::remove_dir_all(&dir);
     }
 
     #[test]
@@ -528,6 +521,5 @@ mod tests {
         std::fs::remove_file(&a).unwrap();
         assert!(sd.refresh());
         assert!(sd.targets().is_empty());
-        let _ = std::fs::remove_dir_all(&dir);
     }
 }
