@@ -460,15 +460,8 @@ impl StatsdReceiver {
                     move || {
                         with_workers(i, worker_writers, &counters, |workers| {
                             // Dropped on return, with the workers' channel: they stop.
-                            let mut r = Reader {
-                                socket: &socket,
-                                writer,
-                                decoder: Decoder::default(),
-                                counters: &counters,
-                                socket_datagrams: &datagrams,
-                                tally: Tally::default(),
-                                workers,
-                            };
+                            let mut r =
+                                Reader::new(&socket, writer, &counters, &datagrams, workers);
                             r.run(batch, &stop, limit)
                         })
                     }
@@ -826,6 +819,27 @@ fn work_on(
             }
             Err(RecvTimeoutError::Timeout) => writer.release_cache(),
             Err(RecvTimeoutError::Disconnected) => return,
+        }
+    }
+}
+
+impl<'a> Reader<'a> {
+    /// A reader of `socket` that applies through `writer` (and `workers`, if any).
+    fn new(
+        socket: &'a UdpSocket,
+        writer: weir_core::Writer,
+        counters: &'a StatsdCounters,
+        socket_datagrams: &'a AtomicU64,
+        workers: Option<Workers>,
+    ) -> Reader<'a> {
+        Reader {
+            socket,
+            writer,
+            decoder: Decoder::default(),
+            counters,
+            socket_datagrams,
+            tally: Tally::default(),
+            workers,
         }
     }
 }
@@ -1474,15 +1488,7 @@ mod tests {
         let writers = (0..workers).map(|_| agg.writer()).collect();
         with_workers(0, writers, &counters, |workers| {
             assert!(workers.is_some(), "the workers started");
-            let mut reader = Reader {
-                socket: &socket,
-                writer: agg.writer(),
-                decoder: Decoder::default(),
-                counters: &counters,
-                socket_datagrams: &per_socket,
-                tally: Tally::default(),
-                workers,
-            };
+            let mut reader = Reader::new(&socket, agg.writer(), &counters, &per_socket, workers);
             let mut batch = Batch::new(16);
             // A thread that keeps up (calls that come back short) keeps its work.
             for _ in 0..3 {
@@ -1548,15 +1554,7 @@ mod tests {
         let agg = Aggregator::default();
         let counters = StatsdCounters::default();
         let per_socket = AtomicU64::new(0);
-        let mut reader = Reader {
-            socket: &socket,
-            writer: agg.writer(),
-            decoder: Decoder::default(),
-            counters: &counters,
-            socket_datagrams: &per_socket,
-            tally: Tally::default(),
-            workers: None,
-        };
+        let mut reader = Reader::new(&socket, agg.writer(), &counters, &per_socket, None);
         let mut batch = Batch::new(64);
         // Linux reads 64 in the first call and the other 36 in the second; elsewhere
         // one per call.
@@ -1634,15 +1632,7 @@ mod tests {
         let agg = Aggregator::default();
         let counters = StatsdCounters::default();
         let per_socket = AtomicU64::new(0);
-        let mut reader = Reader {
-            socket: &socket,
-            writer: agg.writer(),
-            decoder: Decoder::default(),
-            counters: &counters,
-            socket_datagrams: &per_socket,
-            tally: Tally::default(),
-            workers: None,
-        };
+        let mut reader = Reader::new(&socket, agg.writer(), &counters, &per_socket, None);
         let drain = reader.run(batch, &AtomicBool::new(true), limit);
         let counted = counters.stats().datagrams;
         assert_eq!(
