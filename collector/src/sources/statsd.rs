@@ -7,8 +7,9 @@
 //! the receive loops, their workers and their counters. Must never: block on anything
 //! but its socket (the aggregator never blocks a writer, and a batch goes to a worker
 //! only if one is waiting: there is no hand-off queue to fill), allocate per datagram
-//! or line in steady state (the receive buffers are allocated once per thread, one
-//! more per worker), or stop reading while running, or keep the daemon from stopping.
+//! or line in steady state (the receive buffers, at most two per socket thread and one
+//! per worker, are allocated once and reused), or stop reading while running, or keep
+//! the daemon from stopping.
 //!
 //! # Workers
 //! One sender's datagrams all reach one socket, so its thread bounds what one sender
