@@ -17,18 +17,18 @@
 //! machine). Each socket's thread therefore has `receivers.statsd.workers` worker
 //! threads (default 1), each with a writer of its own. When `recvmmsg` calls come
 //! back full several times in a row ([`BEHIND_AFTER`]: datagrams stay queued, the
-//! thread is behind) and a worker is waiting (tried in order, so the first ones take most batches and the others'
-//! caches stay cold), the thread hands that batch's buffer to the worker and reads on
-//! into another one; otherwise it applies the batch itself. So a thread that keeps up does
-//! all the work (the workers sleep: no hand-off costs and no reordering), and one
-//! that falls behind shares it. Datagrams handed off are counted in
-//! `weir_statsd_worker_datagrams_total`. The price of sharing: while a worker applies
-//! one batch the thread applies the next, so of two datagrams in consecutive full
-//! batches the later may be applied first (lines of one datagram always apply in
-//! order): a gauge set twice within microseconds, in an overload, can keep the earlier
-//! value until its next update. A worker idle for [`WORKER_IDLE`] frees its writer
-//! cache. On stop the workers finish what they hold before the thread reports its
-//! drain.
+//! thread is behind) and a worker is waiting (tried in order, so the first ones take
+//! most batches and the others' caches stay cold), the thread hands that batch's
+//! buffer to the worker and reads on into another one; otherwise it applies the batch
+//! itself. So a thread that keeps up does all the work (the workers sleep: no
+//! hand-off costs and no reordering), and one that falls behind shares it. Datagrams
+//! handed off are counted in `weir_statsd_worker_datagrams_total`. The price of
+//! sharing: while a worker applies one batch the thread applies the next, so of two
+//! datagrams in consecutive full batches the later may be applied first (lines of one
+//! datagram always apply in order): a gauge set twice within microseconds, in an
+//! overload, can keep the earlier value until its next update. A worker idle for
+//! [`WORKER_IDLE`] frees its writer cache. On stop the workers finish what they hold
+//! before the thread reports its drain.
 //!
 //! # Stop and drain
 //! On stop each thread drains what the kernel still holds for its socket, without
