@@ -130,6 +130,10 @@ enum Cmd {
         /// Send every series once first and leave it out of the counts (steady state).
         #[arg(long)]
         warmup: bool,
+        /// `receivers.statsd.workers` for every binary [default: not set, the
+        /// binary's default; binaries without the setting refuse it].
+        #[arg(long)]
+        statsd_workers: Option<usize>,
     },
     /// weir-core's aggregator alone: heap bytes per series (counting allocator).
     MemoryCore {
@@ -221,6 +225,7 @@ fn main() -> Result<()> {
         series,
         bins,
         warmup,
+        statsd_workers,
     } = &cli.cmd
     {
         let bins = if bins.is_empty() {
@@ -228,7 +233,13 @@ fn main() -> Result<()> {
         } else {
             bins.clone()
         };
-        statsd_load::run(rates, *seconds, *series, *warmup, &bins);
+        let run = statsd_load::Run {
+            seconds: *seconds,
+            series: *series,
+            warmup: *warmup,
+            workers: *statsd_workers,
+        };
+        statsd_load::run(rates, &run, &bins);
         return Ok(());
     }
     if !weir_bin.is_file() {

@@ -10,7 +10,7 @@
 //! (from `/proc/<pid>/stat`). The sender shares the 2 cores with weir.
 //!
 //! Run: `weir-bench statsd-load [--rates R,..] [--seconds S] [--series N] [--bins A,B]
-//! [--warmup]`; the defaults are 500000,1000000,2000000,4000000 lines/s, 10 s and 10,000
+//! [--warmup] [--statsd-workers N]`; the defaults are 500000,1000000,2000000,4000000 lines/s, 10 s and 10,000
 //! series. Each series
 //! is one tag value (`load.requests:1|c|#series:sN`), sent in turn; the daemon's
 //! `max_series_per_metric` is raised to the series count, every other setting is the
@@ -130,14 +130,25 @@ struct Outcome {
     rss_mib: f64,
 }
 
-fn run_one(
-    weir: &PathBuf,
-    rate: u64,
-    seconds: u64,
-    series: usize,
-    warmup: bool,
-    payloads: &[(Vec<u8>, u64)],
-) -> Outcome {
+/// What every rate of a run shares.
+pub struct Run {
+    /// Seconds per rate.
+    pub seconds: u64,
+    /// Distinct series.
+    pub series: usize,
+    /// Send every series once first, left out of the counts.
+    pub warmup: bool,
+    /// `receivers.statsd.workers`, when set.
+    pub workers: Option<usize>,
+}
+
+fn run_one(weir: &PathBuf, rate: u64, run: &Run, payloads: &[(Vec<u8>, u64)]) -> Outcome {
+    let Run {
+        seconds,
+        series,
+        warmup,
+        workers,
+    } = *run;
     let statsd_port = {
         let s = UdpSocket::bind("127.0.0.1:0").expect("udp");
         s.local_addr().expect("addr").port()
@@ -149,10 +160,11 @@ fn run_one(
     // Every series has the one metric name: lift the per-metric limit (default 10,000)
     // so it admits them all. Every other setting is the default.
     let per_metric = series.max(10_000);
+    let workers = workers.map_or(String::new(), |n| format!("workers = {n}\n"));
     std::fs::write(
         &config,
         format!(
-            "[aggregation]\nflush_interval = \"1s\"\nmax_series_per_metric = {per_metric}\n[receivers.statsd]\naddress = \"127.0.0.1:{statsd_port}\"\n\
+            "[aggregation]\nflush_interval = \"1s\"\nmax_series_per_metric = {per_metric}\n[receivers.statsd]\naddress = \"127.0.0.1:{statsd_port}\"\n{workers}\
              [receivers.otlp]\nenabled = false\n[exposition]\nenabled = false\n\
              [admin]\naddress = \"{admin}\"\n[log]\nlevel = \"warn\"\n"
         ),
@@ -221,7 +233,8 @@ fn run_one(
 }
 
 /// Runs every rate against every binary in `bins` and prints the table.
-pub fn run(rates: &[u64], seconds: u64, series: usize, warmup: bool, bins: &[PathBuf]) {
+pub fn run(rates: &[u64], run: &Run, bins: &[PathBuf]) {
+    let (seconds, series) = (run.seconds, run.series);
     for weir in bins {
         assert!(
             weir.exists(),
@@ -242,7 +255,7 @@ pub fn run(rates: &[u64], seconds: u64, series: usize, warmup: bool, bins: &[Pat
     println!("|---|---|---|---|---|---|---|---|---|---|");
     for &rate in rates {
         for weir in bins {
-            let o = run_one(weir, rate, seconds, series, warmup, &payloads);
+            let o = run_one(weir, rate, run, &payloads);
             let loss = 1.0 - o.aggregated / o.sent_lines as f64;
             println!(
                 "| {} | {} | {:.0} | {} | {} | {:.3} % | {} | {} | {:.0} ns | {:.1} MiB |",
