@@ -113,7 +113,8 @@ pub struct StatsdConfig {
     pub recv_batch: usize,
     /// Worker threads per socket that take whole batches off its receive thread when
     /// it falls behind (see the module doc). Default 0: each receive thread alone
-    /// (workers can reorder a sender's datagrams); at most [`MAX_STATSD_WORKERS`]. Linux with `recv_batch` above 1 only.
+    /// (workers can reorder a sender's datagrams); at most [`MAX_STATSD_WORKERS`].
+    /// Linux with `recv_batch` above 1 only.
     pub workers: usize,
 }
 
@@ -752,18 +753,19 @@ struct Workers {
     done: Receiver<Datagrams>,
 }
 
-/// How long a worker waits for work before it frees its writer cache: a worker that
-/// helped once would otherwise keep its cache's series (evicted ones included) in
-/// memory for good.
 /// Receive calls in a row that must come back full before a thread counts as behind
 /// and hands batches to its workers: at the default `recv_batch` of 64, 256 datagrams
 /// were queued. One full call is mostly a burst or a pause the thread catches up
 /// with alone; handing those off warmed the workers' caches for nothing (1M series at
 /// 3M lines/s, which one thread keeps up with: 215-237 MiB with hand-offs after one
 /// full call, 211-212 after four, the same 0 % loss; at 100k series and 6M lines/s
-/// both kept up).
+/// both kept up). Not a guard against reordering: a burst of one-line datagrams from
+/// an ordinary client passes it (why workers are off by default).
 const BEHIND_AFTER: u32 = 4;
 
+/// How long a worker waits for work before it frees its writer cache: a worker that
+/// helped once would otherwise keep its cache's series (evicted ones included) in
+/// memory for good.
 const WORKER_IDLE: Duration = Duration::from_secs(30);
 
 /// Runs `run` with `writers.len()` worker threads for receive thread `socket` (none

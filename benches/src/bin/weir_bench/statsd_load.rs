@@ -10,8 +10,8 @@
 //! (from `/proc/<pid>/stat`). The sender shares the 2 cores with weir.
 //!
 //! Run: `weir-bench statsd-load [--rates R,..] [--seconds S] [--series N] [--bins A,B]
-//! [--warmup] [--statsd-workers N]`; the defaults are 500000,1000000,2000000,4000000 lines/s, 10 s and 10,000
-//! series. Each series
+//! [--warmup] [--statsd-workers N]`; the defaults are 500000,1000000,2000000,4000000
+//! lines/s, 10 s and 10,000 series. Each series
 //! is one tag value (`load.requests:1|c|#series:sN`), sent in turn; the daemon's
 //! `max_series_per_metric` is raised to the series count, every other setting is the
 //! default.
