@@ -976,7 +976,7 @@ format = "json"
         assert!(!c.receivers.statsd.enabled);
         assert_eq!(c.receivers.statsd.address.to_string(), "0.0.0.0:9125");
         let s = &c.receivers.statsd;
-        assert_eq!((s.sockets, s.recv_batch, s.workers), (1, 64, 0), "defaults");
+        assert_eq!((s.sockets, s.recv_batch, s.workers), (1, 64, 1), "defaults");
         let c = parse("[receivers.statsd]\nsockets = 4\nrecv_batch = 1\nworkers = 2\n").unwrap();
         let s = &c.receivers.statsd;
         assert_eq!((s.sockets, s.recv_batch, s.workers), (4, 1, 2));

@@ -106,3 +106,54 @@ proptest! {
         prop_assert_eq!(view(&whole), view(&one_by_one));
     }
 }
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 256, ..ProptestConfig::default() })]
+
+    /// Batches of datagrams applied by several threads at once: each applies all but
+    /// the gauge lines of its batch whenever it gets to them (here in reverse batch
+    /// order, each with a writer of its own), and the gauge lines in batch order. The
+    /// result is that of one thread applying every line in order: counters,
+    /// histograms and sets do not depend on the order (integer values keep the sums
+    /// exact), and gauges, sets and adjustments alike, keep theirs.
+    #[test]
+    fn batches_applied_out_of_order_with_gauges_in_order_aggregate_like_one_thread(
+        lines in proptest::collection::vec(
+            (0usize..4, prop_oneof![Just("c"), Just("g"), Just("s"), Just("h")], prop_oneof![Just(""), Just("+"), Just("-")], 0u32..100),
+            1..120,
+        ),
+        per_datagram in 1usize..10,
+        per_batch in 1usize..5,
+        batched in any::<bool>(),
+    ) {
+        let text: Vec<String> = lines
+            .iter()
+            .map(|(series, kind, sign, v)| {
+                let sign = if *kind == "g" { *sign } else { "" };
+                format!("m{kind}:{sign}{v}|{kind}|#s:{series}")
+            })
+            .collect();
+        let datagrams: Vec<Vec<u8>> = text.chunks(per_datagram).map(|c| c.join("\n").into_bytes()).collect();
+        let agg = Aggregator::starting_at(AggregatorConfig::default(), 1_000);
+        let decoder = || if batched { Decoder::default().batching_from(0) } else { Decoder::default() };
+        let mut gauges: Vec<Vec<u8>> = Vec::new();
+        let mut lines_applied = 0;
+        for batch in datagrams.chunks(per_batch).rev() {
+            let (mut w, mut d, mut g) = (agg.writer(), decoder(), Vec::new());
+            for datagram in batch {
+                lines_applied += d.ingest_except_gauges(datagram, &mut w, &mut g).lines;
+            }
+            gauges.push(g);
+        }
+        for g in gauges.iter().rev() {
+            lines_applied += decoder().ingest(g, &mut agg.writer()).lines;
+        }
+        prop_assert_eq!(lines_applied, lines.len() as u64);
+        let mut shared = agg.flush_at(2_000);
+        shared.series.sort_by(|a, b| a.key.cmp(&b.key));
+        let single: Vec<Vec<u8>> = text.iter().map(|l| l.clone().into_bytes()).collect();
+        let one_by_one = apply(&single, 1_000, false);
+        let view = |b: &FlushBatch| -> Vec<_> { b.series.iter().map(|s| (s.key.clone(), s.value.clone())).collect() };
+        prop_assert_eq!(view(&shared), view(&one_by_one));
+    }
+}

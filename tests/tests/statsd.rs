@@ -41,7 +41,7 @@ fn many_datagrams_over_two_reuseport_sockets_arrive_exactly() {
     let file = dir.write(
         "weir.toml",
         "[aggregation]\nflush_interval = \"200ms\"\n\
-         [receivers.statsd]\naddress = \"127.0.0.1:0\"\nsockets = 2\nrecv_batch = 64\nworkers = 1\n\
+         [receivers.statsd]\naddress = \"127.0.0.1:0\"\nsockets = 2\nrecv_batch = 64\n\
          recv_buffer_bytes = 33554432\n\
          [receivers.otlp]\nenabled = false\n[exposition]\nenabled = false\n[admin]\nenabled = false\n",
     );

@@ -5,8 +5,9 @@
 //! Owns: the `[receivers.statsd]` section ([`StatsdConfig`]: schema, defaults, limits,
 //! validation), the sockets (bind, `SO_REUSEPORT` when there are several, receive buffer),
 //! the receive loops, their workers and their counters. Must never: block on anything
-//! but its socket (the aggregator never blocks a writer, and a batch goes to a worker
-//! only if one is waiting: there is no hand-off queue to fill), allocate per datagram
+//! but its socket and the gauge turn of an earlier batch (the aggregator never blocks
+//! a writer, and a batch goes to a worker only if one is waiting: there is no hand-off
+//! queue to fill), apply a gauge line before one read earlier, allocate per datagram
 //! or line in steady state (the receive buffers, at most two per socket thread and one
 //! per worker, are allocated once and reused), or stop reading while running, or keep
 //! the daemon from stopping.
@@ -15,23 +16,29 @@
 //! One sender's datagrams all reach one socket, so its thread bounds what one sender
 //! can send (~5 M lines/s of 42-line datagrams at 100k series on the reference
 //! machine). Each socket's thread therefore has `receivers.statsd.workers` worker
-//! threads (default 0: off), each with a writer of its own. When `recvmmsg` calls come
+//! threads (default 1), each with a writer of its own. When `recvmmsg` calls come
 //! back full several times in a row ([`BEHIND_AFTER`]: datagrams stay queued, the
 //! thread is behind) and a worker is waiting (tried in order, so the first ones take
 //! most batches and the others' caches stay cold), the thread hands that batch's
 //! buffer to the worker and reads on into another one; otherwise it applies the batch
 //! itself. So a thread that keeps up does all the work (the workers sleep: no
-//! hand-off costs and no reordering), and one that falls behind shares it. Datagrams
-//! handed off are counted in `weir_statsd_worker_datagrams_total`. The price of
-//! sharing: while a worker applies one batch the thread applies the next, so of two
-//! datagrams in consecutive full batches the later may be applied first (lines of one
-//! datagram always apply in order): a gauge set twice within microseconds, in an
-//! overload, can keep the earlier value until its next update. That is why workers are
-//! off by default: a client that sends one line per datagram queues 256 datagrams in a
-//! burst of a few milliseconds without any overload, and the end-to-end Python suite
-//! saw a gauge end on its second-to-last value with one worker. A worker idle for
-//! [`WORKER_IDLE`] frees its writer cache. On stop the workers finish what they hold
-//! before the thread reports its drain.
+//! hand-off costs), and one that falls behind shares it. Datagrams handed off are
+//! counted in `weir_statsd_worker_datagrams_total`.
+//!
+//! While a worker applies one batch the thread applies the next, so their lines
+//! apply at the same time. For counters, timers, histograms, distributions and sets
+//! the order does not matter (sums, counts, bounds and unions come out the same); for
+//! a gauge it does, it keeps its last value. So gauge lines keep the order of their
+//! batches ([`GaugeTurn`]): each batch read is numbered; a batch applied while an
+//! earlier one is still with a worker applies everything but its gauge lines at
+//! once, and its gauge lines (sets and adjustments, in their order) only once every
+//! earlier batch is done. A batch without gauges never waits, and one read while
+//! nothing is out applies in order at once. A gauge therefore ends on the last value
+//! sent, whoever applied it; the price is a wait for an earlier batch where gauges
+//! are set under overload. (Sums of non-integer values may round differently in
+//! another order, as with several sockets.) A worker idle for [`WORKER_IDLE`] frees
+//! its writer cache. On stop the workers finish what they hold before the thread
+//! reports its drain.
 //!
 //! # Stop and drain
 //! On stop each thread drains what the kernel still holds for its socket, without
@@ -79,7 +86,7 @@ use std::io;
 use std::net::{SocketAddr, UdpSocket};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::mpsc::{Receiver, RecvTimeoutError, Sender, SyncSender, TrySendError};
-use std::sync::{Arc, OnceLock};
+use std::sync::{Arc, Condvar, Mutex, OnceLock, PoisonError};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
@@ -112,9 +119,9 @@ pub struct StatsdConfig {
     /// datagram per call). Default 64; between 1 and [`MAX_RECV_BATCH`].
     pub recv_batch: usize,
     /// Worker threads per socket that take whole batches off its receive thread when
-    /// it falls behind (see the module doc). Default 0: each receive thread alone
-    /// (workers can reorder a sender's datagrams); at most [`MAX_STATSD_WORKERS`].
-    /// Linux with `recv_batch` above 1 only.
+    /// it falls behind (see the module doc; gauge lines keep their order). Default 1;
+    /// 0 turns them off; at most [`MAX_STATSD_WORKERS`]. Linux with `recv_batch`
+    /// above 1 only.
     pub workers: usize,
 }
 
@@ -137,7 +144,7 @@ impl Default for StatsdConfig {
             recv_buffer_bytes: 8 << 20,
             sockets: 1,
             recv_batch: 64,
-            workers: 0,
+            workers: 1,
         }
     }
 }
@@ -751,6 +758,86 @@ struct Workers {
     work: Vec<SyncSender<Datagrams>>,
     /// Buffers the workers are done with, for the next batches.
     done: Receiver<Datagrams>,
+    /// Whose turn it is to apply its gauges, shared with the workers.
+    turn: Arc<GaugeTurn>,
+    /// The number of the next batch read.
+    next: u64,
+    /// The gauge lines of a batch the thread applies while an earlier one is out.
+    gauges: Vec<u8>,
+}
+
+/// The order in which batches apply their gauge lines (see the module doc): each
+/// batch read gets the next number, and a batch with gauge lines applies them once
+/// every earlier batch is done. A batch is done once all its lines are in; one
+/// without gauges never waits, it only says it is done.
+#[derive(Default)]
+struct GaugeTurn {
+    state: Mutex<Turns>,
+    changed: Condvar,
+}
+
+#[derive(Default)]
+struct Turns {
+    /// The lowest batch not done: every batch before it is.
+    first_open: u64,
+    /// Batches after `first_open` that are done already (a few: those the receive
+    /// thread applied while a worker held an earlier one).
+    done_ahead: Vec<u64>,
+}
+
+impl GaugeTurn {
+    fn lock(&self) -> std::sync::MutexGuard<'_, Turns> {
+        self.state.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Whether every batch before `batch` is done.
+    fn is_turn_of(&self, batch: u64) -> bool {
+        self.lock().first_open == batch
+    }
+
+    /// Waits until every batch before `batch` is done, runs `apply`, and marks
+    /// `batch` done, also if `apply` panics (the batches after it would wait for good
+    /// otherwise).
+    fn take<R>(&self, batch: u64, apply: impl FnOnce() -> R) -> R {
+        let mut turns = self.lock();
+        while turns.first_open < batch {
+            turns = self
+                .changed
+                .wait(turns)
+                .unwrap_or_else(PoisonError::into_inner);
+        }
+        drop(turns);
+        let _done = Done { turn: self, batch };
+        apply()
+    }
+
+    /// Marks `batch` done.
+    fn done(&self, batch: u64) {
+        let mut turns = self.lock();
+        if batch != turns.first_open {
+            turns.done_ahead.push(batch);
+            return;
+        }
+        turns.first_open += 1;
+        while let Some(i) = turns.done_ahead.iter().position(|&b| b == turns.first_open) {
+            turns.done_ahead.swap_remove(i);
+            turns.first_open += 1;
+        }
+        drop(turns);
+        self.changed.notify_all();
+    }
+}
+
+/// Marks `batch` done when dropped.
+struct Done<'a> {
+    turn: &'a GaugeTurn,
+    batch: u64,
+}
+
+impl Drop for Done<'_> {
+    fn drop(&mut self) {
+        self.turn.done(self.batch);
+    }
 }
 
 /// Receive calls in a row that must come back full before a thread counts as behind
@@ -760,7 +847,7 @@ struct Workers {
 /// 3M lines/s, which one thread keeps up with: 215-237 MiB with hand-offs after one
 /// full call, 211-212 after four, the same 0 % loss; at 100k series and 6M lines/s
 /// both kept up). Not a guard against reordering: a burst of one-line datagrams from
-/// an ordinary client passes it (why workers are off by default).
+/// an ordinary client passes it (gauges keep their order by [`GaugeTurn`]).
 const BEHIND_AFTER: u32 = 4;
 
 /// How long a worker waits for work before it frees its writer cache: a worker that
@@ -781,40 +868,60 @@ fn with_workers<R>(
         return run(None);
     }
     let (give_back, done) = std::sync::mpsc::channel();
+    let turn = Arc::new(GaugeTurn::default());
     std::thread::scope(|scope| {
         let mut work = Vec::with_capacity(writers.len());
         for (j, writer) in writers.into_iter().enumerate() {
             let (to_worker, take) = std::sync::mpsc::sync_channel(0);
             let give_back = give_back.clone();
+            let turn = turn.clone();
             let worker = std::thread::Builder::new()
                 .name(format!("weir-statsd-{socket}w{j}"))
-                .spawn_scoped(scope, move || work_on(&take, &give_back, writer, counters));
+                .spawn_scoped(scope, move || {
+                    work_on(&take, &give_back, &turn, writer, counters);
+                });
             match worker {
                 Ok(_) => work.push(to_worker),
                 Err(e) => warn!(error = %e, "statsd: cannot start a worker thread"),
             }
         }
         // `run` owns the only senders: the workers stop once it returned.
-        run((!work.is_empty()).then_some(Workers { work, done }))
+        run((!work.is_empty()).then_some(Workers {
+            work,
+            done,
+            turn,
+            next: 0,
+            gauges: Vec::new(),
+        }))
     })
 }
 
-/// A worker's loop: applies the batches it takes from `take` with its own writer,
-/// gives each buffer back, and frees its writer cache after [`WORKER_IDLE`] without
-/// work; returns once the receive thread is gone.
+/// A worker's loop: applies the batches it takes from `take` with its own writer
+/// (their gauges in turn), gives each buffer back, and frees its writer cache after
+/// [`WORKER_IDLE`] without work; returns once the receive thread is gone.
 fn work_on(
     take: &Receiver<Datagrams>,
     give_back: &Sender<Datagrams>,
+    turn: &GaugeTurn,
     mut writer: weir_core::Writer,
     counters: &StatsdCounters,
 ) {
     let mut decoder = Decoder::default();
+    let mut gauges = Vec::new();
     loop {
         match take.recv_timeout(WORKER_IDLE) {
             Ok(batch) => {
                 let mut report = DatagramReport::default();
                 for datagram in batch.iter() {
-                    report.merge(&decoder.ingest(datagram, &mut writer));
+                    report.merge(&decoder.ingest_except_gauges(datagram, &mut writer, &mut gauges));
+                }
+                if gauges.is_empty() {
+                    turn.done(batch.number);
+                } else {
+                    turn.take(batch.number, || {
+                        report.merge(&decoder.ingest(&gauges, &mut writer));
+                    });
+                    gauges.clear();
                 }
                 counters
                     .worker_datagrams
@@ -929,6 +1036,48 @@ impl Reader<'_> {
         self.tally.add(datagram.len(), &report);
     }
 
+    /// Applies a batch the thread read and keeps: in order if no earlier batch is
+    /// still with a worker; otherwise everything but its gauge lines at once, and
+    /// those once the earlier batches have applied theirs (see the module doc).
+    fn apply_batch(&mut self, batch: &Datagrams) {
+        let Some(workers) = self.workers.as_mut() else {
+            for datagram in batch.iter() {
+                self.apply(datagram);
+            }
+            return;
+        };
+        let number = workers.next;
+        workers.next += 1;
+        let Reader {
+            writer,
+            decoder,
+            tally,
+            ..
+        } = self;
+        if workers.turn.is_turn_of(number) {
+            // Nothing is out: no other thread applies anything meanwhile.
+            workers.turn.take(number, || {
+                for datagram in batch.iter() {
+                    tally.add(datagram.len(), &decoder.ingest(datagram, writer));
+                }
+            });
+            return;
+        }
+        let gauges = &mut workers.gauges;
+        for datagram in batch.iter() {
+            let report = decoder.ingest_except_gauges(datagram, writer, gauges);
+            tally.add(datagram.len(), &report);
+        }
+        if gauges.is_empty() {
+            workers.turn.done(number);
+            return;
+        }
+        workers.turn.take(number, || {
+            tally.report.merge(&decoder.ingest(gauges, writer));
+        });
+        gauges.clear();
+    }
+
     /// Reads one datagram with `recv_from` into `buf` and applies it: the portable
     /// path, and the one for a batch of 1.
     fn receive_one(&mut self, buf: &mut [u8]) -> Received {
@@ -947,6 +1096,8 @@ impl Reader<'_> {
 struct Datagrams {
     buf: Vec<u8>,
     lens: Vec<usize>,
+    /// The batch's number, in the order of reading (see [`GaugeTurn`]).
+    number: u64,
 }
 
 impl Datagrams {
@@ -962,6 +1113,7 @@ impl Datagrams {
                 }
             ],
             lens: Vec::with_capacity(slots),
+            number: 0,
         }
     }
 
@@ -1015,7 +1167,7 @@ impl Batch {
     /// datagrams as read, and reads on into another buffer; false (nothing done) when
     /// no worker waits.
     fn hand_off(&mut self, reader: &mut Reader<'_>) -> bool {
-        let Some(workers) = &reader.workers else {
+        let Some(workers) = &mut reader.workers else {
             return false;
         };
         let next = self
@@ -1024,10 +1176,12 @@ impl Batch {
             .or_else(|| workers.done.try_recv().ok())
             .unwrap_or_else(|| Datagrams::new(self.slots));
         let mut full = std::mem::replace(&mut self.read, next);
+        full.number = workers.next;
         let (datagrams, bytes) = (full.lens.len(), full.lens.iter().sum::<usize>());
         for worker in &workers.work {
             match worker.try_send(full) {
                 Ok(()) => {
+                    workers.next += 1;
                     reader.tally.datagrams += datagrams as u64;
                     reader.tally.bytes += bytes as u64;
                     return true;
@@ -1100,9 +1254,7 @@ impl Batch {
         if self.full_in_a_row >= BEHIND_AFTER && self.hand_off(reader) {
             return Received::Datagrams;
         }
-        for datagram in self.read.iter() {
-            reader.apply(datagram);
-        }
+        reader.apply_batch(&self.read);
         Received::Datagrams
     }
 }
@@ -1467,14 +1619,26 @@ mod tests {
 
     #[test]
     #[cfg(target_os = "linux")]
-    fn a_thread_behind_hands_whole_batches_to_a_waiting_worker_and_each_line_counts_once() {
+    fn a_thread_behind_hands_whole_batches_to_a_waiting_worker_and_gauges_keep_their_order() {
         for workers in [1, 2] {
             hand_off_to(workers);
         }
     }
 
+    /// Datagram `i` of [`hand_off_to`]: a gauge set to `i` in one of three series (each
+    /// set several times per batch), and two counters.
+    fn gauge_datagram(i: usize) -> String {
+        format!(
+            "hand.g:{i}|g|#s:{}\nhand.c:1|c|#s:{}\nhand.c:1|c|#s:{}\n",
+            i % 3,
+            i % 7,
+            i % 13
+        )
+    }
+
     /// Reads datagrams with `workers` workers, first keeping up, then behind; checks
-    /// that whole batches were handed off and every line was applied once.
+    /// that whole batches were handed off, every line was applied once and every
+    /// gauge ended on the last value sent for it.
     #[cfg(target_os = "linux")]
     fn hand_off_to(workers: usize) {
         let socket = bind("127.0.0.1:0".parse().unwrap(), 8 << 20, false).unwrap();
@@ -1486,7 +1650,7 @@ mod tests {
         let mut sent = 0;
         let mut send = |n: usize| {
             for _ in 0..n {
-                client.send_to(datagram(sent, 3).as_bytes(), to).unwrap();
+                client.send_to(gauge_datagram(sent).as_bytes(), to).unwrap();
                 sent += 1;
             }
             sent as u64
@@ -1522,7 +1686,54 @@ mod tests {
         let sent = sent as u64;
         assert_eq!((stats.datagrams, stats.lines), (sent, sent * 3));
         assert_eq!(per_socket.load(Ordering::Relaxed), sent);
-        assert_eq!(agg.flush().counter_delta_sum(), (sent * 3) as f64);
+        let flushed = agg.flush();
+        assert_eq!(flushed.counter_delta_sum(), (sent * 2) as f64);
+        // Gauge lines apply in the order of their batches: each gauge holds the last
+        // value sent for it.
+        let mut gauges = 0;
+        for s in &flushed.series {
+            if let weir_core::FlushedValue::Gauge { value, .. } = s.value {
+                let (_, series) = s.key.labels().find(|(k, _)| *k == "s").unwrap();
+                let series: u64 = series.parse().unwrap();
+                let last = (0..sent).rev().find(|i| i % 3 == series).unwrap();
+                assert_eq!(value, last as f64, "{:?}", s.key);
+                gauges += 1;
+            }
+        }
+        assert_eq!(gauges, 3);
+    }
+
+    #[test]
+    fn batches_take_their_gauge_turns_in_order_whichever_thread_gets_there_first() {
+        let turn = GaugeTurn::default();
+        let order = Mutex::new(Vec::new());
+        // Four threads, each with every fourth batch: most reach a batch before its
+        // turn and must wait.
+        std::thread::scope(|scope| {
+            for t in 0..4u64 {
+                let (turn, order) = (&turn, &order);
+                scope.spawn(move || {
+                    for batch in (t..50).step_by(4) {
+                        turn.take(batch, || order.lock().unwrap().push(batch));
+                    }
+                });
+            }
+        });
+        assert_eq!(order.into_inner().unwrap(), (0..50).collect::<Vec<u64>>());
+        assert!(turn.is_turn_of(50));
+        // Batches done out of order (no gauges: they do not wait) open the turn of
+        // the first batch after them only once the one before them is done.
+        turn.done(52);
+        turn.done(51);
+        assert!(turn.is_turn_of(50));
+        turn.done(50);
+        assert!(turn.is_turn_of(53));
+        // A batch whose apply panics passes the turn on all the same.
+        let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            turn.take(53, || panic!("in the apply"));
+        }));
+        assert!(r.is_err());
+        assert!(turn.is_turn_of(54));
     }
 
     #[test]

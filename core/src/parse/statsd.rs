@@ -818,6 +818,46 @@ fn push_identity(out: &mut Vec<u8>, line: &Line<'_>) {
     }
 }
 
+/// Calls `f` with each non-empty line of `datagram`, raw and parsed, in order.
+#[inline]
+fn for_each_line<'a>(datagram: &'a [u8], mut f: impl FnMut(&'a [u8], Result<Line<'a>, LineError>)) {
+    match std::str::from_utf8(datagram) {
+        // The usual case: checked once for the whole datagram, so each line (cut at an
+        // ASCII `\n` or `\r`) is UTF-8 too.
+        Ok(text) => {
+            for (a, b) in LineRanges::new(datagram) {
+                f(
+                    datagram.get(a..b).unwrap_or_default(),
+                    parse_text(&text[a..b]),
+                );
+            }
+        }
+        Err(_) => {
+            for raw in lines(datagram) {
+                f(raw, parse_line(raw));
+            }
+        }
+    }
+}
+
+/// With `SET_ASIDE`, a gauge line goes to `gauges` and `None` is returned; any other
+/// line (or parse error) comes back to be applied (or counted) now.
+#[inline(always)]
+fn set_aside<'a, const SET_ASIDE: bool>(
+    raw: &[u8],
+    parsed: Result<Line<'a>, LineError>,
+    gauges: &mut Vec<u8>,
+) -> Option<Result<Line<'a>, LineError>> {
+    match &parsed {
+        Ok(line) if SET_ASIDE && line.kind == StatsdType::Gauge => {
+            gauges.extend_from_slice(raw);
+            gauges.push(b'\n');
+            None
+        }
+        _ => Some(parsed),
+    }
+}
+
 impl Decoder {
     /// Applies lines in batches once the writer caches at least `cached` label sets
     /// instead of the default 32,768; 0 batches always. For tests and benchmarks: the
@@ -837,51 +877,54 @@ impl Decoder {
 
     /// Parses `datagram` and applies every good line through `writer`.
     pub fn ingest(&mut self, datagram: &[u8], writer: &mut Writer) -> DatagramReport {
-        if writer.cached() < self.batch_above {
-            return self.ingest_lines(datagram, writer);
-        }
-        let mut report = DatagramReport::default();
-        let mut batch = Batch::new();
-        match std::str::from_utf8(datagram) {
-            // The usual case: checked once for the whole datagram, so each line (cut
-            // at an ASCII `\n` or `\r`) is UTF-8 too.
-            Ok(text) => {
-                for (a, b) in LineRanges::new(datagram) {
-                    self.push(parse_text(&text[a..b]), writer, &mut batch, &mut report);
-                    if batch.is_full() {
-                        self.apply_batch(&mut batch, writer, &mut report);
-                    }
-                }
-            }
-            Err(_) => {
-                for raw in lines(datagram) {
-                    self.push(parse_line(raw), writer, &mut batch, &mut report);
-                    if batch.is_full() {
-                        self.apply_batch(&mut batch, writer, &mut report);
-                    }
-                }
-            }
-        }
-        self.apply_batch(&mut batch, writer, &mut report);
-        report
+        self.ingest_lines::<false>(datagram, writer, &mut Vec::new())
     }
 
-    /// [`Decoder::ingest`] one line after the other, for a writer whose cache is small
-    /// enough to stay in the CPU caches (see [`BATCH_ABOVE`]).
-    fn ingest_lines(&mut self, datagram: &[u8], writer: &mut Writer) -> DatagramReport {
+    /// [`Decoder::ingest`] for a thread that applies batches of datagrams alongside
+    /// other threads: every line except gauges is applied (and counted) now, in
+    /// order; each gauge line (`|g`, a set or an adjustment) is appended to `gauges`
+    /// as sent, followed by a `\n`, for the caller to ingest once the gauges of every
+    /// earlier batch are in. Counters, timers, histograms, distributions and sets
+    /// come out the same whatever order their lines are applied in (sums, counts,
+    /// bounds, unions); a gauge keeps its last value, so only gauge lines must be
+    /// applied in the order they arrived.
+    pub fn ingest_except_gauges(
+        &mut self,
+        datagram: &[u8],
+        writer: &mut Writer,
+        gauges: &mut Vec<u8>,
+    ) -> DatagramReport {
+        self.ingest_lines::<true>(datagram, writer, gauges)
+    }
+
+    /// [`Decoder::ingest`], gauge lines set aside into `gauges` if `SET_ASIDE` (a
+    /// constant: the plain path has no check per line).
+    #[inline]
+    fn ingest_lines<const SET_ASIDE: bool>(
+        &mut self,
+        datagram: &[u8],
+        writer: &mut Writer,
+        gauges: &mut Vec<u8>,
+    ) -> DatagramReport {
         let mut report = DatagramReport::default();
-        match std::str::from_utf8(datagram) {
-            Ok(text) => {
-                for (a, b) in LineRanges::new(datagram) {
-                    self.apply_now(parse_text(&text[a..b]), writer, &mut report);
+        if writer.cached() < self.batch_above {
+            for_each_line(datagram, |raw, parsed| {
+                if let Some(parsed) = set_aside::<SET_ASIDE>(raw, parsed, gauges) {
+                    self.apply_now(parsed, writer, &mut report);
                 }
-            }
-            Err(_) => {
-                for raw in lines(datagram) {
-                    self.apply_now(parse_line(raw), writer, &mut report);
-                }
-            }
+            });
+            return report;
         }
+        let mut batch = Batch::new();
+        for_each_line(datagram, |raw, parsed| {
+            if let Some(parsed) = set_aside::<SET_ASIDE>(raw, parsed, gauges) {
+                self.push(parsed, writer, &mut batch, &mut report);
+                if batch.is_full() {
+                    self.apply_batch(&mut batch, writer, &mut report);
+                }
+            }
+        });
+        self.apply_batch(&mut batch, writer, &mut report);
         report
     }
 
