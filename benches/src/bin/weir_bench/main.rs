@@ -134,6 +134,10 @@ enum Cmd {
         /// binary's default; binaries without the setting refuse it].
         #[arg(long)]
         statsd_workers: Option<usize>,
+        /// Send gauges instead of counters (gauge lines keep their order across
+        /// StatsD workers, so they can wait where counters do not).
+        #[arg(long)]
+        gauges: bool,
     },
     /// weir-core's aggregator alone: heap bytes per series (counting allocator).
     MemoryCore {
@@ -226,6 +230,7 @@ fn main() -> Result<()> {
         bins,
         warmup,
         statsd_workers,
+        gauges,
     } = &cli.cmd
     {
         let bins = if bins.is_empty() {
@@ -238,6 +243,7 @@ fn main() -> Result<()> {
             series: *series,
             warmup: *warmup,
             workers: *statsd_workers,
+            gauges: *gauges,
         };
         statsd_load::run(rates, &run, &bins);
         return Ok(());

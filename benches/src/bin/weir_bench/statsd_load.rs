@@ -10,11 +10,11 @@
 //! (from `/proc/<pid>/stat`). The sender shares the 2 cores with weir.
 //!
 //! Run: `weir-bench statsd-load [--rates R,..] [--seconds S] [--series N] [--bins A,B]
-//! [--warmup] [--statsd-workers N]`; the defaults are 500000,1000000,2000000,4000000
-//! lines/s, 10 s and 10,000 series. Each series
-//! is one tag value (`load.requests:1|c|#series:sN`), sent in turn; the daemon's
-//! `max_series_per_metric` is raised to the series count, every other setting is the
-//! default.
+//! [--warmup] [--statsd-workers N] [--gauges]`; the defaults are
+//! 500000,1000000,2000000,4000000 lines/s, 10 s and 10,000 series. Each series is one
+//! tag value (`load.requests:1|c|#series:sN`; `|g` with `--gauges`), sent in turn;
+//! the daemon's `max_series_per_metric` is raised to the series count, every other
+//! setting is the default.
 //!
 //! `--bins /tmp/weir-baseline,target/release/weir` runs every rate against each
 //! binary in turn (one row each, side by side in one run). The RSS column is the daemon's `VmRSS` at the end of the
@@ -40,13 +40,15 @@ fn http(addr: &str, method: &str, path: &str) -> String {
 /// Datagram payload budget (fits a 1500-byte MTU with headers).
 const DATAGRAM: usize = 1400;
 
-/// Every series once, packed into datagrams of many lines; and the line count of each.
-fn datagrams(series: usize) -> Vec<(Vec<u8>, u64)> {
+/// Every series once (a counter, or a gauge with `gauges`), packed into datagrams of
+/// many lines; and the line count of each.
+fn datagrams(series: usize, gauges: bool) -> Vec<(Vec<u8>, u64)> {
+    let kind = if gauges { "g" } else { "c" };
     let mut out = Vec::new();
     let mut cur = Vec::with_capacity(DATAGRAM);
     let mut lines = 0u64;
     for i in 0..series {
-        let line = format!("load.requests:1|c|#series:s{i}\n");
+        let line = format!("load.requests:1|{kind}|#series:s{i}\n");
         if cur.len() + line.len() > DATAGRAM {
             out.push((std::mem::take(&mut cur), lines));
             lines = 0;
@@ -140,6 +142,8 @@ pub struct Run {
     pub warmup: bool,
     /// `receivers.statsd.workers`, when set.
     pub workers: Option<usize>,
+    /// Send gauges instead of counters.
+    pub gauges: bool,
 }
 
 fn run_one(weir: &PathBuf, rate: u64, run: &Run, payloads: &[(Vec<u8>, u64)]) -> Outcome {
@@ -148,6 +152,7 @@ fn run_one(weir: &PathBuf, rate: u64, run: &Run, payloads: &[(Vec<u8>, u64)]) ->
         series,
         warmup,
         workers,
+        ..
     } = *run;
     let statsd_port = {
         let s = UdpSocket::bind("127.0.0.1:0").expect("udp");
@@ -242,11 +247,12 @@ pub fn run(rates: &[u64], run: &Run, bins: &[PathBuf]) {
             weir.display()
         );
     }
-    let payloads = datagrams(series);
+    let payloads = datagrams(series, run.gauges);
     let per_datagram = series as f64 / payloads.len() as f64;
     println!(
-        "{series} counter series, {per_datagram:.0} lines per datagram, {seconds} s per rate, \
-         default receive buffer settings"
+        "{series} {} series, {per_datagram:.0} lines per datagram, {seconds} s per rate, \
+         default receive buffer settings",
+        if run.gauges { "gauge" } else { "counter" }
     );
     println!();
     println!(
