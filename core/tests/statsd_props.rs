@@ -6,7 +6,7 @@
 use proptest::prelude::*;
 use weir_core::parse::statsd::{Decoder, StatsdType, Value, parse_line};
 use weir_core::testing::fuzz::check_statsd;
-use weir_core::{Aggregator, AggregatorConfig, FlushBatch};
+use weir_core::{Aggregator, AggregatorConfig, FlushBatch, FlushedValue, SeriesKey};
 
 /// Applies `datagrams` through one decoder (batching lines from the first if
 /// `batched`) and one writer (whose cache holds `cache`
@@ -29,6 +29,26 @@ fn apply(datagrams: &[Vec<u8>], cache: usize, batched: bool) -> FlushBatch {
     let mut batch = agg.flush_at(2_000);
     batch.series.sort_by(|a, b| a.key.cmp(&b.key));
     batch
+}
+
+/// One line per `(series, type, sign, value)`: `m<type>:<value>|<type>|#s:<series>`,
+/// the sign kept for gauges only (an adjustment).
+fn line_texts(lines: &[(usize, &str, &str, u32)]) -> Vec<String> {
+    lines
+        .iter()
+        .map(|(series, kind, sign, v)| {
+            let sign = if *kind == "g" { *sign } else { "" };
+            format!("m{kind}:{sign}{v}|{kind}|#s:{series}")
+        })
+        .collect()
+}
+
+/// A flush's keys and values (start times come from the wall clock), for comparisons.
+fn view(b: &FlushBatch) -> Vec<(SeriesKey, FlushedValue)> {
+    b.series
+        .iter()
+        .map(|s| (s.key.clone(), s.value.clone()))
+        .collect()
 }
 
 proptest! {
@@ -91,18 +111,10 @@ proptest! {
         ),
         cache in prop_oneof![Just(1usize), Just(2), Just(1_000)],
     ) {
-        let text: Vec<String> = lines
-            .iter()
-            .map(|(series, kind, sign, v)| {
-                let sign = if *kind == "g" { *sign } else { "" };
-                format!("m{kind}:{sign}{v}|{kind}|#s:{series}")
-            })
-            .collect();
+        let text = line_texts(&lines);
         let whole = apply(&[text.join("\n").into_bytes()], cache, true);
         let single: Vec<Vec<u8>> = text.iter().map(|l| l.clone().into_bytes()).collect();
         let one_by_one = apply(&single, cache, false);
-        // Keys and values: start times come from the wall clock.
-        let view = |b: &FlushBatch| -> Vec<_> { b.series.iter().map(|s| (s.key.clone(), s.value.clone())).collect() };
         prop_assert_eq!(view(&whole), view(&one_by_one));
     }
 }
@@ -119,23 +131,29 @@ proptest! {
     #[test]
     fn batches_applied_out_of_order_with_gauges_in_order_aggregate_like_one_thread(
         lines in proptest::collection::vec(
-            (0usize..4, prop_oneof![Just("c"), Just("g"), Just("s"), Just("h")], prop_oneof![Just(""), Just("+"), Just("-")], 0u32..100),
+            (
+                0usize..4,
+                prop_oneof![Just("c"), Just("g"), Just("s"), Just("h")],
+                prop_oneof![Just(""), Just("+"), Just("-")],
+                0u32..100,
+            ),
             1..120,
         ),
         per_datagram in 1usize..10,
         per_batch in 1usize..5,
         batched in any::<bool>(),
     ) {
-        let text: Vec<String> = lines
-            .iter()
-            .map(|(series, kind, sign, v)| {
-                let sign = if *kind == "g" { *sign } else { "" };
-                format!("m{kind}:{sign}{v}|{kind}|#s:{series}")
-            })
-            .collect();
-        let datagrams: Vec<Vec<u8>> = text.chunks(per_datagram).map(|c| c.join("\n").into_bytes()).collect();
+        let text = line_texts(&lines);
+        let datagrams: Vec<Vec<u8>> =
+            text.chunks(per_datagram).map(|c| c.join("\n").into_bytes()).collect();
         let agg = Aggregator::starting_at(AggregatorConfig::default(), 1_000);
-        let decoder = || if batched { Decoder::default().batching_from(0) } else { Decoder::default() };
+        let decoder = || {
+            if batched {
+                Decoder::default().batching_from(0)
+            } else {
+                Decoder::default()
+            }
+        };
         let mut gauges: Vec<Vec<u8>> = Vec::new();
         let mut lines_applied = 0;
         for batch in datagrams.chunks(per_batch).rev() {
@@ -153,7 +171,6 @@ proptest! {
         shared.series.sort_by(|a, b| a.key.cmp(&b.key));
         let single: Vec<Vec<u8>> = text.iter().map(|l| l.clone().into_bytes()).collect();
         let one_by_one = apply(&single, 1_000, false);
-        let view = |b: &FlushBatch| -> Vec<_> { b.series.iter().map(|s| (s.key.clone(), s.value.clone())).collect() };
         prop_assert_eq!(view(&shared), view(&one_by_one));
     }
 }

@@ -37,9 +37,9 @@
 //! sent, whoever applied it; the price is a wait for an earlier batch where gauges
 //! are set under overload, so a batch of mostly gauges holds back the next hand-offs
 //! ([`GAUGE_SHARE`], [`GAUGE_HOLD_BACK`]). (Sums of non-integer values may round
-//! differently in another order, as with several sockets.) A worker idle for [`WORKER_IDLE`] frees
-//! its writer cache. On stop the workers finish what they hold before the thread
-//! reports its drain.
+//! differently in another order, as with several sockets.) A worker idle for
+//! [`WORKER_IDLE`] frees its writer cache. On stop the workers finish what they hold
+//! before the thread reports its drain.
 //!
 //! # Stop and drain
 //! On stop each thread drains what the kernel still holds for its socket, without
