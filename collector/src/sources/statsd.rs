@@ -787,6 +787,9 @@ struct Turns {
     /// Batches after `first_open` that are done already (a few: those the receive
     /// thread applied while a worker held an earlier one).
     done_ahead: Vec<u64>,
+    /// Threads waiting for their turn: a batch done wakes them only if there are
+    /// any (a wake is a system call, and most batches have no one to wake).
+    waiting: usize,
 }
 
 impl GaugeTurn {
@@ -805,10 +808,12 @@ impl GaugeTurn {
     fn take<R>(&self, batch: u64, apply: impl FnOnce() -> R) -> R {
         let mut turns = self.lock();
         while turns.first_open < batch {
+            turns.waiting += 1;
             turns = self
                 .changed
                 .wait(turns)
                 .unwrap_or_else(PoisonError::into_inner);
+            turns.waiting -= 1;
         }
         drop(turns);
         let _done = Done { turn: self, batch };
@@ -827,8 +832,11 @@ impl GaugeTurn {
             turns.done_ahead.swap_remove(i);
             turns.first_open += 1;
         }
+        let waiting = turns.waiting > 0;
         drop(turns);
-        self.changed.notify_all();
+        if waiting {
+            self.changed.notify_all();
+        }
     }
 }
 
@@ -930,18 +938,8 @@ fn work_on(
     loop {
         match take.recv_timeout(WORKER_IDLE) {
             Ok(batch) => {
-                let mut report = DatagramReport::default();
-                for datagram in batch.iter() {
-                    report.merge(&decoder.ingest_except_gauges(datagram, &mut writer, &mut gauges));
-                }
-                if gauges.is_empty() {
-                    turn.done(batch.number);
-                } else {
-                    turn.take(batch.number, || {
-                        report.merge(&decoder.ingest(&gauges, &mut writer));
-                    });
-                    gauges.clear();
-                }
+                let (report, _) =
+                    apply_in_turn(&batch, &mut decoder, &mut writer, turn, &mut gauges);
                 counters
                     .worker_datagrams
                     .fetch_add(batch.lens.len() as u64, Ordering::Relaxed);
@@ -953,6 +951,35 @@ fn work_on(
             Err(RecvTimeoutError::Disconnected) => return,
         }
     }
+}
+
+/// Applies `batch` while an earlier batch may still be applying on another thread:
+/// every line but the gauges at once, the gauge lines (set aside in `gauges`, which
+/// is left empty) in the batch's turn; a batch without gauges only says it is done.
+/// Returns what the lines did, and whether the gauge lines were more than a
+/// [`GAUGE_SHARE`] of the batch's bytes.
+fn apply_in_turn(
+    batch: &Datagrams,
+    decoder: &mut Decoder,
+    writer: &mut weir_core::Writer,
+    turn: &GaugeTurn,
+    gauges: &mut Vec<u8>,
+) -> (DatagramReport, bool) {
+    let mut report = DatagramReport::default();
+    for datagram in batch.iter() {
+        report.merge(&decoder.ingest_except_gauges(datagram, writer, gauges));
+    }
+    if gauges.is_empty() {
+        turn.done(batch.number);
+        return (report, false);
+    }
+    let bytes: usize = batch.lens.iter().sum();
+    let mostly_gauges = gauges.len() > bytes / GAUGE_SHARE;
+    turn.take(batch.number, || {
+        report.merge(&decoder.ingest(gauges, writer))
+    });
+    gauges.clear();
+    (report, mostly_gauges)
 }
 
 impl<'a> Reader<'a> {
@@ -1058,50 +1085,40 @@ impl Reader<'_> {
     /// Applies a batch the thread read and keeps: in order if no earlier batch is
     /// still with a worker; otherwise everything but its gauge lines at once, and
     /// those once the earlier batches have applied theirs (see the module doc).
-    fn apply_batch(&mut self, batch: &Datagrams) {
+    fn apply_batch(&mut self, batch: &mut Datagrams) {
         let Some(workers) = self.workers.as_mut() else {
             for datagram in batch.iter() {
                 self.apply(datagram);
             }
             return;
         };
-        let number = workers.next;
+        batch.number = workers.next;
         workers.next += 1;
-        let Reader {
-            writer,
-            decoder,
-            tally,
-            ..
-        } = self;
-        if workers.turn.is_turn_of(number) {
+        let turn = workers.turn.clone();
+        if turn.is_turn_of(batch.number) {
             // Nothing is out: no other thread applies anything meanwhile.
-            workers.turn.take(number, || {
+            turn.take(batch.number, || {
                 for datagram in batch.iter() {
-                    tally.add(datagram.len(), &decoder.ingest(datagram, writer));
+                    self.apply(datagram);
                 }
             });
             return;
         }
-        let gauges = &mut workers.gauges;
-        let mut bytes = 0;
-        for datagram in batch.iter() {
-            let report = decoder.ingest_except_gauges(datagram, writer, gauges);
-            tally.add(datagram.len(), &report);
-            bytes += datagram.len();
-        }
-        if gauges.is_empty() {
-            workers.turn.done(number);
-            return;
-        }
-        if gauges.len() > bytes / GAUGE_SHARE {
+        let (report, mostly_gauges) = apply_in_turn(
+            batch,
+            &mut self.decoder,
+            &mut self.writer,
+            &turn,
+            &mut workers.gauges,
+        );
+        if mostly_gauges {
             // Gauges wait for their turn: with many of them, a worker's batch only
             // makes the thread wait. Keep the next batches here.
             workers.hold_back = GAUGE_HOLD_BACK;
         }
-        workers.turn.take(number, || {
-            tally.report.merge(&decoder.ingest(gauges, writer));
-        });
-        gauges.clear();
+        self.tally.datagrams += batch.lens.len() as u64;
+        self.tally.bytes += batch.lens.iter().sum::<usize>() as u64;
+        self.tally.report.merge(&report);
     }
 
     /// Reads one datagram with `recv_from` into `buf` and applies it: the portable
@@ -1284,7 +1301,7 @@ impl Batch {
         if self.full_in_a_row >= BEHIND_AFTER && self.hand_off(reader) {
             return Received::Datagrams;
         }
-        reader.apply_batch(&self.read);
+        reader.apply_batch(&mut self.read);
         Received::Datagrams
     }
 }
