@@ -696,7 +696,6 @@ impl Drop for Tmpfs {
 #[test]
 fn full_disk_keeps_earlier_records_and_appends_resume_once_space_is_freed() {
     let dir = TempDir::new("enospc-mount");
-    fs::create_dir_all(dir.path()).unwrap();
     let mounted = std::process::Command::new("mount")
         .args(["-t", "tmpfs", "-o", "size=256k", "tmpfs"])
         .arg(dir.path())
@@ -1317,7 +1316,6 @@ proptest! {
         valid_headers in any::<bool>(),
     ) {
         let dir = TempDir::new("arbitrary");
-        fs::create_dir_all(dir.path()).unwrap();
         let mut original = 0u64;
         for (id, body) in [(1u64, &first), (2, &second)] {
             let mut bytes = Vec::new();

@@ -35,8 +35,9 @@
 //! earlier batch is done. A batch without gauges never waits, and one read while
 //! nothing is out applies in order at once. A gauge therefore ends on the last value
 //! sent, whoever applied it; the price is a wait for an earlier batch where gauges
-//! are set under overload, so a batch of mostly gauges holds back the next hand-offs
-//! ([`GAUGE_SHARE`], [`GAUGE_HOLD_BACK`]). (Sums of non-integer values may round
+//! are set under overload, so a batch of the thread's that had to wait for its gauges
+//! holds back the next hand-offs ([`GAUGE_HOLD_BACK`]): workers share loads of
+//! counters, timers, histograms, distributions and sets. (Sums of non-integer values may round
 //! differently in another order, as with several sockets.) A worker idle for
 //! [`WORKER_IDLE`] frees its writer cache. On stop the workers finish what they hold
 //! before the thread reports its drain.
@@ -862,18 +863,14 @@ impl Drop for Done<'_> {
 /// an ordinary client passes it (gauges keep their order by [`GaugeTurn`]).
 const BEHIND_AFTER: u32 = 4;
 
-/// A batch the thread applied while a worker held an earlier one, whose gauge lines
-/// are more than this share of its bytes (one in `GAUGE_SHARE`), holds back the
-/// next [`GAUGE_HOLD_BACK`] hand-offs. Gauge lines of a batch wait for the earlier
-/// batches, so with mostly gauges a worker's batch only makes the thread wait: at
-/// 100k gauge series and 6M lines/s, 33-45 % was lost with hand-offs against 11-13 %
-/// without.
-const GAUGE_SHARE: usize = 4;
-
-/// Hand-offs skipped after a batch of mostly gauges (see [`GAUGE_SHARE`]): one try
-/// in this many, to notice when the gauges are gone. Each try costs the thread a
-/// wait for the worker's batch, slow with the worker's cache cold (~2.7 ms for a
-/// default batch at 100k series): after 64 the gauge load above still lost 18 %.
+/// Hand-offs skipped after a batch the thread applied while a worker held an earlier
+/// one turned out to hold gauge lines: they had to wait for the worker's batch, so
+/// with gauges in the load a worker's batch mostly makes the thread wait (at 100k
+/// series and 6M lines/s: 33-45 % lost with only gauges, 10.5-16.3 % with one series
+/// in ten a gauge, against 11-13 % and 1.6-4.3 % for one thread alone). One try in
+/// this many notices when the gauges are gone; each try costs a wait for the
+/// worker's batch, slow with its cache cold (~2.7 ms for a default batch at 100k
+/// series: one try in 64 still lost 18 % with only gauges).
 const GAUGE_HOLD_BACK: u32 = 1024;
 
 /// How long a worker waits for work before it frees its writer cache: a worker that
@@ -956,8 +953,7 @@ fn work_on(
 /// Applies `batch` while an earlier batch may still be applying on another thread:
 /// every line but the gauges at once, the gauge lines (set aside in `gauges`, which
 /// is left empty) in the batch's turn; a batch without gauges only says it is done.
-/// Returns what the lines did, and whether the gauge lines were more than a
-/// [`GAUGE_SHARE`] of the batch's bytes.
+/// Returns what the lines did, and whether the batch held gauge lines.
 fn apply_in_turn(
     batch: &Datagrams,
     decoder: &mut Decoder,
@@ -973,13 +969,11 @@ fn apply_in_turn(
         turn.done(batch.number);
         return (report, false);
     }
-    let bytes: usize = batch.lens.iter().sum();
-    let mostly_gauges = gauges.len() > bytes / GAUGE_SHARE;
     turn.take(batch.number, || {
         report.merge(&decoder.ingest(gauges, writer))
     });
     gauges.clear();
-    (report, mostly_gauges)
+    (report, true)
 }
 
 impl<'a> Reader<'a> {
@@ -1104,16 +1098,16 @@ impl Reader<'_> {
             });
             return;
         }
-        let (report, mostly_gauges) = apply_in_turn(
+        let (report, had_gauges) = apply_in_turn(
             batch,
             &mut self.decoder,
             &mut self.writer,
             &turn,
             &mut workers.gauges,
         );
-        if mostly_gauges {
-            // Gauges wait for their turn: with many of them, a worker's batch only
-            // makes the thread wait. Keep the next batches here.
+        if had_gauges {
+            // Its gauges waited for the worker's batch: with gauges in the load, a
+            // worker's batch mostly makes the thread wait. Keep the next batches here.
             workers.hold_back = GAUGE_HOLD_BACK;
         }
         self.tally.datagrams += batch.lens.len() as u64;
@@ -1672,20 +1666,18 @@ mod tests {
         }
     }
 
-    /// Datagram `i` of [`hand_off_to`]: a gauge set to `i` in one of three series (each
-    /// set several times per batch) and five counters, so that gauges are under a
-    /// [`GAUGE_SHARE`] of the bytes; with `only_gauges` the gauge alone.
-    fn gauge_datagram(i: usize, only_gauges: bool) -> String {
-        let counters = if only_gauges { 0 } else { COUNTERS };
-        let mut d = format!("hand.g:{i}|g|#s:{}\n", i % 3);
+    /// Datagram `i` of [`hand_off_to`]: with `gauge`, a gauge set to `i` in one of
+    /// three series (each set several times per batch); and `counters` counters.
+    fn gauge_datagram(i: usize, gauge: bool, counters: usize) -> String {
+        let mut d = String::new();
+        if gauge {
+            d.push_str(&format!("hand.g:{i}|g|#s:{}\n", i % 3));
+        }
         for c in 0..counters {
             d.push_str(&format!("hand.c:1|c|#s:{}\n", (i + c) % 7));
         }
         d
     }
-
-    /// Counter lines per datagram of [`gauge_datagram`].
-    const COUNTERS: usize = 5;
 
     /// Reads datagrams with `workers` workers, first keeping up, then behind; checks
     /// that whole batches were handed off, every line was applied once and every
@@ -1699,13 +1691,14 @@ mod tests {
         let agg = Aggregator::default();
         let counters = StatsdCounters::default();
         let per_socket = AtomicU64::new(0);
-        let (mut sent, mut lines) = (0, 0);
-        let mut send = |n: usize, only_gauges: bool| {
+        let (mut sent, mut lines, mut gauge_sent) = (0, 0, Vec::new());
+        let mut send = |n: usize, gauge: bool, counters: usize| {
             for _ in 0..n {
-                let d = gauge_datagram(sent, only_gauges);
+                let d = gauge_datagram(sent, gauge, counters);
                 client.send_to(d.as_bytes(), to).unwrap();
                 sent += 1;
                 lines += d.lines().count() as u64;
+                gauge_sent.push(gauge);
             }
             sent as u64
         };
@@ -1717,7 +1710,7 @@ mod tests {
             let mut batch = Batch::new(16);
             // A thread that keeps up (calls that come back short) keeps its work.
             for _ in 0..3 {
-                let n = send(5, false);
+                let n = send(5, true, 5);
                 read_all(&mut reader, &mut batch, n);
             }
             assert_eq!(counters.stats().worker_datagrams, 0);
@@ -1727,19 +1720,22 @@ mod tests {
             let behind = 16 * BEHIND_AFTER as usize + 16;
             for _ in 0..100 {
                 std::thread::sleep(Duration::from_millis(10));
-                let n = send(behind, false);
+                let n = send(behind, false, 3);
                 read_all(&mut reader, &mut batch, n);
                 if counters.stats().worker_datagrams >= 32 {
                     break;
                 }
             }
             handed_with_counters = counters.stats().worker_datagrams;
-            // Only gauges: every batch the thread applies while a worker holds one
-            // waits for its turn (and holds back the next hand-offs).
-            for _ in 0..20 {
-                std::thread::sleep(Duration::from_millis(10));
-                let n = send(behind, true);
-                read_all(&mut reader, &mut batch, n);
+            // Gauges among the counters, then only gauges: a batch the thread applies
+            // while a worker holds one waits for its turn for its gauges (and holds
+            // back the next hand-offs).
+            for only in [false, true] {
+                for _ in 0..20 {
+                    std::thread::sleep(Duration::from_millis(10));
+                    let n = send(behind, true, if only { 0 } else { 5 });
+                    read_all(&mut reader, &mut batch, n);
+                }
             }
         });
         // The workers are done (joined): every line they took is counted.
@@ -1751,9 +1747,10 @@ mod tests {
         assert_eq!((stats.datagrams, stats.lines), (sent, lines));
         assert_eq!(per_socket.load(Ordering::Relaxed), sent);
         let flushed = agg.flush();
+        let gauge_lines = gauge_sent.iter().filter(|g| **g).count() as u64;
         assert_eq!(
             flushed.counter_delta_sum(),
-            (lines - sent) as f64,
+            (lines - gauge_lines) as f64,
             "every line but the gauges is a counter of 1"
         );
         // Gauge lines apply in the order of their batches: each gauge holds the last
@@ -1763,7 +1760,10 @@ mod tests {
             if let weir_core::FlushedValue::Gauge { value, .. } = s.value {
                 let (_, series) = s.key.labels().find(|(k, _)| *k == "s").unwrap();
                 let series: u64 = series.parse().unwrap();
-                let last = (0..sent).rev().find(|i| i % 3 == series).unwrap();
+                let last = (0..sent)
+                    .rev()
+                    .find(|i| i % 3 == series && gauge_sent[*i as usize])
+                    .unwrap();
                 assert_eq!(value, last as f64, "{:?}", s.key);
                 gauges += 1;
             }

@@ -134,10 +134,11 @@ enum Cmd {
         /// binary's default; binaries without the setting refuse it].
         #[arg(long)]
         statsd_workers: Option<usize>,
-        /// Send gauges instead of counters (gauge lines keep their order across
-        /// StatsD workers, so they can wait where counters do not).
-        #[arg(long)]
-        gauges: bool,
+        /// Percent of the series sent as gauges instead of counters, 0 to 100 (gauge
+        /// lines keep their order across StatsD workers, so they can wait where
+        /// counters do not).
+        #[arg(long, default_value_t = 0, value_parser = clap::value_parser!(u8).range(0..=100))]
+        gauges: u8,
     },
     /// weir-core's aggregator alone: heap bytes per series (counting allocator).
     MemoryCore {

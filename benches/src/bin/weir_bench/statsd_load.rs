@@ -10,9 +10,10 @@
 //! (from `/proc/<pid>/stat`). The sender shares the 2 cores with weir.
 //!
 //! Run: `weir-bench statsd-load [--rates R,..] [--seconds S] [--series N] [--bins A,B]
-//! [--warmup] [--statsd-workers N] [--gauges]`; the defaults are
+//! [--warmup] [--statsd-workers N] [--gauges PCT]`; the defaults are
 //! 500000,1000000,2000000,4000000 lines/s, 10 s and 10,000 series. Each series is one
-//! tag value (`load.requests:1|c|#series:sN`; `|g` with `--gauges`), sent in turn;
+//! tag value (`load.requests:1|c|#series:sN`; `|g` for `--gauges` percent of them),
+//! sent in turn;
 //! the daemon's `max_series_per_metric` is raised to the series count, every other
 //! setting is the default.
 //!
@@ -40,14 +41,18 @@ fn http(addr: &str, method: &str, path: &str) -> String {
 /// Datagram payload budget (fits a 1500-byte MTU with headers).
 const DATAGRAM: usize = 1400;
 
-/// Every series once (a counter, or a gauge with `gauges`), packed into datagrams of
-/// many lines; and the line count of each.
-fn datagrams(series: usize, gauges: bool) -> Vec<(Vec<u8>, u64)> {
-    let kind = if gauges { "g" } else { "c" };
+/// Every series once (a counter, or a gauge for `gauges` in 100 of them), packed into
+/// datagrams of many lines; and the line count of each.
+fn datagrams(series: usize, gauges: u8) -> Vec<(Vec<u8>, u64)> {
     let mut out = Vec::new();
     let mut cur = Vec::with_capacity(DATAGRAM);
     let mut lines = 0u64;
     for i in 0..series {
+        let kind = if i % 100 < usize::from(gauges) {
+            "g"
+        } else {
+            "c"
+        };
         let line = format!("load.requests:1|{kind}|#series:s{i}\n");
         if cur.len() + line.len() > DATAGRAM {
             out.push((std::mem::take(&mut cur), lines));
@@ -142,8 +147,8 @@ pub struct Run {
     pub warmup: bool,
     /// `receivers.statsd.workers`, when set.
     pub workers: Option<usize>,
-    /// Send gauges instead of counters.
-    pub gauges: bool,
+    /// Percent of the series sent as gauges instead of counters.
+    pub gauges: u8,
 }
 
 fn run_one(weir: &PathBuf, rate: u64, run: &Run, payloads: &[(Vec<u8>, u64)]) -> Outcome {
@@ -250,9 +255,9 @@ pub fn run(rates: &[u64], run: &Run, bins: &[PathBuf]) {
     let payloads = datagrams(series, run.gauges);
     let per_datagram = series as f64 / payloads.len() as f64;
     println!(
-        "{series} {} series, {per_datagram:.0} lines per datagram, {seconds} s per rate, \
-         default receive buffer settings",
-        if run.gauges { "gauge" } else { "counter" }
+        "{series} series ({} % gauges, the rest counters), {per_datagram:.0} lines per \
+         datagram, {seconds} s per rate, default receive buffer settings",
+        run.gauges
     );
     println!();
     println!(
