@@ -1079,15 +1079,13 @@ impl Reader<'_> {
     /// Applies a batch the thread read and keeps: in order if no earlier batch is
     /// still with a worker; otherwise everything but its gauge lines at once, and
     /// those once the earlier batches have applied theirs (see the module doc).
-    fn apply_batch(&mut self, batch: &mut Datagrams) {
+    fn apply_batch(&mut self, batch: &Datagrams) {
         let Some(workers) = self.workers.as_mut() else {
             for datagram in batch.iter() {
                 self.apply(datagram);
             }
             return;
         };
-        batch.number = workers.next;
-        workers.next += 1;
         let turn = workers.turn.clone();
         if turn.is_turn_of(batch.number) {
             // Nothing is out: no other thread applies anything meanwhile.
@@ -1111,7 +1109,7 @@ impl Reader<'_> {
             workers.hold_back = GAUGE_HOLD_BACK;
         }
         self.tally.datagrams += batch.lens.len() as u64;
-        self.tally.bytes += batch.lens.iter().sum::<usize>() as u64;
+        self.tally.bytes += batch.bytes();
         self.tally.report.merge(&report);
     }
 
@@ -1152,6 +1150,11 @@ impl Datagrams {
             lens: Vec::with_capacity(slots),
             number: 0,
         }
+    }
+
+    /// The bytes of all its datagrams.
+    fn bytes(&self) -> u64 {
+        self.lens.iter().sum::<usize>() as u64
     }
 
     fn iter(&self) -> impl Iterator<Item = &[u8]> {
@@ -1217,14 +1220,12 @@ impl Batch {
             .or_else(|| workers.done.try_recv().ok())
             .unwrap_or_else(|| Datagrams::new(self.slots));
         let mut full = std::mem::replace(&mut self.read, next);
-        full.number = workers.next;
-        let (datagrams, bytes) = (full.lens.len(), full.lens.iter().sum::<usize>());
+        let (datagrams, bytes) = (full.lens.len() as u64, full.bytes());
         for worker in &workers.work {
             match worker.try_send(full) {
                 Ok(()) => {
-                    workers.next += 1;
-                    reader.tally.datagrams += datagrams as u64;
-                    reader.tally.bytes += bytes as u64;
+                    reader.tally.datagrams += datagrams;
+                    reader.tally.bytes += bytes;
                     return true;
                 }
                 Err(TrySendError::Full(back) | TrySendError::Disconnected(back)) => full = back,
@@ -1236,7 +1237,7 @@ impl Batch {
 
     #[cfg(not(target_os = "linux"))]
     fn receive_many(&mut self, reader: &mut Reader<'_>) -> Received {
-        reader.receive_one(&mut self.buf)
+        reader.receive_one(&mut self.read.buf)
     }
 
     /// `recvmmsg` with `MSG_WAITFORONE`: waits (up to the socket's read timeout) for
@@ -1286,6 +1287,11 @@ impl Batch {
                 .extend(messages.map(|m| m.bytes.min(MAX_DATAGRAM))),
             Err(errno) => return Received::from_error(errno.into()),
         }
+        if let Some(workers) = &mut reader.workers {
+            // Numbered as read: the order in which batches apply their gauges.
+            self.read.number = workers.next;
+            workers.next += 1;
+        }
         // Full batches in a row: more stays queued, the thread is behind.
         if self.read.lens.len() == self.slots {
             self.full_in_a_row += 1;
@@ -1295,7 +1301,7 @@ impl Batch {
         if self.full_in_a_row >= BEHIND_AFTER && self.hand_off(reader) {
             return Received::Datagrams;
         }
-        reader.apply_batch(&mut self.read);
+        reader.apply_batch(&self.read);
         Received::Datagrams
     }
 }

@@ -13,8 +13,7 @@
 //! [--warmup] [--statsd-workers N] [--gauges PCT]`; the defaults are
 //! 500000,1000000,2000000,4000000 lines/s, 10 s and 10,000 series. Each series is one
 //! tag value (`load.requests:1|c|#series:sN`; `|g` for `--gauges` percent of them),
-//! sent in turn;
-//! the daemon's `max_series_per_metric` is raised to the series count, every other
+//! sent in turn; the daemon's `max_series_per_metric` is raised to the series count, every other
 //! setting is the default.
 //!
 //! `--bins /tmp/weir-baseline,target/release/weir` runs every rate against each
