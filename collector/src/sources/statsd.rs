@@ -31,13 +31,16 @@
 //! a gauge it does, it keeps its last value. So gauge lines keep the order of their
 //! batches ([`GaugeTurn`]): each batch read is numbered; a batch applied while an
 //! earlier one is still with a worker applies everything but its gauge lines at
-//! once, and its gauge lines (sets and adjustments, in their order) only once every
-//! earlier batch is done. A batch without gauges never waits, and one read while
-//! nothing is out applies in order at once. A gauge therefore ends on the last value
-//! sent, whoever applied it; the price is a wait for an earlier batch where gauges
-//! are set under overload, so a batch of the thread's that had to wait for its gauges
-//! holds back the next hand-offs ([`GAUGE_HOLD_BACK`]): workers share loads of
-//! counters, timers, histograms, distributions and sets. (Sums of non-integer values may round
+//! once, and its gauge lines (sets and adjustments, in their order) only once those
+//! of every earlier batch are in. If they are not yet, the batch parks its gauge lines
+//! and its thread reads on; whichever thread finishes the batch before it applies
+//! them (with those of any later batches parked already, in order). A batch without
+//! gauges parks nothing, and one read while nothing is out applies in order at once.
+//! A gauge therefore ends on the last value sent, whoever applied it, and nobody
+//! waits for a turn while fewer than [`PARK_BYTES`] of gauge lines are parked: only
+//! a load made mostly of gauges (whose lines all apply one turn after another
+//! anyway) makes a batch wait, and a batch of the thread's that waited holds back
+//! the next hand-offs ([`GAUGE_HOLD_BACK`]). (Sums of non-integer values may round
 //! differently in another order, as with several sockets.) A worker idle for
 //! [`WORKER_IDLE`] frees its writer cache. On stop the workers finish what they hold
 //! before the thread reports its drain.
@@ -84,6 +87,7 @@
 //! full) is read from `/proc/net/udp` and `/proc/net/udp6` where Linux provides them,
 //! and summed over the sockets.
 
+use std::collections::VecDeque;
 use std::io;
 use std::net::{SocketAddr, UdpSocket};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -766,90 +770,168 @@ struct Workers {
     next: u64,
     /// The gauge lines of a batch the thread applies while an earlier one is out.
     gauges: Vec<u8>,
-    /// Hand-offs still to skip because gauges filled a recent batch (see
-    /// [`GAUGE_HOLD_BACK`]).
+    /// Hand-offs still to skip because a recent batch waited for its gauges' turn
+    /// (see [`GAUGE_HOLD_BACK`]).
     hold_back: u32,
 }
 
 /// The order in which batches apply their gauge lines (see the module doc): each
-/// batch read gets the next number, and a batch with gauge lines applies them once
-/// every earlier batch is done. A batch is done once all its lines are in; one
-/// without gauges never waits, it only says it is done.
-#[derive(Default)]
+/// batch read gets the next number, and its gauge lines apply only once those of
+/// every earlier batch did. A batch finished before its turn parks its gauge lines
+/// here and its thread moves on; whoever finishes the batch before it applies them
+/// (and those of any finished batches after them, in order). Nobody waits for a turn
+/// unless [`GaugeTurn::park_bytes`] of gauge lines are parked already.
 struct GaugeTurn {
     state: Mutex<Turns>,
     changed: Condvar,
+    /// Bytes of gauge lines parked at most before a batch waits for its turn instead.
+    park_bytes: usize,
 }
 
 #[derive(Default)]
 struct Turns {
-    /// The lowest batch not done: every batch before it is.
+    /// The lowest batch not finished: every batch before it applied its gauges.
     first_open: u64,
-    /// Batches after `first_open` that are done already (a few: those the receive
-    /// thread applied while a worker held an earlier one).
-    done_ahead: Vec<u64>,
-    /// Threads waiting for their turn: a batch done wakes them only if there are
-    /// any (a wake is a system call, and most batches have no one to wake).
+    /// Batch `first_open + i` in slot `i`: `None` while it is not finished (or is
+    /// applying), its parked gauge lines (possibly none) once finished before its turn.
+    slots: VecDeque<Option<Vec<u8>>>,
+    /// Bytes in `slots`.
+    parked_bytes: usize,
+    /// Buffers of parked lines already applied, for the next ones to park.
+    free: Vec<Vec<u8>>,
+    /// Threads waiting for their turn: a finish wakes them only if there are any (a
+    /// wake is a system call, and most batches have no one to wake).
     waiting: usize,
 }
 
+/// Gauge lines parked at most (see [`GaugeTurn`]) before a batch finished ahead of its
+/// turn waits for it instead: a few batches' worth where gauges fill them (64
+/// datagrams of 42 gauge lines are ~90 KB), many where they are a share (one line
+/// in ten: ~9 KB a batch), so only loads made mostly of gauges wait.
+const PARK_BYTES: usize = 256 << 10;
+
+/// Emptied buffers of parked lines a [`GaugeTurn`] keeps for reuse, at most: about
+/// as many as batches park at once while a worker holds one.
+const FREE_BUFFERS: usize = 16;
+
+impl Default for GaugeTurn {
+    fn default() -> GaugeTurn {
+        GaugeTurn::with_park_bytes(PARK_BYTES)
+    }
+}
+
 impl GaugeTurn {
+    fn with_park_bytes(park_bytes: usize) -> GaugeTurn {
+        GaugeTurn {
+            state: Mutex::default(),
+            changed: Condvar::new(),
+            park_bytes,
+        }
+    }
+
     fn lock(&self) -> std::sync::MutexGuard<'_, Turns> {
         self.state.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
-    /// Whether every batch before `batch` is done.
+    /// Whether every batch before `batch` is finished.
     fn is_turn_of(&self, batch: u64) -> bool {
         self.lock().first_open == batch
     }
 
-    /// Waits until every batch before `batch` is done, runs `apply`, and marks
-    /// `batch` done, also if `apply` panics (the batches after it would wait for good
-    /// otherwise).
-    fn take<R>(&self, batch: u64, apply: impl FnOnce() -> R) -> R {
+    /// Finishes `batch`, whose other lines are in, with its gauge lines (`gauges`,
+    /// left empty). In its turn they apply now through `apply`, followed by the parked
+    /// lines of the batches after it that finished already, in order; before its turn
+    /// they are parked and this returns at once, unless parking them would pass
+    /// [`GaugeTurn::park_bytes`]: then it waits for its turn. Returns whether it waited.
+    ///
+    /// If `apply` panics the batch being applied and the parked ones right after it
+    /// are skipped (their gauges are lost), so no batch waits for good.
+    fn finish(&self, batch: u64, gauges: &mut Vec<u8>, mut apply: impl FnMut(&[u8])) -> bool {
         let mut turns = self.lock();
-        while turns.first_open < batch {
-            turns.waiting += 1;
-            turns = self
-                .changed
-                .wait(turns)
-                .unwrap_or_else(PoisonError::into_inner);
-            turns.waiting -= 1;
+        let mut waited = false;
+        if turns.first_open != batch {
+            if gauges.is_empty() || turns.parked_bytes + gauges.len() <= self.park_bytes {
+                let lines = if gauges.is_empty() {
+                    Vec::new()
+                } else {
+                    let buf = turns.free.pop().unwrap_or_default();
+                    std::mem::replace(gauges, buf)
+                };
+                turns.parked_bytes += lines.len();
+                // Batches finish after the turn's start: at most the batches in flight.
+                let slot = (batch - turns.first_open) as usize;
+                if turns.slots.len() <= slot {
+                    turns.slots.resize(slot + 1, None);
+                }
+                turns.slots[slot] = Some(lines);
+                return false;
+            }
+            waited = true;
+            while turns.first_open != batch {
+                turns.waiting += 1;
+                turns = self
+                    .changed
+                    .wait(turns)
+                    .unwrap_or_else(PoisonError::into_inner);
+                turns.waiting -= 1;
+            }
         }
         drop(turns);
-        let _done = Done { turn: self, batch };
-        apply()
-    }
-
-    /// Marks `batch` done.
-    fn done(&self, batch: u64) {
-        let mut turns = self.lock();
-        if batch != turns.first_open {
-            turns.done_ahead.push(batch);
-            return;
+        // Our turn: nobody else applies gauges until `first_open` moves on.
+        let open = OpenTurn { turn: self };
+        if !gauges.is_empty() {
+            apply(gauges);
+            gauges.clear();
         }
-        turns.first_open += 1;
-        while let Some(i) = turns.done_ahead.iter().position(|&b| b == turns.first_open) {
-            turns.done_ahead.swap_remove(i);
+        let mut applied: Option<Vec<u8>> = None;
+        loop {
+            let mut turns = self.lock();
+            if let Some(mut buf) = applied.take()
+                && turns.free.len() < FREE_BUFFERS
+            {
+                buf.clear();
+                turns.free.push(buf);
+            }
+            turns.slots.pop_front();
             turns.first_open += 1;
-        }
-        let waiting = turns.waiting > 0;
-        drop(turns);
-        if waiting {
-            self.changed.notify_all();
+            let Some(lines) = turns.slots.front_mut().and_then(Option::take) else {
+                let waiting = turns.waiting > 0;
+                drop(turns);
+                std::mem::forget(open);
+                if waiting {
+                    self.changed.notify_all();
+                }
+                return waited;
+            };
+            turns.parked_bytes -= lines.len();
+            drop(turns);
+            if !lines.is_empty() {
+                apply(&lines);
+            }
+            applied = Some(lines);
         }
     }
 }
 
-/// Marks `batch` done when dropped.
-struct Done<'a> {
+/// The turn a thread holds while it applies gauges: if that panics, its drop moves
+/// the turn past the batch and the parked ones after it.
+struct OpenTurn<'a> {
     turn: &'a GaugeTurn,
-    batch: u64,
 }
 
-impl Drop for Done<'_> {
+impl Drop for OpenTurn<'_> {
     fn drop(&mut self) {
-        self.turn.done(self.batch);
+        let mut turns = self.turn.lock();
+        loop {
+            turns.slots.pop_front();
+            turns.first_open += 1;
+            match turns.slots.front_mut().and_then(Option::take) {
+                Some(lines) => turns.parked_bytes -= lines.len(),
+                None => break,
+            }
+        }
+        drop(turns);
+        self.turn.changed.notify_all();
     }
 }
 
@@ -864,13 +946,14 @@ impl Drop for Done<'_> {
 const BEHIND_AFTER: u32 = 4;
 
 /// Hand-offs skipped after a batch the thread applied while a worker held an earlier
-/// one turned out to hold gauge lines: they had to wait for the worker's batch, so
-/// with gauges in the load a worker's batch mostly makes the thread wait (at 100k
-/// series and 6M lines/s: 33-45 % lost with only gauges, 10.5-16.3 % with one series
-/// in ten a gauge, against 11-13 % and 1.6-4.3 % for one thread alone). One try in
-/// this many notices when the gauges are gone; each try costs a wait for the
-/// worker's batch, slow with its cache cold (~2.7 ms for a default batch at 100k
-/// series: one try in 64 still lost 18 % with only gauges).
+/// one had to wait for its gauges' turn ([`PARK_BYTES`] of gauge lines were parked):
+/// gauges fill the load, their lines apply one turn after another whoever parses
+/// them, and a worker's batch mostly makes the thread wait (at 100k series and 6M
+/// lines/s with only gauges, before lines could park: 33-45 % lost with every batch
+/// waiting for the worker's, against 11-13 % for one thread alone). One try in this
+/// many notices when the gauges are gone; each try costs a wait for the worker's
+/// batch, slow with its cache cold (~2.7 ms for a default batch at 100k series: one
+/// try in 64 still lost 18 % with only gauges).
 const GAUGE_HOLD_BACK: u32 = 1024;
 
 /// How long a worker waits for work before it frees its writer cache: a worker that
@@ -951,9 +1034,9 @@ fn work_on(
 }
 
 /// Applies `batch` while an earlier batch may still be applying on another thread:
-/// every line but the gauges at once, the gauge lines (set aside in `gauges`, which
-/// is left empty) in the batch's turn; a batch without gauges only says it is done.
-/// Returns what the lines did, and whether the batch held gauge lines.
+/// every line but the gauges at once, then finishes its turn with the gauge lines
+/// (set aside in `gauges`, which is left empty: see [`GaugeTurn::finish`]). Returns
+/// what the lines applied here did, and whether the batch waited for its turn.
 fn apply_in_turn(
     batch: &Datagrams,
     decoder: &mut Decoder,
@@ -965,15 +1048,10 @@ fn apply_in_turn(
     for datagram in batch.iter() {
         report.merge(&decoder.ingest_except_gauges(datagram, writer, gauges));
     }
-    if gauges.is_empty() {
-        turn.done(batch.number);
-        return (report, false);
-    }
-    turn.take(batch.number, || {
-        report.merge(&decoder.ingest(gauges, writer))
+    let waited = turn.finish(batch.number, gauges, |lines| {
+        report.merge(&decoder.ingest(lines, writer));
     });
-    gauges.clear();
-    (report, true)
+    (report, waited)
 }
 
 impl<'a> Reader<'a> {
@@ -1089,22 +1167,21 @@ impl Reader<'_> {
         let turn = workers.turn.clone();
         if turn.is_turn_of(batch.number) {
             // Nothing is out: no other thread applies anything meanwhile.
-            turn.take(batch.number, || {
-                for datagram in batch.iter() {
-                    self.apply(datagram);
-                }
-            });
+            for datagram in batch.iter() {
+                self.apply(datagram);
+            }
+            turn.finish(batch.number, &mut Vec::new(), |_| {});
             return;
         }
-        let (report, had_gauges) = apply_in_turn(
+        let (report, waited) = apply_in_turn(
             batch,
             &mut self.decoder,
             &mut self.writer,
             &turn,
             &mut workers.gauges,
         );
-        if had_gauges {
-            // Its gauges waited for the worker's batch: with gauges in the load, a
+        if waited {
+            // Gauges fill the load: its lines all apply in one turn anyway, and a
             // worker's batch mostly makes the thread wait. Keep the next batches here.
             workers.hold_back = GAUGE_HOLD_BACK;
         }
@@ -1688,7 +1765,7 @@ mod tests {
     /// Reads datagrams with `workers` workers, first keeping up, then behind; checks
     /// that whole batches were handed off, every line was applied once and every
     /// gauge ended on the last value sent for it, also after a run of only gauges
-    /// (whose batches wait for their turn, or hold back the hand-offs).
+    /// (a batch finished before its turn parks them for the batch before it).
     #[cfg(target_os = "linux")]
     fn hand_off_to(workers: usize) {
         let socket = bind("127.0.0.1:0".parse().unwrap(), 8 << 20, false).unwrap();
@@ -1734,8 +1811,7 @@ mod tests {
             }
             handed_with_counters = counters.stats().worker_datagrams;
             // Gauges among the counters, then only gauges: a batch the thread applies
-            // while a worker holds one waits for its turn for its gauges (and holds
-            // back the next hand-offs).
+            // while a worker holds one parks its gauges for the worker to apply.
             for only in [false, true] {
                 for _ in 0..20 {
                     std::thread::sleep(Duration::from_millis(10));
@@ -1777,37 +1853,88 @@ mod tests {
         assert_eq!(gauges, 3);
     }
 
-    #[test]
-    fn batches_take_their_gauge_turns_in_order_whichever_thread_gets_there_first() {
-        let turn = GaugeTurn::default();
-        let order = Mutex::new(Vec::new());
-        // Four threads, each with every fourth batch: most reach a batch before its
-        // turn and must wait.
-        std::thread::scope(|scope| {
-            for t in 0..4u64 {
-                let (turn, order) = (&turn, &order);
-                scope.spawn(move || {
-                    for batch in (t..50).step_by(4) {
-                        turn.take(batch, || order.lock().unwrap().push(batch));
-                    }
-                });
+    /// Finishes `batch` with `gauges` (one 8-byte number per "line") and records the
+    /// numbers `turn` applies in `applied`; whether it waited.
+    fn finish(turn: &GaugeTurn, batch: u64, gauges: &[u64], applied: &Mutex<Vec<u64>>) -> bool {
+        let mut lines: Vec<u8> = gauges.iter().flat_map(|g| g.to_le_bytes()).collect();
+        let waited = turn.finish(batch, &mut lines, |lines| {
+            let mut applied = applied.lock().unwrap();
+            for g in lines.chunks(8) {
+                applied.push(u64::from_le_bytes(g.try_into().unwrap()));
             }
         });
-        assert_eq!(order.into_inner().unwrap(), (0..50).collect::<Vec<u64>>());
-        assert!(turn.is_turn_of(50));
-        // Batches done out of order (no gauges: they do not wait) open the turn of
-        // the first batch after them only once the one before them is done.
-        turn.done(52);
-        turn.done(51);
-        assert!(turn.is_turn_of(50));
-        turn.done(50);
-        assert!(turn.is_turn_of(53));
-        // A batch whose apply panics passes the turn on all the same.
+        assert!(lines.is_empty());
+        waited
+    }
+
+    #[test]
+    fn batches_apply_their_gauges_in_order_whichever_thread_finishes_first() {
+        // Four threads, each with every fourth batch; every third batch without
+        // gauges. With room to park, most batches park and the thread finishing the
+        // batch before applies them; with none, each waits for its turn.
+        for park_bytes in [1 << 20, 0] {
+            let turn = GaugeTurn::with_park_bytes(park_bytes);
+            let applied = Mutex::new(Vec::new());
+            std::thread::scope(|scope| {
+                for t in 0..4u64 {
+                    let (turn, applied) = (&turn, &applied);
+                    scope.spawn(move || {
+                        for batch in (t..200).step_by(4) {
+                            let gauges = [batch, batch + 1000];
+                            let n = if batch % 3 == 0 { 0 } else { 2 };
+                            finish(turn, batch, &gauges[..n], applied);
+                        }
+                    });
+                }
+            });
+            let expected: Vec<u64> = (0..200)
+                .filter(|b| b % 3 != 0)
+                .flat_map(|b| [b, b + 1000])
+                .collect();
+            assert_eq!(applied.into_inner().unwrap(), expected, "{park_bytes}");
+            assert!(turn.is_turn_of(200));
+            let turns = turn.lock();
+            assert_eq!((turns.parked_bytes, turns.slots.len()), (0, 0));
+        }
+    }
+
+    #[test]
+    fn a_batch_finished_early_parks_its_gauges_for_the_batch_before_it() {
+        let turn = GaugeTurn::with_park_bytes(16);
+        let applied = Mutex::new(Vec::new());
+        // Batches 2 and 1 finish first: they park (2 with gauges, 1 without) and do
+        // not wait; batch 0 applies its gauges, then theirs.
+        assert!(!finish(&turn, 2, &[2], &applied));
+        assert!(!finish(&turn, 1, &[], &applied));
+        assert!(applied.lock().unwrap().is_empty());
+        assert!(turn.is_turn_of(0));
+        assert!(!finish(&turn, 0, &[0], &applied));
+        assert_eq!(*applied.lock().unwrap(), [0, 2]);
+        assert!(turn.is_turn_of(3));
+        // Past the room to park (16 bytes: two gauges), a batch waits for its turn.
+        assert!(!finish(&turn, 4, &[4, 4], &applied));
+        std::thread::scope(|scope| {
+            let waiter = scope.spawn(|| finish(&turn, 5, &[5], &applied));
+            let deadline = Instant::now() + Duration::from_secs(10);
+            while turn.lock().waiting == 0 && Instant::now() < deadline {
+                std::thread::sleep(Duration::from_millis(1));
+            }
+            assert_eq!(turn.lock().waiting, 1, "batch 5 waits");
+            assert!(!finish(&turn, 3, &[3], &applied));
+            assert!(waiter.join().unwrap(), "batch 5 said it waited");
+        });
+        assert_eq!(*applied.lock().unwrap(), [0, 2, 3, 4, 4, 5]);
+        // A batch whose apply panics moves the turn past itself and the parked batch
+        // after it (whose gauges are lost), so no batch waits for good.
+        assert!(!finish(&turn, 7, &[7], &applied));
         let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-            turn.take(53, || panic!("in the apply"));
+            turn.finish(6, &mut vec![6], |_| panic!("in the apply"));
         }));
         assert!(r.is_err());
-        assert!(turn.is_turn_of(54));
+        assert!(turn.is_turn_of(8));
+        assert!(!finish(&turn, 8, &[8], &applied));
+        assert_eq!(*applied.lock().unwrap(), [0, 2, 3, 4, 4, 5, 8]);
+        assert_eq!(turn.lock().parked_bytes, 0);
     }
 
     #[test]
