@@ -817,6 +817,54 @@ fn raw_identity_path_hits_misses_and_follows_evictions() {
     );
 }
 
+/// An evicted series stays in a writer's cache (and in memory) until its label set
+/// comes again, which it may never do: [`Writer::tidy`] empties the cache once the
+/// series evicted since it was last emptied are half its entries or more.
+#[test]
+fn a_writer_lets_go_of_evicted_series_once_they_are_half_its_cache() {
+    let agg = Aggregator::new(AggregatorConfig {
+        series_ttl: Duration::from_secs(60),
+        ..Default::default()
+    });
+    let one = Sample::Counter(1.0, DELTA);
+    let touch = |w: &mut Writer, series: std::ops::Range<usize>| {
+        for i in series {
+            let (raw, value) = (format!("c|#i:{i}"), i.to_string());
+            if !w.record_cached(raw.as_bytes(), one, 0).unwrap() {
+                w.record_with_raw(raw.as_bytes(), "c", &[("i", &value)], one, 0)
+                    .unwrap();
+            }
+        }
+    };
+    let t0 = 1_000_000_000_000;
+    let s = 1_000;
+    agg.flush_at(t0);
+    let mut w = agg.writer();
+    touch(&mut w, 0..100);
+    agg.flush_at(t0 + 10 * s);
+    touch(&mut w, 0..70);
+    agg.flush_at(t0 + 40 * s);
+    // 70..100 idle since t0 + 10 s: evicted. 30 of 100 entries: kept.
+    agg.flush_at(t0 + 75 * s);
+    assert_eq!(agg.stats().evicted_series, 30);
+    w.tidy();
+    assert_eq!(w.cached(), 100);
+    touch(&mut w, 0..40);
+    agg.flush_at(t0 + 90 * s);
+    // 40..70 idle since t0 + 40 s: evicted too, 60 of 100 entries: emptied.
+    agg.flush_at(t0 + 105 * s);
+    assert_eq!(agg.stats().evicted_series, 60);
+    w.tidy();
+    assert_eq!(w.cached(), 0);
+    assert_eq!(agg.stats().writer_cache_evictions, 100);
+    // The live series miss once and go on.
+    touch(&mut w, 0..40);
+    assert_eq!(w.cached(), 40);
+    touch(&mut w, 0..40);
+    assert_eq!(agg.flush_at(t0 + 110 * s).counter_delta_sum(), 80.0);
+    assert_eq!(agg.stats().active_series, 40);
+}
+
 /// [`Writer::release_cache`] empties both caches (the raw table and the sequence of
 /// the last body); the points after it miss once and go on to the same series.
 #[test]

@@ -1026,6 +1026,7 @@ fn work_on(
                     .worker_datagrams
                     .fetch_add(batch.lens.len() as u64, Ordering::Relaxed);
                 counters.lines.add(&report);
+                writer.tidy();
                 // The receive thread may be gone: then the buffer is just freed.
                 let _ = give_back.send(batch);
             }
@@ -1086,6 +1087,8 @@ impl Reader<'_> {
         while !stop.load(Ordering::Acquire) {
             let received = batch.receive(self);
             self.tally.publish(self.counters, self.socket_datagrams);
+            // Also while idle (a receive times out every `STOP_POLL`).
+            self.writer.tidy();
             if let Received::Failed(e) = received {
                 // ICMP-induced errors and the like: keep reading, but do not spin.
                 warn!(error = %e, "statsd: receive failed");
@@ -1667,6 +1670,34 @@ mod tests {
             assert_eq!(stats.kernel_drops, Some(0));
             assert_eq!(stats.socket_datagrams, vec![0; sockets]);
         }
+    }
+
+    /// A socket's thread with nothing to read still lets go of the series evicted
+    /// from its writer's cache (see `Writer::tidy`): its receive times out and tidies.
+    #[test]
+    fn an_idle_thread_lets_go_of_evicted_series() {
+        let agg = Aggregator::new(weir_core::AggregatorConfig {
+            series_ttl: Duration::from_secs(60),
+            ..weir_core::AggregatorConfig::default()
+        });
+        let t0 = 1_000_000_000_000;
+        agg.flush_at(t0);
+        let r = StatsdReceiver::start(&config(1, 64), &agg).unwrap();
+        let client = UdpSocket::bind("127.0.0.1:0").unwrap();
+        let lines: String = (0..10).map(|i| format!("idle.c:1|c|#i:{i}\n")).collect();
+        client.send_to(lines.as_bytes(), r.local_addr()).unwrap();
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while r.stats().lines < 10 && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        agg.flush_at(t0 + 10_000);
+        agg.flush_at(t0 + 100_000);
+        assert_eq!(agg.stats().evicted_series, 10);
+        while agg.stats().writer_cache_evictions < 10 && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        assert_eq!(agg.stats().writer_cache_evictions, 10);
+        r.stop();
     }
 
     /// Datagrams of `lines` lines each: good counters (1 each) with a malformed

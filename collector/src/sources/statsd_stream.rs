@@ -524,6 +524,10 @@ async fn accept_loop(
     while connections.join_next().await.is_some() {}
 }
 
+/// How often a connection's writer is tidied ([`weir_core::Writer::tidy`]) also
+/// while no data comes: once per flush at most does any work.
+const TIDY_EVERY: Duration = Duration::from_secs(10);
+
 /// Reads one connection until the peer closes it or the receiver stops.
 async fn serve(
     conn: Conn,
@@ -533,9 +537,16 @@ async fn serve(
     max_line: usize,
 ) {
     let mut lines = LineReader::new(max_line);
+    // An idle connection's writer still lets go of evicted series.
+    let mut tidy = tokio::time::interval(TIDY_EVERY);
+    tidy.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tokio::select! {
             r = conn.readable() => if r.is_err() { break },
+            _ = tidy.tick() => {
+                writer.tidy();
+                continue;
+            }
             _ = stop.wait_for(|&s| s) => {
                 drain(&conn, &mut lines, &mut writer, &counters);
                 break;

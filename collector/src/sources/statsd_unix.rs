@@ -542,6 +542,8 @@ fn receive(
     let mut decoder = Decoder::default();
     // Acquire: pairs with `shutdown`'s Release.
     while !stop.load(Ordering::Acquire) {
+        // Also while idle (a receive times out every `STOP_POLL`).
+        writer.tidy();
         match socket.recv(&mut buf) {
             Ok(n) => apply(&buf[..n], &mut decoder, writer, counters),
             Err(e)

@@ -124,6 +124,7 @@ pub struct AggregatorConfig {
     /// shared index until the next flush clears the cache. The cache grows with the
     /// label sets in use (about 16 bytes of table at 3/8 to 3/4 load plus the label
     /// set's bytes as received, per entry), so the bound costs nothing until reached.
+    /// Entries holding evicted series are let go by [`Writer::tidy`].
     /// Default 1,000,000: the default `max_series`, so that every series fits; raise
     /// it with `max_series`.
     pub writer_cache_capacity: usize,
@@ -415,6 +416,8 @@ impl Aggregator {
             cache: cache::RawCache::new(),
             sequence: sequence::SeriesSequence::default(),
             cleared_at_flush: self.shared.flushes.load(Ordering::Relaxed),
+            tidied_at_flush: self.shared.flushes.load(Ordering::Relaxed),
+            evicted_at_clear: self.shared.evicted.load(Ordering::Relaxed),
             misses: 0,
             raw: Vec::with_capacity(256),
             scratch: Scratch::default(),

@@ -40,6 +40,11 @@ pub struct Writer {
     /// The flush count when the cache was last cleared: a full cache is cleared at
     /// most once per flush.
     pub(super) cleared_at_flush: u64,
+    /// The flush count when [`Writer::tidy`] last looked.
+    pub(super) tidied_at_flush: u64,
+    /// The aggregator's count of evicted series when the cache was last emptied (or
+    /// the writer made): at most that many of its entries can hold evicted series.
+    pub(super) evicted_at_clear: u64,
     /// Points that missed the cache (see [`Writer::cache_misses`]).
     pub(super) misses: u64,
     /// Raw (arrival-order) encoding of the current point's label set.
@@ -308,19 +313,53 @@ impl Writer {
         start: CumulativeStart,
     ) -> Result<(), Rejected> {
         let series = self.resolve(name, labels, &sample, timestamp_ms, start)?;
+        self.tidy();
         if self.cache.len() >= self.shared.config.writer_cache_capacity {
             let flushes = self.shared.flushes.load(Ordering::Relaxed);
             if flushes == self.cleared_at_flush {
                 return Ok(()); // full until the next flush: uncached
             }
-            self.shared
-                .cache_evictions
-                .fetch_add(self.cache.len() as u64, Ordering::Relaxed);
-            self.cache.clear();
+            self.clear_cache();
             self.cleared_at_flush = flushes;
         }
         self.cache.insert(raw, hash, series);
         Ok(())
+    }
+
+    /// Lets go of series evicted since the cache was last emptied, once per flush at
+    /// most (one relaxed load otherwise): an entry keeps its series' memory alive until
+    /// its label set comes again, which an evicted one may never do. When the series
+    /// evicted (by anyone) since then number at least half the cache's entries, the
+    /// cache is emptied and its live label sets miss once each; so at most about as
+    /// many entries hold evicted series as hold live ones. Called on every cache miss
+    /// (series that come and go miss); a receiver whose writer can go idle also calls
+    /// it while it waits.
+    #[inline]
+    pub fn tidy(&mut self) {
+        // Relaxed: compared only with this writer's own earlier readings.
+        let flushes = self.shared.flushes.load(Ordering::Relaxed);
+        if flushes != self.tidied_at_flush {
+            self.tidied_at_flush = flushes;
+            self.tidy_after_flush();
+        }
+    }
+
+    #[cold]
+    fn tidy_after_flush(&mut self) {
+        let evicted =
+            (self.shared.evicted.load(Ordering::Relaxed)).saturating_sub(self.evicted_at_clear);
+        if evicted > 0 && evicted.saturating_mul(2) >= self.cache.len() as u64 {
+            self.clear_cache();
+        }
+    }
+
+    /// Empties the cache (counted in the cache evictions), keeping its memory.
+    fn clear_cache(&mut self) {
+        self.shared
+            .cache_evictions
+            .fetch_add(self.cache.len() as u64, Ordering::Relaxed);
+        self.cache.clear();
+        self.evicted_at_clear = self.shared.evicted.load(Ordering::Relaxed);
     }
 
     /// Starts a body from a source that sends the same series in the same order every
@@ -478,6 +517,7 @@ impl Writer {
     pub fn release_cache(&mut self) {
         self.cache = RawCache::new();
         self.sequence = SeriesSequence::default();
+        self.evicted_at_clear = self.shared.evicted.load(Ordering::Relaxed);
     }
 
     /// Points this writer could not apply from its cache (new label sets, a full
