@@ -139,6 +139,12 @@ enum Cmd {
         /// counters do not).
         #[arg(long, default_value_t = 0, value_parser = clap::value_parser!(u8).range(0..=100))]
         gauges: u8,
+        /// Series that come and go: every line sent is a new series, and the daemon
+        /// evicts a series after this many seconds without updates (`series_ttl`);
+        /// `--series` and `--warmup` do not apply. The RSS column then shows whether
+        /// memory follows the live series (rate x TTL) or grows with every series seen.
+        #[arg(long, value_parser = clap::value_parser!(u64).range(1..=3600))]
+        churn: Option<u64>,
     },
     /// weir-core's aggregator alone: heap bytes per series (counting allocator).
     MemoryCore {
@@ -232,6 +238,7 @@ fn main() -> Result<()> {
         warmup,
         statsd_workers,
         gauges,
+        churn,
     } = &cli.cmd
     {
         let bins = if bins.is_empty() {
@@ -245,6 +252,7 @@ fn main() -> Result<()> {
             warmup: *warmup,
             workers: *statsd_workers,
             gauges: *gauges,
+            churn_ttl: *churn,
         };
         statsd_load::run(rates, &run, &bins);
         return Ok(());

@@ -10,7 +10,7 @@
 //! (from `/proc/<pid>/stat`). The sender shares the 2 cores with weir.
 //!
 //! Run: `weir-bench statsd-load [--rates R,..] [--seconds S] [--series N] [--bins A,B]
-//! [--warmup] [--statsd-workers N] [--gauges PCT]`; the defaults are
+//! [--warmup] [--statsd-workers N] [--gauges PCT] [--churn TTL]`; the defaults are
 //! 500000,1000000,2000000,4000000 lines/s, 10 s and 10,000 series. Each series is one
 //! tag value (`load.requests:1|c|#series:sN`; `|g` for `--gauges` percent of them),
 //! sent in turn; the daemon's `max_series_per_metric` is raised to the series count, every other
@@ -21,7 +21,9 @@
 //! sending (before the final flush). `--warmup` first sends every series once at
 //! ~200k lines/s and leaves those lines out of the counts and the CPU time, so the run
 //! measures the steady state (at 1M series, creating the series is otherwise most of
-//! the work of the first seconds).
+//! the work of the first seconds). `--churn TTL` sends a new series on every line
+//! instead and sets `series_ttl` to TTL seconds: the RSS then shows whether memory
+//! follows the live series or every series seen.
 
 use std::net::UdpSocket;
 use std::path::PathBuf;
@@ -148,6 +150,41 @@ pub struct Run {
     pub workers: Option<usize>,
     /// Percent of the series sent as gauges instead of counters.
     pub gauges: u8,
+    /// Every line a new series, evicted after this many idle seconds (see `--churn`).
+    pub churn_ttl: Option<u64>,
+}
+
+/// What the sender sends: the same series over and over, or new ones all the time.
+enum Payloads<'a> {
+    Fixed(&'a [(Vec<u8>, u64)]),
+    /// The next series' number.
+    Churn(usize),
+}
+
+impl Payloads<'_> {
+    /// The next datagram to send and its line count.
+    fn next(&mut self, k: usize) -> (std::borrow::Cow<'_, [u8]>, u64) {
+        match self {
+            Payloads::Fixed(p) => {
+                let (d, n) = &p[k % p.len()];
+                (std::borrow::Cow::Borrowed(d), *n)
+            }
+            Payloads::Churn(next) => {
+                let mut d = Vec::with_capacity(DATAGRAM);
+                let mut lines = 0;
+                loop {
+                    let line = format!("load.requests:1|c|#series:s{next}\n");
+                    if d.len() + line.len() > DATAGRAM {
+                        break;
+                    }
+                    d.extend_from_slice(line.as_bytes());
+                    *next += 1;
+                    lines += 1;
+                }
+                (std::borrow::Cow::Owned(d), lines)
+            }
+        }
+    }
 }
 
 fn run_one(weir: &PathBuf, rate: u64, run: &Run, payloads: &[(Vec<u8>, u64)]) -> Outcome {
@@ -156,6 +193,7 @@ fn run_one(weir: &PathBuf, rate: u64, run: &Run, payloads: &[(Vec<u8>, u64)]) ->
         series,
         warmup,
         workers,
+        churn_ttl,
         ..
     } = *run;
     let statsd_port = {
@@ -168,12 +206,18 @@ fn run_one(weir: &PathBuf, rate: u64, run: &Run, payloads: &[(Vec<u8>, u64)]) ->
     let config = dir.join("weir.toml");
     // Every series has the one metric name: lift the per-metric limit (default 10,000)
     // so it admits them all. Every other setting is the default.
-    let per_metric = series.max(10_000);
+    // With churn, as many as `max_series`.
+    let per_metric = if churn_ttl.is_some() {
+        1_000_000
+    } else {
+        series.max(10_000)
+    };
+    let ttl = churn_ttl.map_or(String::new(), |s| format!("series_ttl = \"{s}s\"\n"));
     let workers = workers.map_or(String::new(), |n| format!("workers = {n}\n"));
     std::fs::write(
         &config,
         format!(
-            "[aggregation]\nflush_interval = \"1s\"\nmax_series_per_metric = {per_metric}\n[receivers.statsd]\naddress = \"127.0.0.1:{statsd_port}\"\n{workers}\
+            "[aggregation]\nflush_interval = \"1s\"\nmax_series_per_metric = {per_metric}\n{ttl}[receivers.statsd]\naddress = \"127.0.0.1:{statsd_port}\"\n{workers}\
              [receivers.otlp]\nenabled = false\n[exposition]\nenabled = false\n\
              [admin]\naddress = \"{admin}\"\n[log]\nlevel = \"warn\"\n"
         ),
@@ -194,7 +238,7 @@ fn run_one(weir: &PathBuf, rate: u64, run: &Run, payloads: &[(Vec<u8>, u64)]) ->
     }
     let sock = UdpSocket::bind("127.0.0.1:0").expect("sender");
     sock.connect(("127.0.0.1", statsd_port)).expect("connect");
-    let warm = if warmup {
+    let warm = if warmup && churn_ttl.is_none() {
         warm_up(&sock, payloads, &admin)
     } else {
         Totals::default()
@@ -204,12 +248,16 @@ fn run_one(weir: &PathBuf, rate: u64, run: &Run, payloads: &[(Vec<u8>, u64)]) ->
     let end = started + Duration::from_secs(seconds);
     let mut sent_lines = 0u64;
     let mut k = 0usize;
+    let mut payloads = match churn_ttl {
+        Some(_) => Payloads::Churn(0),
+        None => Payloads::Fixed(payloads),
+    };
     while Instant::now() < end {
         // Send until the line count catches up with rate x elapsed, then yield.
         let due = (started.elapsed().as_secs_f64() * rate as f64) as u64;
         while sent_lines < due {
-            let (d, n) = &payloads[k % payloads.len()];
-            if sock.send(d).is_ok() {
+            let (d, n) = payloads.next(k);
+            if sock.send(&d).is_ok() {
                 sent_lines += n;
             }
             k += 1;
@@ -253,11 +301,17 @@ pub fn run(rates: &[u64], run: &Run, bins: &[PathBuf]) {
     }
     let payloads = datagrams(series, run.gauges);
     let per_datagram = series as f64 / payloads.len() as f64;
-    println!(
-        "{series} series ({} % gauges, the rest counters), {per_datagram:.0} lines per \
-         datagram, {seconds} s per rate, default receive buffer settings",
-        run.gauges
-    );
+    match run.churn_ttl {
+        Some(ttl) => println!(
+            "every line a new series (counters), evicted after {ttl} s idle, {seconds} s \
+             per rate, default receive buffer settings"
+        ),
+        None => println!(
+            "{series} series ({} % gauges, the rest counters), {per_datagram:.0} lines per \
+             datagram, {seconds} s per rate, default receive buffer settings",
+            run.gauges
+        ),
+    }
     println!();
     println!(
         "| binary | target lines/s | sent lines/s | lines sent | aggregated | loss | kernel drops (datagrams) | datagrams to workers | weir CPU per line | RSS |"
