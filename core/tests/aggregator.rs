@@ -842,20 +842,19 @@ fn a_writer_lets_go_of_evicted_series_once_they_are_half_its_cache() {
     let mut w = agg.writer();
     touch(&mut w, 0..100);
     agg.flush_at(t0 + 10 * s);
-    touch(&mut w, 0..70);
-    agg.flush_at(t0 + 40 * s);
-    // 70..100 idle since t0 + 10 s: evicted. 30 of 100 entries: kept.
-    agg.flush_at(t0 + 75 * s);
-    assert_eq!(agg.stats().evicted_series, 30);
-    w.tidy();
-    assert_eq!(w.cached(), 100);
-    touch(&mut w, 0..40);
-    agg.flush_at(t0 + 90 * s);
-    // 40..70 idle since t0 + 40 s: evicted too, 60 of 100 entries: emptied.
-    agg.flush_at(t0 + 105 * s);
-    assert_eq!(agg.stats().evicted_series, 60);
-    w.tidy();
-    assert_eq!(w.cached(), 0);
+    // Keeps series 0..live busy (seen by the flush at `seen` s), lets the others idle
+    // past the TTL (evicted by the flush at `evict` s), tidies: (evicted, cached).
+    let stage = |w: &mut Writer, live: usize, seen: i64, evict: i64| {
+        touch(w, 0..live);
+        agg.flush_at(t0 + seen * s);
+        agg.flush_at(t0 + evict * s);
+        w.tidy();
+        (agg.stats().evicted_series, w.cached())
+    };
+    // 70..100 idle since 10 s: 30 of 100 entries evicted, kept.
+    assert_eq!(stage(&mut w, 70, 40, 75), (30, 100));
+    // 40..70 idle since 40 s: 60 of 100 entries evicted, emptied.
+    assert_eq!(stage(&mut w, 40, 90, 105), (60, 0));
     assert_eq!(agg.stats().writer_cache_evictions, 100);
     // The live series miss once and go on.
     touch(&mut w, 0..40);

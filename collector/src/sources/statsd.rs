@@ -1186,8 +1186,8 @@ impl Reader<'_> {
             &mut workers.gauges,
         );
         if waited {
-            // Gauges fill the load: its lines all apply in one turn anyway, and a
-            // worker's batch mostly makes the thread wait. Keep the next batches here.
+            // Gauges fill the load (their lines apply one turn after another anyway)
+            // and a worker's batch mostly makes the thread wait: keep the next here.
             workers.hold_back = GAUGE_HOLD_BACK;
         }
         self.tally.datagrams += batch.lens.len() as u64;
