@@ -1048,13 +1048,32 @@ fn apply_in_turn(
     gauges: &mut Vec<u8>,
 ) -> (DatagramReport, bool) {
     let mut report = DatagramReport::default();
+    let unfinished = Unfinished {
+        turn,
+        batch: batch.number,
+    };
     for datagram in batch.iter() {
         report.merge(&decoder.ingest_except_gauges(datagram, writer, gauges));
     }
+    std::mem::forget(unfinished);
     let waited = turn.finish(batch.number, gauges, |lines| {
         report.merge(&decoder.ingest(lines, writer));
     });
     (report, waited)
+}
+
+/// A batch whose lines are being applied before its turn is finished: if that
+/// panics, its drop finishes the batch without gauges (and those parked after it are
+/// dropped), so the batches after it do not wait for good.
+struct Unfinished<'a> {
+    turn: &'a GaugeTurn,
+    batch: u64,
+}
+
+impl Drop for Unfinished<'_> {
+    fn drop(&mut self) {
+        self.turn.finish(self.batch, &mut Vec::new(), |_| {});
+    }
 }
 
 impl<'a> Reader<'a> {
@@ -1967,6 +1986,18 @@ mod tests {
         assert!(turn.is_turn_of(8));
         assert!(!finish(&turn, 8, &[8], &applied));
         assert_eq!(*applied.lock().unwrap(), [0, 2, 3, 4, 4, 5, 8]);
+        // A batch that panics before it finishes (in its other lines) is finished by
+        // its guard: the batch after it is not left waiting.
+        assert!(!finish(&turn, 10, &[10], &applied));
+        let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            let _unfinished = Unfinished {
+                turn: &turn,
+                batch: 9,
+            };
+            panic!("in the other lines");
+        }));
+        assert!(r.is_err());
+        assert!(turn.is_turn_of(11));
         assert_eq!(turn.lock().parked_bytes, 0);
     }
 
