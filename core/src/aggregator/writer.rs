@@ -346,8 +346,9 @@ impl Writer {
 
     #[cold]
     fn tidy_after_flush(&mut self) {
-        let evicted =
-            (self.shared.evicted.load(Ordering::Relaxed)).saturating_sub(self.evicted_at_clear);
+        // Relaxed: a count only compared with this writer's own earlier reading.
+        let evicted = self.shared.evicted.load(Ordering::Relaxed);
+        let evicted = evicted.saturating_sub(self.evicted_at_clear);
         if evicted > 0 && evicted.saturating_mul(2) >= self.cache.len() as u64 {
             self.clear_cache();
         }
