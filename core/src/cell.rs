@@ -874,7 +874,7 @@ impl Drop for SummaryCell {
 
 /// A StatsD set's lock-free state: the distinct members seen since the last
 /// collection, as 64-bit hashes in a lock-free hash set per half (the hot/cold
-/// protocol of [`HotCold`]). Two members whose hashes collide count once; with 64-bit
+/// protocol of `HotCold`). Two members whose hashes collide count once; with 64-bit
 /// hashes that needs billions of members.
 pub struct SetCell {
     hot_cold: HotCold,

@@ -151,7 +151,7 @@ fn push_label(out: &mut Vec<u8>, key: &str, value: &str) {
 /// Cheap to clone (one reference count). Equality, ordering and hashing are those of
 /// the canonical bytes (see the module doc), whichever allocation holds them.
 ///
-/// One pointer (8 bytes on 64-bit targets) to the key's [`Header`], which the key
+/// One pointer (8 bytes on 64-bit targets) to the key's `Header`, which the key
 /// bytes follow. A key built on its own ([`SeriesKey::new`]) is that header and the
 /// bytes alone; the key of an aggregator series sits in the series' own allocation
 /// (`Keyed`) and shares its reference count, so cloning it out of a series (as every

@@ -11,7 +11,7 @@
 //!   numeric codes; on failure [`weir_last_error`] gives a one-line message on the same
 //!   thread. Outputs (`*out`, `*out_buf`) are written only on success.
 //! - **No unwinding into C**: every exported body runs inside [`std::panic::catch_unwind`]
-//!   ([`status`]); a panic becomes `WEIR_STATUS_PANIC`.
+//!   (`status`); a panic becomes `WEIR_STATUS_PANIC`.
 //! - **Bad input is a status, never undefined behaviour**: NULL pointers, invalid
 //!   UTF-8, invalid metric or label names, more than [`WEIR_MAX_LABELS`] labels and a
 //!   full series limit each have a status. Refusals are counted: the aggregator's under

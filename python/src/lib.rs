@@ -12,10 +12,10 @@
 //! Must never: hold the GIL while flushing, encoding, closing or starting an instance
 //! (all of them may wait for disk or the network), raise on the hot path for a
 //! refusal by weir's limits (those are counted in the instance's self-metrics), or
-//! let a forked child use its parent's instance silently (see [`after_fork_in_child`]).
+//! let a forked child use its parent's instance silently (see `after_fork_in_child`).
 //!
 //! Fork: an instance's threads do not exist in a child process. The package registers
-//! [`after_fork_in_child`] with `os.register_at_fork`; it bumps a process generation,
+//! `after_fork_in_child` with `os.register_at_fork`; it bumps a process generation,
 //! and every object created before the fork then raises `RuntimeError` when used, while
 //! objects created in the child work. A parent's instance inherited by a child is
 //! never closed there (its threads are gone; closing would wait for them forever).

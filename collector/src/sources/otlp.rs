@@ -29,7 +29,7 @@
 //!   with `Retry-After` and gRPC `UNAVAILABLE` (retryable; `RESOURCE_EXHAUSTED` would
 //!   be retried only with `RetryInfo`), and counted in
 //!   [`OtlpCounters::overloaded`]. The gRPC check wraps the generated service
-//!   ([`Admission`]), so it runs before tonic reads and decodes the message.
+//!   (`Admission`), so it runs before tonic reads and decodes the message.
 //! - `header_read_timeout`: HTTP, see [`crate::serve`]; over TLS also the time a
 //!   handshake may take (both listeners). gRPC connections that read
 //!   nothing for `header_read_timeout + body_read_timeout` are closed ([`Admitted`]):
@@ -49,9 +49,9 @@
 //! Decoding: a protobuf request (gRPC, or HTTP `application/x-protobuf`) reaches
 //! weir-core as its bytes ([`apply_export_protobuf`], which reads Sum and Gauge
 //! metrics in place and decodes the others with prost). So the gRPC service is written
-//! here rather than generated: [`ExportService`] serves
+//! here rather than generated: `ExportService` serves
 //! `MetricsService/Export` through tonic's unary handling with a codec whose decoder
-//! yields the message bytes ([`RawExportCodec`]); a body that is not an
+//! yields the message bytes (`RawExportCodec`); a body that is not an
 //! `ExportMetricsServiceRequest` is answered `INTERNAL` with prost's reason, as
 //! tonic's prost codec answers it, and counted in [`OtlpCounters::bad_requests`].
 

@@ -17,7 +17,7 @@
 //! can send (~5 M lines/s of 42-line datagrams at 100k series on the reference
 //! machine). Each socket's thread therefore has `receivers.statsd.workers` worker
 //! threads (default 1), each with a writer of its own. When `recvmmsg` calls come
-//! back full several times in a row ([`BEHIND_AFTER`]: datagrams stay queued, the
+//! back full several times in a row (`BEHIND_AFTER`: datagrams stay queued, the
 //! thread is behind) and a worker is waiting (tried in order, so the first ones take
 //! most batches and the others' caches stay cold), the thread hands that batch's
 //! buffer to the worker and reads on into another one; otherwise it applies the batch
@@ -29,7 +29,7 @@
 //! apply at the same time. For counters, timers, histograms, distributions and sets
 //! the order does not matter (sums, counts, bounds and unions come out the same); for
 //! a gauge it does, it keeps its last value. So gauge lines keep the order of their
-//! batches ([`GaugeTurn`]): each batch read is numbered; a batch applied while an
+//! batches (`GaugeTurn`): each batch read is numbered; a batch applied while an
 //! earlier one is still with a worker applies everything but its gauge lines at
 //! once, and its gauge lines (sets and adjustments, in their order) only once those
 //! of every earlier batch are in. If they are not yet, the batch parks its gauge lines
@@ -37,12 +37,12 @@
 //! them (with those of any later batches parked already, in order). A batch without
 //! gauges parks nothing, and one read while nothing is out applies in order at once.
 //! A gauge therefore ends on the last value sent, whoever applied it, and nobody
-//! waits for a turn while fewer than [`PARK_BYTES`] of gauge lines are parked: only
+//! waits for a turn while fewer than `PARK_BYTES` of gauge lines are parked: only
 //! a load made mostly of gauges (whose lines all apply one turn after another
 //! anyway) makes a batch wait, and a batch of the thread's that waited holds back
-//! the next hand-offs ([`GAUGE_HOLD_BACK`]). (Sums of non-integer values may round
+//! the next hand-offs (`GAUGE_HOLD_BACK`). (Sums of non-integer values may round
 //! differently in another order, as with several sockets.) A worker idle for
-//! [`WORKER_IDLE`] frees its writer cache. On stop the workers finish what they hold
+//! `WORKER_IDLE` frees its writer cache. On stop the workers finish what they hold
 //! before the thread reports its drain.
 //!
 //! # Stop and drain

@@ -34,7 +34,7 @@
 //! record nothing else, so every key of its cache is such an identity.
 //!
 //! # Two ways to read a protobuf request
-//! [`apply_export_protobuf`] takes the request's bytes. The borrowed walk ([`walk`])
+//! [`apply_export_protobuf`] takes the request's bytes. The borrowed walk (`walk`)
 //! reads the Sum and Gauge metrics (what counters, up-down counters and gauges export)
 //! in place: attribute keys and string values are slices of the body, and nothing is
 //! allocated per data point, so their steady state costs one identity and one cache
@@ -484,7 +484,7 @@ fn resource_labels(attrs: &[impl Attribute]) -> Vec<(String, String)> {
 /// Applies every data point of `req` through `writer`.
 ///
 /// `writer` must be used for OTLP only (it caches series under the identities of
-/// [`PointScratch`], see the module doc).
+/// `PointScratch`, see the module doc).
 pub fn apply_export(req: &ExportMetricsServiceRequest, writer: &mut Writer) -> ExportReport {
     let mut report = ExportReport::default();
     let mut name = String::new();

@@ -692,8 +692,8 @@ impl DatagramReport {
 /// Applies StatsD datagrams to a [`Writer`], reusing its buffers across lines so a
 /// line of an already cached series allocates nothing. One per receiving thread.
 ///
-/// Once the writer caches more than [`BATCH_ABOVE`] label sets, lines are applied in
-/// batches of up to [`BATCH`]: every line of a batch is parsed and its identity hashed
+/// Once the writer caches more than `BATCH_ABOVE` label sets, lines are applied in
+/// batches of up to `BATCH`: every line of a batch is parsed and its identity hashed
 /// first (which asks the CPU for the writer's cache slot), then every line's cache
 /// entry (its series' address and key bytes) is prefetched, then every line's series,
 /// then the lines are applied in order. At 100k series and more each line's lookup is
