@@ -1063,8 +1063,9 @@ fn apply_in_turn(
 }
 
 /// A batch whose lines are being applied before its turn is finished: if that
-/// panics, its drop finishes the batch without gauges (and those parked after it are
-/// dropped), so the batches after it do not wait for good.
+/// panics, its drop finishes the batch without gauges, so the batches after it do not
+/// wait for good (if its turn has come, the gauges parked right after it are dropped
+/// too: the drop has no decoder to apply them with).
 struct Unfinished<'a> {
     turn: &'a GaugeTurn,
     batch: u64,
