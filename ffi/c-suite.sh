@@ -169,9 +169,14 @@ fi
 # End to end through otlp_http (delta) to a weir daemon: exact values in its exposition.
 weir_bin="${WEIR_BIN:-$root/target/debug/weir}"
 if [ -x "$weir_bin" ] && [ -x "$out/remote_write" ]; then
-    free_port() { python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'; }
-    otlp_port="$(free_port)"
-    expo_port="$(free_port)"
+    # Three distinct free ports, picked while all three sockets are open: separate
+    # picks could be handed the same port twice (it happened: "Address already in use").
+    read -r otlp_port expo_port grpc_port < <(python3 -c '
+import socket
+socks = [socket.socket() for _ in range(3)]
+for s in socks:
+    s.bind(("127.0.0.1", 0))
+print(*(s.getsockname()[1] for s in socks))')
     mkdir -p "$out/daemon-data" "$out/otlp-data"
     cat >"$out/daemon.toml" <<TOML
 data_dir = "$out/daemon-data"
@@ -180,7 +185,7 @@ flush_interval = "1s"
 [receivers.statsd]
 enabled = false
 [receivers.otlp]
-grpc_address = "127.0.0.1:$(free_port)"
+grpc_address = "127.0.0.1:$grpc_port"
 http_address = "127.0.0.1:$otlp_port"
 [exposition]
 address = "127.0.0.1:$expo_port"
