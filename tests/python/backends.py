@@ -51,12 +51,23 @@ QUERY_TIMEOUT_S = 60
 POLL_S = 0.05
 
 
+# Ports free_port has handed out in this process: a picked port is released at once
+# (the backend binds it later), so the kernel may hand the same port to the very next
+# pick, and a test asking for two ports in a row would give both servers one port.
+_HANDED_OUT = set()
+
+
 def free_port():
     """A TCP port on 127.0.0.1 that nothing listens on right now (bound to port 0, then
-    released for the backend to take)."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+    released for the backend to take) and that this process has not handed out before."""
+    for _ in range(64):
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            port = s.getsockname()[1]
+        if port not in _HANDED_OUT:
+            _HANDED_OUT.add(port)
+            return port
+    raise RuntimeError("no fresh port on 127.0.0.1 in 64 picks")
 
 
 def http(method, url, body=None, headers=None, timeout=HTTP_TIMEOUT_S, context=None):

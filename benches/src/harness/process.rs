@@ -12,7 +12,7 @@
 //! or signal a pid that may no longer be its child (the watchdog is joined before the
 //! child is reaped).
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -312,19 +312,42 @@ pub fn default_rss_cap() -> u64 {
     (4u64 << 30).min(total / 4)
 }
 
-/// A free TCP port on 127.0.0.1 (bound, then released: the caller's process binds it
-/// next).
-pub fn free_port() -> Result<u16> {
-    Ok(std::net::TcpListener::bind("127.0.0.1:0")?
-        .local_addr()?
-        .port())
+/// Ports [`free_port`] and [`free_udp_port`] have handed out in this process. A port is
+/// released as soon as it is picked (the daemon binds it later), so the kernel may hand
+/// the same port to the very next pick; a caller asking for two ports in a row would
+/// then give one daemon the same port twice. Remembering them rules that out.
+static HANDED_OUT: Mutex<BTreeSet<u16>> = Mutex::new(BTreeSet::new());
+
+/// A port on 127.0.0.1 that nothing was bound to when `bind` ran and that this process
+/// has not handed out before (at most 64 picks).
+fn unused_port(bind: impl Fn() -> std::io::Result<u16>) -> Result<u16> {
+    let mut handed_out = HANDED_OUT.lock().unwrap_or_else(|e| e.into_inner());
+    for _ in 0..64 {
+        let port = bind()?;
+        if handed_out.insert(port) {
+            return Ok(port);
+        }
+    }
+    bail!("no fresh port on 127.0.0.1 in 64 picks")
 }
 
-/// A free UDP port on 127.0.0.1.
+/// A free TCP port on 127.0.0.1 (bound, then released: the caller's process binds it
+/// next), never one handed out before in this process.
+pub fn free_port() -> Result<u16> {
+    unused_port(|| {
+        Ok(std::net::TcpListener::bind("127.0.0.1:0")?
+            .local_addr()?
+            .port())
+    })
+}
+
+/// A free UDP port on 127.0.0.1, never one handed out before in this process.
 pub fn free_udp_port() -> Result<u16> {
-    Ok(std::net::UdpSocket::bind("127.0.0.1:0")?
-        .local_addr()?
-        .port())
+    unused_port(|| {
+        Ok(std::net::UdpSocket::bind("127.0.0.1:0")?
+            .local_addr()?
+            .port())
+    })
 }
 
 /// The kernel receive buffer (`rb` of `ss -m`, bytes) and the datagrams the kernel
@@ -453,5 +476,21 @@ mod tests {
         assert!(rss > cap, "killed at {rss} B, above the cap");
         let status = p.child.wait().unwrap();
         assert!(!status.success(), "tail was killed, not finished: {status}");
+    }
+
+    #[test]
+    fn a_port_the_kernel_hands_out_twice_is_skipped_the_second_time() {
+        // Ports 1-3 are below any ephemeral range, so no real pick in this process
+        // can have taken them.
+        let picks = Mutex::new(vec![3, 2, 1, 1]);
+        let pick = || Ok(picks.lock().unwrap().pop().expect("a pick left"));
+        assert_eq!(unused_port(pick).unwrap(), 1);
+        assert_eq!(unused_port(pick).unwrap(), 2, "the repeated 1 is skipped");
+        assert_eq!(unused_port(pick).unwrap(), 3);
+        let always_3 = || Ok(3);
+        assert!(
+            unused_port(always_3).is_err(),
+            "bounded, not a loop for good"
+        );
     }
 }

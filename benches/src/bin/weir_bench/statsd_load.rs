@@ -30,7 +30,7 @@ use std::path::PathBuf;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use weir_benches::harness::process::{ProcStats, http_request};
+use weir_benches::harness::process::{ProcStats, free_port, free_udp_port, http_request};
 
 /// One admin API request; the body as text (empty when the request failed).
 fn http(addr: &str, method: &str, path: &str) -> String {
@@ -64,13 +64,6 @@ fn datagrams(series: usize, gauges: u8) -> Vec<(Vec<u8>, u64)> {
     }
     out.push((cur, lines));
     out
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .expect("free port")
-        .port()
 }
 
 /// CPU seconds (user + system) of process `pid` so far.
@@ -196,11 +189,8 @@ fn run_one(weir: &PathBuf, rate: u64, run: &Run, payloads: &[(Vec<u8>, u64)]) ->
         churn_ttl,
         ..
     } = *run;
-    let statsd_port = {
-        let s = UdpSocket::bind("127.0.0.1:0").expect("udp");
-        s.local_addr().expect("addr").port()
-    };
-    let admin = format!("127.0.0.1:{}", free_port());
+    let statsd_port = free_udp_port().expect("free UDP port");
+    let admin = format!("127.0.0.1:{}", free_port().expect("free port"));
     let dir = std::env::temp_dir().join(format!("weir-statsd-load-{}-{rate}", std::process::id()));
     std::fs::create_dir_all(&dir).expect("dir");
     let config = dir.join("weir.toml");
