@@ -166,8 +166,8 @@ pub fn lines(datagram: &[u8]) -> impl Iterator<Item = &[u8]> {
 
 /// The byte ranges of a datagram's non-empty lines, without their `\n` or `\r\n`.
 ///
-/// The datagram's newlines are found 64 bytes at a time ([`newline_bits`]: four SSE2
-/// compares on x86_64), one bit per byte, and each line end is then the next set bit:
+/// The datagram's newlines are found 64 bytes at a time ([`newline_bits`]: four
+/// [`window_flags`]), one bit per byte, and each line end is then the next set bit:
 /// a few instructions per line instead of a scan of every line's bytes.
 struct LineRanges<'a> {
     bytes: &'a [u8],
@@ -241,44 +241,13 @@ fn newline_bits(bytes: &[u8]) -> u64 {
     }
 }
 
-/// [`newline_bits`] of a whole block: four 16-byte SSE2 compares.
-#[cfg(target_arch = "x86_64")]
+/// [`newline_bits`] of a whole block: four [`window_flags`].
 #[inline(always)]
 fn block_newline_bits(block: &[u8; 64]) -> u64 {
-    use std::arch::x86_64::{_mm_cmpeq_epi8, _mm_loadu_si128, _mm_movemask_epi8, _mm_set1_epi8};
     let mut bits = 0u64;
-    for (k, chunk) in block.as_chunks::<16>().0.iter().enumerate() {
-        // SAFETY: `_mm_loadu_si128` reads the 16 bytes of `chunk` (no alignment
-        // required); SSE2, which every intrinsic here needs, is part of the x86_64
-        // baseline, so the CPU has it.
-        let mask = unsafe {
-            let v = _mm_loadu_si128(chunk.as_ptr().cast());
-            _mm_movemask_epi8(_mm_cmpeq_epi8(v, _mm_set1_epi8(b'\n' as i8)))
-        };
-        // `movemask` sets only the low 16 bits, one per byte.
-        bits |= u64::from(mask as u16) << (16 * k);
-    }
-    bits
-}
-
-/// [`newline_bits`] of a whole block, a word at a time (other architectures).
-#[cfg(not(target_arch = "x86_64"))]
-#[inline(always)]
-fn block_newline_bits(block: &[u8; 64]) -> u64 {
-    block_newline_bits_words(block)
-}
-
-/// [`block_newline_bits`] without SIMD: each word's flags (the high bit of each
-/// matching byte) gathered into eight bits by one multiplication.
-#[cfg_attr(target_arch = "x86_64", allow(dead_code))]
-#[inline(always)]
-fn block_newline_bits_words(block: &[u8; 64]) -> u64 {
-    let mut bits = 0u64;
-    for (k, word) in block.as_chunks::<8>().0.iter().enumerate() {
-        let flags = eq_mask(u64::from_le_bytes(*word), b'\n') >> 7; // bit 8j for byte j
-        // Bits 8j (j < 8) times this constant land on bit 56 + j, carry-free.
-        let byte = flags.wrapping_mul(0x0102_0408_1020_4080) >> 56;
-        bits |= byte << (8 * k);
+    for (k, w) in block.as_chunks::<WINDOW>().0.iter().enumerate() {
+        let [newlines] = window_flags(w, [b'\n']);
+        bits |= u64::from(newlines) << (WINDOW * k);
     }
     bits
 }
@@ -536,16 +505,75 @@ fn scan_decimal(b: &[u8], mut i: usize) -> (Option<f64>, usize) {
     (Some(if negative { -v } else { v }), i)
 }
 
-/// Word-at-a-time byte search: bytes are compared eight at a time in a `u64` with
-/// the "has a zero byte" bit trick, which is what makes the scan of a long tag
-/// section cheap. The last few bytes of a line (fewer than eight left) are read as
-/// the line's last eight bytes, with the ones already scanned masked off, so no scan
-/// ends in a byte-by-byte loop unless the whole line is shorter than a word.
+/// Byte search sixteen bytes at a time: a window of the line is compared with each
+/// separator at once (SSE2 on x86_64, a word-at-a-time bit trick elsewhere), giving
+/// one bit per byte, so a scan costs a few instructions per sixteen bytes. The last
+/// bytes of a line (fewer than sixteen left) are read as the line's last sixteen
+/// bytes, with the ones already scanned masked off; only a line shorter than sixteen
+/// bytes is copied into a zero-padded window (a zero is no separator).
+const WINDOW: usize = 16;
+
+/// The window a scan at `i` (`i < b.len()`) reads next, and how many of its leading
+/// bytes come before `i` (already scanned; non-zero only in a line's last window).
+#[inline(always)]
+fn window(b: &[u8], i: usize) -> ([u8; WINDOW], usize) {
+    if let Some(w) = b.get(i..).and_then(|r| r.first_chunk::<WINDOW>()) {
+        return (*w, 0);
+    }
+    if let Some(w) = b.last_chunk::<WINDOW>() {
+        return (*w, i + WINDOW - b.len());
+    }
+    let mut w = [0u8; WINDOW];
+    let rest = b.get(i..).unwrap_or_default();
+    w[..rest.len()].copy_from_slice(rest);
+    (w, 0)
+}
+
+/// For each of `targets`, the bytes of `w` equal to it: bit `j` set when `w[j]` is.
+#[cfg(target_arch = "x86_64")]
+#[inline(always)]
+fn window_flags<const N: usize>(w: &[u8; WINDOW], targets: [u8; N]) -> [u32; N] {
+    use std::arch::x86_64::{_mm_cmpeq_epi8, _mm_loadu_si128, _mm_movemask_epi8, _mm_set1_epi8};
+    // SAFETY: `_mm_loadu_si128` reads the 16 bytes of `w` (no alignment required).
+    // SSE2, which every intrinsic here needs, is part of the x86_64 baseline.
+    let v = unsafe { _mm_loadu_si128(w.as_ptr().cast()) };
+    targets.map(|t| {
+        // SAFETY: as above (SSE2 only); `movemask` sets only the low 16 bits.
+        (unsafe { _mm_movemask_epi8(_mm_cmpeq_epi8(v, _mm_set1_epi8(t as i8))) }) as u32
+    })
+}
+
+/// [`window_flags`] on other architectures: [`window_flags_words`].
+#[cfg(not(target_arch = "x86_64"))]
+#[inline(always)]
+fn window_flags<const N: usize>(w: &[u8; WINDOW], targets: [u8; N]) -> [u32; N] {
+    window_flags_words(w, targets)
+}
+
+/// [`window_flags`] without SIMD: per 8-byte word, the "has a zero byte" trick flags
+/// the high bit of each matching byte, and one multiplication gathers the eight
+/// flags into eight bits.
+#[cfg_attr(target_arch = "x86_64", allow(dead_code))]
+#[inline(always)]
+fn window_flags_words<const N: usize>(w: &[u8; WINDOW], targets: [u8; N]) -> [u32; N] {
+    targets.map(|t| {
+        let mut bits = 0u32;
+        for (k, word) in w.as_chunks::<8>().0.iter().enumerate() {
+            let flags = eq_mask(u64::from_le_bytes(*word), t) >> 7; // bit 8j for byte j
+            // Bits 8j (j < 8) times this constant land on bit 56 + j, carry-free.
+            let byte = flags.wrapping_mul(0x0102_0408_1020_4080) >> 56;
+            bits |= (byte as u32) << (8 * k);
+        }
+        bits
+    })
+}
+
 const ONES: u64 = 0x0101_0101_0101_0101;
 /// The high bit of every byte.
 const HIGHS: u64 = 0x8080_8080_8080_8080;
 
 /// The high bit of each byte of `word` that equals `byte`, and no other bit.
+#[cfg_attr(target_arch = "x86_64", allow(dead_code))]
 #[inline(always)]
 fn eq_mask(word: u64, byte: u8) -> u64 {
     let x = word ^ (ONES * u64::from(byte));
@@ -554,72 +582,18 @@ fn eq_mask(word: u64, byte: u8) -> u64 {
     !(((x & !HIGHS) + !HIGHS) | x) & HIGHS
 }
 
-/// Like [`eq_mask`] but one operation cheaper, and exact only up to its lowest
-/// flagged byte: a borrow out of a matching byte may flag the byte above it. Enough
-/// to find the first match in a word none of whose bytes was scanned before.
-#[inline(always)]
-fn first_eq_mask(word: u64, byte: u8) -> u64 {
-    let x = word ^ (ONES * u64::from(byte));
-    x.wrapping_sub(ONES) & !x & HIGHS
-}
-
-/// The eight bytes at `b[i..i + 8]` as a little-endian word, if there are eight.
-#[inline(always)]
-fn word_at(b: &[u8], i: usize) -> Option<u64> {
-    let chunk = b.get(i..)?.first_chunk::<8>()?;
-    Some(u64::from_le_bytes(*chunk))
-}
-
-/// The tail of a scan at `i`, fewer than eight bytes before the end of `b`: the last
-/// eight bytes of `b` as a word, with the number of leading bytes (those before `i`)
-/// the caller must ignore. `None` when `b` is shorter than a word, or `i` is at the
-/// end.
-#[inline(always)]
-fn tail_word(b: &[u8], i: usize) -> Option<(u64, usize)> {
-    if i >= b.len() {
-        return None;
-    }
-    let chunk = b.last_chunk::<8>()?;
-    Some((u64::from_le_bytes(*chunk), i + 8 - b.len()))
-}
-
-/// The bits of bytes `skip..8` of a word (`skip` < 8).
-#[inline(always)]
-fn from_byte(skip: usize) -> u64 {
-    u64::MAX << (8 * skip)
-}
-
-/// The index of the lowest byte flagged in a non-zero mask.
-#[inline(always)]
-fn first_flagged(mask: u64) -> usize {
-    (mask.trailing_zeros() / 8) as usize
-}
-
 /// The first index at or after `i` holding `x` or `y` (pass the same byte twice to
 /// look for one), or `b.len()`.
 #[inline]
 fn find_either(b: &[u8], mut i: usize, x: u8, y: u8) -> usize {
-    while let Some(w) = word_at(b, i) {
-        let m = first_eq_mask(w, x) | first_eq_mask(w, y);
+    while i < b.len() {
+        let (w, skip) = window(b, i);
+        let [xs, ys] = window_flags(&w, [x, y]);
+        let m = (xs | ys) >> skip;
         if m != 0 {
-            return i + first_flagged(m);
+            return i + m.trailing_zeros() as usize;
         }
-        i += 8;
-    }
-    if let Some((w, skip)) = tail_word(b, i) {
-        // Exact masks here: the bytes masked off were not all scanned by this call.
-        let m = (eq_mask(w, x) | eq_mask(w, y)) & from_byte(skip);
-        return if m != 0 {
-            i - skip + first_flagged(m)
-        } else {
-            b.len()
-        };
-    }
-    while let Some(&c) = b.get(i) {
-        if c == x || c == y {
-            return i;
-        }
-        i += 1;
+        i += WINDOW - skip;
     }
     b.len()
 }
@@ -636,47 +610,26 @@ fn find_byte(b: &[u8], i: usize, x: u8) -> usize {
 #[inline]
 fn scan_tags(b: &[u8], mut i: usize) -> (usize, bool) {
     let mut malformed = b.get(i) == Some(&b':');
-    // The high bit of byte 0 set when the byte before the current word is a `,`.
-    let mut comma_before = 0u64;
-    while let Some(w) = word_at(b, i) {
-        let pipes = first_eq_mask(w, b'|');
-        let commas = eq_mask(w, b',');
+    // Bit 0 set when the byte before the current window is a `,`.
+    let mut comma_before = 0u32;
+    while i < b.len() {
+        let (w, skip) = window(b, i);
+        let [pipes, commas, colons] = window_flags(&w, [b'|', b',', b':']);
+        // Only bytes from `i` on; the ones before it were scanned (and a comma just
+        // before `i`, in the window too, is seen by the shift below).
+        let live = u32::MAX << skip;
+        let pipes = pipes & live;
         // A `:` right after a `,`: the comma's flag moved up one byte.
-        let pairs = ((commas << 8) | comma_before) & eq_mask(w, b':');
+        let pairs = ((commas << 1) | comma_before) & colons & live;
         if pipes != 0 {
             // Only pairs below the first `|` belong to this section.
             let below = (pipes & pipes.wrapping_neg()) - 1;
-            return (i + first_flagged(pipes), malformed || pairs & below != 0);
+            let end = i - skip + pipes.trailing_zeros() as usize;
+            return (end, malformed || pairs & below != 0);
         }
         malformed |= pairs != 0;
-        comma_before = commas >> 56;
-        i += 8;
-    }
-    if let Some((w, skip)) = tail_word(b, i) {
-        // The bytes before `i` are in the word too, so a comma just before `i` is
-        // seen by the shift; the byte before the section's start is its `#`.
-        let pipes = eq_mask(w, b'|') & from_byte(skip);
-        let pairs = (eq_mask(w, b',') << 8) & eq_mask(w, b':') & from_byte(skip);
-        let below = if pipes != 0 {
-            (pipes & pipes.wrapping_neg()) - 1
-        } else {
-            u64::MAX
-        };
-        let end = if pipes != 0 {
-            i - skip + first_flagged(pipes)
-        } else {
-            b.len()
-        };
-        return (end, malformed || pairs & below != 0);
-    }
-    let mut after_comma = comma_before != 0;
-    while let Some(&c) = b.get(i) {
-        if c == b'|' {
-            return (i, malformed);
-        }
-        malformed |= after_comma && c == b':';
-        after_comma = c == b',';
-        i += 1;
+        comma_before = (commas >> (WINDOW - 1)) & 1;
+        i += WINDOW - skip;
     }
     (b.len(), malformed)
 }
@@ -1562,7 +1515,12 @@ mod tests {
                 .enumerate()
                 .fold(0u64, |m, (i, &b)| m | (u64::from(b == b'\n') << i));
             prop_assert_eq!(block_newline_bits(block), want);
-            prop_assert_eq!(block_newline_bits_words(block), want);
+            for (k, w) in block.as_chunks::<WINDOW>().0.iter().enumerate() {
+                let [flags] = window_flags_words(w, [b'\n']);
+                prop_assert_eq!(u64::from(flags), (want >> (WINDOW * k)) & 0xffff);
+                let separators = [b'|', b',', b':', b'\n' + 1];
+                prop_assert_eq!(window_flags(w, separators), window_flags_words(w, separators));
+            }
             for len in [0, 1, 17, 63] {
                 prop_assert_eq!(newline_bits(&data[..len]), want & ((1u64 << len) - 1));
             }
