@@ -568,6 +568,7 @@ fn window_flags_words<const N: usize>(w: &[u8; WINDOW], targets: [u8; N]) -> [u3
     })
 }
 
+/// A one in every byte.
 const ONES: u64 = 0x0101_0101_0101_0101;
 /// The high bit of every byte.
 const HIGHS: u64 = 0x8080_8080_8080_8080;
