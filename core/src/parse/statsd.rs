@@ -282,7 +282,7 @@ pub fn parse_line(line: &[u8]) -> Result<Line<'_>, LineError> {
 }
 
 /// Parses one line known to be UTF-8, in one left-to-right pass: each section is
-/// scanned once, word by word, and a plain decimal value or rate is converted while
+/// scanned once, sixteen bytes at a time, and a plain decimal value or rate is converted while
 /// it is scanned (see [`scan_decimal`]). Anything unusual (an exponent, `inf`, a long
 /// mantissa, several values) goes to the general parsers, so the result is the same
 /// as splitting the line at every separator and parsing each piece with `str::parse`.
